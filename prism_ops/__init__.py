@@ -1,0 +1,31 @@
+"""prism-ops: PRISM partitioned attention over segment means.
+
+Each rank of a distributed inference owns a contiguous slice of the sequence and attends
+exactly to its own tokens plus segment-mean summaries of the other ranks' keys and values.
+Layout everywhere: `[B, H, T, D]`, as SDPA and Hugging Face use.
+
+    segment_means          summaries of one partition's K or V, with counts
+    prism_attention        local queries -> [local K/V | summary rows], one softmax
+    merge_attention        exact log-sum-exp merge of two partial attentions
+    partitioned_attention  one PRISM layer for P ranks, simulated in one process
+    partition_bounds       the contiguous chunks P ranks own
+
+Triton is imported only when a Triton backend is used, so this package imports on machines
+with no GPU and no Triton.
+"""
+
+from .ops.merge_attention import merge_attention
+from .ops.partitioned_attention import partition_bounds, partitioned_attention
+from .ops.prism_attention import prism_attention
+from .ops.segment_means import num_summary_rows, segment_means
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "segment_means",
+    "prism_attention",
+    "merge_attention",
+    "partitioned_attention",
+    "partition_bounds",
+    "num_summary_rows",
+]

@@ -1,0 +1,140 @@
+"""One PRISM attention layer for P ranks, simulated in one process on full-sequence q/k/v.
+
+T is cut into `num_partitions` contiguous chunks (`partition_bounds`). Chunk p attends exactly
+to its own tokens and to summary rows standing for the other chunks (only earlier chunks when
+causal): each other chunk's segment means on its own fixed segment grid, as that rank would
+send them. Two levers make some tokens exact rows (count 1) for chunk p:
+- sink_tokens: the first `sink_tokens` tokens of the sequence, for every chunk;
+- halo: the `halo` tokens on each side of chunk p's boundaries (the preceding side only when
+  causal).
+A token that is exact for chunk p is left out of the segment means chunk p uses, so nothing is
+counted twice. (A real rank can do that on receipt: it knows each segment's sum = mean * count
+and the exact tokens it was sent.) Padding (`valid` False) is excluded everywhere.
+
+Shapes: q `[B, H, T, D]`, k and v `[B, Hkv, T, D]`, valid `[B, T]`; returns `[B, H, T, D]`.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from .._checks import check_int, check_mask, check_tensor
+from .prism_attention import prism_attention
+from .segment_means import segment_means
+
+
+def partition_bounds(T: int, num_partitions: int, weights=None) -> list[tuple[int, int]]:
+    """[start, end) of each chunk of T tokens.
+
+    Without weights the sizes differ by at most one, earlier chunks larger. With weights
+    (e.g. relative device speeds) sizes are proportional to them (largest remainders), each
+    chunk at least one token.
+    """
+    check_int(num_partitions, "num_partitions", 1, max(T, 1), f" (at most T={T} tokens)")
+    P = num_partitions
+    if weights is None:
+        base, extra = divmod(T, P)
+        sizes = [base + (1 if p < extra else 0) for p in range(P)]
+    else:
+        w = [float(x) for x in weights]
+        if len(w) != P or any(not x > 0 for x in w):
+            raise ValueError(f"weights must be {P} positive numbers (one per partition), got {weights!r}")
+        spare = T - P  # every chunk gets one token, the rest by weight
+        ideal = [spare * x / sum(w) for x in w]
+        sizes = [1 + int(x) for x in ideal]
+        by_rem = sorted(range(P), key=lambda p: ideal[p] - int(ideal[p]), reverse=True)
+        for p in by_rem[: T - sum(sizes)]:
+            sizes[p] += 1
+    bounds, start = [], 0
+    for size in sizes:
+        bounds.append((start, start + size))
+        start += size
+    return bounds
+
+
+def _exact_tokens(T, start, end, sink_tokens, halo, causal, device):
+    """Bool [T]: tokens chunk [start, end) sees exactly (own, sinks, halo)."""
+    idx = torch.arange(T, device=device)
+    exact = (idx >= start) & (idx < end)
+    exact |= idx < sink_tokens
+    exact |= (idx >= start - halo) & (idx < start)
+    if not causal:
+        exact |= (idx >= end) & (idx < end + halo)
+    else:
+        exact &= idx < end  # nothing from the future, even a sink
+    return exact
+
+
+def partitioned_attention(
+    q, k, v, *, num_partitions, segment_size, causal=False, scale=None, log_count_bias=True,
+    sink_tokens=0, halo=0, valid=None, weights=None, backend="auto",
+):
+    """PRISM attention over `num_partitions` contiguous chunks of T, in one process.
+
+    Args:
+        q: `[B, H, T, D]`; k, v: `[B, Hkv, T, D]` (H a multiple of Hkv).
+        num_partitions: P, number of ranks simulated, 1 <= P <= T.
+        segment_size: tokens per summary row (the compression rate), >= 1.
+        causal: decoder mask: lower-triangular locally, earlier chunks' summaries only.
+        scale, log_count_bias: as in `prism_attention`.
+        sink_tokens: first tokens of the sequence kept exact for every chunk.
+        halo: tokens next to each chunk boundary kept exact for the neighbouring chunk.
+        valid: optional bool `[B, T]`, False = padding (ignored as key and in summaries).
+        weights: optional relative chunk sizes (e.g. device speeds), see `partition_bounds`.
+        backend: "auto", "torch" or "triton".
+
+    Returns:
+        `[B, H, T, D]`: what the P ranks would compute, concatenated along T.
+        segment_size=1 or num_partitions=1 give exact attention.
+    """
+    check_tensor(q, "q", "[B, H, T, D]", 4)
+    check_tensor(k, "k", "[B, Hkv, T, D]", 4)
+    T = q.shape[2]
+    if k.shape[2] != T:
+        raise ValueError(f"k must cover the same T={T} tokens as q (shape [B, Hkv, T, D]), got T={k.shape[2]}")
+    check_int(segment_size, "segment_size", 1)
+    check_int(sink_tokens, "sink_tokens", 0)
+    check_int(halo, "halo", 0)
+    bounds = partition_bounds(T, num_partitions, weights)
+    B = q.shape[0]
+    if valid is not None:
+        check_mask(valid, "valid", B, T, q.device)
+    valid_bt = valid if valid is not None else torch.ones((B, T), dtype=torch.bool, device=q.device)
+    kv = torch.cat([k, v], dim=-1)  # one segment_means call averages keys and values together
+    D = k.shape[-1]
+
+    outs = []
+    for p, (start, end) in enumerate(bounds):
+        exact = _exact_tokens(T, start, end, sink_tokens, halo, causal, q.device)
+        own = torch.zeros(T, dtype=torch.bool, device=q.device)
+        own[start:end] = True
+        rows, counts = [], []
+        # Exact rows from outside the chunk (sinks, halo): count 1, or 0 for padding.
+        extra = torch.nonzero(exact & ~own).flatten()
+        if extra.numel():
+            rows.append(kv[:, :, extra])
+            counts.append(valid_bt[:, extra].to(torch.int32))
+        # Segment means of every other chunk it may see, with its exact tokens left out.
+        for c, (c0, c1) in enumerate(bounds):
+            if c == p or (causal and c > p):
+                continue
+            keep = valid_bt[:, c0:c1] & ~exact[c0:c1]
+            means, cnt = segment_means(
+                kv[:, :, c0:c1], segment_size, valid=keep,
+                sink_tokens=max(0, min(sink_tokens - c0, c1 - c0)), backend=backend,
+            )
+            rows.append(means)
+            counts.append(cnt)
+        k_sum = v_sum = sum_counts = None
+        if rows:
+            summary = torch.cat(rows, dim=2)  # (B, Hkv, S, 2D)
+            k_sum, v_sum = summary[..., :D], summary[..., D:]
+            sum_counts = torch.cat(counts, dim=1)
+        outs.append(
+            prism_attention(
+                q[:, :, start:end], k[:, :, start:end], v[:, :, start:end], k_sum, v_sum, sum_counts,
+                causal=causal, scale=scale, log_count_bias=log_count_bias,
+                k_valid=None if valid is None else valid[:, start:end], backend=backend,
+            )
+        )
+    return torch.cat(outs, dim=2)

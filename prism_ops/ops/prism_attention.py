@@ -1,0 +1,201 @@
+"""PRISM attention: exact attention to the local tokens plus summary rows, one softmax.
+
+    logits = [ q·k_local * scale (+ causal / padding mask) | q·k_sum * scale + ln(count) ]
+
+q `[B, H, Tq, D]`; k, v `[B, Hkv, Tk, D]` (H a multiple of Hkv: grouped-query attention);
+k_sum, v_sum `[B, Hkv, S, D]` with sum_counts `[B, S]` or `[S]`. A summary row standing for m
+tokens gets +ln(m) so the softmax weighs it like m copies of its mean key; count-0 rows are
+ignored. `causal` masks the local block only, bottom-right aligned (query i sees local key j
+iff j <= i + Tk - Tq, as with a KV cache); every summary row passed in is visible to every
+query. Returns out `[B, H, Tq, D]` and, with return_lse, lse `[B, H, Tq]` (natural log, fp32,
+-inf for a row that sees nothing; such rows output zeros).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+from .._backend import interpreting, resolve_backend
+from .._checks import check_float, check_mask, check_same, check_tensor, shape_str
+
+# Largest number of fp32 logits the explicit (lse) path holds at once, per call.
+_LSE_CHUNK_ELEMS = 1 << 26
+
+
+def _bias(q, k, sum_counts, causal, log_count_bias, k_valid, dtype):
+    """Additive logit bias broadcastable to [B, H, Tq, Tk + S]; None when nothing is masked."""
+    B, _, Tq, _ = q.shape
+    Tk = k.shape[2]
+    parts = []
+    neg_inf = torch.tensor(float("-inf"), dtype=dtype, device=q.device)
+    zero = torch.tensor(0.0, dtype=dtype, device=q.device)
+    local = torch.zeros((1, 1, 1, Tk), dtype=dtype, device=q.device)
+    if k_valid is not None:
+        local = torch.where(k_valid[:, None, None, :], zero, neg_inf)
+    if causal:
+        i = torch.arange(Tq, device=q.device)[:, None]
+        j = torch.arange(Tk, device=q.device)[None, :]
+        local = local + torch.where(j <= i + (Tk - Tq), zero, neg_inf)  # (…, Tq, Tk)
+    parts.append(local)
+    if sum_counts is not None and sum_counts.shape[-1] > 0:
+        c = sum_counts.to(dtype)
+        # log(0) = -inf drops empty rows; log(1) = 0 leaves exact rows unchanged.
+        summ = torch.log(c) if log_count_bias else torch.where(c > 0, zero, neg_inf)
+        summ = summ.view(-1, 1, 1, c.shape[-1])
+        parts.append(summ)
+    if len(parts) == 1 and k_valid is None and not causal:
+        return None
+    lead = max(p.shape[0] for p in parts)
+    rows = max(p.shape[2] for p in parts)
+    parts = [p.expand(lead, 1, rows, p.shape[3]) for p in parts]
+    return torch.cat(parts, dim=3)
+
+
+def _explicit_attention(q, keys, vals, bias, scale):
+    """Softmax attention with lse, computed in fp32 (fp64 for fp64 input), chunked over Tq."""
+    B, H, Tq, D = q.shape
+    Hkv, Tk = keys.shape[1], keys.shape[2]
+    G = H // Hkv
+    acc = torch.float64 if q.dtype == torch.float64 else torch.float32
+    qg = q.to(acc).reshape(B, Hkv, G, Tq, D)  # (B, Hkv, G, Tq, D): GQA without copying K/V
+    kf = keys.to(acc)[:, :, None]  # (B, Hkv, 1, Tk, D)
+    vf = vals.to(acc)[:, :, None]
+    if bias is not None:
+        bias = bias.to(acc)[:, :, None]  # (B|1, 1, 1, Tq|1, Tk)
+    out = torch.empty((B, Hkv, G, Tq, vals.shape[-1]), dtype=acc, device=q.device)
+    lse = torch.empty((B, Hkv, G, Tq), dtype=acc, device=q.device)
+    step = max(1, _LSE_CHUNK_ELEMS // max(1, B * H * Tk))
+    for t0 in range(0, Tq, step):
+        sl = slice(t0, t0 + step)
+        s = (qg[:, :, :, sl] @ kf.transpose(-1, -2)) * scale  # (B, Hkv, G, t, Tk)
+        if bias is not None:
+            s = s + (bias[:, :, :, sl] if bias.shape[3] > 1 else bias)
+        m = s.amax(-1, keepdim=True)
+        m = torch.where(torch.isfinite(m), m, torch.zeros_like(m))  # rows that see nothing
+        p = torch.exp(s - m)
+        l = p.sum(-1, keepdim=True)
+        out[:, :, :, sl] = (p @ vf) / l.clamp(min=torch.finfo(acc).tiny)
+        lse[:, :, :, sl] = (m + torch.log(l)).squeeze(-1)
+    return out.reshape(B, H, Tq, -1).to(q.dtype), lse.reshape(B, H, Tq).float()
+
+
+def prism_attention_torch(
+    q, k, v, k_sum=None, v_sum=None, sum_counts=None, *,
+    causal=False, scale=None, log_count_bias=True, return_lse=False, k_valid=None,
+):
+    """Plain-torch PRISM attention (CPU fallback); same contract as `prism_attention`."""
+    B, H, Tq, D = q.shape
+    scale = 1.0 / math.sqrt(D) if scale is None else scale
+    keys, vals = k, v
+    if k_sum is not None and k_sum.shape[2] > 0:
+        keys, vals = torch.cat([k, k_sum], 2), torch.cat([v, v_sum], 2)
+    if keys.shape[2] == 0:  # nothing to attend to
+        out = q.new_zeros(B, H, Tq, v.shape[-1])
+        lse = torch.full((B, H, Tq), float("-inf"), device=q.device)
+        return (out, lse) if return_lse else out
+    bias_dtype = torch.float64 if q.dtype == torch.float64 else torch.float32
+    if return_lse:
+        bias = _bias(q, k, sum_counts, causal, log_count_bias, k_valid, bias_dtype)
+        return _explicit_attention(q, keys, vals, bias, scale)
+    bias = _bias(q, k, sum_counts, causal, log_count_bias, k_valid, q.dtype)
+    out = F.scaled_dot_product_attention(
+        q, keys, vals, attn_mask=bias, scale=scale, enable_gqa=keys.shape[1] != H
+    )
+    if bias is not None:
+        seen = torch.isfinite(bias).any(-1, keepdim=True)  # (B|1, 1, Tq|1, 1)
+        if not bool(seen.all()):
+            out = out.masked_fill(~seen, 0.0)  # a row with nothing visible returns zeros
+    return out
+
+
+def _check_inputs(q, k, v, k_sum, v_sum, sum_counts, k_valid):
+    check_tensor(q, "q", "[B, H, Tq, D]", 4)
+    check_float(q, "q")
+    B, H, Tq, D = q.shape
+    for name, t in (("k", k), ("v", v)):
+        check_tensor(t, name, "[B, Hkv, Tk, D]", 4)
+        check_same(t, q, name, "q")
+    if k.shape[0] != B or k.shape[3] != D:
+        raise ValueError(
+            f"k must have shape [B, Hkv, Tk, D] with B={B} and D={D} as in q {shape_str(q)}, "
+            f"got {shape_str(k)}"
+        )
+    if v.shape != k.shape:
+        raise ValueError(f"v must have the shape of k {shape_str(k)}, got {shape_str(v)}")
+    Hkv = k.shape[1]
+    if Hkv == 0 or H % Hkv:
+        raise ValueError(
+            f"q's head count H={H} must be a multiple of k's head count Hkv={Hkv} (grouped-query attention)"
+        )
+    if (k_sum is None) != (v_sum is None) or (k_sum is not None and sum_counts is None):
+        raise ValueError("k_sum, v_sum and sum_counts must be given together (or all left None)")
+    if k_sum is None and sum_counts is not None:
+        raise ValueError("sum_counts was given without k_sum and v_sum")
+    if k_sum is not None:
+        for name, t in (("k_sum", k_sum), ("v_sum", v_sum)):
+            check_tensor(t, name, f"[B, Hkv, S, D] = [{B}, {Hkv}, S, {D}]", 4)
+            check_same(t, q, name, "q")
+            if t.shape[0] != B or t.shape[1] != Hkv or t.shape[3] != D:
+                raise ValueError(
+                    f"{name} must have shape [B, Hkv, S, D] = [{B}, {Hkv}, S, {D}], got {shape_str(t)}"
+                )
+        if v_sum.shape != k_sum.shape:
+            raise ValueError(f"v_sum must have the shape of k_sum {shape_str(k_sum)}, got {shape_str(v_sum)}")
+        S = k_sum.shape[2]
+        if not isinstance(sum_counts, torch.Tensor) or sum_counts.shape not in ((B, S), (S,)):
+            got = shape_str(sum_counts) if isinstance(sum_counts, torch.Tensor) else type(sum_counts).__name__
+            raise ValueError(f"sum_counts must have shape [B, S] = [{B}, {S}] or [S] = [{S}], got {got}")
+        if sum_counts.device != q.device:
+            raise ValueError(f"sum_counts is on {sum_counts.device} but q is on {q.device}")
+        if sum_counts.dtype == torch.bool or sum_counts.is_complex():
+            raise ValueError(f"sum_counts must hold integer or float token counts, got {sum_counts.dtype}")
+        if sum_counts.numel() and bool((sum_counts < 0).any()):
+            raise ValueError("sum_counts must be >= 0 (tokens per summary row); got a negative count")
+    if k_valid is not None:
+        check_mask(k_valid, "k_valid", B, k.shape[2], q.device)
+
+
+def prism_attention(
+    q, k, v, k_sum=None, v_sum=None, sum_counts=None, *,
+    causal=False, scale=None, log_count_bias=True, return_lse=False, k_valid=None, backend="auto",
+):
+    """Attention of local queries to [local K/V exactly | summary rows], in one softmax.
+
+    Args:
+        q: `[B, H, Tq, D]` local queries.
+        k, v: `[B, Hkv, Tk, D]` local keys and values; H must be a multiple of Hkv.
+        k_sum, v_sum: optional `[B, Hkv, S, D]` summary rows (segment means of other ranks).
+        sum_counts: `[B, S]` or `[S]` tokens each summary row stands for; 0 = ignore the row.
+        causal: lower-triangular mask on the local block, bottom-right aligned when Tq < Tk.
+        scale: logit scale, default 1/sqrt(D).
+        log_count_bias: add ln(count) to summary logits (the scaling-aware correction).
+        return_lse: also return the log-sum-exp `[B, H, Tq]` (fp32, natural log).
+        k_valid: optional bool `[B, Tk]`; False masks a padding key of the local block.
+        backend: "auto", "torch" or "triton".
+
+    Returns:
+        out `[B, H, Tq, D]` in q's dtype, and lse `[B, H, Tq]` when return_lse.
+
+    Example:
+        >>> q = k = v = torch.randn(1, 2, 8, 16)
+        >>> means, counts = prism_ops.segment_means(k, 4)
+        >>> out = prism_attention(q, k, v, means, means, counts)
+    """
+    _check_inputs(q, k, v, k_sum, v_sum, sum_counts, k_valid)
+    unsupported = None
+    D = q.shape[-1]
+    if q.dtype == torch.float64:
+        unsupported = "float64 input"
+    elif not 16 <= D <= 256:
+        unsupported = f"head dim D={D} (the kernel takes 16 to 256)"
+    elif q.numel() == 0:
+        unsupported = "empty input"
+    kwargs = dict(causal=causal, scale=scale, log_count_bias=log_count_bias, return_lse=return_lse, k_valid=k_valid)
+    if resolve_backend(backend, q.device, unsupported) == "triton":
+        from ..kernels.prism_attention import prism_attention_triton
+
+        return prism_attention_triton(q, k, v, k_sum, v_sum, sum_counts, interpret=interpreting(), **kwargs)
+    return prism_attention_torch(q, k, v, k_sum, v_sum, sum_counts, **kwargs)

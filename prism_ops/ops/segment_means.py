@@ -1,0 +1,100 @@
+"""Segment means: the per-partition summary that PRISM ranks exchange.
+
+x `[B, H, T, D]` is cut along T into `sink_tokens` single-token rows followed by consecutive
+segments of `segment_size` tokens (the last one may be shorter). Each summary row is the mean
+of its tokens, with the count of tokens it stands for. Padding (`valid` False) is left out of
+means and counts; a row whose tokens are all padding has count 0 and a zero mean.
+
+Returns means `[B, H, S, D]` in x's dtype (accumulated in fp32 for fp16/bf16 input) and
+counts int32 `[B, S]`, or `[S]` when `valid` is None, with
+S = min(sink_tokens, T) + ceil((T - min(sink_tokens, T)) / segment_size).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from .._backend import interpreting, resolve_backend
+from .._checks import check_float, check_int, check_mask, check_tensor
+
+
+def num_summary_rows(T: int, segment_size: int, sink_tokens: int = 0) -> int:
+    """S, the number of rows segment_means returns for T tokens."""
+    sinks = min(sink_tokens, T)
+    return sinks + math.ceil((T - sinks) / segment_size)
+
+
+def segment_lengths(T: int, segment_size: int, sink_tokens: int, device=None) -> torch.Tensor:
+    """Tokens per summary row when there is no padding: int32 `[S]`."""
+    sinks = min(sink_tokens, T)
+    n_seg = math.ceil((T - sinks) / segment_size)
+    lengths = torch.full((sinks + n_seg,), segment_size, dtype=torch.int32, device=device)
+    lengths[:sinks] = 1
+    if n_seg:
+        lengths[-1] = (T - sinks) - (n_seg - 1) * segment_size
+    return lengths
+
+
+def segment_means_torch(x, segment_size, valid=None, sink_tokens=0):
+    """Plain-torch segment means (the CPU fallback); same contract as `segment_means`."""
+    B, H, T, D = x.shape
+    sinks = min(sink_tokens, T)
+    n_seg = math.ceil((T - sinks) / segment_size)
+    acc_dtype = torch.float64 if x.dtype == torch.float64 else torch.float32
+    xf = x.to(acc_dtype)
+    if valid is not None:
+        xf = xf * valid[:, None, :, None].to(acc_dtype)  # padding contributes nothing
+    pad = n_seg * segment_size - (T - sinks)
+    rest = torch.nn.functional.pad(xf[:, :, sinks:], (0, 0, 0, pad))  # (B, H, n_seg*cs, D)
+    sums = torch.cat([xf[:, :, :sinks], rest.view(B, H, n_seg, segment_size, D).sum(3)], 2)
+    if valid is None:
+        counts = segment_lengths(T, segment_size, sink_tokens, device=x.device)  # (S,)
+        denom = counts.to(acc_dtype)[None, None, :, None]
+    else:
+        v = valid.to(torch.int32)
+        v_rest = torch.nn.functional.pad(v[:, sinks:], (0, pad))
+        counts = torch.cat([v[:, :sinks], v_rest.view(B, n_seg, segment_size).sum(2)], 1)
+        counts = counts.to(torch.int32)  # (B, S)
+        denom = counts.to(acc_dtype)[:, None, :, None]
+    means = sums / denom.clamp(min=1)  # count-0 rows stay exactly zero
+    return means.to(x.dtype), counts
+
+
+def segment_means(x, segment_size, *, valid=None, sink_tokens=0, backend="auto"):
+    """Segment means of x along T, with the count each row stands for.
+
+    Args:
+        x: `[B, H, T, D]` keys or values (after projection and positional encoding).
+        segment_size: tokens per segment (the compression rate), >= 1.
+        valid: optional bool `[B, T]`; False marks padding, left out of means and counts.
+        sink_tokens: the first `sink_tokens` tokens stay as their own rows (count 1).
+        backend: "auto", "torch" or "triton".
+
+    Returns:
+        (means `[B, H, S, D]` in x.dtype, counts int32 `[B, S]` or `[S]` without `valid`).
+
+    Example:
+        >>> x = torch.arange(5.0).view(1, 1, 5, 1)
+        >>> means, counts = segment_means(x, 2)
+        >>> means.flatten().tolist(), counts.tolist()
+        ([0.5, 2.5, 4.0], [2, 2, 1])
+    """
+    check_tensor(x, "x", "[B, H, T, D]", 4)
+    check_float(x, "x")
+    check_int(segment_size, "segment_size", 1)
+    check_int(sink_tokens, "sink_tokens", 0)
+    B, H, T, D = x.shape
+    if valid is not None:
+        check_mask(valid, "valid", B, T, x.device)
+    unsupported = None
+    if x.dtype == torch.float64:
+        unsupported = "float64 input"
+    elif T == 0 or x.numel() == 0:
+        unsupported = "empty input"
+    if resolve_backend(backend, x.device, unsupported) == "triton":
+        from ..kernels.segment_means import segment_means_triton
+
+        return segment_means_triton(x, segment_size, valid, sink_tokens, interpret=interpreting())
+    return segment_means_torch(x, segment_size, valid, sink_tokens)
