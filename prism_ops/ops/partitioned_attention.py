@@ -39,12 +39,15 @@ def partition_bounds(T: int, num_partitions: int, weights=None) -> list[tuple[in
         w = [float(x) for x in weights]
         if len(w) != P or any(not x > 0 for x in w):
             raise ValueError(f"weights must be {P} positive numbers (one per partition), got {weights!r}")
-        spare = T - P  # every chunk gets one token, the rest by weight
-        ideal = [spare * x / sum(w) for x in w]
-        sizes = [1 + int(x) for x in ideal]
+        ideal = [T * x / sum(w) for x in w]
+        sizes = [max(1, int(x)) for x in ideal]
+        # Hand out what flooring left over by largest remainder; take back what the
+        # one-token minimum overshot from the largest chunks.
         by_rem = sorted(range(P), key=lambda p: ideal[p] - int(ideal[p]), reverse=True)
-        for p in by_rem[: T - sum(sizes)]:
+        for p in by_rem[: max(0, T - sum(sizes))]:
             sizes[p] += 1
+        while sum(sizes) > T:
+            sizes[max(range(P), key=lambda p: sizes[p])] -= 1
     bounds, start = [], 0
     for size in sizes:
         bounds.append((start, start + size))

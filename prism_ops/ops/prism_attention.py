@@ -7,8 +7,8 @@ k_sum, v_sum `[B, Hkv, S, D]` with sum_counts `[B, S]` or `[S]`. A summary row s
 tokens gets +ln(m) so the softmax weighs it like m copies of its mean key; count-0 rows are
 ignored. `causal` masks the local block only, bottom-right aligned (query i sees local key j
 iff j <= i + Tk - Tq, as with a KV cache); every summary row passed in is visible to every
-query. Returns out `[B, H, Tq, D]` and, with return_lse, lse `[B, H, Tq]` (natural log, fp32,
--inf for a row that sees nothing; such rows output zeros).
+query. Returns out `[B, H, Tq, D]` and, with return_lse, lse `[B, H, Tq]` (natural log; fp32,
+fp64 for fp64 input; -inf for a row that sees nothing; such rows output zeros).
 """
 
 from __future__ import annotations
@@ -79,7 +79,8 @@ def _explicit_attention(q, keys, vals, bias, scale):
         l = p.sum(-1, keepdim=True)
         out[:, :, :, sl] = (p @ vf) / l.clamp(min=torch.finfo(acc).tiny)
         lse[:, :, :, sl] = (m + torch.log(l)).squeeze(-1)
-    return out.reshape(B, H, Tq, -1).to(q.dtype), lse.reshape(B, H, Tq).float()
+    lse = lse.reshape(B, H, Tq)
+    return out.reshape(B, H, Tq, -1).to(q.dtype), lse if acc == torch.float64 else lse.float()
 
 
 def prism_attention_torch(
@@ -94,7 +95,8 @@ def prism_attention_torch(
         keys, vals = torch.cat([k, k_sum], 2), torch.cat([v, v_sum], 2)
     if keys.shape[2] == 0:  # nothing to attend to
         out = q.new_zeros(B, H, Tq, v.shape[-1])
-        lse = torch.full((B, H, Tq), float("-inf"), device=q.device)
+        lse_dtype = torch.float64 if q.dtype == torch.float64 else torch.float32
+        lse = torch.full((B, H, Tq), float("-inf"), dtype=lse_dtype, device=q.device)
         return (out, lse) if return_lse else out
     bias_dtype = torch.float64 if q.dtype == torch.float64 else torch.float32
     if return_lse:
@@ -172,7 +174,7 @@ def prism_attention(
         causal: lower-triangular mask on the local block, bottom-right aligned when Tq < Tk.
         scale: logit scale, default 1/sqrt(D).
         log_count_bias: add ln(count) to summary logits (the scaling-aware correction).
-        return_lse: also return the log-sum-exp `[B, H, Tq]` (fp32, natural log).
+        return_lse: also return the log-sum-exp `[B, H, Tq]` (natural log; fp32, fp64 for fp64 input).
         k_valid: optional bool `[B, Tk]`; False masks a padding key of the local block.
         backend: "auto", "torch" or "triton".
 

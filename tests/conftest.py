@@ -1,0 +1,45 @@
+"""Shared test set-up: Triton's interpreter on machines without a GPU, seeds, error budget.
+
+TRITON_INTERPRET must be set before triton is first imported, so it is set here, at
+collection, before any test module imports prism_ops' Triton path.
+"""
+
+import os
+
+import pytest
+import torch
+
+HAS_CUDA = torch.cuda.is_available()
+if not HAS_CUDA:
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
+try:
+    import triton  # noqa: F401
+
+    HAS_TRITON = True
+except ImportError:
+    HAS_TRITON = False
+
+# Device the Triton tests run on: the GPU if there is one, else CPU through the interpreter.
+TRITON_DEVICE = "cuda" if HAS_CUDA else "cpu"
+needs_triton = pytest.mark.skipif(not HAS_TRITON, reason="triton is not installed")
+gpu = pytest.mark.skipif(not HAS_CUDA, reason="needs a CUDA GPU")
+
+# Error floor per dtype, added to the 2x budget: a few ulps at unit scale.
+FLOOR = {torch.float64: 1e-12, torch.float32: 4e-6, torch.float16: 2e-3, torch.bfloat16: 1.6e-2}
+
+
+def assert_within_budget(out, yardstick, oracle, dtype, what=""):
+    """max|out - oracle| <= 2 * max|yardstick - oracle| + floor.
+
+    yardstick is the same math done by torch in `dtype`; oracle is the float64 truth.
+    """
+    err = (out.double() - oracle.double()).abs().max().item()
+    ref_err = (yardstick.double() - oracle.double()).abs().max().item()
+    bound = 2 * ref_err + FLOOR[dtype]
+    assert err <= bound, f"{what}: error {err:.3g} > budget {bound:.3g} (torch {dtype}: {ref_err:.3g})"
+
+
+@pytest.fixture(autouse=True)
+def _seed():
+    torch.manual_seed(0)

@@ -1,0 +1,131 @@
+"""segment_means: torch path against the fp64 oracle, Triton kernel against both, bad input."""
+
+import pytest
+import torch
+from conftest import FLOOR, TRITON_DEVICE, gpu, needs_triton
+from oracle import oracle_segment_means
+
+import prism_ops
+from prism_ops import num_summary_rows, segment_means
+
+# (B, H, T, D, segment_size, sink_tokens): T divisible or not, T < segment_size, T = 1, sinks > T.
+SHAPES = [
+    (2, 3, 16, 64, 4, 0),
+    (2, 3, 37, 40, 5, 0),
+    (1, 2, 7, 59, 16, 0),
+    (1, 1, 1, 16, 3, 0),
+    (2, 2, 23, 32, 4, 3),
+    (1, 2, 5, 16, 2, 9),
+    (3, 1, 40, 128, 1, 2),
+]
+IDS = [f"B{b}-H{h}-T{t}-D{d}-cs{c}-sink{s}" for b, h, t, d, c, s in SHAPES]
+
+
+def make_valid(B, T):
+    valid = torch.rand(B, T) > 0.3
+    valid[0] = True  # one row without padding
+    if B > 1:
+        valid[1, : T // 2] = False  # left padding, possibly whole segments
+    return valid
+
+
+@pytest.mark.parametrize("with_valid", [False, True], ids=["dense", "padded"])
+@pytest.mark.parametrize("B,H,T,D,cs,sinks", SHAPES, ids=IDS)
+def test_torch_matches_oracle(B, H, T, D, cs, sinks, with_valid):
+    x = torch.randn(B, H, T, D, dtype=torch.float64)
+    valid = make_valid(B, T) if with_valid else None
+    means, counts = segment_means(x, cs, valid=valid, sink_tokens=sinks, backend="torch")
+    ref_means, ref_counts = oracle_segment_means(x, cs, valid, sinks)
+    S = num_summary_rows(T, cs, sinks)
+    assert means.shape == (B, H, S, D) and means.dtype == x.dtype
+    assert counts.dtype == torch.int32
+    if valid is None:
+        assert counts.shape == (S,)
+        assert torch.equal(counts.expand(B, S).long(), ref_counts)
+    else:
+        assert counts.shape == (B, S)
+        assert torch.equal(counts.long(), ref_counts)
+    torch.testing.assert_close(means, ref_means, rtol=0, atol=1e-12)
+
+
+def test_docstring_example_and_zero_count_rows():
+    x = torch.arange(5.0).view(1, 1, 5, 1)
+    means, counts = segment_means(x, 2)
+    assert means.flatten().tolist() == [0.5, 2.5, 4.0] and counts.tolist() == [2, 2, 1]
+    valid = torch.tensor([[False, False, True, True, True]])
+    means, counts = segment_means(x, 2, valid=valid)
+    assert counts.tolist() == [[0, 2, 1]]
+    assert means.flatten().tolist() == [0.0, 2.5, 4.0]  # all-padding row: count 0, zero mean
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_low_precision_accumulates_in_fp32(dtype):
+    # 4096 copies of a value whose running sum in fp16/bf16 would stall far below the truth.
+    x = torch.full((1, 1, 4096, 16), 1.0 + 2**-7, dtype=dtype)
+    means, _ = segment_means(x, 4096, backend="torch")
+    assert means.dtype == dtype
+    assert torch.equal(means, x[:, :, :1])
+
+
+@needs_triton
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("with_valid", [False, True], ids=["dense", "padded"])
+@pytest.mark.parametrize("B,H,T,D,cs,sinks", SHAPES[:6], ids=IDS[:6])
+def test_triton_matches_oracle(B, H, T, D, cs, sinks, with_valid, dtype):
+    x = torch.randn(B, H, T, D).to(dtype)
+    valid = make_valid(B, T) if with_valid else None
+    xd, vd = x.to(TRITON_DEVICE), None if valid is None else valid.to(TRITON_DEVICE)
+    means, counts = segment_means(xd, cs, valid=vd, sink_tokens=sinks, backend="triton")
+    ref_means, ref_counts = oracle_segment_means(x, cs, valid, sinks)
+    got_counts = counts.cpu().long()
+    assert torch.equal(got_counts if valid is not None else got_counts.expand(B, -1), ref_counts)
+    # fp32 accumulation, one rounding to dtype at the end: half an ulp of the result.
+    atol = FLOOR[dtype] * ref_means.abs().max().item()
+    torch.testing.assert_close(means.cpu().double(), ref_means, rtol=0, atol=atol)
+
+
+@needs_triton
+def test_triton_non_contiguous_input():
+    x = torch.randn(2, 30, 8, 32).to(TRITON_DEVICE).transpose(1, 2)  # [B, H, T, D], [B, T, H, D] memory
+    assert not x.is_contiguous()
+    got, _ = segment_means(x, 7, backend="triton")
+    ref, _ = segment_means(x.contiguous(), 7, backend="torch")
+    torch.testing.assert_close(got, ref, rtol=0, atol=1e-6)
+
+
+@gpu
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32], ids=str)
+@pytest.mark.parametrize("T,cs", [(4096, 16), (8191, 128), (16384, 1)])
+def test_triton_large_gpu(T, cs, dtype):
+    x = torch.randn(2, 8, T, 128, device="cuda", dtype=dtype)
+    valid = torch.rand(2, T, device="cuda") > 0.1
+    got, got_c = segment_means(x, cs, valid=valid, backend="triton")
+    ref, ref_c = segment_means(x.double(), cs, valid=valid, backend="torch")
+    assert torch.equal(got_c, ref_c)
+    torch.testing.assert_close(got.double(), ref, rtol=0, atol=FLOOR[dtype] * ref.abs().max().item())
+
+
+BAD = [
+    (lambda: segment_means(torch.randn(2, 8, 3), 2), "x must be 4-D"),
+    (lambda: segment_means(torch.randn(1, 1, 8, 4), 0), "segment_size must be >= 1"),
+    (lambda: segment_means(torch.randn(1, 1, 8, 4), 2.0), "segment_size must be an int"),
+    (lambda: segment_means(torch.randn(1, 1, 8, 4), 2, sink_tokens=-1), "sink_tokens must be >= 0"),
+    (lambda: segment_means(torch.randn(1, 1, 8, 4), 2, valid=torch.ones(1, 7, dtype=torch.bool)), r"valid must have shape \[B, T\] = \[1, 8\]"),
+    (lambda: segment_means(torch.randn(1, 1, 8, 4), 2, valid=torch.ones(1, 8)), "valid must be a bool tensor"),
+    (lambda: segment_means(torch.ones(1, 1, 8, 4, dtype=torch.int64), 2), "x must be float16, bfloat16, float32 or float64"),
+    (lambda: segment_means(torch.randn(1, 1, 8, 4), 2, backend="cuda"), "backend must be one of"),
+]
+
+
+@pytest.mark.parametrize("call,message", BAD, ids=[m.split(" ")[0] + str(i) for i, (_, m) in enumerate(BAD)])
+def test_bad_input(call, message):
+    with pytest.raises(ValueError, match=message):
+        call()
+
+
+def test_triton_on_cpu_without_interpreter_is_refused(monkeypatch):
+    monkeypatch.setenv("TRITON_INTERPRET", "0")
+    if not prism_ops._backend.triton_available():
+        pytest.skip("triton is not installed")
+    with pytest.raises(ValueError, match="TRITON_INTERPRET=1"):
+        segment_means(torch.randn(1, 1, 8, 16), 2, backend="triton")
