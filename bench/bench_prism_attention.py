@@ -17,12 +17,8 @@ from prism_ops import prism_attention, segment_means
 H, D, RANKS, SEGMENT = 4, 64, 4, 16
 
 
-@pytest.fixture(autouse=True)
-def _threads():
-    torch.manual_seed(0)
-
-
 def inputs(T_local):
+    torch.manual_seed(0)
     q = torch.randn(1, H, T_local, D)
     k, v = torch.randn(1, H, T_local, D), torch.randn(1, H, T_local, D)
     other = torch.randn(1, H, (RANKS - 1) * T_local, D)  # the other ranks' keys (and values)
@@ -33,12 +29,12 @@ def inputs(T_local):
 
 @pytest.mark.parametrize("causal", [False, True], ids=["full", "causal"])
 @pytest.mark.parametrize("T_local", [1024, 2048, 4096])
-@pytest.mark.parametrize("role", ["baseline", "candidate"])
-def test_prism_attention_vs_sdpa(record, role, T_local, causal):
+def test_prism_attention_vs_sdpa(compare, T_local, causal):
     q, k, v, k_sum, v_sum, counts = inputs(T_local)
-    group = f"T_local={T_local} keys={T_local + k_sum.shape[2]} {'causal' if causal else 'full'}"
-    if role == "baseline":
-        keys, vals = torch.cat([k, k_sum], 2), torch.cat([v, v_sum], 2)
-        record(group, role, lambda: F.scaled_dot_product_attention(q, keys, vals))
-    else:
-        record(group, role, lambda: prism_attention(q, k, v, k_sum, v_sum, counts, causal=causal, backend="torch"))
+    keys, vals = torch.cat([k, k_sum], 2), torch.cat([v, v_sum], 2)
+    case = f"T_local={T_local} keys={keys.shape[2]} {'causal' if causal else 'full'}"
+    compare(
+        case,
+        lambda: F.scaled_dot_product_attention(q, keys, vals),
+        lambda: prism_attention(q, k, v, k_sum, v_sum, counts, causal=causal, backend="torch"),
+    )

@@ -9,6 +9,7 @@ from conftest import TRITON_DEVICE, assert_within_budget, gpu, needs_triton
 from oracle import oracle_prism_attention
 
 from prism_ops import prism_attention
+from prism_ops.ops import prism_attention as torch_ops
 from prism_ops.ops.prism_attention import prism_attention_torch
 
 # (B, H, Hkv, Tq, Tk, S, D): GQA 9/3, awkward lengths, Tq < Tk (cache), Tq > Tk, T = 1, no summaries.
@@ -36,11 +37,20 @@ def make_inputs(B, H, Hkv, Tq, Tk, S, D, dtype=torch.float32, padded=False):
     return cast(q), cast(k), cast(v), cast(k_sum), cast(v_sum), counts, k_valid
 
 
+@pytest.fixture(params=["cpu-fused", "sdpa-mask"])
+def torch_path(request, monkeypatch):
+    """The torch backend's two paths: fused CPU kernels merged by lse, and SDPA with a bias mask
+    (what CUDA tensors take)."""
+    if request.param == "sdpa-mask":
+        monkeypatch.setattr(torch_ops, "_cpu_flash", None)
+    return request.param
+
+
 @pytest.mark.parametrize("padded", [False, True], ids=["dense", "padded"])
 @pytest.mark.parametrize("log_count_bias", [True, False], ids=["lnbias", "nobias"])
 @pytest.mark.parametrize("causal", [False, True], ids=["full", "causal"])
 @pytest.mark.parametrize("case", CASES, ids=IDS)
-def test_torch_matches_oracle(case, causal, log_count_bias, padded):
+def test_torch_matches_oracle(case, causal, log_count_bias, padded, torch_path):
     q, k, v, ks, vs, c, kval = make_inputs(*case, dtype=torch.float64, padded=padded)
     ref, ref_lse = oracle_prism_attention(q, k, v, ks, vs, c, causal, None, log_count_bias, kval)
     kw = dict(causal=causal, log_count_bias=log_count_bias, k_valid=kval, backend="torch")
@@ -80,7 +90,7 @@ def test_count_m_row_equals_m_copies():
     assert (off - ref).abs().max() > 1e-3  # the switch really switches
 
 
-def test_rows_that_see_nothing_return_zeros_not_nan():
+def test_rows_that_see_nothing_return_zeros_not_nan(torch_path):
     q = torch.randn(1, 2, 6, 16)
     k, v = torch.randn(1, 2, 3, 16), torch.randn(1, 2, 3, 16)
     ks, vs = torch.randn(1, 2, 2, 16), torch.randn(1, 2, 2, 16)
@@ -215,3 +225,16 @@ def test_lse_is_natural_log():
     _, lse = prism_attention(q, k, v, return_lse=True)
     ref = torch.logsumexp(q @ k.transpose(-1, -2) / math.sqrt(16), -1)
     torch.testing.assert_close(lse, ref)
+
+
+@pytest.mark.parametrize("causal", [False, True], ids=["full", "causal"])
+def test_batch_row_with_only_padding_and_empty_summaries(causal, torch_path):
+    q, k, v = torch.randn(2, 2, 5, 16), torch.randn(2, 2, 5, 16), torch.randn(2, 2, 5, 16)
+    ks, vs = torch.randn(2, 2, 3, 16), torch.randn(2, 2, 3, 16)
+    k_valid = torch.tensor([[False] * 5, [False, True, True, True, True]])
+    counts = torch.tensor([[0, 0, 0], [0, 2, 0]])
+    out, lse = prism_attention(q, k, v, ks, vs, counts, causal=causal, k_valid=k_valid, return_lse=True)
+    assert torch.equal(out[0], torch.zeros_like(out[0])) and torch.isinf(lse[0]).all()
+    assert torch.isfinite(lse[1]).all() and not out[1].isnan().any()
+    ref, ref_lse = oracle_prism_attention(q, k, v, ks, vs, counts, causal, None, True, k_valid)
+    torch.testing.assert_close(out.double(), ref, rtol=0, atol=1e-5)

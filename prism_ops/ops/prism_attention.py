@@ -20,6 +20,7 @@ import torch.nn.functional as F
 
 from .._backend import interpreting, resolve_backend
 from .._checks import check_float, check_mask, check_same, check_tensor, shape_str
+from .merge_attention import merge_attention
 
 # Largest number of fp32 logits the explicit (lse) path holds at once, per call.
 _LSE_CHUNK_ELEMS = 1 << 26
@@ -83,6 +84,51 @@ def _explicit_attention(q, keys, vals, bias, scale):
     return out.reshape(B, H, Tq, -1).to(q.dtype), lse if acc == torch.float64 else lse.float()
 
 
+_cpu_flash = getattr(torch.ops.aten, "_scaled_dot_product_flash_attention_for_cpu", None)
+
+
+def _flash_cpu(q, k, v, causal, mask, scale, seen):
+    """torch's fused CPU attention with lse; rows where `seen` is False get zeros and -inf."""
+    G = q.shape[1] // k.shape[1]
+    if G > 1:  # the CPU kernel wants equal head counts
+        k, v = k.repeat_interleave(G, dim=1), v.repeat_interleave(G, dim=1)
+    out, lse = _cpu_flash(q, k, v, 0.0, causal, attn_mask=mask, scale=scale)[:2]
+    if seen is not None:  # the kernel reports a fully masked row as out 0, lse 0
+        lse = lse.masked_fill(~seen, float("-inf"))
+    return out, lse
+
+
+def _split_attention_cpu(q, k, v, k_sum, v_sum, sum_counts, causal, scale, log_count_bias, k_valid):
+    """Local block and summary rows as two fused CPU attentions, merged exactly by lse.
+
+    Keeps the local block on torch's fast (causal-skipping) path instead of feeding SDPA a dense
+    [Tq, Tk + S] float mask. Needs Tq == Tk when causal (the kernel's mask is top-left aligned).
+    """
+    neg_inf = float("-inf")
+    parts = []
+    if k.shape[2] > 0:
+        mask = seen = None
+        if k_valid is not None:
+            mask = torch.zeros(k_valid.shape, dtype=q.dtype, device=q.device).masked_fill(~k_valid, neg_inf)
+            mask = mask[:, None, None, :]  # (B, 1, 1, Tk)
+            if causal:  # query i sees a key iff some real key sits at or before i
+                seen = (k_valid.cumsum(1) > 0)[:, None, :]  # (B, 1, Tq)
+            else:
+                seen = k_valid.any(1)[:, None, None]  # (B, 1, 1)
+        parts.append(_flash_cpu(q, k, v, causal, mask, scale, seen))
+    if k_sum is not None and k_sum.shape[2] > 0:
+        c = sum_counts.to(q.dtype).view(-1, 1, 1, sum_counts.shape[-1])  # (B|1, 1, 1, S)
+        bias = torch.log(c) if log_count_bias else torch.zeros_like(c).masked_fill(c == 0, neg_inf)
+        seen = (sum_counts > 0).any(-1).view(-1, 1, 1)  # (B|1, 1, 1)
+        parts.append(_flash_cpu(q, k_sum, v_sum, False, bias, scale, seen))
+    out, lse = parts[0]
+    if len(parts) == 2:
+        out, lse = merge_attention(out, lse, *parts[1])
+    else:
+        out = out.masked_fill(torch.isinf(lse)[..., None], 0.0)
+    return out, lse
+
+
 def prism_attention_torch(
     q, k, v, k_sum=None, v_sum=None, sum_counts=None, *,
     causal=False, scale=None, log_count_bias=True, return_lse=False, k_valid=None,
@@ -97,6 +143,12 @@ def prism_attention_torch(
         out = q.new_zeros(B, H, Tq, v.shape[-1])
         lse_dtype = torch.float64 if q.dtype == torch.float64 else torch.float32
         lse = torch.full((B, H, Tq), float("-inf"), dtype=lse_dtype, device=q.device)
+        return (out, lse) if return_lse else out
+    # Causal or lse on CPU: two fused kernels merged by lse (the causal local block keeps torch's
+    # fast path). Otherwise one SDPA call over [local | summaries] with a per-key bias is cheapest.
+    split = causal or return_lse
+    if split and _cpu_flash is not None and q.device.type == "cpu" and not (causal and Tq != k.shape[2]):
+        out, lse = _split_attention_cpu(q, k, v, k_sum, v_sum, sum_counts, causal, scale, log_count_bias, k_valid)
         return (out, lse) if return_lse else out
     bias_dtype = torch.float64 if q.dtype == torch.float64 else torch.float32
     if return_lse:
