@@ -23,7 +23,16 @@ except ImportError:
 # Device the Triton tests run on: the GPU if there is one, else CPU through the interpreter.
 TRITON_DEVICE = "cuda" if HAS_CUDA else "cpu"
 needs_triton = pytest.mark.skipif(not HAS_TRITON, reason="triton is not installed")
-gpu = pytest.mark.skipif(not HAS_CUDA, reason="needs a CUDA GPU")
+gpu = pytest.mark.gpu  # large shapes on a CUDA GPU: `tools/test.sh -m gpu`; skipped elsewhere
+
+
+def pytest_collection_modifyitems(config, items):
+    if HAS_CUDA:
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA GPU")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)
 
 # Error floor per dtype, added to the 2x budget: a few ulps at unit scale.
 FLOOR = {torch.float64: 1e-12, torch.float32: 4e-6, torch.float16: 2e-3, torch.bfloat16: 1.6e-2}
