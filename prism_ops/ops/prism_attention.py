@@ -26,27 +26,34 @@ from .merge_attention import merge_attention
 _LSE_CHUNK_ELEMS = 1 << 26
 
 
+def _padding_bias(k_valid, dtype):
+    """0 for a real key, -inf for padding: `[B, 1, 1, Tk]`."""
+    bias = torch.zeros(k_valid.shape, dtype=dtype, device=k_valid.device)
+    return bias.masked_fill(~k_valid, float("-inf"))[:, None, None, :]
+
+
+def _count_bias(sum_counts, log_count_bias, dtype):
+    """Summary-row logit bias `[B|1, 1, 1, S]`: ln(count), or 0; count 0 gives -inf (row dropped)."""
+    c = sum_counts.to(dtype).view(-1, 1, 1, sum_counts.shape[-1])
+    # log(0) = -inf drops empty rows; log(1) = 0 leaves exact rows unchanged.
+    return torch.log(c) if log_count_bias else torch.zeros_like(c).masked_fill(c == 0, float("-inf"))
+
+
 def _bias(q, k, sum_counts, causal, log_count_bias, k_valid, dtype):
     """Additive logit bias broadcastable to [B, H, Tq, Tk + S]; None when nothing is masked."""
-    B, _, Tq, _ = q.shape
-    Tk = k.shape[2]
+    Tq, Tk = q.shape[2], k.shape[2]
     parts = []
-    neg_inf = torch.tensor(float("-inf"), dtype=dtype, device=q.device)
-    zero = torch.tensor(0.0, dtype=dtype, device=q.device)
     local = torch.zeros((1, 1, 1, Tk), dtype=dtype, device=q.device)
     if k_valid is not None:
-        local = torch.where(k_valid[:, None, None, :], zero, neg_inf)
+        local = _padding_bias(k_valid, dtype)
     if causal:
         i = torch.arange(Tq, device=q.device)[:, None]
         j = torch.arange(Tk, device=q.device)[None, :]
-        local = local + torch.where(j <= i + (Tk - Tq), zero, neg_inf)  # (…, Tq, Tk)
+        future = torch.zeros((Tq, Tk), dtype=dtype, device=q.device).masked_fill(j > i + (Tk - Tq), float("-inf"))
+        local = local + future  # (…, Tq, Tk)
     parts.append(local)
     if sum_counts is not None and sum_counts.shape[-1] > 0:
-        c = sum_counts.to(dtype)
-        # log(0) = -inf drops empty rows; log(1) = 0 leaves exact rows unchanged.
-        summ = torch.log(c) if log_count_bias else torch.where(c > 0, zero, neg_inf)
-        summ = summ.view(-1, 1, 1, c.shape[-1])
-        parts.append(summ)
+        parts.append(_count_bias(sum_counts, log_count_bias, dtype))
     if len(parts) == 1 and k_valid is None and not causal:
         return None
     lead = max(p.shape[0] for p in parts)
@@ -93,8 +100,9 @@ def _flash_cpu(q, k, v, causal, mask, scale, seen):
     if G > 1:  # the CPU kernel wants equal head counts
         k, v = k.repeat_interleave(G, dim=1), v.repeat_interleave(G, dim=1)
     out, lse = _cpu_flash(q, k, v, 0.0, causal, attn_mask=mask, scale=scale)[:2]
-    if seen is not None:  # the kernel reports a fully masked row as out 0, lse 0
+    if seen is not None:  # the kernel's report of a fully masked row is not trusted: lse 0
         lse = lse.masked_fill(~seen, float("-inf"))
+        out = out.masked_fill(~seen[..., None], 0.0)
     return out, lse
 
 
@@ -104,29 +112,23 @@ def _split_attention_cpu(q, k, v, k_sum, v_sum, sum_counts, causal, scale, log_c
     Keeps the local block on torch's fast (causal-skipping) path instead of feeding SDPA a dense
     [Tq, Tk + S] float mask. Needs Tq == Tk when causal (the kernel's mask is top-left aligned).
     """
-    neg_inf = float("-inf")
     parts = []
     if k.shape[2] > 0:
         mask = seen = None
         if k_valid is not None:
-            mask = torch.zeros(k_valid.shape, dtype=q.dtype, device=q.device).masked_fill(~k_valid, neg_inf)
-            mask = mask[:, None, None, :]  # (B, 1, 1, Tk)
+            mask = _padding_bias(k_valid, q.dtype)  # (B, 1, 1, Tk)
             if causal:  # query i sees a key iff some real key sits at or before i
                 seen = (k_valid.cumsum(1) > 0)[:, None, :]  # (B, 1, Tq)
             else:
                 seen = k_valid.any(1)[:, None, None]  # (B, 1, 1)
         parts.append(_flash_cpu(q, k, v, causal, mask, scale, seen))
     if k_sum is not None and k_sum.shape[2] > 0:
-        c = sum_counts.to(q.dtype).view(-1, 1, 1, sum_counts.shape[-1])  # (B|1, 1, 1, S)
-        bias = torch.log(c) if log_count_bias else torch.zeros_like(c).masked_fill(c == 0, neg_inf)
+        bias = _count_bias(sum_counts, log_count_bias, q.dtype)  # (B|1, 1, 1, S)
         seen = (sum_counts > 0).any(-1).view(-1, 1, 1)  # (B|1, 1, 1)
         parts.append(_flash_cpu(q, k_sum, v_sum, False, bias, scale, seen))
-    out, lse = parts[0]
     if len(parts) == 2:
-        out, lse = merge_attention(out, lse, *parts[1])
-    else:
-        out = out.masked_fill(torch.isinf(lse)[..., None], 0.0)
-    return out, lse
+        return merge_attention(*parts[0], *parts[1])
+    return parts[0]
 
 
 def prism_attention_torch(
@@ -136,10 +138,8 @@ def prism_attention_torch(
     """Plain-torch PRISM attention (CPU fallback); same contract as `prism_attention`."""
     B, H, Tq, D = q.shape
     scale = 1.0 / math.sqrt(D) if scale is None else scale
-    keys, vals = k, v
-    if k_sum is not None and k_sum.shape[2] > 0:
-        keys, vals = torch.cat([k, k_sum], 2), torch.cat([v, v_sum], 2)
-    if keys.shape[2] == 0:  # nothing to attend to
+    has_sum = k_sum is not None and k_sum.shape[2] > 0
+    if k.shape[2] == 0 and not has_sum:  # nothing to attend to
         out = q.new_zeros(B, H, Tq, v.shape[-1])
         lse_dtype = torch.float64 if q.dtype == torch.float64 else torch.float32
         lse = torch.full((B, H, Tq), float("-inf"), dtype=lse_dtype, device=q.device)
@@ -150,6 +150,7 @@ def prism_attention_torch(
     if split and _cpu_flash is not None and q.device.type == "cpu" and not (causal and Tq != k.shape[2]):
         out, lse = _split_attention_cpu(q, k, v, k_sum, v_sum, sum_counts, causal, scale, log_count_bias, k_valid)
         return (out, lse) if return_lse else out
+    keys, vals = (torch.cat([k, k_sum], 2), torch.cat([v, v_sum], 2)) if has_sum else (k, v)
     bias_dtype = torch.float64 if q.dtype == torch.float64 else torch.float32
     if return_lse:
         bias = _bias(q, k, sum_counts, causal, log_count_bias, k_valid, bias_dtype)
