@@ -22,6 +22,11 @@ except ImportError:
 
 # Device the Triton tests run on: the GPU if there is one, else CPU through the interpreter.
 TRITON_DEVICE = "cuda" if HAS_CUDA else "cpu"
+
+
+def to_triton(t):
+    """Move a tensor (or None) to TRITON_DEVICE."""
+    return None if t is None else t.to(TRITON_DEVICE)
 needs_triton = pytest.mark.skipif(not HAS_TRITON, reason="triton is not installed")
 gpu = pytest.mark.gpu  # large shapes on a CUDA GPU: `tools/test.sh -m gpu`; skipped elsewhere
 

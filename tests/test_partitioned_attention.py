@@ -3,7 +3,7 @@
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import TRITON_DEVICE, needs_triton
+from conftest import needs_triton, to_triton
 from oracle import oracle_partitioned_attention
 
 from prism_ops import partition_bounds, partitioned_attention
@@ -140,8 +140,7 @@ def test_triton_backend_matches_torch(causal):
     valid = torch.rand(1, 27) > 0.2
     kw = dict(num_partitions=3, segment_size=4, causal=causal, sink_tokens=2, halo=2)
     ref = partitioned_attention(q, k, v, valid=valid, backend="torch", **kw)
-    dev = lambda t: t.to(TRITON_DEVICE)  # noqa: E731
-    got = partitioned_attention(dev(q), dev(k), dev(v), valid=dev(valid), backend="triton", **kw)
+    got = partitioned_attention(to_triton(q), to_triton(k), to_triton(v), valid=to_triton(valid), backend="triton", **kw)
     torch.testing.assert_close(got.cpu(), ref, rtol=0, atol=2e-5)
 
 

@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import TRITON_DEVICE, assert_within_budget, gpu, needs_triton
+from conftest import TRITON_DEVICE, assert_within_budget, gpu, needs_triton, to_triton
 from oracle import oracle_prism_attention
 
 from prism_ops import prism_attention
@@ -124,8 +124,7 @@ def test_triton_within_budget(case, causal, dtype):
     ref, ref_lse = oracle_prism_attention(q, k, v, ks, vs, c, causal, None, True, kval)
     yard, _ = prism_attention_torch(q, k, v, ks, vs, c, causal=causal, k_valid=kval, return_lse=True) if dtype == torch.float32 else (
         prism_attention_torch(q, k, v, ks, vs, c, causal=causal, k_valid=kval), None)
-    dev = lambda t: None if t is None else t.to(TRITON_DEVICE)  # noqa: E731
-    out, lse = prism_attention(*map(dev, (q, k, v, ks, vs, c)), causal=causal, k_valid=dev(kval),
+    out, lse = prism_attention(*map(to_triton, (q, k, v, ks, vs, c)), causal=causal, k_valid=to_triton(kval),
                                return_lse=True, backend="triton")
     assert out.dtype == dtype and lse.dtype == torch.float32
     assert not out.isnan().any()
@@ -157,8 +156,7 @@ def test_triton_block_boundaries():
 
     q, k, v, ks, vs, c, kval = make_inputs(1, 2, 1, 45, 53, 19, 24, padded=True)
     ref, _ = oracle_prism_attention(q, k, v, ks, vs, c, True, 0.2, True, kval)
-    dev = lambda t: t.to(TRITON_DEVICE)  # noqa: E731
-    out = prism_attention_triton(*map(dev, (q, k, v, ks, vs, c)), causal=True, scale=0.2, k_valid=dev(kval),
+    out = prism_attention_triton(*map(to_triton, (q, k, v, ks, vs, c)), causal=True, scale=0.2, k_valid=to_triton(kval),
                                  block_m=16, block_n=32, interpret=TRITON_DEVICE == "cpu")
     torch.testing.assert_close(out.cpu().double(), ref, rtol=0, atol=1e-5)
 

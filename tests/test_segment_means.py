@@ -2,7 +2,7 @@
 
 import pytest
 import torch
-from conftest import FLOOR, TRITON_DEVICE, gpu, needs_triton
+from conftest import FLOOR, TRITON_DEVICE, gpu, needs_triton, to_triton
 from oracle import oracle_segment_means
 
 import prism_ops
@@ -74,7 +74,7 @@ def test_low_precision_accumulates_in_fp32(dtype):
 def test_triton_matches_oracle(B, H, T, D, cs, sinks, with_valid, dtype):
     x = torch.randn(B, H, T, D).to(dtype)
     valid = make_valid(B, T) if with_valid else None
-    xd, vd = x.to(TRITON_DEVICE), None if valid is None else valid.to(TRITON_DEVICE)
+    xd, vd = to_triton(x), to_triton(valid)
     means, counts = segment_means(xd, cs, valid=vd, sink_tokens=sinks, backend="triton")
     ref_means, ref_counts = oracle_segment_means(x, cs, valid, sinks)
     got_counts = counts.cpu().long()
