@@ -38,3 +38,17 @@ def test_prism_attention_vs_sdpa(compare, T_local, causal):
         lambda: F.scaled_dot_product_attention(q, keys, vals),
         lambda: prism_attention(q, k, v, k_sum, v_sum, counts, causal=causal, backend="torch"),
     )
+
+
+@pytest.mark.parametrize("T_local", [1024, 2048, 4096])
+def test_count_bias_cost_in_sdpa(compare, T_local):
+    """What the per-key +ln(count) bias alone costs SDPA: the floor under the non-causal ratio."""
+    q, k, v, k_sum, v_sum, counts = inputs(T_local)
+    keys, vals = torch.cat([k, k_sum], 2), torch.cat([v, v_sum], 2)
+    bias = torch.zeros(1, 1, 1, keys.shape[2])
+    bias[..., T_local:] = torch.log(counts.float())
+    compare(
+        f"sdpa+bias T_local={T_local} keys={keys.shape[2]}",
+        lambda: F.scaled_dot_product_attention(q, keys, vals),
+        lambda: F.scaled_dot_product_attention(q, keys, vals, attn_mask=bias),
+    )
