@@ -6,7 +6,8 @@
 
 After `configure`, every attention layer of the model runs `partitioned_attention`: the
 sequence is cut into `num_partitions` chunks, as if each ran on its own rank, and each chunk
-sees the others through segment means. The SDPA mask builder is registered with the
+sees the others through segment means. The levers (`prism_ops.levers`) and named presets are
+keyword arguments of `configure`. The SDPA mask builder is registered with the
 attention function, so causal models stay causal and tokenizer padding masks are honoured.
 transformers hands the attention function q `[B, H, T, D]` and k, v `[B, Hkv, T, D]`.
 """
@@ -15,7 +16,7 @@ from __future__ import annotations
 
 import torch
 
-from ._checks import check_int
+from .levers import resolve
 from .ops.partitioned_attention import partitioned_attention
 
 NAME = "prism"
@@ -46,11 +47,53 @@ def prism_attention_forward(module, query, key, value, attention_mask, dropout=0
             "(a KV cache): decode with the distributed runtime"
         )
     causal = is_causal if is_causal is not None else getattr(module, "is_causal", False)
+    kw = {k: v for k, v in settings.items() if k != "exchange"}
+    if settings["exchange"] == "hidden" and settings["summary_bits"]:
+        kw.update(hidden=module._prism_hidden, kv_weight=kv_weight(module))
     out = partitioned_attention(
         query, key, value, causal=bool(causal) and T > 1, scale=scaling,
-        valid=_padding_from_mask(attention_mask, T), **settings,
+        valid=_padding_from_mask(attention_mask, T), **kw,
     )
     return out.transpose(1, 2).contiguous(), None
+
+
+def kv_weight(module):
+    """(w_k, w_v), each `[Hkv * D, d]`, of an attention module that projects its input, or None.
+
+    Known layouts: BERT (`key`, `value`), ViT and Llama-style (`k_proj`, `v_proj`), GPT-2
+    (`c_attn`, a Conv1D holding [q | k | v] as `[d, 3d]`).
+    """
+    if isinstance(getattr(module, "key", None), torch.nn.Linear):
+        return module.key.weight, module.value.weight
+    if isinstance(getattr(module, "k_proj", None), torch.nn.Linear):
+        return module.k_proj.weight, module.v_proj.weight
+    c_attn = getattr(module, "c_attn", None)
+    if c_attn is not None and getattr(module, "split_size", None) and c_attn.weight.shape[1] == 3 * module.split_size:
+        d = module.split_size
+        w = c_attn.weight.T  # (3d, d)
+        return w[d : 2 * d], w[2 * d :]
+    return None
+
+
+def _store_hidden(module, args, kwargs):
+    """Forward pre-hook: keep the attention input, which hidden-feature exchange averages."""
+    module._prism_hidden = args[0] if args else kwargs["hidden_states"]
+
+
+def _resolve_exchange(model, wanted, attention_modules):
+    rope = bool(getattr(model.config, "rope_parameters", None))
+    if wanted == "kv":
+        return "kv"
+    why = None
+    if rope:
+        why = "the model uses rotary position embeddings (K depends on position, not only on the hidden features)"
+    elif not attention_modules:
+        why = f"no attention module of {type(model).__name__} has a known key/value projection layout"
+    if why is None:
+        return "hidden"
+    if wanted == "hidden":
+        raise ValueError(f"exchange='hidden' is not possible here: {why}; use exchange='kv' or 'auto'")
+    return "kv"
 
 
 def register() -> None:
@@ -64,22 +107,34 @@ def register() -> None:
     AttentionMaskInterface.register(NAME, sdpa_mask)
 
 
-def configure(model, *, num_partitions, segment_size, sink_tokens=0, halo=0, log_count_bias=True,
-              comm=None, weights=None, backend="auto"):
+def configure(model, *, num_partitions, segment_size=None, preset=None, comm=None, backend="auto", **levers):
     """Run every attention layer of `model` as PRISM over `num_partitions` simulated ranks.
 
-    comm=None simulates all partitions in this process.
+    Args:
+        num_partitions, segment_size: P and the compression rate.
+        preset: a name from `prism_ops.levers.PRESETS`; explicit arguments override it.
+        comm: None simulates all partitions in this process.
+        backend: "auto", "torch" or "triton".
+        **levers: sink_tokens, halo, log_count_bias, weights, cluster_iters, summary_bits,
+            exchange (see `prism_ops.levers`).
+
+    Returns the model. The resolved settings are on `model._prism_settings`.
     """
+    settings = resolve(num_partitions, segment_size, preset, **levers)
     if comm is not None:
         raise ValueError("comm: the MPI runtime is not part of this release; pass comm=None to simulate")
-    check_int(num_partitions, "num_partitions", 1)
-    check_int(segment_size, "segment_size", 1)
-    check_int(sink_tokens, "sink_tokens", 0)
-    check_int(halo, "halo", 0)
+    attention = [m for m in model.modules() if kv_weight(m) is not None]
+    settings["exchange"] = _resolve_exchange(model, settings["exchange"], attention)
+    settings["backend"] = backend
     register()
-    settings = dict(num_partitions=num_partitions, segment_size=segment_size, sink_tokens=sink_tokens,
-                    halo=halo, log_count_bias=log_count_bias, weights=weights, backend=backend)
     for m in model.modules():
         m._prism_settings = settings
+        handle = getattr(m, "_prism_hook", None)
+        if handle is not None:
+            handle.remove()
+            m._prism_hook = None
+    if settings["exchange"] == "hidden" and settings["summary_bits"]:
+        for m in attention:
+            m._prism_hook = m.register_forward_pre_hook(_store_hidden, with_kwargs=True)
     model.set_attn_implementation(NAME)
     return model

@@ -1,0 +1,135 @@
+"""prism-eval command line: run the grid on each model and write docs/EVAL.md, eval.json, plots."""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from .. import cost
+from . import grid, report, tasks
+
+
+def _ints(text: str) -> list[int]:
+    try:
+        return [int(x) for x in text.split(",") if x]
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from e
+
+
+FULL = dict(models="minilm,smollm2", partitions=[2, 4, 8], segment_sizes=[1, 4, 16, 64, 128], passages=64,
+            tokens=256, windows=4, window_tokens=1024)
+TINY = dict(models="tiny-encoder,tiny-decoder", partitions=[2, 4], segment_sizes=[1, 4, 16], passages=8,
+            tokens=64, windows=2, window_tokens=64)
+
+
+def parse(argv):
+    ap = argparse.ArgumentParser(prog="prism-eval", description=__doc__)
+    ap.add_argument("--models", help=f"comma-separated, from {sorted(tasks.LOADERS)} (default: minilm,smollm2)")
+    ap.add_argument("--tiny", action="store_true",
+                    help="tiny random models and a small grid by default (seconds; for tests)")
+    ap.add_argument("--partitions", type=_ints, help="default 2,4,8 (tiny: 2,4)")
+    ap.add_argument("--segment-sizes", type=_ints, help="default 1,4,16,64,128 (tiny: 1,4,16)")
+    ap.add_argument("--passages", type=int, help="encoder passages (default 64)")
+    ap.add_argument("--tokens", type=int, help="tokens per encoder passage (default 256)")
+    ap.add_argument("--windows", type=int, help="decoder perplexity windows (default 4)")
+    ap.add_argument("--window-tokens", type=int, help="tokens per decoder window (default 1024)")
+    ap.add_argument("--no-curves", action="store_true", help="only the paper's grid and the presets")
+    ap.add_argument("--out", type=Path, default=Path("docs"), help="where EVAL.md, eval.json and the plots go")
+    ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
+    args = ap.parse_args(argv)
+    defaults = TINY if args.tiny else FULL
+    for name, value in defaults.items():
+        if getattr(args, name) is None:
+            setattr(args, name, value)
+    args.models = [m for m in args.models.split(",") if m]
+    for m in args.models:
+        if m not in tasks.LOADERS:
+            ap.error(f"--models: unknown model {m!r}; choose from {sorted(tasks.LOADERS)}")
+    for name in ("passages", "tokens", "windows", "window_tokens"):
+        if getattr(args, name) < 1:
+            ap.error(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
+    return args
+
+
+def _sizes(args, model_name):
+    if model_name in ("minilm", "tiny-encoder"):
+        return args.passages, args.tokens
+    return args.windows, args.window_tokens
+
+
+def run_task(task, rows, progress) -> dict:
+    from .. import hf
+
+    shape = tasks.shape_of(task)
+    results, skipped = [], []
+    for s in rows:
+        settings = s.resolved()
+        try:
+            hf.configure(task.model, **{k: v for k, v in settings.items()})
+        except ValueError as e:  # e.g. hidden-feature exchange on a rotary-embedding model
+            skipped.append(f"{s.method} ({e})")
+            progress.update(1)
+            continue
+        exchange = task.model._prism_settings["exchange"]
+        kw = dict(exchange=exchange, sink_tokens=settings["sink_tokens"], halo=settings["halo"],
+                  causal=task.causal, weights=settings["weights"])
+        metrics = task.evaluate()
+        tasks.exact(task.model)
+        results.append({
+            "method": s.method, "partitions": s.num_partitions, "segment_size": s.segment_size,
+            "levers": s.label(), "exchange": exchange, "quality": metrics["quality"], "metrics": metrics,
+            "bytes": cost.traffic_ratio(shape, task.tokens, s.num_partitions, s.segment_size,
+                                        summary_bits=settings["summary_bits"],
+                                        cluster_iters=settings["cluster_iters"], **kw),
+            "flops": cost.compute_ratio(shape, task.tokens, s.num_partitions, s.segment_size, **kw),
+        })
+        progress.update(1)
+    return {"rows": results, "skipped": sorted(set(skipped))}
+
+
+def main(argv=None):
+    args = parse(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    rows = grid.build(args.partitions, args.segment_sizes, curves=not args.no_curves)
+    # Every setting is checked before a model is loaded.
+    try:
+        for m in args.models:
+            grid.check_all(rows, _sizes(args, m)[1])
+    except ValueError as e:
+        sys.exit(f"prism-eval: {e}")
+    from tqdm import tqdm
+
+    command = "prism-eval " + " ".join(shlex.quote(a) for a in (sys.argv[1:] if argv is None else argv))
+    results = []
+    t0 = time.perf_counter()
+    for m in args.models:
+        n, length = _sizes(args, m)
+        print(f"loading {m} ...", file=sys.stderr)
+        task = tasks.LOADERS[m](n, length)
+        describe = (f"{len(task.docs)} passages x {task.tokens} tokens; exact model's retrieval recall@1 "
+                    f"{task.ref['recall@1']:.3f}" if hasattr(task, "docs") else
+                    f"{len(task.windows)} windows x {task.tokens} tokens; exact perplexity {task.ref['ppl']:.3f}")
+        with tqdm(total=len(rows), desc=m, unit="setting", file=sys.stderr) as bar:
+            res = run_task(task, rows, bar)
+        res.update(model=task.name, key=m, metric=task.metric, tokens=task.tokens, describe=describe)
+        results.append(res)
+    paths = report.write(results, args.out, command)
+    print(f"{sum(len(r['rows']) for r in results)} settings in {time.perf_counter() - t0:.0f}s; wrote "
+          + ", ".join(str(p) for p in paths))
+    for res in results:
+        best = report.best_within_target(res["rows"], res["metric"])
+        if best:
+            print(f"{res['model']}: best at 4 partitions within 15% bytes: {best['method']} "
+                  f"(segment size {best['segment_size']}) {res['metric']} {best['quality']:.4f} "
+                  f"at {100 * best['bytes']:.1f}% bytes")
+    return results
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,172 @@
+"""The levers beyond plain segment means: quantized summaries, key clusters, hidden exchange, presets."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from prism_ops import levers, partitioned_attention, prism_attention, segment_means
+from prism_ops.ops.quantize_rows import quantize_rows
+from prism_ops.ops.token_clusters import cluster_means, token_clusters
+
+
+def loop_quantize(x, bits):
+    """Reference: per channel over rows, asymmetric, (min, step) rounded to float16; loops only."""
+    out = torch.empty_like(x)
+    S, C = x.shape
+    for c in range(C):
+        col = [float(x[s, c]) for s in range(S)]
+        lo = float(torch.tensor(min(col)).half())
+        step = float(torch.tensor((max(col) - lo) / (2**bits - 1)).half())
+        for s in range(S):
+            level = 0 if step == 0 else min(max(round((col[s] - lo) / step), 0), 2**bits - 1)
+            out[s, c] = lo + level * step
+    return out
+
+
+@pytest.mark.parametrize("bits", [2, 3, 4, 8])
+def test_quantize_rows_matches_loop_reference(bits):
+    x = torch.randn(2, 3, 7, 5, dtype=torch.float64) * 3
+    got = quantize_rows(x, bits)
+    for b in range(2):
+        for h in range(3):
+            torch.testing.assert_close(got[b, h], loop_quantize(x[b, h], bits), rtol=0, atol=1e-12)
+    # Error budget: half a step per value (plus the float16 rounding of the range).
+    span = x.amax(-2, keepdim=True) - x.amin(-2, keepdim=True)
+    assert ((got - x).abs() <= span / (2**bits - 1) / 2 * 1.01 + 1e-2 * span).all()
+
+
+def test_quantize_rows_edges():
+    x = torch.randn(1, 1, 6, 4)
+    assert quantize_rows(x, 0) is x
+    const = torch.full((1, 1, 5, 3), 0.25)  # a constant channel (0.25 is exact in fp16) is kept
+    assert torch.equal(quantize_rows(const, 4), const)
+    # Rows not sent (count 0) neither set the range nor change.
+    y = x.clone()
+    y[..., 2, :] = 1e6
+    sent = torch.ones(1, 1, 6, 1, dtype=torch.bool)
+    sent[..., 2, :] = False
+    got = quantize_rows(y, 8, sent)
+    assert got[..., 2, :].eq(1e6).all()
+    torch.testing.assert_close(got[..., [0, 1, 3, 4, 5], :], quantize_rows(x[..., [0, 1, 3, 4, 5], :], 8))
+    for dtype in (torch.float16, torch.bfloat16):
+        assert quantize_rows(x.to(dtype), 4).dtype == dtype
+    with pytest.raises(ValueError, match=r"summary_bits must be 0 \(full precision\) or one of"):
+        quantize_rows(x, 5)
+
+
+def test_token_clusters_without_iterations_are_the_segments():
+    x = torch.randn(2, 3, 11, 8, dtype=torch.float64)
+    keep = torch.rand(2, 11) > 0.3
+    assign = token_clusters(x.transpose(1, 2).reshape(2, 11, -1), 3, keep, iters=0)
+    means, counts = cluster_means(x, assign, 3, keep)
+    ref_means, ref_counts = segment_means(x, 4, valid=keep)
+    torch.testing.assert_close(means, ref_means, rtol=0, atol=1e-12)
+    assert torch.equal(counts, ref_counts)
+
+
+def two_key_groups(T=24, P=2):
+    """Every chunk's keys alternate between two values; values are all different."""
+    torch.manual_seed(0)
+    q = torch.randn(1, 2, T, 16, dtype=torch.float64)
+    a, b = torch.randn(2, 1, 2, 1, 16, dtype=torch.float64)
+    k = torch.where(torch.arange(T)[None, None, :, None] % 2 == 0, a, b)
+    v = torch.randn(1, 2, T, 16, dtype=torch.float64)
+    return q, k, v
+
+
+def test_key_clusters_are_exact_when_keys_repeat():
+    """Equal keys in a row make the summary exact whatever the values: clustering finds them,
+    positional segments (which mix the two keys) do not."""
+    q, k, v = two_key_groups()
+    ref = F.scaled_dot_product_attention(q, k, v)
+    kw = dict(num_partitions=2, segment_size=6)  # 12 tokens per chunk -> 2 rows
+    clustered = partitioned_attention(q, k, v, cluster_iters=2, **kw)
+    torch.testing.assert_close(clustered, ref, rtol=0, atol=1e-12)
+    assert (partitioned_attention(q, k, v, **kw) - ref).abs().max() > 1e-3
+
+
+def test_key_clusters_respect_padding_and_sinks():
+    q, k, v = two_key_groups(T=25, P=3)
+    valid = torch.ones(1, 25, dtype=torch.bool)
+    valid[0, [3, 10, 20]] = False
+    ref = F.scaled_dot_product_attention(q, k, v, attn_mask=valid[:, None, None, :])
+    got = partitioned_attention(q, k, v, num_partitions=3, segment_size=4, cluster_iters=3, sink_tokens=1,
+                                valid=valid)
+    torch.testing.assert_close(got, ref, rtol=0, atol=1e-12)
+
+
+def test_summary_bits_on_kv_rows():
+    """P=2, full attention: chunk 0 sees chunk 1's segment means, quantized per channel."""
+    torch.manual_seed(1)
+    q, k, v = torch.randn(1, 2, 20, 8), torch.randn(1, 1, 20, 8), torch.randn(1, 1, 20, 8)
+    got = partitioned_attention(q, k, v, num_partitions=2, segment_size=3, summary_bits=4)
+    kv, counts = segment_means(torch.cat([k, v], -1)[:, :, 10:], 3)
+    kv = loop_quantize(kv[0, 0], 4)[None, None]
+    ref0 = prism_attention(q[:, :, :10], k[:, :, :10], v[:, :, :10], kv[..., :8], kv[..., 8:], counts)
+    torch.testing.assert_close(got[:, :, :10], ref0, rtol=1e-6, atol=1e-6)
+    plain = partitioned_attention(q, k, v, num_partitions=2, segment_size=3)
+    assert 1e-5 < (got - plain).abs().max() < 0.1
+
+
+def linear_model_qkv(T=18, d=12, Hkv=2, D=4):
+    torch.manual_seed(2)
+    h = torch.randn(1, T, d, dtype=torch.float64)
+    w_k, w_v = torch.randn(2, Hkv * D, d, dtype=torch.float64)
+    b_k, b_v = torch.randn(2, Hkv * D, dtype=torch.float64)
+    split = lambda x: x.view(1, T, Hkv, D).transpose(1, 2)  # noqa: E731
+    q = torch.randn(1, 2 * Hkv, T, D, dtype=torch.float64)
+    return q, split(h @ w_k.T + b_k), split(h @ w_v.T + b_v), h, (w_k, w_v), (b_k, b_v)
+
+
+def test_hidden_exchange_quantizes_the_hidden_rows():
+    q, k, v, h, (w_k, w_v), (b_k, b_v) = linear_model_qkv()
+    kw = dict(num_partitions=2, segment_size=4)
+    # Without quantization, hidden-feature and K/V exchange are the same computation.
+    torch.testing.assert_close(partitioned_attention(q, k, v, hidden=h, kv_weight=(w_k, w_v), **kw),
+                               partitioned_attention(q, k, v, **kw), rtol=0, atol=0)
+    got = partitioned_attention(q, k, v, hidden=h, kv_weight=(w_k, w_v), summary_bits=3, **kw)
+    # Reference for chunk 0: chunk 1's hidden means, quantized, then projected (with the bias).
+    hm, counts = segment_means(h[:, None, 9:], 4)
+    hq = loop_quantize(hm[0, 0], 3)
+    ks = (hq @ w_k.T + b_k).view(1, 3, 2, 4).transpose(1, 2)
+    vs = (hq @ w_v.T + b_v).view(1, 3, 2, 4).transpose(1, 2)
+    ref0 = prism_attention(q[:, :, :9], k[:, :, :9], v[:, :, :9], ks, vs, counts)
+    torch.testing.assert_close(got[:, :, :9], ref0, rtol=0, atol=1e-10)
+
+
+def test_hidden_exchange_bad_input():
+    q, k, v, h, (w_k, w_v), _ = linear_model_qkv()
+    kw = dict(num_partitions=2, segment_size=4, summary_bits=4)
+    with pytest.raises(ValueError, match=r"hidden must have shape \[B, T, d\] = \[1, 18, d\]"):
+        partitioned_attention(q, k, v, hidden=h[:, :5], kv_weight=(w_k, w_v), **kw)
+    with pytest.raises(ValueError, match="kv_weight must be \\(w_k, w_v\\)"):
+        partitioned_attention(q, k, v, hidden=h, **kw)
+    with pytest.raises(ValueError, match=r"kv_weight\[1\] must be a \[Hkv \* D, d\] = \[8, 12\] tensor"):
+        partitioned_attention(q, k, v, hidden=h, kv_weight=(w_k, w_v[:, :3]), **kw)
+    with pytest.raises(ValueError, match="cluster_iters must be >= 0"):
+        partitioned_attention(q, k, v, num_partitions=2, segment_size=4, cluster_iters=-1)
+
+
+def test_resolve_levers_and_presets():
+    s = levers.resolve(4, 16)
+    assert s == dict(num_partitions=4, segment_size=16, **levers.DEFAULTS)
+    edge = levers.resolve(4, preset="edge")
+    assert (edge["segment_size"], edge["summary_bits"], edge["exchange"]) == (1, 4, "auto")
+    assert levers.resolve(4, 8, preset="edge", summary_bits=8)["segment_size"] == 8  # explicit wins
+    assert levers.resolve(4, 16, preset="paper") == s
+
+
+@pytest.mark.parametrize("args,kw,message", [
+    ((4, 16), dict(sinks=4), r"unknown lever\(s\) \['sinks'\]; known levers: \["),
+    ((4, 0), {}, "segment_size must be >= 1, got 0"),
+    ((4, None), {}, "segment_size is required"),
+    ((0, 4), {}, "num_partitions must be >= 1"),
+    ((4, 4), dict(preset="fast"), "preset must be one of"),
+    ((4, 4), dict(exchange="qkv"), "exchange must be one of"),
+    ((4, 4), dict(log_count_bias="yes"), "log_count_bias must be True or False"),
+    ((2, 4), dict(weights=[1, 2, 3]), "weights must be 2 positive numbers"),
+    ((2, 4), dict(summary_bits=16), "summary_bits must be in \\[2, 8\\]"),
+])
+def test_resolve_bad_settings(args, kw, message):
+    with pytest.raises(ValueError, match=message):
+        levers.resolve(*args, **kw)
