@@ -21,7 +21,7 @@ OUT = Path(__file__).parent / "out" / "quality"
 
 @pytest.fixture(scope="module")
 def results():
-    return {r["key"]: r for r in cli.main(["--partitions", "4", "--segment-sizes", "16", "--no-curves",
+    return {r["key"]: r for r in cli.run(["--partitions", "4", "--segment-sizes", "16", "--no-curves",
                                            "--out", str(OUT)])}
 
 

@@ -49,7 +49,7 @@ def test_best_within_target():
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("eval")
-    results = cli.main(["--tiny", "--out", str(out)])
+    results = cli.run(["--tiny", "--out", str(out)])
     return out, results
 
 

@@ -92,7 +92,8 @@ def run_task(task, rows, progress) -> dict:
     return {"rows": results, "skipped": sorted(set(skipped))}
 
 
-def main(argv=None):
+def run(argv=None) -> list[dict]:
+    """Run the evaluation; returns one result dict per model (also written to --out)."""
     args = parse(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -129,6 +130,11 @@ def main(argv=None):
                   f"(segment size {best['segment_size']}) {res['metric']} {best['quality']:.4f} "
                   f"at {100 * best['bytes']:.1f}% bytes")
     return results
+
+
+def main(argv=None) -> None:
+    """Console entry point (`prism-eval`): exit status 0 on success."""
+    run(argv)
 
 
 if __name__ == "__main__":
