@@ -49,3 +49,11 @@ def check_int(value, name: str, minimum: int, maximum: int | None = None, what: 
         bound = f">= {minimum}" if maximum is None else f"in [{minimum}, {maximum}]"
         raise ValueError(f"{name} must be {bound}{what}, got {value}")
     return value
+
+
+def check_weights(weights, num_partitions: int) -> list[float]:
+    """Relative partition sizes: `num_partitions` positive numbers."""
+    w = [float(x) for x in weights]
+    if len(w) != num_partitions or any(not x > 0 for x in w):
+        raise ValueError(f"weights must be {num_partitions} positive numbers (one per partition), got {weights!r}")
+    return w

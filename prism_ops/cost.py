@@ -32,6 +32,7 @@ from dataclasses import dataclass
 from ._checks import check_int
 from .ops.partitioned_attention import partition_bounds
 from .ops.quantize_rows import check_bits
+from .ops.segment_means import num_summary_rows
 
 EXCHANGES = ("kv", "hidden")
 
@@ -83,7 +84,7 @@ BERT_BASE = ModelShape(hidden_size=768, num_heads=12, num_kv_heads=12, head_dim=
 def _rows(n, first, segment_size, sink_tokens):
     """(exact sink rows, summary rows) a chunk of n tokens starting at `first` sends."""
     sinks = max(0, min(sink_tokens - first, n))
-    return sinks, math.ceil((n - sinks) / segment_size)
+    return sinks, num_summary_rows(n - sinks, segment_size)
 
 
 def _sent_rows(num_tokens, num_partitions, segment_size, sink_tokens, halo, causal, weights):
@@ -179,3 +180,14 @@ def compute_ratio(shape: ModelShape, num_tokens: int, num_partitions: int, segme
     kw = {k: v for k, v in kw.items() if k not in ("summary_bits", "cluster_iters", "dtype_bytes")}
     per_rank = flops_per_layer(shape, num_tokens, num_partitions, segment_size, **kw)
     return max(per_rank) / one_device_flops_per_layer(shape, num_tokens, causal=kw.get("causal", False))
+
+
+def settings_ratios(shape: ModelShape, num_tokens: int, settings: dict, *, causal: bool = False) -> tuple[float, float]:
+    """(traffic_ratio, compute_ratio) of a resolved settings dict (`prism_ops.levers.resolve`,
+    with `exchange` already "kv" or "hidden", as `prism_ops.hf.configure` leaves it)."""
+    P, cs = settings["num_partitions"], settings["segment_size"]
+    kw = dict(exchange=settings["exchange"], sink_tokens=settings["sink_tokens"], halo=settings["halo"],
+              causal=causal, weights=settings["weights"])
+    traffic = traffic_ratio(shape, num_tokens, P, cs, summary_bits=settings["summary_bits"],
+                            cluster_iters=settings["cluster_iters"], **kw)
+    return traffic, compute_ratio(shape, num_tokens, P, cs, **kw)

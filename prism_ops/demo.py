@@ -43,9 +43,7 @@ def main(argv=None):
         s = task.model._prism_settings
         m = task.evaluate()
         tasks.exact(task.model)
-        traffic = cost.traffic_ratio(shape, task.tokens, args.partitions, s["segment_size"],
-                                     exchange=s["exchange"], sink_tokens=s["sink_tokens"],
-                                     summary_bits=s["summary_bits"])
+        traffic, _ = cost.settings_ratios(shape, task.tokens, s)
         label = ", ".join(f"{k}={v}" for k, v in levers.items()) or "-"
         print(f"{s['segment_size']:>12} {label:>24} {s['exchange']:>8} {traffic:>13.1%} "
               f"{m['cos_mean']:>9.4f} {m['cos_min']:>8.4f}")

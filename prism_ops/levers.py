@@ -16,7 +16,7 @@ typo or a bad value fails in milliseconds with the argument's name.
 
 from __future__ import annotations
 
-from ._checks import check_int
+from ._checks import check_int, check_weights
 from .ops.quantize_rows import check_bits
 
 DEFAULTS = {
@@ -65,7 +65,6 @@ def resolve(num_partitions, segment_size=None, preset=None, **levers) -> dict:
         raise ValueError(f"log_count_bias must be True or False, got {out['log_count_bias']!r}")
     if out["exchange"] not in EXCHANGE_CHOICES:
         raise ValueError(f"exchange must be one of {EXCHANGE_CHOICES}, got {out['exchange']!r}")
-    w = out["weights"]
-    if w is not None and (len(w) != num_partitions or any(not float(x) > 0 for x in w)):
-        raise ValueError(f"weights must be {num_partitions} positive numbers (one per partition), got {w!r}")
+    if out["weights"] is not None:
+        check_weights(out["weights"], num_partitions)
     return dict(num_partitions=num_partitions, segment_size=segment_size, **out)

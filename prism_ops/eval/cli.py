@@ -70,23 +70,19 @@ def run_task(task, rows, progress) -> dict:
     for s in rows:
         settings = s.resolved()
         try:
-            hf.configure(task.model, **{k: v for k, v in settings.items()})
+            hf.configure(task.model, **settings)
         except ValueError as e:  # e.g. hidden-feature exchange on a rotary-embedding model
             skipped.append(f"{s.method} ({e})")
             progress.update(1)
             continue
-        exchange = task.model._prism_settings["exchange"]
-        kw = dict(exchange=exchange, sink_tokens=settings["sink_tokens"], halo=settings["halo"],
-                  causal=task.causal, weights=settings["weights"])
+        resolved = task.model._prism_settings  # exchange "auto" resolved to "kv" or "hidden"
         metrics = task.evaluate()
         tasks.exact(task.model)
+        traffic, flops = cost.settings_ratios(shape, task.tokens, resolved, causal=task.causal)
         results.append({
             "method": s.method, "partitions": s.num_partitions, "segment_size": s.segment_size,
-            "levers": s.label(), "exchange": exchange, "quality": metrics["quality"], "metrics": metrics,
-            "bytes": cost.traffic_ratio(shape, task.tokens, s.num_partitions, s.segment_size,
-                                        summary_bits=settings["summary_bits"],
-                                        cluster_iters=settings["cluster_iters"], **kw),
-            "flops": cost.compute_ratio(shape, task.tokens, s.num_partitions, s.segment_size, **kw),
+            "levers": s.label(), "exchange": resolved["exchange"], "quality": metrics["quality"],
+            "metrics": metrics, "bytes": traffic, "flops": flops,
         })
         progress.update(1)
     return {"rows": results, "skipped": sorted(set(skipped))}

@@ -26,10 +26,10 @@ from __future__ import annotations
 
 import torch
 
-from .._checks import check_int, check_mask, check_same, check_tensor
+from .._checks import check_int, check_mask, check_same, check_tensor, check_weights
 from .prism_attention import prism_attention
 from .quantize_rows import check_bits, quantize_rows
-from .segment_means import segment_means
+from .segment_means import num_summary_rows, segment_means
 from .token_clusters import cluster_means, token_clusters
 
 
@@ -46,9 +46,7 @@ def partition_bounds(T: int, num_partitions: int, weights=None) -> list[tuple[in
         base, extra = divmod(T, P)
         sizes = [base + (1 if p < extra else 0) for p in range(P)]
     else:
-        w = [float(x) for x in weights]
-        if len(w) != P or any(not x > 0 for x in w):
-            raise ValueError(f"weights must be {P} positive numbers (one per partition), got {weights!r}")
+        w = check_weights(weights, P)
         ideal = [T * x / sum(w) for x in w]
         sizes = [max(1, int(x)) for x in ideal]
         # Hand out what flooring left over by largest remainder; take back what the
@@ -132,7 +130,7 @@ def partitioned_attention(
     groups = []
     for c0, c1 in bounds:
         s0 = min(max(sink_tokens, c0), c1)
-        S = -(-(c1 - s0) // segment_size)
+        S = num_summary_rows(c1 - s0, segment_size)
         assign = None
         if cluster_iters and S:
             keys = k[:, :, s0:c1].transpose(1, 2).reshape(B, c1 - s0, -1)
