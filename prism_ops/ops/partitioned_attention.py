@@ -137,7 +137,7 @@ def partitioned_attention(
             assign = token_clusters(keys, S, valid_bt[:, s0:c1], cluster_iters)
         groups.append((s0, S, assign))
 
-    outs = []
+    outs, shared = [], {}
     for p, (start, end) in enumerate(bounds):
         exact = _exact_tokens(T, start, end, sink_tokens, halo, causal, q.device)
         own = torch.zeros(T, dtype=torch.bool, device=q.device)
@@ -153,15 +153,16 @@ def partitioned_attention(
             s0, S, assign = groups[c]
             if c == p or (causal and c > p) or S == 0:
                 continue
-            keep = valid_bt[:, s0:c1] & ~exact[s0:c1]
-            means, cnt = _group_means(kv[:, :, s0:c1], segment_size, keep, assign, S, backend)
-            if summary_bits:
-                sent = (cnt > 0)[:, None, :, None]
-                if hidden is None:
-                    means = quantize_rows(means, summary_bits, sent)
-                else:
-                    means = means + _projected_error(hidden[:, None, s0:c1], segment_size, keep, assign, S,
-                                                     summary_bits, sent, kv_weight, k.shape[1], backend)
+            # Only halo tokens make a chunk's summary depend on who receives it; without them
+            # every receiver gets the same rows, computed once.
+            personal = bool(exact[s0:c1].any())
+            if personal or c not in shared:
+                keep = valid_bt[:, s0:c1] & ~exact[s0:c1]
+                summary = _summary(kv[:, :, s0:c1], None if hidden is None else hidden[:, None, s0:c1],
+                                   segment_size, keep, assign, S, summary_bits, kv_weight, backend)
+                if not personal:
+                    shared[c] = summary
+            means, cnt = summary if personal else shared[c]
             rows.append(means)
             counts.append(cnt)
         k_sum = v_sum = sum_counts = None
@@ -177,6 +178,19 @@ def partitioned_attention(
             )
         )
     return torch.cat(outs, dim=2)
+
+
+def _summary(kv, hidden, segment_size, keep, assign, S, bits, kv_weight, backend):
+    """The K/V rows `[B, Hkv, S, 2D]` and counts `[B, S]` one chunk sends, after quantization."""
+    means, cnt = _group_means(kv, segment_size, keep, assign, S, backend)
+    if bits:
+        sent = (cnt > 0)[:, None, :, None]
+        if hidden is None:
+            means = quantize_rows(means, bits, sent)
+        else:
+            means = means + _projected_error(hidden, segment_size, keep, assign, S, bits, sent, kv_weight,
+                                             kv.shape[1], backend)
+    return means, cnt
 
 
 def _group_means(x, segment_size, keep, assign, S, backend):
