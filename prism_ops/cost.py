@@ -1,13 +1,14 @@
 """Analytic traffic and compute model of one PRISM layer, per rank.
 
-What a rank sends per layer (its all-gather payload plus point-to-point halo rows) against
+What a rank sends per layer (its all-gather payload) against
 full position-wise exchange (Voltage: every rank all-gathers its n_p hidden features of d
 values), and what a rank computes per layer against one device running all N tokens.
 
-Rows a rank p with n_p tokens sends per layer:
-- its sink tokens (those among the first `sink_tokens` of the sequence), exact;
-- ceil((n_p - sinks_p) / segment_size) summary rows;
-- halo: min(halo, n_p) exact rows to the next rank, and to the previous one unless causal.
+Rows a rank p with n_p tokens sends per layer (`prism_ops.ops.chunk_summary`):
+- exact: its sink tokens (those among the first `sink_tokens` of the sequence) and its halo
+  tokens (the last `halo` unless it is the last rank; the first `halo` unless it is the first
+  rank or the model is causal);
+- summary: ceil(rest / segment_size) rows for the rest.
 A row holds 2 * Hkv * D values (K/V exchange) or d values (hidden-feature exchange, the
 paper's). Exact rows travel at the model's precision; summary rows too, or as `summary_bits`
 integers plus a float16 (minimum, step) pair per channel (`quantize_rows`). Key clusters add a
@@ -31,8 +32,8 @@ from dataclasses import dataclass
 
 from ._checks import check_int
 from .ops.partitioned_attention import partition_bounds
+from .ops.chunk_summary import summary_count, visible_chunks
 from .ops.quantize_rows import check_bits
-from .ops.segment_means import num_summary_rows
 
 EXCHANGES = ("kv", "hidden")
 
@@ -81,22 +82,11 @@ class ModelShape:
 BERT_BASE = ModelShape(hidden_size=768, num_heads=12, num_kv_heads=12, head_dim=64, ffn_size=3072, num_layers=12)
 
 
-def _rows(n, first, segment_size, sink_tokens):
-    """(exact sink rows, summary rows) a chunk of n tokens starting at `first` sends."""
-    sinks = max(0, min(sink_tokens - first, n))
-    return sinks, num_summary_rows(n - sinks, segment_size)
-
-
 def _sent_rows(num_tokens, num_partitions, segment_size, sink_tokens, halo, causal, weights):
     """Per rank: (exact rows, summary rows), and the bounds."""
     bounds = partition_bounds(num_tokens, num_partitions, weights)
-    out = []
-    for p, (start, end) in enumerate(bounds):
-        n = end - start
-        sinks, summary = _rows(n, start, segment_size, sink_tokens)
-        halo_rows = min(halo, n) * ((p < num_partitions - 1) + (p > 0 and not causal))
-        out.append((sinks + halo_rows, summary))
-    return out, bounds
+    layout = dict(sink_tokens=sink_tokens, halo=halo, causal=causal)
+    return [summary_count(bounds, c, segment_size, **layout) for c in range(num_partitions)], bounds
 
 
 def _check(shape, num_tokens, num_partitions, segment_size, exchange, sink_tokens, halo, summary_bits):
@@ -149,17 +139,12 @@ def flops_per_layer(shape: ModelShape, num_tokens: int, num_partitions: int, seg
                     weights=None) -> list[int]:
     """FLOPs each rank spends per layer (matrix products only; see the module docstring)."""
     _check(shape, num_tokens, num_partitions, segment_size, exchange, sink_tokens, halo, 0)
-    rows, bounds = _sent_rows(num_tokens, num_partitions, segment_size, sink_tokens, 0, causal, weights)
+    rows, bounds = _sent_rows(num_tokens, num_partitions, segment_size, sink_tokens, halo, causal, weights)
     H, Hkv, D, d = shape.num_heads, shape.num_kv_heads, shape.head_dim, shape.hidden_size
     out = []
     for p, (start, end) in enumerate(bounds):
         n = end - start
-        senders = range(p) if causal else [c for c in range(num_partitions) if c != p]
-        received = sum(sum(rows[c]) for c in senders)
-        if halo:  # halo rows come from the neighbours
-            received += min(halo, bounds[p - 1][1] - bounds[p - 1][0]) if p > 0 else 0
-            if not causal and p < num_partitions - 1:
-                received += min(halo, bounds[p + 1][1] - bounds[p + 1][0])
+        received = sum(sum(rows[c]) for c in visible_chunks(p, num_partitions, causal))
         local_scores = n * (n + 1) // 2 if causal else n * n
         macs = n * shape.linear_macs_per_token() + 2 * H * D * (local_scores + n * received)
         if exchange == "hidden":

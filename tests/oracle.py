@@ -76,11 +76,13 @@ def oracle_partitioned_attention(q, k, v, bounds, segment_size, causal=False, sc
                                  log_count_bias=True, sink_tokens=0, halo=0, valid=None):
     """PRISM over the given chunk bounds, query chunk by query chunk, key token by key token.
 
-    For chunk p every key token j is exactly one of: exact (own chunk, a sink, or within `halo`
-    of p's boundary), part of a segment of its chunk's fixed grid, or invisible (padding, or in
-    a later chunk when causal).
+    For chunk p every key token j is exactly one of: exact (own chunk, a sink, or one of the
+    `halo` tokens at either end of its chunk: the last ones only, and none of the last chunk,
+    when causal; none at the outer ends), part of a segment of its chunk's grid (which starts
+    after those exact tokens), or invisible (padding, or in a later chunk when causal).
     """
     B, H, T, D = q.shape
+    P = len(bounds)
     outs = []
     for p, (start, end) in enumerate(bounds):
         groups = {}  # key -> list of token indices sharing one summary row
@@ -88,14 +90,13 @@ def oracle_partitioned_attention(q, k, v, bounds, segment_size, causal=False, sc
         for c, (c0, c1) in enumerate(bounds):
             if causal and c > p:
                 continue
-            sinks_c = max(0, min(sink_tokens - c0, c1 - c0))
+            head = [j for j in range(c0, c1) if j < sink_tokens or (not causal and c > 0 and j < c0 + halo)]
+            tail = [j for j in range(c0, c1) if c < P - 1 and j >= c1 - halo and j not in head]
+            grid0 = c0 + len(head)
             for j in range(c0, c1):
                 own = c == p
-                is_exact = own or j < sink_tokens or (start - halo <= j < start)
-                if not causal:
-                    is_exact = is_exact or (end <= j < end + halo)
-                # Chunk c's grid starts after its sink tokens, as segment_means cuts it.
-                key = ("exact", j) if is_exact else ("seg", c, (j - c0 - sinks_c) // segment_size)
+                is_exact = own or j in head or j in tail
+                key = ("exact", j) if is_exact else ("seg", c, (j - grid0) // segment_size)
                 if key not in groups:
                     groups[key] = []
                     order.append(key)

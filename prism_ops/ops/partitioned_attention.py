@@ -1,15 +1,13 @@
 """One PRISM attention layer for P ranks, simulated in one process on full-sequence q/k/v.
 
 T is cut into `num_partitions` contiguous chunks (`partition_bounds`). Chunk p attends exactly
-to its own tokens and to summary rows standing for the other chunks (only earlier chunks when
-causal): each other chunk's segment means on its own fixed segment grid, as that rank would
-send them. Two levers make some tokens exact rows (count 1) for chunk p:
-- sink_tokens: the first `sink_tokens` tokens of the sequence, for every chunk;
-- halo: the `halo` tokens on each side of chunk p's boundaries (the preceding side only when
-  causal).
-A token that is exact for chunk p is left out of the segment means chunk p uses, so nothing is
-counted twice. (A real rank can do that on receipt: it knows each segment's sum = mean * count
-and the exact tokens it was sent.) Padding (`valid` False) is excluded everywhere.
+to its own tokens and to the rows the other chunks send (only earlier chunks when causal),
+built by `chunk_summary` exactly as each rank builds its all-gather payload: segment means on
+the chunk's own fixed grid, plus exact rows (count 1) from two levers:
+- sink_tokens: the first `sink_tokens` tokens of the sequence;
+- halo: each chunk's `halo` tokens next to its boundaries (only the last ones when causal:
+  nobody earlier may see the first ones). They are left out of the chunk's segment means.
+Padding (`valid` False) is excluded everywhere.
 Two more levers change what a summary row is, not how many there are:
 - cluster_iters: rows are means of key clusters (`token_clusters`) instead of positional
   segments, computed once per chunk as its rank would;
@@ -28,9 +26,8 @@ import torch
 
 from .._checks import check_int, check_mask, check_same, check_tensor, check_weights
 from .prism_attention import prism_attention
+from .chunk_summary import chunk_clusters, chunk_layout, summary_rows, visible_rows
 from .quantize_rows import check_bits, quantize_rows
-from .segment_means import num_summary_rows, segment_means
-from .token_clusters import cluster_means, token_clusters
 
 
 def partition_bounds(T: int, num_partitions: int, weights=None) -> list[tuple[int, int]]:
@@ -63,23 +60,10 @@ def partition_bounds(T: int, num_partitions: int, weights=None) -> list[tuple[in
     return bounds
 
 
-def _exact_tokens(T, start, end, sink_tokens, halo, causal, device):
-    """Bool [T]: tokens chunk [start, end) sees exactly (own, sinks, halo)."""
-    idx = torch.arange(T, device=device)
-    exact = (idx >= start) & (idx < end)
-    exact |= idx < sink_tokens
-    exact |= (idx >= start - halo) & (idx < start)
-    if not causal:
-        exact |= (idx >= end) & (idx < end + halo)
-    else:
-        exact &= idx < end  # nothing from the future, even a sink
-    return exact
-
-
 def partitioned_attention(
     q, k, v, *, num_partitions, segment_size, causal=False, scale=None, log_count_bias=True,
     sink_tokens=0, halo=0, valid=None, weights=None, cluster_iters=0, summary_bits=0, hidden=None,
-    kv_weight=None, backend="auto",
+    kv_weight=None, backend="auto", return_rows=False,
 ):
     """PRISM attention over `num_partitions` contiguous chunks of T, in one process.
 
@@ -87,10 +71,10 @@ def partitioned_attention(
         q: `[B, H, T, D]`; k, v: `[B, Hkv, T, D]` (H a multiple of Hkv).
         num_partitions: P, number of ranks simulated, 1 <= P <= T.
         segment_size: tokens per summary row (the compression rate), >= 1.
-        causal: decoder mask: lower-triangular locally, earlier chunks' summaries only.
+        causal: decoder mask: lower-triangular locally, earlier chunks' rows only.
         scale, log_count_bias: as in `prism_attention`.
-        sink_tokens: first tokens of the sequence kept exact for every chunk.
-        halo: tokens next to each chunk boundary kept exact for the neighbouring chunk.
+        sink_tokens: first tokens of the sequence sent exact by their chunk.
+        halo: tokens next to each chunk boundary sent exact (see `chunk_summary`).
         valid: optional bool `[B, T]`, False = padding (ignored as key and in summaries).
         weights: optional relative chunk sizes (e.g. device speeds), see `partition_bounds`.
         cluster_iters: 0 for positional segments (the paper); k > 0 for k Lloyd iterations of
@@ -100,9 +84,11 @@ def partitioned_attention(
             projections (w_k, w_v), each `[Hkv * D, d]`: hidden-feature exchange. They matter
             only with summary_bits (averaging commutes with the affine projection).
         backend: "auto", "torch" or "triton".
+        return_rows: also return, per chunk p, the (k_sum, v_sum, counts) it attended to
+            (what a decoding rank caches).
 
     Returns:
-        `[B, H, T, D]`: what the P ranks would compute, concatenated along T.
+        `[B, H, T, D]`: what the P ranks would compute, concatenated along T (and the rows).
         segment_size=1 or num_partitions=1 give exact attention.
     """
     check_tensor(q, "q", "[B, H, T, D]", 4)
@@ -123,53 +109,27 @@ def partitioned_attention(
         _check_hidden(hidden, kv_weight, k)
     valid_bt = valid if valid is not None else torch.ones((B, T), dtype=torch.bool, device=q.device)
     kv = torch.cat([k, v], dim=-1)  # keys and values are averaged together
-    D = k.shape[-1]
 
-    # What each chunk's rank sends, whoever receives it: its tokens after the global sinks
-    # (those travel exact), grouped into S rows by position or by key cluster.
-    groups = []
-    for c0, c1 in bounds:
-        s0 = min(max(sink_tokens, c0), c1)
-        S = num_summary_rows(c1 - s0, segment_size)
-        assign = None
-        if cluster_iters and S:
-            keys = k[:, :, s0:c1].transpose(1, 2).reshape(B, c1 - s0, -1)
-            assign = token_clusters(keys, S, valid_bt[:, s0:c1], cluster_iters)
-        groups.append((s0, S, assign))
+    # What each chunk's rank sends (as its receivers decode it): the same for every receiver.
+    rows = []
+    for c, (c0, c1) in enumerate(bounds):
+        a, b = chunk_layout(bounds, c, sink_tokens=sink_tokens, halo=halo, causal=causal)
+        a, b, keep = a - c0, b - c0, valid_bt[:, c0:c1]
+        assign = chunk_clusters(k[:, :, c0:c1], keep, a, b, segment_size, cluster_iters)
+        exact, exact_counts, means, counts = summary_rows(kv[:, :, c0:c1], keep, a, b, segment_size, assign, backend)
+        if summary_bits:
+            sent = (counts > 0)[:, None, :, None]
+            if hidden is None:
+                means = quantize_rows(means, summary_bits, sent)
+            else:
+                h_means = summary_rows(hidden[:, None, c0:c1], keep, a, b, segment_size, assign, backend)[2]
+                means = means + _projected_error(h_means, summary_bits, sent, kv_weight, k.shape[1])
+        rows.append((torch.cat([exact, means], 2), torch.cat([exact_counts, counts], 1)))
 
-    outs, shared = [], {}
+    outs, seen = [], []
     for p, (start, end) in enumerate(bounds):
-        exact = _exact_tokens(T, start, end, sink_tokens, halo, causal, q.device)
-        own = torch.zeros(T, dtype=torch.bool, device=q.device)
-        own[start:end] = True
-        rows, counts = [], []
-        # Exact rows from outside the chunk (sinks, halo): count 1, or 0 for padding.
-        extra = torch.nonzero(exact & ~own).flatten()
-        if extra.numel():
-            rows.append(kv[:, :, extra])
-            counts.append(valid_bt[:, extra].to(torch.int32))
-        # Summaries of every other chunk it may see, with its exact tokens left out.
-        for c, (c0, c1) in enumerate(bounds):
-            s0, S, assign = groups[c]
-            if c == p or (causal and c > p) or S == 0:
-                continue
-            # Only halo tokens make a chunk's summary depend on who receives it; without them
-            # every receiver gets the same rows, computed once.
-            personal = bool(exact[s0:c1].any())
-            if personal or c not in shared:
-                keep = valid_bt[:, s0:c1] & ~exact[s0:c1]
-                summary = _summary(kv[:, :, s0:c1], None if hidden is None else hidden[:, None, s0:c1],
-                                   segment_size, keep, assign, S, summary_bits, kv_weight, backend)
-                if not personal:
-                    shared[c] = summary
-            means, cnt = summary if personal else shared[c]
-            rows.append(means)
-            counts.append(cnt)
-        k_sum = v_sum = sum_counts = None
-        if rows:
-            summary = torch.cat(rows, dim=2)  # (B, Hkv, S, 2D)
-            k_sum, v_sum = summary[..., :D], summary[..., D:]
-            sum_counts = torch.cat(counts, dim=1)
+        k_sum, v_sum, sum_counts = visible_rows(rows, p, causal)
+        seen.append((k_sum, v_sum, sum_counts))
         outs.append(
             prism_attention(
                 q[:, :, start:end], k[:, :, start:end], v[:, :, start:end], k_sum, v_sum, sum_counts,
@@ -177,37 +137,17 @@ def partitioned_attention(
                 k_valid=None if valid is None else valid[:, start:end], backend=backend,
             )
         )
-    return torch.cat(outs, dim=2)
+    out = torch.cat(outs, dim=2)
+    return (out, seen) if return_rows else out
 
 
-def _summary(kv, hidden, segment_size, keep, assign, S, bits, kv_weight, backend):
-    """The K/V rows `[B, Hkv, S, 2D]` and counts `[B, S]` one chunk sends, after quantization."""
-    means, cnt = _group_means(kv, segment_size, keep, assign, S, backend)
-    if bits:
-        sent = (cnt > 0)[:, None, :, None]
-        if hidden is None:
-            means = quantize_rows(means, bits, sent)
-        else:
-            means = means + _projected_error(hidden, segment_size, keep, assign, S, bits, sent, kv_weight,
-                                             kv.shape[1], backend)
-    return means, cnt
-
-
-def _group_means(x, segment_size, keep, assign, S, backend):
-    """Rows of x `[B, H, n, C]` for one chunk: segment means, or cluster means when assigned."""
-    if assign is None:
-        return segment_means(x, segment_size, valid=keep, backend=backend)
-    return cluster_means(x, assign, S, keep)
-
-
-def _projected_error(hidden, segment_size, keep, assign, S, bits, sent, kv_weight, Hkv, backend):
-    """What quantizing the hidden-feature rows changes in the K/V rows: `[B, Hkv, S, 2D]`."""
-    h_means, _ = _group_means(hidden, segment_size, keep, assign, S, backend)  # (B, 1, S, d)
+def _projected_error(h_means, bits, sent, kv_weight, Hkv):
+    """What quantizing the hidden-feature rows `[B, 1, S, d]` changes in the K/V rows: `[B, Hkv, S, 2D]`."""
     err = (quantize_rows(h_means, bits, sent) - h_means)[:, 0]  # (B, S, d)
-    B = err.shape[0]
+    B, S = err.shape[:2]
     # w_k, w_v: (Hkv * D, d). The projection is affine, so its bias cancels in a difference.
     parts = [(err.to(w.dtype) @ w.T).view(B, S, Hkv, -1).transpose(1, 2) for w in kv_weight]
-    return torch.cat(parts, -1).to(hidden.dtype)
+    return torch.cat(parts, -1).to(h_means.dtype)
 
 
 def _check_hidden(hidden, kv_weight, k):

@@ -1,0 +1,88 @@
+"""What one rank sends per layer, and which of it a receiver attends to.
+
+The sequence is cut into contiguous chunks, one per rank (`partition_bounds`). Chunk c
+`[c0, c1)` is laid out by `chunk_layout` as
+
+    [c0, a)  exact rows: sink tokens (the first `sink_tokens` of the sequence) and, with halo,
+             its first `halo` tokens (for the previous rank; not when causal)
+    [a, b)   summary rows: segment means on a grid starting at a (or key-cluster means)
+    [b, c1)  exact rows: with halo, its last `halo` tokens (for the next rank)
+
+Every rank computes every chunk's layout from the bounds, so nothing but the rows travels.
+The all-gather delivers a chunk's whole payload to every rank, so every receiver that may see
+chunk c (all others; only earlier ones when causal) attends to all of its rows: exact rows with
+count 1, summary rows with their counts. Padding (`keep` False) gets count 0 and is ignored.
+
+The simulation (`partitioned_attention`) and the MPI runtime (`prism_ops.distributed`) both
+build rows with these functions, so they agree by construction up to the transport.
+
+Shapes: x `[B, H, n, C]` (H heads of C channels over the chunk's n tokens; K|V concatenated,
+or hidden features with H = 1), keep `[B, n]`. Rows `[B, H, R, C]`, counts `[B, R]` int32.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from .segment_means import num_summary_rows, segment_means
+from .token_clusters import cluster_means, token_clusters
+
+
+def chunk_layout(bounds, c: int, *, sink_tokens: int, halo: int, causal: bool) -> tuple[int, int]:
+    """(a, b) of chunk c: exact rows [c0, a) and [b, c1), summary rows over [a, b)."""
+    c0, c1 = bounds[c]
+    first = halo if (not causal and c > 0) else 0
+    last = halo if c < len(bounds) - 1 else 0
+    a = max(c0, min(c1, max(sink_tokens, c0 + first)))
+    b = max(a, c1 - last)
+    return a, b
+
+
+def summary_count(bounds, c: int, segment_size: int, **layout) -> tuple[int, int]:
+    """(exact rows, summary rows) chunk c sends."""
+    c0, c1 = bounds[c]
+    a, b = chunk_layout(bounds, c, **layout)
+    return (a - c0) + (c1 - b), num_summary_rows(b - a, segment_size)
+
+
+def chunk_clusters(k, keep, a: int, b: int, segment_size: int, iters: int):
+    """Key-cluster assignment `[B, b - a]` of the summarised tokens, or None for segments.
+
+    k `[B, Hkv, n, D]` are the chunk's keys; a, b are relative to the chunk.
+    """
+    S = num_summary_rows(b - a, segment_size)
+    if not iters or S == 0:
+        return None
+    B = k.shape[0]
+    keys = k[:, :, a:b].transpose(1, 2).reshape(B, b - a, -1)
+    return token_clusters(keys, S, keep[:, a:b], iters)
+
+
+def summary_rows(x, keep, a: int, b: int, segment_size: int, assign=None, backend="auto"):
+    """Chunk rows before any rounding: (exact `[B, H, E, C]`, exact counts `[B, E]`,
+    means `[B, H, S, C]`, counts `[B, S]`); a, b relative to the chunk."""
+    n = x.shape[2]
+    ex = torch.cat([torch.arange(a), torch.arange(b, n)]).to(x.device)
+    exact, exact_counts = x[:, :, ex], keep[:, ex].to(torch.int32)
+    S = num_summary_rows(b - a, segment_size)
+    if assign is not None:
+        means, counts = cluster_means(x[:, :, a:b], assign, S, keep[:, a:b])
+    else:
+        means, counts = segment_means(x[:, :, a:b], segment_size, valid=keep[:, a:b], backend=backend)
+    return exact, exact_counts, means, counts
+
+
+def visible_chunks(p: int, num_chunks: int, causal: bool) -> list[int]:
+    """Chunks whose rows rank p attends to: every other one, or only earlier ones when causal."""
+    return [c for c in range(num_chunks) if c != p and (c < p or not causal)]
+
+
+def visible_rows(rows, p: int, causal: bool):
+    """(k_sum, v_sum, counts) rank p attends to, from rows[c] = (kv `[B, Hkv, R_c, 2D]`,
+    counts `[B, R_c]`) of every chunk; (None, None, None) when it sees none."""
+    seen = [rows[c] for c in visible_chunks(p, len(rows), causal) if rows[c][1].shape[1]]
+    if not seen:
+        return None, None, None
+    kv = torch.cat([r[0] for r in seen], dim=2)
+    D = kv.shape[-1] // 2
+    return kv[..., :D], kv[..., D:], torch.cat([r[1] for r in seen], dim=1)
