@@ -16,10 +16,13 @@ from __future__ import annotations
 
 import torch
 
-from .levers import resolve
-from .ops.partitioned_attention import partitioned_attention
+from .levers import DEFAULTS, resolve
+from .ops.partitioned_attention import partition_bounds, partitioned_attention
+from .ops.prism_attention import prism_attention
 
 NAME = "prism"
+# The settings partitioned_attention takes (the rest: exchange, comm, backend bookkeeping).
+SIMULATED = ("num_partitions", "segment_size", "backend") + tuple(k for k in DEFAULTS if k != "exchange")
 
 
 def _padding_from_mask(attention_mask, T):
@@ -40,21 +43,44 @@ def prism_attention_forward(module, query, key, value, attention_mask, dropout=0
         raise ValueError("attn_implementation='prism' needs prism_ops.hf.configure(model, ...) first")
     if dropout and module.training:
         raise ValueError("prism attention is for inference: call model.eval() (attention dropout is not applied)")
+    causal = bool(is_causal if is_causal is not None else getattr(module, "is_causal", False))
     T = query.shape[2]
     if key.shape[2] != T:
-        raise ValueError(
-            f"prism attention runs a whole sequence at once (prefill); got {T} queries for {key.shape[2]} keys "
-            "(a KV cache): decode with the distributed runtime"
-        )
-    causal = is_causal if is_causal is not None else getattr(module, "is_causal", False)
-    kw = {k: v for k, v in settings.items() if k != "exchange"}
+        out = _decode_step(module, query, key, value, settings, scaling, causal)
+        return out.transpose(1, 2).contiguous(), None
+    if settings["comm"] is not None:
+        from .distributed.attention import rank_attention
+
+        out = rank_attention(module, query, key, value, settings, scale=scaling, causal=causal)
+        return out.transpose(1, 2).contiguous(), None
+    kw = {k: settings[k] for k in SIMULATED}
     if settings["exchange"] == "hidden" and settings["summary_bits"]:
         kw.update(hidden=module._prism_hidden, kv_weight=kv_weight(module))
     out = partitioned_attention(
-        query, key, value, causal=bool(causal) and T > 1, scale=scaling,
-        valid=_padding_from_mask(attention_mask, T), **kw,
+        query, key, value, causal=causal and T > 1, scale=scaling,
+        valid=_padding_from_mask(attention_mask, T), return_rows=causal, **kw,
     )
+    if causal:
+        # What the last partition attended to: its rank would decode with these cached rows.
+        out, rows = out
+        start = partition_bounds(T, settings["num_partitions"], settings["weights"])[-1][0]
+        module._prism_rows = (start, *rows[-1])
     return out.transpose(1, 2).contiguous(), None
+
+
+def _decode_step(module, query, key, value, settings, scale, causal):
+    """New tokens of a decoder (a KV cache longer than the queries): the last partition decodes
+    with its exact KV cache (from `start`) plus the rows it cached at prefill. Simulated or on
+    the last MPI rank alike."""
+    rows = getattr(module, "_prism_rows", None)
+    if not causal or rows is None:
+        raise ValueError(
+            f"prism attention got {query.shape[2]} queries for {key.shape[2]} keys (a KV cache): only a causal "
+            "model decodes, after a prefill through prism attention"
+        )
+    start, k_sum, v_sum, counts = rows
+    return prism_attention(query, key[:, :, start:], value[:, :, start:], k_sum, v_sum, counts, causal=True,
+                           scale=scale, log_count_bias=settings["log_count_bias"], backend=settings["backend"])
 
 
 def kv_weight(module):
@@ -73,6 +99,16 @@ def kv_weight(module):
         w = c_attn.weight.T  # (3d, d)
         return w[d : 2 * d], w[2 * d :]
     return None
+
+
+def kv_bias(module):
+    """(b_k, b_v), each `[Hkv * D]` or None, matching `kv_weight`."""
+    if isinstance(getattr(module, "key", None), torch.nn.Linear):
+        return module.key.bias, module.value.bias
+    if isinstance(getattr(module, "k_proj", None), torch.nn.Linear):
+        return module.k_proj.bias, module.v_proj.bias
+    d = module.split_size
+    return module.c_attn.bias[d : 2 * d], module.c_attn.bias[2 * d :]
 
 
 def _store_hidden(module, args, kwargs):
@@ -113,7 +149,9 @@ def configure(model, *, num_partitions, segment_size=None, preset=None, comm=Non
     Args:
         num_partitions, segment_size: P and the compression rate.
         preset: a name from `prism_ops.levers.PRESETS`; explicit arguments override it.
-        comm: None simulates all partitions in this process.
+        comm: None simulates all partitions in this process; a
+            `prism_ops.distributed.Communicator` makes this process one rank of num_partitions
+            (= comm.size); run it through `prism_ops.distributed.runtime`.
         backend: "auto", "torch" or "triton".
         **levers: sink_tokens, halo, log_count_bias, weights, cluster_iters, summary_bits,
             exchange (see `prism_ops.levers`).
@@ -121,11 +159,13 @@ def configure(model, *, num_partitions, segment_size=None, preset=None, comm=Non
     Returns the model. The resolved settings are on `model._prism_settings`.
     """
     settings = resolve(num_partitions, segment_size, preset, **levers)
-    if comm is not None:
-        raise ValueError("comm: the MPI runtime is not part of this release; pass comm=None to simulate")
+    if comm is not None and comm.size != num_partitions:
+        raise ValueError(f"num_partitions must equal the number of ranks comm.size={comm.size}, got {num_partitions}")
     attention = [m for m in model.modules() if kv_weight(m) is not None]
     settings["exchange"] = _resolve_exchange(model, settings["exchange"], attention)
     settings["backend"] = backend
+    settings["comm"] = comm
+    settings["context"] = None  # set per request by prism_ops.distributed.runtime
     register()
     for m in model.modules():
         m._prism_settings = settings
@@ -133,7 +173,8 @@ def configure(model, *, num_partitions, segment_size=None, preset=None, comm=Non
         if handle is not None:
             handle.remove()
             m._prism_hook = None
-    if settings["exchange"] == "hidden" and settings["summary_bits"]:
+    # The simulation needs the attention input only to round it; a rank sends it.
+    if settings["exchange"] == "hidden" and (settings["summary_bits"] or comm is not None):
         for m in attention:
             m._prism_hook = m.register_forward_pre_hook(_store_hidden, with_kwargs=True)
     model.set_attn_implementation(NAME)

