@@ -13,8 +13,8 @@
 mpi4py is imported only when a Communicator is made, so `import prism_ops` needs no MPI.
 """
 
-from .comm import Communicator, HandshakeError, RemoteFailure
+from .comm import CollectiveError, Communicator, HandshakeError, RemoteFailure, guarded
 from .runtime import Request, RequestError, Result, run_distributed, run_simulated
 
-__all__ = ["Communicator", "HandshakeError", "RemoteFailure", "Request", "RequestError", "Result",
+__all__ = ["CollectiveError", "Communicator", "guarded", "HandshakeError", "RemoteFailure", "Request", "RequestError", "Result",
            "run_distributed", "run_simulated"]

@@ -25,21 +25,54 @@ import os
 import re
 import sys
 import time
+import traceback
 from collections import defaultdict
 
 import numpy as np
 import torch
 
 FAULT_TAG = 7001
-HANDSHAKE_ERROR = 3  # exit code of ranks refused at start-up
 
 
 class RemoteFailure(RuntimeError):
     """Another rank failed; the message says which and why."""
 
 
-class HandshakeError(RuntimeError):
+class CollectiveError(RuntimeError):
+    """Raised the same way on every rank at the same point, so all ranks stop together."""
+
+    exit_code = 1
+
+
+class HandshakeError(CollectiveError):
     """Ranks were started with different settings."""
+
+    exit_code = 3
+
+
+def guarded(comm, fn, prog: str = "prism") -> None:
+    """Run fn() on this rank so that no failure leaves the job hanging.
+
+    A CollectiveError stops every rank with its exit code, rank 0 printing the message; a
+    ValueError (a bad setting, file or folder) or any other exception on any rank aborts the
+    whole job, rank 0 printing the cause (exit code 2 for ValueError, else 1).
+    """
+    try:
+        fn()
+    except CollectiveError as e:
+        if comm.rank == 0:
+            print(f"{prog}: error: {e}", file=sys.stderr, flush=True)
+        sys.exit(e.exit_code)
+    except RemoteFailure as e:
+        print(f"{prog}: {e}", file=sys.stderr, flush=True)
+        comm.abort(1)
+    except ValueError as e:
+        comm.report_failure(f"error: {e}", 2, prog)
+    except SystemExit as e:
+        if e.code not in (0, None):
+            comm.report_failure(str(e.code), e.code if isinstance(e.code, int) else 1, prog)
+    except BaseException as e:  # noqa: BLE001 - anything else must end the job, never hang it
+        comm.report_failure("".join(traceback.format_exception(e)).rstrip(), 1, prog)
 
 
 def _mpi():
@@ -139,11 +172,11 @@ class Communicator:
             self.comm.Recv([msg, self.MPI.BYTE], source=status.Get_source(), tag=FAULT_TAG)
             raise RemoteFailure(msg.tobytes().decode(errors="replace"))
 
-    def report_failure(self, message: str, exit_code: int = 1) -> None:
+    def report_failure(self, message: str, exit_code: int = 1, prog: str = "prism") -> None:
         """Called by a failing rank: rank 0 prints the cause and the whole job aborts. Never returns."""
         text = f"rank {self.rank}/{self.size}: {message}"
         if self.rank == 0:
-            print(f"prism: {text}", file=sys.stderr, flush=True)
+            print(f"{prog}: {text}", file=sys.stderr, flush=True)
         else:
             data = np.frombuffer(text.encode(), dtype=np.uint8).copy()
             req = self.comm.Isend([data, self.MPI.BYTE], dest=0, tag=FAULT_TAG)
@@ -152,8 +185,14 @@ class Communicator:
             while time.perf_counter() - t0 < 5.0 and not req.Test():
                 time.sleep(1e-3)
             time.sleep(5.0)
-            print(f"prism: {text}", file=sys.stderr, flush=True)  # rank 0 did not answer
+            print(f"{prog}: {text}", file=sys.stderr, flush=True)  # rank 0 did not answer
+        self.abort(exit_code)
+
+    def abort(self, exit_code: int) -> None:
+        """End every rank of the job. Never returns."""
+        sys.stdout.flush()
         sys.stderr.flush()
+        time.sleep(0.5)  # let mpiexec forward what this rank printed before it kills the job
         self.comm.Abort(exit_code)
 
     # -- collectives -----------------------------------------------------------------------

