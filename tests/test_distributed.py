@@ -166,3 +166,21 @@ def test_prism_run_handshake_refuses_mismatched_ranks():
     p, _ = mpirun(1, *run, "--segment-size", "16", mpmd=(1, *run, "--segment-size", "8"), timeout=120)
     assert p.returncode == 3, p.stderr[-2000:]
     assert "segment_size: rank 0 has 16, rank 1 has 8" in p.stderr
+
+
+@needs_minilm
+def test_prism_run_profile_then_auto(tmp_path):
+    prof = tmp_path / "profile.json"
+    p = prism_run(2, "--segment-size", "16", "--profile", str(prof), timeout=180)
+    assert p.returncode == 0, p.stderr[-2000:]
+    rows = json.loads(prof.read_text())["rows"]
+    assert [r["tokens"] for r in rows] == [64, 128, 256, 512]
+    assert all(r["local_s"] > 0 and r["distributed_s"] > 0 for r in rows)
+    p = prism_run(2, "--segment-size", "16", "--auto", str(prof), "--input", TEXT, "--json")
+    assert p.returncode == 0, p.stderr[-2000:]
+    # A profile where one device always wins: rank 0 runs the exact model alone, nothing is sent.
+    prof.write_text(json.dumps({"partitions": 2, "rows": [{"tokens": 8, "local_s": 0.1, "distributed_s": 1.0}]}))
+    p = prism_run(2, "--segment-size", "16", "--auto", str(prof), "--input", TEXT, "--json")
+    assert p.returncode == 0, p.stderr[-2000:]
+    out = json.loads(p.stdout.strip().splitlines()[-1])
+    assert out["partitions"] == 1 and sum(out["bytes"]["sent_per_layer"]) == 0
