@@ -202,7 +202,7 @@ def _as_bytes(t: torch.Tensor) -> torch.Tensor:
     return t.contiguous().flatten().view(torch.uint8)
 
 
-def run_distributed(model, comm, req: Request | None, weights=None, eos=None, progress=True) -> Result | None:
+def run_distributed(model, comm, req: Request | None, eos=None, progress=True) -> Result | None:
     """Serve one request over comm's ranks; req is read on rank 0 only (a RequestError there is
     passed on). Returns the Result on rank 0, None elsewhere. Every rank raises RequestError
     for a bad request."""
@@ -218,7 +218,7 @@ def run_distributed(model, comm, req: Request | None, weights=None, eos=None, pr
             if isinstance(req, RequestError):  # found while reading the input
                 raise req
             B, N = check_request(model, req, P)
-            head = dict(B=B, N=N, bounds=partition_bounds(N, P, weights), padding=req.mask is not None,
+            head = dict(B=B, N=N, bounds=partition_bounds(N, P, settings["weights"]), padding=req.mask is not None,
                         output=req.output, generate=req.generate, temperature=req.temperature, top_k=req.top_k,
                         top_p=req.top_p, seed=req.seed)
             if kind == "vision":

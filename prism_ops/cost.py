@@ -167,12 +167,24 @@ def compute_ratio(shape: ModelShape, num_tokens: int, num_partitions: int, segme
     return max(per_rank) / one_device_flops_per_layer(shape, num_tokens, causal=kw.get("causal", False))
 
 
+def _settings_kw(settings: dict, causal: bool) -> dict:
+    return dict(exchange=settings["exchange"], sink_tokens=settings["sink_tokens"], halo=settings["halo"],
+                causal=causal, weights=settings["weights"])
+
+
+def settings_bytes_per_layer(shape: ModelShape, num_tokens: int, settings: dict, *, causal: bool = False,
+                             dtype_bytes: int = 4) -> list[int]:
+    """`bytes_per_layer` of a resolved settings dict (exchange already "kv" or "hidden")."""
+    return bytes_per_layer(shape, num_tokens, settings["num_partitions"], settings["segment_size"],
+                           summary_bits=settings["summary_bits"], cluster_iters=settings["cluster_iters"],
+                           dtype_bytes=dtype_bytes, **_settings_kw(settings, causal))
+
+
 def settings_ratios(shape: ModelShape, num_tokens: int, settings: dict, *, causal: bool = False) -> tuple[float, float]:
     """(traffic_ratio, compute_ratio) of a resolved settings dict (`prism_ops.levers.resolve`,
     with `exchange` already "kv" or "hidden", as `prism_ops.hf.configure` leaves it)."""
     P, cs = settings["num_partitions"], settings["segment_size"]
-    kw = dict(exchange=settings["exchange"], sink_tokens=settings["sink_tokens"], halo=settings["halo"],
-              causal=causal, weights=settings["weights"])
+    kw = _settings_kw(settings, causal)
     traffic = traffic_ratio(shape, num_tokens, P, cs, summary_bits=settings["summary_bits"],
                             cluster_iters=settings["cluster_iters"], **kw)
     return traffic, compute_ratio(shape, num_tokens, P, cs, **kw)

@@ -41,7 +41,7 @@ def measure_profile(args, model, tok, comm, repeats: int = 3) -> dict | None:
         dist = []
         for _ in range(repeats):
             t0 = time.perf_counter()
-            run_distributed(model, comm, req, weights=model._prism_settings["weights"], progress=False)
+            run_distributed(model, comm, req, progress=False)
             dist.append(time.perf_counter() - t0)
         local = []
         if comm.rank == 0:

@@ -65,6 +65,8 @@ def parse_args(argv=None):
     args = ap.parse_args(argv)
     if args.input is None and args.input_file is None and args.profile is None:
         ap.error("one of --input or --input-file is required")
+    if args.simulate is not None and (args.profile or args.auto):
+        ap.error("--profile and --auto measure and choose between real ranks; they do not go with --simulate")
     return args
 
 
@@ -83,7 +85,7 @@ def settings_of(args, num_partitions):
     for name in ("generate", "top_k"):
         if getattr(args, name) < 0:
             raise ValueError(f"{name} must be >= 0, got {getattr(args, name)}")
-    return resolve(num_partitions, args.segment_size, args.preset, **levers), levers
+    return resolve(num_partitions, args.segment_size, args.preset, **levers)
 
 
 def fingerprint(model, settings, args) -> dict:
@@ -133,8 +135,7 @@ def report(args, model, tok, res, num_partitions, settings, seconds, simulated, 
 
     N = res.bounds[-1][1]
     shape = cost.ModelShape.from_config(model.config)
-    dtype_bytes = torch.finfo(getattr(torch, args.dtype)).bits // 8
-    full = sum(cost.full_exchange_bytes_per_layer(shape, N, num_partitions, dtype_bytes=dtype_bytes))
+    full = sum(cost.full_exchange_bytes_per_layer(shape, N, num_partitions, dtype_bytes=_dtype_bytes(args)))
     sent = res.bytes_per_layer
     if res.token_ids is not None:
         output = {"text": tok.decode(res.token_ids[0], skip_special_tokens=True), "token_ids": res.token_ids[0]}
@@ -172,9 +173,9 @@ def _load(args):
 
 
 def run_simulated_cli(args):
-    from .distributed.runtime import run_simulated
+    from .distributed.runtime import model_kind, run_simulated
 
-    settings, levers = settings_of(args, args.simulate)
+    settings = settings_of(args, args.simulate)
     t0 = time.perf_counter()
     tok, model = _load(args)
     load_s = time.perf_counter() - t0
@@ -183,16 +184,15 @@ def run_simulated_cli(args):
     req = make_request(tok, args)
     res = run_simulated(model, req, args.simulate, eos=tok.eos_token_id if args.generate else None, progress=True)
     N = req.ids.shape[1]
-    from .distributed.runtime import model_kind
-
     res.bounds = [(0, N)]
-    res.bytes_per_layer = [sum(cost.bytes_per_layer(
-        cost.ModelShape.from_config(model.config), N, args.simulate, settings["segment_size"],
-        exchange=settings["exchange"], sink_tokens=settings["sink_tokens"], halo=settings["halo"],
-        causal=model_kind(model) == "decoder", summary_bits=settings["summary_bits"],
-        cluster_iters=settings["cluster_iters"], weights=settings["weights"],
-        dtype_bytes=torch.finfo(getattr(torch, args.dtype)).bits // 8))] * model.config.num_hidden_layers
+    res.bytes_per_layer = [sum(cost.settings_bytes_per_layer(
+        cost.ModelShape.from_config(model.config), N, settings, causal=model_kind(model) == "decoder",
+        dtype_bytes=_dtype_bytes(args)))] * model.config.num_hidden_layers
     report(args, model, tok, res, args.simulate, settings, {"load": load_s, **res.seconds}, simulated=True)
+
+
+def _dtype_bytes(args) -> int:
+    return torch.finfo(getattr(torch, args.dtype)).bits // 8
 
 
 def _levers(settings):
@@ -204,7 +204,7 @@ def _levers(settings):
 def run_mpi(args, comm):
     from .distributed.runtime import RequestError, model_kind, run_distributed, run_simulated
 
-    settings, _ = settings_of(args, comm.size)
+    settings = settings_of(args, comm.size)
     t0 = time.perf_counter()
     tok, model = _load(args)
     load_s = time.perf_counter() - t0
@@ -238,7 +238,7 @@ def run_mpi(args, comm):
             res.bounds, res.bytes_per_layer = [(0, req.ids.shape[1])], [0] * model.config.num_hidden_layers
             report(args, model, tok, res, 1, model._prism_settings, {"load": load_s, **res.seconds}, simulated=False)
         return
-    res = run_distributed(model, comm, req, weights=model._prism_settings["weights"], eos=eos,
+    res = run_distributed(model, comm, req, eos=eos,
                           progress=comm.rank == comm.size - 1)
     if comm.rank == 0:
         seconds = {"load": load_s, "handshake": hand_s, **res.seconds}

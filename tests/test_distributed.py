@@ -63,6 +63,7 @@ CASES = [
     ("gpt2", 3, dict(tokens=41, segment_size=3, levers={"sink_tokens": 2, "halo": 2}), 2),
     ("gpt2", 4, dict(tokens=43, segment_size=3, levers={"summary_bits": 4, "exchange": "hidden", "sink_tokens": 1}), 2),
     ("gpt2", 3, dict(tokens=41, segment_size=3, batch=2, pad=5, levers={"cluster_iters": 3, "summary_bits": 3}), 2),
+    ("gpt2", 3, dict(tokens=40, segment_size=4, levers={"weights": [3, 2, 1]}), 2),  # uneven device speeds
     ("vit", 3, dict(segment_size=4, levers={"exchange": "hidden"}), 2),
     ("vit", 4, dict(segment_size=5, levers={"halo": 3}), 2),
 ]

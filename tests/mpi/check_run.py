@@ -80,10 +80,7 @@ def main():
     exact = run_simulated(model, req, 1)
     B, N = (req.ids.shape if req.ids is not None else (1, sim.output.shape[1]))
     causal = model_kind(model) == "decoder"
-    shape = cost.ModelShape.from_config(model.config)
-    expect = cost.bytes_per_layer(shape, N, comm.size, args.segment_size, exchange=settings["exchange"],
-                                  sink_tokens=settings["sink_tokens"], halo=settings["halo"], causal=causal,
-                                  summary_bits=settings["summary_bits"], cluster_iters=settings["cluster_iters"])
+    expect = cost.settings_bytes_per_layer(cost.ModelShape.from_config(model.config), N, settings, causal=causal)
     out = dict(
         kind=model_kind(model), exchange=settings["exchange"], bounds=res.bounds,
         err_sim=(res.output.float() - sim.output.float()).abs().max().item(),
@@ -98,7 +95,7 @@ def main():
 if __name__ == "__main__":
     try:
         main()
-    except Exception as e:  # noqa: BLE001 - any failure must end the whole job, not hang it
+    except Exception:  # noqa: BLE001 - any failure must end the whole job, not hang it
         import traceback
 
         traceback.print_exc()
