@@ -112,7 +112,8 @@ def local_hidden(model, kind, c0, c1, ids=None, positions=None, mask=None, pixel
     if kind == "vision":
         # The patch embedding is cheap and per patch: every rank embeds the image, keeps its slice
         # and runs the layers (ViTModel.forward itself would embed and run all patches).
-        h = base.embeddings(pixel_values)[:, c0:c1]
+        dtype = base.embeddings.patch_embeddings.projection.weight.dtype
+        h = base.embeddings(pixel_values.to(dtype))[:, c0:c1]
         layers = base.layers if hasattr(base, "layers") else base.encoder.layer
         for layer in layers:
             h = layer(h, None)
@@ -205,14 +206,57 @@ def _as_bytes(t: torch.Tensor) -> torch.Tensor:
 def run_distributed(model, comm, req: Request | None, eos=None, progress=True) -> Result | None:
     """Serve one request over comm's ranks; req is read on rank 0 only (a RequestError there is
     passed on). Returns the Result on rank 0, None elsewhere. Every rank raises RequestError
-    for a bad request."""
+    for a bad request. Partition sizes follow the configured `weights` (relative device
+    speeds), equal without them."""
     settings = model._prism_settings
     if settings.get("comm") is not comm:
         raise ValueError("configure the model with prism_ops.hf.configure(model, ..., comm=comm) first")
     kind = model_kind(model)
-    P, p = comm.size, comm.rank
     times = {}
     t0 = time.perf_counter()
+    head, inputs, valid = _distribute(model, comm, req, kind, settings)
+    dev = next(model.parameters()).device
+    ctx = RankContext(bounds=head["bounds"], valid=valid.to(dev))
+    settings["context"] = ctx
+    comm.reset_counters()
+    times["scatter"] = time.perf_counter() - t0
+
+    t1 = time.perf_counter()
+    c0, c1 = head["bounds"][comm.rank]
+    last = comm.rank == comm.size - 1
+    with torch.no_grad():
+        h, cache = local_hidden(model, kind, c0, c1, **{k: v.to(dev) for k, v in inputs.items()},
+                                use_cache=bool(head["generate"] and last))
+        times["forward"] = time.perf_counter() - t1
+        t2 = time.perf_counter()
+        out = _local_output(model, head, h, cache, valid[:, c0:c1], last, eos, progress)
+        if head["generate"]:
+            times["decode"] = time.perf_counter() - t2
+    t3 = time.perf_counter()
+    got = comm.gatherv(out, comm.allgather_json(int(out.numel())))
+    layers = ctx.layer
+    sent = comm.gatherv(_as_bytes(torch.tensor(comm.bytes_sent(range(layers)), dtype=torch.int64)),
+                        [8 * layers] * comm.size)
+    times["gather"] = time.perf_counter() - t3
+    times["total"] = time.perf_counter() - t0
+    every = comm.allgather_json(times)
+    if comm.rank != 0:
+        return None
+    res = _assemble(head, got)
+    res.bytes_per_layer = torch.stack([s.view(torch.int64) for s in sent]).sum(0).tolist()
+    res.seconds = {k: max(t.get(k, 0.0) for t in every) for k in every[-1]}  # the slowest rank's
+    return res
+
+
+def _distribute(model, comm, req, kind, settings):
+    """Rank 0 checks req and sends every rank what it needs: (head, inputs, valid `[B, N]`).
+
+    head: the request's sizes, bounds and options (Bcast as JSON). inputs: this rank's
+    ids and absolute positions (Scatterv), or the image (Bcast) for a vision model.
+    valid: the padding mask (Bcast; every rank needs all of it for the summary counts).
+    """
+    P, p = comm.size, comm.rank
+    head = None
     if p == 0:
         try:
             if isinstance(req, RequestError):  # found while reading the input
@@ -225,76 +269,54 @@ def run_distributed(model, comm, req: Request | None, eos=None, progress=True) -
                 head["pixels"] = list(req.pixel_values.shape)
         except RequestError as e:
             head = dict(error=str(e))
-    head = comm.bcast_json(head if p == 0 else None)
+    head = comm.bcast_json(head)
     if "error" in head:
         raise RequestError(head["error"])
-    B, N, bounds = head["B"], head["N"], [tuple(b) for b in head["bounds"]]
+    B, N = head["B"], head["N"]
+    head["bounds"] = bounds = [tuple(b) for b in head["bounds"]]
     c0, c1 = bounds[p]
-    ids = positions = pixels = None
-    # Token ids and absolute positions to their ranks; the padding mask to all (it sets counts).
     if kind == "vision":
         data = comm.bcast_bytes(_as_bytes(req.pixel_values.float()).numpy().tobytes() if p == 0 else None)
-        pixels = torch.frombuffer(bytearray(data), dtype=torch.float32).view(head["pixels"])
+        inputs = dict(pixel_values=torch.frombuffer(bytearray(data), dtype=torch.float32).view(head["pixels"]))
     else:
-        counts = [2 * B * (e - s) * 8 for s, e in bounds]
         chunks = None
         if p == 0:
             pos = _positions(B, N)
             chunks = [_as_bytes(torch.cat([req.ids[:, s:e].long(), pos[:, s:e]])) for s, e in bounds]
-        mine = comm.scatterv(chunks, counts).view(torch.int64).view(2 * B, c1 - c0)
-        ids, positions = mine[:B], mine[B:]
+        mine = comm.scatterv(chunks, [2 * B * (e - s) * 8 for s, e in bounds]).view(torch.int64).view(2 * B, c1 - c0)
+        inputs = dict(ids=mine[:B], positions=mine[B:])
     if head["padding"]:
         data = comm.bcast_bytes(_as_bytes(req.mask.bool()).numpy().tobytes() if p == 0 else None)
         valid = torch.frombuffer(bytearray(data), dtype=torch.bool).view(B, N)
+        inputs["mask"] = valid[:, c0:c1].long()
     else:
         valid = torch.ones(B, N, dtype=torch.bool)
-    dev = next(model.parameters()).device
-    ctx = RankContext(bounds=bounds, valid=valid.to(dev))
-    settings["context"] = ctx
-    comm.reset_counters()
-    times["scatter"] = time.perf_counter() - t0
+    return head, inputs, valid
 
-    t1 = time.perf_counter()
-    last = p == P - 1
-    gen = head["generate"]
-    with torch.no_grad():
-        h, cache = local_hidden(
-            model, kind, c0, c1, ids=None if ids is None else ids.to(dev),
-            positions=None if positions is None else positions.to(dev),
-            mask=valid[:, c0:c1].long().to(dev) if head["padding"] else None,
-            pixel_values=None if pixels is None else pixels.to(dev),
-            use_cache=bool(gen and last))
-        times["forward"] = time.perf_counter() - t1
-        layers = ctx.layer
-        t2 = time.perf_counter()
-        if gen:
-            new = torch.empty(B, 0, dtype=torch.long)
-            if last:
-                r = Request(generate=gen, temperature=head["temperature"], top_k=head["top_k"], top_p=head["top_p"],
-                            seed=head["seed"])
-                new = decode_tokens(model, h[:, -1], cache, N, r, eos, progress).cpu()
-            times["decode"] = time.perf_counter() - t2
-            out = _as_bytes(new.long())
-        elif head["output"] == "embedding":
-            s, c = _pool(h, valid[:, c0:c1].to(h.device))
-            out = _as_bytes(torch.cat([s, c[:, None]], 1).cpu())
-        elif head["output"] == "hidden":
-            out = _as_bytes(h.float().cpu())
-        else:
-            out = _as_bytes(model.get_output_embeddings()(h[:, -1]).float().cpu() if last else torch.empty(0))
-    t3 = time.perf_counter()
-    sizes = comm.allgather_json(int(out.numel()))
-    got = comm.gatherv(out, sizes)
-    sent = comm.gatherv(_as_bytes(torch.tensor(comm.bytes_sent(range(layers)), dtype=torch.int64)), [8 * layers] * P)
-    times["gather"] = time.perf_counter() - t3
-    times["total"] = time.perf_counter() - t0
-    every = comm.allgather_json(times)
-    if p != 0:
-        return None
-    res = Result(output=None, bounds=bounds,
-                 bytes_per_layer=torch.stack([s.view(torch.int64) for s in sent]).sum(0).tolist(),
-                 seconds={k: max(t.get(k, 0.0) for t in every) for k in every[-1]})
-    if gen:
+
+def _local_output(model, head, h, cache, valid_local, last, eos, progress):
+    """The bytes this rank contributes to what rank 0 gathers."""
+    B = head["B"]
+    if head["generate"]:
+        new = torch.empty(B, 0, dtype=torch.long)
+        if last:
+            r = Request(generate=head["generate"], temperature=head["temperature"], top_k=head["top_k"],
+                        top_p=head["top_p"], seed=head["seed"])
+            new = decode_tokens(model, h[:, -1], cache, head["N"], r, eos, progress).cpu()
+        return _as_bytes(new.long())
+    if head["output"] == "embedding":
+        s, c = _pool(h, valid_local.to(h.device))
+        return _as_bytes(torch.cat([s, c[:, None]], 1).cpu())
+    if head["output"] == "hidden":
+        return _as_bytes(h.float().cpu())
+    return _as_bytes(model.get_output_embeddings()(h[:, -1]).float().cpu() if last else torch.empty(0))
+
+
+def _assemble(head, got) -> Result:
+    """Rank 0: the Result from every rank's bytes."""
+    B, bounds = head["B"], head["bounds"]
+    res = Result(output=None, bounds=bounds)
+    if head["generate"]:
         ids = got[-1].view(torch.int64).view(B, -1)
         res.output, res.token_ids = ids, ids.tolist()
     elif head["output"] == "embedding":

@@ -98,9 +98,6 @@ def test_segment_size_1_equals_the_unpartitioned_model(ranks, model):
 def test_generated_ids_equal_the_simulation(temperature):
     r = check_run(3, model="gpt2", tokens=31, segment_size=4, generate=7, temperature=temperature, top_k=20)
     assert len(r["ids"][0]) == 7 and r["ids"] == r["ids_sim"]
-    if temperature == 0.0:
-        # segment size 4 changes the prefill, greedy decoding must still run on the cached rows
-        assert r["err_sim"] == pytest.approx(0.0, abs=1e-4)
 
 
 # -- faults: the job ends non-zero within 30 s, never hangs ------------------------------------
