@@ -1,0 +1,135 @@
+"""A multi-task model suite for S2M3: 10 models over 4 tasks, built from shared parts.
+
+Real weights where they exist offline (all-MiniLM-L6-v2 as the text encoder); the vision and
+audio encoders are built from their published configs with seeded random weights (ViT-B/16,
+ViT-S/16, Whisper-tiny's encoder), as are the projectors and heads. A part is named by what
+builds it ("vit-b16", "classifier:768x1000:seed11"), so two models that name the same part get
+byte-identical weights and the registry shares them; heads trained for different jobs have
+different seeds and stay separate.
+
+`size="tiny"` shrinks every config (tests); `size="full"` is the real shapes (benchmarks).
+Each model is a task DAG over its module names (`prism_ops.s2m3.placement.Task`).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from .modules import Module, Registry
+from .placement import Task
+
+TASKS = ("image classification", "text classification", "audio classification", "cross-modal retrieval")
+
+# model -> (task, {node: (part, inputs)}); inputs are node names or "input:<modality>".
+MODELS = {
+    "imagenet-vitb16": ("image classification", {
+        "vit-b16": ("vit-b16", ("input:image",)), "cls": ("classifier:768x1000:seed11", ("vit-b16",))}),
+    "cifar100-vitb16": ("image classification", {
+        "vit-b16": ("vit-b16", ("input:image",)), "cls": ("classifier:768x100:seed12", ("vit-b16",))}),
+    "cifar10-vits16": ("image classification", {
+        "vit-s16": ("vit-s16", ("input:image",)), "cls": ("classifier:384x10:seed13", ("vit-s16",))}),
+    "food101-vits16": ("image classification", {
+        "vit-s16": ("vit-s16", ("input:image",)), "cls": ("classifier:384x101:seed14", ("vit-s16",))}),
+    "sentiment-minilm": ("text classification", {
+        "minilm": ("minilm", ("input:text",)), "cls": ("classifier:384x2:seed15", ("minilm",))}),
+    "topic-minilm": ("text classification", {
+        "minilm": ("minilm", ("input:text",)), "cls": ("classifier:384x20:seed16", ("minilm",))}),
+    "audioset-whisper": ("audio classification", {
+        "whisper-tiny": ("whisper-tiny", ("input:audio",)), "cls": ("classifier:384x527:seed17", ("whisper-tiny",))}),
+    "keywords-whisper": ("audio classification", {
+        "whisper-tiny": ("whisper-tiny", ("input:audio",)), "cls": ("classifier:384x12:seed18", ("whisper-tiny",))}),
+    "image-text-retrieval": ("cross-modal retrieval", {
+        "vit-b16": ("vit-b16", ("input:image",)), "minilm": ("minilm", ("input:text",)),
+        "img-proj": ("projector:768x256:seed19", ("vit-b16",)), "txt-proj": ("projector:384x256:seed20", ("minilm",)),
+        "sim": ("similarity", ("img-proj", "txt-proj"))}),
+    "audio-text-retrieval": ("cross-modal retrieval", {
+        "whisper-tiny": ("whisper-tiny", ("input:audio",)), "minilm": ("minilm", ("input:text",)),
+        "aud-proj": ("projector:384x256:seed21", ("whisper-tiny",)), "txt-proj": ("projector:384x256:seed22", ("minilm",)),
+        "sim": ("similarity", ("aud-proj", "txt-proj"))}),
+}
+
+# (full, tiny) config sizes of the encoders.
+_VIT = {"vit-b16": (dict(hidden_size=768, num_hidden_layers=12, num_attention_heads=12, intermediate_size=3072),
+                    dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64)),
+        "vit-s16": (dict(hidden_size=384, num_hidden_layers=12, num_attention_heads=6, intermediate_size=1536),
+                    dict(hidden_size=16, num_hidden_layers=2, num_attention_heads=2, intermediate_size=32))}
+FULL_INPUTS = dict(image=(3, 224, 224), text=64, audio=(80, 3000))
+TINY_INPUTS = dict(image=(3, 32, 32), text=12, audio=(80, 40))
+
+
+def build_part(part: str, size: str = "full", in_width: int | None = None) -> Module:
+    """The module a part name stands for, with its deterministic weights."""
+    from transformers import BertConfig, BertModel, ViTConfig, ViTModel, WhisperConfig
+    from transformers.models.whisper.modeling_whisper import WhisperEncoder
+
+    tiny = size == "tiny"
+    if part in _VIT:
+        cfg = dict(_VIT[part][tiny], image_size=32 if tiny else 224, patch_size=8 if tiny else 16)
+        torch.manual_seed(0)
+        return Module(part, "vision", ViTModel(ViTConfig(**cfg), add_pooling_layer=False), cfg)
+    if part == "minilm":
+        if tiny:
+            cfg = dict(hidden_size=24, num_hidden_layers=2, num_attention_heads=2, intermediate_size=48, vocab_size=1000)
+            torch.manual_seed(0)
+            return Module(part, "text", BertModel(BertConfig(**cfg), add_pooling_layer=False), cfg)
+        from ..models import load
+
+        return Module(part, "text", load("minilm")[1], {"weights": "all-MiniLM-L6-v2"})
+    if part == "whisper-tiny":
+        cfg = (dict(d_model=24, encoder_layers=2, encoder_attention_heads=2, encoder_ffn_dim=48, max_source_positions=20)
+               if tiny else dict(d_model=384, encoder_layers=4, encoder_attention_heads=6, encoder_ffn_dim=1536,
+                                 max_source_positions=1500))
+        torch.manual_seed(0)
+        return Module(part, "audio", WhisperEncoder(WhisperConfig(num_mel_bins=80, **cfg)), cfg)
+    if part == "similarity":
+        return Module(part, "similarity", None)
+    kind, dims, seed = part.split(":")
+    d_in, d_out = (int(x) for x in dims.split("x"))
+    d_in = in_width if in_width is not None else d_in
+    torch.manual_seed(int(seed.removeprefix("seed")))
+    return Module(part, kind, torch.nn.Linear(d_in, d_out), {"d_in": d_in, "d_out": d_out})
+
+
+class Model:
+    """One model of the suite: its task DAG and its modules (shared through a registry, or not)."""
+
+    def __init__(self, name: str, size: str = "full", registry: Registry | None = None):
+        if name not in MODELS:
+            raise ValueError(f"model must be one of {sorted(MODELS)}, got {name!r}")
+        self.name, (self.task_name, nodes) = name, MODELS[name]
+        self.modules = {}
+        for node, (part, inputs) in nodes.items():
+            width = None
+            if size == "tiny" and ":" in part:  # heads follow their tiny encoder's width
+                width = self.modules[inputs[0]].config.get("hidden_size") or self.modules[inputs[0]].config.get(
+                    "d_model") or self.modules[inputs[0]].config.get("d_out")
+            m = build_part(part, size, width)
+            self.modules[node] = registry.add(m) if registry is not None else m
+        self.dag = {node: inputs for node, (_, inputs) in nodes.items()}
+
+    def task(self, input_bytes: dict | None = None) -> Task:
+        """The model as a placement Task over the content-hash names of its modules."""
+        key = {node: m.hash[:12] for node, m in self.modules.items()}
+        inputs = {key[n]: tuple(s if s.startswith("input:") else key[s] for s in srcs) for n, srcs in self.dag.items()}
+        modalities = {s[6:] for srcs in self.dag.values() for s in srcs if s.startswith("input:")}
+        return Task(self.name, inputs, {m: (input_bytes or {}).get(m, 0.0) for m in modalities})
+
+    def __call__(self, inputs: dict):
+        """Run the DAG in order; inputs maps modality -> tensor. Returns the sink's output."""
+        out = {}
+        for node in self.task_order():
+            args = [inputs[s[6:]] if s.startswith("input:") else out[s] for s in self.dag[node]]
+            out[node] = self.modules[node](*args)
+        return out[node]
+
+    def task_order(self) -> list[str]:
+        return Task(self.name, self.dag, {s[6:]: 0 for srcs in self.dag.values() for s in srcs
+                                          if s.startswith("input:")}).order()
+
+
+def example_inputs(size: str = "full", batch: int = 1, seed: int = 0) -> dict:
+    g = torch.Generator().manual_seed(seed)
+    shapes = FULL_INPUTS if size == "full" else TINY_INPUTS
+    return {"image": torch.randn(batch, *shapes["image"], generator=g),
+            "text": torch.randint(100, 1000, (batch, shapes["text"]), generator=g),
+            "audio": torch.randn(batch, *shapes["audio"], generator=g)}
