@@ -1,0 +1,55 @@
+"""prism-place on the tiny suite: a plan, memory per device, latencies; bad files refused early."""
+
+import json
+
+import pytest
+
+pytest.importorskip("transformers")
+pytest.importorskip("yaml")
+
+from prism_ops.s2m3.place_cli import main  # noqa: E402
+
+DEVICES = {"devices": [{"name": "a", "memory_gb": 0.0004, "speed": 1.0}, {"name": "b", "memory_gb": 0.0004}],
+           "default_link": {"mbit": 100, "latency_ms": 1}}
+TASKS = {"models": ["cifar10-vits16", "sentiment-minilm", "image-text-retrieval"], "size": "tiny",
+         "input_bytes": {"image": 12288, "text": 96}, "compute_s": {"vit-b16": 0.05}}
+
+
+def write(tmp_path, name, data):
+    p = tmp_path / name
+    p.write_text(json.dumps(data) if name.endswith(".json") else data)
+    return str(p)
+
+
+def test_plan(tmp_path, capsys):
+    out = tmp_path / "plan.json"
+    main(["--devices", write(tmp_path, "d.json", DEVICES), "--tasks", write(tmp_path, "t.json", TASKS),
+          "--exact", "--json", str(out)])
+    text = capsys.readouterr().out
+    assert "memory per device: a " in text and "predicted latency image-text-retrieval" in text
+    plan = json.loads(out.read_text())
+    assert set(plan["plan"]) >= {"vit-b16", "vit-s16", "minilm", "similarity"}
+    assert plan["objective_s"] >= plan["optimal_s"] > 0
+
+
+@pytest.mark.parametrize("devices,tasks,message", [
+    (DEVICES, {**TASKS, "models": ["nope"]}, "unknown model(s) ['nope']"),
+    (DEVICES, {**TASKS, "compute_s": {"resnet": 1}}, "unknown part(s) ['resnet']"),
+    ({"devices": [{"name": "a", "memory_gb": 0.00001}]}, TASKS, "fits on no device"),
+    ({"devices": [{"name": "a", "memory_gb": 1}], "links": [{"a": "a", "b": "z", "mbit": 1}]}, TASKS,
+     "not in devices"),
+    ({"devices": []}, TASKS, "devices is empty"),
+])
+def test_bad_files(tmp_path, capsys, devices, tasks, message):
+    with pytest.raises(SystemExit) as e:
+        main(["--devices", write(tmp_path, "d.json", devices), "--tasks", write(tmp_path, "t.json", tasks)])
+    assert e.value.code == 2 and message in capsys.readouterr().err
+
+
+def test_unreadable_and_invalid_files(tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        main(["--devices", str(tmp_path / "missing.yaml"), "--tasks", "x"])
+    assert "cannot be read" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["--devices", write(tmp_path, "d.yaml", "devices: [unclosed"), "--tasks", "x"])
+    assert "not valid YAML" in capsys.readouterr().err
