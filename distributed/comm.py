@@ -281,6 +281,30 @@ class Communicator:
         if diffs:
             raise HandshakeError("ranks were started with different settings; " + "; ".join(diffs))
 
+    # -- point to point (S2M3 routing) ------------------------------------------------------
+
+    def isend(self, dest: int, data: bytes, tag: int, key="p2p"):
+        """Start sending bytes to dest; returns a request to keep until done (`test`)."""
+        if tag == FAULT_TAG:
+            raise ValueError(f"tag {FAULT_TAG} is reserved for fault reports")
+        buf = np.frombuffer(data, dtype=np.uint8).copy()
+        self.sent[key] += buf.size
+        return (self.comm.Isend([buf, self.MPI.BYTE], dest=dest, tag=tag), buf)
+
+    @staticmethod
+    def test(pending) -> bool:
+        return pending[0].Test()
+
+    def poll(self, tag: int):
+        """(source, bytes) of one message with this tag that has arrived, or None (never blocks)."""
+        self._check_fault()
+        status = self.MPI.Status()
+        if not self.comm.Iprobe(source=self.MPI.ANY_SOURCE, tag=tag, status=status):
+            return None
+        buf = np.empty(status.Get_count(self.MPI.BYTE), dtype=np.uint8)
+        self.comm.Recv([buf, self.MPI.BYTE], source=status.Get_source(), tag=tag)
+        return status.Get_source(), buf.tobytes()
+
     def bytes_sent(self, keys) -> list[int]:
         return [self.sent.get(k, 0) for k in keys]
 

@@ -154,7 +154,8 @@ def main(argv=None) -> None:
           f"with one copy per model ({r['saved']:.1%} saved)")
     for t in tasks:
         print(f"predicted latency {t.name}: {task_latency(inst, t, plan):.4f} s")
-    out = {"plan": {part_of[k]: devices[v].name for k, v in plan.items()}, "objective_s": objective(inst, plan)}
+    out = {"devices": [d.name for d in devices], "size": tdata.get("size", "full"), "models": models,
+           "plan": {part_of[k]: devices[v].name for k, v in plan.items()}, "objective_s": objective(inst, plan)}
     if args.exact:
         best, opt = exact(inst)
         out["optimal_s"] = opt

@@ -90,6 +90,25 @@ def build_part(part: str, size: str = "full", in_width: int | None = None) -> Mo
     return Module(part, kind, torch.nn.Linear(d_in, d_out), {"d_in": d_in, "d_out": d_out})
 
 
+def input_width(part: str, size: str) -> int | None:
+    """The feature width a part outputs in the tiny suite (heads size their input by it)."""
+    if size == "full":
+        return None
+    if part in _VIT:
+        return _VIT[part][1]["hidden_size"]
+    if part in ("minilm", "whisper-tiny"):
+        return 24
+    return int(part.split(":")[1].split("x")[1]) if ":" in part else None
+
+
+def node_module(model: str, node: str, size: str = "full") -> Module:
+    """A fresh copy of the module behind one node of a suite model."""
+    nodes = MODELS[model][1]
+    part, inputs = nodes[node]
+    width = input_width(nodes[inputs[0]][0], size) if ":" in part else None
+    return build_part(part, size, width)
+
+
 class Model:
     """One model of the suite: its task DAG and its modules (shared through a registry, or not)."""
 
@@ -98,12 +117,8 @@ class Model:
             raise ValueError(f"model must be one of {sorted(MODELS)}, got {name!r}")
         self.name, (self.task_name, nodes) = name, MODELS[name]
         self.modules = {}
-        for node, (part, inputs) in nodes.items():
-            width = None
-            if size == "tiny" and ":" in part:  # heads follow their tiny encoder's width
-                width = self.modules[inputs[0]].config.get("hidden_size") or self.modules[inputs[0]].config.get(
-                    "d_model") or self.modules[inputs[0]].config.get("d_out")
-            m = build_part(part, size, width)
+        for node in nodes:
+            m = node_module(name, node, size)
             self.modules[node] = registry.add(m) if registry is not None else m
         self.dag = {node: inputs for node, (_, inputs) in nodes.items()}
 

@@ -1,0 +1,63 @@
+"""prism-serve under real mpiexec: a burst of mixed requests through modules spread over 3 ranks."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+pytest.importorskip("mpi4py")
+pytest.importorskip("transformers")
+
+from prism_ops.s2m3.place_cli import main as place  # noqa: E402
+from prism_ops.s2m3.suite import Model, example_inputs  # noqa: E402
+
+BIN = Path(sys.executable).parent
+pytestmark = pytest.mark.skipif(not (BIN / "mpiexec").exists(), reason="needs mpiexec (pip install mpich)")
+MODELS = ["cifar10-vits16", "sentiment-minilm", "image-text-retrieval", "audio-text-retrieval", "imagenet-vitb16"]
+DEVICES = {"devices": [{"name": n, "memory_gb": 0.0005} for n in "abc"], "default_link": {"mbit": 100}}
+
+
+@pytest.fixture(scope="module")
+def plan(tmp_path_factory):
+    d = tmp_path_factory.mktemp("plan")
+    (d / "d.json").write_text(json.dumps(DEVICES))
+    (d / "t.json").write_text(json.dumps({"models": MODELS, "size": "tiny",
+                                          "input_bytes": {"image": 12288, "text": 96, "audio": 12800}}))
+    place(["--devices", str(d / "d.json"), "--tasks", str(d / "t.json"), "--json", str(d / "plan.json")])
+    p = json.loads((d / "plan.json").read_text())
+    assert len(set(p["plan"].values())) >= 2  # the modules really are spread over ranks
+    return d / "plan.json"
+
+
+def serve(n, plan, lines, timeout=120):
+    env = dict(os.environ, OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1")
+    return subprocess.run([str(BIN / "mpiexec"), "-n", str(n), str(BIN / "prism-serve"), "--plan", str(plan)],
+                          input="\n".join(lines), capture_output=True, text=True, timeout=timeout, env=env)
+
+
+def test_burst_of_mixed_requests(plan):
+    reqs = [{"id": i, "model": MODELS[(i * 7) % len(MODELS)], "seed": i} for i in range(15)]
+    p = serve(3, plan, [json.dumps(r) for r in reqs])
+    assert p.returncode == 0, p.stderr[-3000:]
+    out = [json.loads(line) for line in p.stdout.splitlines() if line.startswith("{")]
+    assert [o["id"] for o in out] == list(range(15))  # every request answered, once, in order
+    torch.set_num_threads(1)
+    for r, o in zip(reqs, out):
+        want = Model(r["model"], "tiny")(example_inputs("tiny", seed=r["seed"]))
+        assert torch.allclose(torch.tensor(o["output"]), want, atol=1e-6), r
+
+
+@pytest.mark.parametrize("ranks,lines,message", [
+    (2, ['{"id": 1, "model": "sentiment-minilm"}'], "the plan has 3 devices but the job has 2 ranks"),
+    (3, ['{"id": 1, "model": "topic-minilm"}'], "is not in the plan"),
+    (3, ['{"id": 1, "model": "sentiment-minilm"}', '{"id": 1, "model": "sentiment-minilm"}'], "used twice"),
+    (3, ["not json"], "request line 1"),
+])
+def test_bad_requests_and_plans(plan, ranks, lines, message):
+    p = serve(ranks, plan, lines)
+    assert p.returncode == 2, (p.returncode, p.stderr[-2000:])
+    assert message in p.stderr
