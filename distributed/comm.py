@@ -305,6 +305,18 @@ class Communicator:
         self.comm.Recv([buf, self.MPI.BYTE], source=status.Get_source(), tag=tag)
         return status.Get_source(), buf.tobytes()
 
+    def split(self, member: bool) -> "Communicator | None":
+        """A communicator of the ranks that pass member=True (collective: every rank calls it)."""
+        sub = self.comm.Split(0 if member else self.MPI.UNDEFINED, self.rank)
+        if sub == self.MPI.COMM_NULL:
+            return None
+        return Communicator(sub, link_mbit=self.link_mbit, link_latency_ms=self.link_latency_s * 1e3,
+                            timeout_s=self.timeout_s)
+
+    def barrier(self) -> None:
+        """Wait until every rank has come here (for timings)."""
+        self._wait(self.comm.Ibarrier(), time.perf_counter(), 0)
+
     def bytes_sent(self, keys) -> list[int]:
         return [self.sent.get(k, 0) for k in keys]
 

@@ -61,3 +61,24 @@ def test_bad_requests_and_plans(plan, ranks, lines, message):
     p = serve(ranks, plan, lines)
     assert p.returncode == 2, (p.returncode, p.stderr[-2000:])
     assert message in p.stderr
+
+
+def test_prism_inside_s2m3(plan, tmp_path):
+    """vit-s16 spread over ranks 1 and 2 with PRISM attention; segment size 1 is exact."""
+    p = json.loads(plan.read_text())
+    p["prism"] = {"vit-s16": {"devices": ["b", "c"], "segment_size": 1}}
+    spread = tmp_path / "plan.json"
+    spread.write_text(json.dumps(p))
+    reqs = [{"id": i, "model": m, "seed": i} for i, m in enumerate(["cifar10-vits16", "sentiment-minilm"] * 3)]
+    out = serve(3, spread, [json.dumps(r) for r in reqs])
+    assert out.returncode == 0, out.stderr[-3000:]
+    got = [json.loads(line) for line in out.stdout.splitlines() if line.startswith("{")]
+    assert [o["id"] for o in got] == list(range(6))
+    torch.set_num_threads(1)
+    for r, o in zip(reqs, got):
+        want = Model(r["model"], "tiny")(example_inputs("tiny", seed=r["seed"]))
+        assert torch.allclose(torch.tensor(o["output"]), want, atol=1e-5), r
+    p["prism"] = {"vit-s16": {"devices": ["b"]}}
+    spread.write_text(json.dumps(p))
+    bad = serve(3, spread, [json.dumps(reqs[0])])
+    assert bad.returncode == 2 and "needs 2 or more distinct devices" in bad.stderr

@@ -51,7 +51,7 @@ def check_plan(plan: dict, num_ranks: int):
         devices, size, models, where = plan["devices"], plan["size"], plan["models"], plan["plan"]
     except (KeyError, TypeError):
         raise PlacementError("plan must have devices, size, models and plan (write it with prism-place --json)") from None
-    if len(devices) != num_ranks:
+    if not isinstance(devices, list) or len(devices) != num_ranks:
         raise PlacementError(f"the plan has {len(devices)} devices but the job has {num_ranks} ranks (one per device)")
     unknown = [m for m in models if m not in MODELS]
     if unknown:
@@ -62,7 +62,18 @@ def check_plan(plan: dict, num_ranks: int):
             if part not in where or where[part] not in devices:
                 raise PlacementError(f"plan: part {part!r} of {m!r} is not placed on a device of the plan")
             rank[part] = devices.index(where[part])
-    return devices, size, models, rank
+    spread = {}
+    for part, spec in (plan.get("prism") or {}).items():
+        if part not in rank:
+            raise PlacementError(f"plan: prism names part {part!r}, which no model of the plan uses")
+        if not (part.startswith("vit") or part == "minilm"):
+            raise PlacementError(f"plan: prism spreads transformer encoders (vit-*, minilm), not {part!r}")
+        group = spec.get("devices", [])
+        if len(group) < 2 or any(d not in devices for d in group) or len(set(group)) != len(group):
+            raise PlacementError(f"plan: prism {part!r} needs 2 or more distinct devices of the plan, got {group!r}")
+        rank[part] = devices.index(group[0])  # the group's first rank leads: inputs in, output out
+        spread[part] = ([devices.index(d) for d in group], spec)
+    return devices, size, models, rank, spread
 
 
 def read_requests(lines, models) -> list[dict]:
@@ -92,13 +103,29 @@ class Server:
         from .suite import MODELS, node_module
 
         self.comm = comm
-        self.devices, self.size, self.models, self.rank_of = check_plan(plan, comm.size)
+        self.devices, self.size, self.models, self.rank_of, spread = check_plan(plan, comm.size)
         self.MODELS = MODELS
         reg, self.modules = Registry(), {}
         for m in self.models:  # only the parts placed on this rank
             for node, (part, _) in MODELS[m][1].items():
                 if self.rank_of[part] == comm.rank and part not in self.modules:
                     self.modules[part] = reg.add(node_module(m, node, self.size))
+        # PRISM inside S2M3: an encoder spread over a group of ranks, each holding a copy and
+        # a contiguous slice of the tokens (`prism_ops.distributed`).
+        self.groups = {}
+        for part, (ranks, spec) in sorted(spread.items()):
+            sub = comm.split(comm.rank in ranks)  # collective: every rank, same order
+            if sub is None:
+                continue
+            node = next(n for m in self.models for n, (p, _) in MODELS[m][1].items() if p == part)
+            model = next(m for m in self.models if any(p == part for p, _ in MODELS[m][1].values()))
+            mod = self.modules.get(part) or node_module(model, node, self.size)
+            self.modules[part] = mod
+            from prism_ops import hf
+
+            hf.configure(mod.net, num_partitions=sub.size, segment_size=int(spec.get("segment_size", 16)),
+                         comm=sub, **{k: v for k, v in spec.items() if k not in ("devices", "segment_size")})
+            self.groups[part] = (sub, [r for r in ranks if r != ranks[0]])
         self.memory = reg.unique_bytes
         self.waiting, self.ready, self.sends = {}, deque(), []
 
@@ -116,7 +143,28 @@ class Server:
         else:
             self.sends.append(self.comm.isend(dest, pack(header, tensor), TAG_WORK))
 
+    def run_spread(self, part, req, model, node, inputs):
+        """Run a spread encoder with its group; the lead returns its output, members None."""
+        from prism_ops.distributed import Request, run_distributed
+
+        sub, members = self.groups[part]
+        (x,) = inputs.values()
+        if sub.rank == 0:  # the lead hands the input to the group, in its own queue order
+            for r in members:
+                self.sends.append(self.comm.isend(r, pack({"req": req, "model": model, "node": node,
+                                                           "src": "member"}, x), TAG_WORK))
+        kind = self.modules[part].kind
+        ask = Request(pixel_values=x, output="hidden") if kind == "vision" else Request(ids=x, output="embedding")
+        with torch.no_grad():
+            res = run_distributed(self.modules[part].net, sub, ask if sub.rank == 0 else None, progress=False)
+        if res is None:
+            return None
+        return res.output[:, 0] if kind == "vision" else res.output
+
     def arrive(self, header, tensor):
+        if header["src"] == "member":  # a spread encoder's input, forwarded by its group's lead
+            self.ready.append((header["req"], header["model"], header["node"], {"member": tensor}))
+            return
         key = (json.dumps(header["req"]), header["model"], header["node"])
         got = self.waiting.setdefault(key, {})
         got[header["src"]] = tensor
@@ -132,7 +180,13 @@ class Server:
         if self.ready:
             req, model, node, inputs = self.ready.popleft()
             dag = self.dag(model)
-            out = self.modules[self.part(model, node)](*[inputs[s] for s in dag[node]])
+            part = self.part(model, node)
+            if part in self.groups:
+                out = self.run_spread(part, req, model, node, inputs)
+                if out is None:  # a member of the group: the lead carries the output on
+                    return True
+            else:
+                out = self.modules[part](*[inputs[s] for s in dag[node]])
             readers = [n for n, srcs in dag.items() if node in srcs]
             for n in readers:
                 self.deliver(req, model, n, node, out)
@@ -217,6 +271,7 @@ def main(argv=None) -> None:
         if err:
             raise BadInput(err)
         server = Server(comm, plan)
+        comm.barrier()  # latencies count from when every rank serves
         done = server.serve(reqs)
         if comm.rank == 0:
             for r in reqs:
