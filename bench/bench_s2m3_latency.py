@@ -21,7 +21,7 @@ from prism_ops.s2m3.modules import Registry
 from prism_ops.s2m3.place_cli import profile
 from prism_ops.s2m3.placement import Device, Instance, Link, greedy
 from prism_ops.s2m3.serve import Server
-from prism_ops.s2m3.suite import MODELS, Model, example_inputs
+from prism_ops.s2m3.suite import SUITE, Model, example_inputs
 
 torch.set_num_threads(1)
 
@@ -32,7 +32,7 @@ def main():
     ap.add_argument("--repeats", type=int, default=3)
     args = ap.parse_args()
     comm = Communicator(timeout_s=600)
-    models = list(MODELS)
+    models = list(SUITE)
     plan = None
     if comm.rank == 0:
         reg, slots, part_of, tasks = profile(models, args.size, {}, {"image": 602112, "text": 512, "audio": 960000})

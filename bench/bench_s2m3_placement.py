@@ -19,7 +19,7 @@ import random
 
 from prism_ops.s2m3.placement import (Device, Instance, Link, Module, PlacementError, Task, exact, greedy,
                                       objective, random_instance)
-from prism_ops.s2m3.suite import MODELS
+from prism_ops.s2m3.suite import MODELS, SUITE
 
 # From `prism-place --devices examples/devices.yaml --tasks examples/tasks.yaml` on this 2-core
 # machine (1 thread): part -> (MB, compute s, output bytes).
@@ -36,7 +36,7 @@ def part_cost(part):
 
 
 def suite_instance(rng):
-    names = rng.sample(sorted(MODELS), rng.randint(3, 6))
+    names = rng.sample(sorted(SUITE), rng.randint(3, 6))
     modules, tasks = {}, []
     for n in names:
         nodes = MODELS[n][1]

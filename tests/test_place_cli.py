@@ -53,3 +53,27 @@ def test_unreadable_and_invalid_files(tmp_path, capsys):
     with pytest.raises(SystemExit):
         main(["--devices", write(tmp_path, "d.yaml", "devices: [unclosed"), "--tasks", "x"])
     assert "not valid YAML" in capsys.readouterr().err
+
+
+CUSTOM = {"tagger": {"task": "audio tagging", "nodes": {
+    "whisper-tiny": ["whisper-tiny", ["input:audio"]], "cls": ["classifier:384x50:seed7", ["whisper-tiny"]]}}}
+
+
+def test_custom_model(tmp_path, capsys):
+    tasks = {"models": ["tagger", "sentiment-minilm"], "custom": CUSTOM, "size": "tiny",
+             "input_bytes": {"audio": 1, "text": 1}}
+    main(["--devices", write(tmp_path, "d.json", DEVICES), "--tasks", write(tmp_path, "t.json", tasks)])
+    assert "predicted latency tagger" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("nodes,message", [
+    ({"a": ["vit-s16", ["b"]], "b": ["classifier:16x2:seed1", ["a"]]}, "cyclic graph"),
+    ({"a": ["resnet50", ["input:image"]]}, "unknown module 'resnet50'"),
+    ({"a": ["vit-s16", ["input:video"]]}, "modalities are"),
+    ({"a": ["vit-s16", ["input:image"]], "b": ["classifier:16x2:seed1", ["c"]]}, "unknown node 'c'"),
+])
+def test_bad_custom_models_refused_before_loading(tmp_path, capsys, nodes, message):
+    tasks = {**TASKS, "models": ["bad"], "custom": {"bad": {"nodes": nodes}}}
+    with pytest.raises(SystemExit):
+        main(["--devices", write(tmp_path, "d.json", DEVICES), "--tasks", write(tmp_path, "t.json", tasks)])
+    assert message in capsys.readouterr().err

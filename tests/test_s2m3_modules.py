@@ -6,18 +6,18 @@ import torch
 pytest.importorskip("transformers")
 
 from prism_ops.s2m3.modules import Module, Registry, content_hash  # noqa: E402
-from prism_ops.s2m3.suite import MODELS, TASKS, Model, example_inputs  # noqa: E402
+from prism_ops.s2m3.suite import MODELS, SUITE, TASKS, Model, example_inputs  # noqa: E402
 
 
 @pytest.fixture(scope="module")
 def shared():
     reg = Registry()
-    return reg, {n: Model(n, "tiny", reg) for n in MODELS}
+    return reg, {n: Model(n, "tiny", reg) for n in SUITE}
 
 
 def test_suite_size():
-    assert len(MODELS) >= 10
-    assert {task for task, _ in MODELS.values()} == set(TASKS) and len(TASKS) >= 4
+    assert len(SUITE) >= 10
+    assert {MODELS[m][0] for m in SUITE} == set(TASKS) and len(TASKS) >= 4
 
 
 def test_sharing_never_changes_an_output(shared):

@@ -7,7 +7,9 @@ devices.yaml (or .json):
     links: [{a: jetson0, b: jetson1, mbit: 100, latency_ms: 2}]      # others: default_link
     default_link: {mbit: 100, latency_ms: 2}
 tasks.yaml:
-    models: [imagenet-vitb16, sentiment-minilm, ...]                  # names from the suite
+    models: [imagenet-vitb16, sentiment-minilm, my-model, ...]        # the suite's, or custom
+    custom: {my-model: {task: audio tagging, nodes: {whisper-tiny: [whisper-tiny, [input:audio]],
+             cls: [classifier:384x50:seed7, [whisper-tiny]]}}}
     size: full                                                         # or tiny
     input_bytes: {image: 602112, text: 256, audio: 960000}
     compute_s: {vit-b16: 0.2}          # optional, per part; the rest is profiled on this machine
@@ -74,8 +76,12 @@ def parse_devices(data: dict, path: str = "devices"):
 
 
 def check_tasks(data: dict, path: str = "tasks"):
-    from .suite import MODELS
+    from .suite import MODELS, add_models
 
+    try:
+        add_models(data.get("custom"))
+    except ValueError as e:
+        raise PlacementError(f"{path}: {e}") from None
     models = data.get("models")
     if not isinstance(models, list) or not models:
         raise PlacementError(f"{path}: models must be a non-empty list of names from {sorted(MODELS)}")
@@ -155,6 +161,7 @@ def main(argv=None) -> None:
     for t in tasks:
         print(f"predicted latency {t.name}: {task_latency(inst, t, plan):.4f} s")
     out = {"devices": [d.name for d in devices], "size": tdata.get("size", "full"), "models": models,
+           "custom": tdata.get("custom") or {},
            "plan": {part_of[k]: devices[v].name for k, v in plan.items()}, "objective_s": objective(inst, plan)}
     if args.exact:
         best, opt = exact(inst)

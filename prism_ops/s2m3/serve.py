@@ -45,12 +45,16 @@ def unpack(data: bytes):
 
 def check_plan(plan: dict, num_ranks: int):
     """(devices, size, models, rank of each part); PlacementError names what is wrong."""
-    from .suite import MODELS
+    from .suite import MODELS, add_models
 
     try:
         devices, size, models, where = plan["devices"], plan["size"], plan["models"], plan["plan"]
     except (KeyError, TypeError):
         raise PlacementError("plan must have devices, size, models and plan (write it with prism-place --json)") from None
+    try:
+        add_models(plan.get("custom"))
+    except ValueError as e:
+        raise PlacementError(f"plan: {e}") from None
     if not isinstance(devices, list) or len(devices) != num_ranks:
         raise PlacementError(f"the plan has {len(devices)} devices but the job has {num_ranks} ranks (one per device)")
     unknown = [m for m in models if m not in MODELS]

@@ -16,7 +16,7 @@ from __future__ import annotations
 import torch
 
 from .modules import Module, Registry
-from .placement import Task
+from .placement import PlacementError, Task
 
 TASKS = ("image classification", "text classification", "audio classification", "cross-modal retrieval")
 
@@ -47,6 +47,8 @@ MODELS = {
         "aud-proj": ("projector:384x256:seed21", ("whisper-tiny",)), "txt-proj": ("projector:384x256:seed22", ("minilm",)),
         "sim": ("similarity", ("aud-proj", "txt-proj"))}),
 }
+
+SUITE = tuple(MODELS)  # the 10 built-in models (custom ones join MODELS at run time)
 
 # (full, tiny) config sizes of the encoders.
 _VIT = {"vit-b16": (dict(hidden_size=768, num_hidden_layers=12, num_attention_heads=12, intermediate_size=3072),
@@ -88,6 +90,53 @@ def build_part(part: str, size: str = "full", in_width: int | None = None) -> Mo
     d_in = in_width if in_width is not None else d_in
     torch.manual_seed(int(seed.removeprefix("seed")))
     return Module(part, kind, torch.nn.Linear(d_in, d_out), {"d_in": d_in, "d_out": d_out})
+
+
+ENCODERS = ("vit-b16", "vit-s16", "minilm", "whisper-tiny")
+MODALITIES = ("image", "text", "audio")
+
+
+def check_part(part: str) -> None:
+    """ValueError unless `part` names something build_part can build."""
+    if part in ENCODERS or part == "similarity":
+        return
+    try:
+        kind, dims, seed = part.split(":")
+        d_in, d_out = (int(x) for x in dims.split("x"))
+        ok = kind in ("classifier", "projector") and seed.startswith("seed") and int(seed[4:]) >= 0 and d_in > 0 < d_out
+    except ValueError:
+        ok = False
+    if not ok:
+        raise ValueError(f"unknown module {part!r}: use one of {ENCODERS + ('similarity',)} or "
+                         "classifier:INxOUT:seedN / projector:INxOUT:seedN")
+
+
+def add_models(custom: dict) -> list[str]:
+    """Check user-defined models ({name: {task, nodes: {node: [part, [inputs]]}}}) and add them
+    to MODELS; ValueError names the first problem (unknown module, cycle, dangling input)."""
+    added = {}
+    for name, spec in (custom or {}).items():
+        try:
+            nodes = {node: (part, tuple(inputs)) for node, (part, inputs) in spec["nodes"].items()}
+            task = str(spec.get("task", "custom"))
+        except (KeyError, TypeError, ValueError, AttributeError):
+            raise ValueError(f"custom model {name!r}: expected {{task, nodes: {{node: [part, [inputs]]}}}}") from None
+        for node, (part, inputs) in nodes.items():
+            check_part(part)
+            for src in inputs:
+                if src.startswith("input:") and src[6:] not in MODALITIES:
+                    raise ValueError(f"custom model {name!r}: {node!r} reads {src!r}; modalities are {MODALITIES}")
+        dag = Task(name, {n: i for n, (_, i) in nodes.items()}, {m: 0 for m in MODALITIES})
+        try:
+            dag.order()
+            dag.sink()
+        except PlacementError as e:
+            raise ValueError(f"custom model {name!r}: {e}") from None
+        if name in MODELS and MODELS[name] != (task, nodes):
+            raise ValueError(f"custom model {name!r} has the name of a different model of the suite")
+        added[name] = (task, nodes)
+    MODELS.update(added)
+    return list(added)
 
 
 def input_width(part: str, size: str) -> int | None:
