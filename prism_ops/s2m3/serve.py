@@ -8,8 +8,8 @@ placed on it (identical ones once). Rank 0 reads the requests (JSON lines `{"id"
 "seed"}`; the seed draws the example inputs), sends each modality straight to the rank of the
 encoder that reads it, and collects the results. A node runs once all its inputs have arrived;
 its output goes to the rank of every node that reads it, or back to rank 0 from the task's last
-node. So the encoders of one request run in parallel on their ranks, and requests that share a
-module queue at it in the order their inputs arrived. Every message is point-to-point bytes
+node. So the encoders of one request run in parallel on their ranks. Each rank runs its ready
+nodes earliest request first, so requests that share a module are served in arrival order. Every message is point-to-point bytes
 (`Communicator.isend` / `poll`): a JSON header and the tensor.
 
 Output: one JSON line per request, in request order: `{"id", "model", "output", "latency_s"}`.
@@ -21,7 +21,8 @@ import argparse
 import json
 import sys
 import time
-from collections import deque
+import heapq
+import itertools
 
 import torch
 
@@ -131,7 +132,10 @@ class Server:
                          comm=sub, **{k: v for k, v in spec.items() if k not in ("devices", "segment_size")})
             self.groups[part] = (sub, [r for r in ranks if r != ranks[0]])
         self.memory = reg.unique_bytes
-        self.waiting, self.ready, self.sends = {}, deque(), []
+        # Ready nodes run earliest request first: a shared module serves requests in the order
+        # they arrived, and a request's head runs as soon as its inputs are in.
+        self.waiting, self.ready, self.sends = {}, [], []
+        self._tie = itertools.count()
 
     def dag(self, model):
         return {node: srcs for node, (_, srcs) in self.MODELS[model][1].items()}
@@ -139,15 +143,15 @@ class Server:
     def part(self, model, node):
         return self.MODELS[model][1][node][0]
 
-    def deliver(self, req, model, node, src, tensor):
+    def deliver(self, seq, req, model, node, src, tensor):
         dest = self.rank_of[self.part(model, node)]
-        header = {"req": req, "model": model, "node": node, "src": src}
+        header = {"seq": seq, "req": req, "model": model, "node": node, "src": src}
         if dest == self.comm.rank:
             self.arrive(header, tensor)
         else:
             self.sends.append(self.comm.isend(dest, pack(header, tensor), TAG_WORK))
 
-    def run_spread(self, part, req, model, node, inputs):
+    def run_spread(self, part, seq, req, model, node, inputs):
         """Run a spread encoder with its group; the lead returns its output, members None."""
         from prism_ops.distributed import Request, run_distributed
 
@@ -155,7 +159,7 @@ class Server:
         (x,) = inputs.values()
         if sub.rank == 0:  # the lead hands the input to the group, in its own queue order
             for r in members:
-                self.sends.append(self.comm.isend(r, pack({"req": req, "model": model, "node": node,
+                self.sends.append(self.comm.isend(r, pack({"seq": seq, "req": req, "model": model, "node": node,
                                                            "src": "member"}, x), TAG_WORK))
         kind = self.modules[part].kind
         ask = Request(pixel_values=x, output="hidden") if kind == "vision" else Request(ids=x, output="embedding")
@@ -167,13 +171,17 @@ class Server:
 
     def arrive(self, header, tensor):
         if header["src"] == "member":  # a spread encoder's input, forwarded by its group's lead
-            self.ready.append((header["req"], header["model"], header["node"], {"member": tensor}))
+            self._push(header, {"member": tensor})
             return
         key = (json.dumps(header["req"]), header["model"], header["node"])
         got = self.waiting.setdefault(key, {})
         got[header["src"]] = tensor
         if len(got) == len(self.dag(header["model"])[header["node"]]):
-            self.ready.append((header["req"], header["model"], header["node"], self.waiting.pop(key)))
+            self._push(header, self.waiting.pop(key))
+
+    def _push(self, header, inputs):
+        item = (header["seq"], header["req"], header["model"], header["node"], inputs)
+        heapq.heappush(self.ready, (header["seq"], next(self._tie), item))
 
     def step(self) -> bool:
         """Receive what has arrived and run one ready node; False when there was nothing to do."""
@@ -182,18 +190,18 @@ class Server:
             self.arrive(*unpack(msg[1]))
             busy = True
         if self.ready:
-            req, model, node, inputs = self.ready.popleft()
+            seq, req, model, node, inputs = heapq.heappop(self.ready)[2]
             dag = self.dag(model)
             part = self.part(model, node)
             if part in self.groups:
-                out = self.run_spread(part, req, model, node, inputs)
+                out = self.run_spread(part, seq, req, model, node, inputs)
                 if out is None:  # a member of the group: the lead carries the output on
                     return True
             else:
                 out = self.modules[part](*[inputs[s] for s in dag[node]])
             readers = [n for n, srcs in dag.items() if node in srcs]
             for n in readers:
-                self.deliver(req, model, n, node, out)
+                self.deliver(seq, req, model, n, node, out)
             if not readers:  # the task's output goes back to rank 0
                 data = pack({"req": req}, out)
                 if self.comm.rank == 0:
@@ -217,13 +225,13 @@ class Server:
                 self.sends = [s for s in self.sends if not self.comm.test(s)]
             return None
         start, done = {}, {}
-        for r in requests:  # every modality of every request goes out at once, in order
+        for seq, r in enumerate(requests):  # every modality of every request goes out at once, in order
             x = example_inputs(self.size, seed=r["seed"])
             start[json.dumps(r["id"])] = time.perf_counter()
             for node, srcs in self.dag(r["model"]).items():
                 for s in srcs:
                     if s.startswith("input:"):
-                        self.deliver(r["id"], r["model"], node, s, x[s[6:]])
+                        self.deliver(seq, r["id"], r["model"], node, s, x[s[6:]])
         while len(done) < len(requests):
             if not self.step():
                 time.sleep(1e-4)
