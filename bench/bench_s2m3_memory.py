@@ -30,7 +30,7 @@ def main():
     print("| models | loaded / asked | one copy per model (MB) | shared (MB) | saved |")
     print("| --- | --- | --- | --- | --- |")
     for label, names in [*[(t, [m for m, (task, _) in MODELS.items() if task == t]) for t in TASKS],
-                         ("all 10 models, 4 tasks", list(SUITE))]:
+                         (f"all {len(SUITE)} models, {len(TASKS)} tasks", list(SUITE))]:
         r = rows[label] = report(names, args.size)
         print(f"| {label} ({len(names)}) | {r['modules_loaded']} / {r['modules_requested']} | "
               f"{r['bytes_one_copy_per_model'] / 1e6:.1f} | {r['bytes_shared'] / 1e6:.1f} | {r['saved']:.1%} |")

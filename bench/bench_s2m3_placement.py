@@ -3,7 +3,7 @@
     python bench/bench_s2m3_placement.py [--instances 200]
 
 Two families of random instances, each solved by `greedy` and by `exact` (branch and bound):
-- "suite": 3-6 models drawn from the 10-model suite (shared modules placed once), with the
+- "suite": 3-6 models drawn from the 12-model suite (shared modules placed once), with the
   module costs prism-place measured on this machine (MODULE_COSTS below), on 2-4 devices whose
   total memory is 1.1-2.5x what the drawn modules need (each device 15-100% of the largest
   module... so that placement is forced to spread), speeds 0.3-1.5, links 10-1000 Mbit/s with
@@ -24,7 +24,8 @@ from prism_ops.s2m3.suite import MODELS, SUITE
 # From `prism-place --devices examples/devices.yaml --tasks examples/tasks.yaml` on this 2-core
 # machine (1 thread): part -> (MB, compute s, output bytes).
 MODULE_COSTS = {"whisper-tiny": (32.8, 0.537, 1536), "vit-b16": (343.2, 0.409, 3072), "vit-s16": (86.7, 0.151, 1536),
-                "minilm": (90.9, 0.033, 1536), "similarity": (0.0, 0.0003, 4)}
+                "minilm": (90.9, 0.033, 1536), "similarity": (0.0, 0.0003, 4),
+                "decoder-small": (20.9, 0.049, 64)}  # 8 greedy tokens
 INPUT_BYTES = {"image": 3 * 224 * 224 * 4, "text": 64 * 8, "audio": 80 * 3000 * 4}
 
 

@@ -17,6 +17,7 @@ def shared():
 
 def test_suite_size():
     assert len(SUITE) >= 10
+    assert "decoder" in {m.kind for m in Model("image-captioning", "tiny").modules.values()}
     assert {MODELS[m][0] for m in SUITE} == set(TASKS) and len(TASKS) >= 4
 
 
@@ -31,7 +32,7 @@ def test_sharing_never_changes_an_output(shared):
 def test_identical_modules_are_loaded_once(shared):
     reg, models = shared
     r = reg.memory_report()
-    assert r["modules_requested"] == 26 and r["modules_loaded"] == 17
+    assert r["modules_requested"] == 32 and r["modules_loaded"] == 20
     assert r["bytes_shared"] == sum(m.nbytes for m in reg.by_hash.values()) < r["bytes_one_copy_per_model"]
     # The same encoder object serves every model that uses it; different heads stay apart.
     assert models["imagenet-vitb16"].modules["vit-b16"] is models["image-text-retrieval"].modules["vit-b16"]

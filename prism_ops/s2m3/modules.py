@@ -9,6 +9,8 @@ A Module wraps one torch module behind one call, `features = module(x)`:
     projector      `[B, d_in]`             -> `[B, d_out]` (a linear map)
     classifier     `[B, d]`                -> logits `[B, classes]`
     similarity     two `[B, d]`            -> cosine `[B]` (a retrieval head; no weights)
+    decoder        prefix `[B, d]`         -> greedy token ids `[B, 8]` (a small causal LM fed
+                                              the projected features as its first embedding)
 
 A model is a named list of modules and how they connect (a `Task` DAG of module names).
 Two modules are the same module when their content hash is equal: the hash covers the
@@ -25,7 +27,8 @@ from dataclasses import dataclass, field
 
 import torch
 
-KINDS = ("text", "vision", "audio", "projector", "classifier", "similarity")
+KINDS = ("text", "vision", "audio", "projector", "classifier", "similarity", "decoder")
+DECODE_TOKENS = 8  # tokens a decoder head generates
 
 
 def content_hash(kind: str, net: torch.nn.Module | None, config: dict | None = None) -> str:
@@ -80,6 +83,13 @@ class Module:
             return self.net(pixel_values=x).last_hidden_state[:, 0]
         if self.kind == "audio":
             return self.net(x).last_hidden_state.mean(1)
+        if self.kind == "decoder":
+            out = self.net(inputs_embeds=x[:, None], use_cache=True)
+            ids = []
+            for _ in range(DECODE_TOKENS):
+                ids.append(out.logits[:, -1].argmax(-1))
+                out = self.net(input_ids=ids[-1][:, None], past_key_values=out.past_key_values, use_cache=True)
+            return torch.stack(ids, 1)
         return self.net(x)  # projector, classifier
 
 

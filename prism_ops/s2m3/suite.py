@@ -1,8 +1,10 @@
-"""A multi-task model suite for S2M3: 10 models over 4 tasks, built from shared parts.
+"""A multi-task model suite for S2M3: 12 models over 5 tasks, built from shared parts.
 
 Real weights where they exist offline (all-MiniLM-L6-v2 as the text encoder); the vision and
 audio encoders are built from their published configs with seeded random weights (ViT-B/16,
-ViT-S/16, Whisper-tiny's encoder), as are the projectors and heads. A part is named by what
+ViT-S/16, Whisper-tiny's encoder), as are the projectors and heads; the captioning head is a
+small GPT-2-style decoder (4 layers, 256 wide, 8000 tokens) from config, shared by both
+captioning models. A part is named by what
 builds it ("vit-b16", "classifier:768x1000:seed11"), so two models that name the same part get
 byte-identical weights and the registry shares them; heads trained for different jobs have
 different seeds and stay separate.
@@ -18,7 +20,8 @@ import torch
 from .modules import Module, Registry
 from .placement import PlacementError, Task
 
-TASKS = ("image classification", "text classification", "audio classification", "cross-modal retrieval")
+TASKS = ("image classification", "text classification", "audio classification", "cross-modal retrieval",
+         "captioning")
 
 # model -> (task, {node: (part, inputs)}); inputs are node names or "input:<modality>".
 MODELS = {
@@ -46,9 +49,15 @@ MODELS = {
         "whisper-tiny": ("whisper-tiny", ("input:audio",)), "minilm": ("minilm", ("input:text",)),
         "aud-proj": ("projector:384x256:seed21", ("whisper-tiny",)), "txt-proj": ("projector:384x256:seed22", ("minilm",)),
         "sim": ("similarity", ("aud-proj", "txt-proj"))}),
+    "image-captioning": ("captioning", {
+        "vit-s16": ("vit-s16", ("input:image",)), "proj": ("projector:384x256:seed23", ("vit-s16",)),
+        "decoder": ("decoder-small", ("proj",))}),
+    "audio-captioning": ("captioning", {
+        "whisper-tiny": ("whisper-tiny", ("input:audio",)), "proj": ("projector:384x256:seed24", ("whisper-tiny",)),
+        "decoder": ("decoder-small", ("proj",))}),
 }
 
-SUITE = tuple(MODELS)  # the 10 built-in models (custom ones join MODELS at run time)
+SUITE = tuple(MODELS)  # the 12 built-in models (custom ones join MODELS at run time)
 
 # (full, tiny) config sizes of the encoders.
 _VIT = {"vit-b16": (dict(hidden_size=768, num_hidden_layers=12, num_attention_heads=12, intermediate_size=3072),
@@ -85,6 +94,13 @@ def build_part(part: str, size: str = "full", in_width: int | None = None) -> Mo
         return Module(part, "audio", WhisperEncoder(WhisperConfig(num_mel_bins=80, **cfg)), cfg)
     if part == "similarity":
         return Module(part, "similarity", None)
+    if part == "decoder-small":
+        from transformers import GPT2Config, GPT2LMHeadModel
+
+        cfg = (dict(n_embd=256, n_layer=1, n_head=2, vocab_size=100, n_positions=16) if tiny
+               else dict(n_embd=256, n_layer=4, n_head=4, vocab_size=8000, n_positions=64))
+        torch.manual_seed(0)
+        return Module(part, "decoder", GPT2LMHeadModel(GPT2Config(bos_token_id=0, eos_token_id=0, **cfg)), cfg)
     kind, dims, seed = part.split(":")
     d_in, d_out = (int(x) for x in dims.split("x"))
     d_in = in_width if in_width is not None else d_in
@@ -92,7 +108,7 @@ def build_part(part: str, size: str = "full", in_width: int | None = None) -> Mo
     return Module(part, kind, torch.nn.Linear(d_in, d_out), {"d_in": d_in, "d_out": d_out})
 
 
-ENCODERS = ("vit-b16", "vit-s16", "minilm", "whisper-tiny")
+ENCODERS = ("vit-b16", "vit-s16", "minilm", "whisper-tiny", "decoder-small")
 MODALITIES = ("image", "text", "audio")
 
 
