@@ -97,6 +97,17 @@ def check_tasks(data: dict, path: str = "tasks"):
     return models
 
 
+def check_memory(models, size, devices) -> None:
+    """Refuse, before any weights load, a module larger than every device (sizes from configs)."""
+    from .suite import model_part_bytes
+
+    largest = max(d.memory for d in devices)
+    for part, nbytes in model_part_bytes(models, size).items():
+        if nbytes > largest:
+            raise PlacementError(f"module {part!r} needs {nbytes / 1e6:.1f} MB, more than any device has "
+                                 f"(largest: {largest / 1e6:.1f} MB)")
+
+
 def profile(models, size, given, inputs_bytes):
     """Build the models with sharing; time every unique module once on example inputs."""
     from .modules import Registry
@@ -134,6 +145,7 @@ def main(argv=None) -> None:
         devices, links, default = parse_devices(read_file(args.devices), args.devices)
         tdata = read_file(args.tasks)
         models = check_tasks(tdata, args.tasks)
+        check_memory(models, tdata.get("size", "full"), devices)
         torch.set_num_threads(1)
         reg, slots, part_of, tasks = profile(models, tdata.get("size", "full"), tdata.get("compute_s", {}),
                                              tdata.get("input_bytes", {}))

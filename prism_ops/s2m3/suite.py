@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import torch
 
-from .modules import Module, Registry
+from .modules import Module, Registry, module_bytes
 from .placement import PlacementError, Task
 
 TASKS = ("image classification", "text classification", "audio classification", "cross-modal retrieval",
@@ -70,42 +70,66 @@ TINY_INPUTS = dict(image=(3, 32, 32), text=12, audio=(80, 40))
 
 def build_part(part: str, size: str = "full", in_width: int | None = None) -> Module:
     """The module a part name stands for, with its deterministic weights."""
+    kind, net, cfg = _make(part, size, in_width)
+    return Module(part, kind, net, cfg)
+
+
+def part_bytes(part: str, size: str = "full", in_width: int | None = None) -> int:
+    """A part's parameter and buffer bytes from its config alone: built on the meta device, so
+    nothing is allocated or read from disk (checks before anything loads)."""
+    with torch.device("meta"):
+        return module_bytes(_make(part, size, in_width, meta=True)[1])
+
+
+def _make(part, size, in_width, meta=False):
+    """(kind, torch module or None, config) of a part."""
     from transformers import BertConfig, BertModel, ViTConfig, ViTModel, WhisperConfig
     from transformers.models.whisper.modeling_whisper import WhisperEncoder
 
     tiny = size == "tiny"
+    torch.manual_seed(0)
     if part in _VIT:
         cfg = dict(_VIT[part][tiny], image_size=32 if tiny else 224, patch_size=8 if tiny else 16)
-        torch.manual_seed(0)
-        return Module(part, "vision", ViTModel(ViTConfig(**cfg), add_pooling_layer=False), cfg)
+        return "vision", ViTModel(ViTConfig(**cfg), add_pooling_layer=False), cfg
     if part == "minilm":
         if tiny:
             cfg = dict(hidden_size=24, num_hidden_layers=2, num_attention_heads=2, intermediate_size=48, vocab_size=1000)
-            torch.manual_seed(0)
-            return Module(part, "text", BertModel(BertConfig(**cfg), add_pooling_layer=False), cfg)
-        from ..models import load
+            return "text", BertModel(BertConfig(**cfg), add_pooling_layer=False), cfg
+        from ..models import load, minilm_path
 
-        return Module(part, "text", load("minilm")[1], {"weights": "all-MiniLM-L6-v2"})
+        if meta:
+            return "text", BertModel(BertConfig.from_pretrained(minilm_path()), add_pooling_layer=True), {}
+        return "text", load("minilm")[1], {"weights": "all-MiniLM-L6-v2"}
     if part == "whisper-tiny":
         cfg = (dict(d_model=24, encoder_layers=2, encoder_attention_heads=2, encoder_ffn_dim=48, max_source_positions=20)
                if tiny else dict(d_model=384, encoder_layers=4, encoder_attention_heads=6, encoder_ffn_dim=1536,
                                  max_source_positions=1500))
-        torch.manual_seed(0)
-        return Module(part, "audio", WhisperEncoder(WhisperConfig(num_mel_bins=80, **cfg)), cfg)
+        return "audio", WhisperEncoder(WhisperConfig(num_mel_bins=80, **cfg)), cfg
     if part == "similarity":
-        return Module(part, "similarity", None)
+        return "similarity", None, {}
     if part == "decoder-small":
         from transformers import GPT2Config, GPT2LMHeadModel
 
         cfg = (dict(n_embd=256, n_layer=1, n_head=2, vocab_size=100, n_positions=16) if tiny
                else dict(n_embd=256, n_layer=4, n_head=4, vocab_size=8000, n_positions=64))
-        torch.manual_seed(0)
-        return Module(part, "decoder", GPT2LMHeadModel(GPT2Config(bos_token_id=0, eos_token_id=0, **cfg)), cfg)
+        return "decoder", GPT2LMHeadModel(GPT2Config(bos_token_id=0, eos_token_id=0, **cfg)), cfg
     kind, dims, seed = part.split(":")
     d_in, d_out = (int(x) for x in dims.split("x"))
     d_in = in_width if in_width is not None else d_in
     torch.manual_seed(int(seed.removeprefix("seed")))
-    return Module(part, kind, torch.nn.Linear(d_in, d_out), {"d_in": d_in, "d_out": d_out})
+    return kind, torch.nn.Linear(d_in, d_out), {"d_in": d_in, "d_out": d_out}
+
+
+def model_part_bytes(names, size: str = "full") -> dict:
+    """{part: bytes} of every part the named models use, without building anything."""
+    out = {}
+    for m in names:
+        nodes = MODELS[m][1]
+        for node, (part, inputs) in nodes.items():
+            if part not in out:
+                width = input_width(nodes[inputs[0]][0], size) if ":" in part else None
+                out[part] = part_bytes(part, size, width)
+    return out
 
 
 ENCODERS = ("vit-b16", "vit-s16", "minilm", "whisper-tiny", "decoder-small")
