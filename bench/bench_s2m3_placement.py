@@ -3,8 +3,8 @@
     python bench/bench_s2m3_placement.py [--instances 200]
 
 Two families of random instances, each solved by `greedy` and by `exact` (branch and bound):
-- "suite": 3-6 models drawn from the 12-model suite (shared modules placed once), with the
-  module costs prism-place measured on this machine (MODULE_COSTS below), on 2-4 devices whose
+- "suite": 3-5 models drawn from the 12-model suite (shared modules placed once), with the
+  module costs prism-place measured on this machine (MODULE_COSTS below), on 2-3 devices whose
   total memory is 1.1-2.5x what the drawn modules need (each device 15-100% of the largest
   module... so that placement is forced to spread), speeds 0.3-1.5, links 10-1000 Mbit/s with
   1-10 ms latency, and real input sizes (a 224x224 image, 64 tokens, 30 s of log-mel audio).
@@ -37,7 +37,7 @@ def part_cost(part):
 
 
 def suite_instance(rng):
-    names = rng.sample(sorted(SUITE), rng.randint(3, 6))
+    names = rng.sample(sorted(SUITE), rng.randint(3, 5))
     modules, tasks = {}, []
     for n in names:
         nodes = MODELS[n][1]
@@ -50,7 +50,7 @@ def suite_instance(rng):
         tasks.append(Task(n, inputs, {m: INPUT_BYTES[m] for m in mods}, 4e3))
     need = sum(m.memory for m in modules.values())
     big = max(m.memory for m in modules.values())
-    k = rng.randint(2, 4)
+    k = rng.randint(2, 3)
     share = [rng.uniform(0.5, 1.5) for _ in range(k)]
     total = need * rng.uniform(1.1, 2.5)
     devices = [Device(f"d{i}", max(big * rng.uniform(0.15, 1.0), total * w / sum(share)), rng.uniform(0.3, 1.5))
