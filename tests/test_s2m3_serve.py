@@ -52,7 +52,7 @@ def test_burst_of_mixed_requests(plan):
 
 
 @pytest.mark.parametrize("ranks,lines,message", [
-    (2, ['{"id": 1, "model": "sentiment-minilm"}'], "the plan has 3 devices but the job has 2 ranks"),
+    (4, ['{"id": 1, "model": "sentiment-minilm"}'], "the plan has 3 devices but the job has 4 ranks"),
     (3, ['{"id": 1, "model": "topic-minilm"}'], "is not in the plan"),
     (3, ['{"id": 1, "model": "sentiment-minilm"}', '{"id": 1, "model": "sentiment-minilm"}'], "used twice"),
     (3, ["not json"], "request line 1"),
