@@ -257,14 +257,14 @@ class Communicator:
         """Rank 0's JSON-able object to every rank."""
         return json.loads(self.bcast_bytes(json.dumps(obj).encode() if self.rank == 0 else None, key))
 
-    def allgather_json(self, obj) -> list:
+    def allgather_json(self, obj, key="control") -> list:
         """Every rank's JSON-able object, on every rank (lengths, then Allgatherv of the bytes)."""
         data = np.frombuffer(json.dumps(obj, sort_keys=True).encode(), dtype=np.uint8)
         sizes = np.zeros(self.size, dtype=np.int64)
         self._wait(self.comm.Iallgather([np.array([data.size], dtype=np.int64), self.MPI.INT64_T],
                                         [sizes, self.MPI.INT64_T]), time.perf_counter(), 0)
         t = torch.from_numpy(data.copy())
-        parts = self.iallgatherv(t, [int(s) for s in sizes], key="handshake").wait()
+        parts = self.iallgatherv(t, [int(s) for s in sizes], key=key).wait()
         return [json.loads(p.numpy().tobytes()) for p in parts]
 
     def handshake(self, fingerprint: dict) -> None:
@@ -272,7 +272,7 @@ class Communicator:
 
         Raises HandshakeError on every rank, naming what differs, so all of them stop cleanly.
         """
-        every = self.allgather_json(fingerprint)
+        every = self.allgather_json(fingerprint, key="handshake")
         diffs = []
         for r, fp in enumerate(every[1:], start=1):
             for k in sorted(set(fp) | set(every[0])):

@@ -89,26 +89,25 @@ def kv_weight(module):
     Known layouts: BERT (`key`, `value`), ViT and Llama-style (`k_proj`, `v_proj`), GPT-2
     (`c_attn`, a Conv1D holding [q | k | v] as `[d, 3d]`).
     """
-    if isinstance(getattr(module, "key", None), torch.nn.Linear):
-        return module.key.weight, module.value.weight
-    if isinstance(getattr(module, "k_proj", None), torch.nn.Linear):
-        return module.k_proj.weight, module.v_proj.weight
-    c_attn = getattr(module, "c_attn", None)
-    if c_attn is not None and getattr(module, "split_size", None) and c_attn.weight.shape[1] == 3 * module.split_size:
-        d = module.split_size
-        w = c_attn.weight.T  # (3d, d)
-        return w[d : 2 * d], w[2 * d :]
-    return None
+    return _kv_params(module, "weight")
 
 
 def kv_bias(module):
     """(b_k, b_v), each `[Hkv * D]` or None, matching `kv_weight`."""
-    if isinstance(getattr(module, "key", None), torch.nn.Linear):
-        return module.key.bias, module.value.bias
-    if isinstance(getattr(module, "k_proj", None), torch.nn.Linear):
-        return module.k_proj.bias, module.v_proj.bias
-    d = module.split_size
-    return module.c_attn.bias[d : 2 * d], module.c_attn.bias[2 * d :]
+    return _kv_params(module, "bias")
+
+
+def _kv_params(module, name):
+    """The key and value projections' `name` ("weight" or "bias") in one of the known layouts."""
+    for k, v in (("key", "value"), ("k_proj", "v_proj")):
+        if isinstance(getattr(module, k, None), torch.nn.Linear):
+            return getattr(getattr(module, k), name), getattr(getattr(module, v), name)
+    c_attn = getattr(module, "c_attn", None)
+    if c_attn is not None and getattr(module, "split_size", None) and c_attn.weight.shape[1] == 3 * module.split_size:
+        d = module.split_size
+        t = c_attn.weight.T if name == "weight" else c_attn.bias  # (3d, d) or (3d,)
+        return t[d : 2 * d], t[2 * d :]
+    return None
 
 
 def _store_hidden(module, args, kwargs):

@@ -108,7 +108,7 @@ class Server:
         from .suite import MODELS, node_module
 
         self.comm = comm
-        self.devices, self.size, self.models, self.rank_of, spread = check_plan(plan, comm.size)
+        _, self.size, self.models, self.rank_of, spread = check_plan(plan, comm.size)
         self.MODELS = MODELS
         reg, self.modules = Registry(), {}
         for m in self.models:  # only the parts placed on this rank
@@ -131,7 +131,6 @@ class Server:
             hf.configure(mod.net, num_partitions=sub.size, segment_size=int(spec.get("segment_size", 16)),
                          comm=sub, **{k: v for k, v in spec.items() if k not in ("devices", "segment_size")})
             self.groups[part] = (sub, [r for r in ranks if r != ranks[0]])
-        self.memory = reg.unique_bytes
         # Ready nodes run earliest request first: a shared module serves requests in the order
         # they arrived, and a request's head runs as soon as its inputs are in.
         self.waiting, self.ready, self.sends = {}, [], []
