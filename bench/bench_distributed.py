@@ -24,7 +24,8 @@ import time
 import torch
 
 from prism_ops import hf
-from prism_ops.distributed import Communicator, Request, run_distributed, run_simulated
+from prism_ops.distributed import Communicator, EmulatedLink, Request, run_distributed, run_simulated
+from prism_ops.distributed.control import bcast_json
 
 torch.set_num_threads(1)
 
@@ -69,12 +70,12 @@ def main():
             model.set_attn_implementation("sdpa")
             run_simulated(model, req, 1)  # warm-up
             local = timed(lambda: run_simulated(model, req, 1), args.repeats)
-        comm.bcast_json("go")
-        for cs in (16, 1):
-            hf.configure(model, num_partitions=P, segment_size=cs, comm=comm)
+        bcast_json(comm, "go")
+        for segment_size in (16, 1):
+            hf.configure(model, num_partitions=P, segment_size=segment_size, comm=comm)
             run_distributed(model, comm, req, progress=False)  # warm-up
             for link in links:
-                comm.link_mbit = link
+                comm.link = None if link is None else EmulatedLink(link)
                 reps = args.repeats if link is None or link >= 100 else 1
                 box = {}
 
@@ -82,18 +83,18 @@ def main():
                     box["res"] = run_distributed(model, comm, req if comm.rank == 0 else None, progress=False)
 
                 t = timed(once, reps)
-                comm.link_mbit = None
+                comm.link = None
                 if comm.rank == 0:
                     res = box["res"]
-                    rows.append(dict(stack=name, tokens=N, ranks=P, segment_size=cs, link_mbit=link,
+                    rows.append(dict(stack=name, tokens=N, ranks=P, segment_size=segment_size, link_mbit=link,
                                      seconds=t, local_seconds=local, speedup=local / t,
                                      bytes_per_forward=sum(res.bytes_per_layer)))
-                    print(f"{name}: cs {cs:>2}, link {link or 'unlimited'}: {t:.3f} s, "
+                    print(f"{name}: segment size {segment_size:>2}, link {link or 'unlimited'}: {t:.3f} s, "
                           f"one process {local:.3f} s, speed-up {local / t:.2f}x", flush=True)
     if comm.rank != 0:
         return
     print()
-    print("| stack | link | one process (s) | cs 16 (s) | speed-up | cs 1 = full exchange (s) | speed-up | cs 16 over cs 1 |")
+    print("| stack | link | one process (s) | segment size 16 (s) | speed-up | segment size 1 = full exchange (s) | speed-up | 16 over 1 |")
     print("| --- | --- | --- | --- | --- | --- | --- | --- |")
     for name in dict.fromkeys(r["stack"] for r in rows):
         for link in links:

@@ -14,7 +14,8 @@ from pathlib import Path
 import pytest
 
 pytest.importorskip("transformers")
-from prism_ops.eval import cli, report  # noqa: E402
+from prism_ops.cli import eval as cli  # noqa: E402
+from prism_ops.eval import report  # noqa: E402
 
 OUT = Path(__file__).parent / "out" / "quality"
 

@@ -19,6 +19,7 @@ import torch
 
 from prism_ops.distributed import Communicator
 from prism_ops.s2m3.modules import Registry
+from prism_ops.distributed.control import bcast_json
 from prism_ops.s2m3.place_cli import profile
 from prism_ops.s2m3.placement import Device, Instance, Link, greedy
 from prism_ops.s2m3.serve import Server
@@ -42,7 +43,7 @@ def main():
         place = greedy(inst)
         plan = {"devices": [d.name for d in devs], "size": args.size, "models": models,
                 "plan": {part_of[k]: devs[v].name for k, v in place.items()}}
-    plan = comm.bcast_json(plan)
+    plan = bcast_json(comm, plan)
     server = Server(comm, plan)
     reqs = [{"id": i, "model": m, "seed": i} for i, m in enumerate(models)]
     runs = []

@@ -1,20 +1,27 @@
 """MPI layer of prism-ops (installed as `prism_ops.distributed`).
 
     comm = Communicator()                                   # one per rank (mpi4py, COMM_WORLD)
-    hf.configure(model, num_partitions=comm.size, segment_size=16, comm=comm)
-    comm.handshake(fingerprint(model, settings))            # same model and settings everywhere
+    hf.configure(model, PrismConfig(num_partitions=comm.size, segment_size=16), comm=comm)
+    handshake(comm, fingerprint(model, config_of(model), model_name="minilm", dtype="float32"))
     result = run_distributed(model, comm, request)          # the Result on rank 0
 
-- comm.py: the communicator, the one place MPI is called (buffers only, fault reports, an
-  emulated link, byte counters).
-- payload.py: a rank's per-layer payload as bytes.
-- attention.py: PRISM attention on one rank (all-gather overlapped with the local block).
+- comm.py: the transport, the one place MPI is called (buffers only, byte counters).
+- link.py: an emulated slow link; faults.py: the fault policy (`guarded`, error classes).
+- control.py: JSON control messages; handshake.py: same model and settings on every rank.
+- payload.py: a rank's per-layer payload as bytes (the layout is `prism_ops.wire`).
+- attention.py: `RankPartition`, PRISM attention on one rank (all-gather overlapped with the
+  local block).
 - runtime.py: master/worker requests, generation, and the same in one process.
-mpi4py is imported only when a Communicator is made, so `import prism_ops` needs no MPI.
+Imports go down only: this package uses `prism_ops.ops`, `config`, `wire` and `strategy`, never
+the Hugging Face layer. mpi4py is imported only when a Communicator is made, so
+`import prism_ops` needs no MPI.
 """
 
-from .comm import CollectiveError, Communicator, HandshakeError, RemoteFailure, guarded
+from .comm import Communicator
+from .faults import CollectiveError, HandshakeError, RemoteFailure, guarded
+from .handshake import fingerprint, handshake
+from .link import EmulatedLink
 from .runtime import Request, RequestError, Result, run_distributed, run_simulated
 
-__all__ = ["CollectiveError", "Communicator", "guarded", "HandshakeError", "RemoteFailure", "Request", "RequestError", "Result",
-           "run_distributed", "run_simulated"]
+__all__ = ["CollectiveError", "Communicator", "EmulatedLink", "fingerprint", "guarded", "handshake", "HandshakeError",
+           "RemoteFailure", "Request", "RequestError", "Result", "run_distributed", "run_simulated"]

@@ -1,78 +1,34 @@
-"""The communicator: the one place prism-ops calls MPI.
+"""The communicator: the transport, and the one place prism-ops calls MPI.
 
 Only mpi4py's uppercase (buffer) methods are used, on flat byte buffers: nothing is pickled on
-the wire. Every collective is started non-blocking and completed by `_wait`, which also watches
-for a fault report: a rank that fails sends its message to rank 0 (`report_failure`), rank 0
-prints it and aborts the job, so a fault never leaves the others hanging in a collective. A
-wait longer than `timeout_s` raises instead of hanging.
+the wire. Every operation is started non-blocking and completed by `_wait`, which also polls
+for a fault report (`prism_ops.distributed.faults` is the policy: rank 0 raises RemoteFailure,
+the job aborts), applies the emulated link if one is set (`link.EmulatedLink`), and raises
+TimeoutError after `timeout_s` instead of hanging.
 
 Buffers are torch uint8 tensors. CPU tensors go to MPI as numpy views; CUDA tensors go as they
 are when the MPI library is CUDA-aware (`cuda_aware`), else through host memory.
 
-An emulated link (`link_mbit`, `link_latency_ms`) makes each operation last at least as long
-as the bytes this rank receives would take on a link of that rate, from the moment the
-operation starts: work done meanwhile (the local attention block) overlaps with the transfer,
-as on a real link.
-
-Bytes sent are counted per key (the runtime uses the layer index): `sent`.
+Bytes sent are counted per key (the runtime uses the layer index): `sent`. JSON messages, the
+handshake and S2M3's messages are built on top of this (`control`, `handshake`,
+`prism_ops.s2m3`).
 """
 
 from __future__ import annotations
 
 import ctypes
-import json
 import os
 import re
-import sys
 import time
-import traceback
 from collections import defaultdict
 
 import numpy as np
 import torch
 
+from .faults import RemoteFailure
+from .link import EmulatedLink
+
 FAULT_TAG = 7001
-
-
-class RemoteFailure(RuntimeError):
-    """Another rank failed; the message says which and why."""
-
-
-class CollectiveError(RuntimeError):
-    """Raised the same way on every rank at the same point, so all ranks stop together."""
-
-    exit_code = 1
-
-
-class HandshakeError(CollectiveError):
-    """Ranks were started with different settings."""
-
-    exit_code = 3
-
-
-def guarded(comm, fn, prog: str = "prism") -> None:
-    """Run fn() on this rank so that no failure leaves the job hanging.
-
-    A CollectiveError stops every rank with its exit code, rank 0 printing the message; a
-    ValueError (a bad setting, file or folder) or any other exception on any rank aborts the
-    whole job, rank 0 printing the cause (exit code 2 for ValueError, else 1).
-    """
-    try:
-        fn()
-    except CollectiveError as e:
-        if comm.rank == 0:
-            print(f"{prog}: error: {e}", file=sys.stderr, flush=True)
-        sys.exit(e.exit_code)
-    except RemoteFailure as e:
-        print(f"{prog}: {e}", file=sys.stderr, flush=True)
-        comm.abort(1)
-    except ValueError as e:
-        comm.report_failure(f"error: {e}", 2, prog)
-    except SystemExit as e:
-        if e.code not in (0, None):
-            comm.report_failure(str(e.code), e.code if isinstance(e.code, int) else 1, prog)
-    except BaseException as e:  # noqa: BLE001 - anything else must end the job, never hang it
-        comm.report_failure("".join(traceback.format_exception(e)).rstrip(), 1, prog)
 
 
 def _mpi():
@@ -110,21 +66,17 @@ class Communicator:
 
     Args:
         mpi_comm: an mpi4py communicator (default COMM_WORLD).
-        link_mbit, link_latency_ms: emulate a link of this rate and one-way latency.
-        timeout_s: longest wait for one collective before raising TimeoutError.
+        link: an `EmulatedLink` to slow every operation down to, or None.
+        timeout_s: longest wait for one operation before raising TimeoutError.
     """
 
-    def __init__(self, mpi_comm=None, *, link_mbit: float | None = None, link_latency_ms: float = 0.0,
-                 timeout_s: float = 600.0):
+    def __init__(self, mpi_comm=None, *, link: EmulatedLink | None = None, timeout_s: float = 600.0):
         MPI = _mpi()
         self.MPI = MPI
         self.comm = mpi_comm if mpi_comm is not None else MPI.COMM_WORLD
         self.rank = self.comm.Get_rank()
         self.size = self.comm.Get_size()
-        if link_mbit is not None and not link_mbit > 0:
-            raise ValueError(f"link_mbit must be > 0 (Mbit/s), got {link_mbit}")
-        self.link_mbit = link_mbit
-        self.link_latency_s = link_latency_ms / 1e3
+        self.link = link
         self.timeout_s = timeout_s
         self.cuda_aware = cuda_aware_mpi()
         self.sent = defaultdict(int)
@@ -158,10 +110,8 @@ class Communicator:
             if time.perf_counter() - t0 > self.timeout_s:
                 raise TimeoutError(f"rank {self.rank}: a collective took over {self.timeout_s:.0f} s (timeout_s)")
         self._check_fault()
-        if self.link_mbit is not None:
-            due = t0 + self.link_latency_s + recv_bytes * 8 / (self.link_mbit * 1e6)
-            while time.perf_counter() < due:
-                time.sleep(min(1e-3, max(0.0, due - time.perf_counter())))
+        if self.link is not None:
+            self.link.hold(t0, recv_bytes)
 
     def _check_fault(self) -> None:
         if self.rank != 0:
@@ -172,27 +122,19 @@ class Communicator:
             self.comm.Recv([msg, self.MPI.BYTE], source=status.Get_source(), tag=FAULT_TAG)
             raise RemoteFailure(msg.tobytes().decode(errors="replace"))
 
-    def report_failure(self, message: str, exit_code: int = 1, prog: str = "prism") -> None:
-        """Called by a failing rank: rank 0 prints the cause and the whole job aborts. Never returns."""
-        text = f"rank {self.rank}/{self.size}: {message}"
-        if self.rank == 0:
-            print(f"{prog}: {text}", file=sys.stderr, flush=True)
-        else:
-            data = np.frombuffer(text.encode(), dtype=np.uint8).copy()
-            req = self.comm.Isend([data, self.MPI.BYTE], dest=0, tag=FAULT_TAG)
-            t0 = time.perf_counter()
-            # Rank 0 polls for this while it waits in any collective and then aborts the job.
-            while time.perf_counter() - t0 < 5.0 and not req.Test():
-                time.sleep(1e-3)
-            time.sleep(5.0)
-            print(f"{prog}: {text}", file=sys.stderr, flush=True)  # rank 0 did not answer
-        self.abort(exit_code)
+    def send_fault(self, text: str, wait_s: float) -> bool:
+        """Send a fault report to rank 0 (from another rank); True if it left within wait_s."""
+        data = np.frombuffer(text.encode(), dtype=np.uint8).copy()
+        req = self.comm.Isend([data, self.MPI.BYTE], dest=0, tag=FAULT_TAG)
+        t0 = time.perf_counter()
+        while time.perf_counter() - t0 < wait_s:
+            if req.Test():
+                return True
+            time.sleep(1e-3)
+        return False
 
     def abort(self, exit_code: int) -> None:
-        """End every rank of the job. Never returns."""
-        sys.stdout.flush()
-        sys.stderr.flush()
-        time.sleep(0.5)  # let mpiexec forward what this rank printed before it kills the job
+        """MPI_Abort: end every rank of the job. Never returns."""
         self.comm.Abort(exit_code)
 
     # -- collectives -----------------------------------------------------------------------
@@ -253,33 +195,14 @@ class Communicator:
         self._wait(self.comm.Ibcast([buf, self.MPI.BYTE], root=0), t0, 0 if self.rank == 0 else int(n[0]))
         return buf.tobytes()
 
-    def bcast_json(self, obj=None, key="request"):
-        """Rank 0's JSON-able object to every rank."""
-        return json.loads(self.bcast_bytes(json.dumps(obj).encode() if self.rank == 0 else None, key))
-
-    def allgather_json(self, obj, key="control") -> list:
-        """Every rank's JSON-able object, on every rank (lengths, then Allgatherv of the bytes)."""
-        data = np.frombuffer(json.dumps(obj, sort_keys=True).encode(), dtype=np.uint8)
+    def allgather_bytes(self, data: bytes, key="control") -> list[bytes]:
+        """Every rank's bytes (of any length), on every rank: lengths first, then Allgatherv."""
+        buf = np.frombuffer(data, dtype=np.uint8)
         sizes = np.zeros(self.size, dtype=np.int64)
-        self._wait(self.comm.Iallgather([np.array([data.size], dtype=np.int64), self.MPI.INT64_T],
+        self._wait(self.comm.Iallgather([np.array([buf.size], dtype=np.int64), self.MPI.INT64_T],
                                         [sizes, self.MPI.INT64_T]), time.perf_counter(), 0)
-        t = torch.from_numpy(data.copy())
-        parts = self.iallgatherv(t, [int(s) for s in sizes], key=key).wait()
-        return [json.loads(p.numpy().tobytes()) for p in parts]
-
-    def handshake(self, fingerprint: dict) -> None:
-        """Refuse to start unless every rank has the same fingerprint (settings, model, versions).
-
-        Raises HandshakeError on every rank, naming what differs, so all of them stop cleanly.
-        """
-        every = self.allgather_json(fingerprint, key="handshake")
-        diffs = []
-        for r, fp in enumerate(every[1:], start=1):
-            for k in sorted(set(fp) | set(every[0])):
-                if fp.get(k) != every[0].get(k):
-                    diffs.append(f"{k}: rank 0 has {every[0].get(k)!r}, rank {r} has {fp.get(k)!r}")
-        if diffs:
-            raise HandshakeError("ranks were started with different settings; " + "; ".join(diffs))
+        parts = self.iallgatherv(torch.from_numpy(buf.copy()), [int(s) for s in sizes], key=key).wait()
+        return [p.numpy().tobytes() for p in parts]
 
     # -- point to point (S2M3 routing) ------------------------------------------------------
 
@@ -310,8 +233,7 @@ class Communicator:
         sub = self.comm.Split(0 if member else self.MPI.UNDEFINED, self.rank)
         if sub == self.MPI.COMM_NULL:
             return None
-        return Communicator(sub, link_mbit=self.link_mbit, link_latency_ms=self.link_latency_s * 1e3,
-                            timeout_s=self.timeout_s)
+        return Communicator(sub, link=self.link, timeout_s=self.timeout_s)
 
     def barrier(self) -> None:
         """Wait until every rank has come here (for timings)."""

@@ -1,56 +1,15 @@
 """One rank's per-layer payload as bytes: what `Communicator.iallgatherv` carries.
 
-A chunk's payload (see `prism_ops.ops.chunk_summary`) is, in this order:
-
-    exact rows      [B, H, E, C]  model dtype
-    summary rows    [B, H, S, C]  model dtype, or with summary_bits:
-                        codes     ceil(B*H*S*C * bits / 8) bytes, bit-packed
-                        lo, step  [B, H, 1, C] float16 each
-    counts          [B, S] uint16, only for key clusters (segment counts follow from the
-                    padding mask every rank has)
-
-H, C are (Hkv, 2D) for K/V exchange and (1, d) for hidden-feature exchange. Every rank knows
-every chunk's layout, so sizes never travel. For B = 1 the size is exactly what
-`prism_ops.cost.bytes_per_layer` counts.
+`encode` and `decode` follow a `prism_ops.wire.PayloadLayout` (the one wire format: the same
+layout gives `prism_ops.cost` its byte counts), so the bytes sent are the layout's `nbytes`.
 """
 
 from __future__ import annotations
 
-import math
-from dataclasses import dataclass
-
 import torch
 
 from prism_ops.ops.quantize_rows import dequantize_codes
-
-
-@dataclass(frozen=True)
-class PayloadLayout:
-    B: int
-    H: int
-    C: int
-    E: int  # exact rows
-    S: int  # summary rows
-    dtype: torch.dtype
-    bits: int = 0
-    clusters: bool = False
-
-    def parts(self) -> list[tuple[str, int]]:
-        """(name, bytes) in wire order."""
-        B, H, C, E, S = self.B, self.H, self.C, self.E, self.S
-        size = torch.finfo(self.dtype).bits // 8
-        out = [("exact", B * H * E * C * size)]
-        if self.bits and S:
-            out += [("codes", math.ceil(B * H * S * C * self.bits / 8)), ("lo", B * H * C * 2), ("step", B * H * C * 2)]
-        else:
-            out.append(("means", B * H * S * C * size))
-        if self.clusters:
-            out.append(("counts", B * S * 2))
-        return out
-
-    @property
-    def nbytes(self) -> int:
-        return sum(n for _, n in self.parts())
+from prism_ops.wire import PayloadLayout
 
 
 def pack_codes(codes: torch.Tensor, bits: int) -> torch.Tensor:
@@ -74,19 +33,20 @@ def unpack_codes(data: torch.Tensor, bits: int, n: int) -> torch.Tensor:
     return (stream << torch.arange(bits, device=data.device, dtype=torch.uint8)).sum(1, dtype=torch.uint8)
 
 
-def _bytes(t: torch.Tensor) -> torch.Tensor:
+def as_bytes(t: torch.Tensor) -> torch.Tensor:
+    """A tensor's bytes as a flat uint8 tensor (on its device)."""
     return t.contiguous().flatten().view(torch.uint8)
 
 
 def encode(layout: PayloadLayout, exact, means=None, codes=None, lo=None, step=None, counts=None) -> torch.Tensor:
     """The payload's bytes (uint8, on the tensors' device)."""
-    pieces = {"exact": _bytes(exact.to(layout.dtype))}
+    pieces = {"exact": as_bytes(exact.to(layout.dtype))}
     if layout.bits and layout.S:
-        pieces.update(codes=pack_codes(codes, layout.bits), lo=_bytes(lo), step=_bytes(step))
+        pieces.update(codes=pack_codes(codes, layout.bits), lo=as_bytes(lo), step=as_bytes(step))
     else:
-        pieces["means"] = _bytes(means.to(layout.dtype))
+        pieces["means"] = as_bytes(means.to(layout.dtype))
     if layout.clusters:
-        pieces["counts"] = _bytes(counts.to(torch.int32).to(torch.uint16))
+        pieces["counts"] = as_bytes(counts.to(torch.int32).to(torch.uint16))
     out = torch.cat([pieces[name] for name, _ in layout.parts()])
     if out.numel() != layout.nbytes:
         raise AssertionError(f"payload is {out.numel()} bytes, its layout says {layout.nbytes}")

@@ -14,7 +14,10 @@ runs the same model on its own tokens, its attention layers exchanging summaries
                  the summaries it cached at prefill (no traffic per token)
 
 `run_simulated` gives the same results in one process with all partitions simulated
-(`prism_ops.hf.configure(..., comm=None)`), which the tests compare against.
+(`prism_ops.hf.configure(..., comm=None)`), which the tests compare against. Both build the
+output through the same two steps (`_local_output`: what a rank contributes; `_assemble`: the
+Result from every rank's part), and both scope one `prism_ops.strategy.RequestState` over the
+forward and its decoding steps: nothing per-request is left on the model.
 """
 
 from __future__ import annotations
@@ -26,11 +29,15 @@ from dataclasses import dataclass, field
 import torch
 
 from prism_ops.ops.partitioned_attention import partition_bounds
+from prism_ops.strategy import RequestState, request_scope
 
-from .attention import RankContext
-from .comm import CollectiveError
+from .attention import rank_partition
+from .control import allgather_json, bcast_json
+from .faults import CollectiveError
+from .payload import as_bytes
 
 OUTPUTS = ("embedding", "hidden", "logits")
+DECODER_SUFFIXES = ("ForCausalLM", "LMHeadModel")  # class names of decoders with their LM head
 
 
 class RequestError(CollectiveError, ValueError):
@@ -69,7 +76,7 @@ def model_kind(model) -> str:
     """"vision" (ViT: pixel input), "decoder" (a causal LM with its head) or "encoder"."""
     if hasattr(getattr(model.base_model, "embeddings", None), "patch_embeddings"):
         return "vision"
-    if type(model).__name__.endswith(("ForCausalLM", "LMHeadModel")):
+    if type(model).__name__.endswith(DECODER_SUFFIXES):
         return "decoder"
     return "encoder"
 
@@ -172,59 +179,47 @@ def _positions(B, N):
 # -- one process ---------------------------------------------------------------------------
 
 def run_simulated(model, req: Request, num_partitions: int, eos=None, progress=False) -> Result:
-    """The request in one process; the model must be configured with comm=None."""
+    """The request in one process; the model must be configured with comm=None (or not at all,
+    for the exact model)."""
     kind = model_kind(model)
     B, N = check_request(model, req, num_partitions)
+    head = _head(req, B, N, [(0, N)])
+    valid = req.mask.bool() if req.mask is not None else torch.ones(B, N, dtype=torch.bool)
     t0 = time.perf_counter()
-    mask = req.mask.bool() if req.mask is not None else torch.ones(B, N, dtype=torch.bool)
-    with torch.no_grad():
-        h, cache = local_hidden(model, kind, 0, N, ids=req.ids, positions=_positions(B, N),
-                                mask=None if req.mask is None else req.mask, pixel_values=req.pixel_values,
-                                use_cache=bool(req.generate))
+    with torch.no_grad(), request_scope():
+        h, cache = local_hidden(model, kind, 0, N, ids=req.ids, positions=_positions(B, N), mask=req.mask,
+                                pixel_values=req.pixel_values, use_cache=bool(req.generate))
         t1 = time.perf_counter()
-        res = Result(output=None, seconds={"forward": t1 - t0})
-        if req.generate:
-            ids = decode_tokens(model, h[:, -1], cache, N, req, eos, progress)
-            res.token_ids, res.output = ids.tolist(), ids
-            res.seconds["decode"] = time.perf_counter() - t1
-        elif req.output == "embedding":
-            s, c = _pool(h, mask)
-            res.output = (s / c[:, None]).float()
-        elif req.output == "hidden":
-            res.output = h
-        else:
-            res.output = model.get_output_embeddings()(h[:, -1]).float()
+        out = _local_output(model, head, h, cache, valid, True, eos, progress)
+    seconds = {"forward": t1 - t0}
+    if req.generate:
+        seconds["decode"] = time.perf_counter() - t1
+    res = _assemble(head, [out])
+    res.seconds = seconds
     return res
 
 
 # -- MPI -------------------------------------------------------------------------------------
-
-def _as_bytes(t: torch.Tensor) -> torch.Tensor:
-    return t.contiguous().flatten().view(torch.uint8)
-
 
 def run_distributed(model, comm, req: Request | None, eos=None, progress=True) -> Result | None:
     """Serve one request over comm's ranks; req is read on rank 0 only (a RequestError there is
     passed on). Returns the Result on rank 0, None elsewhere. Every rank raises RequestError
     for a bad request. Partition sizes follow the configured `weights` (relative device
     speeds), equal without them."""
-    settings = model._prism_settings
-    if settings.get("comm") is not comm:
-        raise ValueError("configure the model with prism_ops.hf.configure(model, ..., comm=comm) first")
+    strategy = rank_partition(model, comm)
     kind = model_kind(model)
     times = {}
     t0 = time.perf_counter()
-    head, inputs, valid = _distribute(model, comm, req, kind, settings)
+    head, inputs, valid = _distribute(model, comm, req, kind, strategy.config.weights)
     dev = next(model.parameters()).device
-    ctx = RankContext(bounds=head["bounds"], valid=valid.to(dev))
-    settings["context"] = ctx
+    state = RequestState(bounds=head["bounds"], valid=valid.to(dev))
     comm.reset_counters()
     times["scatter"] = time.perf_counter() - t0
 
     t1 = time.perf_counter()
     c0, c1 = head["bounds"][comm.rank]
     last = comm.rank == comm.size - 1
-    with torch.no_grad():
+    with torch.no_grad(), request_scope(state):
         h, cache = local_hidden(model, kind, c0, c1, **{k: v.to(dev) for k, v in inputs.items()},
                                 use_cache=bool(head["generate"] and last))
         times["forward"] = time.perf_counter() - t1
@@ -233,13 +228,13 @@ def run_distributed(model, comm, req: Request | None, eos=None, progress=True) -
         if head["generate"]:
             times["decode"] = time.perf_counter() - t2
     t3 = time.perf_counter()
-    got = comm.gatherv(out, comm.allgather_json(int(out.numel())))
-    layers = ctx.layer
-    sent = comm.gatherv(_as_bytes(torch.tensor(comm.bytes_sent(range(layers)), dtype=torch.int64)),
+    got = comm.gatherv(out, allgather_json(comm, int(out.numel())))
+    layers = strategy.num_layers
+    sent = comm.gatherv(as_bytes(torch.tensor(comm.bytes_sent(range(layers)), dtype=torch.int64)),
                         [8 * layers] * comm.size)
     times["gather"] = time.perf_counter() - t3
     times["total"] = time.perf_counter() - t0
-    every = comm.allgather_json(times)
+    every = allgather_json(comm, times)
     if comm.rank != 0:
         return None
     res = _assemble(head, got)
@@ -248,7 +243,13 @@ def run_distributed(model, comm, req: Request | None, eos=None, progress=True) -
     return res
 
 
-def _distribute(model, comm, req, kind, settings):
+def _head(req: Request, B: int, N: int, bounds) -> dict:
+    """What every rank must know of a request: sizes, bounds and options (JSON-able)."""
+    return dict(B=B, N=N, bounds=bounds, padding=req.mask is not None, output=req.output, generate=req.generate,
+                temperature=req.temperature, top_k=req.top_k, top_p=req.top_p, seed=req.seed)
+
+
+def _distribute(model, comm, req, kind, weights):
     """Rank 0 checks req and sends every rank what it needs: (head, inputs, valid `[B, N]`).
 
     head: the request's sizes, bounds and options (Bcast as JSON). inputs: this rank's
@@ -262,31 +263,29 @@ def _distribute(model, comm, req, kind, settings):
             if isinstance(req, RequestError):  # found while reading the input
                 raise req
             B, N = check_request(model, req, P)
-            head = dict(B=B, N=N, bounds=partition_bounds(N, P, settings["weights"]), padding=req.mask is not None,
-                        output=req.output, generate=req.generate, temperature=req.temperature, top_k=req.top_k,
-                        top_p=req.top_p, seed=req.seed)
+            head = _head(req, B, N, partition_bounds(N, P, weights))
             if kind == "vision":
                 head["pixels"] = list(req.pixel_values.shape)
         except RequestError as e:
             head = dict(error=str(e))
-    head = comm.bcast_json(head)
+    head = bcast_json(comm, head)
     if "error" in head:
         raise RequestError(head["error"])
     B, N = head["B"], head["N"]
     head["bounds"] = bounds = [tuple(b) for b in head["bounds"]]
     c0, c1 = bounds[p]
     if kind == "vision":
-        data = comm.bcast_bytes(_as_bytes(req.pixel_values.float()).numpy().tobytes() if p == 0 else None)
+        data = comm.bcast_bytes(as_bytes(req.pixel_values.float()).numpy().tobytes() if p == 0 else None)
         inputs = dict(pixel_values=torch.frombuffer(bytearray(data), dtype=torch.float32).view(head["pixels"]))
     else:
         chunks = None
         if p == 0:
             pos = _positions(B, N)
-            chunks = [_as_bytes(torch.cat([req.ids[:, s:e].long(), pos[:, s:e]])) for s, e in bounds]
+            chunks = [as_bytes(torch.cat([req.ids[:, s:e].long(), pos[:, s:e]])) for s, e in bounds]
         mine = comm.scatterv(chunks, [2 * B * (e - s) * 8 for s, e in bounds]).view(torch.int64).view(2 * B, c1 - c0)
         inputs = dict(ids=mine[:B], positions=mine[B:])
     if head["padding"]:
-        data = comm.bcast_bytes(_as_bytes(req.mask.bool()).numpy().tobytes() if p == 0 else None)
+        data = comm.bcast_bytes(as_bytes(req.mask.bool()).numpy().tobytes() if p == 0 else None)
         valid = torch.frombuffer(bytearray(data), dtype=torch.bool).view(B, N)
         inputs["mask"] = valid[:, c0:c1].long()
     else:
@@ -303,13 +302,13 @@ def _local_output(model, head, h, cache, valid_local, last, eos, progress):
             r = Request(generate=head["generate"], temperature=head["temperature"], top_k=head["top_k"],
                         top_p=head["top_p"], seed=head["seed"])
             new = decode_tokens(model, h[:, -1], cache, head["N"], r, eos, progress).cpu()
-        return _as_bytes(new.long())
+        return as_bytes(new.long())
     if head["output"] == "embedding":
         s, c = _pool(h, valid_local.to(h.device))
-        return _as_bytes(torch.cat([s, c[:, None]], 1).cpu())
+        return as_bytes(torch.cat([s, c[:, None]], 1).cpu())
     if head["output"] == "hidden":
-        return _as_bytes(h.float().cpu())
-    return _as_bytes(model.get_output_embeddings()(h[:, -1]).float().cpu() if last else torch.empty(0))
+        return as_bytes(h.float().cpu())
+    return as_bytes(model.get_output_embeddings()(h[:, -1]).float().cpu() if last else torch.empty(0))
 
 
 def _assemble(head, got) -> Result:

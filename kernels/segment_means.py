@@ -11,8 +11,6 @@ import torch
 import triton
 import triton.language as tl
 
-from ..ops.segment_means import num_summary_rows, segment_lengths
-
 
 @triton.jit
 def segment_means_kernel(
@@ -58,14 +56,18 @@ def segment_means_kernel(
         tl.store(counts_ptr + b * stride_cb + row * stride_cs, n, mask=h == 0)
 
 
-def segment_means_triton(x, segment_size, valid=None, sink_tokens=0, *, interpret=False):
-    """Launch `segment_means_kernel`; same contract as `prism_ops.segment_means`."""
+def segment_means_triton(x, segment_size, num_rows, lengths, valid=None, sink_tokens=0, *, interpret=False):
+    """Launch `segment_means_kernel`; same contract as `prism_ops.segment_means`.
+
+    The caller (the ops layer) passes the row count S and, without `valid`, the tokens per row
+    `lengths` `[S]` int32, so this file needs nothing of prism_ops.
+    """
     B, H, T, D = x.shape
-    S = num_summary_rows(T, segment_size, sink_tokens)
+    S = num_rows
     sinks = min(sink_tokens, T)
     means = torch.empty((B, H, S, D), dtype=x.dtype, device=x.device)
     if valid is None:
-        counts = segment_lengths(T, segment_size, sink_tokens, device=x.device)
+        counts = lengths
         valid_arg, counts_arg, sv, sc = means, means, (0, 0), (0, 0)  # unused pointers
     else:
         valid_arg = valid.to(torch.int8)

@@ -9,6 +9,8 @@ Layout everywhere: `[B, H, T, D]`, as SDPA and Hugging Face use.
     merge_attention        exact log-sum-exp merge of two partial attentions
     partitioned_attention  one PRISM layer for P ranks, simulated in one process
     partition_bounds       the contiguous chunks P ranks own
+    PrismConfig            one PRISM setting (levers, presets), validated once
+    request_scope          one request's state across a forward and its decoding steps
 
 Triton is imported only when a Triton backend is used, so this package imports on machines
 with no GPU and no Triton.
@@ -18,6 +20,8 @@ from .ops.merge_attention import merge_attention
 from .ops.partitioned_attention import partition_bounds, partitioned_attention
 from .ops.prism_attention import prism_attention
 from .ops.segment_means import num_summary_rows, segment_means
+from .config import PRESETS, PrismConfig
+from .strategy import RequestState, request_scope
 
 __version__ = "0.1.0"
 
@@ -28,4 +32,8 @@ __all__ = [
     "partitioned_attention",
     "partition_bounds",
     "num_summary_rows",
+    "PrismConfig",
+    "PRESETS",
+    "RequestState",
+    "request_scope",
 ]

@@ -4,7 +4,9 @@ What a rank sends per layer (its all-gather payload) against
 full position-wise exchange (Voltage: every rank all-gathers its n_p hidden features of d
 values), and what a rank computes per layer against one device running all N tokens.
 
-Rows a rank p with n_p tokens sends per layer (`prism_ops.ops.chunk_summary`):
+Every function takes the setting as one `PrismConfig` (exchange already "kv" or "hidden").
+Rows a rank p with n_p tokens sends per layer (`prism_ops.ops.chunk_summary`; the bytes are
+those of its payload layout, `prism_ops.wire`, so the runtime and this model cannot disagree):
 - exact: its sink tokens (those among the first `sink_tokens` of the sequence) and its halo
   tokens (the last `halo` unless it is the last rank; the first `halo` unless it is the first
   rank or the model is causal);
@@ -27,15 +29,16 @@ paper's two headline figures: 99.2% less traffic and 51.24% less compute per dev
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
-from ._checks import check_int
-from .ops.partitioned_attention import partition_bounds
-from .ops.chunk_summary import summary_count, visible_chunks
-from .ops.quantize_rows import check_bits
+import torch
 
-EXCHANGES = ("kv", "hidden")
+from .config import PrismConfig
+from .ops.chunk_summary import summary_count, visible_chunks
+from .ops.partitioned_attention import partition_bounds
+from .wire import chunk_options, payload_layouts
+
+EXCHANGES = ("kv", "hidden")  # what travels; a config's "auto" is resolved per model by prism_ops.hf
 
 # Model families whose MLP has three matrices (gate, up, down).
 GATED_MLP = {"llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "gemma3", "phi3", "olmo", "olmo2"}
@@ -68,11 +71,17 @@ class ModelShape:
             num_layers=config.num_hidden_layers,
         )
 
+    def row_shape(self, exchange: str) -> tuple[int, int]:
+        """(heads, channels) of the exchanged rows: (Hkv, 2D) for K/V, (1, d) for hidden features."""
+        if exchange not in EXCHANGES:
+            raise ValueError(f"exchange must be one of {EXCHANGES} (resolve 'auto' with prism_ops.hf.configure), "
+                             f"got {exchange!r}")
+        return (self.num_kv_heads, 2 * self.head_dim) if exchange == "kv" else (1, self.hidden_size)
+
     def row_values(self, exchange: str) -> int:
         """Values in one exchanged row."""
-        if exchange not in EXCHANGES:
-            raise ValueError(f"exchange must be one of {EXCHANGES}, got {exchange!r}")
-        return 2 * self.num_kv_heads * self.head_dim if exchange == "kv" else self.hidden_size
+        heads, channels = self.row_shape(exchange)
+        return heads * channels
 
     def linear_macs_per_token(self) -> int:
         d, H, Hkv, D = self.hidden_size, self.num_heads, self.num_kv_heads, self.head_dim
@@ -82,72 +91,46 @@ class ModelShape:
 BERT_BASE = ModelShape(hidden_size=768, num_heads=12, num_kv_heads=12, head_dim=64, ffn_size=3072, num_layers=12)
 
 
-def _sent_rows(num_tokens, num_partitions, segment_size, sink_tokens, halo, causal, weights):
-    """Per rank: (exact rows, summary rows), and the bounds."""
-    bounds = partition_bounds(num_tokens, num_partitions, weights)
-    layout = dict(sink_tokens=sink_tokens, halo=halo, causal=causal)
-    return [summary_count(bounds, c, segment_size, **layout) for c in range(num_partitions)], bounds
-
-
-def _check(shape, num_tokens, num_partitions, segment_size, exchange, sink_tokens, halo, summary_bits):
-    check_int(num_tokens, "num_tokens", 1)
-    check_int(num_partitions, "num_partitions", 1, num_tokens, f" (at most num_tokens={num_tokens})")
-    check_int(segment_size, "segment_size", 1)
-    check_int(sink_tokens, "sink_tokens", 0)
-    check_int(halo, "halo", 0)
-    check_bits(summary_bits)
-    shape.row_values(exchange)
-
-
-def bytes_per_layer(shape: ModelShape, num_tokens: int, num_partitions: int, segment_size: int, *,
-                    exchange: str = "kv", sink_tokens: int = 0, halo: int = 0, causal: bool = False,
-                    summary_bits: int = 0, cluster_iters: int = 0, dtype_bytes: int = 4,
-                    weights=None) -> list[int]:
-    """Bytes each rank sends per layer."""
-    _check(shape, num_tokens, num_partitions, segment_size, exchange, sink_tokens, halo, summary_bits)
-    width = shape.row_values(exchange)
-    sent = []
-    for exact, summary in _sent_rows(num_tokens, num_partitions, segment_size, sink_tokens, halo, causal,
-                                     weights)[0]:
-        b = exact * width * dtype_bytes
-        if summary_bits and summary:
-            b += math.ceil(summary * width * summary_bits / 8) + width * 2 * 2  # + float16 (min, step)
-        else:
-            b += summary * width * dtype_bytes
-        if cluster_iters:
-            b += 2 * summary
-        sent.append(b)
-    return sent
+def bytes_per_layer(shape: ModelShape, num_tokens: int, config: PrismConfig, *, causal: bool = False,
+                    dtype: torch.dtype = torch.float32) -> list[int]:
+    """Bytes each rank sends per layer: the `nbytes` of its payload layout (`prism_ops.wire`), batch 1."""
+    heads, channels = shape.row_shape(config.exchange)
+    bounds = partition_bounds(num_tokens, config.num_partitions, config.weights)
+    layouts = payload_layouts(config, bounds, causal=causal, batch=1, heads=heads, channels=channels, dtype=dtype)
+    return [lay.nbytes for lay in layouts]
 
 
 def full_exchange_bytes_per_layer(shape: ModelShape, num_tokens: int, num_partitions: int, *,
-                                  dtype_bytes: int = 4, weights=None) -> list[int]:
+                                  dtype: torch.dtype = torch.float32, weights=None) -> list[int]:
     """Bytes each rank sends per layer under full position-wise exchange: n_p * d values."""
-    bounds = partition_bounds(num_tokens, num_partitions, weights)
-    return [(end - start) * shape.hidden_size * dtype_bytes for start, end in bounds]
+    size = torch.finfo(dtype).bits // 8
+    return [(end - start) * shape.hidden_size * size for start, end in partition_bounds(num_tokens, num_partitions,
+                                                                                          weights)]
 
 
-def traffic_ratio(shape: ModelShape, num_tokens: int, num_partitions: int, segment_size: int, **kw) -> float:
+def traffic_ratio(shape: ModelShape, num_tokens: int, config: PrismConfig, *, causal: bool = False,
+                  dtype: torch.dtype = torch.float32) -> float:
     """Bytes all ranks send per layer, over full exchange's (1 - this = the traffic cut)."""
-    full_kw = {k: kw[k] for k in ("dtype_bytes", "weights") if k in kw}
-    return sum(bytes_per_layer(shape, num_tokens, num_partitions, segment_size, **kw)) / sum(
-        full_exchange_bytes_per_layer(shape, num_tokens, num_partitions, **full_kw))
+    sent = bytes_per_layer(shape, num_tokens, config, causal=causal, dtype=dtype)
+    full = full_exchange_bytes_per_layer(shape, num_tokens, config.num_partitions, dtype=dtype, weights=config.weights)
+    return sum(sent) / sum(full)
 
 
-def flops_per_layer(shape: ModelShape, num_tokens: int, num_partitions: int, segment_size: int, *,
-                    exchange: str = "kv", sink_tokens: int = 0, halo: int = 0, causal: bool = False,
-                    weights=None) -> list[int]:
+def flops_per_layer(shape: ModelShape, num_tokens: int, config: PrismConfig, *, causal: bool = False) -> list[int]:
     """FLOPs each rank spends per layer (matrix products only; see the module docstring)."""
-    _check(shape, num_tokens, num_partitions, segment_size, exchange, sink_tokens, halo, 0)
-    rows, bounds = _sent_rows(num_tokens, num_partitions, segment_size, sink_tokens, halo, causal, weights)
+    shape.row_shape(config.exchange)
+    P = config.num_partitions
+    bounds = partition_bounds(num_tokens, P, config.weights)
+    opts = chunk_options(config, causal)
+    rows = [sum(summary_count(bounds, c, config.segment_size, **opts)) for c in range(P)]
     H, Hkv, D, d = shape.num_heads, shape.num_kv_heads, shape.head_dim, shape.hidden_size
     out = []
     for p, (start, end) in enumerate(bounds):
         n = end - start
-        received = sum(sum(rows[c]) for c in visible_chunks(p, num_partitions, causal))
+        received = sum(rows[c] for c in visible_chunks(p, P, causal))
         local_scores = n * (n + 1) // 2 if causal else n * n
         macs = n * shape.linear_macs_per_token() + 2 * H * D * (local_scores + n * received)
-        if exchange == "hidden":
+        if config.exchange == "hidden":
             macs += received * 2 * d * Hkv * D  # the receiver projects each row to K and V
         out.append(2 * macs)
     return out
@@ -160,31 +143,7 @@ def one_device_flops_per_layer(shape: ModelShape, num_tokens: int, *, causal: bo
     return 2 * (N * shape.linear_macs_per_token() + 2 * shape.num_heads * shape.head_dim * scores)
 
 
-def compute_ratio(shape: ModelShape, num_tokens: int, num_partitions: int, segment_size: int, **kw) -> float:
+def compute_ratio(shape: ModelShape, num_tokens: int, config: PrismConfig, *, causal: bool = False) -> float:
     """The busiest rank's FLOPs over one device's (1 - this = the per-device compute cut)."""
-    kw = {k: v for k, v in kw.items() if k not in ("summary_bits", "cluster_iters", "dtype_bytes")}
-    per_rank = flops_per_layer(shape, num_tokens, num_partitions, segment_size, **kw)
-    return max(per_rank) / one_device_flops_per_layer(shape, num_tokens, causal=kw.get("causal", False))
-
-
-def _settings_kw(settings: dict, causal: bool) -> dict:
-    return dict(exchange=settings["exchange"], sink_tokens=settings["sink_tokens"], halo=settings["halo"],
-                causal=causal, weights=settings["weights"])
-
-
-def settings_bytes_per_layer(shape: ModelShape, num_tokens: int, settings: dict, *, causal: bool = False,
-                             dtype_bytes: int = 4) -> list[int]:
-    """`bytes_per_layer` of a resolved settings dict (exchange already "kv" or "hidden")."""
-    return bytes_per_layer(shape, num_tokens, settings["num_partitions"], settings["segment_size"],
-                           summary_bits=settings["summary_bits"], cluster_iters=settings["cluster_iters"],
-                           dtype_bytes=dtype_bytes, **_settings_kw(settings, causal))
-
-
-def settings_ratios(shape: ModelShape, num_tokens: int, settings: dict, *, causal: bool = False) -> tuple[float, float]:
-    """(traffic_ratio, compute_ratio) of a resolved settings dict (`prism_ops.levers.resolve`,
-    with `exchange` already "kv" or "hidden", as `prism_ops.hf.configure` leaves it)."""
-    P, cs = settings["num_partitions"], settings["segment_size"]
-    kw = _settings_kw(settings, causal)
-    traffic = traffic_ratio(shape, num_tokens, P, cs, summary_bits=settings["summary_bits"],
-                            cluster_iters=settings["cluster_iters"], **kw)
-    return traffic, compute_ratio(shape, num_tokens, P, cs, **kw)
+    per_rank = flops_per_layer(shape, num_tokens, config, causal=causal)
+    return max(per_rank) / one_device_flops_per_layer(shape, num_tokens, causal=causal)

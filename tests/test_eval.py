@@ -9,8 +9,9 @@ import torch
 
 pytest.importorskip("transformers")
 
-from prism_ops import cost  # noqa: E402
-from prism_ops.eval import cli, grid, metrics, report, tasks  # noqa: E402
+from prism_ops import PrismConfig, cost  # noqa: E402
+from prism_ops.cli import eval as cli  # noqa: E402
+from prism_ops.eval import grid, metrics, report, tasks  # noqa: E402
 
 
 def test_metrics_hand_computed():
@@ -73,8 +74,8 @@ def test_tiny_end_to_end(tiny_run):
             if r["segment_size"] == 1 and "summary_bits" not in r["levers"]:
                 assert r["quality"] == pytest.approx(1.0, abs=1e-5), r
             if r["method"] == "paper":
-                assert r["bytes"] == pytest.approx(cost.traffic_ratio(
-                    shape, 64, r["partitions"], r["segment_size"], causal=causal))
+                config = PrismConfig(num_partitions=r["partitions"], segment_size=r["segment_size"])
+                assert r["bytes"] == pytest.approx(cost.traffic_ratio(shape, 64, config, causal=causal))
         compressed = [r for r in res["rows"] if r["method"] == "paper" and r["segment_size"] == 16]
         assert all(r["quality"] != 1.0 for r in compressed)  # compression does change the outputs
 

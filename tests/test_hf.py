@@ -107,8 +107,8 @@ def test_unknown_lever_and_impossible_exchange_are_refused():
                                    num_key_value_heads=2, intermediate_size=64)).eval()
     with pytest.raises(ValueError, match="exchange='hidden' is not possible here: the model uses rotary"):
         hf.configure(llama, num_partitions=2, segment_size=4, exchange="hidden")
-    assert hf.configure(llama, num_partitions=2, preset="edge")._prism_settings["exchange"] == "kv"
-    assert hf.configure(model, num_partitions=2, preset="edge")._prism_settings["exchange"] == "hidden"
+    assert hf.config_of(hf.configure(llama, num_partitions=2, preset="edge")).exchange == "kv"
+    assert hf.config_of(hf.configure(model, num_partitions=2, preset="edge")).exchange == "hidden"
 
 
 def test_gpt2_hidden_exchange_matches_kv_exchange_without_quantization():
@@ -128,9 +128,10 @@ def test_gpt2_hidden_exchange_matches_kv_exchange_without_quantization():
         assert 0 < (outs[q] - outs["kv"]).abs().max() < 0.1
     assert not torch.equal(outs["kv4"], outs["hidden4"])
     hf.configure(model, num_partitions=4, segment_size=1, exchange="hidden", summary_bits=4)
-    assert model.h[0].attn._prism_hook is not None
+    hooked = model.h[0].attn
+    assert hooked.prism_layer.hook is not None and len(hooked._forward_pre_hooks) == 1
     hf.configure(model, num_partitions=4, segment_size=1)  # reconfiguring removes the hook
-    assert model.h[0].attn._prism_hook is None
+    assert hooked.prism_layer.hook is None and len(hooked._forward_pre_hooks) == 0
 
 
 def test_vit_config_exact_at_segment_size_1():
@@ -150,7 +151,7 @@ def test_vit_config_exact_at_segment_size_1():
         hf.configure(model, num_partitions=3, segment_size=8)
         assert (model(pixel_values=pixels).last_hidden_state - ref).abs().max() > 1e-4
         hf.configure(model, num_partitions=3, preset="edge")  # hidden exchange through k_proj/v_proj
-        assert model._prism_settings["exchange"] == "hidden"
+        assert hf.config_of(model).exchange == "hidden"
         model(pixel_values=pixels)
     model.set_attn_implementation("sdpa")
 
@@ -185,7 +186,7 @@ def test_smollm2_real_weights_exact_at_segment_size_1_and_causal(smollm2):
         # The edge preset (4-bit K/V summaries; RoPE rules out hidden exchange) stays within the
         # issue's perplexity target and keeps most next-token choices.
         hf.configure(model, num_partitions=4, preset="edge")
-        assert model._prism_settings["exchange"] == "kv"
+        assert hf.config_of(model).exchange == "kv"
         edge = model(input_ids=ids).logits
         ratio = math.exp((next_token_nll(edge, ids)[0] - next_token_nll(ref, ids)[0]) / (ids.shape[1] - 1))
         agree = (edge.argmax(-1) == ref.argmax(-1)).double().mean()

@@ -1,10 +1,12 @@
 """The levers beyond plain segment means: quantized summaries, key clusters, hidden exchange, presets."""
 
+import dataclasses
+
 import pytest
 import torch
 import torch.nn.functional as F
 
-from prism_ops import levers, partitioned_attention, prism_attention, segment_means
+from prism_ops import PrismConfig, partitioned_attention, prism_attention, segment_means
 from prism_ops.ops.quantize_rows import quantize_rows
 from prism_ops.ops.token_clusters import cluster_means, token_clusters
 
@@ -147,26 +149,35 @@ def test_hidden_exchange_bad_input():
         partitioned_attention(q, k, v, num_partitions=2, segment_size=4, cluster_iters=-1)
 
 
-def test_resolve_levers_and_presets():
-    s = levers.resolve(4, 16)
-    assert s == dict(num_partitions=4, segment_size=16, **levers.DEFAULTS)
-    edge = levers.resolve(4, preset="edge")
-    assert (edge["segment_size"], edge["summary_bits"], edge["exchange"]) == (1, 4, "auto")
-    assert levers.resolve(4, 8, preset="edge", summary_bits=8)["segment_size"] == 8  # explicit wins
-    assert levers.resolve(4, 16, preset="paper") == s
+def test_config_levers_and_presets():
+    c = PrismConfig.from_preset(4, segment_size=16)
+    assert c == PrismConfig(num_partitions=4, segment_size=16)
+    assert (c.sink_tokens, c.halo, c.log_count_bias, c.weights, c.summary_bits, c.exchange) == (0, 0, True, None, 0, "kv")
+    edge = PrismConfig.from_preset(4, "edge")
+    assert (edge.segment_size, edge.summary_bits, edge.exchange) == (1, 4, "auto")
+    assert PrismConfig.from_preset(4, "edge", 8, summary_bits=8).segment_size == 8  # explicit wins
+    assert PrismConfig.from_preset(4, "paper", 16) == c
+    w = PrismConfig(num_partitions=2, segment_size=4, weights=[2, 1])
+    assert w.weights == (2.0, 1.0) and hash(w) == hash(w.replace())  # frozen, hashable, normalised
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        c.segment_size = 8
+    with pytest.raises(ValueError, match="segment_size must be >= 1, got 0"):
+        c.replace(segment_size=0)  # a changed copy is checked again
 
 
 @pytest.mark.parametrize("args,kw,message", [
-    ((4, 16), dict(sinks=4), r"unknown lever\(s\) \['sinks'\]; known levers: \["),
-    ((4, 0), {}, "segment_size must be >= 1, got 0"),
-    ((4, None), {}, "segment_size is required"),
-    ((0, 4), {}, "num_partitions must be >= 1"),
-    ((4, 4), dict(preset="fast"), "preset must be one of"),
-    ((4, 4), dict(exchange="qkv"), "exchange must be one of"),
-    ((4, 4), dict(log_count_bias="yes"), "log_count_bias must be True or False"),
-    ((2, 4), dict(weights=[1, 2, 3]), "weights must be 2 positive numbers"),
-    ((2, 4), dict(summary_bits=16), "summary_bits must be in \\[2, 8\\]"),
+    ((4, None, 16), dict(sinks=4), r"unknown lever\(s\) \['sinks'\]; known levers: \["),
+    ((4, None, 0), {}, "segment_size must be >= 1, got 0"),
+    ((4, None, None), {}, "segment_size is required"),
+    ((0, None, 4), {}, "num_partitions must be >= 1"),
+    ((4, "fast", 4), {}, "preset must be one of"),
+    ((4, None, 4), dict(exchange="qkv"), "exchange must be one of"),
+    ((4, None, 4), dict(log_count_bias="yes"), "log_count_bias must be True or False"),
+    ((2, None, 4), dict(weights=[1, 2, 3]), "weights must be 2 positive numbers"),
+    ((2, None, 4), dict(summary_bits=16), "summary_bits must be in \\[2, 8\\]"),
+    ((2, None, 4), dict(backend="cuda"), "backend must be one of"),
+    ((2, None, 4), dict(halo=-1), "halo must be >= 0"),
 ])
-def test_resolve_bad_settings(args, kw, message):
+def test_config_bad_settings(args, kw, message):
     with pytest.raises(ValueError, match=message):
-        levers.resolve(*args, **kw)
+        PrismConfig.from_preset(*args, **kw)

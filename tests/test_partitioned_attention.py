@@ -18,30 +18,30 @@ def exact(q, k, v, causal):
 
 
 @pytest.mark.parametrize("causal", [False, True], ids=["full", "causal"])
-@pytest.mark.parametrize("P,cs", [(1, 16), (3, 1), (4, 1), (1, 1)], ids=lambda x: str(x))
-def test_exact_limits_segment_size_1_or_one_partition(P, cs, causal):
+@pytest.mark.parametrize("P,segment_size", [(1, 16), (3, 1), (4, 1), (1, 1)], ids=lambda x: str(x))
+def test_exact_limits_segment_size_1_or_one_partition(P, segment_size, causal):
     q, k, v = qkv(2, 9, 3, 37, 40)
-    got = partitioned_attention(q, k, v, num_partitions=P, segment_size=cs, causal=causal)
+    got = partitioned_attention(q, k, v, num_partitions=P, segment_size=segment_size, causal=causal)
     torch.testing.assert_close(got, exact(q, k, v, causal), rtol=0, atol=1e-12)
 
 
 @pytest.mark.parametrize("causal", [False, True], ids=["full", "causal"])
-@pytest.mark.parametrize("T,P,cs", [(48, 3, 4), (37, 4, 3), (10, 3, 8)])
-def test_exact_limit_identical_tokens_in_each_segment(T, P, cs, causal):
+@pytest.mark.parametrize("T,P,segment_size", [(48, 3, 4), (37, 4, 3), (10, 3, 8)])
+def test_exact_limit_identical_tokens_in_each_segment(T, P, segment_size, causal):
     """Every segment of every chunk holds one repeated key/value: segment means lose nothing."""
     q, k, v = qkv(2, 4, 2, T, 32)
     for start, end in partition_bounds(T, P):
-        for s0 in range(start, end, cs):
-            s1 = min(s0 + cs, end)
+        for s0 in range(start, end, segment_size):
+            s1 = min(s0 + segment_size, end)
             k[:, :, s0:s1] = k[:, :, s0:s0 + 1]
             v[:, :, s0:s1] = v[:, :, s0:s0 + 1]
-    got = partitioned_attention(q, k, v, num_partitions=P, segment_size=cs, causal=causal)
+    got = partitioned_attention(q, k, v, num_partitions=P, segment_size=segment_size, causal=causal)
     torch.testing.assert_close(got, exact(q, k, v, causal), rtol=0, atol=1e-12)
-    plain = partitioned_attention(q, k, v, num_partitions=P, segment_size=cs, causal=causal, log_count_bias=False)
+    plain = partitioned_attention(q, k, v, num_partitions=P, segment_size=segment_size, causal=causal, log_count_bias=False)
     assert (plain - got).abs().max() > 1e-3  # without +ln(count) the limit is not exact
 
 
-# (B, H, Hkv, T, D, P, cs, sinks, halo): T not divisible by P or cs, T < P*cs, GQA 9/3.
+# (B, H, Hkv, T, D, P, segment_size, sinks, halo): T not divisible by P or segment_size, T < P*segment_size, GQA 9/3.
 CASES = [
     (2, 4, 2, 29, 16, 3, 4, 0, 0),
     (1, 9, 3, 23, 40, 4, 3, 2, 0),
@@ -50,21 +50,21 @@ CASES = [
     (2, 2, 2, 9, 16, 3, 8, 0, 0),
     (1, 3, 3, 20, 24, 8, 2, 7, 5),
 ]
-IDS = [f"B{b}-H{h}-Hkv{hk}-T{t}-D{d}-P{p}-cs{c}-sink{s}-halo{w}" for b, h, hk, t, d, p, c, s, w in CASES]
+IDS = [f"B{b}-H{h}-Hkv{hk}-T{t}-D{d}-P{p}-segment_size{c}-sink{s}-halo{w}" for b, h, hk, t, d, p, c, s, w in CASES]
 
 
 @pytest.mark.parametrize("padded", [False, True], ids=["dense", "padded"])
 @pytest.mark.parametrize("causal", [False, True], ids=["full", "causal"])
 @pytest.mark.parametrize("case", CASES, ids=IDS)
 def test_matches_oracle(case, causal, padded):
-    B, H, Hkv, T, D, P, cs, sinks, halo = case
+    B, H, Hkv, T, D, P, segment_size, sinks, halo = case
     q, k, v = qkv(B, H, Hkv, T, D)
     valid = None
     if padded:
         valid = torch.rand(B, T) > 0.3
         valid[:, 0] = True
         valid[-1, : T // 3] = False  # left padding on the last row
-    kw = dict(segment_size=cs, causal=causal, sink_tokens=sinks, halo=halo, valid=valid)
+    kw = dict(segment_size=segment_size, causal=causal, sink_tokens=sinks, halo=halo, valid=valid)
     got = partitioned_attention(q, k, v, num_partitions=P, **kw)
     ref = oracle_partitioned_attention(q, k, v, partition_bounds(T, P), **kw)
     torch.testing.assert_close(got, ref, rtol=0, atol=1e-12)
@@ -107,21 +107,21 @@ def test_causality_later_tokens_never_change_earlier_outputs(sinks, halo):
 
 
 def test_earlier_partitions_are_seen_only_through_their_segment_means():
-    T, P, cs = 40, 2, 4  # chunks [0, 20) and [20, 40)
+    T, P, segment_size = 40, 2, 4  # chunks [0, 20) and [20, 40)
     q, k, v = qkv(1, 2, 2, T, 16)
-    base = partitioned_attention(q, k, v, num_partitions=P, segment_size=cs, causal=True)
+    base = partitioned_attention(q, k, v, num_partitions=P, segment_size=segment_size, causal=True)
     # Move two tokens of one segment in opposite directions: the segment's mean is unchanged.
     k2, v2 = k.clone(), v.clone()
     delta = torch.randn(1, 2, 1, 16, dtype=torch.float64)
     for x in (k2, v2):
         x[:, :, 4:5] += delta
         x[:, :, 5:6] -= delta
-    out = partitioned_attention(q, k2, v2, num_partitions=P, segment_size=cs, causal=True)
+    out = partitioned_attention(q, k2, v2, num_partitions=P, segment_size=segment_size, causal=True)
     torch.testing.assert_close(out[:, :, 20:], base[:, :, 20:], rtol=0, atol=1e-12)  # only means cross
     assert (out[:, :, :20] - base[:, :, :20]).abs().max() > 1e-3  # chunk 0 sees them exactly
     # A change that moves the mean does reach the later partition.
     k2[:, :, 4:5] += delta
-    out = partitioned_attention(q, k2, v, num_partitions=P, segment_size=cs, causal=True)
+    out = partitioned_attention(q, k2, v, num_partitions=P, segment_size=segment_size, causal=True)
     assert (out[:, :, 20:] - base[:, :, 20:]).abs().max() > 1e-6
 
 

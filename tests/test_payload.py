@@ -1,17 +1,16 @@
-"""A rank's payload as bytes (distributed/payload.py) and the --auto choice, without MPI."""
+"""A rank's payload as bytes (prism_ops/wire.py, distributed/payload.py) and the --auto choice, without MPI."""
 
 import json
 
 import pytest
 import torch
 
-from prism_ops import cost
-from prism_ops.distributed.attention import segment_counts
-from prism_ops.distributed.payload import PayloadLayout, decode, encode, pack_codes, unpack_codes
-from prism_ops.ops.quantize_rows import quantize_codes, quantize_rows
-from prism_ops.ops.segment_means import segment_means
-from prism_ops.profile import choose
+from prism_ops import PrismConfig, partition_bounds
+from prism_ops.distributed.payload import decode, encode, pack_codes, unpack_codes
 from prism_ops.distributed.runtime import RequestError
+from prism_ops.link_profile import choose
+from prism_ops.ops.quantize_rows import quantize_codes, quantize_rows
+from prism_ops.wire import PayloadLayout, payload_layouts
 
 
 @pytest.mark.parametrize("bits", [2, 3, 4, 8])
@@ -44,19 +43,20 @@ def test_encode_decode_gives_what_the_simulation_uses(bits, clusters):
     assert (cnt is None) == (not clusters) and (cnt is None or torch.equal(cnt, counts))
 
 
-@pytest.mark.parametrize("bits,clusters", [(0, False), (4, False), (3, True)])
-def test_layout_bytes_equal_the_cost_model(bits, clusters):
-    shape = cost.ModelShape(hidden_size=16, num_heads=4, num_kv_heads=2, head_dim=4, ffn_size=32)
-    # 23 tokens on 2 ranks (12, 11), segment size 5: 3 rows each; K/V rows of 2*2*4 values.
-    lay = [PayloadLayout(1, 2, 8, 0, 3, torch.float32, bits, clusters)] * 2
-    assert [x.nbytes for x in lay] == cost.bytes_per_layer(shape, 23, 2, 5, summary_bits=bits,
-                                                            cluster_iters=3 if clusters else 0)
-
-
-def test_segment_counts_match_segment_means():
-    keep = torch.rand(3, 11) > 0.3
-    _, counts = segment_means(torch.randn(3, 1, 11, 2), 4, valid=keep)
-    assert torch.equal(segment_counts(keep, 4), counts)
+def test_payload_layouts_hand_computed():
+    # 23 tokens on 3 ranks: (8, 8, 7); segment size 3, 2 sinks, halo 1, not causal.
+    config = PrismConfig(num_partitions=3, segment_size=3, sink_tokens=2, halo=1, summary_bits=4)
+    bounds = partition_bounds(23, 3)
+    lays = payload_layouts(config, bounds, causal=False, batch=2, heads=2, channels=8, dtype=torch.float16)
+    # Rank 0: 2 sinks + 1 halo exact, 5 summarised -> 2 rows. Rank 1: 2 halo, 6 -> 2. Rank 2: 1 halo, 6 -> 2.
+    assert [(x.E, x.S) for x in lays] == [(3, 2), (2, 2), (1, 2)]
+    # Rank 0: exact 2*2*3*8 fp16 = 192 bytes; codes ceil(2*2*2*8 * 4 / 8) = 32; lo and step 2*2*8 fp16 each.
+    assert lays[0].parts() == [("exact", 192), ("codes", 32), ("lo", 64), ("step", 64)]
+    causal = payload_layouts(config, bounds, causal=True, batch=1, heads=1, channels=4, dtype=torch.float32)
+    assert [(x.E, x.S) for x in causal] == [(3, 2), (1, 3), (0, 3)]  # causal: halo only to the next rank
+    clusters = payload_layouts(config.replace(cluster_iters=2, summary_bits=0), bounds, causal=False, batch=1,
+                               heads=1, channels=4, dtype=torch.float32)
+    assert clusters[1].parts() == [("exact", 32), ("means", 32), ("counts", 4)]
 
 
 def test_auto_picks_the_faster_mode(tmp_path):

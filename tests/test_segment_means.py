@@ -18,7 +18,7 @@ SHAPES = [
     (1, 2, 5, 16, 2, 9),
     (3, 1, 40, 128, 1, 2),
 ]
-IDS = [f"B{b}-H{h}-T{t}-D{d}-cs{c}-sink{s}" for b, h, t, d, c, s in SHAPES]
+IDS = [f"B{b}-H{h}-T{t}-D{d}-segment_size{c}-sink{s}" for b, h, t, d, c, s in SHAPES]
 
 
 def make_valid(B, T):
@@ -30,13 +30,13 @@ def make_valid(B, T):
 
 
 @pytest.mark.parametrize("with_valid", [False, True], ids=["dense", "padded"])
-@pytest.mark.parametrize("B,H,T,D,cs,sinks", SHAPES, ids=IDS)
-def test_torch_matches_oracle(B, H, T, D, cs, sinks, with_valid):
+@pytest.mark.parametrize("B,H,T,D,segment_size,sinks", SHAPES, ids=IDS)
+def test_torch_matches_oracle(B, H, T, D, segment_size, sinks, with_valid):
     x = torch.randn(B, H, T, D, dtype=torch.float64)
     valid = make_valid(B, T) if with_valid else None
-    means, counts = segment_means(x, cs, valid=valid, sink_tokens=sinks, backend="torch")
-    ref_means, ref_counts = oracle_segment_means(x, cs, valid, sinks)
-    S = num_summary_rows(T, cs, sinks)
+    means, counts = segment_means(x, segment_size, valid=valid, sink_tokens=sinks, backend="torch")
+    ref_means, ref_counts = oracle_segment_means(x, segment_size, valid, sinks)
+    S = num_summary_rows(T, segment_size, sinks)
     assert means.shape == (B, H, S, D) and means.dtype == x.dtype
     assert counts.dtype == torch.int32
     if valid is None:
@@ -70,13 +70,13 @@ def test_low_precision_accumulates_in_fp32(dtype):
 @needs_triton
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16], ids=str)
 @pytest.mark.parametrize("with_valid", [False, True], ids=["dense", "padded"])
-@pytest.mark.parametrize("B,H,T,D,cs,sinks", SHAPES[:6], ids=IDS[:6])
-def test_triton_matches_oracle(B, H, T, D, cs, sinks, with_valid, dtype):
+@pytest.mark.parametrize("B,H,T,D,segment_size,sinks", SHAPES[:6], ids=IDS[:6])
+def test_triton_matches_oracle(B, H, T, D, segment_size, sinks, with_valid, dtype):
     x = torch.randn(B, H, T, D).to(dtype)
     valid = make_valid(B, T) if with_valid else None
     xd, vd = to_triton(x), to_triton(valid)
-    means, counts = segment_means(xd, cs, valid=vd, sink_tokens=sinks, backend="triton")
-    ref_means, ref_counts = oracle_segment_means(x, cs, valid, sinks)
+    means, counts = segment_means(xd, segment_size, valid=vd, sink_tokens=sinks, backend="triton")
+    ref_means, ref_counts = oracle_segment_means(x, segment_size, valid, sinks)
     got_counts = counts.cpu().long()
     assert torch.equal(got_counts if valid is not None else got_counts.expand(B, -1), ref_counts)
     # fp32 accumulation, one rounding to dtype at the end: half an ulp of the result.
@@ -95,12 +95,12 @@ def test_triton_non_contiguous_input():
 
 @gpu
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32], ids=str)
-@pytest.mark.parametrize("T,cs", [(4096, 16), (8191, 128), (16384, 1)])
-def test_triton_large_gpu(T, cs, dtype):
+@pytest.mark.parametrize("T,segment_size", [(4096, 16), (8191, 128), (16384, 1)])
+def test_triton_large_gpu(T, segment_size, dtype):
     x = torch.randn(2, 8, T, 128, device="cuda", dtype=dtype)
     valid = torch.rand(2, T, device="cuda") > 0.1
-    got, got_c = segment_means(x, cs, valid=valid, backend="triton")
-    ref, ref_c = segment_means(x.double(), cs, valid=valid, backend="torch")
+    got, got_c = segment_means(x, segment_size, valid=valid, backend="triton")
+    ref, ref_c = segment_means(x.double(), segment_size, valid=valid, backend="torch")
     assert torch.equal(got_c, ref_c)
     torch.testing.assert_close(got.double(), ref, rtol=0, atol=FLOOR[dtype] * ref.abs().max().item())
 

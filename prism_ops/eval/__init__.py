@@ -4,5 +4,6 @@
     python -m prism_ops.eval --tiny # tiny random models, seconds (what CI runs)
 
 Modules: `metrics` (cosine, retrieval, perplexity), `tasks` (models, text and the exact
-reference), `grid` (the settings evaluated), `report` (markdown table and plots), `cli`.
+reference), `grid` (the settings evaluated), `report` (markdown table and plots), `evaluate` (the run); the command line is
+`prism_ops.cli.eval`.
 """

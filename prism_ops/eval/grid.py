@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from ..levers import PRESETS, resolve
+from ..config import PRESETS, PrismConfig
 
 # One curve per lever, each on top of the paper's method, swept over segment sizes at P = 4.
 LEVER_CURVES = {
@@ -29,9 +29,9 @@ class Setting:
     segment_size: int
     levers: dict = field(default_factory=dict, hash=False)
 
-    def resolved(self) -> dict:
-        """All settings, checked (raises ValueError naming the bad argument)."""
-        return resolve(self.num_partitions, self.segment_size, **self.levers)
+    def config(self) -> PrismConfig:
+        """The setting as a checked PrismConfig (raises ValueError naming the bad argument)."""
+        return PrismConfig.from_preset(self.num_partitions, None, self.segment_size, **self.levers)
 
     def label(self) -> str:
         return ", ".join(f"{k}={v}" for k, v in sorted(self.levers.items())) or "-"
@@ -44,14 +44,14 @@ def needs_hidden(s: Setting) -> bool:
 def build(partitions, segment_sizes, curves=True, presets=True) -> list[Setting]:
     rows = []
     for P in partitions:
-        for cs in segment_sizes:
-            rows.append(Setting("paper", P, cs))
-            if cs > 1:  # with one token per row the count is 1 and the bias is 0
-                rows.append(Setting("paper, no ln-count bias", P, cs, {"log_count_bias": False}))
+        for segment_size in segment_sizes:
+            rows.append(Setting("paper", P, segment_size))
+            if segment_size > 1:  # with one token per row the count is 1 and the bias is 0
+                rows.append(Setting("paper, no ln-count bias", P, segment_size, {"log_count_bias": False}))
     if curves:
         for name, levers in LEVER_CURVES.items():
-            for cs in segment_sizes:
-                rows.append(Setting(name, CURVE_PARTITIONS, cs, dict(levers)))
+            for segment_size in segment_sizes:
+                rows.append(Setting(name, CURVE_PARTITIONS, segment_size, dict(levers)))
     if presets:
         for name, preset in PRESETS.items():
             if name == "paper":
@@ -69,6 +69,6 @@ def build(partitions, segment_sizes, curves=True, presets=True) -> list[Setting]
 def check_all(rows: list[Setting], tokens: int) -> None:
     """Every setting valid for sequences of `tokens` tokens, before any model work."""
     for s in rows:
-        s.resolved()
+        s.config()
         if s.num_partitions > tokens:
             raise ValueError(f"num_partitions={s.num_partitions} is more than the {tokens} tokens per sequence")

@@ -17,16 +17,10 @@ from dataclasses import dataclass, field
 import torch
 
 from ..cost import ModelShape
-from ..models import load
+from ..models import load, pydoc_text
 from .metrics import cosine_stats, mean_pool, next_token_nll, perplexity, recall_at_1, top1_agreement
 
 QUERY_TOKENS = 48
-
-
-def pydoc_text() -> str:
-    from pydoc_data.topics import topics
-
-    return " ".join(topics[k] for k in sorted(topics))
 
 
 def windows(ids: list[int], n: int, length: int, extra: int = 0) -> list[list[int]]:
@@ -38,7 +32,7 @@ def windows(ids: list[int], n: int, length: int, extra: int = 0) -> list[list[in
     return [ids[i * step : i * step + span] for i in range(n)]
 
 
-def exact(model):
+def use_exact_attention(model):
     model.set_attn_implementation("sdpa")
     return model
 
@@ -57,7 +51,7 @@ class EmbeddingTask:
     ref: dict = field(default_factory=dict)
 
     def __post_init__(self):
-        exact(self.model)
+        use_exact_attention(self.model)
         self.ref["docs"] = self.embed(self.docs)
         self.ref["queries"] = self.embed(self.queries)
         self.ref["recall@1"] = recall_at_1(self.ref["queries"], self.ref["docs"])
@@ -94,7 +88,7 @@ class PerplexityTask:
     ref: dict = field(default_factory=dict)
 
     def __post_init__(self):
-        exact(self.model)
+        use_exact_attention(self.model)
         self.ref["ppl"] = self.ppl()
 
     @property

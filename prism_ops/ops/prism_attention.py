@@ -250,7 +250,7 @@ def prism_attention(
         unsupported = "empty input"
     kwargs = dict(causal=causal, scale=scale, log_count_bias=log_count_bias, return_lse=return_lse, k_valid=k_valid)
     if resolve_backend(backend, q.device, unsupported) == "triton":
-        from ..kernels.prism_attention import prism_attention_triton
+        from prism_ops.kernels.prism_attention import prism_attention_triton
 
         return prism_attention_triton(q, k, v, k_sum, v_sum, sum_counts, interpret=interpreting(), **kwargs)
     return prism_attention_torch(q, k, v, k_sum, v_sum, sum_counts, **kwargs)

@@ -47,7 +47,7 @@ def segment_means_torch(x, segment_size, valid=None, sink_tokens=0):
     if valid is not None:
         xf = xf * valid[:, None, :, None].to(acc_dtype)  # padding contributes nothing
     pad = n_seg * segment_size - (T - sinks)
-    rest = torch.nn.functional.pad(xf[:, :, sinks:], (0, 0, 0, pad))  # (B, H, n_seg*cs, D)
+    rest = torch.nn.functional.pad(xf[:, :, sinks:], (0, 0, 0, pad))  # (B, H, n_seg*segment_size, D)
     sums = torch.cat([xf[:, :, :sinks], rest.view(B, H, n_seg, segment_size, D).sum(3)], 2)
     if valid is None:
         counts = segment_lengths(T, segment_size, sink_tokens, device=x.device)  # (S,)
@@ -94,7 +94,9 @@ def segment_means(x, segment_size, *, valid=None, sink_tokens=0, backend="auto")
     elif T == 0 or x.numel() == 0:
         unsupported = "empty input"
     if resolve_backend(backend, x.device, unsupported) == "triton":
-        from ..kernels.segment_means import segment_means_triton
+        from prism_ops.kernels.segment_means import segment_means_triton
 
-        return segment_means_triton(x, segment_size, valid, sink_tokens, interpret=interpreting())
+        lengths = None if valid is not None else segment_lengths(T, segment_size, sink_tokens, device=x.device)
+        return segment_means_triton(x, segment_size, num_summary_rows(T, segment_size, sink_tokens), lengths, valid,
+                                    sink_tokens, interpret=interpreting())
     return segment_means_torch(x, segment_size, valid, sink_tokens)

@@ -20,12 +20,13 @@ def token_clusters(keys: torch.Tensor, num_clusters: int, keep: torch.Tensor, it
     """Cluster assignment `[B, n]` of each token: Lloyd's k-means from the positional segments.
 
     Tokens with keep False are assigned but ignored by the centroids (cluster_means drops them).
-    iters 0 returns the positional segments: cluster s = tokens [s * cs, (s + 1) * cs).
+    iters 0 returns the positional segments: cluster s = tokens [s * per_cluster, (s + 1) * per_cluster),
+    per_cluster = ceil(n / S).
     """
     B, n, F = keys.shape
     S = num_clusters
-    cs = -(-n // S)
-    assign = (torch.arange(n, device=keys.device) // cs).clamp(max=S - 1).expand(B, n).contiguous()
+    per_cluster = -(-n // S)
+    assign = (torch.arange(n, device=keys.device) // per_cluster).clamp(max=S - 1).expand(B, n).contiguous()
     x = keys.float()
     for _ in range(iters):
         sums, counts = _cluster_sums(x[:, None], assign, S, keep)

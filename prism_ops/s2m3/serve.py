@@ -250,7 +250,8 @@ class Server:
 
 
 def main(argv=None) -> None:
-    from prism_ops.distributed.comm import CollectiveError, Communicator, guarded
+    from prism_ops.distributed import CollectiveError, Communicator, guarded
+    from prism_ops.distributed.control import bcast_json
 
     ap = argparse.ArgumentParser(prog="prism-serve", description=__doc__.split("\n\n")[0])
     ap.add_argument("--plan", required=True, help="a plan written by prism-place --json")
@@ -278,7 +279,7 @@ def main(argv=None) -> None:
                 reqs = read_requests(lines, plan["models"])
             except (OSError, PlacementError) as e:
                 err = str(e)
-        err = comm.bcast_json(err)
+        err = bcast_json(comm, err)
         if err:
             raise BadInput(err)
         server = Server(comm, plan)

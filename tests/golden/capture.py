@@ -81,9 +81,11 @@ def attention_cases() -> dict:
     return out
 
 
-def run_cases() -> dict:
+def run_cases(names=None) -> dict:
     out = {}
     for name, ranks, args in RUNS:
+        if names is not None and name not in names:
+            continue
         cmd = [str(BIN / "prism-run"), "--input-file", TEXT, "--threads", "1", "--json", *args]
         if ranks is None:
             cmd += ["--simulate", "4"]

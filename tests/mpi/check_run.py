@@ -1,6 +1,7 @@
 """Run under mpiexec by tests/test_distributed.py: one request through the MPI runtime, then
 (on rank 0) the same request simulated in one process and unpartitioned. Prints one JSON line
-on rank 0 with the differences, the bytes counted and the cost model's bytes.
+on rank 0 with the differences, the bytes counted and the bytes of the wire layout
+(`prism_ops.wire`, what `prism_ops.cost` also counts).
 
     mpiexec -n 3 python tests/mpi/check_run.py --model gpt2 --tokens 37 --segment-size 4
 """
@@ -14,9 +15,10 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import torch  # noqa: E402
 
-from prism_ops import cost, hf, models  # noqa: E402
+from prism_ops import cost, hf, models, partition_bounds  # noqa: E402
 from prism_ops.distributed import Communicator, Request, run_distributed, run_simulated  # noqa: E402
 from prism_ops.distributed.runtime import model_kind  # noqa: E402
+from prism_ops.wire import payload_layouts  # noqa: E402
 
 torch.set_num_threads(1)
 
@@ -73,20 +75,22 @@ def main():
     res = run_distributed(model, comm, req if comm.rank == 0 else None, progress=False)
     if comm.rank != 0:
         return
-    settings = dict(model._prism_settings)
-    hf.configure(model, num_partitions=comm.size, segment_size=args.segment_size, **levers)
+    config = hf.config_of(model)
+    hf.configure(model, config)  # the same config, simulated
     sim = run_simulated(model, req, comm.size)
     model.set_attn_implementation("sdpa")
     exact = run_simulated(model, req, 1)
     B, N = (req.ids.shape if req.ids is not None else (1, sim.output.shape[1]))
     causal = model_kind(model) == "decoder"
-    expect = cost.settings_bytes_per_layer(cost.ModelShape.from_config(model.config), N, settings, causal=causal)
+    heads, channels = cost.ModelShape.from_config(model.config).row_shape(config.exchange)
+    layouts = payload_layouts(config, partition_bounds(N, comm.size, config.weights), causal=causal, batch=B,
+                              heads=heads, channels=channels, dtype=torch.float32)
     out = dict(
-        kind=model_kind(model), exchange=settings["exchange"], bounds=res.bounds,
+        kind=model_kind(model), exchange=config.exchange, bounds=res.bounds,
         err_sim=(res.output.float() - sim.output.float()).abs().max().item(),
         err_exact=(res.output.float() - exact.output.float()).abs().max().item(),
         scale=sim.output.float().abs().max().item(),
-        bytes=res.bytes_per_layer, expected_bytes=sum(expect) * B,
+        bytes=res.bytes_per_layer, expected_bytes=sum(lay.nbytes for lay in layouts),
         ids=res.token_ids, ids_sim=sim.token_ids, ids_exact=exact.token_ids,
     )
     print(json.dumps(out), flush=True)

@@ -16,7 +16,7 @@ from transformers import GPT2Config, GPT2LMHeadModel
 
 from prism_ops import hf
 from prism_ops.distributed import Communicator, Request, guarded, run_distributed
-from prism_ops.distributed import attention
+from prism_ops.distributed.attention import RankPartition
 
 torch.set_num_threads(1)
 victim, how = int(sys.argv[1]), sys.argv[2]
@@ -24,20 +24,20 @@ comm = Communicator(timeout_s=8)
 torch.manual_seed(0)
 model = GPT2LMHeadModel(GPT2Config(n_embd=32, n_layer=3, n_head=2, n_positions=64, vocab_size=100, bos_token_id=0, eos_token_id=0)).eval()
 hf.configure(model, num_partitions=comm.size, segment_size=4, comm=comm)
-real = attention.rank_attention
+real = RankPartition.attend
 
 
-def faulty(module, q, k, v, settings, **kw):
-    if comm.rank == victim and settings["context"].layer == 1:
+def faulty(self, layer, q, k, v, **kw):
+    if comm.rank == victim and layer.index == 1:
         if how == "raise":
             raise RuntimeError("injected fault in layer 1")
         if how == "kill":
             os.kill(os.getpid(), signal.SIGKILL)
         time.sleep(3600)
-    return real(module, q, k, v, settings, **kw)
+    return real(self, layer, q, k, v, **kw)
 
 
-attention.rank_attention = faulty
+RankPartition.attend = faulty
 req = Request(ids=torch.randint(0, 100, (1, 30)), output="hidden") if comm.rank == 0 else None
 guarded(comm, lambda: run_distributed(model, comm, req, progress=False), prog="fault")
 print(f"rank {comm.rank} finished", flush=True)

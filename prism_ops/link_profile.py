@@ -1,4 +1,4 @@
-"""Local or distributed? A measured profile for `prism-run --auto`.
+"""Local or distributed? A measured link profile for `prism-run --auto`.
 
 On slow links distributing a request can be slower than running it on one device (the
 authors' Jetson follow-up found exactly that for full exchange). `measure_profile` times, on
@@ -19,21 +19,23 @@ import time
 
 import torch
 
+from .config import PrismConfig
+from .distributed.control import bcast_json
+from .distributed.runtime import Request, RequestError, max_positions, run_distributed, run_simulated
+from .models import pydoc_text
+
 LENGTHS = (64, 128, 256, 512, 1024, 2048)
 
 
 def _text_ids(tok, n):
-    from .eval.tasks import pydoc_text
-
     tok.model_max_length = 10**9
     ids = tok(pydoc_text(), add_special_tokens=False)["input_ids"]
     return torch.tensor([ids[:n]])
 
 
-def measure_profile(args, model, tok, comm, repeats: int = 3) -> dict | None:
-    """Time both modes at every length the model allows; rank 0 writes args.profile."""
-    from .distributed.runtime import Request, max_positions, run_distributed, run_simulated
-
+def measure_profile(model, tok, comm, path: str, *, model_name: str, config: PrismConfig, link_mbit=None,
+                    repeats: int = 3) -> dict | None:
+    """Time both modes at every length the model allows; rank 0 writes the profile to `path`."""
     limit = max_positions(model) or max(LENGTHS)
     rows = []
     for n in [x for x in LENGTHS if comm.size <= x <= limit]:
@@ -51,16 +53,16 @@ def measure_profile(args, model, tok, comm, repeats: int = 3) -> dict | None:
                 run_simulated(model, req, 1)
                 local.append(time.perf_counter() - t0)
             model.set_attn_implementation("prism")
-        comm.bcast_json("next")  # the others wait here while rank 0 runs alone
+        bcast_json(comm, "next")  # the others wait here while rank 0 runs alone
         rows.append({"tokens": n, "local_s": statistics.median(local) if local else None,
                      "distributed_s": statistics.median(dist)})
     if comm.rank != 0:
         return None
-    prof = {"model": args.model, "partitions": comm.size, "segment_size": model._prism_settings["segment_size"],
-            "link_mbit": args.link_mbit, "rows": rows}
-    with open(args.profile, "w") as f:
+    prof = {"model": model_name, "partitions": comm.size, "segment_size": config.segment_size,
+            "link_mbit": link_mbit, "rows": rows}
+    with open(path, "w") as f:
         json.dump(prof, f, indent=1)
-    print(f"prism-run: profile of {len(rows)} lengths written to {args.profile}")
+    print(f"prism-run: profile of {len(rows)} lengths written to {path}")
     for r in rows:
         print(f"  {r['tokens']:>5} tokens: local {r['local_s']:.3f} s, distributed {r['distributed_s']:.3f} s")
     return prof
@@ -68,8 +70,6 @@ def measure_profile(args, model, tok, comm, repeats: int = 3) -> dict | None:
 
 def choose(path: str, num_tokens: int, num_partitions: int) -> str:
     """"local" or "distributed", whichever the profile at `path` predicts is faster."""
-    from .distributed.runtime import RequestError
-
     try:
         with open(path) as f:
             prof = json.load(f)

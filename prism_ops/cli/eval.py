@@ -1,4 +1,8 @@
-"""prism-eval command line: run the grid on each model and write docs/EVAL.md, eval.json, plots."""
+"""prism-eval: run the quality grid on each model and write docs/EVAL.md, eval.json and the plots.
+
+This file parses the arguments and checks every setting before any model loads; the work is
+`prism_ops.eval.evaluate.evaluate`.
+"""
 
 from __future__ import annotations
 
@@ -10,8 +14,8 @@ from pathlib import Path
 
 import torch
 
-from .. import cost
-from . import grid, report, tasks
+from ..eval import grid, tasks
+from ..eval.evaluate import evaluate
 
 
 def _ints(text: str) -> list[int]:
@@ -62,70 +66,21 @@ def _sizes(args, model_name):
     return args.windows, args.window_tokens
 
 
-def run_task(task, rows, progress) -> dict:
-    from .. import hf
-
-    shape = tasks.shape_of(task)
-    results, skipped = [], []
-    for s in rows:
-        settings = s.resolved()
-        try:
-            hf.configure(task.model, **settings)
-        except ValueError as e:  # e.g. hidden-feature exchange on a rotary-embedding model
-            skipped.append(f"{s.method} ({e})")
-            progress.update(1)
-            continue
-        resolved = task.model._prism_settings  # exchange "auto" resolved to "kv" or "hidden"
-        metrics = task.evaluate()
-        tasks.exact(task.model)
-        traffic, flops = cost.settings_ratios(shape, task.tokens, resolved, causal=task.causal)
-        results.append({
-            "method": s.method, "partitions": s.num_partitions, "segment_size": s.segment_size,
-            "levers": s.label(), "exchange": resolved["exchange"], "quality": metrics["quality"],
-            "metrics": metrics, "bytes": traffic, "flops": flops,
-        })
-        progress.update(1)
-    return {"rows": results, "skipped": sorted(set(skipped))}
-
-
 def run(argv=None) -> list[dict]:
     """Run the evaluation; returns one result dict per model (also written to --out)."""
     args = parse(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
     rows = grid.build(args.partitions, args.segment_sizes, curves=not args.no_curves)
+    sizes = {m: _sizes(args, m) for m in args.models}
     # Every setting is checked before a model is loaded.
     try:
         for m in args.models:
-            grid.check_all(rows, _sizes(args, m)[1])
+            grid.check_all(rows, sizes[m][1])
     except ValueError as e:
         sys.exit(f"prism-eval: {e}")
-    from tqdm import tqdm
-
     command = "prism-eval " + " ".join(shlex.quote(a) for a in (sys.argv[1:] if argv is None else argv))
-    results = []
-    t0 = time.perf_counter()
-    for m in args.models:
-        n, length = _sizes(args, m)
-        print(f"loading {m} ...", file=sys.stderr)
-        task = tasks.LOADERS[m](n, length)
-        describe = (f"{len(task.docs)} passages x {task.tokens} tokens; exact model's retrieval recall@1 "
-                    f"{task.ref['recall@1']:.3f}" if hasattr(task, "docs") else
-                    f"{len(task.windows)} windows x {task.tokens} tokens; exact perplexity {task.ref['ppl']:.3f}")
-        with tqdm(total=len(rows), desc=m, unit="setting", file=sys.stderr) as bar:
-            res = run_task(task, rows, bar)
-        res.update(model=task.name, key=m, metric=task.metric, tokens=task.tokens, describe=describe)
-        results.append(res)
-    paths = report.write(results, args.out, command)
-    print(f"{sum(len(r['rows']) for r in results)} settings in {time.perf_counter() - t0:.0f}s; wrote "
-          + ", ".join(str(p) for p in paths))
-    for res in results:
-        best = report.best_within_target(res["rows"], res["metric"])
-        if best:
-            print(f"{res['model']}: best at 4 partitions within 15% bytes: {best['method']} "
-                  f"(segment size {best['segment_size']}) {res['metric']} {best['quality']:.4f} "
-                  f"at {100 * best['bytes']:.1f}% bytes")
-    return results
+    return evaluate(sizes, rows, args.out, command)
 
 
 def main(argv=None) -> None:

@@ -1,0 +1,51 @@
+"""The start-up handshake: every rank must run the same model, weights, settings and versions.
+
+    handshake(comm, fingerprint(model, config, model_name="minilm", dtype="float32"))
+
+raises HandshakeError on every rank, naming each field that differs
+(`segment_size: rank 0 has 16, rank 1 has 8`), so all of them stop cleanly with exit code 3.
+"""
+
+from __future__ import annotations
+
+import hashlib
+
+import torch
+
+from prism_ops import __version__
+from prism_ops.config import PrismConfig
+
+from .control import allgather_json
+from .faults import HandshakeError
+
+
+def weights_digest(model) -> str:
+    """A fast digest of a model's weights: strided values and the sum of every tensor."""
+    h = hashlib.sha256()
+    with torch.no_grad():
+        for name, p in model.state_dict().items():
+            flat = p.detach().flatten()
+            h.update(name.encode())
+            h.update(flat[:: max(1, flat.numel() // 256)].double().cpu().numpy().tobytes())
+            h.update(repr(flat.double().sum().item()).encode())
+    return h.hexdigest()[:16]
+
+
+def fingerprint(model, config: PrismConfig, *, model_name: str, dtype: str) -> dict:
+    """What must match on every rank: versions, model, weights, dtype and every config field."""
+    import transformers
+
+    return {"prism_ops": __version__, "torch": torch.__version__, "transformers": transformers.__version__,
+            "model": model_name, "weights": weights_digest(model), "dtype": dtype, **config.as_dict()}
+
+
+def handshake(comm, fingerprint: dict) -> None:
+    """Refuse to start unless every rank has the same fingerprint."""
+    every = allgather_json(comm, fingerprint, key="handshake")
+    diffs = []
+    for r, fp in enumerate(every[1:], start=1):
+        for k in sorted(set(fp) | set(every[0])):
+            if fp.get(k) != every[0].get(k):
+                diffs.append(f"{k}: rank 0 has {every[0].get(k)!r}, rank {r} has {fp.get(k)!r}")
+    if diffs:
+        raise HandshakeError("ranks were started with different settings; " + "; ".join(diffs))

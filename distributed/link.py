@@ -1,0 +1,33 @@
+"""An emulated network link: makes a transfer last as long as it would on a slower link.
+
+`EmulatedLink(mbit, latency_ms)` holds an operation that started at t0 until
+t0 + latency + received bytes * 8 / rate. Work done meanwhile (the local attention block)
+overlaps with the transfer, as on a real link. The communicator applies it to every wait.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class EmulatedLink:
+    mbit: float  # Mbit/s
+    latency_ms: float = 0.0  # one way, per operation
+
+    def __post_init__(self):
+        if not self.mbit > 0:
+            raise ValueError(f"link_mbit must be > 0 (Mbit/s), got {self.mbit}")
+        if not self.latency_ms >= 0:
+            raise ValueError(f"link_latency_ms must be >= 0, got {self.latency_ms}")
+
+    def seconds(self, nbytes: int) -> float:
+        """How long receiving nbytes takes on this link, latency included."""
+        return self.latency_ms / 1e3 + nbytes * 8 / (self.mbit * 1e6)
+
+    def hold(self, t0: float, recv_bytes: int) -> None:
+        """Sleep until an operation that started at t0 (perf_counter) and received recv_bytes is due."""
+        due = t0 + self.seconds(recv_bytes)
+        while time.perf_counter() < due:
+            time.sleep(min(1e-3, max(0.0, due - time.perf_counter())))

@@ -1,0 +1,84 @@
+"""prism-run: one inference over MPI ranks with PRISM attention.
+
+    mpirun -n 4 prism-run --input "Edge devices share the work."            # MiniLM embedding
+    mpirun -n 2 prism-run --model smollm2 --input-file story.txt --generate 32 --preset edge
+    prism-run --simulate 4 --input "..." --json                           # one process, same result
+
+Every rank parses the same command line, loads the model and checks by a handshake that all
+ranks agree (model, weights, settings, versions). Rank 0 reads and tokenizes the input and
+prints: the result, the bytes each layer sent against full exchange, and the time per phase;
+with --json, one JSON object on the last line of stdout. A bad input or setting exits with
+code 2 and a message from rank 0; ranks started differently exit with code 3; a rank that
+fails takes the whole job down (rank 0 prints why) instead of leaving it hanging.
+
+--auto PROFILE chooses between running on rank 0 alone and distributed from a profile that
+--profile OUT measured on the same machines and link.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from ..config import EXCHANGES, PRESETS
+from ..runner import RunOptions, run
+
+
+def parse_args(argv=None) -> RunOptions:
+    ap = argparse.ArgumentParser(prog="prism-run", description=__doc__.split("\n\n")[0],
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", default="minilm", help="minilm (default), smollm2, or a local Hugging Face folder")
+    src = ap.add_mutually_exclusive_group()
+    src.add_argument("--input", help="the text")
+    src.add_argument("--input-file", help="a UTF-8 text file")
+    ap.add_argument("--segment-size", type=int, help="tokens per summary row (required unless --preset sets it)")
+    ap.add_argument("--preset", choices=sorted(PRESETS))
+    ap.add_argument("--sink-tokens", type=int)
+    ap.add_argument("--halo", type=int)
+    ap.add_argument("--summary-bits", type=int)
+    ap.add_argument("--exchange", choices=EXCHANGES)
+    ap.add_argument("--cluster-iters", type=int)
+    ap.add_argument("--no-log-count-bias", action="store_true", help="ablation: drop the +ln(count) logit bias")
+    ap.add_argument("--weights", help="relative partition sizes, e.g. 2,1 for a device twice as fast")
+    ap.add_argument("--output", choices=("embedding", "hidden", "logits"), default="embedding")
+    ap.add_argument("--generate", type=int, default=0, metavar="N", help="decoders: generate N tokens")
+    ap.add_argument("--temperature", type=float, default=0.0, help="0 (default): greedy")
+    ap.add_argument("--top-k", type=int, default=0)
+    ap.add_argument("--top-p", type=float, default=1.0)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--simulate", type=int, metavar="P", help="run P partitions in this one process (no MPI)")
+    ap.add_argument("--json", action="store_true", help="one JSON object on the last line of stdout")
+    ap.add_argument("--dtype", choices=("float32", "float16", "bfloat16"), default="float32")
+    ap.add_argument("--threads", type=int, default=0, help="torch threads per rank (0: torch's default)")
+    ap.add_argument("--link-mbit", type=float, help="emulate a link of this many Mbit/s between ranks")
+    ap.add_argument("--link-latency-ms", type=float, default=0.0)
+    ap.add_argument("--timeout", type=float, default=600.0, help="seconds one collective may wait")
+    ap.add_argument("--auto", metavar="PROFILE", help="run locally or distributed, whichever PROFILE says is faster")
+    ap.add_argument("--profile", metavar="OUT", help="measure local against distributed at a few lengths into OUT")
+    args = ap.parse_args(argv)
+    if args.input is None and args.input_file is None and args.profile is None:
+        ap.error("one of --input or --input-file is required")
+    if args.simulate is not None and (args.profile or args.auto):
+        ap.error("--profile and --auto measure and choose between real ranks; they do not go with --simulate")
+    levers = {k: v for k, v in dict(sink_tokens=args.sink_tokens, halo=args.halo, summary_bits=args.summary_bits,
+                                    exchange=args.exchange, cluster_iters=args.cluster_iters).items() if v is not None}
+    if args.no_log_count_bias:
+        levers["log_count_bias"] = False
+    if args.weights:
+        try:
+            levers["weights"] = tuple(float(w) for w in args.weights.split(","))
+        except ValueError:
+            ap.error(f"weights must be numbers separated by commas, e.g. 2,1; got {args.weights!r}")
+    return RunOptions(model=args.model, text=args.input, input_file=args.input_file, preset=args.preset,
+                      segment_size=args.segment_size, levers=levers, output=args.output, generate=args.generate,
+                      temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, seed=args.seed,
+                      simulate=args.simulate, json=args.json, dtype=args.dtype, threads=args.threads,
+                      link_mbit=args.link_mbit, link_latency_ms=args.link_latency_ms, timeout=args.timeout,
+                      auto=args.auto, profile=args.profile)
+
+
+def main(argv=None) -> None:
+    run(parse_args(argv))
+
+
+if __name__ == "__main__":
+    main()

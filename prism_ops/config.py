@@ -1,0 +1,103 @@
+"""PRISM's settings: one frozen, typed `PrismConfig`, validated once where it is built, and named presets.
+
+Every lever is off by default; with all of them off the method is the paper's (segment means
+with the +ln(count) bias):
+
+    num_partitions  P, the ranks (or simulated partitions) the sequence is cut into
+    segment_size    tokens per summary row (the compression rate)
+    sink_tokens     first tokens of the sequence sent exact to every rank
+    halo            tokens next to each boundary sent exact (see `prism_ops.ops.chunk_summary`)
+    log_count_bias  the +ln(count) logit correction (False: ablation)
+    weights         partition sizes proportional to these (e.g. device speeds)
+    cluster_iters   summary rows from key clusters instead of positional segments
+    summary_bits    summaries sent as 2/3/4/8-bit integers (per-channel scales)
+    exchange        "kv" (K/V means), "hidden" (the paper's hidden-feature means), or "auto"
+                    (hidden where the model allows it; `prism_ops.hf.configure` resolves it)
+    backend         "auto", "torch" or "triton" for the ops
+
+Everything above `ops/` (the Hugging Face drop-in, the MPI runtime, the cost model, prism-run's
+handshake and report) takes a `PrismConfig` as an argument; nothing re-checks it.
+
+    >>> PrismConfig.from_preset(4, "edge")
+    PrismConfig(num_partitions=4, segment_size=1, ..., summary_bits=4, exchange='auto', backend='auto')
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+from ._backend import BACKENDS
+from ._checks import check_int, check_weights
+from .ops.quantize_rows import check_bits
+
+EXCHANGES = ("kv", "hidden", "auto")
+
+# Named settings. "paper" is the published method; "edge" is the best combination measured at
+# <= 15% of full-exchange traffic on MiniLM and SmolLM2 (docs/EVAL.md, `prism-eval`).
+PRESETS = {
+    "paper": {},
+    "edge": {"segment_size": 1, "summary_bits": 4, "exchange": "auto"},
+}
+
+
+@dataclass(frozen=True)
+class PrismConfig:
+    """One PRISM setting. Raises ValueError naming the argument when a field is bad."""
+
+    num_partitions: int
+    segment_size: int
+    sink_tokens: int = 0
+    halo: int = 0
+    log_count_bias: bool = True
+    weights: tuple[float, ...] | None = None
+    cluster_iters: int = 0
+    summary_bits: int = 0
+    exchange: str = "kv"
+    backend: str = "auto"
+
+    def __post_init__(self):
+        check_int(self.num_partitions, "num_partitions", 1)
+        check_int(self.segment_size, "segment_size", 1)
+        check_int(self.sink_tokens, "sink_tokens", 0)
+        check_int(self.halo, "halo", 0)
+        check_int(self.cluster_iters, "cluster_iters", 0)
+        check_bits(self.summary_bits)
+        if not isinstance(self.log_count_bias, bool):
+            raise ValueError(f"log_count_bias must be True or False, got {self.log_count_bias!r}")
+        if self.exchange not in EXCHANGES:
+            raise ValueError(f"exchange must be one of {EXCHANGES}, got {self.exchange!r}")
+        if self.backend not in BACKENDS:
+            raise ValueError(f"backend must be one of {BACKENDS}, got {self.backend!r}")
+        if self.weights is not None:
+            # A tuple of floats, so the config stays hashable and prints the same everywhere.
+            object.__setattr__(self, "weights", tuple(check_weights(self.weights, self.num_partitions)))
+
+    @classmethod
+    def from_preset(cls, num_partitions: int, preset: str | None = None, segment_size: int | None = None,
+                    **levers) -> "PrismConfig":
+        """The preset's values, overridden by explicit arguments (unknown names are refused)."""
+        base = {}
+        if preset is not None:
+            if preset not in PRESETS:
+                raise ValueError(f"preset must be one of {sorted(PRESETS)}, got {preset!r}")
+            base = dict(PRESETS[preset])
+        known = {f.name for f in dataclasses.fields(cls)} - {"num_partitions"}
+        unknown = sorted(set(levers) - known)
+        if unknown:
+            raise ValueError(f"unknown lever(s) {unknown}; known levers: {sorted(known - {'segment_size'})}")
+        if segment_size is not None:
+            base["segment_size"] = segment_size
+        if "segment_size" not in base:
+            raise ValueError("segment_size is required (an int >= 1) unless the preset sets it")
+        return cls(num_partitions=num_partitions, **(base | levers))
+
+    def replace(self, **changes) -> "PrismConfig":
+        """A copy with some fields changed, checked again."""
+        return dataclasses.replace(self, **changes)
+
+    def as_dict(self) -> dict:
+        """Every field, JSON-ready (the handshake compares these, the report prints them)."""
+        out = dataclasses.asdict(self)
+        out["weights"] = None if self.weights is None else list(self.weights)
+        return out

@@ -1,0 +1,59 @@
+"""prism-run's report: the result, the bytes every layer sent against full exchange, the time per
+phase, and (with --json) the same as one JSON object on the last line.
+
+    obj = build_report(result, model_name=..., model=model, tokenizer=tok, config=config, ...)
+    print_report(obj, file=sys.stdout, json_line=True)
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import torch
+
+from . import cost
+from .config import PrismConfig
+from .distributed.runtime import Result, model_kind
+
+
+def build_report(res: Result, *, model_name: str, model, tokenizer, config: PrismConfig, num_partitions: int,
+                 output: str, dtype: torch.dtype, seconds: dict, simulated: bool) -> dict:
+    """The JSON object of one request (`output`, `bytes`, `seconds`, ...) plus what the human
+    report prints (under keys starting with an underscore, dropped from the JSON line)."""
+    N = res.bounds[-1][1]
+    shape = cost.ModelShape.from_config(model.config)
+    full = sum(cost.full_exchange_bytes_per_layer(shape, N, num_partitions, dtype=dtype))
+    sent = res.bytes_per_layer
+    if res.token_ids is not None:
+        out = {"text": tokenizer.decode(res.token_ids[0], skip_special_tokens=True), "token_ids": res.token_ids[0]}
+    else:
+        out = res.output[0].tolist()
+    return {"model": model_name, "partitions": num_partitions, "segment_size": config.segment_size, "output": out,
+            "bytes": {"sent_per_layer": sent, "full_exchange_per_layer": [full] * len(sent)}, "seconds": seconds,
+            "_kind": model_kind(model), "_exchange": config.exchange, "_tokens": N, "_simulated": simulated,
+            "_output_name": output, "_vector": None if res.token_ids is not None else res.output[0].flatten(),
+            "_shape": None if res.token_ids is not None else list(res.output[0].shape)}
+
+
+def print_report(obj: dict, file=sys.stdout, json_line: bool = False) -> None:
+    where = "simulated in one process" if obj["_simulated"] else "MPI ranks"
+    print(f"prism-run: {obj['model']} ({obj['_kind']}), {obj['partitions']} partitions ({where}), "
+          f"segment size {obj['segment_size']}, {obj['_exchange']} exchange, {obj['_tokens']} tokens", file=file)
+    vec = obj["_vector"]
+    if vec is None:
+        out = obj["output"]
+        print(f"generated {len(out['token_ids'])} tokens: {out['text']!r}", file=file)
+    else:
+        print(f"{obj['_output_name']} {obj['_shape']}: " + " ".join(f"{x:.4f}" for x in vec[:6].tolist())
+              + f" ... (norm {vec.norm():.4f})", file=file)
+    sent, full = obj["bytes"]["sent_per_layer"], obj["bytes"]["full_exchange_per_layer"]
+    label = "sent (cost model)" if obj["_simulated"] else "sent (counted)"
+    print(f"{'layer':>5} {label:>18} {'full exchange':>14} {'ratio':>7}", file=file)
+    for i, (b, f) in enumerate(zip(sent, full)):
+        print(f"{i:>5} {b:>18,} {f:>14,} {b / f:>7.2%}", file=file)
+    print(f"{'all':>5} {sum(sent):>18,} {sum(full):>14,} {sum(sent) / max(1, sum(full)):>7.2%}", file=file)
+    print("seconds: " + "  ".join(f"{k} {v:.3f}" for k, v in obj["seconds"].items()), file=file)
+    if json_line:
+        print(json.dumps({k: v for k, v in obj.items() if not k.startswith("_")}), file=file)
+    file.flush()

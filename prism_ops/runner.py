@@ -1,0 +1,175 @@
+"""prism-run's job as a library: one request over MPI ranks (or simulated in one process).
+
+    run(RunOptions(model="minilm", text="Edge devices share the work.", preset="edge"))
+
+Every rank loads the model, configures PRISM with one `PrismConfig` (built here, from the
+options, once the rank count is known) and checks by a handshake that all ranks agree (model,
+weights, config, versions). Rank 0 reads and tokenizes the input and prints the report
+(`prism_ops.report`). A bad input or setting exits with code 2 and a message from rank 0; ranks
+started differently exit with code 3; a rank that fails takes the whole job down (rank 0 prints
+why) instead of leaving it hanging (`prism_ops.distributed.faults.guarded`).
+
+With `auto`, rank 0 chooses between running alone and distributed from a link profile
+(`prism_ops.link_profile`) that `profile` measured on the same machines and link.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from dataclasses import dataclass, field
+
+import torch
+
+from . import cost, hf
+from .config import PrismConfig
+from .distributed import (Communicator, EmulatedLink, Request, RequestError, fingerprint, guarded, handshake,
+                          run_distributed, run_simulated)
+from .distributed.control import bcast_json
+from .distributed.runtime import model_kind
+from .link_profile import choose, measure_profile
+from .models import load
+from .report import build_report, print_report
+
+EXIT_BAD_INPUT = 2
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    """What prism-run was asked. The PRISM settings (preset, segment_size, levers) become one
+    PrismConfig in `config_for`, where they are checked."""
+
+    model: str = "minilm"
+    text: str | None = None
+    input_file: str | None = None
+    preset: str | None = None
+    segment_size: int | None = None
+    levers: dict = field(default_factory=dict)
+    output: str = "embedding"
+    generate: int = 0
+    temperature: float = 0.0
+    top_k: int = 0
+    top_p: float = 1.0
+    seed: int = 0
+    simulate: int | None = None
+    json: bool = False
+    dtype: str = "float32"
+    threads: int = 0
+    link_mbit: float | None = None
+    link_latency_ms: float = 0.0
+    timeout: float = 600.0
+    auto: str | None = None
+    profile: str | None = None
+
+    def config_for(self, num_partitions: int) -> PrismConfig:
+        for name in ("generate", "top_k"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+        return PrismConfig.from_preset(num_partitions, self.preset, self.segment_size, **self.levers)
+
+    @property
+    def torch_dtype(self) -> torch.dtype:
+        return getattr(torch, self.dtype)
+
+
+def read_text(opts: RunOptions) -> str:
+    if opts.input_file is not None:
+        try:
+            with open(opts.input_file, encoding="utf-8") as f:
+                return f.read()
+        except (OSError, UnicodeDecodeError) as e:
+            raise RequestError(f"input-file {opts.input_file!r} cannot be read as UTF-8 text: {e}") from None
+    return opts.text
+
+
+def make_request(tok, opts: RunOptions, text: str | None = None) -> Request:
+    text = read_text(opts) if text is None else text
+    if not text.strip():
+        raise RequestError("the input is empty")
+    tok.model_max_length = 10**9  # the runtime checks the model's positions itself
+    ids = torch.tensor([tok(text)["input_ids"]], dtype=torch.long)
+    return Request(ids=ids, output=opts.output, generate=opts.generate, temperature=opts.temperature,
+                   top_k=opts.top_k, top_p=opts.top_p, seed=opts.seed)
+
+
+def _load(opts: RunOptions):
+    torch.manual_seed(0)
+    return load(opts.model, opts.torch_dtype)
+
+
+def _report(opts, model, tok, res, num_partitions, config, seconds, simulated):
+    obj = build_report(res, model_name=opts.model, model=model, tokenizer=tok, config=config,
+                       num_partitions=num_partitions, output=opts.output, dtype=opts.torch_dtype, seconds=seconds,
+                       simulated=simulated)
+    print_report(obj, file=sys.stdout, json_line=opts.json)
+
+
+def run_simulated_job(opts: RunOptions) -> None:
+    """All partitions in this process; the bytes are the cost model's."""
+    P = opts.simulate
+    config = opts.config_for(P)
+    t0 = time.perf_counter()
+    tok, model = _load(opts)
+    load_s = time.perf_counter() - t0
+    config = hf.config_of(hf.configure(model, config))
+    req = make_request(tok, opts)
+    res = run_simulated(model, req, P, eos=tok.eos_token_id if opts.generate else None, progress=True)
+    N = req.ids.shape[1]
+    per_layer = cost.bytes_per_layer(cost.ModelShape.from_config(model.config), N, config,
+                                     causal=model_kind(model) == "decoder", dtype=opts.torch_dtype)
+    res.bytes_per_layer = [sum(per_layer)] * model.config.num_hidden_layers
+    _report(opts, model, tok, res, P, config, {"load": load_s, **res.seconds}, simulated=True)
+
+
+def run_mpi_job(opts: RunOptions, comm) -> None:
+    """This rank's part of the job (every rank calls it)."""
+    config = opts.config_for(comm.size)
+    t0 = time.perf_counter()
+    tok, model = _load(opts)
+    load_s = time.perf_counter() - t0
+    config = hf.config_of(hf.configure(model, config, comm=comm))
+    t1 = time.perf_counter()
+    handshake(comm, fingerprint(model, config, model_name=opts.model, dtype=opts.dtype))
+    hand_s = time.perf_counter() - t1
+    if opts.profile:
+        measure_profile(model, tok, comm, opts.profile, model_name=opts.model, config=config,
+                        link_mbit=opts.link_mbit)
+        return
+    req = None
+    if comm.rank == 0:
+        try:
+            req = make_request(tok, opts)
+        except RequestError as e:
+            req = e  # run_distributed tells every rank, so all stop together
+    mode = "distributed"
+    if opts.auto and not isinstance(req, RequestError):
+        mode = bcast_json(comm, choose(opts.auto, req.ids.shape[1], comm.size) if comm.rank == 0 else None)
+    eos = tok.eos_token_id if (opts.generate and model_kind(model) == "decoder") else None
+    if mode == "local":
+        # One device is faster on this link: rank 0 runs the exact model, the others stand by.
+        if comm.rank == 0:
+            model.set_attn_implementation("sdpa")
+            res = run_simulated(model, req, 1, eos=eos, progress=True)
+            res.bytes_per_layer = [0] * model.config.num_hidden_layers
+            _report(opts, model, tok, res, 1, config, {"load": load_s, **res.seconds}, simulated=False)
+        return
+    res = run_distributed(model, comm, req, eos=eos, progress=comm.rank == comm.size - 1)
+    if comm.rank == 0:
+        seconds = {"load": load_s, "handshake": hand_s, **res.seconds}
+        _report(opts, model, tok, res, comm.size, config, seconds, simulated=False)
+
+
+def run(opts: RunOptions) -> None:
+    """The whole prism-run job on this process: simulated, or this MPI rank's part."""
+    if opts.threads:
+        torch.set_num_threads(opts.threads)
+    if opts.simulate is not None:
+        try:
+            run_simulated_job(opts)
+        except ValueError as e:  # includes RequestError
+            print(f"prism-run: error: {e}", file=sys.stderr)
+            sys.exit(EXIT_BAD_INPUT)
+        return
+    link = None if opts.link_mbit is None else EmulatedLink(opts.link_mbit, opts.link_latency_ms)
+    comm = Communicator(link=link, timeout_s=opts.timeout)
+    guarded(comm, lambda: run_mpi_job(opts, comm), prog="prism-run")

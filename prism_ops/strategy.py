@@ -1,0 +1,95 @@
+"""How one attention layer is partitioned, and the state one request carries through the layers.
+
+A model configured by `prism_ops.hf.configure` has one small `PrismLayer` object per attention
+module (attribute `prism_layer`): the frozen `PrismConfig`, the layer's index and head dim, its
+key/value projections, and a partition strategy:
+
+    SimulatedPartitions     all P partitions in this process (`partitioned_attention`)
+    RankPartition           this process is one MPI rank (`prism_ops.distributed.attention`)
+
+A strategy's `attend(layer, q, k, v, *, valid, hidden, scale, causal, state)` returns this
+process's output `[B, H, n, D]` and, for a causal model, the rows its last partition attended to
+(`(start, k_sum, v_sum, counts)`: what a decoding rank caches), else None.
+
+Per-request state (partition bounds and padding on MPI ranks, rows cached for decoding) lives
+in a `RequestState` that the runtime creates and scopes with `request_scope`; nothing
+per-request is stored on a module. Outside any scope a forward runs with no state: fine for a
+full-sequence forward, while decoding (a KV cache) needs the rows of its prefill, so prefill and
+decode must share one scope:
+
+    with prism_ops.request_scope():
+        model.generate(ids, max_new_tokens=8)
+"""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+from dataclasses import dataclass, field
+
+import torch
+
+from .ops.partitioned_attention import partition_bounds, partitioned_attention
+
+LAYER_ATTR = "prism_layer"  # the attribute of an attention module that holds its PrismLayer
+
+
+@dataclass
+class RequestState:
+    """One request's state, shared by all layers of one forward (and its decoding steps).
+
+    bounds: every rank's token range [start, end) (MPI ranks; None when simulated).
+    valid: the padding mask of the whole sequence `[B, N]`, True = real token (MPI ranks).
+    rows: layer index -> (start, k_sum, v_sum, counts) cached at prefill for decoding.
+    """
+
+    bounds: list | None = None
+    valid: torch.Tensor | None = None
+    rows: dict = field(default_factory=dict)
+
+
+_CURRENT: contextvars.ContextVar[RequestState | None] = contextvars.ContextVar("prism_request", default=None)
+
+
+@contextlib.contextmanager
+def request_scope(state: RequestState | None = None):
+    """Make `state` (a fresh one by default) the current request for the block; yields it."""
+    state = RequestState() if state is None else state
+    token = _CURRENT.set(state)
+    try:
+        yield state
+    finally:
+        _CURRENT.reset(token)
+
+
+def current_state() -> RequestState | None:
+    """The RequestState of the enclosing `request_scope`, or None."""
+    return _CURRENT.get()
+
+
+def attached_layers(model) -> list:
+    """The PrismLayer objects of a configured model, in layer order."""
+    return [getattr(m, LAYER_ATTR) for m in model.modules() if getattr(m, LAYER_ATTR, None) is not None]
+
+
+class SimulatedPartitions:
+    """All `config.num_partitions` partitions in this process, on the full sequence."""
+
+    def attend(self, layer, q, k, v, *, valid, hidden, scale, causal, state):
+        cfg = layer.config
+        kw = {}
+        if cfg.exchange == "hidden" and cfg.summary_bits:
+            # Averaging commutes with the projection; only rounding needs the hidden features.
+            kw.update(hidden=hidden, kv_weight=layer.kv_weight())
+        out = partitioned_attention(
+            q, k, v, num_partitions=cfg.num_partitions, segment_size=cfg.segment_size, causal=causal and q.shape[2] > 1,
+            scale=scale, log_count_bias=cfg.log_count_bias, sink_tokens=cfg.sink_tokens, halo=cfg.halo, valid=valid,
+            weights=cfg.weights, cluster_iters=cfg.cluster_iters, summary_bits=cfg.summary_bits, backend=cfg.backend,
+            return_rows=causal, **kw,
+        )
+        if not causal:
+            return out, None
+        out, seen = out
+        # What the last partition attended to: its rank would decode with these cached rows.
+        start = partition_bounds(q.shape[2], cfg.num_partitions, cfg.weights)[-1][0]
+        return out, (start, *seen[-1])

@@ -1,0 +1,75 @@
+"""The wire format of one layer: what each rank's all-gather payload holds, and its size in bytes.
+
+A chunk's payload (its rows are built by `prism_ops.ops.chunk_summary`) is, in this order:
+
+    exact rows      [B, H, E, C]  model dtype
+    summary rows    [B, H, S, C]  model dtype, or with summary_bits:
+                        codes     ceil(B*H*S*C * bits / 8) bytes, bit-packed
+                        lo, step  [B, H, 1, C] float16 each
+    counts          [B, S] uint16, only for key clusters (segment counts follow from the
+                    padding mask every rank has)
+
+H, C are (Hkv, 2D) for K/V exchange and (1, d) for hidden-feature exchange. Every rank derives
+every chunk's layout from the bounds and the config, so sizes never travel.
+
+This one layout is used twice: `prism_ops.distributed.payload` encodes and decodes the bytes
+the runtime sends, and `prism_ops.cost` predicts the traffic from the same `nbytes`.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+
+from .config import PrismConfig
+from .ops.chunk_summary import summary_count
+
+
+@dataclass(frozen=True)
+class PayloadLayout:
+    """One chunk's payload: batch B, H heads of C channels, E exact and S summary rows."""
+
+    B: int
+    H: int
+    C: int
+    E: int
+    S: int
+    dtype: torch.dtype
+    bits: int = 0
+    clusters: bool = False
+
+    def parts(self) -> list[tuple[str, int]]:
+        """(name, bytes) in wire order."""
+        B, H, C, E, S = self.B, self.H, self.C, self.E, self.S
+        size = torch.finfo(self.dtype).bits // 8
+        out = [("exact", B * H * E * C * size)]
+        if self.bits and S:
+            out += [("codes", math.ceil(B * H * S * C * self.bits / 8)), ("lo", B * H * C * 2), ("step", B * H * C * 2)]
+        else:
+            out.append(("means", B * H * S * C * size))
+        if self.clusters:
+            out.append(("counts", B * S * 2))
+        return out
+
+    @property
+    def nbytes(self) -> int:
+        return sum(n for _, n in self.parts())
+
+
+def chunk_options(config: PrismConfig, causal: bool) -> dict:
+    """The keywords `chunk_summary.chunk_layout` takes, from a config."""
+    return dict(sink_tokens=config.sink_tokens, halo=config.halo, causal=causal)
+
+
+def payload_layouts(config: PrismConfig, bounds, *, causal: bool, batch: int, heads: int, channels: int,
+                    dtype: torch.dtype) -> list[PayloadLayout]:
+    """The layout of every chunk's payload for one layer, in rank order."""
+    opts = chunk_options(config, causal)
+    out = []
+    for c in range(len(bounds)):
+        exact, summary = summary_count(bounds, c, config.segment_size, **opts)
+        out.append(PayloadLayout(batch, heads, channels, exact, summary, dtype, config.summary_bits,
+                                 bool(config.cluster_iters)))
+    return out
