@@ -27,7 +27,8 @@ import time
 
 import torch
 
-from .placement import Device, Instance, Link, Module as Slot, PlacementError, exact, greedy, objective, task_latency
+from .placement import (Device, Instance, Link, ModuleCost, PlacementError, branch_and_bound, greedy, objective,
+                        task_latency)
 
 
 def read_file(path: str) -> dict:
@@ -132,7 +133,7 @@ def profile(models, size, given, inputs_bytes):
             part = part_of[key] = MODELS[model.name][1][node][0]
             if key not in slots:
                 out = outs[node]
-                slots[key] = Slot(key, mod.nbytes, given.get(part, took), out.numel() * out.element_size())
+                slots[key] = ModuleCost(key, mod.nbytes, given.get(part, took), out.numel() * out.element_size())
     tasks = [m.task({k: float(v) for k, v in inputs_bytes.items()}) for m in built]
     return reg, slots, part_of, tasks
 
@@ -156,7 +157,7 @@ def main(argv=None) -> None:
         plan = greedy(inst)
         if plan is None:
             raise PlacementError("no placement fits: greedy found no device with room for some module"
-                                 + (f" (exact: {'none either' if exact(inst)[0] is None else 'one exists'})"
+                                 + (f" (exact: {'none either' if branch_and_bound(inst)[0] is None else 'one exists'})"
                                     if args.exact else ""))
     except PlacementError as e:
         print(f"prism-place: error: {e}", file=sys.stderr)
@@ -179,7 +180,7 @@ def main(argv=None) -> None:
            "custom": tdata.get("custom") or {},
            "plan": {part_of[k]: devices[v].name for k, v in plan.items()}, "objective_s": objective(inst, plan)}
     if args.exact:
-        best, opt = exact(inst)
+        best, opt = branch_and_bound(inst)
         out["optimal_s"] = opt
         print(f"objective: greedy {out['objective_s']:.4f} s, exact {opt:.4f} s")
     if args.json:
