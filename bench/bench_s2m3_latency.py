@@ -20,9 +20,10 @@ import torch
 from prism_ops.distributed import Communicator
 from prism_ops.s2m3.modules import Registry
 from prism_ops.distributed.control import bcast_json
-from prism_ops.s2m3.place_cli import profile
 from prism_ops.s2m3.placement import Device, Instance, Link, greedy
-from prism_ops.s2m3.serve import Server
+from prism_ops.s2m3.plan import check_plan
+from prism_ops.s2m3.profiler import profile_modules
+from prism_ops.s2m3.server import Server
 from prism_ops.s2m3.suite import SUITE, Model, example_inputs
 
 torch.set_num_threads(1)
@@ -37,14 +38,15 @@ def main():
     models = list(SUITE)
     plan = None
     if comm.rank == 0:
-        reg, slots, part_of, tasks = profile(models, args.size, {}, {"image": 602112, "text": 512, "audio": 960000})
+        reg, costs, part_of, tasks = profile_modules(models, args.size, {},
+                                                     {"image": 602112, "text": 512, "audio": 960000})
         devs = [Device(f"dev{i}", 0.45e9 if args.size == "full" else 4e5) for i in range(comm.size)]
-        inst = Instance(devs, slots, tasks, default_link=Link(125e6, 1e-3))
+        inst = Instance(devs, costs, tasks, default_link=Link(125e6, 1e-3))
         place = greedy(inst)
         plan = {"devices": [d.name for d in devs], "size": args.size, "models": models,
                 "plan": {part_of[k]: devs[v].name for k, v in place.items()}}
     plan = bcast_json(comm, plan)
-    server = Server(comm, plan)
+    server = Server(comm, check_plan(plan, comm.size))
     reqs = [{"id": i, "model": m, "seed": i} for i, m in enumerate(models)]
     runs = []
     for _ in range(args.repeats):

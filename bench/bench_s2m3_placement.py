@@ -1,8 +1,8 @@
-"""S2M3 placement: how often greedy finds the optimum, against the exact solver.
+"""S2M3 placement: how often greedy finds the optimum, against the exact solver (branch and bound).
 
     python bench/bench_s2m3_placement.py [--instances 200]
 
-Two families of random instances, each solved by `greedy` and by `exact` (branch and bound):
+Two families of random instances, each solved by `greedy` and by `branch_and_bound`:
 - "suite": 3-5 models drawn from the 12-model suite (shared modules placed once), with the
   module costs prism-place measured on this machine (MODULE_COSTS below), on 2-3 devices whose
   total memory is 1.1-2.5x what the drawn modules need (each device 15-100% of the largest
@@ -17,8 +17,8 @@ Paper (S2M3): greedy optimal in 89 of 95 instances (93.7%). Target (issue 5): >=
 import argparse
 import random
 
-from prism_ops.s2m3.placement import (Device, Instance, Link, Module, PlacementError, Task, exact, greedy,
-                                      objective, random_instance)
+from prism_ops.s2m3.placement import (Device, Instance, Link, ModuleCost, PlacementError, Task, branch_and_bound,
+                                      greedy, objective, random_instance)
 from prism_ops.s2m3.suite import MODELS, SUITE
 
 # From `prism-place --devices examples/devices.yaml --tasks examples/tasks.yaml` on this 2-core
@@ -43,7 +43,7 @@ def suite_instance(rng):
         nodes = MODELS[n][1]
         for node, (part, _) in nodes.items():
             mb, s, out = part_cost(part)
-            modules[part] = Module(part, mb * 1e6, s, out)
+            modules[part] = ModuleCost(part, mb * 1e6, s, out)
         inputs = {nodes[node][0]: tuple(x if x.startswith("input:") else nodes[x][0] for x in srcs)
                   for node, (_, srcs) in nodes.items()}
         mods = {x[6:] for srcs in inputs.values() for x in srcs if x.startswith("input:")}
@@ -69,7 +69,7 @@ def study(make, n, seed):
             inst = make(rng)
         except PlacementError:
             continue
-        best, opt = exact(inst)
+        best, opt = branch_and_bound(inst)
         if best is None:
             infeasible += 1
             continue

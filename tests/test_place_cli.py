@@ -7,7 +7,8 @@ import pytest
 pytest.importorskip("transformers")
 pytest.importorskip("yaml")
 
-from prism_ops.s2m3.place_cli import main  # noqa: E402
+from prism_ops.cli.place import main  # noqa: E402
+from prism_ops.s2m3.suite import BUILTIN, MODELS  # noqa: E402
 
 DEVICES = {"devices": [{"name": "a", "memory_gb": 0.0004, "speed": 1.0}, {"name": "b", "memory_gb": 0.0004}],
            "default_link": {"mbit": 100, "latency_ms": 1}}
@@ -64,6 +65,7 @@ def test_custom_model(tmp_path, capsys):
              "input_bytes": {"audio": 1, "text": 1}}
     main(["--devices", write(tmp_path, "d.json", DEVICES), "--tasks", write(tmp_path, "t.json", tasks)])
     assert "predicted latency tagger" in capsys.readouterr().out
+    assert "tagger" not in MODELS and "tagger" not in BUILTIN  # a custom model joins a new catalog only
 
 
 @pytest.mark.parametrize("nodes,message", [

@@ -6,7 +6,7 @@ import torch
 pytest.importorskip("transformers")
 
 from prism_ops.s2m3.modules import Module, Registry, content_hash  # noqa: E402
-from prism_ops.s2m3.suite import MODELS, SUITE, TASKS, Model, example_inputs  # noqa: E402
+from prism_ops.s2m3.suite import BUILTIN, MODELS, SUITE, TASKS, Model, example_inputs  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -58,3 +58,25 @@ def test_bad_names():
         Model("nope", "tiny")
     with pytest.raises(ValueError, match="kind must be one of"):
         Module("x", "speech", None)
+
+
+CUSTOM = {"tagger": {"task": "audio tagging", "nodes": {
+    "whisper-tiny": ["whisper-tiny", ["input:audio"]], "cls": ["classifier:384x50:seed7", ["whisper-tiny"]]}}}
+
+
+def test_builtin_suite_is_immutable_and_custom_models_make_a_new_catalog():
+    with pytest.raises(TypeError):
+        MODELS["x"] = MODELS["imagenet-vitb16"]
+    with pytest.raises(TypeError):
+        MODELS["imagenet-vitb16"][1]["cls"] = ("classifier:768x2:seed1", ("vit-b16",))
+    custom = BUILTIN.with_custom(CUSTOM)
+    assert "tagger" in custom and "tagger" not in BUILTIN and "tagger" not in MODELS
+    assert list(custom.models)[: len(SUITE)] == list(SUITE)
+    assert BUILTIN.with_custom({"tagger": CUSTOM["tagger"]}).models == custom.models
+    assert custom.with_custom(CUSTOM).models == custom.models  # the same model again: fine
+    with pytest.raises(ValueError, match="model must be one of"):
+        Model("tagger", "tiny")
+    x = example_inputs("tiny", batch=2)
+    assert Model("tagger", "tiny", catalog=custom)(x).shape == (2, 50)
+    with pytest.raises(ValueError, match="name of a different model of the suite"):
+        BUILTIN.with_custom({"imagenet-vitb16": CUSTOM["tagger"]})

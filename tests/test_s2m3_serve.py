@@ -12,7 +12,7 @@ import torch
 pytest.importorskip("mpi4py")
 pytest.importorskip("transformers")
 
-from prism_ops.s2m3.place_cli import main as place  # noqa: E402
+from prism_ops.cli.place import main as place  # noqa: E402
 from prism_ops.s2m3.suite import Model, example_inputs  # noqa: E402
 
 BIN = Path(sys.executable).parent
@@ -35,8 +35,8 @@ def plan(tmp_path_factory):
 
 def serve(n, plan, lines, timeout=120):
     env = dict(os.environ, OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1")
-    return subprocess.run([str(BIN / "mpiexec"), "-n", str(n), str(BIN / "prism-serve"), "--plan", str(plan)],
-                          input="\n".join(lines), capture_output=True, text=True, timeout=timeout, env=env)
+    cmd = [str(BIN / "mpiexec"), "-n", str(n), sys.executable, "-m", "prism_ops.cli.serve", "--plan", str(plan)]
+    return subprocess.run(cmd, input="\n".join(lines), capture_output=True, text=True, timeout=timeout, env=env)
 
 
 def test_burst_of_mixed_requests(plan):

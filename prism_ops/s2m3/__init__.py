@@ -4,8 +4,17 @@ route requests through them over MPI ranks.
 - `modules`: encoder/projector/head wrappers, content hashes, a registry that loads identical
   modules once, and the memory report;
 - `suite`: 12 models over 5 tasks built from shared parts (MiniLM real; ViT-B/16, ViT-S/16 and
-  Whisper-tiny's encoder from their configs), plus user-defined task DAGs;
-- `placement`: the cluster and task-DAG model, the latency objective, greedy and exact placement;
-- `place_cli` (prism-place) and `serve` (prism-serve): plan, then serve; a plan may spread a
+  Whisper-tiny's encoder from their configs), an immutable catalog of them (`BUILTIN`), and
+  catalogs with user-defined task DAGs (`Catalog.with_custom`);
+- `placement`: the cluster and task-DAG model, the latency objective, greedy placement and
+  branch and bound (the exact solver); plain numbers, no I/O;
+- `files`: prism-place's devices and tasks files, read and checked;
+- `profiler`: module costs (memory, compute, output bytes) measured on this machine;
+- `planner`: files -> profile -> placement -> the plan prism-place prints and writes;
+- `plan`: a plan checked against an MPI job, and the request lines;
+- `messages`: the wire format between ranks;
+- `server`: one rank's scheduler (`Server`) and prism-serve's job; a plan may spread a
   transformer encoder over several ranks with PRISM attention.
+
+The command lines are `prism_ops.cli.place` (prism-place) and `prism_ops.cli.serve` (prism-serve).
 """

@@ -13,9 +13,12 @@ The objective is the sum of the tasks' latencies. Identical modules are shared, 
 module name is placed once, whatever number of tasks use it.
 
 `greedy` takes modules in decreasing compute cost and puts each on the device with room that
-raises the objective (over the modules placed so far) least. `exact` searches all placements
-depth-first in the same order, pruning a branch once its partial objective, which can only
-grow, reaches the best complete one.
+raises the objective (over the modules placed so far) least. `branch_and_bound` (the exact
+solver) searches all placements depth-first in the same order, pruning a branch once its
+partial objective, which can only grow, reaches the best complete one.
+
+Pure logic with plain numbers: no files, no torch (`prism_ops.s2m3.profiler` measures the
+module costs, `prism_ops.s2m3.planner` reads the files and writes the plan).
 """
 
 from __future__ import annotations
@@ -41,7 +44,9 @@ class Link:
 
 
 @dataclass(frozen=True)
-class Module:
+class ModuleCost:
+    """What placement knows of one module: its memory, compute time and output size."""
+
     name: str
     memory: float  # bytes (parameters and buffers)
     compute: float  # s on a speed-1 device
@@ -91,7 +96,7 @@ class Task:
 @dataclass
 class Instance:
     devices: list[Device]
-    modules: dict[str, Module]
+    modules: dict[str, ModuleCost]
     tasks: list[Task]
     links: dict = field(default_factory=dict)  # (a, b) -> Link, either order
     default_link: Link = Link(bandwidth=12.5e6, latency=1e-3)  # 100 Mbit/s
@@ -168,7 +173,7 @@ def greedy(inst: Instance) -> dict | None:
     return place
 
 
-def exact(inst: Instance) -> tuple[dict | None, float]:
+def branch_and_bound(inst: Instance) -> tuple[dict | None, float]:
     """An optimal placement and its objective (None, inf when none fits), by branch and bound."""
     names = inst.used_modules()
     free = [d.memory for d in inst.devices]
@@ -195,7 +200,8 @@ def exact(inst: Instance) -> tuple[dict | None, float]:
 
 
 def random_instance(rng, num_devices=3, num_encoders=4, num_heads=3, num_tasks=4) -> Instance:
-    """A random small instance (memory in GB-scale bytes, links 1-100 MB/s): for the greedy-vs-exact study."""
+    """A random small instance (memory in GB-scale bytes, links 1-100 MB/s): for the study of greedy
+    against branch and bound."""
     GB = 1e9
     devices = [Device(f"d{i}", memory=rng.uniform(0.6, 2.0) * GB, speed=rng.uniform(0.5, 2.0))
                for i in range(num_devices)]
@@ -205,11 +211,11 @@ def random_instance(rng, num_devices=3, num_encoders=4, num_heads=3, num_tasks=4
             links[(devices[a].name, devices[b].name)] = Link(rng.uniform(1e6, 100e6), rng.uniform(1e-3, 10e-3))
     modules = {}
     for i in range(num_encoders):
-        modules[f"enc{i}"] = Module(f"enc{i}", rng.uniform(0.1, 0.9) * GB, rng.uniform(0.01, 0.2),
-                                    rng.uniform(1e4, 2e6))
+        modules[f"enc{i}"] = ModuleCost(f"enc{i}", rng.uniform(0.1, 0.9) * GB, rng.uniform(0.01, 0.2),
+                                        rng.uniform(1e4, 2e6))
     for i in range(num_heads):
-        modules[f"head{i}"] = Module(f"head{i}", rng.uniform(0.05, 0.8) * GB, rng.uniform(0.005, 0.3),
-                                     rng.uniform(1e2, 1e4))
+        modules[f"head{i}"] = ModuleCost(f"head{i}", rng.uniform(0.05, 0.8) * GB, rng.uniform(0.005, 0.3),
+                                         rng.uniform(1e2, 1e4))
     tasks = []
     for t in range(num_tasks):
         encs = rng.sample(sorted(k for k in modules if k.startswith("enc")), rng.randint(1, 2))
@@ -220,36 +226,3 @@ def random_instance(rng, num_devices=3, num_encoders=4, num_heads=3, num_tasks=4
     used = {n for t in tasks for n in t.inputs}
     return Instance(devices, {k: v for k, v in modules.items() if k in used}, tasks, links)
 
-
-def greedy_study(num_instances: int = 200, seed: int = 0) -> dict:
-    """How often greedy is optimal on random instances, its worst gap, and infeasible counts."""
-    import random
-
-    rng = random.Random(seed)
-    rows = []
-    while len(rows) < num_instances:
-        try:
-            inst = random_instance(rng)
-        except PlacementError:  # a module larger than every device: not an instance
-            continue
-        g = greedy(inst)
-        best, opt = exact(inst)
-        if best is None:
-            rows.append({"feasible": False, "greedy_found": g is not None})
-            continue
-        cost = objective(inst, g) if g is not None else float("inf")
-        rows.append({"feasible": True, "greedy_found": g is not None, "greedy": cost, "optimal": opt,
-                     "gap": cost / opt - 1})
-    feas = [r for r in rows if r["feasible"]]
-    found = [r for r in feas if r["greedy_found"]]
-    return {
-        "instances": len(rows),
-        "infeasible": len(rows) - len(feas),
-        "greedy_no_placement": len(feas) - len(found),
-        "feasible": len(feas),
-        "greedy_optimal": sum(r["gap"] <= 1e-9 for r in found),
-        "greedy_within_1pct": sum(r["gap"] <= 0.01 for r in found),
-        "greedy_within_5pct": sum(r["gap"] <= 0.05 for r in found),
-        "worst_gap": max((r["gap"] for r in found), default=0.0),
-        "mean_gap": sum(r["gap"] for r in found) / max(1, len(found)),
-    }

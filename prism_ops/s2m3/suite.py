@@ -11,12 +11,19 @@ different seeds and stay separate.
 
 `size="tiny"` shrinks every config (tests); `size="full"` is the real shapes (benchmarks).
 Each model is a task DAG over its module names (`prism_ops.s2m3.placement.Task`).
+
+The built-in suite (`MODELS`, `BUILTIN`) is immutable. User-defined models (a tasks file's or a
+plan's `custom`) make a new `Catalog` with `BUILTIN.with_custom(custom)`, which is passed to
+whatever builds or looks up models; nothing global changes.
 """
 
 from __future__ import annotations
 
+from types import MappingProxyType
+
 import torch
 
+from ..models import load, minilm_path
 from .modules import Module, Registry, module_bytes
 from .placement import PlacementError, Task
 
@@ -24,7 +31,7 @@ TASKS = ("image classification", "text classification", "audio classification", 
          "captioning")
 
 # model -> (task, {node: (part, inputs)}); inputs are node names or "input:<modality>".
-MODELS = {
+_BUILTIN_MODELS = {
     "imagenet-vitb16": ("image classification", {
         "vit-b16": ("vit-b16", ("input:image",)), "cls": ("classifier:768x1000:seed11", ("vit-b16",))}),
     "cifar100-vitb16": ("image classification", {
@@ -57,7 +64,17 @@ MODELS = {
         "decoder": ("decoder-small", ("proj",))}),
 }
 
-SUITE = tuple(MODELS)  # the 12 built-in models (custom ones join MODELS at run time)
+
+
+def _freeze(models: dict):
+    """{model: (task, {node: (part, inputs)})} as read-only mappings of tuples."""
+    return MappingProxyType({name: (str(task), MappingProxyType({node: (part, tuple(inputs))
+                                                                 for node, (part, inputs) in nodes.items()}))
+                             for name, (task, nodes) in models.items()})
+
+
+MODELS = _freeze(_BUILTIN_MODELS)  # the built-in suite, read-only
+SUITE = tuple(MODELS)  # the 12 built-in models
 
 # (full, tiny) config sizes of the encoders.
 _VIT = {"vit-b16": (dict(hidden_size=768, num_hidden_layers=12, num_attention_heads=12, intermediate_size=3072),
@@ -95,8 +112,6 @@ def _make(part, size, in_width, meta=False):
         if tiny:
             cfg = dict(hidden_size=24, num_hidden_layers=2, num_attention_heads=2, intermediate_size=48, vocab_size=1000)
             return "text", BertModel(BertConfig(**cfg), add_pooling_layer=False), cfg
-        from ..models import load, minilm_path
-
         if meta:
             return "text", BertModel(BertConfig.from_pretrained(minilm_path()), add_pooling_layer=True), {}
         return "text", load("minilm")[1], {"weights": "all-MiniLM-L6-v2"}
@@ -120,18 +135,6 @@ def _make(part, size, in_width, meta=False):
     return kind, torch.nn.Linear(d_in, d_out), {"d_in": d_in, "d_out": d_out}
 
 
-def model_part_bytes(names, size: str = "full") -> dict:
-    """{part: bytes} of every part the named models use, without building anything."""
-    out = {}
-    for m in names:
-        nodes = MODELS[m][1]
-        for node, (part, inputs) in nodes.items():
-            if part not in out:
-                width = input_width(nodes[inputs[0]][0], size) if ":" in part else None
-                out[part] = part_bytes(part, size, width)
-    return out
-
-
 ENCODERS = ("vit-b16", "vit-s16", "minilm", "whisper-tiny", "decoder-small")
 MODALITIES = ("image", "text", "audio")
 
@@ -151,34 +154,6 @@ def check_part(part: str) -> None:
                          "classifier:INxOUT:seedN / projector:INxOUT:seedN")
 
 
-def add_models(custom: dict) -> list[str]:
-    """Check user-defined models ({name: {task, nodes: {node: [part, [inputs]]}}}) and add them
-    to MODELS; ValueError names the first problem (unknown module, cycle, dangling input)."""
-    added = {}
-    for name, spec in (custom or {}).items():
-        try:
-            nodes = {node: (part, tuple(inputs)) for node, (part, inputs) in spec["nodes"].items()}
-            task = str(spec.get("task", "custom"))
-        except (KeyError, TypeError, ValueError, AttributeError):
-            raise ValueError(f"custom model {name!r}: expected {{task, nodes: {{node: [part, [inputs]]}}}}") from None
-        for node, (part, inputs) in nodes.items():
-            check_part(part)
-            for src in inputs:
-                if src.startswith("input:") and src[6:] not in MODALITIES:
-                    raise ValueError(f"custom model {name!r}: {node!r} reads {src!r}; modalities are {MODALITIES}")
-        dag = Task(name, {n: i for n, (_, i) in nodes.items()}, {m: 0 for m in MODALITIES})
-        try:
-            dag.order()
-            dag.sink()
-        except PlacementError as e:
-            raise ValueError(f"custom model {name!r}: {e}") from None
-        if name in MODELS and MODELS[name] != (task, nodes):
-            raise ValueError(f"custom model {name!r} has the name of a different model of the suite")
-        added[name] = (task, nodes)
-    MODELS.update(added)
-    return list(added)
-
-
 def input_width(part: str, size: str) -> int | None:
     """The feature width a part outputs in the tiny suite (heads size their input by it)."""
     if size == "full":
@@ -190,26 +165,93 @@ def input_width(part: str, size: str) -> int | None:
     return int(part.split(":")[1].split("x")[1]) if ":" in part else None
 
 
-def node_module(model: str, node: str, size: str = "full") -> Module:
-    """A fresh copy of the module behind one node of a suite model."""
-    nodes = MODELS[model][1]
-    part, inputs = nodes[node]
-    width = input_width(nodes[inputs[0]][0], size) if ":" in part else None
-    return build_part(part, size, width)
+class Catalog:
+    """Models by name ({model: (task, {node: (part, inputs)})}), read-only: the built-in suite
+    (`BUILTIN`) or the suite plus user-defined models (`with_custom`, which makes a new one)."""
+
+    def __init__(self, models):
+        self._models = _freeze(models)
+
+    @property
+    def models(self):
+        """{model: (task, {node: (part, inputs)})}, read-only."""
+        return self._models
+
+    def __contains__(self, name) -> bool:
+        return name in self._models
+
+    def nodes(self, model: str):
+        """{node: (part, inputs)} of one model."""
+        return self._models[model][1]
+
+    def part(self, model: str, node: str) -> str:
+        return self._models[model][1][node][0]
+
+    def dag(self, model: str) -> dict:
+        """{node: inputs} of one model."""
+        return {node: inputs for node, (_, inputs) in self._models[model][1].items()}
+
+    def with_custom(self, custom: dict | None) -> Catalog:
+        """This catalog plus user-defined models ({name: {task, nodes: {node: [part, [inputs]]}}}),
+        checked: ValueError names the first problem (unknown module, cycle, dangling input)."""
+        added = {}
+        for name, spec in (custom or {}).items():
+            try:
+                nodes = {node: (part, tuple(inputs)) for node, (part, inputs) in spec["nodes"].items()}
+                task = str(spec.get("task", "custom"))
+            except (KeyError, TypeError, ValueError, AttributeError):
+                raise ValueError(f"custom model {name!r}: expected {{task, nodes: {{node: [part, [inputs]]}}}}") from None
+            for node, (part, inputs) in nodes.items():
+                check_part(part)
+                for src in inputs:
+                    if src.startswith("input:") and src[6:] not in MODALITIES:
+                        raise ValueError(f"custom model {name!r}: {node!r} reads {src!r}; modalities are {MODALITIES}")
+            dag = Task(name, {n: i for n, (_, i) in nodes.items()}, {m: 0 for m in MODALITIES})
+            try:
+                dag.order()
+                dag.sink()
+            except PlacementError as e:
+                raise ValueError(f"custom model {name!r}: {e}") from None
+            if name in self._models and self._models[name] != (task, nodes):
+                raise ValueError(f"custom model {name!r} has the name of a different model of the suite")
+            added[name] = (task, nodes)
+        return Catalog({**self._models, **added})
+
+    def node_module(self, model: str, node: str, size: str = "full") -> Module:
+        """A fresh copy of the module behind one node of a model."""
+        nodes = self.nodes(model)
+        part, inputs = nodes[node]
+        width = input_width(nodes[inputs[0]][0], size) if ":" in part else None
+        return build_part(part, size, width)
+
+    def part_bytes(self, names, size: str = "full") -> dict:
+        """{part: bytes} of every part the named models use, without building anything."""
+        out = {}
+        for m in names:
+            nodes = self.nodes(m)
+            for node, (part, inputs) in nodes.items():
+                if part not in out:
+                    width = input_width(nodes[inputs[0]][0], size) if ":" in part else None
+                    out[part] = part_bytes(part, size, width)
+        return out
+
+
+BUILTIN = Catalog(MODELS)  # the 12 built-in models; custom ones: BUILTIN.with_custom(custom)
 
 
 class Model:
-    """One model of the suite: its task DAG and its modules (shared through a registry, or not)."""
+    """One model of a catalog: its task DAG and its modules (shared through a registry, or not)."""
 
-    def __init__(self, name: str, size: str = "full", registry: Registry | None = None):
-        if name not in MODELS:
-            raise ValueError(f"model must be one of {sorted(MODELS)}, got {name!r}")
-        self.name, (self.task_name, nodes) = name, MODELS[name]
+    def __init__(self, name: str, size: str = "full", registry: Registry | None = None,
+                 catalog: Catalog = BUILTIN):
+        if name not in catalog:
+            raise ValueError(f"model must be one of {sorted(catalog.models)}, got {name!r}")
+        self.name, self.task_name = name, catalog.models[name][0]
         self.modules = {}
-        for node in nodes:
-            m = node_module(name, node, size)
+        for node in catalog.nodes(name):
+            m = catalog.node_module(name, node, size)
             self.modules[node] = registry.add(m) if registry is not None else m
-        self.dag = {node: inputs for node, (_, inputs) in nodes.items()}
+        self.dag = catalog.dag(name)
 
     def task(self, input_bytes: dict | None = None) -> Task:
         """The model as a placement Task over the content-hash names of its modules."""

@@ -1,7 +1,5 @@
-"""prism-serve: S2M3 requests routed through shared modules spread over MPI ranks.
-
-    prism-place --devices devices.yaml --tasks tasks.yaml --json plan.json
-    mpirun -n 3 prism-serve --plan plan.json --requests requests.jsonl
+"""S2M3 serving: one rank's share of a plan (`Server`), and prism-serve's whole job on a rank
+(`serve_requests`).
 
 One rank per device of the plan (rank i = the plan's device i). Each rank loads only the modules
 placed on it (identical ones once). Rank 0 reads the requests (JSON lines `{"id", "model",
@@ -9,125 +7,62 @@ placed on it (identical ones once). Rank 0 reads the requests (JSON lines `{"id"
 encoder that reads it, and collects the results. A node runs once all its inputs have arrived;
 its output goes to the rank of every node that reads it, or back to rank 0 from the task's last
 node. So the encoders of one request run in parallel on their ranks. Each rank runs its ready
-nodes earliest request first, so requests that share a module are served in arrival order. Every message is point-to-point bytes
-(`Communicator.isend` / `poll`): a JSON header and the tensor.
-
-Output: one JSON line per request, in request order: `{"id", "model", "output", "latency_s"}`.
+nodes earliest request first, so requests that share a module are served in arrival order.
+Every message is point-to-point bytes (`Communicator.isend` / `poll`) in the layout of
+`prism_ops.s2m3.messages`. A plan may spread a transformer encoder over a group of ranks with
+PRISM attention (`prism_ops.hf.configure`, `prism_ops.distributed.run_distributed`).
 """
 
 from __future__ import annotations
 
-import argparse
+import heapq
+import itertools
 import json
 import sys
 import time
-import heapq
-import itertools
 
 import torch
 
+from prism_ops import hf
+from prism_ops.distributed import CollectiveError, Request, run_distributed
+from prism_ops.distributed.control import bcast_json
+
+from .files import read_file
+from .messages import TAG_RESULT, TAG_STOP, TAG_WORK, pack, unpack
+from .modules import Registry
 from .placement import PlacementError
-
-TAG_WORK, TAG_RESULT, TAG_STOP = 11, 12, 13
-
-
-def pack(header: dict, tensor: torch.Tensor) -> bytes:
-    t = tensor.detach().contiguous().cpu()
-    head = json.dumps({**header, "dtype": str(t.dtype).removeprefix("torch."), "shape": list(t.shape)}).encode()
-    return len(head).to_bytes(8, "little") + head + t.view(torch.uint8).numpy().tobytes()
+from .plan import CheckedPlan, check_plan, read_requests
+from .suite import example_inputs
 
 
-def unpack(data: bytes):
-    n = int.from_bytes(data[:8], "little")
-    head = json.loads(data[8 : 8 + n])
-    t = torch.frombuffer(bytearray(data[8 + n :]), dtype=torch.uint8)
-    return head, t.view(getattr(torch, head["dtype"])).view(head["shape"])
+class BadInput(CollectiveError):
+    """A bad plan or request file: every rank stops with exit code 2."""
 
-
-def check_plan(plan: dict, num_ranks: int):
-    """(devices, size, models, rank of each part); PlacementError names what is wrong."""
-    from .suite import MODELS, add_models
-
-    try:
-        devices, size, models, where = plan["devices"], plan["size"], plan["models"], plan["plan"]
-    except (KeyError, TypeError):
-        raise PlacementError("plan must have devices, size, models and plan (write it with prism-place --json)") from None
-    try:
-        add_models(plan.get("custom"))
-    except ValueError as e:
-        raise PlacementError(f"plan: {e}") from None
-    if not isinstance(devices, list) or len(devices) != num_ranks:
-        raise PlacementError(f"the plan has {len(devices)} devices but the job has {num_ranks} ranks (one per device)")
-    unknown = [m for m in models if m not in MODELS]
-    if unknown:
-        raise PlacementError(f"plan: unknown model(s) {unknown}")
-    rank = {}
-    for m in models:
-        for part, _ in MODELS[m][1].values():
-            if part not in where or where[part] not in devices:
-                raise PlacementError(f"plan: part {part!r} of {m!r} is not placed on a device of the plan")
-            rank[part] = devices.index(where[part])
-    spread = {}
-    for part, spec in (plan.get("prism") or {}).items():
-        if part not in rank:
-            raise PlacementError(f"plan: prism names part {part!r}, which no model of the plan uses")
-        if not (part.startswith("vit") or part == "minilm"):
-            raise PlacementError(f"plan: prism spreads transformer encoders (vit-*, minilm), not {part!r}")
-        group = spec.get("devices", [])
-        if len(group) < 2 or any(d not in devices for d in group) or len(set(group)) != len(group):
-            raise PlacementError(f"plan: prism {part!r} needs 2 or more distinct devices of the plan, got {group!r}")
-        rank[part] = devices.index(group[0])  # the group's first rank leads: inputs in, output out
-        spread[part] = ([devices.index(d) for d in group], spec)
-    return devices, size, models, rank, spread
-
-
-def read_requests(lines, models) -> list[dict]:
-    reqs, ids = [], set()
-    for i, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
-        try:
-            r = json.loads(line)
-            rid, model, seed = r["id"], r["model"], int(r.get("seed", 0))
-        except (ValueError, KeyError, TypeError):
-            raise PlacementError(f"request line {i}: expected {{\"id\", \"model\", \"seed\"}}, got {line.strip()!r}") from None
-        if model not in models:
-            raise PlacementError(f"request line {i}: model {model!r} is not in the plan {models}")
-        if rid in ids:
-            raise PlacementError(f"request line {i}: id {rid!r} is used twice")
-        ids.add(rid)
-        reqs.append({"id": rid, "model": model, "seed": seed})
-    return reqs
+    exit_code = 2
 
 
 class Server:
     """One rank's share of the plan: its modules, its inbox and its FIFO of ready nodes."""
 
-    def __init__(self, comm, plan):
-        from .modules import Registry
-        from .suite import MODELS, node_module
-
+    def __init__(self, comm, plan: CheckedPlan):
         self.comm = comm
-        _, self.size, self.models, self.rank_of, spread = check_plan(plan, comm.size)
-        self.MODELS = MODELS
+        self.size, self.models, self.rank_of, self.catalog = plan.size, plan.models, plan.rank, plan.catalog
         reg, self.modules = Registry(), {}
         for m in self.models:  # only the parts placed on this rank
-            for node, (part, _) in MODELS[m][1].items():
+            for node, (part, _) in self.catalog.nodes(m).items():
                 if self.rank_of[part] == comm.rank and part not in self.modules:
-                    self.modules[part] = reg.add(node_module(m, node, self.size))
+                    self.modules[part] = reg.add(self.catalog.node_module(m, node, self.size))
         # PRISM inside S2M3: an encoder spread over a group of ranks, each holding a copy and
         # a contiguous slice of the tokens (`prism_ops.distributed`).
         self.groups = {}
-        for part, (ranks, spec) in sorted(spread.items()):
+        for part, (ranks, spec) in sorted(plan.spread.items()):
             sub = comm.split(comm.rank in ranks)  # collective: every rank, same order
             if sub is None:
                 continue
-            node = next(n for m in self.models for n, (p, _) in MODELS[m][1].items() if p == part)
-            model = next(m for m in self.models if any(p == part for p, _ in MODELS[m][1].values()))
-            mod = self.modules.get(part) or node_module(model, node, self.size)
+            node = next(n for m in self.models for n, (p, _) in self.catalog.nodes(m).items() if p == part)
+            model = next(m for m in self.models if any(p == part for p, _ in self.catalog.nodes(m).values()))
+            mod = self.modules.get(part) or self.catalog.node_module(model, node, self.size)
             self.modules[part] = mod
-            from prism_ops import hf
-
             hf.configure(mod.net, num_partitions=sub.size, segment_size=int(spec.get("segment_size", 16)),
                          comm=sub, **{k: v for k, v in spec.items() if k not in ("devices", "segment_size")})
             self.groups[part] = (sub, [r for r in ranks if r != ranks[0]])
@@ -137,10 +72,10 @@ class Server:
         self._tie = itertools.count()
 
     def dag(self, model):
-        return {node: srcs for node, (_, srcs) in self.MODELS[model][1].items()}
+        return self.catalog.dag(model)
 
     def part(self, model, node):
-        return self.MODELS[model][1][node][0]
+        return self.catalog.part(model, node)
 
     def deliver(self, seq, req, model, node, src, tensor):
         dest = self.rank_of[self.part(model, node)]
@@ -152,8 +87,6 @@ class Server:
 
     def run_spread(self, part, seq, req, model, node, inputs):
         """Run a spread encoder with its group; the lead returns its output, members None."""
-        from prism_ops.distributed import Request, run_distributed
-
         sub, members = self.groups[part]
         (x,) = inputs.values()
         if sub.rank == 0:  # the lead hands the input to the group, in its own queue order
@@ -213,8 +146,6 @@ class Server:
 
     def serve(self, requests: list[dict] | None):
         """Rank 0: run all requests and return {id: (output, latency)}; other ranks: serve until told to stop."""
-        from .suite import example_inputs
-
         self.results = []
         if self.comm.rank != 0:
             while self.comm.poll(TAG_STOP) is None:
@@ -249,51 +180,36 @@ class Server:
         return done
 
 
-def main(argv=None) -> None:
-    from prism_ops.distributed import CollectiveError, Communicator, guarded
-    from prism_ops.distributed.control import bcast_json
-
-    ap = argparse.ArgumentParser(prog="prism-serve", description=__doc__.split("\n\n")[0])
-    ap.add_argument("--plan", required=True, help="a plan written by prism-place --json")
-    ap.add_argument("--requests", help="JSON lines {id, model, seed}; default: standard input")
-    args = ap.parse_args(argv)
-    torch.set_num_threads(1)
-    comm = Communicator()
-
-    class BadInput(CollectiveError):
-        exit_code = 2
-
-    def run():
-        from .place_cli import read_file
-
-        # Every rank checks the plan the same way; rank 0 checks the requests and tells the others.
+def serve_requests(comm, plan_path: str, requests_path: str | None = None) -> list[dict] | None:
+    """prism-serve on this rank: check the plan (every rank, the same way) and the requests (rank 0,
+    which tells the others), serve them all, and on rank 0 return one
+    `{"id", "model", "output", "latency_s"}` per request, in request order (None elsewhere).
+    BadInput (exit code 2 under `guarded`) for a bad plan or request file."""
+    try:
+        plan = check_plan(read_file(plan_path), comm.size)
+    except PlacementError as e:
+        raise BadInput(str(e)) from None
+    reqs = err = None
+    if comm.rank == 0:
         try:
-            plan = read_file(args.plan)
-            check_plan(plan, comm.size)
-        except PlacementError as e:
-            raise BadInput(str(e)) from None
-        reqs = err = None
-        if comm.rank == 0:
-            try:
-                lines = open(args.requests).read().splitlines() if args.requests else sys.stdin.read().splitlines()
-                reqs = read_requests(lines, plan["models"])
-            except (OSError, PlacementError) as e:
-                err = str(e)
-        err = bcast_json(comm, err)
-        if err:
-            raise BadInput(err)
-        server = Server(comm, plan)
-        comm.barrier()  # latencies count from when every rank serves
-        done = server.serve(reqs)
-        if comm.rank == 0:
-            for r in reqs:
-                out, lat = done[json.dumps(r["id"])]
-                print(json.dumps({"id": r["id"], "model": r["model"], "output": out.tolist(), "latency_s": lat}))
-            sys.stdout.flush()
-
-    guarded(comm, run, prog="prism-serve")
-
-
-if __name__ == "__main__":
-    main()
-
+            if requests_path:
+                with open(requests_path) as f:
+                    lines = f.read().splitlines()
+            else:
+                lines = sys.stdin.read().splitlines()
+            reqs = read_requests(lines, plan.models)
+        except (OSError, PlacementError) as e:
+            err = str(e)
+    err = bcast_json(comm, err)
+    if err:
+        raise BadInput(err)
+    server = Server(comm, plan)
+    comm.barrier()  # latencies count from when every rank serves
+    done = server.serve(reqs)
+    if comm.rank != 0:
+        return None
+    out = []
+    for r in reqs:
+        output, latency = done[json.dumps(r["id"])]
+        out.append({"id": r["id"], "model": r["model"], "output": output.tolist(), "latency_s": latency})
+    return out

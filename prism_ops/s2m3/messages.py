@@ -1,0 +1,30 @@
+"""prism-serve's wire format: the message tags and one message = a JSON header and a tensor.
+
+    8 bytes little-endian header length | JSON header (+ dtype, shape) | the tensor's raw bytes
+
+Pure helpers over bytes; the transport (`prism_ops.distributed.Communicator`) knows nothing of
+what it carries.
+"""
+
+from __future__ import annotations
+
+import json
+
+import torch
+
+TAG_WORK, TAG_RESULT, TAG_STOP = 11, 12, 13  # a node's input, a task's output for rank 0, stop serving
+
+
+def pack(header: dict, tensor: torch.Tensor) -> bytes:
+    """One message: the header (plus the tensor's dtype and shape) and the tensor's bytes."""
+    t = tensor.detach().contiguous().cpu()
+    head = json.dumps({**header, "dtype": str(t.dtype).removeprefix("torch."), "shape": list(t.shape)}).encode()
+    return len(head).to_bytes(8, "little") + head + t.view(torch.uint8).numpy().tobytes()
+
+
+def unpack(data: bytes) -> tuple[dict, torch.Tensor]:
+    """(header, tensor) of a message written by `pack`."""
+    n = int.from_bytes(data[:8], "little")
+    head = json.loads(data[8 : 8 + n])
+    t = torch.frombuffer(bytearray(data[8 + n :]), dtype=torch.uint8)
+    return head, t.view(getattr(torch, head["dtype"])).view(head["shape"])
