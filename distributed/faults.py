@@ -29,19 +29,20 @@ class HandshakeError(CollectiveError):
     exit_code = 3
 
 
-def guarded(comm, fn, prog: str = "prism") -> None:
-    """Run fn() on this rank so that no failure leaves the job hanging.
+def guarded(comm, fn, prog: str = "prism") -> int:
+    """Run fn() on this rank so that no failure leaves the job hanging; returns the exit code.
 
-    A CollectiveError stops every rank with its exit code, rank 0 printing the message; a
-    ValueError (a bad setting, file or folder) or any other exception on any rank aborts the
-    whole job, rank 0 printing the cause (exit code 2 for ValueError, else 1).
+    0 when fn returns. A CollectiveError (raised on every rank alike) returns its exit code, rank
+    0 printing the message, so every rank can exit with it. A ValueError (a bad setting, file or
+    folder) or any other exception on any rank aborts the whole job, rank 0 printing the cause
+    (exit code 2 for ValueError, else 1): that never returns.
     """
     try:
         fn()
     except CollectiveError as e:
         if comm.rank == 0:
             print(f"{prog}: error: {e}", file=sys.stderr, flush=True)
-        sys.exit(e.exit_code)
+        return e.exit_code
     except RemoteFailure as e:
         print(f"{prog}: {e}", file=sys.stderr, flush=True)
         abort(comm, 1)
@@ -52,6 +53,7 @@ def guarded(comm, fn, prog: str = "prism") -> None:
             report_failure(comm, str(e.code), e.code if isinstance(e.code, int) else 1, prog)
     except BaseException as e:  # noqa: BLE001 - anything else must end the job, never hang it
         report_failure(comm, "".join(traceback.format_exception(e)).rstrip(), 1, prog)
+    return 0
 
 
 def report_failure(comm, message: str, exit_code: int = 1, prog: str = "prism") -> None:

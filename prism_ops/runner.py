@@ -159,8 +159,9 @@ def run_mpi_job(opts: RunOptions, comm) -> None:
         _report(opts, model, tok, res, comm.size, config, seconds, simulated=False)
 
 
-def run(opts: RunOptions) -> None:
-    """The whole prism-run job on this process: simulated, or this MPI rank's part."""
+def run(opts: RunOptions) -> int:
+    """The whole prism-run job on this process: simulated, or this MPI rank's part. Returns the
+    exit code (a fault on any rank aborts the whole job instead)."""
     if opts.threads:
         torch.set_num_threads(opts.threads)
     if opts.simulate is not None:
@@ -168,8 +169,8 @@ def run(opts: RunOptions) -> None:
             run_simulated_job(opts)
         except ValueError as e:  # includes RequestError
             print(f"prism-run: error: {e}", file=sys.stderr)
-            sys.exit(EXIT_BAD_INPUT)
-        return
+            return EXIT_BAD_INPUT
+        return 0
     link = None if opts.link_mbit is None else EmulatedLink(opts.link_mbit, opts.link_latency_ms)
     comm = Communicator(link=link, timeout_s=opts.timeout)
-    guarded(comm, lambda: run_mpi_job(opts, comm), prog="prism-run")
+    return guarded(comm, lambda: run_mpi_job(opts, comm), prog="prism-run")

@@ -9,6 +9,7 @@ import torch
 transformers = pytest.importorskip("transformers")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
+import prism_ops  # noqa: E402
 from prism_ops import hf, models  # noqa: E402
 from prism_ops.eval.metrics import next_token_nll  # noqa: E402
 
@@ -192,3 +193,27 @@ def test_smollm2_real_weights_exact_at_segment_size_1_and_causal(smollm2):
         agree = (edge.argmax(-1) == ref.argmax(-1)).double().mean()
         assert ratio < 1.10 and agree > 0.8, (ratio, agree)
         model.set_attn_implementation("sdpa")
+
+
+def test_request_state_lives_in_a_scope_not_on_modules():
+    """Prefill and decoding share one request_scope; no module gains an attribute from a request;
+    at segment size 1 the decoded tokens equal the exact model's."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    torch.manual_seed(0)
+    model = GPT2LMHeadModel(GPT2Config(n_layer=2, n_embd=32, n_head=2, n_positions=64, vocab_size=50,
+                                       bos_token_id=0, eos_token_id=0)).eval()
+    ids = torch.randint(1, 50, (1, 13))
+    gen = dict(max_new_tokens=5, do_sample=False, pad_token_id=0)
+    model.set_attn_implementation("sdpa")
+    with torch.no_grad():
+        ref = model.generate(ids, **gen)
+    hf.configure(model, num_partitions=3, segment_size=1)
+    attrs = {name: set(vars(m)) for name, m in model.named_modules()}
+    with torch.no_grad(), prism_ops.request_scope() as state:
+        got = model.generate(ids, **gen)
+    assert torch.equal(got, ref)
+    assert sorted(state.rows) == [0, 1]  # the last partition's rows, per layer, for decoding
+    assert {name: set(vars(m)) for name, m in model.named_modules()} == attrs
+    with torch.no_grad(), pytest.raises(ValueError, match="same prism_ops.request_scope"):
+        model.generate(ids, **gen)  # outside a scope the prefill's rows are kept nowhere

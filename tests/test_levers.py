@@ -1,4 +1,6 @@
-"""The levers beyond plain segment means: quantized summaries, key clusters, hidden exchange, presets."""
+"""The levers beyond plain segment means inside partitioned attention (key clusters, quantized
+summaries, hidden exchange) and the PrismConfig that holds them. The ops behind two of them have
+their own files: tests/test_quantize_rows.py and tests/test_token_clusters.py."""
 
 import dataclasses
 
@@ -8,62 +10,7 @@ import torch.nn.functional as F
 
 from prism_ops import PrismConfig, partitioned_attention, prism_attention, segment_means
 from prism_ops.ops.quantize_rows import quantize_rows
-from prism_ops.ops.token_clusters import cluster_means, token_clusters
-
-
-def loop_quantize(x, bits):
-    """Reference: per channel over rows, asymmetric, (min, step) rounded to float16; loops only."""
-    out = torch.empty_like(x)
-    S, C = x.shape
-    for c in range(C):
-        col = [float(x[s, c]) for s in range(S)]
-        lo = float(torch.tensor(min(col)).half())
-        step = float(torch.tensor((max(col) - lo) / (2**bits - 1)).half())
-        for s in range(S):
-            level = 0 if step == 0 else min(max(round((col[s] - lo) / step), 0), 2**bits - 1)
-            out[s, c] = lo + level * step
-    return out
-
-
-@pytest.mark.parametrize("bits", [2, 3, 4, 8])
-def test_quantize_rows_matches_loop_reference(bits):
-    x = torch.randn(2, 3, 7, 5, dtype=torch.float64) * 3
-    got = quantize_rows(x, bits)
-    for b in range(2):
-        for h in range(3):
-            torch.testing.assert_close(got[b, h], loop_quantize(x[b, h], bits), rtol=0, atol=1e-12)
-    # Error budget: half a step per value (plus the float16 rounding of the range).
-    span = x.amax(-2, keepdim=True) - x.amin(-2, keepdim=True)
-    assert ((got - x).abs() <= span / (2**bits - 1) / 2 * 1.01 + 1e-2 * span).all()
-
-
-def test_quantize_rows_edges():
-    x = torch.randn(1, 1, 6, 4)
-    assert quantize_rows(x, 0) is x
-    const = torch.full((1, 1, 5, 3), 0.25)  # a constant channel (0.25 is exact in fp16) is kept
-    assert torch.equal(quantize_rows(const, 4), const)
-    # Rows not sent (count 0) neither set the range nor change.
-    y = x.clone()
-    y[..., 2, :] = 1e6
-    sent = torch.ones(1, 1, 6, 1, dtype=torch.bool)
-    sent[..., 2, :] = False
-    got = quantize_rows(y, 8, sent)
-    assert got[..., 2, :].eq(1e6).all()
-    torch.testing.assert_close(got[..., [0, 1, 3, 4, 5], :], quantize_rows(x[..., [0, 1, 3, 4, 5], :], 8))
-    for dtype in (torch.float16, torch.bfloat16):
-        assert quantize_rows(x.to(dtype), 4).dtype == dtype
-    with pytest.raises(ValueError, match=r"summary_bits must be 0 \(full precision\) or one of"):
-        quantize_rows(x, 5)
-
-
-def test_token_clusters_without_iterations_are_the_segments():
-    x = torch.randn(2, 3, 11, 8, dtype=torch.float64)
-    keep = torch.rand(2, 11) > 0.3
-    assign = token_clusters(x.transpose(1, 2).reshape(2, 11, -1), 3, keep, iters=0)
-    means, counts = cluster_means(x, assign, 3, keep)
-    ref_means, ref_counts = segment_means(x, 4, valid=keep)
-    torch.testing.assert_close(means, ref_means, rtol=0, atol=1e-12)
-    assert torch.equal(counts, ref_counts)
+from test_quantize_rows import loop_quantize
 
 
 def two_key_groups(T=24, P=2):

@@ -18,6 +18,7 @@ fails takes the whole job down (rank 0 prints why) instead of leaving it hanging
 from __future__ import annotations
 
 import argparse
+import sys
 
 from ..config import EXCHANGES, PRESETS
 from ..runner import RunOptions, run
@@ -77,7 +78,7 @@ def parse_args(argv=None) -> RunOptions:
 
 
 def main(argv=None) -> None:
-    run(parse_args(argv))
+    sys.exit(run(parse_args(argv)))
 
 
 if __name__ == "__main__":

@@ -33,7 +33,7 @@ def main(argv=None) -> None:
             print(json.dumps(line))
         sys.stdout.flush()
 
-    guarded(comm, run, prog="prism-serve")
+    sys.exit(guarded(comm, run, prog="prism-serve"))
 
 
 if __name__ == "__main__":

