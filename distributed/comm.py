@@ -99,16 +99,20 @@ class Communicator:
 
     # -- waiting, link emulation, faults --------------------------------------------------
 
-    def _wait(self, req, t0: float, recv_bytes: int) -> None:
-        """Complete req, honouring the emulated link, a peer's fault report and the timeout."""
+    def _wait(self, req, t0: float, recv_bytes: int, timeout_s: float | None = None) -> None:
+        """Complete req, honouring the emulated link, a peer's fault report and the timeout
+        (self.timeout_s unless given; math.inf for a rank that waits idle for work)."""
+        timeout_s = self.timeout_s if timeout_s is None else timeout_s
         spins = 0
         while not req.Test():
             self._check_fault()
             spins += 1
             if spins > 200:
-                time.sleep(50e-6)  # do not starve the compute threads of a small board
-            if time.perf_counter() - t0 > self.timeout_s:
-                raise TimeoutError(f"rank {self.rank}: a collective took over {self.timeout_s:.0f} s (timeout_s)")
+                # Do not starve the compute threads of a small board; idle waits (a service's workers
+                # waiting for the next request) back off to 1 ms.
+                time.sleep(50e-6 if time.perf_counter() - t0 < 1.0 else 1e-3)
+            if time.perf_counter() - t0 > timeout_s:
+                raise TimeoutError(f"rank {self.rank}: a collective took over {timeout_s:.0f} s (timeout_s)")
         self._check_fault()
         if self.link is not None:
             self.link.hold(t0, recv_bytes)
@@ -184,10 +188,10 @@ class Communicator:
             return None
         return [recv[d : d + c] for d, c in zip(displs, counts)]
 
-    def bcast_bytes(self, data: bytes | None, key="request") -> bytes:
+    def bcast_bytes(self, data: bytes | None, key="request", timeout_s: float | None = None) -> bytes:
         """Rank 0's bytes to every rank (length first, then the bytes)."""
         n = np.array([len(data) if self.rank == 0 else 0], dtype=np.int64)
-        self._wait(self.comm.Ibcast([n, self.MPI.INT64_T], root=0), time.perf_counter(), 0)
+        self._wait(self.comm.Ibcast([n, self.MPI.INT64_T], root=0), time.perf_counter(), 0, timeout_s)
         buf = np.frombuffer(data, dtype=np.uint8).copy() if self.rank == 0 else np.empty(int(n[0]), dtype=np.uint8)
         if self.rank == 0:
             self.sent[key] += int(n[0]) * (self.size - 1)

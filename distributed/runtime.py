@@ -11,7 +11,8 @@ runs the same model on its own tokens, its attention layers exchanging summaries
     "hidden"     the last hidden state `[B, N, d]`
     "logits"     a decoder's next-token logits after the last token `[B, V]`
     generate=n   a decoder's n new tokens: the last rank decodes alone with its KV cache and
-                 the summaries it cached at prefill (no traffic per token)
+                 the summaries it cached at prefill (no traffic per token); with stream=True
+                 it also sends each new token to rank 0 as it comes (`on_token` there)
 
 `run_simulated` gives the same results in one process with all partitions simulated
 (`prism_ops.hf.configure(..., comm=None)`), which the tests compare against. Both build the
@@ -22,6 +23,7 @@ forward and its decoding steps: nothing per-request is left on the model.
 
 from __future__ import annotations
 
+import inspect
 import sys
 import time
 from dataclasses import dataclass, field
@@ -37,6 +39,7 @@ from .faults import CollectiveError
 from .payload import as_bytes
 
 OUTPUTS = ("embedding", "hidden", "logits")
+TAG_TOKEN = 21  # point-to-point: a streamed token [B] int64 from the last rank to rank 0; b"" ends
 DECODER_SUFFIXES = ("ForCausalLM", "LMHeadModel")  # class names of decoders with their LM head
 
 
@@ -59,6 +62,7 @@ class Request:
     top_k: int = 0
     top_p: float = 1.0
     seed: int = 0
+    stream: bool = False  # generate: hand each new token to rank 0's on_token as it is made
 
 
 @dataclass
@@ -133,8 +137,9 @@ def local_hidden(model, kind, c0, c1, ids=None, positions=None, mask=None, pixel
     return out.last_hidden_state, getattr(out, "past_key_values", None)
 
 
-def decode_tokens(model, h_last, cache, first_position, req: Request, eos=None, progress=False):
-    """Sample req.generate tokens after hidden state h_last `[B, d]`; returns ids `[B, n]`."""
+def decode_tokens(model, h_last, cache, first_position, req: Request, eos=None, progress=False, on_token=None):
+    """Sample req.generate tokens after hidden state h_last `[B, d]`; returns ids `[B, n]`.
+    on_token(ids `[B]`), if given, sees each token as soon as it is chosen."""
     from tqdm import tqdm
     from transformers import LogitsProcessorList, TemperatureLogitsWarper, TopKLogitsWarper, TopPLogitsWarper
 
@@ -147,6 +152,8 @@ def decode_tokens(model, h_last, cache, first_position, req: Request, eos=None, 
             warpers.append(TopPLogitsWarper(req.top_p))
     gen = torch.Generator().manual_seed(req.seed)
     lm_head, base = model.get_output_embeddings(), model.base_model
+    # transformers 5 names the KV cache argument `cache`; earlier releases `past_key_values`.
+    cache_arg = "cache" if "cache" in inspect.signature(base.forward).parameters else "past_key_values"
     logits = lm_head(h_last).float()
     out = []
     for t in tqdm(range(req.generate), desc="generating", unit="tok", disable=not progress, file=sys.stderr):
@@ -156,12 +163,14 @@ def decode_tokens(model, h_last, cache, first_position, req: Request, eos=None, 
         else:
             nxt = logits.argmax(-1)
         out.append(nxt)
+        if on_token is not None:
+            on_token(nxt)
         if eos is not None and bool((nxt == eos).all()):
             break
         if t == req.generate - 1:
             break
         pos = torch.full_like(nxt[:, None], first_position + t)
-        h = base(input_ids=nxt[:, None], position_ids=pos, past_key_values=cache, use_cache=True).last_hidden_state
+        h = base(input_ids=nxt[:, None], position_ids=pos, use_cache=True, **{cache_arg: cache}).last_hidden_state
         logits = lm_head(h[:, -1]).float()
     return torch.stack(out, 1) if out else torch.empty(h_last.shape[0], 0, dtype=torch.long)
 
@@ -178,7 +187,7 @@ def _positions(B, N):
 
 # -- one process ---------------------------------------------------------------------------
 
-def run_simulated(model, req: Request, num_partitions: int, eos=None, progress=False) -> Result:
+def run_simulated(model, req: Request, num_partitions: int, eos=None, progress=False, on_token=None) -> Result:
     """The request in one process; the model must be configured with comm=None (or not at all,
     for the exact model)."""
     kind = model_kind(model)
@@ -190,7 +199,7 @@ def run_simulated(model, req: Request, num_partitions: int, eos=None, progress=F
         h, cache = local_hidden(model, kind, 0, N, ids=req.ids, positions=_positions(B, N), mask=req.mask,
                                 pixel_values=req.pixel_values, use_cache=bool(req.generate))
         t1 = time.perf_counter()
-        out = _local_output(model, head, h, cache, valid, True, eos, progress)
+        out = _local_output(model, head, h, cache, valid, True, eos, progress, on_token if req.stream else None)
     seconds = {"forward": t1 - t0}
     if req.generate:
         seconds["decode"] = time.perf_counter() - t1
@@ -201,11 +210,12 @@ def run_simulated(model, req: Request, num_partitions: int, eos=None, progress=F
 
 # -- MPI -------------------------------------------------------------------------------------
 
-def run_distributed(model, comm, req: Request | None, eos=None, progress=True) -> Result | None:
+def run_distributed(model, comm, req: Request | None, eos=None, progress=True, on_token=None) -> Result | None:
     """Serve one request over comm's ranks; req is read on rank 0 only (a RequestError there is
     passed on). Returns the Result on rank 0, None elsewhere. Every rank raises RequestError
     for a bad request. Partition sizes follow the configured `weights` (relative device
-    speeds), equal without them."""
+    speeds), equal without them. With req.stream, rank 0's on_token(ids `[B]`) sees every new
+    token while the last rank decodes."""
     strategy = rank_partition(model, comm)
     kind = model_kind(model)
     times = {}
@@ -224,7 +234,9 @@ def run_distributed(model, comm, req: Request | None, eos=None, progress=True) -
                                 use_cache=bool(head["generate"] and last))
         times["forward"] = time.perf_counter() - t1
         t2 = time.perf_counter()
-        out = _local_output(model, head, h, cache, valid[:, c0:c1], last, eos, progress)
+        stream = _TokenStream(comm, head, on_token)
+        out = _local_output(model, head, h, cache, valid[:, c0:c1], last, eos, progress, stream.emit if last else None)
+        stream.finish(last)
         if head["generate"]:
             times["decode"] = time.perf_counter() - t2
     t3 = time.perf_counter()
@@ -243,10 +255,57 @@ def run_distributed(model, comm, req: Request | None, eos=None, progress=True) -
     return res
 
 
+class _TokenStream:
+    """New tokens from the last rank to rank 0's on_token while the last rank decodes.
+
+    The last rank sends each token point to point (TAG_TOKEN) and an empty message at the end;
+    rank 0 receives them as they come. Its wait counts from the last token received, so a long
+    healthy generation never times out, while a stalled last rank does after comm.timeout_s.
+    """
+
+    def __init__(self, comm, head, on_token):
+        self.comm, self.on_token, self.sends = comm, on_token, []
+        self.active = bool(head["generate"] and head.get("stream"))
+
+    def emit(self, ids: torch.Tensor) -> None:
+        if not self.active:
+            return
+        if self.comm.rank == 0:
+            if self.on_token is not None:
+                self.on_token(ids)
+            return
+        self.sends.append(self.comm.isend(0, as_bytes(ids.long().cpu()).numpy().tobytes(), TAG_TOKEN, key="result"))
+
+    def finish(self, last: bool) -> None:
+        if not self.active:
+            return
+        if last and self.comm.rank != 0:
+            self.sends.append(self.comm.isend(0, b"", TAG_TOKEN, key="result"))
+        if self.comm.rank == 0 and not last:
+            self._receive()
+        while self.sends:
+            self.sends = [s for s in self.sends if not self.comm.test(s)]
+
+    def _receive(self) -> None:
+        t0 = time.perf_counter()
+        while True:
+            msg = self.comm.poll(TAG_TOKEN)
+            if msg is None:
+                if time.perf_counter() - t0 > self.comm.timeout_s:
+                    raise TimeoutError(f"rank 0: no token from the decoding rank for {self.comm.timeout_s:.0f} s")
+                time.sleep(1e-4)
+                continue
+            if not msg[1]:
+                return
+            t0 = time.perf_counter()
+            if self.on_token is not None:
+                self.on_token(torch.frombuffer(bytearray(msg[1]), dtype=torch.int64))
+
+
 def _head(req: Request, B: int, N: int, bounds) -> dict:
     """What every rank must know of a request: sizes, bounds and options (JSON-able)."""
     return dict(B=B, N=N, bounds=bounds, padding=req.mask is not None, output=req.output, generate=req.generate,
-                temperature=req.temperature, top_k=req.top_k, top_p=req.top_p, seed=req.seed)
+                temperature=req.temperature, top_k=req.top_k, top_p=req.top_p, seed=req.seed, stream=req.stream)
 
 
 def _distribute(model, comm, req, kind, weights):
@@ -293,7 +352,7 @@ def _distribute(model, comm, req, kind, weights):
     return head, inputs, valid
 
 
-def _local_output(model, head, h, cache, valid_local, last, eos, progress):
+def _local_output(model, head, h, cache, valid_local, last, eos, progress, on_token=None):
     """The bytes this rank contributes to what rank 0 gathers."""
     B = head["B"]
     if head["generate"]:
@@ -301,7 +360,7 @@ def _local_output(model, head, h, cache, valid_local, last, eos, progress):
         if last:
             r = Request(generate=head["generate"], temperature=head["temperature"], top_k=head["top_k"],
                         top_p=head["top_p"], seed=head["seed"])
-            new = decode_tokens(model, h[:, -1], cache, head["N"], r, eos, progress).cpu()
+            new = decode_tokens(model, h[:, -1], cache, head["N"], r, eos, progress, on_token).cpu()
         return as_bytes(new.long())
     if head["output"] == "embedding":
         s, c = _pool(h, valid_local.to(h.device))

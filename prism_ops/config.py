@@ -39,6 +39,9 @@ PRESETS = {
     "paper": {},
     "edge": {"segment_size": 1, "summary_bits": 4, "exchange": "auto"},
 }
+# What prism-run uses when neither --preset nor --segment-size is given: within 1% of exact on
+# MiniLM (mean cos 0.998) and 3% on SmolLM2 (perplexity 1.028x) at 4 partitions (docs/EVAL.md).
+DEFAULT_PRESET = "edge"
 
 
 @dataclass(frozen=True)

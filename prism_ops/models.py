@@ -12,7 +12,9 @@ switches it to prism attention.
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
+import io
 import os
 
 import torch
@@ -73,8 +75,12 @@ def load(name: str, dtype: torch.dtype = torch.float32):
         return tok, AutoModel.from_pretrained(path, local_files_only=True, **kw).eval()
     if name == "smollm2":
         folder = smollm2_folder()
-        tok = AutoTokenizer.from_pretrained(folder, gguf_file=SMOLLM2_FILE)
-        return tok, AutoModelForCausalLM.from_pretrained(folder, gguf_file=SMOLLM2_FILE, **kw).eval()
+        # transformers' GGUF conversion prints a progress bar of its own on every rank; errors
+        # still come through as exceptions.
+        with contextlib.redirect_stderr(io.StringIO()):
+            tok = AutoTokenizer.from_pretrained(folder, gguf_file=SMOLLM2_FILE)
+            model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=SMOLLM2_FILE, **kw).eval()
+        return tok, model
     if not os.path.isdir(name):
         raise ValueError(f"model must be one of {NAMES} or a local Hugging Face folder; {name!r} is neither")
     try:

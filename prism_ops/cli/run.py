@@ -18,9 +18,10 @@ fails takes the whole job down (rank 0 prints why) instead of leaving it hanging
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
-from ..config import EXCHANGES, PRESETS
+from ..config import DEFAULT_PRESET, EXCHANGES, PRESETS
 from ..runner import RunOptions, run
 
 
@@ -31,8 +32,9 @@ def parse_args(argv=None) -> RunOptions:
     src = ap.add_mutually_exclusive_group()
     src.add_argument("--input", help="the text")
     src.add_argument("--input-file", help="a UTF-8 text file")
-    ap.add_argument("--segment-size", type=int, help="tokens per summary row (required unless --preset sets it)")
-    ap.add_argument("--preset", choices=sorted(PRESETS))
+    ap.add_argument("--segment-size", type=int, help="tokens per summary row")
+    ap.add_argument("--preset", choices=sorted(PRESETS),
+                    help=f"named settings (default {DEFAULT_PRESET!r} when --segment-size is not given either)")
     ap.add_argument("--sink-tokens", type=int)
     ap.add_argument("--halo", type=int)
     ap.add_argument("--summary-bits", type=int)
@@ -55,8 +57,23 @@ def parse_args(argv=None) -> RunOptions:
     ap.add_argument("--timeout", type=float, default=600.0, help="seconds one collective may wait")
     ap.add_argument("--auto", metavar="PROFILE", help="run locally or distributed, whichever PROFILE says is faster")
     ap.add_argument("--profile", metavar="OUT", help="measure local against distributed at a few lengths into OUT")
+    ap.add_argument("--verbose", action="store_true", help="print the bytes every layer sent")
+    srv = ap.add_argument_group("service (--serve)")
+    srv.add_argument("--serve", action="store_true",
+                     help="load once and answer OpenAI-style HTTP requests (and JSON lines on stdin) until stopped")
+    srv.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
+    srv.add_argument("--port", type=int, default=8000)
+    srv.add_argument("--api-key", default=os.environ.get("PRISM_API_KEY"),
+                     help="require 'Authorization: Bearer KEY' (default: $PRISM_API_KEY; none when unset)")
+    srv.add_argument("--no-http", action="store_true", help="answer JSON lines on stdin only; stop at its end")
     args = ap.parse_args(argv)
-    if args.input is None and args.input_file is None and args.profile is None:
+    if args.serve:
+        if args.input is not None or args.input_file is not None or args.profile or args.auto or args.simulate:
+            ap.error("--serve takes its inputs from requests; it does not go with --input, --input-file, "
+                     "--profile, --auto or --simulate")
+        if not 0 < args.port < 65536:
+            ap.error(f"--port must be in [1, 65535], got {args.port}")
+    elif args.input is None and args.input_file is None and args.profile is None:
         ap.error("one of --input or --input-file is required")
     if args.simulate is not None and (args.profile or args.auto):
         ap.error("--profile and --auto measure and choose between real ranks; they do not go with --simulate")
@@ -74,7 +91,8 @@ def parse_args(argv=None) -> RunOptions:
                       temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, seed=args.seed,
                       simulate=args.simulate, json=args.json, dtype=args.dtype, threads=args.threads,
                       link_mbit=args.link_mbit, link_latency_ms=args.link_latency_ms, timeout=args.timeout,
-                      auto=args.auto, profile=args.profile)
+                      auto=args.auto, profile=args.profile, verbose=args.verbose, serve=args.serve,
+                      host=args.host, port=args.port, api_key=args.api_key or None, http=not args.no_http)
 
 
 def main(argv=None) -> None:
