@@ -245,3 +245,24 @@ def test_a_killed_rank_ends_the_service_non_zero_within_30_s():
         pass  # or the connection closed with the job: never a hang
     code, _, err = svc.stop(timeout=30)
     assert code != 0 and time.monotonic() - t0 < 30
+
+
+def test_a_stalled_rank_gets_waiting_clients_a_503_and_ends_the_job():
+    svc = Service(2, "--model", "minilm", "--segment-size", "16", "--timeout", "5")
+    pids = subprocess.run(["pgrep", "-f", f"prism-run --serve --port {svc.port}"], capture_output=True,
+                          text=True).stdout.split()
+    rank0 = svc.health()["pid"]
+    victim = next(int(p) for p in pids if int(p) != rank0 and int(p) != svc.proc.pid)
+    os.kill(victim, signal.SIGSTOP)
+    t0 = time.monotonic()
+    try:
+        r = svc.post("/v1/embeddings", {"input": TEXT}, timeout=30)
+        assert r.status_code == 503 and r.json()["error"]["type"] == "service_unavailable", r.text
+        assert "TimeoutError" in r.json()["error"]["message"]
+        code, _, err = svc.stop(timeout=30)
+        assert code != 0 and time.monotonic() - t0 < 30
+    finally:
+        try:
+            os.kill(victim, signal.SIGKILL)
+        except ProcessLookupError:
+            pass

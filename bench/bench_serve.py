@@ -1,0 +1,137 @@
+"""The service against one mpirun per request: requests per second and p50/p95 latency.
+
+    .venv-test/bin/python bench/bench_serve.py [--json bench/out/bench_serve.json]
+
+For MiniLM on 4 ranks (embeddings of one sentence) and SmolLM2 on 2 ranks (8 greedy tokens), in
+the same run:
+- one-shot: `mpiexec -n R prism-run --json ...` per request, timed end to end (start-up, model
+  load, handshake, the request), `--oneshot` times;
+- service: `mpiexec -n R prism-run --serve`, started once (its load time reported apart), then
+  `--requests` requests from `--clients` concurrent HTTP clients (httpx), after 2 warm-up ones.
+Run it on a quiet machine: the ranks and the clients share its cores.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import httpx
+
+BIN = Path(sys.executable).parent
+MPIEXEC = str(BIN / "mpiexec") if (BIN / "mpiexec").exists() else shutil.which("mpiexec")
+ENV = dict(os.environ, HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false")
+TEXT = "Edge devices share one transformer, and each sends only compact summaries to the others."
+PROMPT = "The capital of France is"
+CASES = [  # (model, ranks, one-shot arguments, endpoint, request body)
+    ("minilm", 4, ["--input", TEXT], "/v1/embeddings", {"input": TEXT}),
+    ("smollm2", 2, ["--input", PROMPT, "--generate", "8"], "/v1/completions",
+     {"prompt": PROMPT, "max_tokens": 8, "temperature": 0}),
+]
+
+
+def pct(xs, q):
+    xs = sorted(xs)
+    return xs[min(len(xs) - 1, round(q * (len(xs) - 1)))]
+
+
+def oneshot(model, ranks, args, n):
+    out = []
+    for _ in range(n):
+        t0 = time.perf_counter()
+        p = subprocess.run([MPIEXEC, "-n", str(ranks), str(BIN / "prism-run"), "--model", model, "--threads", "1",
+                            "--json", *args], capture_output=True, text=True, env=ENV, timeout=600)
+        if p.returncode != 0:
+            raise RuntimeError(p.stderr[-2000:])
+        out.append(time.perf_counter() - t0)
+    return out
+
+
+def service(model, ranks, endpoint, body, n, clients):
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    t0 = time.perf_counter()
+    proc = subprocess.Popen([MPIEXEC, "-n", str(ranks), str(BIN / "prism-run"), "--serve", "--model", model,
+                             "--port", str(port), "--threads", "1"], stdin=subprocess.DEVNULL,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=ENV)
+    url = f"http://127.0.0.1:{port}"
+    while True:
+        try:
+            if httpx.get(url + "/health", timeout=2).status_code == 200:
+                break
+        except httpx.TransportError:
+            if proc.poll() is not None:
+                raise RuntimeError(proc.stderr.read()[-2000:]) from None
+            time.sleep(0.5)
+    ready_s = time.perf_counter() - t0
+    for _ in range(2):
+        httpx.post(url + endpoint, json=body, timeout=600).raise_for_status()
+    lat, lock = [], threading.Lock()
+
+    def client(k):
+        with httpx.Client(timeout=600) as c:
+            for _ in range(k):
+                t = time.perf_counter()
+                c.post(url + endpoint, json=body).raise_for_status()
+                with lock:
+                    lat.append(time.perf_counter() - t)
+
+    threads = [threading.Thread(target=client, args=(n // clients + (i < n % clients),)) for i in range(clients)]
+    t1 = time.perf_counter()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    wall = time.perf_counter() - t1
+    health = httpx.get(url + "/health", timeout=10).json()
+    proc.send_signal(signal.SIGINT)
+    proc.wait(timeout=60)
+    return lat, wall, ready_s, health
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--oneshot", type=int, default=3, help="one-shot mpirun requests per model")
+    ap.add_argument("--requests", type=int, default=40, help="service requests per model (SmolLM2: a quarter)")
+    ap.add_argument("--clients", type=int, default=4)
+    ap.add_argument("--json", help="write the rows here")
+    args = ap.parse_args()
+    rows = []
+    for model, ranks, oneshot_args, endpoint, body in CASES:
+        n = args.requests if model == "minilm" else max(4, args.requests // 4)
+        one = oneshot(model, ranks, oneshot_args, args.oneshot)
+        lat, wall, ready_s, health = service(model, ranks, endpoint, body, n, args.clients)
+        rows.append(dict(model=model, ranks=ranks, oneshot_s=one, oneshot_rps=len(one) / sum(one),
+                         service_rps=len(lat) / wall, service_p50_s=pct(lat, 0.5), service_p95_s=pct(lat, 0.95),
+                         oneshot_p50_s=pct(one, 0.5), oneshot_p95_s=pct(one, 0.95), service_ready_s=ready_s,
+                         service_load_s=health["load_s"], requests=len(lat), clients=args.clients))
+        r = rows[-1]
+        print(f"{model} x{ranks}: one-shot {r['oneshot_rps']:.3f} req/s (p50 {r['oneshot_p50_s']:.2f} s); service "
+              f"{r['service_rps']:.2f} req/s (p50 {r['service_p50_s']:.3f} s, p95 {r['service_p95_s']:.3f} s), "
+              f"ready after {ready_s:.1f} s", flush=True)
+    print()
+    print("| model | ranks | one mpirun per request: req/s | p50 (s) | p95 (s) | service: req/s | p50 (s) | p95 (s) "
+          "| service over one-shot | service start-up (s) |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+    for r in rows:
+        print(f"| {r['model']} | {r['ranks']} | {r['oneshot_rps']:.3f} | {r['oneshot_p50_s']:.2f} | "
+              f"{r['oneshot_p95_s']:.2f} | {r['service_rps']:.2f} | {r['service_p50_s']:.3f} | "
+              f"{r['service_p95_s']:.3f} | {r['service_rps'] / r['oneshot_rps']:.0f}x | {r['service_ready_s']:.1f} |")
+    if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps(rows, indent=1))
+
+
+if __name__ == "__main__":
+    main()
