@@ -132,11 +132,15 @@ def test_prism_run_json_equals_simulate():
     assert set(out) == {"model", "partitions", "segment_size", "output", "bytes", "seconds"}
     assert out["model"] == "minilm" and out["partitions"] == 2 and out["segment_size"] == 4
     assert len(out["output"]) == 384 and len(out["bytes"]["sent_per_layer"]) == 6
-    assert any(line.strip().startswith("all") for line in lines)  # the human table came first
+    assert any(line.startswith("bytes (counted): ") for line in lines)  # the human report came first
     sim = subprocess.run([str(BIN / "prism-run"), "--simulate", "2", "--segment-size", "4", "--sink-tokens", "2",
-                          "--input", TEXT, "--json"], capture_output=True, text=True, env=ENV, timeout=120)
+                          "--input", TEXT, "--json", "--verbose"], capture_output=True, text=True, env=ENV, timeout=120)
     assert sim.returncode == 0, sim.stderr[-2000:]
-    ref = json.loads(sim.stdout.strip().splitlines()[-1])
+    sim_lines = sim.stdout.strip().splitlines()
+    ref = json.loads(sim_lines[-1])
+    # --verbose: the per-layer table, a row per layer and the total.
+    assert sum(line.split()[0].isdigit() for line in sim_lines if line.strip()) == 6
+    assert any(line.strip().startswith("all") for line in sim_lines)
     assert max(abs(a - b) for a, b in zip(out["output"], ref["output"])) < 1e-4
     assert out["bytes"] == ref["bytes"]  # counted on the wire == the cost model
 

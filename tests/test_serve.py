@@ -70,7 +70,8 @@ class Service:
         return httpx.get(self.url + "/health", timeout=10).json()
 
     def stop(self, sig=signal.SIGINT, timeout=60):
-        if self.proc.poll() is None:
+        """Stop the service (sig None: wait for it to stop by itself); (exit code, stdout, stderr)."""
+        if sig is not None and self.proc.poll() is None:
             os.kill(self.proc.pid, sig)  # mpiexec forwards it to every rank
         out, err = self.proc.communicate(timeout=timeout)
         return self.proc.returncode, out, err
@@ -218,11 +219,16 @@ def test_sigterm_on_rank_0_drains_and_stops_cleanly():
                for _ in range(6)]
     for t in threads:
         t.start()
-    time.sleep(0.3)
+    t0 = time.monotonic()
+    while time.monotonic() - t0 < 30:  # signal once the first requests are in
+        h = svc.health()
+        if h["queued"] + h["served"] >= 2:
+            break
+        time.sleep(0.02)
     os.kill(rank0, signal.SIGTERM)
     for t in threads:
         t.join(timeout=60)
-    code, _, err = svc.stop(timeout=60)
+    code, _, err = svc.stop(sig=None, timeout=60)
     assert code == 0, err[-2000:]
     assert "SIGTERM" in err and "stopped after" in err
     # Requests that were in before the signal are answered; any after it get a 503, none hangs.

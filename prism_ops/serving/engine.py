@@ -41,21 +41,32 @@ class Engine:
         self.lock = threading.Lock()
         self.pending = 0
         self._current = None  # the sink of the job running now
+        # The HTTP thread tokenizes while the engine decodes: a fast tokenizer must not be used
+        # from two threads at once ("Already borrowed").
+        self.tok_lock = threading.Lock()
 
     # -- rank 0: jobs in ------------------------------------------------------------------
 
     def prepare(self, job: Job) -> Job:
         """Tokenize and check a job before it is queued (ApiError for what the model cannot take)."""
-        if job.chat is not None:
-            if not getattr(self.tok, "chat_template", None):
-                raise ApiError(f"{self.served.model} has no chat template: use /v1/completions", "messages")
-            job.texts = [self.tok.apply_chat_template(job.chat, add_generation_prompt=True, tokenize=False)]
-        self.tok.model_max_length = 10**9  # checked here, against the model's positions
-        special = job.chat is None
-        job.ids = [self.tok(t, add_special_tokens=special)["input_ids"] for t in job.texts]
         limit = self.served.max_positions
+        param = "input" if job.endpoint == "embeddings" else ("messages" if job.chat else "prompt")
+        if limit is not None:
+            # A token stands for a few characters: a text of over 64 characters per position
+            # cannot fit, so it is refused before being tokenized whole.
+            for text in job.texts + [m["content"] for m in job.chat or []]:
+                if len(text) > 64 * limit:
+                    raise ApiError(f"{param} has {len(text):,} characters, far more than the model's {limit} "
+                                   "positions", param)
+        with self.tok_lock:
+            if job.chat is not None:
+                if not getattr(self.tok, "chat_template", None):
+                    raise ApiError(f"{self.served.model} has no chat template: use /v1/completions", "messages")
+                job.texts = [self.tok.apply_chat_template(job.chat, add_generation_prompt=True, tokenize=False)]
+            self.tok.model_max_length = 10**9  # checked here, against the model's positions
+            special = job.chat is None
+            job.ids = [self.tok(t, add_special_tokens=special)["input_ids"] for t in job.texts]
         for i, ids in enumerate(job.ids):
-            param = "input" if job.endpoint == "embeddings" else ("messages" if job.chat else "prompt")
             if len(ids) < self.comm.size:
                 raise ApiError(f"{param}{f'[{i}]' if len(job.ids) > 1 else ''} has {len(ids)} tokens, fewer than "
                                f"the {self.comm.size} ranks (each rank needs one)", param)
@@ -136,7 +147,8 @@ class Engine:
                 if eos is not None and tid == eos:
                     return
                 made.append(tid)
-                new = self.tok.decode(made, skip_special_tokens=True)
+                with self.tok_lock:
+                    new = self.tok.decode(made, skip_special_tokens=True)
                 if job.stream and len(new) > len(text[0]):
                     sink(("delta", new[len(text[0]):]))
                 text[0] = new
@@ -146,7 +158,8 @@ class Engine:
             res = self._forward(req, on_token)
             got = res.token_ids[0]
             finish = "stop" if (eos is not None and got and got[-1] == eos) else "length"
-            final = self.tok.decode([t for t in got if t != eos], skip_special_tokens=True)
+            with self.tok_lock:
+                final = self.tok.decode([t for t in got if t != eos], skip_special_tokens=True)
             if job.stream and len(final) > len(text[0]):
                 sink(("delta", final[len(text[0]):]))
             completion = len(got) - (finish == "stop")

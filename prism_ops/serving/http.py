@@ -26,6 +26,8 @@ from starlette.routing import Route
 from .engine import Engine
 from .openai_api import ApiError, chunk_body, parse
 
+MAX_BODY_BYTES = 8 * 2**20  # larger bodies are refused before they are parsed
+
 
 class _Sink:
     """Events from the engine's thread into this request's asyncio queue."""
@@ -54,8 +56,12 @@ def make_app(engine: Engine, api_key: str | None = None) -> Starlette:
         if not authorized(request):
             raise ApiError("missing or wrong API key (Authorization: Bearer <key>)", status=401,
                            kind="authentication_error")
+        raw = await request.body()
+        if len(raw) > MAX_BODY_BYTES:
+            raise ApiError(f"the request body has {len(raw):,} bytes, more than the {MAX_BODY_BYTES:,} allowed",
+                           status=413)
         try:
-            body = json.loads(await request.body())
+            body = json.loads(raw)
         except (ValueError, UnicodeDecodeError) as e:
             raise ApiError(f"the request body is not valid JSON: {e}") from None
         return engine.prepare(parse(endpoint, body, served))
