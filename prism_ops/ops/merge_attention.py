@@ -22,7 +22,11 @@ from .._checks import check_tensor, shape_str
 
 def merge_attention(out_a, lse_a, out_b, lse_b):
     """Merge two partial attentions; returns (out `[B, H, T, D]` in out_a's dtype, lse fp32,
-    fp64 for fp64 out_a)."""
+    fp64 for fp64 out_a).
+
+    The custom op `torch.ops.prism_ops.merge_attention`: traced by torch.compile without a graph
+    break; differentiable in all four inputs.
+    """
     check_tensor(out_a, "out_a", "[B, H, T, D]", 4)
     check_tensor(out_b, "out_b", "[B, H, T, D]", 4)
     check_tensor(lse_a, "lse_a", "[B, H, T]", 3)

@@ -237,6 +237,11 @@ def prism_attention(
     Returns:
         out `[B, H, Tq, D]` in q's dtype, and lse `[B, H, Tq]` when return_lse.
 
+    The custom op `torch.ops.prism_ops.prism_attention` (returning out and lse, lse empty without
+    return_lse): traced by torch.compile without a graph break; differentiable in q, k, v, k_sum
+    and v_sum on both backends (a plain-torch backward that recomputes the probabilities, memory
+    O(Tq * (Tk + S)) per head); the counts get no gradient.
+
     Example:
         >>> q = k = v = torch.randn(1, 2, 8, 16)
         >>> means, counts = prism_ops.segment_means(k, 4)

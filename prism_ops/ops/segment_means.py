@@ -77,6 +77,9 @@ def segment_means(x, segment_size, *, valid=None, sink_tokens=0, backend="auto")
     Returns:
         (means `[B, H, S, D]` in x.dtype, counts int32 `[B, S]` or `[S]` without `valid`).
 
+    The custom op `torch.ops.prism_ops.segment_means`: traced by torch.compile without a graph
+    break; differentiable in x on both backends (plain-torch backward).
+
     Example:
         >>> x = torch.arange(5.0).view(1, 1, 5, 1)
         >>> means, counts = segment_means(x, 2)
