@@ -271,16 +271,8 @@ def _prism_attention_op(q, k, v, k_sum, v_sum, sum_counts, causal, scale, log_co
     without return_lse. The checks that read tensor data run here, not while tracing."""
     if sum_counts is not None and sum_counts.numel() and bool((sum_counts < 0).any()):
         raise ValueError("sum_counts must be >= 0 (tokens per summary row); got a negative count")
-    unsupported = None
-    D = q.shape[-1]
-    if q.dtype == torch.float64:
-        unsupported = "float64 input"
-    elif not 16 <= D <= 256:
-        unsupported = f"head dim D={D} (the kernel takes 16 to 256)"
-    elif q.numel() == 0:
-        unsupported = "empty input"
     kwargs = dict(causal=causal, scale=scale, log_count_bias=log_count_bias, return_lse=return_lse, k_valid=k_valid)
-    if resolve_backend(backend, q.device, unsupported) == "triton":
+    if _backend_for(q, backend) == "triton":
         from prism_ops.kernels.prism_attention import prism_attention_triton
 
         res = prism_attention_triton(q, k, v, k_sum, v_sum, sum_counts, interpret=interpreting(), **kwargs)
@@ -289,14 +281,36 @@ def _prism_attention_op(q, k, v, k_sum, v_sum, sum_counts, causal, scale, log_co
     if not return_lse:
         return res.contiguous(), q.new_empty((0,), dtype=_lse_dtype(q.dtype))
     out, lse = res
-    return out.contiguous(), lse.to(_lse_dtype(q.dtype)).contiguous()
+    # lse keeps the layout its route gives (the fused CPU kernel stores it as [B, Tq, H]): the fake
+    # traces the same route, and the CPU loops that merge it round exactly as before.
+    return out.contiguous(), lse.to(_lse_dtype(q.dtype))
+
+
+def _backend_for(q, backend):
+    """"torch" or "triton" for these inputs (raises for a forced backend that cannot run them)."""
+    unsupported = None
+    D = q.shape[-1]
+    if q.dtype == torch.float64:
+        unsupported = "float64 input"
+    elif not 16 <= D <= 256:
+        unsupported = f"head dim D={D} (the kernel takes 16 to 256)"
+    elif q.numel() == 0:
+        unsupported = "empty input"
+    return resolve_backend(backend, q.device, unsupported)
 
 
 @_prism_attention_op.register_fake
 def _(q, k, v, k_sum, v_sum, sum_counts, causal, scale, log_count_bias, return_lse, k_valid, backend):
     B, H, Tq, _ = q.shape
-    lse_shape = (B, H, Tq) if return_lse else (0,)
-    return q.new_empty((B, H, Tq, v.shape[-1])), q.new_empty(lse_shape, dtype=_lse_dtype(q.dtype))
+    out = q.new_empty((B, H, Tq, v.shape[-1]))
+    if not return_lse:
+        return out, q.new_empty((0,), dtype=_lse_dtype(q.dtype))
+    if _backend_for(q, backend) == "triton":
+        return out, q.new_empty((B, H, Tq), dtype=torch.float32)
+    # The torch route decides lse's strides: run it on the fake inputs (no data is read).
+    _, lse = prism_attention_torch(q, k, v, k_sum, v_sum, sum_counts, causal=causal, scale=scale,
+                                   log_count_bias=log_count_bias, return_lse=True, k_valid=k_valid)
+    return out, lse.to(_lse_dtype(q.dtype))
 
 
 def _setup_backward(ctx, inputs, output):
