@@ -190,20 +190,23 @@ def _shared_memory(device_index: int) -> int | None:
 
 def _prune(configs, named_args, **kwargs):
     """The configs of this head dim that fit the GPU's shared memory (at least one)."""
-    block_d = named_args["BLOCK_D"] if "BLOCK_D" in named_args else kwargs["BLOCK_D"]
-    wanted = {t for t in _GPU_TILES[min(max(block_d, 64), 256)]}
+    q = named_args["Q"]  # positional, so every Triton version passes it here (keywords only some)
+    block_d = max(16, triton.next_power_of_2(q.shape[-1]))
+    wanted = set(_GPU_TILES[min(max(block_d, 64), 256)])
     mine = [c for c in configs if (c.kwargs["BLOCK_M"], c.kwargs["BLOCK_N"], c.num_warps, c.num_stages) in wanted]
-    q = named_args["Q"]
-    smem = _shared_memory(q.device.index) if q.is_cuda else None
-    if smem is None:
-        return mine
-    size = q.element_size()
+    return fitting(mine, block_d, q.element_size(), _shared_memory(q.device.index) if q.is_cuda else None)
 
-    def need(c):  # q tile + num_stages K and V tiles
-        return size * block_d * (c.kwargs["BLOCK_M"] + 2 * c.kwargs["BLOCK_N"] * c.num_stages)
 
-    fits = [c for c in mine if need(c) <= smem]
-    return fits or [min(mine, key=need)]
+def fitting(configs, block_d: int, elem_size: int, shared_memory: int | None):
+    """The configs whose q tile and num_stages K and V tiles fit in `shared_memory` bytes (all of
+    them when it is unknown; the smallest one when none fits)."""
+    if shared_memory is None:
+        return list(configs)
+
+    def need(c):
+        return elem_size * block_d * (c.kwargs["BLOCK_M"] + 2 * c.kwargs["BLOCK_N"] * c.num_stages)
+
+    return [c for c in configs if need(c) <= shared_memory] or [min(configs, key=need)]
 
 
 @functools.lru_cache(maxsize=2)

@@ -278,3 +278,20 @@ def test_triton_backward_equals_torch_backward():
         grads.append([t.grad.cpu() for t in ins])
     for a, b in zip(*grads):
         torch.testing.assert_close(b, a, rtol=1e-4, atol=1e-5)
+
+
+@needs_triton
+def test_autotune_configs():
+    """The GPU configs (not run here): keyed on kernel arguments, one set per head dim, and pruned
+    to what fits a small GPU's shared memory. Under the interpreter there is a single config."""
+    from prism_ops.kernels import prism_attention as kern
+
+    assert set(kern.AUTOTUNE_KEY) <= set(kern.prism_attention_kernel.arg_names)
+    assert len(kern.tuned_kernel(True).configs) == 1
+    configs = kern.tuned_kernel(False).configs
+    for block_d, tiles in kern._GPU_TILES.items():
+        mine = kern._prune(configs, {"Q": torch.empty(1, 1, 1, block_d, dtype=torch.float16)})
+        assert {(c.kwargs["BLOCK_M"], c.kwargs["BLOCK_N"], c.num_warps, c.num_stages) for c in mine} == set(tiles)
+        small = kern.fitting(mine, block_d, 2, 64 * 1024)  # e.g. 64 KiB of shared memory
+        assert small and all(2 * block_d * (c.kwargs["BLOCK_M"] + 2 * c.kwargs["BLOCK_N"] * c.num_stages) <= 64 * 1024
+                             for c in small) or len(small) == 1

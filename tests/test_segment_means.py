@@ -146,3 +146,12 @@ def test_gradcheck(with_valid):
     x = torch.randn(2, 2, 11, 8, dtype=torch.float64, requires_grad=True)
     valid = make_valid(2, 11) if with_valid else None
     assert torch.autograd.gradcheck(lambda x: segment_means(x, 4, valid=valid, sink_tokens=2)[0], (x,))
+
+
+@needs_triton
+def test_autotune_configs():
+    from prism_ops.kernels import segment_means as kern
+
+    assert set(kern.AUTOTUNE_KEY) <= set(kern.segment_means_kernel.arg_names)
+    assert [c.kwargs["ROWS"] for c in kern.tuned_kernel(True).configs] == [2]  # the multi-row path, one config
+    assert len(kern.tuned_kernel(False).configs) > 1
