@@ -259,10 +259,10 @@ def test_custom_op_opcheck():
 def test_gradcheck(causal):
     """The registered backward, out and lse, GQA, padding, a count-0 row."""
     d = dict(dtype=torch.float64, requires_grad=True)
-    q, k, v = torch.randn(1, 4, 6, 16, **d), torch.randn(1, 2, 6, 16, **d), torch.randn(1, 2, 6, 16, **d)
-    ks, vs = torch.randn(1, 2, 3, 16, **d), torch.randn(1, 2, 3, 16, **d)
+    q, k, v = torch.randn(1, 2, 5, 8, **d), torch.randn(1, 1, 5, 8, **d), torch.randn(1, 1, 5, 8, **d)
+    ks, vs = torch.randn(1, 1, 3, 8, **d), torch.randn(1, 1, 3, 8, **d)
     c = torch.tensor([[4, 0, 2]])
-    kval = torch.tensor([[True, False, True, True, True, True]])
+    kval = torch.tensor([[True, False, True, True, True]])
     f = lambda *t: prism_attention(*t, c, causal=causal, k_valid=kval, return_lse=True)  # noqa: E731
     assert torch.autograd.gradcheck(f, (q, k, v, ks, vs))
 
