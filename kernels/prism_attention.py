@@ -9,10 +9,17 @@ and fp32 accumulator (online softmax, in log2 units) and streams three key range
 GQA reads the kv head h // (H // Hkv) in place, so K/V are never copied or concatenated, and no
 [Tq, Tk] mask exists in memory. Head dims that are not powers of two are padded inside the
 kernel (masked loads). Writes out `[B, H, Tq, D]` and lse `[B, H, Tq]` (natural log).
+
+Tiles are picked by `triton.autotune` (`tuned_kernel`): a few (BLOCK_M, BLOCK_N, warps, stages)
+per padded head dim, keyed on the head dim, causal, whether there are summary rows and their
+count (as a power-of-two bucket) and the input dtype; configs that need more shared memory than
+the GPU has (an Orin's is small) are pruned before timing. Under Triton's interpreter there is one
+small config, so nothing is timed.
 """
 
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
@@ -49,7 +56,7 @@ def _softmax_step(acc, l_i, m_i, s, v, IEEE: tl.constexpr, DOT_FP32: tl.constexp
 def prism_attention_kernel(
     Q, K, V, KS, VS, C, KVALID, Out, Lse,
     qk_scale,  # scale * log2(e)
-    Tq, Tk, S, H, GROUP,
+    Tq, Tk, S, H, GROUP, S_BUCKET,  # S_BUCKET: autotune key only
     sqb, sqh, sqt, sqd,
     skb, skh, skt, skd,
     svb, svh, svt, svd,
@@ -59,9 +66,10 @@ def prism_attention_kernel(
     skvb, skvt,
     sob, soh, sot, sod,
     slb, slh, slt,
-    D: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+    D: tl.constexpr, BLOCK_D: tl.constexpr,
     CAUSAL: tl.constexpr, LOG_COUNT_BIAS: tl.constexpr, HAS_SUM: tl.constexpr,
     HAS_KVALID: tl.constexpr, STORE_LSE: tl.constexpr, IEEE: tl.constexpr, DOT_FP32: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,  # last: set by the autotuner's config
 ):
     pid_m = tl.program_id(0)
     bh = tl.program_id(1)
@@ -152,15 +160,62 @@ def prism_attention_kernel(
         tl.store(Lse + b * slb + h * slh + offs_m * slt, lse, mask=in_m)
 
 
-def _block_sizes(block_d: int, interpret: bool) -> tuple[int, int, int, int]:
-    """(BLOCK_M, BLOCK_N, num_warps, num_stages) by padded head dim."""
+# (BLOCK_M, BLOCK_N, num_warps, num_stages) tried per padded head dim on a GPU.
+_GPU_TILES = {
+    64: [(128, 64, 4, 3), (128, 128, 8, 3), (64, 64, 4, 3), (128, 32, 4, 4), (64, 32, 2, 3)],
+    128: [(128, 64, 8, 3), (128, 32, 4, 3), (64, 64, 4, 3), (128, 128, 8, 2), (64, 32, 4, 2)],
+    256: [(64, 32, 4, 2), (64, 64, 8, 2), (32, 32, 4, 2), (128, 32, 8, 2)],
+}
+_INTERPRETER_TILE = (16, 16, 1, 1)  # small tiles: small test shapes still cross several blocks
+AUTOTUNE_KEY = ["D", "CAUSAL", "HAS_SUM", "S_BUCKET"]
+
+
+def _config(tile):
+    m, n, warps, stages = tile
+    return triton.Config({"BLOCK_M": m, "BLOCK_N": n}, num_warps=warps, num_stages=stages)
+
+
+def _gpu_configs():
+    tiles = sorted({t for ts in _GPU_TILES.values() for t in ts})
+    return [_config(t) for t in tiles]
+
+
+def _shared_memory(device_index: int) -> int | None:
+    """Bytes of shared memory one block may use on this GPU, or None if Triton cannot say."""
+    try:
+        return int(triton.runtime.driver.active.utils.get_device_properties(device_index)["max_shared_mem"])
+    except Exception:  # older or other drivers: keep every config, the autotuner skips what fails
+        return None
+
+
+def _prune(configs, named_args, **kwargs):
+    """The configs of this head dim that fit the GPU's shared memory (at least one)."""
+    q = named_args["Q"]  # positional, so every Triton version passes it here (keywords only some)
+    block_d = max(16, triton.next_power_of_2(q.shape[-1]))
+    wanted = set(_GPU_TILES[min(max(block_d, 64), 256)])
+    mine = [c for c in configs if (c.kwargs["BLOCK_M"], c.kwargs["BLOCK_N"], c.num_warps, c.num_stages) in wanted]
+    return fitting(mine, block_d, q.element_size(), _shared_memory(q.device.index) if q.is_cuda else None)
+
+
+def fitting(configs, block_d: int, elem_size: int, shared_memory: int | None):
+    """The configs whose q tile and num_stages K and V tiles fit in `shared_memory` bytes (all of
+    them when it is unknown; the smallest one when none fits)."""
+    if shared_memory is None:
+        return list(configs)
+
+    def need(c):
+        return elem_size * block_d * (c.kwargs["BLOCK_M"] + 2 * c.kwargs["BLOCK_N"] * c.num_stages)
+
+    return [c for c in configs if need(c) <= shared_memory] or [min(configs, key=need)]
+
+
+@functools.lru_cache(maxsize=2)
+def tuned_kernel(interpret: bool):
+    """`prism_attention_kernel` under triton.autotune: one config under the interpreter."""
     if interpret:
-        return 16, 16, 1, 1  # small tiles: small test shapes still cross several blocks
-    if block_d <= 64:
-        return 128, 64, 4, 3
-    if block_d <= 128:
-        return 128, 64, 8, 3
-    return 64, 32, 4, 2
+        return triton.autotune([_config(_INTERPRETER_TILE)], key=AUTOTUNE_KEY)(prism_attention_kernel)
+    return triton.autotune(_gpu_configs(), key=AUTOTUNE_KEY, prune_configs_by={"early_config_prune": _prune})(
+        prism_attention_kernel)
 
 
 def prism_attention_triton(
@@ -191,19 +246,24 @@ def prism_attention_triton(
     else:
         kv, kv_strides = q, (0, 0)
     BLOCK_D = max(16, triton.next_power_of_2(D))
-    BLOCK_M, BLOCK_N, num_warps, num_stages = _block_sizes(BLOCK_D, interpret)
-    BLOCK_M, BLOCK_N = block_m or BLOCK_M, block_n or BLOCK_N
-    grid = (triton.cdiv(Tq, BLOCK_M), B * H)
-    prism_attention_kernel[grid](
+    args = (
         q, k, v, *sum_args, kv, out, lse,
         scale * LOG2E,
-        Tq, Tk, S, H, H // Hkv,
+        Tq, Tk, S, H, H // Hkv, triton.next_power_of_2(S) if S else 0,
         *q.stride(), *k.stride(), *v.stride(), *sum_strides, *kv_strides,
         *out.stride(), *(lse.stride() if return_lse else (0, 0, 0)),
-        D=D, BLOCK_D=BLOCK_D, BLOCK_M=BLOCK_M, BLOCK_N=BLOCK_N,
-        CAUSAL=bool(causal), LOG_COUNT_BIAS=bool(log_count_bias), HAS_SUM=has_sum,
+    )
+    flags = dict(
+        D=D, BLOCK_D=BLOCK_D, CAUSAL=bool(causal), LOG_COUNT_BIAS=bool(log_count_bias), HAS_SUM=has_sum,
         HAS_KVALID=k_valid is not None, STORE_LSE=bool(return_lse),
         IEEE=q.dtype == torch.float32, DOT_FP32=interpret and q.dtype == torch.bfloat16,
-        num_warps=num_warps, num_stages=num_stages,
     )
+    if block_m or block_n:  # fixed tiles (tests): no autotuning
+        m, n, warps, stages = _INTERPRETER_TILE if interpret else _GPU_TILES[min(max(BLOCK_D, 64), 256)][0]
+        m, n = block_m or m, block_n or n
+        prism_attention_kernel[(triton.cdiv(Tq, m), B * H)](*args, **flags, BLOCK_M=m, BLOCK_N=n,
+                                                             num_warps=warps, num_stages=stages)
+    else:
+        grid = lambda meta: (triton.cdiv(Tq, meta["BLOCK_M"]), B * H)  # noqa: E731
+        tuned_kernel(interpret)[grid](*args, **flags)
     return (out, lse) if return_lse else out

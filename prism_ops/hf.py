@@ -77,10 +77,12 @@ def prism_attention_forward(module, query, key, value, attention_mask, dropout=0
     if dropout and module.training:
         raise ValueError("prism attention is for inference: call model.eval() (attention dropout is not applied)")
     causal = bool(is_causal if is_causal is not None else getattr(module, "is_causal", False))
-    hidden = _HIDDEN.get()
-    _HIDDEN.set(None)
-    if hidden is not None and hidden[0] is not layer:
-        hidden = None
+    hidden = None
+    if layer.hook is not None:  # only a hooked layer is handed its input (and torch.compile cannot trace a ContextVar)
+        hidden = _HIDDEN.get()
+        _HIDDEN.set(None)
+        if hidden is not None and hidden[0] is not layer:
+            hidden = None
     state = current_state()
     T = query.shape[2]
     if key.shape[2] != T:

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import threading
 from dataclasses import dataclass, field
 
 import torch
@@ -49,6 +50,17 @@ class RequestState:
 
 
 _CURRENT: contextvars.ContextVar[RequestState | None] = contextvars.ContextVar("prism_request", default=None)
+# How many request scopes are open now, in any thread or context. While none is, current_state()
+# is None without reading the ContextVar, which torch.compile cannot trace: a plain forward
+# compiles with fullgraph=True.
+_open_scopes = 0
+_scopes_lock = threading.Lock()
+
+
+def _count_scope(step: int) -> None:
+    global _open_scopes
+    with _scopes_lock:
+        _open_scopes += step
 
 
 @contextlib.contextmanager
@@ -56,14 +68,18 @@ def request_scope(state: RequestState | None = None):
     """Make `state` (a fresh one by default) the current request for the block; yields it."""
     state = RequestState() if state is None else state
     token = _CURRENT.set(state)
+    _count_scope(1)
     try:
         yield state
     finally:
+        _count_scope(-1)
         _CURRENT.reset(token)
 
 
 def current_state() -> RequestState | None:
     """The RequestState of the enclosing `request_scope`, or None."""
+    if not _open_scopes:
+        return None
     return _CURRENT.get()
 
 

@@ -50,3 +50,20 @@ def test_bad_input():
         merge_attention(o, l, o, torch.randn(1, 2, 4))
     with pytest.raises(ValueError, match=r"lse_a must be 3-D"):
         merge_attention(o, o, o, l)
+
+
+def test_custom_op_opcheck():
+    """prism_ops::merge_attention: schema, fake (meta) implementation, autograd registration, AOT."""
+    from prism_ops.ops.merge_attention import _merge_attention_op
+
+    out_a, out_b = torch.randn(2, 4, 9, 16, requires_grad=True), torch.randn(2, 4, 9, 16, requires_grad=True)
+    lse_a, lse_b = torch.randn(2, 4, 9), torch.randn(2, 4, 9)
+    lse_b[0, 0, :2] = float("-inf")
+    torch.library.opcheck(_merge_attention_op, (out_a, lse_a.requires_grad_(), out_b, lse_b.requires_grad_()))
+
+
+def test_gradcheck():
+    d = dict(dtype=torch.float64, requires_grad=True)
+    out_a, out_b = torch.randn(1, 2, 5, 8, **d), torch.randn(1, 2, 5, 8, **d)
+    lse_a, lse_b = torch.randn(1, 2, 5, **d), torch.randn(1, 2, 5, **d)
+    assert torch.autograd.gradcheck(merge_attention, (out_a, lse_a, out_b, lse_b))

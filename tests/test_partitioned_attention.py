@@ -3,6 +3,7 @@
 import pytest
 import torch
 import torch.nn.functional as F
+from torch.utils._python_dispatch import TorchDispatchMode
 from conftest import needs_triton, to_triton
 from oracle import oracle_partitioned_attention
 
@@ -167,3 +168,51 @@ def test_bad_lengths():
     q, k, v = qkv(1, 2, 2, 10, 16)
     with pytest.raises(ValueError, match="k must cover the same T=10 tokens as q"):
         partitioned_attention(q, k[:, :, :9], v[:, :, :9], num_partitions=2, segment_size=4)
+
+
+class _Below64(TorchDispatchMode):
+    """Records every op that produces a floating tensor of less than float64."""
+
+    def __init__(self):
+        super().__init__()
+        self.found = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        for t in out if isinstance(out, (tuple, list)) else [out]:
+            if isinstance(t, torch.Tensor) and t.is_floating_point() and t.dtype != torch.float64:
+                self.found.append(f"{func} -> {t.dtype}")
+        return out
+
+
+@pytest.mark.parametrize("causal", [False, True], ids=["full", "causal"])
+def test_float64_runs_in_float64_throughout(causal):
+    """No step of an fp64 forward rounds to a lower precision: not the counts, ln(count), masks,
+    lse, merge weights or the key clustering. (summary_bits is left out: its wire format carries
+    float16 scales by design.)"""
+    q, k, v = qkv(2, 4, 2, 30, 16)
+    valid = torch.rand(2, 30) > 0.2
+    valid[:, 0] = True
+    kw = dict(num_partitions=3, segment_size=4, causal=causal, valid=valid, sink_tokens=2, halo=2, weights=[1, 2, 2])
+    for extra in ({}, {"cluster_iters": 2}):
+        with _Below64() as mode:
+            partitioned_attention(q, k, v, **kw, **extra)
+        assert not mode.found, mode.found
+
+
+@pytest.mark.parametrize("path", ["cpu-fused", "sdpa-mask"])
+@pytest.mark.parametrize("causal", [False, True], ids=["full", "causal"])
+def test_float64_exact_to_1e12_relative(causal, path, monkeypatch):
+    """Larger logits (scaled inputs) and both torch paths: fp64 agrees with the fp64 oracle to ~1e-12 relative."""
+    from prism_ops.ops import prism_attention as torch_ops
+
+    if path == "sdpa-mask":  # what CUDA tensors take
+        monkeypatch.setattr(torch_ops, "_cpu_flash", None)
+    q, k, v = qkv(1, 4, 2, 48, 32)
+    q, k = 3 * q, 3 * k
+    valid = torch.rand(1, 48) > 0.2
+    valid[:, 0] = True
+    kw = dict(segment_size=4, causal=causal, sink_tokens=1, halo=2, valid=valid)
+    got = partitioned_attention(q, k, v, num_partitions=3, **kw)
+    ref = oracle_partitioned_attention(q, k, v, partition_bounds(48, 3), **kw)
+    assert ((got - ref).abs().max() / ref.abs().max()).item() < 1e-12

@@ -236,3 +236,62 @@ def test_batch_row_with_only_padding_and_empty_summaries(causal, torch_path):
     assert torch.isfinite(lse[1]).all() and not out[1].isnan().any()
     ref, ref_lse = oracle_prism_attention(q, k, v, ks, vs, counts, causal, None, True, k_valid)
     torch.testing.assert_close(out.double(), ref, rtol=0, atol=1e-5)
+
+
+def test_custom_op_opcheck():
+    """prism_ops::prism_attention: schema, fake (meta) implementation, autograd registration, AOT;
+    the full check once (causal, lse, summaries, padding), the cheap ones on the other variants."""
+    from prism_ops.ops.prism_attention import _prism_attention_op
+
+    q, k, v, ks, vs, c, kval = make_inputs(2, 4, 2, 9, 9, 3, 16, padded=True)
+    for t in (q, k, v, ks, vs):
+        t.requires_grad_()
+    torch.library.opcheck(_prism_attention_op, (q, k, v, ks, vs, c, True, None, True, True, kval, "torch"))
+    cheap = ("test_schema", "test_faketensor")
+    for causal, lse in ((False, False), (True, False), (False, True)):
+        torch.library.opcheck(_prism_attention_op, (q, k, v, ks, vs, c[0], causal, 0.3, False, lse, None, "torch"),
+                              test_utils=cheap)
+    torch.library.opcheck(_prism_attention_op, (q, k, v, None, None, None, True, None, True, True, None, "torch"),
+                          test_utils=cheap)
+
+
+@pytest.mark.parametrize("causal", [False, True], ids=["full", "causal"])
+def test_gradcheck(causal):
+    """The registered backward, out and lse, GQA, padding, a count-0 row."""
+    d = dict(dtype=torch.float64, requires_grad=True)
+    q, k, v = torch.randn(1, 2, 5, 8, **d), torch.randn(1, 1, 5, 8, **d), torch.randn(1, 1, 5, 8, **d)
+    ks, vs = torch.randn(1, 1, 3, 8, **d), torch.randn(1, 1, 3, 8, **d)
+    c = torch.tensor([[4, 0, 2]])
+    kval = torch.tensor([[True, False, True, True, True]])
+    f = lambda *t: prism_attention(*t, c, causal=causal, k_valid=kval, return_lse=True)  # noqa: E731
+    assert torch.autograd.gradcheck(f, (q, k, v, ks, vs))
+
+
+@needs_triton
+def test_triton_backward_equals_torch_backward():
+    q, k, v, ks, vs, c, kval = make_inputs(1, 2, 1, 20, 20, 5, 16, padded=True)
+    grads = []
+    for backend, dev in (("torch", "cpu"), ("triton", TRITON_DEVICE)):
+        ins = [t.to(dev).requires_grad_() for t in (q, k, v, ks, vs)]
+        out = prism_attention(*ins, c.to(dev), causal=True, k_valid=kval.to(dev), backend=backend)
+        out.square().sum().backward()
+        grads.append([t.grad.cpu() for t in ins])
+    for a, b in zip(*grads):
+        torch.testing.assert_close(b, a, rtol=1e-4, atol=1e-5)
+
+
+@needs_triton
+def test_autotune_configs():
+    """The GPU configs (not run here): keyed on kernel arguments, one set per head dim, and pruned
+    to what fits a small GPU's shared memory. Under the interpreter there is a single config."""
+    from prism_ops.kernels import prism_attention as kern
+
+    assert set(kern.AUTOTUNE_KEY) <= set(kern.prism_attention_kernel.arg_names)
+    assert len(kern.tuned_kernel(True).configs) == 1
+    configs = kern.tuned_kernel(False).configs
+    for block_d, tiles in kern._GPU_TILES.items():
+        mine = kern._prune(configs, {"Q": torch.empty(1, 1, 1, block_d, dtype=torch.float16)})
+        assert {(c.kwargs["BLOCK_M"], c.kwargs["BLOCK_N"], c.num_warps, c.num_stages) for c in mine} == set(tiles)
+        small = kern.fitting(mine, block_d, 2, 64 * 1024)  # e.g. 64 KiB of shared memory
+        assert small and all(2 * block_d * (c.kwargs["BLOCK_M"] + 2 * c.kwargs["BLOCK_N"] * c.num_stages) <= 64 * 1024
+                             for c in small) or len(small) == 1

@@ -129,3 +129,29 @@ def test_triton_on_cpu_without_interpreter_is_refused(monkeypatch):
         pytest.skip("triton is not installed")
     with pytest.raises(ValueError, match="TRITON_INTERPRET=1"):
         segment_means(torch.randn(1, 1, 8, 16), 2, backend="triton")
+
+
+def test_custom_op_opcheck():
+    """prism_ops::segment_means: schema, fake (meta) implementation, autograd registration, AOT."""
+    from prism_ops.ops.segment_means import _segment_means_op
+
+    x = torch.randn(2, 3, 11, 16, requires_grad=True)
+    valid = make_valid(2, 11)
+    torch.library.opcheck(_segment_means_op, (x, 4, valid, 2, "torch"))
+    torch.library.opcheck(_segment_means_op, (x.detach(), 3, None, 0, "torch"), test_utils=("test_schema", "test_faketensor"))
+
+
+@pytest.mark.parametrize("with_valid", [False, True], ids=["dense", "padded"])
+def test_gradcheck(with_valid):
+    x = torch.randn(2, 2, 11, 8, dtype=torch.float64, requires_grad=True)
+    valid = make_valid(2, 11) if with_valid else None
+    assert torch.autograd.gradcheck(lambda x: segment_means(x, 4, valid=valid, sink_tokens=2)[0], (x,))
+
+
+@needs_triton
+def test_autotune_configs():
+    from prism_ops.kernels import segment_means as kern
+
+    assert set(kern.AUTOTUNE_KEY) <= set(kern.segment_means_kernel.arg_names)
+    assert [c.kwargs["ROWS"] for c in kern.tuned_kernel(True).configs] == [2]  # the multi-row path, one config
+    assert len(kern.tuned_kernel(False).configs) > 1

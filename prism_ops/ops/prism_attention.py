@@ -9,6 +9,11 @@ ignored. `causal` masks the local block only, bottom-right aligned (query i sees
 iff j <= i + Tk - Tq, as with a KV cache); every summary row passed in is visible to every
 query. Returns out `[B, H, Tq, D]` and, with return_lse, lse `[B, H, Tq]` (natural log; fp32,
 fp64 for fp64 input; -inf for a row that sees nothing; such rows output zeros).
+
+It is the `torch.library` custom op `prism_ops::prism_attention` (out and lse, with a fake
+implementation, so `torch.compile(fullgraph=True)` traces it without a graph break). It is
+differentiable in q, k, v, k_sum and v_sum on every backend (not in the counts): the backward is
+plain torch, recomputing the [Tq, Tk + S] probabilities (memory O(Tq * (Tk + S)) per head).
 """
 
 from __future__ import annotations
@@ -18,9 +23,9 @@ import math
 import torch
 import torch.nn.functional as F
 
-from .._backend import interpreting, resolve_backend
+from .._backend import BACKENDS, interpreting, resolve_backend
 from .._checks import check_float, check_mask, check_same, check_tensor, shape_str
-from .merge_attention import merge_attention
+from .merge_attention import merge_attention_torch
 
 # Largest number of fp32 logits the explicit (lse) path holds at once, per call.
 _LSE_CHUNK_ELEMS = 1 << 26
@@ -127,7 +132,7 @@ def _split_attention_cpu(q, k, v, k_sum, v_sum, sum_counts, causal, scale, log_c
         seen = (sum_counts > 0).any(-1).view(-1, 1, 1)  # (B|1, 1, 1)
         parts.append(_flash_cpu(q, k_sum, v_sum, False, bias, scale, seen))
     if len(parts) == 2:
-        return merge_attention(*parts[0], *parts[1])
+        return merge_attention_torch(*parts[0], *parts[1])
     return parts[0]
 
 
@@ -207,8 +212,6 @@ def _check_inputs(q, k, v, k_sum, v_sum, sum_counts, k_valid):
             raise ValueError(f"sum_counts is on {sum_counts.device} but q is on {q.device}")
         if sum_counts.dtype == torch.bool or sum_counts.is_complex():
             raise ValueError(f"sum_counts must hold integer or float token counts, got {sum_counts.dtype}")
-        if sum_counts.numel() and bool((sum_counts < 0).any()):
-            raise ValueError("sum_counts must be >= 0 (tokens per summary row); got a negative count")
     if k_valid is not None:
         check_mask(k_valid, "k_valid", B, k.shape[2], q.device)
 
@@ -234,12 +237,57 @@ def prism_attention(
     Returns:
         out `[B, H, Tq, D]` in q's dtype, and lse `[B, H, Tq]` when return_lse.
 
+    The custom op `torch.ops.prism_ops.prism_attention` (returning out and lse, lse empty without
+    return_lse): traced by torch.compile without a graph break; differentiable in q, k, v, k_sum
+    and v_sum on both backends (a plain-torch backward that recomputes the probabilities, memory
+    O(Tq * (Tk + S)) per head); the counts get no gradient.
+
     Example:
         >>> q = k = v = torch.randn(1, 2, 8, 16)
         >>> means, counts = prism_ops.segment_means(k, 4)
         >>> out = prism_attention(q, k, v, means, means, counts)
     """
     _check_inputs(q, k, v, k_sum, v_sum, sum_counts, k_valid)
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+    scale = None if scale is None else float(scale)
+    out, lse = _prism_attention_op(q, k, v, k_sum, v_sum, sum_counts, bool(causal), scale, bool(log_count_bias),
+                                   bool(return_lse), k_valid, backend)
+    return (out, lse) if return_lse else out
+
+
+def _lse_dtype(dtype):
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+@torch.library.custom_op(
+    "prism_ops::prism_attention", mutates_args=(),
+    schema="(Tensor q, Tensor k, Tensor v, Tensor? k_sum, Tensor? v_sum, Tensor? sum_counts, bool causal, "
+           "float? scale, bool log_count_bias, bool return_lse, Tensor? k_valid, str backend) -> (Tensor, Tensor)",
+)
+def _prism_attention_op(q, k, v, k_sum, v_sum, sum_counts, causal, scale, log_count_bias, return_lse, k_valid,
+                        backend):
+    """The op behind `prism_attention` (inputs already checked): (out, lse), lse empty `[0]`
+    without return_lse. The checks that read tensor data run here, not while tracing."""
+    if sum_counts is not None and sum_counts.numel() and bool((sum_counts < 0).any()):
+        raise ValueError("sum_counts must be >= 0 (tokens per summary row); got a negative count")
+    kwargs = dict(causal=causal, scale=scale, log_count_bias=log_count_bias, return_lse=return_lse, k_valid=k_valid)
+    if _backend_for(q, backend) == "triton":
+        from prism_ops.kernels.prism_attention import prism_attention_triton
+
+        res = prism_attention_triton(q, k, v, k_sum, v_sum, sum_counts, interpret=interpreting(), **kwargs)
+    else:
+        res = prism_attention_torch(q, k, v, k_sum, v_sum, sum_counts, **kwargs)
+    if not return_lse:
+        return res.contiguous(), q.new_empty((0,), dtype=_lse_dtype(q.dtype))
+    out, lse = res
+    # lse keeps the layout its route gives (the fused CPU kernel stores it as [B, Tq, H]): the fake
+    # traces the same route, and the CPU loops that merge it round exactly as before.
+    return out.contiguous(), lse.to(_lse_dtype(q.dtype))
+
+
+def _backend_for(q, backend):
+    """"torch" or "triton" for these inputs (raises for a forced backend that cannot run them)."""
     unsupported = None
     D = q.shape[-1]
     if q.dtype == torch.float64:
@@ -248,9 +296,64 @@ def prism_attention(
         unsupported = f"head dim D={D} (the kernel takes 16 to 256)"
     elif q.numel() == 0:
         unsupported = "empty input"
-    kwargs = dict(causal=causal, scale=scale, log_count_bias=log_count_bias, return_lse=return_lse, k_valid=k_valid)
-    if resolve_backend(backend, q.device, unsupported) == "triton":
-        from prism_ops.kernels.prism_attention import prism_attention_triton
+    return resolve_backend(backend, q.device, unsupported)
 
-        return prism_attention_triton(q, k, v, k_sum, v_sum, sum_counts, interpret=interpreting(), **kwargs)
-    return prism_attention_torch(q, k, v, k_sum, v_sum, sum_counts, **kwargs)
+
+@_prism_attention_op.register_fake
+def _(q, k, v, k_sum, v_sum, sum_counts, causal, scale, log_count_bias, return_lse, k_valid, backend):
+    B, H, Tq, _ = q.shape
+    out = q.new_empty((B, H, Tq, v.shape[-1]))
+    if not return_lse:
+        return out, q.new_empty((0,), dtype=_lse_dtype(q.dtype))
+    if _backend_for(q, backend) == "triton":
+        return out, q.new_empty((B, H, Tq), dtype=torch.float32)
+    # The torch route decides lse's strides: run it on the fake inputs (no data is read).
+    _, lse = prism_attention_torch(q, k, v, k_sum, v_sum, sum_counts, causal=causal, scale=scale,
+                                   log_count_bias=log_count_bias, return_lse=True, k_valid=k_valid)
+    return out, lse.to(_lse_dtype(q.dtype))
+
+
+def _setup_backward(ctx, inputs, output):
+    q, k, v, k_sum, v_sum, sum_counts, causal, scale, log_count_bias, return_lse, k_valid, backend = inputs
+    ctx.causal, ctx.scale, ctx.log_count_bias, ctx.return_lse = causal, scale, log_count_bias, return_lse
+    ctx.save_for_backward(q, k, v, k_sum, v_sum, sum_counts, k_valid)
+
+
+def _backward(ctx, grad_out, grad_lse):
+    """FlashAttention's backward in plain torch, in fp32 (fp64 for fp64 input), over
+    [local keys | summary rows]: P = softmax(S), dS = P * (dP - rowsum(dO * O) + dlse)."""
+    q, k, v, k_sum, v_sum, sum_counts, k_valid = ctx.saved_tensors
+    B, H, Tq, D = q.shape
+    Hkv, Tk = k.shape[1], k.shape[2]
+    G = H // Hkv
+    acc = _lse_dtype(q.dtype)
+    scale = 1.0 / math.sqrt(D) if ctx.scale is None else ctx.scale
+    has_sum = k_sum is not None and k_sum.shape[2] > 0
+    keys, vals = (torch.cat([k, k_sum], 2), torch.cat([v, v_sum], 2)) if has_sum else (k, v)
+    bias = _bias(q, k, sum_counts if has_sum else None, ctx.causal, ctx.log_count_bias, k_valid, acc)
+    qg = q.to(acc).reshape(B, Hkv, G, Tq, D)  # (B, Hkv, G, Tq, D)
+    kf, vf = keys.to(acc)[:, :, None], vals.to(acc)[:, :, None]  # (B, Hkv, 1, N, D)
+    s = (qg @ kf.transpose(-1, -2)) * scale  # (B, Hkv, G, Tq, N)
+    if bias is not None:
+        s = s + bias[:, :, None]
+    lse = torch.logsumexp(s, -1, keepdim=True)
+    lse = torch.where(torch.isfinite(lse), lse, torch.zeros_like(lse))  # rows that see nothing: P = 0
+    p = torch.exp(s - lse)
+    go = torch.zeros((B, Hkv, G, Tq, vals.shape[-1]), dtype=acc, device=q.device) if grad_out is None else (
+        grad_out.to(acc).reshape(B, Hkv, G, Tq, -1))
+    dp = go @ vf.transpose(-1, -2)  # (B, Hkv, G, Tq, N)
+    delta = (go * (p @ vf)).sum(-1, keepdim=True)
+    ds = p * (dp - delta)
+    if ctx.return_lse and grad_lse is not None and grad_lse.numel():
+        ds = ds + p * grad_lse.to(acc).reshape(B, Hkv, G, Tq, 1)
+    dq = (ds @ kf).reshape(B, H, Tq, D) * scale
+    dkeys = (ds.transpose(-1, -2) @ qg).sum(2) * scale  # (B, Hkv, N, D)
+    dvals = (p.transpose(-1, -2) @ go).sum(2)
+    dk, dv = dkeys[:, :, :Tk].to(k.dtype), dvals[:, :, :Tk].to(v.dtype)
+    dks = dvs = None
+    if k_sum is not None:
+        dks, dvs = dkeys[:, :, Tk:].to(k_sum.dtype), dvals[:, :, Tk:].to(v_sum.dtype)
+    return dq.to(q.dtype), dk, dv, dks, dvs, None, None, None, None, None, None, None
+
+
+_prism_attention_op.register_autograd(_backward, setup_context=_setup_backward)

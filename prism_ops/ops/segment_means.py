@@ -8,28 +8,30 @@ means and counts; a row whose tokens are all padding has count 0 and a zero mean
 Returns means `[B, H, S, D]` in x's dtype (accumulated in fp32 for fp16/bf16 input) and
 counts int32 `[B, S]`, or `[S]` when `valid` is None, with
 S = min(sink_tokens, T) + ceil((T - min(sink_tokens, T)) / segment_size).
+
+It is the `torch.library` custom op `prism_ops::segment_means` (with a fake implementation, so
+`torch.compile(fullgraph=True)` traces it without a graph break) and differentiable: its
+backward spreads each mean's gradient over its tokens, divided by the count.
 """
 
 from __future__ import annotations
 
-import math
-
 import torch
 
-from .._backend import interpreting, resolve_backend
+from .._backend import BACKENDS, interpreting, resolve_backend
 from .._checks import check_float, check_int, check_mask, check_tensor
 
 
 def num_summary_rows(T: int, segment_size: int, sink_tokens: int = 0) -> int:
     """S, the number of rows segment_means returns for T tokens."""
     sinks = min(sink_tokens, T)
-    return sinks + math.ceil((T - sinks) / segment_size)
+    return sinks + -(-(T - sinks) // segment_size)  # integer ceil: also exact for symbolic T
 
 
 def segment_lengths(T: int, segment_size: int, sink_tokens: int, device=None) -> torch.Tensor:
     """Tokens per summary row when there is no padding: int32 `[S]`."""
     sinks = min(sink_tokens, T)
-    n_seg = math.ceil((T - sinks) / segment_size)
+    n_seg = -(-(T - sinks) // segment_size)
     lengths = torch.full((sinks + n_seg,), segment_size, dtype=torch.int32, device=device)
     lengths[:sinks] = 1
     if n_seg:
@@ -41,7 +43,7 @@ def segment_means_torch(x, segment_size, valid=None, sink_tokens=0):
     """Plain-torch segment means (the CPU fallback); same contract as `segment_means`."""
     B, H, T, D = x.shape
     sinks = min(sink_tokens, T)
-    n_seg = math.ceil((T - sinks) / segment_size)
+    n_seg = -(-(T - sinks) // segment_size)
     acc_dtype = torch.float64 if x.dtype == torch.float64 else torch.float32
     xf = x.to(acc_dtype)
     if valid is not None:
@@ -75,6 +77,9 @@ def segment_means(x, segment_size, *, valid=None, sink_tokens=0, backend="auto")
     Returns:
         (means `[B, H, S, D]` in x.dtype, counts int32 `[B, S]` or `[S]` without `valid`).
 
+    The custom op `torch.ops.prism_ops.segment_means`: traced by torch.compile without a graph
+    break; differentiable in x on both backends (plain-torch backward).
+
     Example:
         >>> x = torch.arange(5.0).view(1, 1, 5, 1)
         >>> means, counts = segment_means(x, 2)
@@ -88,6 +93,18 @@ def segment_means(x, segment_size, *, valid=None, sink_tokens=0, backend="auto")
     B, H, T, D = x.shape
     if valid is not None:
         check_mask(valid, "valid", B, T, x.device)
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+    return tuple(_segment_means_op(x, segment_size, valid, sink_tokens, backend))
+
+
+@torch.library.custom_op(
+    "prism_ops::segment_means", mutates_args=(),
+    schema="(Tensor x, int segment_size, Tensor? valid, int sink_tokens, str backend) -> (Tensor, Tensor)",
+)
+def _segment_means_op(x, segment_size, valid, sink_tokens, backend):
+    """The op behind `segment_means` (inputs already checked): backend choice and the computation."""
+    B, H, T, D = x.shape
     unsupported = None
     if x.dtype == torch.float64:
         unsupported = "float64 input"
@@ -99,4 +116,37 @@ def segment_means(x, segment_size, *, valid=None, sink_tokens=0, backend="auto")
         lengths = None if valid is not None else segment_lengths(T, segment_size, sink_tokens, device=x.device)
         return segment_means_triton(x, segment_size, num_summary_rows(T, segment_size, sink_tokens), lengths, valid,
                                     sink_tokens, interpret=interpreting())
-    return segment_means_torch(x, segment_size, valid, sink_tokens)
+    means, counts = segment_means_torch(x, segment_size, valid, sink_tokens)
+    return means.contiguous(), counts
+
+
+@_segment_means_op.register_fake
+def _(x, segment_size, valid, sink_tokens, backend):
+    B, H, T, D = x.shape
+    S = num_summary_rows(T, segment_size, sink_tokens)
+    counts_shape = (S,) if valid is None else (B, S)
+    return x.new_empty((B, H, S, D)), x.new_empty(counts_shape, dtype=torch.int32)
+
+
+def _setup_backward(ctx, inputs, output):
+    x, segment_size, valid, sink_tokens, backend = inputs
+    ctx.segment_size, ctx.sink_tokens, ctx.T, ctx.dtype = segment_size, sink_tokens, x.shape[2], x.dtype
+    ctx.save_for_backward(valid, output[1])
+
+
+def _backward(ctx, grad_means, grad_counts):
+    """dx[t] = dmeans[row(t)] / count(row(t)) for a real token t, 0 for padding."""
+    valid, counts = ctx.saved_tensors
+    T, sinks = ctx.T, min(ctx.sink_tokens, ctx.T)
+    acc = torch.float64 if ctx.dtype == torch.float64 else torch.float32
+    t = torch.arange(T, device=grad_means.device)
+    row = torch.where(t < sinks, t, sinks + (t - sinks).clamp(min=0) // ctx.segment_size)  # (T,)
+    c = counts.to(acc).clamp(min=1)
+    c = c[None, None, :, None] if c.dim() == 1 else c[:, None, :, None]  # (B|1, 1, S, 1)
+    grad_x = (grad_means.to(acc) / c)[:, :, row]  # (B, H, T, D)
+    if valid is not None:
+        grad_x = grad_x * valid[:, None, :, None].to(acc)
+    return grad_x.to(ctx.dtype), None, None, None, None
+
+
+_segment_means_op.register_autograd(_backward, setup_context=_setup_backward)

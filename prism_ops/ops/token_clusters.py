@@ -27,7 +27,7 @@ def token_clusters(keys: torch.Tensor, num_clusters: int, keep: torch.Tensor, it
     S = num_clusters
     per_cluster = -(-n // S)
     assign = (torch.arange(n, device=keys.device) // per_cluster).clamp(max=S - 1).expand(B, n).contiguous()
-    x = keys.float()
+    x = keys if keys.dtype == torch.float64 else keys.float()  # fp64 keys cluster in fp64
     for _ in range(iters):
         sums, counts = _cluster_sums(x[:, None], assign, S, keep)
         centroids = sums[:, 0] / counts.clamp(min=1)[..., None]
