@@ -128,8 +128,9 @@ class Instance:
         return sorted({n for t in self.tasks for n in t.inputs}, key=lambda n: (-self.modules[n].compute, n))
 
 
-def task_latency(inst: Instance, task: Task, place: dict) -> float:
-    """Latency of one task; modules not in `place` yet are skipped (a partial objective)."""
+def task_latency(inst: Instance, task: Task, place: dict, wait=None) -> float:
+    """Latency of one task; modules not in `place` yet are skipped (a partial objective). `wait`
+    (s per device, optional) delays every node on a device before it runs (queueing under load)."""
     finish = {}
     for node in task.order():
         if node not in place:
@@ -144,7 +145,7 @@ def task_latency(inst: Instance, task: Task, place: dict) -> float:
             else:
                 continue
             start = max(start, arrive)
-        finish[node] = start + inst.modules[node].compute / inst.devices[dev].speed
+        finish[node] = start + (wait[dev] if wait else 0.0) + inst.modules[node].compute / inst.devices[dev].speed
     sink = task.sink()
     if sink not in finish:
         return max(finish.values(), default=0.0)
