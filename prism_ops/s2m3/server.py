@@ -27,7 +27,7 @@ from prism_ops import hf
 from prism_ops.distributed import CollectiveError, Request, run_distributed
 from prism_ops.distributed.control import bcast_json
 
-from .files import read_file
+from .files import parse_devices, read_file
 from .messages import TAG_RESULT, TAG_STOP, TAG_WORK, pack, unpack
 from .modules import Registry
 from .placement import PlacementError
@@ -180,13 +180,18 @@ class Server:
         return done
 
 
-def serve_requests(comm, plan_path: str, requests_path: str | None = None) -> list[dict] | None:
-    """prism-serve on this rank: check the plan (every rank, the same way) and the requests (rank 0,
-    which tells the others), serve them all, and on rank 0 return one
+def serve_requests(comm, plan_path: str, requests_path: str | None = None,
+                   devices_path: str | None = None) -> list[dict] | None:
+    """prism-serve on this rank: check the plan (every rank, the same way: against the devices
+    file's devices in rank order, when given) and the requests (rank 0, which tells the others),
+    serve them all, and on rank 0 return one
     `{"id", "model", "output", "latency_s"}` per request, in request order (None elsewhere).
     BadInput (exit code 2 under `guarded`) for a bad plan or request file."""
     try:
-        plan = check_plan(read_file(plan_path), comm.size)
+        names = None
+        if devices_path:
+            names = [d.name for d in parse_devices(read_file(devices_path), devices_path)[0]]
+        plan = check_plan(read_file(plan_path), comm.size, names)
     except PlacementError as e:
         raise BadInput(str(e)) from None
     reqs = err = None
