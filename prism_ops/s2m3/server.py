@@ -144,8 +144,10 @@ class Server:
         self.sends = [s for s in self.sends if not self.comm.test(s)]
         return busy
 
-    def serve(self, requests: list[dict] | None):
-        """Rank 0: run all requests and return {id: (output, latency)}; other ranks: serve until told to stop."""
+    def serve(self, requests: list[dict] | None, at: list[float] | None = None):
+        """Rank 0: run all requests and return {id: (output, latency)}; other ranks: serve until told
+        to stop. `at` (rank 0, optional): when each request arrives, in s from the start (in
+        order; default: all at once); a request's latency counts from its arrival."""
         self.results = []
         if self.comm.rank != 0:
             while self.comm.poll(TAG_STOP) is None:
@@ -154,15 +156,23 @@ class Server:
             while self.sends:
                 self.sends = [s for s in self.sends if not self.comm.test(s)]
             return None
-        start, done = {}, {}
-        for seq, r in enumerate(requests):  # every modality of every request goes out at once, in order
-            x = example_inputs(self.size, seed=r["seed"])
-            start[json.dumps(r["id"])] = time.perf_counter()
-            for node, srcs in self.dag(r["model"]).items():
-                for s in srcs:
-                    if s.startswith("input:"):
-                        self.deliver(seq, r["id"], r["model"], node, s, x[s[6:]])
+        start, done, t0, due = {}, {}, time.perf_counter(), 0
+        at = at or [0.0] * len(requests)
+
+        def release(now):  # every modality of every request that is due goes out at once, in order
+            nonlocal due
+            while due < len(requests) and t0 + at[due] <= now:
+                r = requests[due]
+                x = example_inputs(self.size, seed=r["seed"])
+                start[json.dumps(r["id"])] = t0 + at[due]
+                for node, srcs in self.dag(r["model"]).items():
+                    for s in srcs:
+                        if s.startswith("input:"):
+                            self.deliver(due, r["id"], r["model"], node, s, x[s[6:]])
+                due += 1
+
         while len(done) < len(requests):
+            release(time.perf_counter())
             if not self.step():
                 time.sleep(1e-4)
             while (msg := self.comm.poll(TAG_RESULT)) is not None:
