@@ -3,7 +3,7 @@ MPI ranks with a load-aware plan, against one rank running everything, in the sa
 
     mpiexec -n 2 python bench/bench_s2m3_latency.py [--repeats 3] [--arrivals 40] [--load 0.7]
 
-Rank 0 profiles the suite's modules (full size, 1 thread) and plans for two equal devices with room
+Rank 0 profiles the suite's modules (full size, 1 thread, median of 3 after a warm-up) and plans for two equal devices with room
 for everything (2 GB each) and a 1 Gbit/s link: for the burst with `solver.plan` under the
 burst (one request of each of the 12 models, `load.Load(counts=...)`), for the steady arrivals
 under their rates. The one-rank baseline is the plan with every module on rank 0, served by the
@@ -43,7 +43,8 @@ def plan_dict(devs, models, size, part_of, place):
 def setup(args, num_ranks):
     """Rank 0: profile, plan, predict. Returns what every rank needs (JSON)."""
     models = list(SUITE)
-    _, costs, part_of, tasks = profile_modules(models, args.size, {}, {"image": 602112, "text": 512, "audio": 960000})
+    _, costs, part_of, tasks = profile_modules(models, args.size, {}, {"image": 602112, "text": 512, "audio": 960000},
+                                           repeats=3)
     devs = [Device(f"dev{i}", 2e9) for i in range(num_ranks)]
     inst = Instance(devs, costs, tasks, default_link=Link(125e6, 1e-3))
     one = {k: 0 for k in costs}

@@ -49,6 +49,20 @@ def test_burst_by_hand_on_two_devices():
     assert simulate(inst, place, [(0.0, 0), (0.5, 0), (0.5, 0)]) == pytest.approx([1.5, 2.5, 4.0])
 
 
+def test_the_caller_dispatches_between_its_own_nodes():
+    """Device 0 is prism-serve's rank 0: a request that arrives while it computes goes out when the
+    node is done, and so does a result that comes back meanwhile."""
+    devices = [Device("a", 10), Device("b", 10)]
+    modules = {"e1": ModuleCost("e1", 1, 1.0), "e3": ModuleCost("e3", 1, 0.1)}
+    tasks = [Task("A", {"e1": ("input:x",)}, {"x": 0}), Task("C", {"e3": ("input:x",)}, {"x": 0})]
+    inst = Instance(devices, modules, tasks, default_link=Link(1e9, 0.1))
+    place = {"e1": 0, "e3": 1}
+    # C arrives at 0.5, leaves at 1.0, reaches b at 1.1, runs to 1.2, is back at 1.3.
+    assert simulate(inst, place, [(0.0, 0), (0.5, 1)]) == pytest.approx([1.0, 0.8])
+    # C at 0: out at once, back at 0.3, while a computes A until 1.0: taken in at 1.0.
+    assert simulate(inst, place, [(0.0, 0), (0.0, 1)]) == pytest.approx([1.0, 1.0])
+
+
 @pytest.mark.parametrize("seed", range(6))
 def test_one_request_alone_is_the_objective(seed):
     rng = random.Random(seed)

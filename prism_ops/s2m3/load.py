@@ -5,7 +5,8 @@ A `Load` is either a burst (how many requests of each task arrive at once) or st
 prism-serve schedules it (`prism_ops.s2m3.server`): every device runs one node at a time, its
 ready nodes earliest request first (ties: the one that became ready first); inputs travel in
 parallel (links are not shared), a node starts when its last input is in, and at any instant a
-device sees everything that has arrived by then before it picks its next node.
+device sees everything that has arrived by then before it picks its next node. Device 0 is also
+the caller: it sends a request's inputs out and takes results in only between its own nodes.
 
 - A burst's requests are numbered round-robin over the tasks in their order (one of each task
   that still has requests left, then again); its objective is the mean latency of its requests,
@@ -66,27 +67,45 @@ def burst_order(counts) -> list[int]:
 
 def simulate(inst: Instance, place: dict, arrivals) -> list[float]:
     """Latency of each request [(arrival time s, task index)] under `place`, in the given order
-    (which is also the order a device serves them in)."""
+    (which is also the order a device serves them in).
+
+    Device 0 is also the caller (prism-serve's rank 0, one thread): it sends out a request's
+    inputs, and takes in a result, only between two of its own nodes, so a request that arrives
+    (or a result that comes back) while it computes waits until that node is done."""
     tasks = inst.tasks
     readers = [{u: [v for v, srcs in t.inputs.items() if u in srcs] for u in t.inputs} for t in tasks]
     sinks = [t.sink() for t in tasks]
     tie = itertools.count()
-    events, need = [], {}  # (time, tie, kind, req, node)
-    for req, (t0, ti) in enumerate(arrivals):
-        task = tasks[ti]
-        for v, srcs in task.inputs.items():
-            need[(req, v)] = len(srcs)
-            for s in srcs:
-                if s.startswith("input:"):
-                    at = t0 + inst.transfer(0, place[v], task.input_bytes[s[6:]])
-                    heapq.heappush(events, (at, next(tie), "in", req, v))
+    events = [(t0, next(tie), "arrive", req, None) for req, (t0, _) in enumerate(arrivals)]
+    heapq.heapify(events)  # (time, tie, kind, req, node)
+    need = {(req, v): len(srcs) for req, (_, ti) in enumerate(arrivals) for v, srcs in tasks[ti].inputs.items()}
     ready = [[] for _ in inst.devices]
     idle = [True] * len(inst.devices)
     latency = [math.nan] * len(arrivals)
+    held = []  # (kind, req) waiting for the caller to be between nodes
+
+    def caller(now, kind, req):
+        ti = arrivals[req][1]
+        if kind == "result":
+            latency[req] = now - arrivals[req][0]
+            return
+        task = tasks[ti]
+        for v, srcs in task.inputs.items():
+            for s in srcs:
+                if s.startswith("input:"):
+                    at = now + inst.transfer(0, place[v], task.input_bytes[s[6:]])
+                    heapq.heappush(events, (at, next(tie), "in", req, v))
+
     while events:
         now = events[0][0]
         while events and events[0][0] <= now:
             _, _, kind, req, v = heapq.heappop(events)
+            if kind in ("arrive", "result"):
+                if idle[0]:
+                    caller(now, kind, req)
+                else:
+                    held.append((kind, req))
+                continue
             dev, ti = place[v], arrivals[req][1]
             if kind == "in":
                 need[(req, v)] -= 1
@@ -98,7 +117,11 @@ def simulate(inst: Instance, place: dict, arrivals) -> list[float]:
                 at = now + inst.transfer(dev, place[r], inst.modules[v].output_bytes)
                 heapq.heappush(events, (at, next(tie), "in", req, r))
             if v == sinks[ti]:
-                latency[req] = now + inst.transfer(dev, 0, tasks[ti].reply_bytes) - arrivals[req][0]
+                heapq.heappush(events, (now + inst.transfer(dev, 0, tasks[ti].reply_bytes), next(tie), "result", req, None))
+            if dev == 0:
+                for kind_, req_ in held:
+                    caller(now, kind_, req_)
+                held = []
         for dev, queue in enumerate(ready):
             if idle[dev] and queue:
                 req, _, v = heapq.heappop(queue)

@@ -115,6 +115,14 @@ class Server:
         item = (header["seq"], header["req"], header["model"], header["node"], inputs)
         heapq.heappush(self.ready, (header["seq"], next(self._tie), item))
 
+    def _flush(self, limit_s: float = 0.01):
+        """Before computing, let pending sends finish (briefly): a large message moves only while
+        its sender is inside MPI, so one left pending would wait out the whole node, and its
+        reader, idle on another rank, with it."""
+        t0 = time.perf_counter()
+        while self.sends and time.perf_counter() - t0 < limit_s:
+            self.sends = [s for s in self.sends if not self.comm.test(s)]
+
     def step(self) -> bool:
         """Receive what has arrived and run one ready node; False when there was nothing to do."""
         busy = False
@@ -122,6 +130,7 @@ class Server:
             self.arrive(*unpack(msg[1]))
             busy = True
         if self.ready:
+            self._flush()
             seq, req, model, node, inputs = heapq.heappop(self.ready)[2]
             dag = self.dag(model)
             part = self.part(model, node)
