@@ -1,24 +1,34 @@
-"""S2M3 placement: how often greedy finds the optimum, against the exact solver (branch and bound).
+"""S2M3 placement: the default planner (`prism_ops.s2m3.solver.plan`, a MILP solved by HiGHS) and
+greedy, side by side, against the exact solver (branch and bound) as the reference.
 
-    python bench/bench_s2m3_placement.py [--instances 200]
+    python bench/bench_s2m3_placement.py [--instances 50] [--seed 0]
 
-Two families of random instances, each solved by `greedy` and by `branch_and_bound`:
-- "suite": 3-5 models drawn from the 12-model suite (shared modules placed once), with the
-  module costs prism-place measured on this machine (MODULE_COSTS below), on 2-3 devices whose
-  total memory is 1.1-2.5x what the drawn modules need (each device 15-100% of the largest
-  module... so that placement is forced to spread), speeds 0.3-1.5, links 10-1000 Mbit/s with
-  1-10 ms latency, and real input sizes (a 224x224 image, 64 tokens, 30 s of log-mel audio).
+Families of random instances (each row: --instances draws of one size; infeasible ones, where no
+placement fits, are counted apart):
+- "suite": N models drawn from the 12-model suite (shared modules placed once), with the module
+  costs prism-place measured on this machine (MODULE_COSTS below), on 2-3 devices whose total
+  memory is 1.1-2.5x what the drawn modules need (each device 15-100% of the largest module, so
+  that placement is forced to spread), speeds 0.3-1.5, links 10-1000 Mbit/s with 1-10 ms
+  latency, and real input sizes (a 224x224 image, 64 tokens, 30 s of log-mel audio).
 - "synthetic": `prism_ops.s2m3.placement.random_instance`, tighter and more uneven.
-Reports, over the feasible instances, the share where greedy is optimal, within 1% and 5%, and
-the worst gap; infeasible instances (no placement fits) are counted apart.
-Paper (S2M3): greedy optimal in 89 of 95 instances (93.7%). Target (issue 5): >= 95%.
+- "slow": the suite family on slow devices (speed 0.1-0.5) joined by 10 Mbit/s links.
+- "scale": the suite family at 8 and 12 models on 4 devices, too large for branch and bound:
+  the planner's time and whether HiGHS proved its optimum, and greedy's gap against it.
+Per row: the share of feasible instances where each planner is optimal (within 1e-9) and within
+1% of the reference, how often it found no placement although one fits, its worst gap, and its
+solve time (mean and max), beside branch and bound's.
+Paper (S2M3): greedy optimal in 89 of 95 instances (93.7%). Target (issue 12): the default
+planner optimal on >= 99%, never "no placement" when one fits, < 2 s at 12 models on 4 devices.
 """
 
 import argparse
 import random
+import statistics
+import time
 
 from prism_ops.s2m3.placement import (Device, Instance, Link, ModuleCost, PlacementError, Task, branch_and_bound,
                                       greedy, objective, random_instance)
+from prism_ops.s2m3.solver import plan
 from prism_ops.s2m3.suite import MODELS, SUITE
 
 # From `prism-place --devices examples/devices.yaml --tasks examples/tasks.yaml` on this 2-core
@@ -36,8 +46,8 @@ def part_cost(part):
     return ((d_in + 1) * d_out * 4 / 1e6, 1e-4, d_out * 4)
 
 
-def suite_instance(rng):
-    names = rng.sample(sorted(SUITE), rng.randint(3, 5))
+def suite_instance(rng, num_models=(3, 5), num_devices=(2, 3), speed=(0.3, 1.5), mbit=(10, 1000)):
+    names = rng.sample(sorted(SUITE), rng.randint(*num_models))
     modules, tasks = {}, []
     for n in names:
         nodes = MODELS[n][1]
@@ -50,48 +60,96 @@ def suite_instance(rng):
         tasks.append(Task(n, inputs, {m: INPUT_BYTES[m] for m in mods}, 4e3))
     need = sum(m.memory for m in modules.values())
     big = max(m.memory for m in modules.values())
-    k = rng.randint(2, 3)
+    k = rng.randint(*num_devices)
     share = [rng.uniform(0.5, 1.5) for _ in range(k)]
     total = need * rng.uniform(1.1, 2.5)
-    devices = [Device(f"d{i}", max(big * rng.uniform(0.15, 1.0), total * w / sum(share)), rng.uniform(0.3, 1.5))
+    devices = [Device(f"d{i}", max(big * rng.uniform(0.15, 1.0), total * w / sum(share)), rng.uniform(*speed))
                for i, w in enumerate(share)]
-    links = {(a.name, b.name): Link(rng.uniform(10, 1000) * 1e6 / 8, rng.uniform(1e-3, 10e-3))
+    links = {(a.name, b.name): Link(rng.uniform(*mbit) * 1e6 / 8, rng.uniform(1e-3, 10e-3))
              for i, a in enumerate(devices) for b in devices[i + 1:]}
     return Instance(devices, modules, tasks, links)
 
 
-def study(make, n, seed):
+FAMILIES = [
+    ("suite", "3 models, 2-3 devices", lambda r: suite_instance(r, (3, 3))),
+    ("suite", "5 models, 2-3 devices", lambda r: suite_instance(r, (5, 5))),
+    ("suite", "3 models, 4 devices", lambda r: suite_instance(r, (3, 3), (4, 4))),
+    ("synthetic", "4 tasks, 3 devices", random_instance),
+    ("slow", "3 models, 2-3 devices", lambda r: suite_instance(r, (3, 3), speed=(0.1, 0.5), mbit=(10, 10))),
+    ("slow", "5 models, 2-3 devices", lambda r: suite_instance(r, (5, 5), speed=(0.1, 0.5), mbit=(10, 10))),
+]
+SCALE = [("scale", f"{n} models, 4 devices", lambda r, n=n: suite_instance(r, (n, n), (4, 4))) for n in (8, 12)]
+
+
+def timed(fn, *args):
+    t0 = time.perf_counter()
+    out = fn(*args)
+    return out, time.perf_counter() - t0
+
+
+def gap(inst, place, ref):
+    return float("inf") if place is None else objective(inst, place) / ref - 1
+
+
+def shares(gaps):
+    found = [g for g in gaps if g != float("inf")]
+    return (sum(g <= 1e-9 for g in gaps) / len(gaps), sum(g <= 0.01 for g in gaps) / len(gaps),
+            len(gaps) - len(found), max(found, default=0.0))
+
+
+def study(make, n, seed, exact=True):
     rng = random.Random(seed)
-    rows, infeasible, attempts = [], 0, 0
+    rows, infeasible, times = [], 0, {"greedy": [], "planner": [], "exact": []}
+    proven = 0
     while len(rows) + infeasible < n:
-        attempts += 1
         try:
             inst = make(rng)
         except PlacementError:
             continue
-        best, opt = branch_and_bound(inst)
+        sol, tp = timed(plan, inst)
+        g, tg = timed(greedy, inst)
+        if exact:
+            (best, opt), tb = timed(branch_and_bound, inst)
+            times["exact"].append(tb)
+        else:
+            best, opt = sol.place, sol.cost
+        proven += sol.proven
+        times["greedy"].append(tg)
+        times["planner"].append(tp)
         if best is None:
             infeasible += 1
+            assert sol.place is None, "the planner placed an instance the exact solver calls infeasible"
             continue
-        g = greedy(inst)
-        rows.append(float("inf") if g is None else objective(inst, g) / opt - 1)
-    ok = len(rows)
-    return dict(feasible=ok, infeasible=infeasible, optimal=sum(r <= 1e-9 for r in rows) / ok,
-                within_1=sum(r <= 0.01 for r in rows) / ok, within_5=sum(r <= 0.05 for r in rows) / ok,
-                no_placement=sum(r == float("inf") for r in rows), worst=max(r for r in rows if r != float("inf")))
+        rows.append((gap(inst, g, opt), gap(inst, sol.place, opt)))
+    return rows, infeasible, times, proven
 
 
 def main():
     ap = argparse.ArgumentParser()
-    ap.add_argument("--instances", type=int, default=200)
+    ap.add_argument("--instances", type=int, default=50, help="instances per row")
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args()
-    print("| instances | feasible | infeasible | greedy optimal | within 1% | within 5% | greedy found none | worst gap |")
-    print("| --- | --- | --- | --- | --- | --- | --- | --- |")
-    for label, make in (("suite", suite_instance), ("synthetic", random_instance)):
-        r = study(make, args.instances, args.seed)
-        print(f"| {label} | {r['feasible']} | {r['infeasible']} | {r['optimal']:.1%} | {r['within_1']:.1%} | "
-              f"{r['within_5']:.1%} | {r['no_placement']} | {r['worst']:.1%} |", flush=True)
+    print("| family | size | feasible | infeasible | greedy: optimal | within 1% | none found | worst gap | "
+          "planner: optimal | within 1% | none found | worst gap | greedy s (mean) | planner s (mean / max) | "
+          "branch and bound s (mean / max) |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+    for label, size, make in FAMILIES:
+        rows, infeasible, t, _ = study(make, args.instances, args.seed)
+        g, p = shares([r[0] for r in rows]), shares([r[1] for r in rows])
+        print(f"| {label} | {size} | {len(rows)} | {infeasible} | {g[0]:.1%} | {g[1]:.1%} | {g[2]} | {g[3]:.1%} | "
+              f"{p[0]:.1%} | {p[1]:.1%} | {p[2]} | {p[3]:.1%} | {statistics.mean(t['greedy']):.4f} | "
+              f"{statistics.mean(t['planner']):.3f} / {max(t['planner']):.3f} | "
+              f"{statistics.mean(t['exact']):.3f} / {max(t['exact']):.3f} |", flush=True)
+    print()
+    print("| family | size | feasible | planner proven optimal (HiGHS) | greedy: equal to planner | within 1% | "
+          "none found | worst gap | planner s (mean / max) |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+    for label, size, make in SCALE:
+        n = max(10, args.instances // 5)
+        rows, infeasible, t, proven = study(make, n, args.seed, exact=False)
+        g = shares([r[0] for r in rows])
+        print(f"| {label} | {size} | {len(rows)} | {proven}/{len(rows) + infeasible} | {g[0]:.1%} | {g[1]:.1%} | "
+              f"{g[2]} | {g[3]:.1%} | {statistics.mean(t['planner']):.3f} / {max(t['planner']):.3f} |", flush=True)
 
 
 if __name__ == "__main__":

@@ -8,7 +8,7 @@ pytest.importorskip("transformers")
 pytest.importorskip("yaml")
 
 from prism_ops.cli.place import main  # noqa: E402
-from prism_ops.s2m3.suite import BUILTIN, MODELS  # noqa: E402
+from prism_ops.s2m3.suite import BUILTIN, MODELS, SUITE_VERSION  # noqa: E402
 
 DEVICES = {"devices": [{"name": "a", "memory_gb": 0.0004, "speed": 1.0}, {"name": "b", "memory_gb": 0.0004}],
            "default_link": {"mbit": 100, "latency_ms": 1}}
@@ -30,7 +30,52 @@ def test_plan(tmp_path, capsys):
     assert "memory per device: a " in text and "predicted latency image-text-retrieval" in text
     plan = json.loads(out.read_text())
     assert set(plan["plan"]) >= {"vit-b16", "vit-s16", "minilm", "similarity"}
-    assert plan["objective_s"] >= plan["optimal_s"] > 0
+    assert plan["objective_s"] == pytest.approx(plan["optimal_s"], rel=1e-9) and plan["optimal_s"] > 0
+    assert plan["suite_version"] == SUITE_VERSION and "gap 0.00%" in text and "objective (optimal)" in text
+    main(["--devices", write(tmp_path, "d.json", DEVICES), "--tasks", write(tmp_path, "t.json", TASKS),
+          "--planner", "greedy", "--exact", "--json", str(out)])
+    greedy = json.loads(out.read_text())
+    # (each run profiles the modules again, so the two runs' times differ)
+    assert greedy["objective_s"] >= greedy["optimal_s"] - 1e-12 and "objective (greedy)" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("load", [{"burst": {"cifar10-vits16": 3, "sentiment-minilm": 2, "image-text-retrieval": 1}},
+                                  {"rates": {"cifar10-vits16": 2.0, "sentiment-minilm": 0.5}}])
+def test_load_aware_plan(tmp_path, capsys, load):
+    out = tmp_path / "plan.json"
+    main(["--devices", write(tmp_path, "d.json", DEVICES), "--tasks", write(tmp_path, "t.json", {**TASKS, **load}),
+          "--json", str(out)])
+    text = capsys.readouterr().out
+    plan = json.loads(out.read_text())
+    kind = next(iter(load))
+    assert plan[kind] == load[kind] and plan["load_objective_s"] > 0
+    if kind == "burst":
+        assert "predicted burst latency cifar10-vits16" in text and "predicted whole burst: " in text
+        assert "busy per device: a " in text
+    else:
+        assert "predicted steady latency sentiment-minilm" in text and "busy share per device: a " in text
+        assert "image-text-retrieval (M/G/1)" not in text  # no arrivals of it
+
+
+@pytest.mark.parametrize("extra,message", [
+    ({"burst": {"cifar10-vits16": 1.5}}, "burst['cifar10-vits16'] must be a whole number >= 0, got 1.5"),
+    ({"burst": {"cifar10-vits16": -1}}, "burst['cifar10-vits16'] must be a whole number >= 0"),
+    ({"burst": {"cifar10-vits16": True}}, "burst['cifar10-vits16'] must be a whole number"),
+    ({"burst": {"cifar10-vits16": 0}}, "burst must ask for at least one request"),
+    ({"burst": {"topic-minilm": 1}}, "burst names 'topic-minilm', which is not in models"),
+    ({"burst": [1, 2]}, "burst must be a mapping"),
+    ({"rates": {"cifar10-vits16": 0}}, "rates['cifar10-vits16'] must be a finite number > 0"),
+    ({"rates": {"cifar10-vits16": "fast"}}, "rates['cifar10-vits16'] must be a finite number > 0, got 'fast'"),
+    ({"rates": {"cifar10-vits16": float("inf")}}, "rates['cifar10-vits16'] must be a finite number"),
+    ({"rates": {"cifar10-vits16": 1}, "burst": {"cifar10-vits16": 1}}, "give burst or rates, not both"),
+    ({"compute_s": {"vit-b16": -0.1}}, "compute_s['vit-b16'] must be a finite number >= 0"),
+    ({"input_bytes": {"image": "big"}}, "input_bytes['image'] must be a finite number >= 0"),
+    ({"input_bytes": {"video": 1}}, "input_bytes names unknown modality 'video'"),
+])
+def test_bad_load_and_numbers(tmp_path, capsys, extra, message):
+    with pytest.raises(SystemExit) as e:
+        main(["--devices", write(tmp_path, "d.json", DEVICES), "--tasks", write(tmp_path, "t.json", {**TASKS, **extra})])
+    assert e.value.code == 2 and message in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("devices,tasks,message", [

@@ -1,12 +1,16 @@
-"""S2M3 placement: the latency model by hand, branch and bound against brute force, greedy, bad input."""
+"""S2M3 placement: the latency model by hand, branch and bound and the default planner (MILP)
+against brute force, greedy, bad input."""
 
 import itertools
 import random
+import time
 
 import pytest
 
 from prism_ops.s2m3.placement import (Device, Instance, Link, ModuleCost, PlacementError, Task, branch_and_bound,
                                       greedy, objective, random_instance, task_latency)
+from prism_ops.s2m3.solver import milp_placement, plan
+from prism_ops.s2m3.suite import MODELS
 
 MB = 1e6
 
@@ -115,3 +119,67 @@ def test_unknown_module_and_module_too_large():
     with pytest.raises(PlacementError, match="'enc' .* fits on no device"):
         Instance([Device("d", 10)], {"enc": ModuleCost("enc", 11, 1.0)},
                  [Task("t", {"enc": ("input:img",)}, {"img": 1})])
+
+
+def feasible_draws(seed, count, **kw):
+    rng, out = random.Random(seed), []
+    while len(out) < count:
+        try:
+            out.append(random_instance(rng, **kw))
+        except PlacementError:
+            continue
+    return out
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_planner_equals_brute_force(seed):
+    """The default planner reaches the optimum, and finds a placement whenever one fits, on random
+    small instances (2-4 devices, uneven memory, slow links)."""
+    for inst in feasible_draws(100 + seed, 6, num_devices=2 + seed % 3, num_encoders=3, num_heads=2, num_tasks=3):
+        ref_place, ref = brute_force(inst)
+        sol = plan(inst)
+        assert (sol.place is None) == (ref_place is None)
+        if ref_place is None:
+            assert sol.proven
+            continue
+        assert sol.proven and sol.cost == pytest.approx(ref, rel=1e-9)
+        assert objective(inst, sol.place) == pytest.approx(ref, rel=1e-9)
+        load = [0.0] * len(inst.devices)
+        for n, d in sol.place.items():
+            load[d] += inst.modules[n].memory
+        assert all(load[d] <= inst.devices[d].memory for d in range(len(inst.devices)))
+
+
+def test_planner_finds_a_placement_greedy_misses():
+    """Greedy fills the caller with A and B (no transfers); then C fits nowhere. C and B on the
+    caller and A on the other device fit."""
+    devices = [Device("caller", 7), Device("other", 3)]
+    modules = {"A": ModuleCost("A", 3, 2.0), "B": ModuleCost("B", 3, 1.0), "C": ModuleCost("C", 4, 0.5)}
+    tasks = [Task(n, {n: ("input:x",)}, {"x": 0}) for n in modules]
+    inst = Instance(devices, modules, tasks, default_link=Link(1e9, 0.1))
+    assert greedy(inst) is None
+    sol = plan(inst)
+    assert sol.place == {"A": 1, "B": 0, "C": 0} and sol.cost == pytest.approx(2.2 + 1.0 + 0.5)
+    assert milp_placement(Instance([Device("d", 5)], modules, tasks)) == (None, True)
+
+
+def test_planner_is_fast_on_the_whole_suite():
+    """12 models (20 unique modules) on 4 devices in well under 2 s, proven optimal."""
+    rng = random.Random(0)
+    modules, tasks = {}, []
+    for name, (_, nodes) in MODELS.items():
+        for part, _ in nodes.values():
+            modules[part] = ModuleCost(part, rng.uniform(1, 300) * MB, rng.uniform(1e-4, 0.5), rng.uniform(4, 3e3))
+        inputs = {nodes[n][0]: tuple(x if x.startswith("input:") else nodes[x][0] for x in srcs)
+                  for n, (_, srcs) in nodes.items()}
+        mods = {x[6:] for srcs in inputs.values() for x in srcs if x.startswith("input:")}
+        tasks.append(Task(name, inputs, {m: 6e5 for m in mods}, 4e3))
+    assert len(modules) == 20
+    devices = [Device(f"d{i}", 700 * MB, speed=s) for i, s in enumerate((1.0, 0.5, 2.0, 0.3))]
+    links = {("d0", "d1"): Link(10e6 / 8, 5e-3), ("d0", "d2"): Link(1e9 / 8, 1e-3)}
+    inst = Instance(devices, modules, tasks, links)
+    t0 = time.perf_counter()
+    sol = plan(inst)
+    assert time.perf_counter() - t0 < 2.0 and sol.proven
+    g = greedy(inst)
+    assert g is None or objective(inst, g) >= sol.cost - 1e-9

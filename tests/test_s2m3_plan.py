@@ -9,12 +9,16 @@ import torch
 from prism_ops.s2m3.messages import pack, unpack
 from prism_ops.s2m3.placement import PlacementError
 from prism_ops.s2m3.plan import check_plan, read_requests
-from prism_ops.s2m3.suite import BUILTIN
+from prism_ops.s2m3.suite import BUILTIN, SUITE_VERSION
 
 PLAN = {"devices": ["a", "b"], "size": "tiny", "models": ["sentiment-minilm", "tagger"],
         "custom": {"tagger": {"task": "audio tagging", "nodes": {
             "whisper-tiny": ["whisper-tiny", ["input:audio"]], "cls": ["classifier:384x50:seed7", ["whisper-tiny"]]}}},
-        "plan": {"minilm": "a", "classifier:384x2:seed15": "b", "whisper-tiny": "b", "classifier:384x50:seed7": "a"}}
+        "plan": {"minilm": "a", "classifier:384x2:seed15": "b", "whisper-tiny": "b", "classifier:384x50:seed7": "a"},
+        "suite_version": SUITE_VERSION}
+THREE = {**PLAN, "devices": ["a", "b", "c"], "models": ["sentiment-minilm", "image-text-retrieval"],
+         "plan": {"minilm": "a", "classifier:384x2:seed15": "b", "vit-b16": "c", "projector:768x256:seed19": "c",
+                  "projector:384x256:seed20": "a", "similarity": "a"}}
 
 
 @pytest.mark.parametrize("t", [torch.arange(6, dtype=torch.int64).view(2, 3), torch.randn(2, 5)])
@@ -38,11 +42,22 @@ def test_check_plan():
     ({**PLAN, "plan": {**PLAN["plan"], "minilm": "z"}}, 2, "part 'minilm' of 'sentiment-minilm' is not placed"),
     ({**PLAN, "prism": {"whisper-tiny": {"devices": ["a", "b"]}}}, 2, "prism spreads transformer encoders"),
     ({**PLAN, "prism": {"minilm": {"devices": ["a", "a"]}}}, 2, "needs 2 or more distinct devices"),
+    ({**PLAN, "suite_version": "0123456789ab"}, 2, "written for suite version '0123456789ab'"),
+    ({k: v for k, v in PLAN.items() if k != "suite_version"}, 2, "written for suite version None"),
+    ({**THREE, "prism": {"minilm": {"devices": ["a", "b"]}, "vit-b16": {"devices": ["c", "b"]}}}, 3,
+     "prism groups of 'minilm' and 'vit-b16' share device(s) ['b']"),
 ])
 def test_bad_plans(plan, ranks, message):
     with pytest.raises(PlacementError) as e:
         check_plan(plan, ranks)
     assert message in str(e.value)
+
+
+def test_spread_groups_apart_and_device_names():
+    ok = check_plan({**THREE, "prism": {"minilm": {"devices": ["a", "b"]}}}, 3, ["a", "b", "c"])
+    assert ok.spread["minilm"][0] == [0, 1]
+    with pytest.raises(PlacementError, match=r"its devices \['a', 'b'\] do not match the ranks' devices \['b', 'a'\]"):
+        check_plan(PLAN, 2, ["b", "a"])
 
 
 def test_read_requests():

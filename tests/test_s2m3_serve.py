@@ -1,4 +1,6 @@
-"""prism-serve under real mpiexec: a burst of mixed requests through modules spread over 3 ranks."""
+"""prism-serve under real mpiexec: bursts of mixed requests through modules spread over 3 ranks
+(and over 2 with a load-aware plan), each answered exactly once; bad plans refused before any
+rank serves."""
 
 import json
 import os
@@ -33,9 +35,10 @@ def plan(tmp_path_factory):
     return d / "plan.json"
 
 
-def serve(n, plan, lines, timeout=120):
+def serve(n, plan, lines, timeout=120, extra=()):
     env = dict(os.environ, OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1")
-    cmd = [str(BIN / "mpiexec"), "-n", str(n), sys.executable, "-m", "prism_ops.cli.serve", "--plan", str(plan)]
+    cmd = [str(BIN / "mpiexec"), "-n", str(n), sys.executable, "-m", "prism_ops.cli.serve", "--plan", str(plan),
+           *extra]
     return subprocess.run(cmd, input="\n".join(lines), capture_output=True, text=True, timeout=timeout, env=env)
 
 
@@ -82,3 +85,38 @@ def test_prism_inside_s2m3(plan, tmp_path):
     spread.write_text(json.dumps(p))
     bad = serve(3, spread, [json.dumps(reqs[0])])
     assert bad.returncode == 2 and "needs 2 or more distinct devices" in bad.stderr
+
+
+def test_burst_with_a_load_aware_plan_is_answered_once_each(tmp_path):
+    """A tasks file's burst gives the plan; 12 mixed requests (4 models, 3 each, shared encoders)
+    at once on 2 ranks: every id answered exactly once, each with its own model's output."""
+    models = ["cifar10-vits16", "food101-vits16", "sentiment-minilm", "image-text-retrieval"]
+    devices = {"devices": [{"name": n, "memory_gb": 0.0005} for n in "ab"], "default_link": {"mbit": 1000}}
+    (tmp_path / "d.json").write_text(json.dumps(devices))
+    (tmp_path / "t.json").write_text(json.dumps({"models": models, "size": "tiny", "burst": {m: 3 for m in models},
+                                                 "input_bytes": {"image": 12288, "text": 96}}))
+    place(["--devices", str(tmp_path / "d.json"), "--tasks", str(tmp_path / "t.json"),
+           "--json", str(tmp_path / "plan.json")])
+    reqs = [{"id": f"r{i}", "model": models[i % 4], "seed": 100 + i} for i in range(12)]
+    p = serve(2, tmp_path / "plan.json", [json.dumps(r) for r in reqs], extra=["--devices", str(tmp_path / "d.json")])
+    assert p.returncode == 0, p.stderr[-3000:]
+    out = [json.loads(line) for line in p.stdout.splitlines() if line.startswith("{")]
+    assert [o["id"] for o in out] == [r["id"] for r in reqs]
+    torch.set_num_threads(1)
+    for r, o in zip(reqs, out):
+        want = Model(r["model"], "tiny")(example_inputs("tiny", seed=r["seed"]))
+        assert o["model"] == r["model"] and torch.allclose(torch.tensor(o["output"]), want, atol=1e-6), r
+
+
+def test_refused_before_any_rank_serves(plan, tmp_path):
+    """Overlapping PRISM groups (which could deadlock) and devices out of rank order: exit 2 at once."""
+    p = json.loads(plan.read_text())
+    p["prism"] = {"vit-s16": {"devices": ["b", "c"]}, "minilm": {"devices": ["a", "b"]}}
+    bad = tmp_path / "plan.json"
+    bad.write_text(json.dumps(p))
+    out = serve(3, bad, ['{"id": 1, "model": "sentiment-minilm"}'], timeout=60)
+    assert out.returncode == 2 and "prism groups of 'minilm' and 'vit-s16' share device(s) ['b']" in out.stderr
+    devices = tmp_path / "d.json"
+    devices.write_text(json.dumps({"devices": [{"name": n, "memory_gb": 0.0005} for n in "acb"]}))
+    out = serve(3, plan, ['{"id": 1, "model": "sentiment-minilm"}'], timeout=60, extra=["--devices", str(devices)])
+    assert out.returncode == 2 and "do not match the ranks' devices ['a', 'c', 'b']" in out.stderr

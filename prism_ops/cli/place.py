@@ -1,10 +1,14 @@
 """prism-place: place the suite's shared modules on devices and predict each task's latency.
 
-    prism-place --devices devices.yaml --tasks tasks.yaml [--exact] [--json plan.json]
+    prism-place --devices devices.yaml --tasks tasks.yaml [--planner optimal|greedy] [--exact] [--json plan.json]
 
 The files' formats: `prism_ops.s2m3.files`. Requests arrive at the first device. Everything is
 checked (unknown models or parts, a module larger than every device, cyclic or dangling task
-graphs) before any model is built; a bad file exits with code 2. The planning itself:
+graphs, bad numbers) before any model is built; a bad file exits with code 2. The default
+planner is optimal for the latency objective (a MILP, `prism_ops.s2m3.solver`); a tasks file's
+`burst` or `rates` makes it minimise the mean latency under that load, and prism-place then prints
+the predicted latency of each task and of the whole burst and how busy each device is.
+`--exact` also runs branch and bound (small instances) as a certificate. The planning itself:
 `prism_ops.s2m3.planner.make_plan`.
 """
 
@@ -17,7 +21,7 @@ import sys
 import torch
 
 from prism_ops.s2m3.placement import PlacementError
-from prism_ops.s2m3.planner import PlanReport, make_plan
+from prism_ops.s2m3.planner import PLANNERS, PlanReport, make_plan
 
 
 def print_report(r: PlanReport) -> None:
@@ -33,20 +37,35 @@ def print_report(r: PlanReport) -> None:
           f"with one copy per model ({m['saved']:.1%} saved)")
     for name, latency in r.latency:
         print(f"predicted latency {name}: {latency:.4f} s")
+    print(f"objective ({r.planner}): {r.plan['objective_s']:.4f} s, solved in {r.solve_s:.3f} s")
     if "optimal_s" in r.plan:
-        print(f"objective: greedy {r.plan['objective_s']:.4f} s, exact {r.plan['optimal_s']:.4f} s")
+        gap = r.plan["objective_s"] / r.plan["optimal_s"] - 1 if r.plan["optimal_s"] > 0 else 0.0
+        print(f"exact (branch and bound): {r.plan['optimal_s']:.4f} s in {r.exact_s:.3f} s; gap {gap:.2%}")
+    if r.load == "burst":
+        for name, latency in r.load_latency:
+            print(f"predicted burst latency {name}: {latency:.4f} s (mean of its requests)")
+        print(f"predicted whole burst: {r.burst_s:.4f} s; mean latency {r.plan['load_objective_s']:.4f} s")
+        total = sum(b for _, b in r.device_busy) or 1.0
+        print("busy per device: " + ", ".join(f"{name} {b:.4f} s ({b / total:.0%})" for name, b in r.device_busy))
+    elif r.load == "rates":
+        for name, latency in r.load_latency:
+            print(f"predicted steady latency {name}: {latency:.4f} s (M/G/1)")
+        print(f"predicted mean latency: {r.plan['load_objective_s']:.4f} s")
+        print("busy share per device: " + ", ".join(f"{name} {b:.0%}" for name, b in r.device_busy))
 
 
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(prog="prism-place", description=__doc__.split("\n\n")[0])
     ap.add_argument("--devices", required=True)
     ap.add_argument("--tasks", required=True)
-    ap.add_argument("--exact", action="store_true", help="also solve exactly (small instances)")
+    ap.add_argument("--planner", choices=PLANNERS, default="optimal",
+                    help="optimal (default: MILP, then local search under a load) or greedy")
+    ap.add_argument("--exact", action="store_true", help="also solve by branch and bound (small instances)")
     ap.add_argument("--json", help="write the plan here")
     args = ap.parse_args(argv)
     torch.set_num_threads(1)  # modules are profiled on one thread
     try:
-        report = make_plan(args.devices, args.tasks, exact=args.exact)
+        report = make_plan(args.devices, args.tasks, exact=args.exact, planner=args.planner)
     except PlacementError as e:
         print(f"prism-place: error: {e}", file=sys.stderr)
         sys.exit(2)

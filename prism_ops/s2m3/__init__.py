@@ -8,6 +8,10 @@ route requests through them over MPI ranks.
   catalogs with user-defined task DAGs (`Catalog.with_custom`);
 - `placement`: the cluster and task-DAG model, the latency objective, greedy placement and
   branch and bound (the exact solver); plain numbers, no I/O;
+- `load`: the latency under load (a burst, or steady arrivals): a discrete-event simulation of
+  a plan scheduled like `server`, and an M/G/1 estimate per device;
+- `solver`: the default planner: the latency objective as a MILP (HiGHS), local search for the
+  load-aware objective;
 - `files`: prism-place's devices and tasks files, read and checked;
 - `profiler`: module costs (memory, compute, output bytes) measured on this machine;
 - `planner`: files -> profile -> placement -> the plan prism-place prints and writes;

@@ -11,6 +11,10 @@ tasks.yaml:
     size: full                                                         # or tiny
     input_bytes: {image: 602112, text: 256, audio: 960000}
     compute_s: {vit-b16: 0.2}          # optional, per part; the rest is profiled on this machine
+    burst: {imagenet-vitb16: 2, sentiment-minilm: 1}   # optional: requests of each model at once
+    rates: {imagenet-vitb16: 0.5}      # or optional: steady arrivals, requests/s of each model
+With a burst or rates the plan minimises the mean latency of a request under that load
+(`prism_ops.s2m3.load`); without, the sum of the tasks' latencies, each alone.
 
 Everything is checked (unknown models or parts, a module larger than every device, cyclic or
 dangling task graphs) before any model is built; every problem is a PlacementError whose message
@@ -20,10 +24,11 @@ names the file.
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass, field
 
 from .placement import Device, Link, PlacementError
-from .suite import BUILTIN, Catalog
+from .suite import BUILTIN, MODALITIES, Catalog
 
 
 def read_file(path: str) -> dict:
@@ -83,6 +88,25 @@ class TaskSpec:
     size: str = "full"
     input_bytes: dict = field(default_factory=dict)  # modality -> bytes the caller sends
     compute_s: dict = field(default_factory=dict)  # part -> given compute time (s)
+    burst: dict = field(default_factory=dict)  # model -> requests at once (empty: no burst)
+    rates: dict = field(default_factory=dict)  # model -> requests/s (empty: no steady arrivals)
+
+
+def _number(value, where: str, low: float = 0.0, strict: bool = False, whole: bool = False) -> float:
+    """`value` checked to be a finite number >= low (> low when strict; whole when asked)."""
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    ok = ok and (value > low if strict else value >= low) and (not whole or float(value).is_integer())
+    if not ok:
+        kind = "a whole number" if whole else "a finite number"
+        raise PlacementError(f"{where} must be {kind} {'>' if strict else '>='} {low:g}, got {value!r}")
+    return int(value) if whole else float(value)
+
+
+def _mapping(data: dict, key: str, path: str) -> dict:
+    value = data.get(key) or {}
+    if not isinstance(value, dict):
+        raise PlacementError(f"{path}: {key} must be a mapping, got {value!r}")
+    return value
 
 
 def check_tasks(data: dict, path: str = "tasks") -> TaskSpec:
@@ -99,13 +123,30 @@ def check_tasks(data: dict, path: str = "tasks") -> TaskSpec:
     if unknown:
         raise PlacementError(f"{path}: unknown model(s) {unknown}; known: {sorted(known)}")
     parts = {p for m in models for p, _ in catalog.nodes(m).values()}
-    extra = sorted(set(data.get("compute_s", {})) - parts)
+    compute_s = {k: _number(v, f"{path}: compute_s[{k!r}]") for k, v in _mapping(data, "compute_s", path).items()}
+    input_bytes = {}
+    for k, v in _mapping(data, "input_bytes", path).items():
+        if k not in MODALITIES:
+            raise PlacementError(f"{path}: input_bytes names unknown modality {k!r}; modalities are {MODALITIES}")
+        input_bytes[k] = _number(v, f"{path}: input_bytes[{k!r}]")
+    load = {}
+    for key in ("burst", "rates"):
+        load[key] = {}
+        for m, v in _mapping(data, key, path).items():
+            if m not in models:
+                raise PlacementError(f"{path}: {key} names {m!r}, which is not in models")
+            load[key][m] = _number(v, f"{path}: {key}[{m!r}]", strict=key == "rates", whole=key == "burst")
+    if load["burst"] and load["rates"]:
+        raise PlacementError(f"{path}: give burst or rates, not both")
+    if "burst" in data and not any(load["burst"].values()):
+        raise PlacementError(f"{path}: burst must ask for at least one request")
+    extra = sorted(set(compute_s) - parts)
     if extra:
         raise PlacementError(f"{path}: compute_s names unknown part(s) {extra}; the models use {sorted(parts)}")
     if data.get("size", "full") not in ("full", "tiny"):
         raise PlacementError(f"{path}: size must be full or tiny, got {data['size']!r}")
-    return TaskSpec(catalog, models, data.get("custom") or {}, data.get("size", "full"), data.get("input_bytes", {}),
-                    data.get("compute_s", {}))
+    return TaskSpec(catalog, models, data.get("custom") or {}, data.get("size", "full"), input_bytes, compute_s,
+                    load["burst"], load["rates"])
 
 
 def check_memory(spec: TaskSpec, devices) -> None:

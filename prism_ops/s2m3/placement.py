@@ -17,6 +17,11 @@ raises the objective (over the modules placed so far) least. `branch_and_bound` 
 solver) searches all placements depth-first in the same order, pruning a branch once its
 partial objective, which can only grow, reaches the best complete one.
 
+The default planner is `prism_ops.s2m3.solver.plan` (a MILP, optimal for this objective); greedy
+is S2M3's, kept for comparison and `prism-place --planner greedy`. The objective runs a task's
+parallel branches in parallel even when they share a device, and sees no other requests; the
+load-aware objective (`prism_ops.s2m3.load`) simulates both.
+
 Pure logic with plain numbers: no files, no torch (`prism_ops.s2m3.profiler` measures the
 module costs, `prism_ops.s2m3.planner` reads the files and writes the plan).
 """
@@ -128,8 +133,9 @@ class Instance:
         return sorted({n for t in self.tasks for n in t.inputs}, key=lambda n: (-self.modules[n].compute, n))
 
 
-def task_latency(inst: Instance, task: Task, place: dict) -> float:
-    """Latency of one task; modules not in `place` yet are skipped (a partial objective)."""
+def task_latency(inst: Instance, task: Task, place: dict, wait=None) -> float:
+    """Latency of one task; modules not in `place` yet are skipped (a partial objective). `wait`
+    (s per device, optional) delays every node on a device before it runs (queueing under load)."""
     finish = {}
     for node in task.order():
         if node not in place:
@@ -144,7 +150,7 @@ def task_latency(inst: Instance, task: Task, place: dict) -> float:
             else:
                 continue
             start = max(start, arrive)
-        finish[node] = start + inst.modules[node].compute / inst.devices[dev].speed
+        finish[node] = start + (wait[dev] if wait else 0.0) + inst.modules[node].compute / inst.devices[dev].speed
     sink = task.sink()
     if sink not in finish:
         return max(finish.values(), default=0.0)

@@ -6,11 +6,12 @@ ranks, and the request lines.
 
 from __future__ import annotations
 
+import itertools
 import json
 from dataclasses import dataclass
 
 from .placement import PlacementError
-from .suite import BUILTIN, Catalog
+from .suite import BUILTIN, SUITE_VERSION, Catalog
 
 
 @dataclass(frozen=True)
@@ -25,18 +26,25 @@ class CheckedPlan:
     catalog: Catalog  # the suite plus the plan's custom models
 
 
-def check_plan(plan: dict, num_ranks: int) -> CheckedPlan:
-    """The plan checked against the job's ranks; PlacementError names what is wrong."""
+def check_plan(plan: dict, num_ranks: int, device_names: list | None = None) -> CheckedPlan:
+    """The plan checked against the job's ranks (and, when given, the devices the ranks stand for,
+    in rank order); PlacementError names what is wrong."""
     try:
         devices, size, models, where = plan["devices"], plan["size"], plan["models"], plan["plan"]
     except (KeyError, TypeError):
         raise PlacementError("plan must have devices, size, models and plan (write it with prism-place --json)") from None
+    if plan.get("suite_version") != SUITE_VERSION:
+        raise PlacementError(f"plan: written for suite version {plan.get('suite_version')!r}, this is {SUITE_VERSION!r}; "
+                             "write it again with prism-place --json")
     try:
         catalog = BUILTIN.with_custom(plan.get("custom"))
     except ValueError as e:
         raise PlacementError(f"plan: {e}") from None
     if not isinstance(devices, list) or len(devices) != num_ranks:
         raise PlacementError(f"the plan has {len(devices)} devices but the job has {num_ranks} ranks (one per device)")
+    if device_names is not None and list(device_names) != list(devices):
+        raise PlacementError(f"plan: its devices {devices} do not match the ranks' devices {list(device_names)} "
+                             "(rank i runs the plan's device i)")
     unknown = [m for m in models if m not in catalog]
     if unknown:
         raise PlacementError(f"plan: unknown model(s) {unknown}")
@@ -57,6 +65,12 @@ def check_plan(plan: dict, num_ranks: int) -> CheckedPlan:
             raise PlacementError(f"plan: prism {part!r} needs 2 or more distinct devices of the plan, got {group!r}")
         rank[part] = devices.index(group[0])  # the group's first rank leads: inputs in, output out
         spread[part] = ([devices.index(d) for d in group], spec)
+    # Two spread encoders whose groups share a rank could each wait in a collective for the other.
+    for (a, (ga, _)), (b, (gb, _)) in itertools.combinations(sorted(spread.items()), 2):
+        both = sorted(set(ga) & set(gb))
+        if both:
+            raise PlacementError(f"plan: prism groups of {a!r} and {b!r} share device(s) {[devices[r] for r in both]}; "
+                                 "spread encoders need disjoint groups (overlapping ones can deadlock)")
     return CheckedPlan(devices, size, models, rank, spread, catalog)
 
 

@@ -1,54 +1,103 @@
 """S2M3 planning: from a devices file and a tasks file to a plan (which device holds each part)
 and the figures prism-place reports about it.
 
-`make_plan` checks both files (`files`), profiles the modules (`profiler`), places them
-(`placement.greedy`, and `branch_and_bound` on request) and returns a `PlanReport`; the plan dict
-it holds is what `prism-place --json` writes and prism-serve reads (`plan.check_plan`).
+`make_plan` checks both files (`files`), profiles the modules (`profiler`), places them (the
+default planner `solver.plan`, or `placement.greedy` on request; `branch_and_bound` as a
+certificate) and returns a `PlanReport`; the plan dict it holds is what `prism-place --json`
+writes and prism-serve reads (`plan.check_plan`).
 """
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 
 from .files import check_memory, check_tasks, parse_devices, read_file
+from .load import Load, burst_latencies, busy, load_objective, steady_latencies
 from .placement import Device, Instance, PlacementError, branch_and_bound, greedy, objective, task_latency
 from .profiler import profile_modules
+from .solver import plan as solve
+from .suite import SUITE_VERSION
+
+PLANNERS = ("optimal", "greedy")
 
 
 @dataclass(frozen=True)
 class PlanReport:
     """A plan and what it predicts."""
 
-    plan: dict  # {devices, size, models, custom, plan: {part: device}, objective_s[, optimal_s]}
+    plan: dict  # {devices, size, models, custom, plan: {part: device}, objective_s, suite_version[, optimal_s]
+    #             [, burst | rates, load_objective_s]}
     num_models: int
     devices: list[Device]
     modules: list[tuple[str, str, float, float]]  # (part, device, bytes, compute s), costliest first
     device_memory: list[tuple[str, float, float]]  # (device, bytes placed on it, bytes it has)
     memory: dict  # Registry.memory_report(): bytes with sharing against one copy per model
-    latency: list[tuple[str, float]]  # (model, predicted latency s), in the tasks file's order
+    latency: list[tuple[str, float]]  # (model, predicted latency s, alone), in the tasks file's order
+    planner: str = "optimal"
+    solve_s: float = 0.0  # the planner's time
+    exact_s: float | None = None  # branch and bound's time (with exact)
+    load: str | None = None  # "burst" or "rates"
+    load_latency: list = ()  # (model, predicted mean latency s under the load)
+    burst_s: float | None = None  # a burst: when its last request is answered
+    device_busy: list = ()  # (device, busy s for a burst / busy share for rates)
 
 
-def make_plan(devices_path: str, tasks_path: str, exact: bool = False) -> PlanReport:
-    """Check both files, profile the modules, place them greedily (and, with `exact`, also by
-    branch and bound: the plan then has `optimal_s`). PlacementError names the first problem."""
+def make_plan(devices_path: str, tasks_path: str, exact: bool = False, planner: str = "optimal") -> PlanReport:
+    """Check both files, profile the modules, place them with `planner` ("optimal": the default
+    planner, `solver.plan`; "greedy": `placement.greedy`), and with `exact` also by branch and
+    bound (the plan then has `optimal_s`). PlacementError names the first problem."""
+    if planner not in PLANNERS:
+        raise PlacementError(f"planner must be one of {PLANNERS}, got {planner!r}")
     devices, links, default = parse_devices(read_file(devices_path), devices_path)
     spec = check_tasks(read_file(tasks_path), tasks_path)
     check_memory(spec, devices)
     reg, costs, part_of, tasks = profile_modules(spec.models, spec.size, spec.compute_s, spec.input_bytes,
                                                  spec.catalog)
     inst = Instance(devices, costs, tasks, links, default)
-    where = greedy(inst)
+    load = None
+    if spec.burst:
+        load = Load(counts=tuple(spec.burst.get(m, 0) for m in spec.models))
+    elif spec.rates:
+        load = Load(rates=tuple(spec.rates.get(m, 0.0) for m in spec.models))
+    t0 = time.perf_counter()
+    if planner == "greedy":
+        where = greedy(inst)
+        why = "greedy found no device with room for some module (the default planner may find one)"
+    else:
+        where = solve(inst, load).place
+        why = "no placement of the modules fits the devices' memory"
+    solve_s = time.perf_counter() - t0
+    exact_s = best = None
+    if exact:
+        t0 = time.perf_counter()
+        best = branch_and_bound(inst)
+        exact_s = time.perf_counter() - t0
     if where is None:
-        raise PlacementError("no placement fits: greedy found no device with room for some module"
-                             + (f" (exact: {'none either' if branch_and_bound(inst)[0] is None else 'one exists'})"
-                                if exact else ""))
+        raise PlacementError(f"no placement fits: {why}"
+                             + (f" (exact: {'none either' if best[0] is None else 'one exists'})" if exact else ""))
     plan = {"devices": [d.name for d in devices], "size": spec.size, "models": spec.models, "custom": spec.custom,
             "plan": {part_of[k]: devices[v].name for k, v in where.items()}, "objective_s": objective(inst, where)}
     if exact:
-        plan["optimal_s"] = branch_and_bound(inst)[1]
+        plan["optimal_s"] = best[1]
+    plan["suite_version"] = SUITE_VERSION
+    extra = {}
+    if load is not None:
+        plan[load.kind] = spec.burst if load.kind == "burst" else spec.rates
+        plan["load_objective_s"] = load_objective(inst, where, load)
+        weights = load.counts or load.rates
+        if load.kind == "burst":
+            lat = burst_latencies(inst, where, load.counts)
+            per = [(m, sum(x for i, x in lat if i == ti) / n) for ti, (m, n) in enumerate(zip(spec.models, weights)) if n]
+            extra["burst_s"] = max(x for _, x in lat)
+        else:
+            per = [(m, x) for m, x, r in zip(spec.models, steady_latencies(inst, where, load.rates), weights) if r]
+        extra.update(load=load.kind, load_latency=per,
+                     device_busy=list(zip([d.name for d in devices], busy(inst, where, weights))))
     return PlanReport(
         plan=plan, num_models=len(spec.models), devices=devices,
         modules=[(part_of[k], devices[where[k]].name, costs[k].memory, costs[k].compute) for k in inst.used_modules()],
         device_memory=[(d.name, sum(costs[k].memory for k, v in where.items() if v == i), d.memory)
                        for i, d in enumerate(devices)],
-        memory=reg.memory_report(), latency=[(t.name, task_latency(inst, t, where)) for t in tasks])
+        memory=reg.memory_report(), latency=[(t.name, task_latency(inst, t, where)) for t in tasks],
+        planner=planner, solve_s=solve_s, exact_s=exact_s, **extra)

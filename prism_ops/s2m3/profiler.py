@@ -13,13 +13,14 @@ from .placement import ModuleCost, Task
 from .suite import BUILTIN, Catalog, Model, example_inputs
 
 
-def profile_modules(models, size: str, given: dict, input_bytes: dict, catalog: Catalog = BUILTIN
-                    ) -> tuple[Registry, dict[str, ModuleCost], dict[str, str], list[Task]]:
+def profile_modules(models, size: str, given: dict, input_bytes: dict, catalog: Catalog = BUILTIN,
+                    repeats: int = 1) -> tuple[Registry, dict[str, ModuleCost], dict[str, str], list[Task]]:
     """Build the models with sharing; time every unique module once on example inputs.
 
     Returns (registry, {module key: ModuleCost}, {module key: part name}, [Task per model]); a
     module key is the first 12 hex digits of its content hash; `given` ({part: s}) replaces
-    measured compute times, `input_bytes` ({modality: bytes}) is what the caller sends.
+    measured compute times, `input_bytes` ({modality: bytes}) is what the caller sends; with
+    `repeats` > 1 a module is called once to warm up, and its time is the median of `repeats`.
     """
     reg = Registry()
     built = [Model(m, size, reg, catalog) for m in models]
@@ -33,8 +34,12 @@ def profile_modules(models, size: str, given: dict, input_bytes: dict, catalog: 
             # A shared module fed the very same tensors as in an earlier model: reuse its output.
             call = (mod.hash, tuple(id(a) for a in args))
             if call not in seen:
-                t0 = time.perf_counter()
-                seen[call] = (mod(*args), time.perf_counter() - t0)
+                took = []
+                for _ in range(repeats + (repeats > 1)):  # with repeats, one warm-up call first
+                    t0 = time.perf_counter()
+                    out = mod(*args)
+                    took.append(time.perf_counter() - t0)
+                seen[call] = (out, sorted(took[repeats > 1:])[(repeats - 1) // 2])
             outs[node], took = seen[call]
             key = mod.hash[:12]
             part = part_of[key] = catalog.part(model.name, node)

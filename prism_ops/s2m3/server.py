@@ -27,7 +27,7 @@ from prism_ops import hf
 from prism_ops.distributed import CollectiveError, Request, run_distributed
 from prism_ops.distributed.control import bcast_json
 
-from .files import read_file
+from .files import parse_devices, read_file
 from .messages import TAG_RESULT, TAG_STOP, TAG_WORK, pack, unpack
 from .modules import Registry
 from .placement import PlacementError
@@ -115,6 +115,14 @@ class Server:
         item = (header["seq"], header["req"], header["model"], header["node"], inputs)
         heapq.heappush(self.ready, (header["seq"], next(self._tie), item))
 
+    def _flush(self, limit_s: float = 0.01):
+        """Before computing, let pending sends finish (briefly): a large message moves only while
+        its sender is inside MPI, so one left pending would wait out the whole node, and its
+        reader, idle on another rank, with it."""
+        t0 = time.perf_counter()
+        while self.sends and time.perf_counter() - t0 < limit_s:
+            self.sends = [s for s in self.sends if not self.comm.test(s)]
+
     def step(self) -> bool:
         """Receive what has arrived and run one ready node; False when there was nothing to do."""
         busy = False
@@ -122,6 +130,7 @@ class Server:
             self.arrive(*unpack(msg[1]))
             busy = True
         if self.ready:
+            self._flush()
             seq, req, model, node, inputs = heapq.heappop(self.ready)[2]
             dag = self.dag(model)
             part = self.part(model, node)
@@ -144,8 +153,10 @@ class Server:
         self.sends = [s for s in self.sends if not self.comm.test(s)]
         return busy
 
-    def serve(self, requests: list[dict] | None):
-        """Rank 0: run all requests and return {id: (output, latency)}; other ranks: serve until told to stop."""
+    def serve(self, requests: list[dict] | None, at: list[float] | None = None):
+        """Rank 0: run all requests and return {id: (output, latency)}; other ranks: serve until told
+        to stop. `at` (rank 0, optional): when each request arrives, in s from the start (in
+        order; default: all at once); a request's latency counts from its arrival."""
         self.results = []
         if self.comm.rank != 0:
             while self.comm.poll(TAG_STOP) is None:
@@ -154,15 +165,23 @@ class Server:
             while self.sends:
                 self.sends = [s for s in self.sends if not self.comm.test(s)]
             return None
-        start, done = {}, {}
-        for seq, r in enumerate(requests):  # every modality of every request goes out at once, in order
-            x = example_inputs(self.size, seed=r["seed"])
-            start[json.dumps(r["id"])] = time.perf_counter()
-            for node, srcs in self.dag(r["model"]).items():
-                for s in srcs:
-                    if s.startswith("input:"):
-                        self.deliver(seq, r["id"], r["model"], node, s, x[s[6:]])
+        start, done, t0, due = {}, {}, time.perf_counter(), 0
+        at = at or [0.0] * len(requests)
+
+        def release(now):  # every modality of every request that is due goes out at once, in order
+            nonlocal due
+            while due < len(requests) and t0 + at[due] <= now:
+                r = requests[due]
+                x = example_inputs(self.size, seed=r["seed"])
+                start[json.dumps(r["id"])] = t0 + at[due]
+                for node, srcs in self.dag(r["model"]).items():
+                    for s in srcs:
+                        if s.startswith("input:"):
+                            self.deliver(due, r["id"], r["model"], node, s, x[s[6:]])
+                due += 1
+
         while len(done) < len(requests):
+            release(time.perf_counter())
             if not self.step():
                 time.sleep(1e-4)
             while (msg := self.comm.poll(TAG_RESULT)) is not None:
@@ -180,13 +199,18 @@ class Server:
         return done
 
 
-def serve_requests(comm, plan_path: str, requests_path: str | None = None) -> list[dict] | None:
-    """prism-serve on this rank: check the plan (every rank, the same way) and the requests (rank 0,
-    which tells the others), serve them all, and on rank 0 return one
+def serve_requests(comm, plan_path: str, requests_path: str | None = None,
+                   devices_path: str | None = None) -> list[dict] | None:
+    """prism-serve on this rank: check the plan (every rank, the same way: against the devices
+    file's devices in rank order, when given) and the requests (rank 0, which tells the others),
+    serve them all, and on rank 0 return one
     `{"id", "model", "output", "latency_s"}` per request, in request order (None elsewhere).
     BadInput (exit code 2 under `guarded`) for a bad plan or request file."""
     try:
-        plan = check_plan(read_file(plan_path), comm.size)
+        names = None
+        if devices_path:
+            names = [d.name for d in parse_devices(read_file(devices_path), devices_path)[0]]
+        plan = check_plan(read_file(plan_path), comm.size, names)
     except PlacementError as e:
         raise BadInput(str(e)) from None
     reqs = err = None
