@@ -62,12 +62,7 @@ def brute_force(inst):
 @pytest.mark.parametrize("seed", range(12))
 def test_branch_and_bound_equals_brute_force_and_greedy_is_feasible(seed):
     rng = random.Random(seed)
-    while True:
-        try:
-            inst = random_instance(rng)
-            break
-        except PlacementError:
-            continue
+    inst = draw_feasible(rng)
     place, cost = branch_and_bound(inst)
     ref_place, ref = brute_force(inst)
     assert (place is None) == (ref_place is None)
@@ -121,14 +116,18 @@ def test_unknown_module_and_module_too_large():
                  [Task("t", {"enc": ("input:img",)}, {"img": 1})])
 
 
-def feasible_draws(seed, count, **kw):
-    rng, out = random.Random(seed), []
-    while len(out) < count:
+def draw_feasible(rng, **kw):
+    """The first random instance of `rng` whose every module fits some device."""
+    while True:
         try:
-            out.append(random_instance(rng, **kw))
+            return random_instance(rng, **kw)
         except PlacementError:
             continue
-    return out
+
+
+def feasible_draws(seed, count, **kw):
+    rng = random.Random(seed)
+    return [draw_feasible(rng, **kw) for _ in range(count)]
 
 
 @pytest.mark.parametrize("seed", range(4))

@@ -69,6 +69,13 @@ class Service:
     def health(self):
         return httpx.get(self.url + "/health", timeout=10).json()
 
+    def worker_pid(self) -> int:
+        """The pid of a rank other than rank 0 (neither mpiexec nor rank 0's process)."""
+        pids = subprocess.run(["pgrep", "-f", f"prism-run --serve --port {self.port}"], capture_output=True,
+                              text=True).stdout.split()
+        rank0 = self.health()["pid"]
+        return next(int(p) for p in pids if int(p) not in (rank0, self.proc.pid))
+
     def stop(self, sig=signal.SIGINT, timeout=60):
         """Stop the service (sig None: wait for it to stop by itself); (exit code, stdout, stderr)."""
         if sig is not None and self.proc.poll() is None:
@@ -238,10 +245,7 @@ def test_sigterm_on_rank_0_drains_and_stops_cleanly():
 
 def test_a_killed_rank_ends_the_service_non_zero_within_30_s():
     svc = Service(2, "--model", "minilm", "--segment-size", "16", "--timeout", "10")
-    pids = subprocess.run(["pgrep", "-f", f"prism-run --serve --port {svc.port}"], capture_output=True,
-                          text=True).stdout.split()
-    rank0 = svc.health()["pid"]
-    victim = next(int(p) for p in pids if int(p) != rank0 and int(p) != svc.proc.pid)
+    victim = svc.worker_pid()
     t0 = time.monotonic()
     os.kill(victim, signal.SIGKILL)
     try:
@@ -255,10 +259,7 @@ def test_a_killed_rank_ends_the_service_non_zero_within_30_s():
 
 def test_a_stalled_rank_gets_waiting_clients_a_503_and_ends_the_job():
     svc = Service(2, "--model", "minilm", "--segment-size", "16", "--timeout", "5")
-    pids = subprocess.run(["pgrep", "-f", f"prism-run --serve --port {svc.port}"], capture_output=True,
-                          text=True).stdout.split()
-    rank0 = svc.health()["pid"]
-    victim = next(int(p) for p in pids if int(p) != rank0 and int(p) != svc.proc.pid)
+    victim = svc.worker_pid()
     os.kill(victim, signal.SIGSTOP)
     t0 = time.monotonic()
     try:
