@@ -18,6 +18,7 @@ fails takes the whole job down (rank 0 prints why) instead of leaving it hanging
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import sys
 
@@ -67,6 +68,20 @@ def parse_args(argv=None) -> RunOptions:
                      help="require 'Authorization: Bearer KEY' (default: $PRISM_API_KEY; none when unset)")
     srv.add_argument("--no-http", action="store_true", help="answer JSON lines on stdin only; stop at its end")
     args = ap.parse_args(argv)
+    for name, ok, what in [
+        ("threads", args.threads >= 0, ">= 0 (0: torch's default)"),
+        ("timeout", math.isfinite(args.timeout) and args.timeout > 0, "a finite number of seconds > 0"),
+        ("link-mbit", args.link_mbit is None or (math.isfinite(args.link_mbit) and args.link_mbit > 0),
+         "a finite rate > 0 in Mbit/s"),
+        ("link-latency-ms", math.isfinite(args.link_latency_ms) and args.link_latency_ms >= 0, ">= 0"),
+        ("temperature", math.isfinite(args.temperature) and args.temperature >= 0, ">= 0 (0: greedy)"),
+        ("top-p", 0 < args.top_p <= 1, "in (0, 1]"),
+        ("top-k", args.top_k >= 0, ">= 0 (0: off)"),
+        ("generate", args.generate >= 0, ">= 0"),
+        ("simulate", args.simulate is None or args.simulate >= 1, ">= 1"),
+    ]:
+        if not ok:
+            ap.error(f"--{name} must be {what}, got {getattr(args, name.replace('-', '_'))}")
     if args.serve:
         if args.input is not None or args.input_file is not None or args.profile or args.auto or args.simulate:
             ap.error("--serve takes its inputs from requests; it does not go with --input, --input-file, "
