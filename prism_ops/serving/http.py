@@ -43,6 +43,11 @@ def _error(e: ApiError) -> JSONResponse:
     return JSONResponse(e.body(), status_code=e.status)
 
 
+def _unauthorized() -> ApiError:
+    # A fresh error each time: re-raising one instance would grow its traceback request by request.
+    return ApiError("missing or wrong API key (Authorization: Bearer <key>)", status=401, kind="authentication_error")
+
+
 def make_app(engine: Engine, api_key: str | None = None) -> Starlette:
     served = engine.served
 
@@ -54,8 +59,7 @@ def make_app(engine: Engine, api_key: str | None = None) -> Starlette:
 
     async def read(request: Request, endpoint: str):
         if not authorized(request):
-            raise ApiError("missing or wrong API key (Authorization: Bearer <key>)", status=401,
-                           kind="authentication_error")
+            raise _unauthorized()
         raw = await request.body()
         if len(raw) > MAX_BODY_BYTES:
             raise ApiError(f"the request body has {len(raw):,} bytes, more than the {MAX_BODY_BYTES:,} allowed",
@@ -108,8 +112,7 @@ def make_app(engine: Engine, api_key: str | None = None) -> Starlette:
 
     async def models(request):
         if not authorized(request):
-            return _error(ApiError("missing or wrong API key (Authorization: Bearer <key>)", status=401,
-                                   kind="authentication_error"))
+            return _error(_unauthorized())
         return JSONResponse({"object": "list", "data": [{"id": served.model, "object": "model", "created": 0,
                                                          "owned_by": "prism-ops"}]})
 
