@@ -40,7 +40,7 @@ def test_check_plan():
 @pytest.mark.parametrize("plan,ranks,message", [
     (PLAN, 3, "the plan has 2 devices but the job has 3 ranks"),
     ({"devices": ["a"]}, 1, "plan must have devices, size, models and plan"),
-    ({**PLAN, "custom": {}}, 2, "plan: unknown model(s) ['tagger']"),
+    ({**PLAN, "custom": {}}, 2, "plan: models names unknown model(s) ['tagger']"),
     ({**PLAN, "plan": {**PLAN["plan"], "minilm": "z"}}, 2, "plan: plan['minilm'] must be a device of the plan ['a', 'b'], got 'z'"),
     ({**PLAN, "plan": {k: v for k, v in PLAN["plan"].items() if k != "minilm"}}, 2,
      "part 'minilm' of 'sentiment-minilm' is not placed"),
@@ -78,6 +78,16 @@ def test_bad_plans(plan, ranks, message):
     with pytest.raises(PlacementError) as e:
         check_plan(plan, ranks)
     assert message in str(e.value)
+
+
+def test_spread_group_no_larger_than_the_tokens():
+    """MiniLM reads 12 tokens in the tiny suite: 12 ranks may share it, 13 may not."""
+    names = [f"d{i}" for i in range(13)]
+    plan = {**PLAN, "devices": names, "models": ["sentiment-minilm"], "custom": {},
+            "plan": {"minilm": "d0", "classifier:384x2:seed15": "d0"}}
+    assert len(check_plan({**plan, "prism": {"minilm": {"devices": names[:12]}}}, 13).spread["minilm"][0]) == 12
+    with pytest.raises(PlacementError, match=r"prism\['minilm'\].devices: 13 devices, but 'minilm' reads only 12 tokens"):
+        check_plan({**plan, "prism": {"minilm": {"devices": names}}}, 13)
 
 
 def test_spread_groups_apart_and_device_names():

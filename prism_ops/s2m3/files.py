@@ -49,12 +49,13 @@ DEFAULT_LINK = Link(12.5e6, 2e-3)  # 100 Mbit/s, 2 ms
 def read_file(path: str, label: str | None = None) -> dict:
     """The mapping a .yaml/.yml or JSON file holds, read within the size limit (`checks`);
     PlacementError names the file (as `label`, default its path) when it cannot be read or parsed."""
-    return parse_text(read_text(path, label), path)
+    return parse_text(read_text(path, label), path, label)
 
 
-def parse_text(text: str, path: str) -> dict:
-    """The mapping the text of file `path` holds (YAML for .yaml/.yml, else JSON)."""
-    return parse(text, str(path), str(path).endswith((".yaml", ".yml")))
+def parse_text(text: str, path: str, label: str | None = None) -> dict:
+    """The mapping the text of file `path` holds (YAML for .yaml/.yml, else JSON); errors name
+    it as `label` (default the path)."""
+    return parse(text, label or str(path), str(path).endswith((".yaml", ".yml")))
 
 
 def _link(spec, where: str) -> Link:
@@ -126,7 +127,7 @@ def check_tasks(data: dict, path: str = "tasks") -> TaskSpec:
     models = names(data["models"], f"{path}: models", limit=100)
     unknown = [m for m in models if m not in known]
     if unknown:
-        raise PlacementError(f"{path}: unknown model(s) {unknown}; known: {sorted(known)}")
+        raise PlacementError(f"{path}: models names unknown model(s) {unknown}; known: {sorted(known)}")
     parts = {p for m in models for p, _ in catalog.nodes(m).values()}
     compute_s = {}
     for k, v in mapping(data.get("compute_s"), f"{path}: compute_s").items():

@@ -18,7 +18,7 @@ from .checks import (MAX_REQUESTS_BYTES, check_readable, choice, fail, mapping, 
                      read_text, shown)
 from .files import parse_devices, parse_text, read_file
 from .placement import PlacementError
-from .suite import BUILTIN, SUITE_VERSION, Catalog
+from .suite import BUILTIN, SUITE_VERSION, Catalog, encoder_tokens
 
 PLAN_FIELDS = ("devices", "size", "models", "custom", "plan", "prism", "suite_version",
                "objective_s", "optimal_s", "burst", "rates", "load_objective_s")  # the last four: figures only
@@ -62,7 +62,7 @@ def check_plan(plan: dict, num_ranks: int, device_names: list | None = None, pat
     models = names(plan["models"], f"{path}: models", limit=100)
     unknown = [m for m in models if m not in catalog]
     if unknown:
-        raise PlacementError(f"{path}: unknown model(s) {unknown}")
+        raise PlacementError(f"{path}: models names unknown model(s) {unknown}; known: {sorted(catalog.models)}")
     where = mapping(plan["plan"], f"{path}: plan", required=True)
     for part, dev in where.items():
         if not isinstance(dev, str) or dev not in devices:
@@ -81,7 +81,7 @@ def check_plan(plan: dict, num_ranks: int, device_names: list | None = None, pat
             number(v, f"{path}: {key}[{m!r}]")
     spread = {}
     for part, spec in mapping(plan.get("prism"), f"{path}: prism").items():
-        spread[part] = _spread(part, spec, devices, rank, f"{path}: prism[{part!r}]")
+        spread[part] = _spread(part, spec, devices, rank, size, f"{path}: prism[{part!r}]")
         rank[part] = spread[part][0][0]  # the group's first rank leads: inputs in, output out
     # Two spread encoders whose groups share a rank could each wait in a collective for the other.
     for (a, (ga, _)), (b, (gb, _)) in itertools.combinations(sorted(spread.items()), 2):
@@ -93,7 +93,7 @@ def check_plan(plan: dict, num_ranks: int, device_names: list | None = None, pat
     return CheckedPlan(devices, size, models, rank, spread, catalog)
 
 
-def _spread(part, spec, devices: list, rank: dict, at: str) -> tuple[list, dict]:
+def _spread(part, spec, devices: list, rank: dict, size: str, at: str) -> tuple[list, dict]:
     """([ranks of the group], settings) of one prism entry; its settings are checked by building
     the PrismConfig that `hf.configure` will build from them."""
     if part not in rank:
@@ -106,6 +106,9 @@ def _spread(part, spec, devices: list, rank: dict, at: str) -> tuple[list, dict]
             and len(set(group)) == len(group)):
         raise PlacementError(f"{at}.devices: prism {part!r} needs 2 or more distinct devices of the plan "
                              f"{devices}, got {shown(group)}")
+    if len(group) > encoder_tokens(part, size):  # every rank of the group owns at least one token
+        raise PlacementError(f"{at}.devices: {len(group)} devices, but {part!r} reads only "
+                             f"{encoder_tokens(part, size)} tokens at size {size} (one device per token at most)")
     segment = number(spec.get("segment_size", 16), f"{at}.segment_size", low=1, high=MAX_SEGMENT, whole=True)
     levers = {k: v for k, v in spec.items() if k not in ("devices", "segment_size")}
     try:
@@ -158,7 +161,7 @@ def read_inputs(plan_path: str, num_ranks: int, requests_path: str | None = None
         data = read_file(devices_path, f"--devices {devices_path}")
         device_names = [d.name for d in parse_devices(data, devices_path)[0]]
     text = read_text(plan_path, f"--plan {plan_path}")
-    plan = check_plan(parse_text(text, plan_path), num_ranks, device_names, plan_path)
+    plan = check_plan(parse_text(text, plan_path, f"--plan {plan_path}"), num_ranks, device_names, plan_path)
     if requests_path is None:
         lines = read_lines(stdin, "stdin")
     else:

@@ -87,6 +87,16 @@ _VIT = {"vit-b16": (dict(hidden_size=768, num_hidden_layers=12, num_attention_he
                     dict(hidden_size=16, num_hidden_layers=2, num_attention_heads=2, intermediate_size=32))}
 FULL_INPUTS = dict(image=(3, 224, 224), text=64, audio=(80, 3000))
 TINY_INPUTS = dict(image=(3, 32, 32), text=12, audio=(80, 40))
+_IMAGE = ((224, 16), (32, 8))  # (full, tiny) ViT image size and patch size
+
+
+def encoder_tokens(part: str, size: str) -> int:
+    """The tokens a transformer encoder (vit-*, minilm) reads for one example input: its
+    sequence, which PRISM splits over the ranks of a group."""
+    if part in _VIT:
+        image, patch = _IMAGE[size == "tiny"]
+        return (image // patch) ** 2 + 1  # the patches and the CLS token
+    return (TINY_INPUTS if size == "tiny" else FULL_INPUTS)["text"]
 
 
 def build_part(part: str, size: str = "full", in_width: int | None = None) -> Module:
@@ -110,7 +120,7 @@ def _make(part, size, in_width, meta=False):
     tiny = size == "tiny"
     torch.manual_seed(0)
     if part in _VIT:
-        cfg = dict(_VIT[part][tiny], image_size=32 if tiny else 224, patch_size=8 if tiny else 16)
+        cfg = dict(_VIT[part][tiny], image_size=_IMAGE[tiny][0], patch_size=_IMAGE[tiny][1])
         return "vision", ViTModel(ViTConfig(**cfg), add_pooling_layer=False), cfg
     if part == "minilm":
         if tiny:
