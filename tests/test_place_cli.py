@@ -169,7 +169,7 @@ A, B = {"name": "a", "memory_gb": 0.0004}, {"name": "b", "memory_gb": 0.0004}
     ({"devices": [A, B], "links": "oops"}, "d.json: links must be a list of at most 1000 items, got 'oops'"),
     ({"devices": [A, B], "links": ["oops"]}, "d.json: links[0] must be a mapping, got 'oops'"),
     ({"devices": [A, A]}, "d.json: devices' names must list each name once, got ['a'] more than once"),
-    ({"devices": None}, "d.json: devices must be a non-empty list of at most 1000 items, got None"),
+    ({"devices": None}, "d.json: devices must be a non-empty list of at most 32 items, got None"),
     ({"devices": [A, {"memory_gb": 1}]}, "devices[1].name must be a non-empty string of at most 200 characters, got None"),
     ({"devices": [A, B], "links": [{"a": "a", "b": "a", "mbit": 1}]}, "links[0] joins 'a' to itself"),
     ({"devices": [A, B], "links": [{"a": "a", "b": "b", "mbit": 1}, {"a": "b", "b": "a", "mbit": 2}]},

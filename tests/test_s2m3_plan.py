@@ -45,7 +45,7 @@ def test_check_plan():
     ({**PLAN, "plan": {k: v for k, v in PLAN["plan"].items() if k != "minilm"}}, 2,
      "part 'minilm' of 'sentiment-minilm' is not placed"),
     # were tracebacks (TypeError, AttributeError) or accepted until a model failed to load
-    ({**PLAN, "devices": None}, 2, "plan: devices must be a non-empty list of at most 1000 items, got None"),
+    ({**PLAN, "devices": None}, 2, "plan: devices must be a non-empty list of at most 32 items, got None"),
     ({**PLAN, "devices": ["a", ["b"]]}, 2, "plan: devices[1] must be a non-empty string"),
     ({**PLAN, "prism": ["minilm"]}, 2, "plan: prism must be a mapping, got ['minilm']"),
     ({**PLAN, "prism": {"minilm": ["a", "b"]}}, 2, "plan: prism['minilm'] must be a mapping, got ['a', 'b']"),

@@ -35,6 +35,7 @@ from .suite import BUILTIN, MODALITIES, Catalog
 
 # Ranges: wide enough for any real box, link or load, narrow enough that the planner's
 # arithmetic (bytes / bandwidth, compute / speed, a simulated burst) stays finite and quick.
+MAX_DEVICES = 32  # the placement program grows with the square of the devices
 MEMORY_GB = 1e6
 SPEED = (1e-6, 1e6)
 MBIT = (1e-6, 1e9)
@@ -58,8 +59,9 @@ def parse_text(text: str, path: str, label: str | None = None) -> dict:
     return parse(text, label or str(path), str(path).endswith((".yaml", ".yml")))
 
 
-def _link(spec, where: str) -> Link:
+def _link(spec, where: str, fields=("mbit", "latency_ms")) -> Link:
     spec = mapping(spec, where, required=True)
+    only(spec, fields, where)
     mbit = number(spec.get("mbit"), f"{where}.mbit", low=MBIT[0], high=MBIT[1])
     latency = number(spec.get("latency_ms", 0), f"{where}.latency_ms", high=LATENCY_MS)
     return Link(bandwidth=mbit * 1e6 / 8, latency=latency / 1e3)
@@ -72,18 +74,16 @@ def parse_devices(data: dict, path: str = "devices") -> tuple[list[Device], dict
     if specs == []:
         raise PlacementError(f"{path}: devices is empty; list at least one device")
     devices = []
-    for i, d in enumerate(mappings(specs, f"{path}: devices", required=True)):
+    for i, d in enumerate(mappings(specs, f"{path}: devices", required=True, limit=MAX_DEVICES)):
         at = f"{path}: devices[{i}]"
         only(d, ("name", "memory_gb", "speed"), at)
         devices.append(Device(name(d.get("name"), f"{at}.name"),
                               number(d.get("memory_gb"), f"{at}.memory_gb", strict=True, high=MEMORY_GB) * 1e9,
                               number(d.get("speed", 1.0), f"{at}.speed", low=SPEED[0], high=SPEED[1])))
-    names([d.name for d in devices], f"{path}: devices' names")
-    known = [d.name for d in devices]
+    known = names([d.name for d in devices], f"{path}: devices' names")
     links = {}
     for i, spec in enumerate(mappings(data.get("links"), f"{path}: links")):
         at = f"{path}: links[{i}]"
-        only(spec, ("a", "b", "mbit", "latency_ms"), at)
         ends = tuple(spec.get(k) for k in ("a", "b"))
         for k, end in zip("ab", ends):
             if not isinstance(end, str) or end not in known:
@@ -92,10 +92,9 @@ def parse_devices(data: dict, path: str = "devices") -> tuple[list[Device], dict
             raise PlacementError(f"{at} joins {ends[0]!r} to itself; a link joins two different devices")
         if ends in links or ends[::-1] in links:
             raise PlacementError(f"{at}: a second link between {ends[0]!r} and {ends[1]!r}")
-        links[ends] = _link(spec, at)
+        links[ends] = _link(spec, at, ("a", "b", "mbit", "latency_ms"))
     default = DEFAULT_LINK
     if data.get("default_link") is not None:
-        only(mapping(data["default_link"], f"{path}: default_link"), ("mbit", "latency_ms"), f"{path}: default_link")
         default = _link(data["default_link"], f"{path}: default_link")
     return devices, links, default
 

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from ..config import PrismConfig
 from .checks import (MAX_REQUESTS_BYTES, check_readable, choice, fail, mapping, names, number, only, read_lines,
                      read_text, shown)
-from .files import parse_devices, parse_text, read_file
+from .files import MAX_DEVICES, parse_devices, parse_text, read_file
 from .placement import PlacementError
 from .suite import BUILTIN, SUITE_VERSION, Catalog, encoder_tokens
 
@@ -50,7 +50,7 @@ def check_plan(plan: dict, num_ranks: int, device_names: list | None = None, pat
         raise PlacementError(f"{path}: written for suite version {shown(plan.get('suite_version'))}, this is "
                              f"{SUITE_VERSION!r}; write it again with prism-place --json")
     only(plan, PLAN_FIELDS, path)
-    devices = names(plan["devices"], f"{path}: devices")
+    devices = names(plan["devices"], f"{path}: devices", limit=MAX_DEVICES)
     if len(devices) != num_ranks:
         raise PlacementError(f"{path}: the plan has {len(devices)} devices but the job has {num_ranks} ranks "
                              "(one per device)")

@@ -153,7 +153,7 @@ ENCODERS = ("vit-b16", "vit-s16", "minilm", "whisper-tiny", "decoder-small")
 MODALITIES = ("image", "text", "audio")
 READS = {"vit-b16": "image", "vit-s16": "image", "minilm": "text", "whisper-tiny": "audio"}  # encoder -> modality
 DECODER_WIDTH = 256  # decoder-small's embedding width, at both sizes
-MAX_NODES = 64  # nodes of one custom model
+MAX_CUSTOM, MAX_NODES = 32, 16  # custom models, nodes of one: the placement program grows with them
 _HEAD = re.compile(r"(classifier|projector):([1-9][0-9]{0,6})x([1-9][0-9]{0,6}):seed([0-9]{1,18})")
 
 
@@ -245,8 +245,8 @@ class Catalog:
         wiring (`check_wiring`). PlacementError names the first problem, as `where[model]...`."""
         added = {}
         custom = mapping(custom, where)
-        if len(custom) > 100:
-            raise PlacementError(f"{where} has {len(custom)} models; at most 100 are allowed")
+        if len(custom) > MAX_CUSTOM:
+            raise PlacementError(f"{where} has {len(custom)} models; at most {MAX_CUSTOM} are allowed")
         for model, spec in custom.items():
             at = f"{where}[{model!r}]"
             name(model, f"{at}: a model's name")
