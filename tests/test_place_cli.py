@@ -185,6 +185,20 @@ def test_bad_devices_files(tmp_path, capsys, devices, message):
     assert e.value.code == 2 and message in err and err.count("\n") == 1 and "Traceback" not in err, err
 
 
+def test_numbers_as_text(tmp_path, capsys):
+    """YAML reads 1e-3 (no dot) as text: the message says so."""
+    with pytest.raises(SystemExit):
+        main(["--devices", write(tmp_path, "d.yaml", "devices: [{name: a, memory_gb: 1e-3}]"),
+              "--tasks", write(tmp_path, "t.json", TASKS)])
+    assert ("devices[0].memory_gb must be a finite number > 0 and <= 1e+06, got '1e-3' (text: YAML reads 1e-3 as "
+            "text; write 1.0e-03)") in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["--devices", write(tmp_path, "d.json", {"devices": [{**A, "speed": "2"}]}),
+              "--tasks", write(tmp_path, "t.json", TASKS)])
+    assert "devices[0].speed must be a finite number >= 1e-06 and <= 1e+06, got '2' (quoted text, not a number)" \
+        in capsys.readouterr().err
+
+
 def test_encoding_aliases_limits_and_debug(tmp_path, capsys):
     d = tmp_path / "d.yaml"
     d.write_bytes(b"devices: [{name: caf\xe9, memory_gb: 1}]\n")  # Latin-1, not UTF-8

@@ -17,7 +17,9 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import stat
+from typing import NoReturn
 
 from .placement import PlacementError
 
@@ -32,9 +34,9 @@ def shown(value, limit: int = 80) -> str:
     return text if len(text) <= limit else text[: limit - 4] + " ..."
 
 
-def fail(where: str, allowed: str, value) -> None:
-    """Raise the one-line error: `where` must be `allowed`, got the value."""
-    raise PlacementError(f"{where} must be {allowed}, got {shown(value)}")
+def fail(where: str, allowed: str, value, note: str = "") -> NoReturn:
+    """Raise the one-line error: `where` must be `allowed`, got the value (and a note)."""
+    raise PlacementError(f"{where} must be {allowed}, got {shown(value)}{note}")
 
 
 def check_readable(path, label: str | None = None, limit: int = MAX_FILE_BYTES) -> int:
@@ -134,8 +136,21 @@ def number(value, where: str, low: float = 0.0, high: float = math.inf, strict: 
     if not ok:
         kind = "a whole number" if whole else "a finite number" if finite else "a number"
         bounds = f"{'>' if strict else '>='} {low:g}" + (f" and <= {high:g}" if high < math.inf else "")
-        fail(where, f"{kind} {bounds}", value)
+        fail(where, f"{kind} {bounds}", value, _quoted(value))
     return int(value) if whole else x
+
+
+def _quoted(value) -> str:
+    """A note when a number came as text; YAML reads 1e-3 (no dot) as text."""
+    if not isinstance(value, str):
+        return ""
+    if re.fullmatch(r"[-+]?[0-9]+[eE][-+]?[0-9]+", value.strip()):
+        return f" (text: YAML reads {value.strip()} as text; write {float(value):.1e})"
+    try:
+        float(value)
+    except ValueError:
+        return ""
+    return " (quoted text, not a number)"
 
 
 def name(value, where: str, limit: int = 200) -> str:
