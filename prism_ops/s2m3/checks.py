@@ -81,7 +81,8 @@ def read_text(path: str, label: str | None = None, limit: int = MAX_FILE_BYTES) 
     return decode(data, label)
 
 
-def read_lines(stream, label: str, line_limit: int = MAX_LINE_BYTES, total_limit: int = MAX_REQUESTS_BYTES) -> list[str]:
+def read_lines(stream, label: str, line_limit: int = MAX_LINE_BYTES,
+               total_limit: int = MAX_REQUESTS_BYTES) -> list[str]:
     """The UTF-8 lines of a binary stream (a file or standard input), each at most `line_limit`
     bytes and all together at most `total_limit`: checked while reading, so an endless or huge
     input stops at the first line over a limit."""
