@@ -151,7 +151,7 @@ BAD = [
     (dict(segment_size=0), "segment_size must be >= 1, got 0"),
     (dict(halo=-1), "halo must be >= 0"),
     (dict(sink_tokens=-2), "sink_tokens must be >= 0"),
-    (dict(weights=[1, 0]), "weights must be 2 positive numbers"),
+    (dict(weights=[1, 0]), r"weights must be a list of 2 finite numbers > 0 \(one per partition\), got weights\[1\] = 0 in \[1, 0\]"),
     (dict(valid=torch.ones(1, 9, dtype=torch.bool)), r"valid must have shape \[B, T\] = \[1, 10\]"),
 ]
 
