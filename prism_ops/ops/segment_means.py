@@ -26,6 +26,10 @@ from .._checks import check_float, check_int, check_mask, check_tensor
 
 def num_summary_rows(T: int, segment_size: int, sink_tokens: int = 0) -> int:
     """S, the number of rows segment_means returns for T tokens."""
+    if not isinstance(T, torch.SymInt):  # traced shapes are symbolic: nothing to check
+        check_int(T, "T", 0)
+    check_int(segment_size, "segment_size", 1)
+    check_int(sink_tokens, "sink_tokens", 0)
     sinks = min(sink_tokens, T)
     return sinks + -(-(T - sinks) // segment_size)  # integer ceil: also exact for symbolic T
 
