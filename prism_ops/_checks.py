@@ -46,10 +46,10 @@ def check_mask(mask, name: str, B: int, T: int, device: torch.device) -> None:
 
 
 def check_int(value, name: str, minimum: int, maximum: int | None = None, what: str = "") -> int:
+    bound = f">= {minimum}" if maximum is None else f"in [{minimum}, {maximum}]"
     if isinstance(value, bool) or not isinstance(value, int):
-        raise ValueError(f"{name} must be an int >= {minimum}, got {value!r}")
+        raise ValueError(f"{name} must be an int {bound}{what}, got {value!r}")
     if value < minimum or (maximum is not None and value > maximum):
-        bound = f">= {minimum}" if maximum is None else f"in [{minimum}, {maximum}]"
         raise ValueError(f"{name} must be {bound}{what}, got {value}")
     return value
 
@@ -77,7 +77,7 @@ def check_weights(weights, num_partitions: int) -> list[float]:
     """
     what = f"weights must be a list of {num_partitions} finite numbers > 0 (one per partition)"
     if isinstance(weights, (str, bytes)) or not isinstance(weights, (list, tuple)):
-        raise ValueError(f"{what}, got {weights!r} (a {type(weights).__name__})")
+        raise ValueError(f"{what}, got {weights!r} of type {type(weights).__name__}")
     if len(weights) != num_partitions:
         raise ValueError(f"{what}, got {len(weights)}: {weights!r}")
     for i, x in enumerate(weights):

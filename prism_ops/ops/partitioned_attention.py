@@ -166,8 +166,8 @@ def _check_hidden(hidden, kv_weight, k):
     if tuple(hidden.shape[:2]) != (B, T) or hidden.shape[2] == 0:
         raise ValueError(f"hidden must have shape [B, T, d] = [{B}, {T}, d >= 1], got {list(hidden.shape)}")
     if not isinstance(kv_weight, (list, tuple)) or len(kv_weight) != 2:
-        raise ValueError(f"kv_weight must be (w_k, w_v), the key and value projections, with hidden; "
-                         f"got {type(kv_weight).__name__}")
+        got = f"{len(kv_weight)} items" if isinstance(kv_weight, (list, tuple)) else type(kv_weight).__name__
+        raise ValueError(f"kv_weight must be (w_k, w_v), the key and value projections, with hidden; got {got}")
     for w, name in zip(kv_weight, ("kv_weight[0]", "kv_weight[1]")):
         if not isinstance(w, torch.Tensor) or tuple(w.shape) != (Hkv * D, hidden.shape[2]):
             shape = list(w.shape) if isinstance(w, torch.Tensor) else type(w).__name__
