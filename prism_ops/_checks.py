@@ -61,11 +61,14 @@ def check_bool(value, name: str) -> bool:
     return value
 
 
+def _finite_positive(value) -> bool:
+    """A real number (not a bool, not a string), finite and > 0."""
+    return not isinstance(value, bool) and isinstance(value, numbers.Real) and math.isfinite(value) and value > 0
+
+
 def check_real(value, name: str, what: str = "a finite number > 0") -> float:
-    """A finite real number > 0 (a scale, a weight); bools and strings are refused."""
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise ValueError(f"{name} must be {what}, got {value!r}")
-    if not (math.isfinite(value) and value > 0):
+    """A finite real number > 0 (a scale); bools and strings are refused."""
+    if not _finite_positive(value):
         raise ValueError(f"{name} must be {what}, got {value!r}")
     return float(value)
 
@@ -81,7 +84,7 @@ def check_weights(weights, num_partitions: int) -> list[float]:
     if len(weights) != num_partitions:
         raise ValueError(f"{what}, got {len(weights)}: {weights!r}")
     for i, x in enumerate(weights):
-        if isinstance(x, bool) or not isinstance(x, numbers.Real) or not (math.isfinite(x) and x > 0):
+        if not _finite_positive(x):
             raise ValueError(f"{what}, got weights[{i}] = {x!r} in {weights!r}")
     w = [float(x) for x in weights]
     if not math.isfinite(sum(w)):  # e.g. two weights of 1e308: the sizes would come out NaN

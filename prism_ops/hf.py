@@ -185,6 +185,10 @@ def configure(model, config: PrismConfig | None = None, *, comm=None, num_partit
 
     Returns the model. `config_of(model)` gives the config in use, with `exchange` resolved to
     "kv" or "hidden" for this model.
+
+    Raises TypeError for a model that is not a transformers model, a config that is not a
+    PrismConfig or a comm without an int `size`; ValueError for bad settings (named by field) or a
+    model with no attention module of a known layout. All before any model work.
     """
     if not isinstance(model, torch.nn.Module) or not hasattr(model, "set_attn_implementation") \
             or not hasattr(model, "config"):
@@ -199,7 +203,8 @@ def configure(model, config: PrismConfig | None = None, *, comm=None, num_partit
         config = PrismConfig.from_preset(num_partitions, preset, segment_size, **levers)
     elif num_partitions is not None or segment_size is not None or preset is not None or levers:
         raise ValueError("give configure either a PrismConfig or keyword settings, not both")
-    if comm is not None and (isinstance(getattr(comm, "size", None), bool) or not isinstance(getattr(comm, "size", None), int)):
+    size = getattr(comm, "size", None)
+    if comm is not None and (isinstance(size, bool) or not isinstance(size, int)):
         raise TypeError(f"comm must be a prism_ops.distributed.Communicator (or None to simulate), "
                         f"got {type(comm).__name__}")
     if comm is not None and comm.size != config.num_partitions:
