@@ -6,7 +6,9 @@ from prism_ops.cli.run import parse_args
 
 
 @pytest.mark.parametrize("argv,message", [
-    (["--threads", "-2"], "--threads must be >= 0"),
+    (["--threads", "-2"], "--threads must be in [0, 1024]"),
+    (["--threads", "100000"], "--threads must be in [0, 1024]"),
+    (["--seed", "-1"], "--seed must be in [0, 2**63)"),
     (["--timeout", "0"], "--timeout must be a finite number of seconds > 0"),
     (["--timeout", "-5"], "--timeout must be"),
     (["--timeout", "nan"], "--timeout must be"),
