@@ -179,6 +179,13 @@ class Communicator:
             time.sleep(1e-3)
         return False
 
+    def finalize(self) -> None:
+        """Stop the heartbeats and finalize MPI (at the very end of a process)."""
+        if self.liveness is not None:
+            self.liveness.close()
+        if not self.MPI.Is_finalized():
+            self.MPI.Finalize()
+
     def abort(self, exit_code: int) -> None:
         """MPI_Abort: end every rank of the job. Never returns."""
         self.comm.Abort(exit_code)

@@ -11,6 +11,7 @@ A rank that goes silent (stopped, frozen) is named by `SilentRank` (`distributed
 
 from __future__ import annotations
 
+import os
 import sys
 import time
 import traceback
@@ -30,8 +31,10 @@ class SilentRank(TimeoutError):
     """A rank this one waits on has not been heard from for longer than the timeout."""
 
     def __init__(self, rank: int, silent_s: float, timeout_s: float, its_phase: str, me: int, my_phase: str):
+        # Its phase is the one its last heartbeat carried (heartbeats go out within 50 ms of a new
+        # phase, so a rank that stopped right after changing phase may show the one before).
         super().__init__(f"rank {rank} has been silent for {silent_s:.1f} s (timeout {timeout_s:g} s); "
-                         f"its last phase: {its_phase}; rank {me} was in: {my_phase}")
+                         f"last heard in: {its_phase}; rank {me} was in: {my_phase}")
         self.args = (str(self),)  # TimeoutError is an OSError: keep its errno fields out of the message
         self.rank, self.phase = rank, its_phase
 
@@ -119,6 +122,20 @@ def guarded(comm, fn, prog: str = "prism", debug: bool = False) -> int:
             text = f"{type(e).__name__}: {e} (--debug shows the traceback)"
         report_failure(comm, text, 1, prog)
     return 0
+
+
+def exit_together(comm, exit_code: int) -> None:
+    """Every rank got the same error (a CollectiveError): end all ranks at once with its code.
+    Never returns. The launcher kills a job's other ranks as soon as one exits non-zero; ranks
+    still shutting down (freeing a model can take seconds) would die by its signal (exit 9)."""
+    try:
+        comm.barrier()
+    except (TimeoutError, RemoteFailure):
+        pass  # a rank gone meanwhile: leave anyway
+    sys.stdout.flush()
+    sys.stderr.flush()
+    comm.finalize()
+    os._exit(exit_code)
 
 
 def report_failure(comm, message: str, exit_code: int = 1, prog: str = "prism") -> None:

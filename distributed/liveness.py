@@ -2,9 +2,11 @@
 
 Every process runs one daemon thread per MPI communicator (`Liveness.of(mpi_comm)`) that sends
 each other rank a tiny heartbeat, its current phase as UTF-8 (at most `MAX_PHASE` bytes), every
-`interval_s`, and records when it last heard each rank and that rank's phase. Heartbeats use
-their own tag (`HEARTBEAT_TAG`, reserved like the fault tag) and are not counted in the
-communicator's byte counters. A rank that works for a long time (a decoding rank, a slow load)
+`interval_s`, and records when it last heard each rank and that rank's phase. Heartbeats go on
+their own duplicate of the communicator (never freed: MPI_Finalize refuses to free a
+communicator with unreceived messages, and beats from ranks still running are always in
+flight), under their own tag, and are not counted in the communicator's byte counters. A
+heartbeat that cannot go (its rank has exited) is ignored. A rank that works for a long time (a decoding rank, a slow load)
 keeps beating from its thread; a rank that is stopped (SIGSTOP, a frozen link) or gone does not.
 
 Waits call `check(timeout_s)`: it first drains the heartbeats that have arrived (so a waiting
@@ -34,9 +36,10 @@ _BY_COMM: dict = {}  # MPI communicator handle -> its Liveness (one thread per p
 class Liveness:
     """Heartbeats to and from every other rank of one MPI communicator (see the module docstring)."""
 
-    def __init__(self, MPI, mpi_comm, interval_s: float = 1.0):
-        self.MPI, self.comm = MPI, mpi_comm
+    def __init__(self, MPI, mpi_comm, interval_s: float = 1.0, start_s: float = 60.0):
+        self.MPI = MPI
         self.rank, self.size = mpi_comm.Get_rank(), mpi_comm.Get_size()
+        self.comm = self._duplicate(mpi_comm, start_s)
         self.interval_s = interval_s
         self.phase = "start"  # set by the main thread (a str assignment: atomic), read by the beats
         now = time.monotonic()
@@ -49,6 +52,17 @@ class Liveness:
         self._thread.start()
         atexit.register(self.close)  # before mpi4py finalizes MPI (atexit runs last-registered first)
 
+    def _duplicate(self, mpi_comm, start_s: float):
+        """mpi_comm's duplicate (collective), waiting at most start_s for every rank to come."""
+        dup, req = mpi_comm.Idup()
+        t0 = time.monotonic()
+        while not req.Test():
+            if time.monotonic() - t0 > start_s:
+                raise TimeoutError(f"rank {self.rank}: not every one of the {self.size} ranks started within "
+                                   f"{start_s:g} s")
+            time.sleep(1e-3)
+        return dup
+
     @classmethod
     def of(cls, MPI, mpi_comm, timeout_s: float) -> "Liveness | None":
         """The process's Liveness for mpi_comm (made on first use), beating at least 4 times per
@@ -59,7 +73,7 @@ class Liveness:
         interval = min(1.0, timeout_s / 4)
         live = _BY_COMM.get(key)
         if live is None or live._stop.is_set():
-            live = _BY_COMM[key] = cls(MPI, mpi_comm, interval)
+            live = _BY_COMM[key] = cls(MPI, mpi_comm, interval, start_s=max(timeout_s, 60.0))
         live.interval_s = min(live.interval_s, interval)
         return live
 
@@ -68,11 +82,14 @@ class Liveness:
     def _loop(self) -> None:
         due, sent = 0.0, None
         while not self._stop.wait(min(0.05, self.interval_s / 4)):
-            self._drain()
-            phase = self.phase
-            if time.monotonic() >= due or phase != sent:  # a new phase goes out at once
-                self._beat(phase)
-                due, sent = time.monotonic() + self.interval_s, phase
+            try:
+                self._drain()
+                phase = self.phase
+                if time.monotonic() >= due or phase != sent:  # a new phase goes out at once
+                    self._beat(phase)
+                    due, sent = time.monotonic() + self.interval_s, phase
+            except self.MPI.Exception:
+                pass  # a rank that has exited: the waits find it silent (or the job is ending)
 
     def _beat(self, phase: str) -> None:
         data = np.frombuffer(phase.encode()[:MAX_PHASE], dtype=np.uint8).copy()
@@ -107,12 +124,9 @@ class Liveness:
                 raise SilentRank(r, now - t, timeout_s, phase, self.rank, self.phase)
 
     def close(self) -> None:
-        """Stop beating and cancel what is still in flight (at exit, before MPI is finalized)."""
+        """Stop beating (at exit, before MPI is finalized; `Communicator.finalize`)."""
         if self._stop.is_set():
             return
         self._stop.set()
         self._thread.join(timeout=2.0)
-        for req, _ in self._sends.values():
-            if not req.Test():
-                req.Cancel()  # a beat to a stopped rank; never wait for it
-        self._sends.clear()
+        self._sends.clear()  # beats still in flight are left to MPI (eager: they are already out)

@@ -33,7 +33,7 @@ from .distributed import (Communicator, EmulatedLink, Request, RequestError, fin
                           run_distributed, run_simulated)
 from .distributed.comm import DEFAULT_TIMEOUT_S
 from .distributed.control import bcast_json
-from .distributed.faults import agree, agree_rank0
+from .distributed.faults import agree, agree_rank0, exit_together
 from .distributed.runtime import max_positions, model_kind
 from .input_files import CHARS_PER_POSITION, check_output_path, read_profile, read_text_file
 from .link_profile import choose, measure_profile
@@ -115,7 +115,12 @@ def read_inputs(opts: RunOptions, num_partitions: int) -> str | None:
         read_profile(opts.auto, "--auto", num_partitions)
     if opts.profile:
         check_output_path(opts.profile, "--profile")
-    return None if (opts.text is None and opts.input_file is None) else read_text(opts)
+    if opts.text is None and opts.input_file is None:
+        return None
+    text = read_text(opts)
+    if not text.strip():
+        raise RequestError(f"the input is empty ({'--input' if opts.input_file is None else '--input-file'})")
+    return text
 
 
 def make_request(tok, opts: RunOptions, text: str | None = None, limit: int | None = None) -> Request:
@@ -221,7 +226,8 @@ def mpi_world_size() -> int:
 
 def run(opts: RunOptions) -> int:
     """The whole prism-run job on this process: simulated, or this MPI rank's part. Returns the
-    exit code (a fault on any rank aborts the whole job instead)."""
+    exit code (a fault on any rank aborts the whole job instead; an error every rank of a
+    multi-rank job agreed on ends them all together, `faults.exit_together`)."""
     if opts.threads:
         torch.set_num_threads(opts.threads)
     if opts.simulate is not None:
@@ -238,4 +244,7 @@ def run(opts: RunOptions) -> int:
         return 0
     link = None if opts.link_mbit is None else EmulatedLink(opts.link_mbit, opts.link_latency_ms)
     comm = Communicator(link=link, timeout_s=opts.timeout)
-    return guarded(comm, lambda: run_mpi_job(opts, comm), prog="prism-run", debug=opts.debug)
+    code = guarded(comm, lambda: run_mpi_job(opts, comm), prog="prism-run", debug=opts.debug)
+    if code and comm.size > 1:
+        exit_together(comm, code)
+    return code

@@ -21,7 +21,9 @@ from prism_ops.cli.run import parse_args
     (["--top-k", "-1"], "--top-k must be >= 0"),
     (["--generate", "-3"], "--generate must be >= 0"),
     (["--simulate", "0"], "--simulate must be >= 1"),
-    (["--weights", "2,x"], "weights must be numbers separated by commas"),
+    (["--weights", "2,x"], "--weights must be finite numbers > 0 separated by commas"),
+    (["--weights", "inf,1"], "--weights must be finite numbers > 0"),
+    (["--weights", "0,1"], "--weights must be finite numbers > 0"),
     (["--serve", "--port", "0"], "--port must be in [1, 65535]"),
 ])
 def test_bad_flags_exit_2_naming_the_flag(argv, message, capsys):

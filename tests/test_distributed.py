@@ -10,6 +10,7 @@ float32 ulps per layer: the bound below is 1e-5 of the output's scale per layer.
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -119,9 +120,12 @@ def test_a_failing_rank_ends_the_job(rank, how):
         assert f"fault: rank {rank}/3" in p.stderr and "injected fault in layer 1" in p.stderr
         assert "Traceback" not in p.stderr  # one line; the traceback only with debug
     if how == "stop":
-        # Rank 0 names the silent rank and both phases (the layer summaries are keyed by layer).
-        assert f"fault: rank 0/3: error: rank {rank} has been silent for" in p.stderr, p.stderr[-2000:]
-        assert "its last phase: forward layer 1; rank 0 was in: forward layer 1" in p.stderr
+        # Rank 0 prints who found which rank silent (itself, or rank 2 if its report came first),
+        # the phase the silent rank was last heard in, and the finder's own phase.
+        found = re.search(rf"fault: rank (\d)/3: error: rank {rank} has been silent for [\d.]+ s \(timeout 4 s\); "
+                          r"last heard in: [a-z0-9 ]+; rank (\d) was in: forward layer 1\n", p.stderr)
+        assert found and found[1] == found[2] and found[1] in "02", p.stderr[-2000:]
+        assert p.stderr.count("has been silent") == 1
         pid = int(p.stdout.split(f"rank {rank} stopping, pid ")[1].split()[0])
         assert not alive(pid)  # the stopped rank went down with the job
 
@@ -199,3 +203,34 @@ def test_prism_run_profile_then_auto(tmp_path):
     assert p.returncode == 0, p.stderr[-2000:]
     out = json.loads(p.stdout.strip().splitlines()[-1])
     assert out["partitions"] == 1 and sum(out["bytes"]["sent_per_layer"]) == 0
+
+
+# -- prism-run: errors found on one rank are agreed by all ----------------------------------------
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    from tiny_model import write_tiny_gpt2
+
+    return write_tiny_gpt2(tmp_path_factory.mktemp("tiny") / "tiny")
+
+
+def test_a_bad_model_folder_on_rank_1_only_exits_2_on_every_rank(tiny):
+    from tiny_model import TEXT as TINY_TEXT
+
+    args = ["--threads", "1", "--segment-size", "4", "--input", TINY_TEXT]
+    p, seconds = mpirun(1, str(BIN / "prism-run"), "--model", str(tiny), *args,
+                        mpmd=(1, str(BIN / "prism-run"), "--model", "/nonexistent/folder", *args), timeout=120)
+    assert p.returncode == 2, p.stderr[-2000:]
+    assert p.stderr.count("error") == 1  # one message, from rank 0, naming the rank
+    assert "prism-run: error: rank 1: model must be one of" in p.stderr and "'/nonexistent/folder'" in p.stderr
+
+
+def test_the_mode_is_part_of_the_handshake(tiny, tmp_path):
+    from tiny_model import TEXT as TINY_TEXT
+
+    prof = tmp_path / "profile.json"
+    prof.write_text(json.dumps({"partitions": 2, "rows": [{"tokens": 8, "local_s": 0.1, "distributed_s": 1.0}]}))
+    run = [str(BIN / "prism-run"), "--threads", "1", "--model", str(tiny), "--segment-size", "4", "--input", TINY_TEXT]
+    p, _ = mpirun(1, *run, "--auto", str(prof), mpmd=(1, *run), timeout=120)
+    assert p.returncode == 3, p.stderr[-2000:]
+    assert "mode: rank 0 has 'auto', rank 1 has 'run'" in p.stderr

@@ -121,7 +121,7 @@ def test_a_stopped_decoding_rank_is_named_by_rank_0(tiny):
         assert time.monotonic() - t0 < TIMEOUT + 15
         assert code != 0
         assert "prism-run: rank 0/2: error: rank 1 has been silent for" in err, err[-2000:]
-        assert f"(timeout {TIMEOUT} s); its last phase: generation token " in err
+        assert f"(timeout {TIMEOUT} s); last heard in: generation token " in err
         assert "rank 0 was in: gather" in err and "Traceback" not in err  # it waits for the generated ids
         assert not alive(victim)  # the job took the stopped rank down with it
     finally:

@@ -105,9 +105,12 @@ def parse_args(argv=None) -> RunOptions:
         levers["log_count_bias"] = False
     if args.weights is not None:
         try:
-            levers["weights"] = tuple(float(w) for w in args.weights.split(","))
+            weights = tuple(float(w) for w in args.weights.split(","))
         except ValueError:
-            ap.error(f"weights must be numbers separated by commas, e.g. 2,1; got {args.weights!r}")
+            weights = ()
+        if not weights or not all(math.isfinite(w) and w > 0 for w in weights):
+            ap.error(f"--weights must be finite numbers > 0 separated by commas, e.g. 2,1; got {args.weights!r}")
+        levers["weights"] = weights
     return RunOptions(model=args.model, text=args.input, input_file=args.input_file, preset=args.preset,
                       segment_size=args.segment_size, levers=levers, output=args.output, generate=args.generate,
                       temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, seed=args.seed,
