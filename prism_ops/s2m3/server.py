@@ -158,12 +158,14 @@ class Server:
         to stop. `at` (rank 0, optional): when each request arrives, in s from the start (in
         order; default: all at once); a request's latency counts from its arrival."""
         self.results = []
+        # Every loop below polls (`Communicator.poll` checks liveness) or checks liveness itself,
+        # so a rank that goes silent ends the job after the communicator's timeout.
+        self.comm.phase = "serving"
         if self.comm.rank != 0:
             while self.comm.poll(TAG_STOP) is None:
                 if not self.step():
                     time.sleep(1e-4)
-            while self.sends:
-                self.sends = [s for s in self.sends if not self.comm.test(s)]
+            self._drain_sends()
             return None
         start, done, t0, due = {}, {}, time.perf_counter(), 0
         at = at or [0.0] * len(requests)
@@ -194,9 +196,14 @@ class Server:
             self.results = []
         for r in range(1, self.comm.size):
             self.sends.append(self.comm.isend(r, b"stop", TAG_STOP))
-        while self.sends:
-            self.sends = [s for s in self.sends if not self.comm.test(s)]
+        self._drain_sends()
         return done
+
+    def _drain_sends(self):
+        """Wait until every pending send has left, as long as every rank is heard from."""
+        while self.sends:
+            self.comm.check_alive()
+            self.sends = [s for s in self.sends if not self.comm.test(s)]
 
 
 def serve_requests(comm, plan_path: str, requests_path: str | None = None,
