@@ -6,7 +6,8 @@ Rank p holds the queries, keys and values of its own chunk only: q `[B, H, n_p, 
 Per layer it
   1. builds its payload (`prism_ops.ops.chunk_summary`: exact sink/halo rows and segment
      means, rounded to `summary_bits` if set) and starts the all-gather (a chunk no rank
-     reads, the last of a causal model, sends nothing: `prism_ops.wire`),
+     reads, the last of a causal model, sends nothing: `prism_ops.wire`); a causal model's
+     chunk goes point to point to the later ranks only, so no rank waits for rows it never reads,
   2. attends to its own block while the payloads travel (log-sum-exp kept),
   3. decodes the payloads of the chunks it may see (hidden features are projected to K and V
      with the layer's own weights), attends to those rows, and merges the two partial
@@ -30,9 +31,12 @@ from prism_ops.ops.prism_attention import prism_attention
 from prism_ops.ops.quantize_rows import quantize_codes
 from prism_ops.ops.segment_means import segment_means
 from prism_ops.strategy import attached_layers
-from prism_ops.wire import chunk_options, payload_layouts
+from prism_ops.wire import chunk_options, payload_layouts, readers
 
 from .payload import decode, encode
+
+
+TAG_LAYERS = 1000  # point-to-point tags of the causal exchange: TAG_LAYERS + layer index
 
 
 def _project(layer, h):
@@ -93,7 +97,14 @@ class RankPartition:
         # 1. This rank's payload, on its way while the local block is computed.
         keep = state.valid[:, c0:c1]
         payload = self._payload(layouts[p], x, k, keep, chunk_layout(state.bounds, p, **opts), c0, cfg)
-        pending = comm.iallgatherv(payload, [lay.nbytes for lay in layouts], key=layer.index)
+        counts = [lay.nbytes for lay in layouts]
+        if causal:
+            # Only later ranks read this chunk: send it to them alone, so this rank never waits
+            # for ranks it does not read (point to point, one tag per layer).
+            pending = comm.isend_recv(payload, readers(p, P, causal), visible_chunks(p, P, causal), counts,
+                                      tag=TAG_LAYERS + layer.index, key=layer.index)
+        else:
+            pending = comm.iallgatherv(payload, counts, key=layer.index)
 
         # 2. The local block, exact.
         k_valid = None if bool(keep.all()) else keep

@@ -80,6 +80,8 @@ class Communicator:
         self.timeout_s = timeout_s
         self.cuda_aware = cuda_aware_mpi()
         self.sent = defaultdict(int)
+        self._sends = []  # point-to-point sends in flight, with their buffers (isend_recv)
+        self._link_free = 0.0  # when this rank's emulated link has sent its last payload (monotonic)
 
     # -- buffers ---------------------------------------------------------------------------
 
@@ -99,9 +101,10 @@ class Communicator:
 
     # -- waiting, link emulation, faults --------------------------------------------------
 
-    def _wait(self, req, t0: float, recv_bytes: int, timeout_s: float | None = None) -> None:
-        """Complete req, honouring the emulated link, a peer's fault report and the timeout
-        (self.timeout_s unless given; math.inf for a rank that waits idle for work)."""
+    def _wait(self, req, t0: float, recv_bytes: int | None, timeout_s: float | None = None) -> None:
+        """Complete req, honouring the emulated link (recv_bytes None: not here, the caller holds),
+        a peer's fault report and the timeout (self.timeout_s unless given; math.inf for a rank
+        that waits idle for work)."""
         timeout_s = self.timeout_s if timeout_s is None else timeout_s
         spins = 0
         while not req.Test():
@@ -114,7 +117,7 @@ class Communicator:
             if time.perf_counter() - t0 > timeout_s:
                 raise TimeoutError(f"rank {self.rank}: a collective took over {timeout_s:.0f} s (timeout_s)")
         self._check_fault()
-        if self.link is not None:
+        if self.link is not None and recv_bytes is not None:
             self.link.hold(t0, recv_bytes)
 
     def _check_fault(self) -> None:
@@ -158,6 +161,43 @@ class Communicator:
         self.sent[key] += int(buf.numel())
         recv_bytes = sum(counts) - counts[self.rank]
         return PendingAllgather(self, req, t0, recv_bytes, recv, counts, displs, t.device, (buf, recv))
+
+    def isend_recv(self, t: torch.Tensor, dests: list[int], sources: list[int], counts: list[int], tag: int,
+                   key=None) -> "PendingRecv":
+        """Send t's bytes to each rank in dests and start receiving counts[s] bytes from each rank
+        s in sources, point to point: only the ranks that read a payload get it (a causal model's
+        chunks go to later ranks only). Every rank must call it with matching dests/sources and
+        one tag per exchange (the runtime uses a tag per layer).
+
+        This rank never waits for its sends: they complete in the background (the buffers are
+        kept until they have, `pending_sends`), so a rank with no sources runs ahead. The bytes
+        count once per payload under `key`, however many ranks read it (as the all-gather's).
+        With an emulated link each send leaves this rank's link after the previous one and the
+        receiver holds it until it has arrived (`EmulatedLink.arrival`; an 8-byte arrival time,
+        emulation only and not counted, follows the bytes). wait() gives {source: uint8 tensor
+        on t's device}.
+        """
+        buf = self._staged(t)
+        self._sends = [s for s in self._sends if not s[0].Test()]
+        for dest in dests:
+            data = buf
+            if self.link is not None:
+                now = time.monotonic()
+                self._link_free, due = self.link.arrival(self._link_free, now, int(buf.numel()))
+                data = torch.cat([buf.cpu(), torch.tensor([due], dtype=torch.float64).view(torch.uint8)])
+            self._sends.append((self.comm.Isend(self._buf(data), dest=dest, tag=tag), data))
+        if dests:
+            self.sent[key] += int(buf.numel())
+        extra = 8 if self.link is not None else 0
+        recvs = {s: self._empty(counts[s] + extra, buf) for s in sources}
+        reqs = {s: self.comm.Irecv(self._buf(r), source=s, tag=tag) for s, r in recvs.items()}
+        return PendingRecv(self, reqs, recvs, extra, t.device)
+
+    @property
+    def pending_sends(self) -> int:
+        """Point-to-point sends (`isend_recv`) not yet complete."""
+        self._sends = [s for s in self._sends if not s[0].Test()]
+        return len(self._sends)
 
     def scatterv(self, chunks: list[torch.Tensor] | None, counts: list[int], key="request") -> torch.Tensor:
         """Rank 0's chunks[r] (bytes) to rank r; returns this rank's bytes (CPU)."""
@@ -262,3 +302,21 @@ class PendingAllgather:
         self._comm._wait(self._req, self._t0, self._recv_bytes)
         recv = self._recv.to(self._device) if self._recv.device != self._device else self._recv
         return [recv[int(d) : int(d) + c] for d, c in zip(self._displs, self._counts)]
+
+
+class PendingRecv:
+    """Point-to-point receives in flight (`Communicator.isend_recv`); wait() returns {source: bytes}."""
+
+    def __init__(self, comm, reqs, recvs, extra, device):
+        self._comm, self._reqs, self._recvs, self._extra, self._device = comm, reqs, recvs, extra, device
+
+    def wait(self) -> dict:
+        out = {}
+        for s, req in self._reqs.items():
+            self._comm._wait(req, time.perf_counter(), None)
+            data = self._recvs[s]
+            if self._extra:  # the emulated link's arrival time
+                EmulatedLink.hold_until(float(data[-self._extra :].cpu().view(torch.float64)[0]))
+                data = data[: -self._extra]
+            out[s] = data.to(self._device) if data.device != self._device else data
+        return out
