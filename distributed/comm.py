@@ -16,6 +16,7 @@ handshake and S2M3's messages are built on top of this (`control`, `handshake`,
 
 from __future__ import annotations
 
+import atexit
 import ctypes
 import os
 import re
@@ -82,6 +83,7 @@ class Communicator:
         self.sent = defaultdict(int)
         self._sends = []  # point-to-point sends in flight, with their buffers (isend_recv)
         self._link_free = 0.0  # when this rank's emulated link has sent its last payload (monotonic)
+        atexit.register(self._drain_sends)  # before mpi4py's MPI_Finalize (atexit runs last-in first)
 
     # -- buffers ---------------------------------------------------------------------------
 
@@ -192,6 +194,12 @@ class Communicator:
         recvs = {s: self._empty(counts[s] + extra, buf) for s in sources}
         reqs = {s: self.comm.Irecv(self._buf(r), source=s, tag=tag) for s, r in recvs.items()}
         return PendingRecv(self, reqs, recvs, extra, t.device)
+
+    def _drain_sends(self, wait_s: float = 5.0) -> None:
+        """Complete the point-to-point sends still in flight (at exit; their readers have them by then)."""
+        t0 = time.perf_counter()
+        while self.pending_sends and time.perf_counter() - t0 < wait_s:
+            time.sleep(1e-3)
 
     @property
     def pending_sends(self) -> int:
