@@ -10,7 +10,8 @@ started differently exit with code 3; a rank that fails takes the whole job down
 why) instead of leaving it hanging (`prism_ops.distributed.faults.guarded`).
 
 With `auto`, rank 0 chooses between running alone and distributed from a link profile
-(`prism_ops.link_profile`) that `profile` measured on the same machines and link.
+(`prism_ops.link_profile`) that `profile` measured on the same machines and link, and, for a
+budgeted preset, the fastest setting within its quality budget (`auto_choice`).
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ from .distributed import (Communicator, EmulatedLink, Request, RequestError, fin
                           run_distributed, run_simulated)
 from .distributed.control import bcast_json
 from .distributed.runtime import model_kind
-from .link_profile import choose, measure_profile
+from .link_profile import auto_choice, measure_profile
 from .distributed.runtime import max_positions
 from .models import load
 from .report import build_report, print_report
@@ -148,7 +149,7 @@ def run_mpi_job(opts: RunOptions, comm) -> None:
     hand_s = time.perf_counter() - t1
     if opts.profile:
         measure_profile(model, tok, comm, opts.profile, model_name=opts.model, config=config,
-                        link_mbit=opts.link_mbit)
+                        link_mbit=opts.link_mbit, link_latency_ms=opts.link_latency_ms)
         return
     if opts.serve:
         served = Served(opts.model, model_kind(model) == "decoder", max_positions(model))
@@ -163,7 +164,14 @@ def run_mpi_job(opts: RunOptions, comm) -> None:
             req = e  # run_distributed tells every rank, so all stop together
     mode = "distributed"
     if opts.auto and not isinstance(req, RequestError):
-        mode = bcast_json(comm, choose(opts.auto, req.ids.shape[1], comm.size) if comm.rank == 0 else None)
+        # The asked preset, when the setting is just a preset (no explicit segment size or levers).
+        asked = None if (opts.segment_size is not None or opts.levers) else (opts.preset or DEFAULT_PRESET)
+        pick = bcast_json(comm, auto_choice(opts.auto, model, config, asked, req.ids.shape[1], comm.size)
+                          if comm.rank == 0 else None)
+        mode = pick["mode"]
+        if pick["preset"] is not None:  # a setting within the asked budget that is faster on this link
+            new = PrismConfig.from_preset(comm.size, pick["preset"], exchange=pick["exchange"])
+            config = hf.config_of(hf.configure(model, new, comm=comm))
     eos = tok.eos_token_id if (opts.generate and model_kind(model) == "decoder") else None
     if mode == "local":
         # One device is faster on this link: rank 0 runs the exact model, the others stand by.
