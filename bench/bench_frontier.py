@@ -21,9 +21,9 @@ at that link and marked so.
 Per setting also: bytes on the wire per forward (counted by the communicator; checked equal
 to `prism_ops.cost`), their share of full position-wise exchange in fp32 and in fp16 (what a
 GPU or Jetson would send), and the busiest rank's FLOPs over one device's (`prism_ops.cost`).
-A 4-device projection (the cost model's per-layer FLOPs and bytes, with the seconds per FLOP
-measured here, no compute/transfer overlap: an upper bound) is printed and written, labelled
-as a projection.
+A 4-device projection (`prism_ops.link_profile.predict_seconds`: the cost model's per-layer
+FLOPs at the seconds per FLOP measured here on one device, plus per-layer transfer; decoders
+stream, so the larger of the two) is printed and written, labelled as a projection.
 
 Writes `--out`.md (the table), `--out`.json (every row) and `--out`.png (quality against
 speed-up, one curve per link rate; matplotlib). Timings on a shared machine are noisy: the
@@ -43,7 +43,7 @@ import torch
 
 from prism_ops import cost, hf, models
 from prism_ops.config import PrismConfig
-from prism_ops.link_profile import choose_setting
+from prism_ops.link_profile import choose_setting, predict_seconds
 from prism_ops.distributed import Communicator, EmulatedLink, Request, run_distributed, run_simulated
 from prism_ops.distributed.control import bcast_json
 from prism_ops.eval import tasks
@@ -86,7 +86,7 @@ def parse_args(argv=None):
     ap.add_argument("--windows", type=int, help="override every model's number of quality windows")
     ap.add_argument("--max-slowdown", type=float, default=4.0)
     ap.add_argument("--quick", action="store_true", help="short N, few windows, links inf,10, 1 repeat")
-    ap.add_argument("--out", default="docs/frontier", help="path prefix of the .md, .json and .png")
+    ap.add_argument("--out", default="docs/FRONTIER", help="path prefix of the .md, .json and .png")
     args = ap.parse_args(argv)
     args.models = [m for m in args.models.split(",") if m]
     args.settings = [s for s in args.settings.split(",") if s]
@@ -188,19 +188,6 @@ class Bench:
         return {"quality": mean, "cos_mean": mean, "cos_min": low}, sent
 
 
-def project(shape, N, config, causal, sec_per_flop, link, latency_ms, L):
-    """Projected seconds of one forward on config.num_partitions devices (cost model, no overlap)."""
-    flops = cost.flops_per_layer(shape, N, config, causal=causal)
-    sent = cost.bytes_per_layer(shape, N, config, causal=causal)
-    P = config.num_partitions
-    worst = 0.0
-    for p in range(P):
-        recv = sum(sent[c] for c in visible_chunks(p, P, causal))  # decoders: point to point, earlier chunks
-        wire = 0.0 if link is None else latency_ms / 1e3 + recv * 8 / (link * 1e6)
-        worst = max(worst, L * (flops[p] * sec_per_flop + wire))
-    return worst
-
-
 def run_model(comm, key, args, rows, projections):
     spec = dict(MODELS[key])
     if args.quick:
@@ -261,7 +248,8 @@ def run_model(comm, key, args, rows, projections):
         if comm.rank == 0:
             c4 = config.replace(num_partitions=4)
             for link in args.links:
-                t4 = project(shape, N, c4, causal, sec_per_flop, link, args.latency_ms, L)
+                t4 = predict_seconds(shape, N, c4, causal=causal, sec_per_flop=sec_per_flop, link_mbit=link,
+                                     latency_ms=args.latency_ms)
                 projections.append(dict(model=key, setting=name, devices=4, link_mbit=link, projected_seconds=t4,
                                         projected_speedup=local / t4))
     if comm.rank == 0:
@@ -331,8 +319,10 @@ def markdown(rows, projections, args, command):
             lines.append(f"| {name} | {r0['quality']:.4f} | {low}{100 * r0['bytes_vs_full_fp32']:.1f}% | "
                          f"{100 * r0['bytes_vs_full_fp16']:.1f}% | {100 * r0['flops_busiest']:.1f}% | "
                          + " | ".join(cells) + " |")
-        lines += ["", "Projection for 4 devices (cost model: per-layer FLOPs at this machine's measured seconds "
-                  "per FLOP plus per-layer transfer, no overlap; a projection, not a measurement):", "",
+        lines += ["", "Projection for 4 devices (a projection, not a measurement: `link_profile.predict_seconds`, "
+                  "the cost model's per-layer FLOPs at the seconds per FLOP measured here on one device plus the "
+                  "per-layer transfer, added for encoders, the larger of the two for decoders, whose payloads "
+                  "stream; no scatter, gather or Python overhead):", "",
                   "| setting | " + " | ".join(link_label(x) for x in links) + " |",
                   "| --- " * (1 + len(links)) + "|"]
         for name in dict.fromkeys(r["setting"] for r in mine if r["setting"] != "auto"):

@@ -38,11 +38,11 @@ EXCHANGES = ("kv", "hidden", "auto")
 # docs/FRONTIER.md) and at 4 partitions (docs/EVAL.md):
 #   exact     every K/V row at full precision (segment size 1): the exact model within float error.
 #   accurate  segment size 1, 4-bit summaries, the first 4 tokens (attention sinks) exact, hidden
-#             exchange where the model allows it: within 1% (SmolLM2 1.007x, MiniLM 0.9998 / 0.9997).
-#   edge      as accurate without the sinks: within 1% on MiniLM (0.999) and 4% on SmolLM2
-#             (1.036x at 2 ranks, 1.028x at 4 partitions N = 1024), at <= 15% of full-exchange traffic.
-#   fast      as accurate at 3 bits: within 0.2% on MiniLM (0.999 / 0.9986), 6% on SmolLM2 (1.053x),
-#             at 3/4 of accurate's bytes.
+#             exchange where the model allows it: within 1% (SmolLM2 1.004x, MiniLM 0.9998 / 0.9997).
+#   edge      as accurate without the sinks: within 1% on MiniLM (0.9992 / 0.9990) and 3% on
+#             SmolLM2 (1.030x; 1.028x at 4 partitions N = 1024), at <= 15% of full-exchange traffic.
+#   fast      as accurate at 3 bits: within 0.2% on MiniLM (0.9990 / 0.9986), 5% on SmolLM2
+#             (1.041x), at about 3/4 of accurate's bytes.
 #   paper     the published method (segment means of 16): a large loss (MiniLM mean cos 0.85,
 #             SmolLM2 perplexity 1.65x at 4 partitions); for comparison.
 PRESETS = {
