@@ -5,7 +5,9 @@ Rank p holds the queries, keys and values of its own chunk only: q `[B, H, n_p, 
 `[B, Hkv, n_p, D]` (and, for hidden-feature exchange, the attention input `[B, n_p, d]`).
 Per layer it
   1. builds its payload (`prism_ops.ops.chunk_summary`: exact sink/halo rows and segment
-     means, rounded to `summary_bits` if set) and starts the all-gather,
+     means, rounded to `summary_bits` if set) and starts the all-gather (a chunk no rank
+     reads, the last of a causal model, sends nothing: `prism_ops.wire`); a causal model's
+     chunk goes point to point to the later ranks only, so no rank waits for rows it never reads,
   2. attends to its own block while the payloads travel (log-sum-exp kept),
   3. decodes the payloads of the chunks it may see (hidden features are projected to K and V
      with the layer's own weights), attends to those rows, and merges the two partial
@@ -29,9 +31,12 @@ from prism_ops.ops.prism_attention import prism_attention
 from prism_ops.ops.quantize_rows import quantize_codes
 from prism_ops.ops.segment_means import segment_means
 from prism_ops.strategy import attached_layers
-from prism_ops.wire import chunk_options, payload_layouts
+from prism_ops.wire import chunk_options, payload_layouts, readers
 
 from .payload import decode, encode
+
+
+TAG_LAYERS = 1000  # point-to-point tags of the causal exchange: TAG_LAYERS + layer index
 
 
 def _project(layer, h):
@@ -54,6 +59,23 @@ class RankPartition:
     def __init__(self, comm, config: PrismConfig, num_layers: int):
         self.comm, self.config, self.num_layers = comm, config, num_layers
 
+    @staticmethod
+    def _payload(layout, x, k, keep, ab, c0, cfg) -> torch.Tensor:
+        """This rank's payload bytes: its chunk's exact rows and summaries (rounded if asked).
+
+        A chunk no rank reads (the last of a causal model) has an empty layout: nothing is built.
+        """
+        if not layout.nbytes:
+            return torch.empty(0, dtype=torch.uint8, device=x.device)
+        a, b = (i - c0 for i in ab)
+        assign = chunk_clusters(k, keep, a, b, cfg.segment_size, cfg.cluster_iters)
+        exact, _, means, counts = summary_rows(x, keep, a, b, cfg.segment_size, assign, cfg.backend)
+        quant = {}
+        if cfg.summary_bits and means.shape[2]:
+            codes, lo, step = quantize_codes(means, cfg.summary_bits, (counts > 0)[:, None, :, None])
+            quant = dict(codes=codes, lo=lo, step=step)
+        return encode(layout, exact, means=means, counts=counts, **quant)
+
     def attend(self, layer, q, k, v, *, valid, hidden, scale, causal, state):
         """This rank's attention output `[B, H, n_p, D]` for one layer, and the rows to cache
         for decoding (the last rank of a causal model) or None."""
@@ -73,16 +95,16 @@ class RankPartition:
         opts = chunk_options(cfg, causal)
 
         # 1. This rank's payload, on its way while the local block is computed.
-        a, b = (i - c0 for i in chunk_layout(state.bounds, p, **opts))
         keep = state.valid[:, c0:c1]
-        assign = chunk_clusters(k, keep, a, b, segment_size, cfg.cluster_iters)
-        exact, _, means, counts = summary_rows(x, keep, a, b, segment_size, assign, cfg.backend)
-        quant = {}
-        if cfg.summary_bits and means.shape[2]:
-            codes, lo, step = quantize_codes(means, cfg.summary_bits, (counts > 0)[:, None, :, None])
-            quant = dict(codes=codes, lo=lo, step=step)
-        payload = encode(layouts[p], exact, means=means, counts=counts, **quant)
-        pending = comm.iallgatherv(payload, [lay.nbytes for lay in layouts], key=layer.index)
+        payload = self._payload(layouts[p], x, k, keep, chunk_layout(state.bounds, p, **opts), c0, cfg)
+        counts = [lay.nbytes for lay in layouts]
+        if causal:
+            # Only later ranks read this chunk: send it to them alone, so this rank never waits
+            # for ranks it does not read (point to point, one tag per layer).
+            pending = comm.isend_recv(payload, readers(p, P, causal), visible_chunks(p, P, causal), counts,
+                                      tag=TAG_LAYERS + layer.index, key=layer.index)
+        else:
+            pending = comm.iallgatherv(payload, counts, key=layer.index)
 
         # 2. The local block, exact.
         k_valid = None if bool(keep.all()) else keep

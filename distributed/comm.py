@@ -21,6 +21,7 @@ handshake and S2M3's messages are built on top of this (`control`, `handshake`,
 
 from __future__ import annotations
 
+import atexit
 import ctypes
 import os
 import re
@@ -97,6 +98,9 @@ class Communicator:
             liveness = Liveness.of(MPI, self.comm, timeout_s)
         self.liveness = liveness  # None: one rank, or no MPI_THREAD_MULTIPLE (each wait is bounded instead)
         self._phase = "start"
+        self._sends = []  # point-to-point sends in flight, with their buffers (isend_recv)
+        self._link_free = 0.0  # when this rank's emulated link has sent its last payload (monotonic)
+        atexit.register(self._drain_sends)  # before mpi4py's MPI_Finalize (atexit runs last-in first)
 
     @property
     def phase(self) -> str:
@@ -127,9 +131,10 @@ class Communicator:
 
     # -- waiting, link emulation, faults --------------------------------------------------
 
-    def _wait(self, req, t0: float, recv_bytes: int) -> None:
-        """Complete req, honouring the emulated link, a peer's fault report and liveness (no
-        bound on the wait itself while every rank is heard from)."""
+    def _wait(self, req, t0: float, recv_bytes: int | None) -> None:
+        """Complete req, honouring the emulated link (recv_bytes None: not here, the caller holds),
+        a peer's fault report and liveness (no bound on the wait itself while every rank is heard
+        from)."""
         spins = 0
         while not req.Test():
             self._check_fault()
@@ -140,7 +145,7 @@ class Communicator:
                 time.sleep(50e-6 if time.perf_counter() - t0 < 1.0 else 1e-3)
             self._check_alive(t0)
         self._check_fault()
-        if self.link is not None:
+        if self.link is not None and recv_bytes is not None:
             self.link.hold(t0, recv_bytes)
 
     def _check_alive(self, t0: float) -> None:
@@ -213,6 +218,51 @@ class Communicator:
         self.sent[key] += int(buf.numel())
         recv_bytes = sum(counts) - counts[self.rank]
         return PendingAllgather(self, req, t0, recv_bytes, recv, counts, displs, t.device, (buf, recv))
+
+    def isend_recv(self, t: torch.Tensor, dests: list[int], sources: list[int], counts: list[int], tag: int,
+                   key=None) -> "PendingRecv":
+        """Send t's bytes to each rank in dests and start receiving counts[s] bytes from each rank
+        s in sources, point to point: only the ranks that read a payload get it (a causal model's
+        chunks go to later ranks only). Every rank must call it with matching dests/sources and
+        one tag per exchange (the runtime uses a tag per layer).
+
+        This rank never waits for its sends: they complete in the background (the buffers are
+        kept until they have, `pending_sends`), so a rank with no sources runs ahead. The bytes
+        count once per payload under `key`, however many ranks read it (as the all-gather's).
+        With an emulated link each send leaves this rank's link after the previous one and the
+        receiver holds it until it has arrived (`EmulatedLink.arrival`; an 8-byte arrival time,
+        emulation only and not counted, follows the bytes). wait() gives {source: uint8 tensor
+        on t's device}.
+        """
+        if isinstance(key, int):
+            self.phase = f"forward layer {key}"  # as in iallgatherv: the runtime keys summaries by layer
+        buf = self._staged(t)
+        self._sends = [s for s in self._sends if not s[0].Test()]
+        for dest in dests:
+            data = buf
+            if self.link is not None:
+                now = time.monotonic()
+                self._link_free, due = self.link.arrival(self._link_free, now, int(buf.numel()))
+                data = torch.cat([buf.cpu(), torch.tensor([due], dtype=torch.float64).view(torch.uint8)])
+            self._sends.append((self.comm.Isend(self._buf(data), dest=dest, tag=tag), data))
+        if dests:
+            self.sent[key] += int(buf.numel())
+        extra = 8 if self.link is not None else 0
+        recvs = {s: self._empty(counts[s] + extra, buf) for s in sources}
+        reqs = {s: self.comm.Irecv(self._buf(r), source=s, tag=tag) for s, r in recvs.items()}
+        return PendingRecv(self, reqs, recvs, extra, t.device)
+
+    def _drain_sends(self, wait_s: float = 5.0) -> None:
+        """Complete the point-to-point sends still in flight (at exit; their readers have them by then)."""
+        t0 = time.perf_counter()
+        while self.pending_sends and time.perf_counter() - t0 < wait_s:
+            time.sleep(1e-3)
+
+    @property
+    def pending_sends(self) -> int:
+        """Point-to-point sends (`isend_recv`) not yet complete."""
+        self._sends = [s for s in self._sends if not s[0].Test()]
+        return len(self._sends)
 
     def scatterv(self, chunks: list[torch.Tensor] | None, counts: list[int], key="request") -> torch.Tensor:
         """Rank 0's chunks[r] (bytes) to rank r; returns this rank's bytes (CPU)."""
@@ -322,3 +372,21 @@ class PendingAllgather:
         self._comm._wait(self._req, self._t0, self._recv_bytes)
         recv = self._recv.to(self._device) if self._recv.device != self._device else self._recv
         return [recv[int(d) : int(d) + c] for d, c in zip(self._displs, self._counts)]
+
+
+class PendingRecv:
+    """Point-to-point receives in flight (`Communicator.isend_recv`); wait() returns {source: bytes}."""
+
+    def __init__(self, comm, reqs, recvs, extra, device):
+        self._comm, self._reqs, self._recvs, self._extra, self._device = comm, reqs, recvs, extra, device
+
+    def wait(self) -> dict:
+        out = {}
+        for s, req in self._reqs.items():
+            self._comm._wait(req, time.perf_counter(), None)
+            data = self._recvs[s]
+            if self._extra:  # the emulated link's arrival time
+                EmulatedLink.hold_until(float(data[-self._extra :].cpu().view(torch.float64)[0]))
+                data = data[: -self._extra]
+            out[s] = data.to(self._device) if data.device != self._device else data
+        return out

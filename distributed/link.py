@@ -3,6 +3,12 @@
 `EmulatedLink(mbit, latency_ms)` holds an operation that started at t0 until
 t0 + latency + received bytes * 8 / rate. Work done meanwhile (the local attention block)
 overlaps with the transfer, as on a real link. The communicator applies it to every wait.
+
+Point-to-point sends (`Communicator.isend_recv`) are emulated from the sender's side instead: a
+rank's sends leave its link one after the other (`arrival`), and the receiver holds each until
+its arrival time (`hold_until`; the time travels with the bytes, on `time.monotonic`, which is one
+clock for every process of a host), so a sender that runs ahead streams its payloads while the
+receiver computes, as on a real link.
 """
 
 from __future__ import annotations
@@ -31,3 +37,15 @@ class EmulatedLink:
         due = t0 + self.seconds(recv_bytes)
         while time.perf_counter() < due:
             time.sleep(min(1e-3, max(0.0, due - time.perf_counter())))
+
+    def arrival(self, free_at: float, now: float, nbytes: int) -> tuple[float, float]:
+        """(when this sender's link is free again, when the bytes arrive) for nbytes sent at `now`
+        (time.monotonic) on a link busy until free_at."""
+        done = max(now, free_at) + nbytes * 8 / (self.mbit * 1e6)
+        return done, done + self.latency_ms / 1e3
+
+    @staticmethod
+    def hold_until(due: float) -> None:
+        """Sleep until time.monotonic() reaches due."""
+        while time.monotonic() < due:
+            time.sleep(min(1e-3, max(0.0, due - time.monotonic())))

@@ -36,12 +36,28 @@ from .ops.token_clusters import check_cluster_iters
 
 EXCHANGES = ("kv", "hidden", "auto")
 
-# Named settings. "paper" is the published method; "edge" is the best combination measured at
-# <= 15% of full-exchange traffic on MiniLM and SmolLM2 (docs/EVAL.md, `prism-eval`).
+# Named settings, each with its quality budget, measured on the real models at 2 ranks (SmolLM2
+# at N = 2048: perplexity over exact; MiniLM at N = 512: mean / min cosine of sentence embeddings;
+# docs/FRONTIER.md) and at 4 partitions (docs/EVAL.md):
+#   exact     every K/V row at full precision (segment size 1): the exact model within float error.
+#   accurate  segment size 1, 4-bit summaries, the first 4 tokens (attention sinks) exact, hidden
+#             exchange where the model allows it: within 1% (SmolLM2 1.004x, MiniLM 0.9998 / 0.9997).
+#   edge      as accurate without the sinks: within 1% on MiniLM (0.9992 / 0.9990) and 3% on
+#             SmolLM2 (1.030x; 1.028x at 4 partitions N = 1024), at <= 15% of full-exchange traffic.
+#   fast      as accurate at 3 bits: within 0.2% on MiniLM (0.9990 / 0.9986), 5% on SmolLM2
+#             (1.041x), at about 3/4 of accurate's bytes.
+#   paper     the published method (segment means of 16): a large loss (MiniLM mean cos 0.85,
+#             SmolLM2 perplexity 1.65x at 4 partitions); for comparison.
 PRESETS = {
-    "paper": {},
+    "exact": {"segment_size": 1},
+    "accurate": {"segment_size": 1, "summary_bits": 4, "sink_tokens": 4, "exchange": "auto"},
     "edge": {"segment_size": 1, "summary_bits": 4, "exchange": "auto"},
+    "fast": {"segment_size": 1, "summary_bits": 3, "sink_tokens": 4, "exchange": "auto"},
+    "paper": {},
 }
+# The presets with a budget, from the most accurate: `prism-run --auto` may switch from one to any
+# before it (never leaving the asked budget). "paper" has none: --auto keeps it as asked.
+PRESET_ORDER = ("exact", "accurate", "edge", "fast")
 # What prism-run uses when neither --preset nor --segment-size is given: within 1% of exact on
 # MiniLM (mean cos 0.998) and 3% on SmolLM2 (perplexity 1.028x) at 4 partitions (docs/EVAL.md).
 DEFAULT_PRESET = "edge"

@@ -14,9 +14,10 @@ those of its payload layout, `prism_ops.wire`, so the runtime and this model can
 A row holds 2 * Hkv * D values (K/V exchange) or d values (hidden-feature exchange, the
 paper's). Exact rows travel at the model's precision; summary rows too, or as `summary_bits`
 integers plus a float16 (minimum, step) pair per channel (`quantize_rows`). Key clusters add a
-2-byte count per summary row (positional segments have implied counts). Causal models are
-counted the same way (the last rank's summaries are sent although no later rank reads them),
-so the figures are an upper bound for decoders.
+2-byte count per summary row (positional segments have implied counts). A chunk that no rank
+reads sends nothing: in a causal model the last rank sends 0 bytes (`prism_ops.wire`). With
+more than 2 ranks the all-gather still delivers a causal chunk to earlier ranks, which do not
+read it; the bytes count each payload once.
 
 Compute counts multiply-accumulates of matrix products, doubled to FLOPs: projections and MLP
 per owned token, scores and weighted values per visible key, and for hidden-feature exchange

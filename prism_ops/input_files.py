@@ -16,6 +16,8 @@ import math
 import os
 import stat
 
+from .config import PrismConfig
+
 MAX_INPUT_BYTES = 4 * 2**20  # --input-file; after loading, the model's positions bound it further
 MAX_PROFILE_BYTES = 2**20  # --auto
 CHARS_PER_POSITION = 64  # a text longer than this many characters per model position cannot fit
@@ -75,6 +77,19 @@ def read_profile(path: str, flag: str, partitions: int) -> dict:
             if not _positive(row.get(key)):
                 raise ValueError(f"{what}: rows[{i}].{key} must be a finite number of seconds > 0, "
                                  f"got {row.get(key)!r:.60}")
+    for key in ("link_mbit", "link_latency_ms"):
+        value = prof.get(key)
+        if value is not None and not (_positive(value) or (key == "link_latency_ms" and value == 0)):
+            raise ValueError(f"{what}: {key} must be a finite number > 0 (or null), got {value!r:.60}")
+    config = prof.get("config")
+    if config is not None:  # the setting the profile was measured with (--auto scales its predictions by it)
+        if not isinstance(config, dict):
+            raise ValueError(f"{what}: config must be an object, got {config!r:.60}")
+        try:
+            weights = config.get("weights")
+            PrismConfig(**{**config, "weights": tuple(weights) if isinstance(weights, list) else weights})
+        except (TypeError, ValueError) as e:
+            raise ValueError(f"{what}: config: {e}") from None
     if prof.get("partitions") != partitions:
         raise ValueError(f"{flag}: the profile {path!r} was measured on {prof.get('partitions')!r:.60} ranks, this job "
                          f"has {partitions}; measure it again with --profile")

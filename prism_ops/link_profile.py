@@ -9,6 +9,14 @@ ranks running PRISM, at several input lengths, and writes
 
 `choose` reads it and picks the faster mode for an input of N tokens (linear interpolation
 between measured lengths, the nearest end outside them).
+
+`choose_setting` also picks the setting: among the asked preset and those at least as accurate
+(`config.PRESET_ORDER`: a switch never leaves the asked quality budget), each with either
+exchange the model allows, it predicts every candidate's time from the cost model
+(`predict_seconds`: per-layer FLOPs at the seconds per FLOP the profile measured on one device,
+plus the per-layer transfer on the profile's link rate and latency, scaled by how far the
+measured distributed time of the profiled setting is from its own prediction) and runs the
+fastest, or one device when that is faster still.
 """
 
 from __future__ import annotations
@@ -19,10 +27,12 @@ import time
 
 import torch
 
-from .config import PrismConfig
+from . import cost
+from .config import PRESET_ORDER, PrismConfig
 from .distributed.control import bcast_json
-from .distributed.runtime import Request, RequestError, max_positions, run_distributed, run_simulated
+from .distributed.runtime import Request, RequestError, max_positions, model_kind, run_distributed, run_simulated
 from .models import pydoc_text
+from .ops.chunk_summary import visible_chunks
 
 LENGTHS = (64, 128, 256, 512, 1024, 2048)
 
@@ -34,7 +44,7 @@ def _text_ids(tok, n):
 
 
 def measure_profile(model, tok, comm, path: str, *, model_name: str, config: PrismConfig, link_mbit=None,
-                    repeats: int = 3) -> dict | None:
+                    link_latency_ms: float = 0.0, repeats: int = 3) -> dict | None:
     """Time both modes at every length the model allows; rank 0 writes the profile to `path`."""
     limit = max_positions(model) or max(LENGTHS)
     rows = []
@@ -59,7 +69,7 @@ def measure_profile(model, tok, comm, path: str, *, model_name: str, config: Pri
     if comm.rank != 0:
         return None
     prof = {"model": model_name, "partitions": comm.size, "segment_size": config.segment_size,
-            "link_mbit": link_mbit, "rows": rows}
+            "config": config.as_dict(), "link_mbit": link_mbit, "link_latency_ms": link_latency_ms, "rows": rows}
     with open(path, "w") as f:
         json.dump(prof, f, indent=1)
     print(f"prism-run: profile of {len(rows)} lengths written to {path}")
@@ -68,8 +78,8 @@ def measure_profile(model, tok, comm, path: str, *, model_name: str, config: Pri
     return prof
 
 
-def choose(path: str, num_tokens: int, num_partitions: int) -> str:
-    """"local" or "distributed", whichever the profile at `path` predicts is faster."""
+def _read(path: str, num_partitions: int) -> tuple[dict, list]:
+    """The profile at `path` and its rows by length, or RequestError naming the file."""
     try:
         with open(path) as f:
             prof = json.load(f)
@@ -79,15 +89,91 @@ def choose(path: str, num_tokens: int, num_partitions: int) -> str:
     if prof.get("partitions") != num_partitions or not rows:
         raise RequestError(f"auto: the profile {path!r} was measured on {prof.get('partitions')} ranks, "
                            f"this job has {num_partitions}; measure it again with --profile")
+    return prof, rows
 
-    def at(key):
-        xs = [r["tokens"] for r in rows]
-        if num_tokens <= xs[0]:
-            return rows[0][key]
-        for r0, r1 in zip(rows, rows[1:]):
-            if num_tokens <= r1["tokens"]:
-                w = (num_tokens - r0["tokens"]) / (r1["tokens"] - r0["tokens"])
-                return (1 - w) * r0[key] + w * r1[key]
-        return rows[-1][key]
 
-    return "local" if at("local_s") <= at("distributed_s") else "distributed"
+def _at(rows, num_tokens: int, key: str) -> float:
+    """A profile column at num_tokens: linear between measured lengths, the nearest end outside."""
+    if num_tokens <= rows[0]["tokens"]:
+        return rows[0][key]
+    for r0, r1 in zip(rows, rows[1:]):
+        if num_tokens <= r1["tokens"]:
+            w = (num_tokens - r0["tokens"]) / (r1["tokens"] - r0["tokens"])
+            return (1 - w) * r0[key] + w * r1[key]
+    return rows[-1][key]
+
+
+def choose(path: str, num_tokens: int, num_partitions: int) -> str:
+    """"local" or "distributed", whichever the profile at `path` predicts is faster."""
+    _, rows = _read(path, num_partitions)
+    return "local" if _at(rows, num_tokens, "local_s") <= _at(rows, num_tokens, "distributed_s") else "distributed"
+
+
+def predict_seconds(shape: cost.ModelShape, num_tokens: int, config: PrismConfig, *, causal: bool,
+                    sec_per_flop: float, link_mbit: float | None, latency_ms: float = 0.0) -> float:
+    """Predicted seconds of one forward over config.num_partitions ranks (cost model).
+
+    Per layer a rank computes its FLOPs (`cost.flops_per_layer`) and receives the payloads of the
+    chunks it reads at link_mbit (None: unlimited) plus latency_ms per layer. An encoder's rank
+    waits for them inside every layer (compute + transfer); a decoder's payloads stream ahead
+    point to point (`Communicator.isend_recv`), so its rank takes the larger of the two.
+    """
+    P = config.num_partitions
+    flops = cost.flops_per_layer(shape, num_tokens, config, causal=causal)
+    sent = cost.bytes_per_layer(shape, num_tokens, config, causal=causal)
+    worst = 0.0
+    for p in range(P):
+        recv = sum(sent[c] for c in visible_chunks(p, P, causal))
+        wire = 0.0 if link_mbit is None else latency_ms / 1e3 + recv * 8 / (link_mbit * 1e6)
+        work = flops[p] * sec_per_flop
+        worst = max(worst, max(work, wire) if causal else work + wire)
+    return shape.num_layers * worst
+
+
+def auto_candidates(preset: str) -> list[str]:
+    """The presets --auto may run for `preset`: it and the more accurate ones (PRESET_ORDER)."""
+    if preset not in PRESET_ORDER:
+        raise ValueError(f"auto: preset must be one of {list(PRESET_ORDER)}, got {preset!r}")
+    return list(PRESET_ORDER[: PRESET_ORDER.index(preset) + 1])[::-1]
+
+
+def choose_setting(prof: dict, shape: cost.ModelShape, num_tokens: int, *, preset: str, causal: bool,
+                   exchanges=("kv",)) -> dict:
+    """{"mode": "local" | "distributed", "preset", "exchange", "predicted_s", "local_s"}: the
+    fastest of one device and every candidate setting (`auto_candidates(preset)` x exchanges)
+    on the link of the profile `prof` (as `measure_profile` writes it), predicted from the
+    profile and the cost model."""
+    num_partitions = prof["partitions"]
+    rows = sorted(prof["rows"], key=lambda r: r["tokens"])
+    local = _at(rows, num_tokens, "local_s")
+    sec_per_flop = local / (shape.num_layers * cost.one_device_flops_per_layer(shape, num_tokens, causal=causal))
+    link = dict(link_mbit=prof.get("link_mbit"), latency_ms=prof.get("link_latency_ms") or 0.0)
+    scale = 1.0
+    if prof.get("config"):  # how far the measured setting's time is from its prediction
+        measured = PrismConfig(**{**prof["config"], "weights": None if prof["config"]["weights"] is None
+                                  else tuple(prof["config"]["weights"])})
+        scale = _at(rows, num_tokens, "distributed_s") / predict_seconds(
+            shape, num_tokens, measured, causal=causal, sec_per_flop=sec_per_flop, **link)
+    best = {"mode": "local", "preset": None, "exchange": None, "predicted_s": local, "local_s": local}
+    for name in auto_candidates(preset):
+        for exchange in exchanges:
+            config = PrismConfig.from_preset(num_partitions, name, exchange=exchange)
+            t = scale * predict_seconds(shape, num_tokens, config, causal=causal, sec_per_flop=sec_per_flop, **link)
+            if t < best["predicted_s"]:
+                best = {**best, "mode": "distributed", "preset": name, "exchange": exchange, "predicted_s": t}
+    return best
+
+
+def auto_choice(path: str, model, config: PrismConfig, preset: str | None, num_tokens: int,
+                num_partitions: int) -> dict:
+    """What `prism-run --auto` runs for a request of num_tokens: {"mode", "preset", "exchange"}.
+
+    With a budgeted preset asked (PRESET_ORDER) the setting is chosen too (`choose_setting`;
+    hidden exchange is a candidate where the asked config resolved to it); with anything else
+    (the paper preset, explicit levers) only one device against the asked setting (`choose`).
+    """
+    if preset not in PRESET_ORDER:
+        return {"mode": choose(path, num_tokens, num_partitions), "preset": None, "exchange": None}
+    prof, _ = _read(path, num_partitions)
+    return choose_setting(prof, cost.ModelShape.from_config(model.config), num_tokens, preset=preset,
+                          causal=model_kind(model) == "decoder", exchanges=tuple(dict.fromkeys(("kv", config.exchange))))

@@ -15,7 +15,8 @@ as the messages name it: start, loading, handshake, profile, request, forward la
 generation token T (the decoding rank; the others: generation), gather, serving (idle).
 
 With `auto`, rank 0 chooses between running alone and distributed from a link profile
-(`prism_ops.link_profile`) that `profile` measured on the same machines and link.
+(`prism_ops.link_profile`) that `profile` measured on the same machines and link, and, for a
+budgeted preset, the fastest setting within its quality budget (`auto_choice`).
 """
 
 from __future__ import annotations
@@ -36,7 +37,7 @@ from .distributed.control import bcast_json
 from .distributed.faults import agree, agree_rank0, exit_together
 from .distributed.runtime import max_positions, model_kind
 from .input_files import CHARS_PER_POSITION, check_output_path, read_profile, read_text_file
-from .link_profile import choose, measure_profile
+from .link_profile import auto_choice, measure_profile
 from .models import load
 from .report import build_report, print_report
 from .serving.engine import Engine
@@ -184,21 +185,30 @@ def run_mpi_job(opts: RunOptions, comm) -> None:
     if opts.profile:
         comm.phase = "profile"
         measure_profile(model, tok, comm, opts.profile, model_name=opts.model, config=config,
-                        link_mbit=opts.link_mbit)
+                        link_mbit=opts.link_mbit, link_latency_ms=opts.link_latency_ms)
         return
     if opts.serve:
         served = Served(opts.model, model_kind(model) == "decoder", max_positions(model))
         engine = Engine(model, tok, comm, served, load_s=load_s)
         run_service(engine, host=opts.host, port=opts.port, api_key=opts.api_key, http=opts.http)
         return
+    # With --auto and a setting that is just a preset (no explicit segment size or levers), the
+    # profile may pick a faster setting within that preset's budget.
+    asked = None if (opts.segment_size is not None or opts.levers) else (opts.preset or DEFAULT_PRESET)
 
-    def ask():  # rank 0: the request, and with --auto the mode the profile says is faster
+    def ask():  # rank 0: the request, and with --auto what the profile says is fastest for it
         req = make_request(tok, opts, text, max_positions(model))
-        return req, (choose(opts.auto, req.ids.shape[1], comm.size) if opts.auto else "distributed")
+        n = req.ids.shape[1]
+        return req, (auto_choice(opts.auto, model, config, asked, n, comm.size) if opts.auto else None)
 
-    req, mode = agree_rank0(comm, ask) or (None, None)
+    req, pick = agree_rank0(comm, ask) or (None, None)
+    mode = "distributed"
     if opts.auto:
-        mode = bcast_json(comm, mode)
+        pick = bcast_json(comm, pick)
+        mode = pick["mode"]
+        if pick["preset"] is not None:  # a setting within the asked budget that is faster on this link
+            new = PrismConfig.from_preset(comm.size, pick["preset"], exchange=pick["exchange"])
+            config = hf.config_of(hf.configure(model, new, comm=comm))
     eos = tok.eos_token_id if (opts.generate and model_kind(model) == "decoder") else None
     if mode == "local":
         # One device is faster on this link: rank 0 runs the exact model, the others stand by.

@@ -10,7 +10,9 @@ A chunk's payload (its rows are built by `prism_ops.ops.chunk_summary`) is, in t
                     padding mask every rank has)
 
 H, C are (Hkv, 2D) for K/V exchange and (1, d) for hidden-feature exchange. Every rank derives
-every chunk's layout from the bounds and the config, so sizes never travel.
+every chunk's layout from the bounds and the config, so sizes never travel. A chunk that no
+rank reads sends nothing: in a causal model the last rank's rows are seen by no later rank, so
+its payload is empty (at 2 ranks this halves a decoder's traffic).
 
 This one layout is used twice: `prism_ops.distributed.payload` encodes and decodes the bytes
 the runtime sends, and `prism_ops.cost` predicts the traffic from the same `nbytes`.
@@ -24,7 +26,7 @@ from dataclasses import dataclass
 import torch
 
 from .config import PrismConfig
-from .ops.chunk_summary import summary_count
+from .ops.chunk_summary import summary_count, visible_chunks
 
 
 @dataclass(frozen=True)
@@ -63,13 +65,23 @@ def chunk_options(config: PrismConfig, causal: bool) -> dict:
     return dict(sink_tokens=config.sink_tokens, halo=config.halo, causal=causal)
 
 
+def readers(c: int, num_chunks: int, causal: bool) -> list[int]:
+    """The ranks that attend to chunk c's rows: every other one, or only later ones when causal."""
+    return [p for p in range(num_chunks) if c in visible_chunks(p, num_chunks, causal)]
+
+
 def payload_layouts(config: PrismConfig, bounds, *, causal: bool, batch: int, heads: int, channels: int,
                     dtype: torch.dtype) -> list[PayloadLayout]:
-    """The layout of every chunk's payload for one layer, in rank order."""
+    """The layout of every chunk's payload for one layer, in rank order.
+
+    A chunk no rank reads (the last one of a causal model) sends nothing: its layout has no rows.
+    """
     opts = chunk_options(config, causal)
     out = []
     for c in range(len(bounds)):
         exact, summary = summary_count(bounds, c, config.segment_size, **opts)
+        if not readers(c, len(bounds), causal):
+            exact, summary = 0, 0
         out.append(PayloadLayout(batch, heads, channels, exact, summary, dtype, config.summary_bits,
                                  bool(config.cluster_iters)))
     return out

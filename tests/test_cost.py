@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from prism_ops import PrismConfig, cost
+from prism_ops import PrismConfig, cost, wire
 from prism_ops.cost import BERT_BASE, ModelShape
 
 # d=8, H=2, Hkv=1, D=4, MLP 16 wide: K/V rows are 2*1*4 = 8 values, hidden rows 8 values.
@@ -28,9 +28,10 @@ def test_bytes_hand_computed():
     assert cost.traffic_ratio(SMALL, 10, cfg(2, 3)) == pytest.approx(0.4)
     # 2 sinks: rank 0 sends them exact and ceil(3/3) = 1 mean: 3 rows.
     assert cost.bytes_per_layer(SMALL, 10, cfg(2, 3, sink_tokens=2)) == [96, 64]
-    # halo 1: one exact row to each neighbour; causal: to the next rank only.
+    # halo 1: one exact row to each neighbour; causal: to the next rank only, and the last rank,
+    # whose rows no rank reads, sends nothing.
     assert cost.bytes_per_layer(SMALL, 10, cfg(2, 3, halo=1)) == [96, 96]
-    assert cost.bytes_per_layer(SMALL, 10, cfg(2, 3, halo=1), causal=True) == [96, 64]
+    assert cost.bytes_per_layer(SMALL, 10, cfg(2, 3, halo=1), causal=True) == [96, 0]
     # 4-bit summaries: ceil(2 rows * 8 values * 4 bits / 8) = 8 bytes + 8 channels * (min, step) fp16 = 32.
     assert cost.bytes_per_layer(SMALL, 10, cfg(2, 3, summary_bits=4)) == [40, 40]
     # Key clusters carry a 2-byte count per summary row.
@@ -88,3 +89,14 @@ def test_bad_settings(kw, message):
         cost.bytes_per_layer(SMALL, 10, cfg(**args))
     with pytest.raises(ValueError, match=message):
         cost.flops_per_layer(SMALL, 10, cfg(**args))
+
+
+def test_causal_chunks_are_sent_only_where_read():
+    # Causal: chunk c is read by the later ranks only, so the last rank's payload is empty; at 2
+    # ranks a decoder sends half of what an encoder sends.
+    assert wire.readers(0, 3, causal=True) == [1, 2] and wire.readers(2, 3, causal=True) == []
+    assert wire.readers(2, 3, causal=False) == [0, 1]
+    assert cost.bytes_per_layer(SMALL, 12, cfg(3, 2), causal=True) == [64, 64, 0]
+    assert cost.bytes_per_layer(SMALL, 12, cfg(3, 2)) == [64, 64, 64]
+    enc, dec = (sum(cost.bytes_per_layer(SMALL, 10, cfg(2, 1), causal=c)) for c in (False, True))
+    assert dec * 2 == enc

@@ -117,7 +117,7 @@ def test_config_levers_and_presets():
     ((4, None, 0), {}, "segment_size must be >= 1, got 0"),
     ((4, None, None), {}, "segment_size is required"),
     ((0, None, 4), {}, "num_partitions must be >= 1"),
-    ((4, "fast", 4), {}, "preset must be one of"),
+    ((4, "fastest", 4), {}, "preset must be one of"),
     ((4, None, 4), dict(exchange="qkv"), "exchange must be one of"),
     ((4, None, 4), dict(log_count_bias="yes"), "log_count_bias must be True or False"),
     ((2, None, 4), dict(weights=[1, 2, 3]), r"weights must be a list of 2 finite numbers > 0 \(one per partition\), got 3"),

@@ -53,7 +53,8 @@ def test_payload_layouts_hand_computed():
     # Rank 0: exact 2*2*3*8 fp16 = 192 bytes; codes ceil(2*2*2*8 * 4 / 8) = 32; lo and step 2*2*8 fp16 each.
     assert lays[0].parts() == [("exact", 192), ("codes", 32), ("lo", 64), ("step", 64)]
     causal = payload_layouts(config, bounds, causal=True, batch=1, heads=1, channels=4, dtype=torch.float32)
-    assert [(x.E, x.S) for x in causal] == [(3, 2), (1, 3), (0, 3)]  # causal: halo only to the next rank
+    # Causal: halo only to the next rank; the last chunk is read by no rank and sends nothing.
+    assert [(x.E, x.S) for x in causal] == [(3, 2), (1, 3), (0, 0)] and causal[2].nbytes == 0
     clusters = payload_layouts(config.replace(cluster_iters=2, summary_bits=0), bounds, causal=False, batch=1,
                                heads=1, channels=4, dtype=torch.float32)
     assert clusters[1].parts() == [("exact", 32), ("means", 32), ("counts", 4)]
