@@ -4,7 +4,12 @@ Only mpi4py's uppercase (buffer) methods are used, on flat byte buffers: nothing
 the wire. Every operation is started non-blocking and completed by `_wait`, which also polls
 for a fault report (`prism_ops.distributed.faults` is the policy: rank 0 raises RemoteFailure,
 the job aborts), applies the emulated link if one is set (`link.EmulatedLink`), and raises
-TimeoutError after `timeout_s` instead of hanging.
+SilentRank once a rank has not been heard from for `timeout_s` (`liveness`: every rank's
+heartbeat thread says it is alive about once a second, so a wait may last as long as the work
+it waits for). Point-to-point loops call `check_alive` (`poll` does) for the same.
+
+`phase` says what this rank is doing ("loading", "handshake", "forward layer 3", ...); it travels
+with the heartbeats, so a rank that finds another silent names both ranks' phases.
 
 Buffers are torch uint8 tensors. CPU tensors go to MPI as numpy views; CUDA tensors go as they
 are when the MPI library is CUDA-aware (`cuda_aware`), else through host memory.
@@ -27,8 +32,11 @@ import torch
 
 from .faults import RemoteFailure
 from .link import EmulatedLink
+from .liveness import HEARTBEAT_TAG, Liveness
 
 FAULT_TAG = 7001
+RESERVED_TAGS = (FAULT_TAG, HEARTBEAT_TAG)
+DEFAULT_TIMEOUT_S = 60.0
 
 
 def _mpi():
@@ -67,10 +75,15 @@ class Communicator:
     Args:
         mpi_comm: an mpi4py communicator (default COMM_WORLD).
         link: an `EmulatedLink` to slow every operation down to, or None.
-        timeout_s: longest wait for one operation before raising TimeoutError.
+        timeout_s: how long a rank may stay silent (no heartbeat) before a wait raises SilentRank.
+        liveness: the heartbeats to use (a sub-communicator shares its parent's); default: this
+            communicator's own.
     """
 
-    def __init__(self, mpi_comm=None, *, link: EmulatedLink | None = None, timeout_s: float = 600.0):
+    def __init__(self, mpi_comm=None, *, link: EmulatedLink | None = None, timeout_s: float = DEFAULT_TIMEOUT_S,
+                 liveness: Liveness | None = None):
+        if not timeout_s > 0:
+            raise ValueError(f"timeout_s must be > 0 seconds, got {timeout_s}")
         MPI = _mpi()
         self.MPI = MPI
         self.comm = mpi_comm if mpi_comm is not None else MPI.COMM_WORLD
@@ -80,6 +93,21 @@ class Communicator:
         self.timeout_s = timeout_s
         self.cuda_aware = cuda_aware_mpi()
         self.sent = defaultdict(int)
+        if liveness is None and self.size > 1:
+            liveness = Liveness.of(MPI, self.comm, timeout_s)
+        self.liveness = liveness  # None: one rank, or no MPI_THREAD_MULTIPLE (each wait is bounded instead)
+        self._phase = "start"
+
+    @property
+    def phase(self) -> str:
+        """What this rank is doing now (sent with its heartbeats; named in SilentRank)."""
+        return self.liveness.phase if self.liveness is not None else self._phase
+
+    @phase.setter
+    def phase(self, value: str) -> None:
+        self._phase = value
+        if self.liveness is not None:
+            self.liveness.phase = value
 
     # -- buffers ---------------------------------------------------------------------------
 
@@ -99,10 +127,9 @@ class Communicator:
 
     # -- waiting, link emulation, faults --------------------------------------------------
 
-    def _wait(self, req, t0: float, recv_bytes: int, timeout_s: float | None = None) -> None:
-        """Complete req, honouring the emulated link, a peer's fault report and the timeout
-        (self.timeout_s unless given; math.inf for a rank that waits idle for work)."""
-        timeout_s = self.timeout_s if timeout_s is None else timeout_s
+    def _wait(self, req, t0: float, recv_bytes: int) -> None:
+        """Complete req, honouring the emulated link, a peer's fault report and liveness (no
+        bound on the wait itself while every rank is heard from)."""
         spins = 0
         while not req.Test():
             self._check_fault()
@@ -111,24 +138,39 @@ class Communicator:
                 # Do not starve the compute threads of a small board; idle waits (a service's workers
                 # waiting for the next request) back off to 1 ms.
                 time.sleep(50e-6 if time.perf_counter() - t0 < 1.0 else 1e-3)
-            if time.perf_counter() - t0 > timeout_s:
-                raise TimeoutError(f"rank {self.rank}: a collective took over {timeout_s:.0f} s (timeout_s)")
+            self._check_alive(t0)
         self._check_fault()
         if self.link is not None:
             self.link.hold(t0, recv_bytes)
+
+    def _check_alive(self, t0: float) -> None:
+        if self.liveness is not None:
+            self.liveness.check(self.timeout_s)
+        elif self.size > 1 and time.perf_counter() - t0 > self.timeout_s:
+            # No heartbeats (no MPI_THREAD_MULTIPLE): bound the wait itself instead.
+            raise TimeoutError(f"rank {self.rank}: a wait in {self.phase} took over {self.timeout_s:g} s (timeout)")
+
+    def check_alive(self) -> None:
+        """For point-to-point waiting loops: raise SilentRank (or RemoteFailure on rank 0) as a
+        collective's wait would. Cheap enough to call on every spin."""
+        self._check_fault()
+        if self.liveness is not None:
+            self.liveness.check(self.timeout_s)
 
     def _check_fault(self) -> None:
         if self.rank != 0:
             return
         status = self.MPI.Status()
-        if self.comm.Iprobe(source=self.MPI.ANY_SOURCE, tag=FAULT_TAG, status=status):
-            msg = np.empty(status.Get_count(self.MPI.BYTE), dtype=np.uint8)
-            self.comm.Recv([msg, self.MPI.BYTE], source=status.Get_source(), tag=FAULT_TAG)
-            raise RemoteFailure(msg.tobytes().decode(errors="replace"))
+        msg = self.comm.Improbe(source=self.MPI.ANY_SOURCE, tag=FAULT_TAG, status=status)
+        if msg is not None:
+            buf = np.empty(status.Get_count(self.MPI.BYTE), dtype=np.uint8)
+            msg.Recv([buf, self.MPI.BYTE])
+            # The first byte is the exit code the failing rank asks for, the rest its message.
+            raise RemoteFailure(buf[1:].tobytes().decode(errors="replace"), int(buf[0]) if buf.size else 1)
 
-    def send_fault(self, text: str, wait_s: float) -> bool:
+    def send_fault(self, text: str, wait_s: float, exit_code: int = 1) -> bool:
         """Send a fault report to rank 0 (from another rank); True if it left within wait_s."""
-        data = np.frombuffer(text.encode(), dtype=np.uint8).copy()
+        data = np.frombuffer(bytes([exit_code & 0xFF]) + text.encode(), dtype=np.uint8).copy()
         req = self.comm.Isend([data, self.MPI.BYTE], dest=0, tag=FAULT_TAG)
         t0 = time.perf_counter()
         while time.perf_counter() - t0 < wait_s:
@@ -137,9 +179,20 @@ class Communicator:
             time.sleep(1e-3)
         return False
 
+    def finalize(self) -> None:
+        """Stop the heartbeats and finalize MPI (at the very end of a process)."""
+        if self.liveness is not None:
+            self.liveness.close()
+        if not self.MPI.Is_finalized():
+            self.MPI.Finalize()
+
     def abort(self, exit_code: int) -> None:
         """MPI_Abort: end every rank of the job. Never returns."""
         self.comm.Abort(exit_code)
+        # MPICH's MPI_Abort returns to the caller once the launcher is told: never run on (the
+        # short wait lets the launcher take this rank's last output first).
+        time.sleep(0.5)
+        os._exit(exit_code)
 
     # -- collectives -----------------------------------------------------------------------
 
@@ -148,6 +201,8 @@ class Communicator:
 
         Returns a handle whose wait() gives one uint8 tensor per rank, on t's device.
         """
+        if isinstance(key, int):
+            self.phase = f"forward layer {key}"  # the runtime keys each layer's summaries by its index
         buf = self._staged(t)
         if buf.numel() != counts[self.rank]:
             raise ValueError(f"rank {self.rank} sends {buf.numel()} bytes, expected counts[{self.rank}]={counts[self.rank]}")
@@ -188,10 +243,10 @@ class Communicator:
             return None
         return [recv[d : d + c] for d, c in zip(displs, counts)]
 
-    def bcast_bytes(self, data: bytes | None, key="request", timeout_s: float | None = None) -> bytes:
+    def bcast_bytes(self, data: bytes | None, key="request") -> bytes:
         """Rank 0's bytes to every rank (length first, then the bytes)."""
         n = np.array([len(data) if self.rank == 0 else 0], dtype=np.int64)
-        self._wait(self.comm.Ibcast([n, self.MPI.INT64_T], root=0), time.perf_counter(), 0, timeout_s)
+        self._wait(self.comm.Ibcast([n, self.MPI.INT64_T], root=0), time.perf_counter(), 0)
         buf = np.frombuffer(data, dtype=np.uint8).copy() if self.rank == 0 else np.empty(int(n[0]), dtype=np.uint8)
         if self.rank == 0:
             self.sent[key] += int(n[0]) * (self.size - 1)
@@ -212,8 +267,8 @@ class Communicator:
 
     def isend(self, dest: int, data: bytes, tag: int, key="p2p"):
         """Start sending bytes to dest; returns a request to keep until done (`test`)."""
-        if tag == FAULT_TAG:
-            raise ValueError(f"tag {FAULT_TAG} is reserved for fault reports")
+        if tag in RESERVED_TAGS:
+            raise ValueError(f"tags {RESERVED_TAGS} are reserved for fault reports and heartbeats, got {tag}")
         buf = np.frombuffer(data, dtype=np.uint8).copy()
         self.sent[key] += buf.size
         return (self.comm.Isend([buf, self.MPI.BYTE], dest=dest, tag=tag), buf)
@@ -223,21 +278,26 @@ class Communicator:
         return pending[0].Test()
 
     def poll(self, tag: int):
-        """(source, bytes) of one message with this tag that has arrived, or None (never blocks)."""
-        self._check_fault()
+        """(source, bytes) of one message with this tag that has arrived, or None (never blocks).
+        Checks liveness first (`check_alive`), so a polling loop needs no timeout of its own."""
+        self.check_alive()
         status = self.MPI.Status()
-        if not self.comm.Iprobe(source=self.MPI.ANY_SOURCE, tag=tag, status=status):
+        # A matched probe: the message received is the one probed, whatever another thread does.
+        msg = self.comm.Improbe(source=self.MPI.ANY_SOURCE, tag=tag, status=status)
+        if msg is None:
             return None
         buf = np.empty(status.Get_count(self.MPI.BYTE), dtype=np.uint8)
-        self.comm.Recv([buf, self.MPI.BYTE], source=status.Get_source(), tag=tag)
+        msg.Recv([buf, self.MPI.BYTE])
         return status.Get_source(), buf.tobytes()
 
     def split(self, member: bool) -> "Communicator | None":
-        """A communicator of the ranks that pass member=True (collective: every rank calls it)."""
+        """A communicator of the ranks that pass member=True (collective: every rank calls it).
+        It shares this communicator's heartbeats (and so its liveness)."""
+        self.barrier()  # MPI_Comm_split blocks: enter it only once every rank is known to be here
         sub = self.comm.Split(0 if member else self.MPI.UNDEFINED, self.rank)
         if sub == self.MPI.COMM_NULL:
             return None
-        return Communicator(sub, link=self.link, timeout_s=self.timeout_s)
+        return Communicator(sub, link=self.link, timeout_s=self.timeout_s, liveness=self.liveness)
 
     def barrier(self) -> None:
         """Wait until every rank has come here (for timings)."""

@@ -12,9 +12,9 @@ from __future__ import annotations
 import json
 
 
-def bcast_json(comm, obj=None, key="request", timeout_s: float | None = None):
-    """Rank 0's JSON-able object, on every rank (timeout_s: see `Communicator._wait`)."""
-    return json.loads(comm.bcast_bytes(json.dumps(obj).encode() if comm.rank == 0 else None, key, timeout_s))
+def bcast_json(comm, obj=None, key="request"):
+    """Rank 0's JSON-able object, on every rank."""
+    return json.loads(comm.bcast_bytes(json.dumps(obj).encode() if comm.rank == 0 else None, key))
 
 
 def allgather_json(comm, obj, key="control") -> list:

@@ -1,20 +1,42 @@
 """Fault policy: no failure on one rank may leave the others hanging.
 
-A rank that fails sends its message to rank 0 (`Communicator.send_fault`); rank 0, which polls
-for such reports in every wait, prints it and aborts the whole job. Errors that every rank hits
-alike at the same point (a bad request, a settings mismatch) are `CollectiveError`s: every rank
-raises them and all stop together with the error's exit code.
+A rank that fails sends its message and exit code to rank 0 (`Communicator.send_fault`); rank 0,
+which polls for such reports in every wait, prints it and aborts the whole job with that code.
+Errors that every rank hits alike at the same point (a bad request, a settings mismatch) are
+`CollectiveError`s: every rank raises them and all stop together with the error's exit code.
+Bad input found on one rank only (a model folder missing there, a file only rank 0 reads) is
+made collective by `agree` / `agree_rank0`, so no rank waits in an operation that never comes.
+A rank that goes silent (stopped, frozen) is named by `SilentRank` (`distributed.liveness`).
 """
 
 from __future__ import annotations
 
+import os
 import sys
 import time
 import traceback
 
+from .control import allgather_json, bcast_json
+
 
 class RemoteFailure(RuntimeError):
-    """Another rank failed; the message says which and why."""
+    """Another rank failed; the message says which and why, exit_code what it would exit with."""
+
+    def __init__(self, message: str, exit_code: int = 1):
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
+class SilentRank(TimeoutError):
+    """A rank this one waits on has not been heard from for longer than the timeout."""
+
+    def __init__(self, rank: int, silent_s: float, timeout_s: float, its_phase: str, me: int, my_phase: str):
+        # Its phase is the one its last heartbeat carried (heartbeats go out within 50 ms of a new
+        # phase, so a rank that stopped right after changing phase may show the one before).
+        super().__init__(f"rank {rank} has been silent for {silent_s:.1f} s (timeout {timeout_s:g} s); "
+                         f"last heard in: {its_phase}; rank {me} was in: {my_phase}")
+        self.args = (str(self),)  # TimeoutError is an OSError: keep its errno fields out of the message
+        self.rank, self.phase = rank, its_phase
 
 
 class CollectiveError(RuntimeError):
@@ -29,13 +51,50 @@ class HandshakeError(CollectiveError):
     exit_code = 3
 
 
-def guarded(comm, fn, prog: str = "prism") -> int:
+class BadInput(CollectiveError, ValueError):
+    """A bad flag, file or folder, found on some rank and raised on every rank (exit code 2)."""
+
+    exit_code = 2
+
+
+def agree(comm, fn, key="control"):
+    """fn() on every rank; if it raised ValueError on any, BadInput on every rank (the message of
+    the lowest such rank, naming it when it is not rank 0). Returns fn's value."""
+    value, err = None, None
+    try:
+        value = fn()
+    except ValueError as e:
+        err = str(e)
+    errors = allgather_json(comm, err, key=key)
+    for r, e in enumerate(errors):
+        if e is not None:
+            raise BadInput(e if r == 0 else f"rank {r}: {e}")
+    return value
+
+
+def agree_rank0(comm, fn, key="control"):
+    """fn() on rank 0 only (what only rank 0 reads: the input, a profile); a ValueError there is
+    raised as BadInput on every rank. Returns fn's value on rank 0, None elsewhere."""
+    value, err = None, None
+    if comm.rank == 0:
+        try:
+            value = fn()
+        except ValueError as e:
+            err = str(e)
+    err = bcast_json(comm, err, key=key)
+    if err is not None:
+        raise BadInput(err)
+    return value
+
+
+def guarded(comm, fn, prog: str = "prism", debug: bool = False) -> int:
     """Run fn() on this rank so that no failure leaves the job hanging; returns the exit code.
 
     0 when fn returns. A CollectiveError (raised on every rank alike) returns its exit code, rank
     0 printing the message, so every rank can exit with it. A ValueError (a bad setting, file or
-    folder) or any other exception on any rank aborts the whole job, rank 0 printing the cause
-    (exit code 2 for ValueError, else 1): that never returns.
+    folder), a silent rank or any other exception on any rank aborts the whole job, rank 0
+    printing the cause in one line (exit code 2 for ValueError, else 1): that never returns. An
+    unexpected exception shows its traceback only with debug=True.
     """
     try:
         fn()
@@ -45,15 +104,38 @@ def guarded(comm, fn, prog: str = "prism") -> int:
         return e.exit_code
     except RemoteFailure as e:
         print(f"{prog}: {e}", file=sys.stderr, flush=True)
-        abort(comm, 1)
+        abort(comm, e.exit_code)
+    except SilentRank as e:
+        if e.rank == 0:  # nobody to tell: say so here and end the job
+            print(f"{prog}: rank {comm.rank}/{comm.size}: error: {e}", file=sys.stderr, flush=True)
+            abort(comm, 1)
+        report_failure(comm, f"error: {e}", 1, prog)
     except ValueError as e:
         report_failure(comm, f"error: {e}", 2, prog)
     except SystemExit as e:
         if e.code not in (0, None):
             report_failure(comm, str(e.code), e.code if isinstance(e.code, int) else 1, prog)
     except BaseException as e:  # noqa: BLE001 - anything else must end the job, never hang it
-        report_failure(comm, "".join(traceback.format_exception(e)).rstrip(), 1, prog)
+        if debug:
+            text = "".join(traceback.format_exception(e)).rstrip()
+        else:
+            text = f"{type(e).__name__}: {e} (--debug shows the traceback)"
+        report_failure(comm, text, 1, prog)
     return 0
+
+
+def exit_together(comm, exit_code: int) -> None:
+    """Every rank got the same error (a CollectiveError): end all ranks at once with its code.
+    Never returns. The launcher kills a job's other ranks as soon as one exits non-zero; ranks
+    still shutting down (freeing a model can take seconds) would die by its signal (exit 9)."""
+    try:
+        comm.barrier()
+    except (TimeoutError, RemoteFailure):
+        pass  # a rank gone meanwhile: leave anyway
+    sys.stdout.flush()
+    sys.stderr.flush()
+    comm.finalize()
+    os._exit(exit_code)
 
 
 def report_failure(comm, message: str, exit_code: int = 1, prog: str = "prism") -> None:
@@ -63,7 +145,7 @@ def report_failure(comm, message: str, exit_code: int = 1, prog: str = "prism") 
         print(f"{prog}: {text}", file=sys.stderr, flush=True)
     else:
         # Rank 0 polls for this while it waits in any operation and then aborts the job.
-        comm.send_fault(text, wait_s=5.0)
+        comm.send_fault(text, wait_s=5.0, exit_code=exit_code)
         time.sleep(5.0)
         print(f"{prog}: {text}", file=sys.stderr, flush=True)  # still here: rank 0 did not answer
     abort(comm, exit_code)
@@ -73,5 +155,5 @@ def abort(comm, exit_code: int) -> None:
     """End every rank of the job. Never returns."""
     sys.stdout.flush()
     sys.stderr.flush()
-    time.sleep(0.5)  # let mpiexec forward what this rank printed before it kills the job
+    time.sleep(1.0)  # let mpiexec forward what this rank printed before it kills the job
     comm.abort(exit_code)

@@ -31,12 +31,13 @@ def weights_digest(model) -> str:
     return h.hexdigest()[:16]
 
 
-def fingerprint(model, config: PrismConfig, *, model_name: str, dtype: str) -> dict:
-    """What must match on every rank: versions, model, weights, dtype and every config field."""
+def fingerprint(model, config: PrismConfig, *, model_name: str, dtype: str, **extra) -> dict:
+    """What must match on every rank: versions, model, weights, dtype, every config field and
+    any extra JSON-able fields (prism-run adds its mode: run, auto, profile or serve)."""
     import transformers
 
     return {"prism_ops": __version__, "torch": torch.__version__, "transformers": transformers.__version__,
-            "model": model_name, "weights": weights_digest(model), "dtype": dtype, **config.as_dict()}
+            "model": model_name, "weights": weights_digest(model), "dtype": dtype, **config.as_dict(), **extra}
 
 
 def handshake(comm, fingerprint: dict) -> None:

@@ -24,6 +24,7 @@ forward and its decoding steps: nothing per-request is left on the model.
 from __future__ import annotations
 
 import inspect
+import os
 import sys
 import time
 from dataclasses import dataclass, field
@@ -39,6 +40,8 @@ from .faults import CollectiveError
 from .payload import as_bytes
 
 OUTPUTS = ("embedding", "hidden", "logits")
+# Test hook: seconds each decoding step sleeps (a slow decoder, for the liveness tests). Not for use.
+DECODE_SLEEP_ENV = "PRISM_TEST_DECODE_SLEEP_S"
 TAG_TOKEN = 21  # point-to-point: a streamed token [B] int64 from the last rank to rank 0; b"" ends
 DECODER_SUFFIXES = ("ForCausalLM", "LMHeadModel")  # class names of decoders with their LM head
 
@@ -156,7 +159,10 @@ def decode_tokens(model, h_last, cache, first_position, req: Request, eos=None, 
     cache_arg = "cache" if "cache" in inspect.signature(base.forward).parameters else "past_key_values"
     logits = lm_head(h_last).float()
     out = []
+    pause = float(os.environ.get(DECODE_SLEEP_ENV, "0") or 0)
     for t in tqdm(range(req.generate), desc="generating", unit="tok", disable=not progress, file=sys.stderr):
+        if pause > 0:
+            time.sleep(pause)
         if req.temperature > 0:
             probs = torch.softmax(warpers(None, logits), -1)
             nxt = torch.multinomial(probs.cpu(), 1, generator=gen)[:, 0].to(logits.device)
@@ -220,6 +226,7 @@ def run_distributed(model, comm, req: Request | None, eos=None, progress=True, o
     kind = model_kind(model)
     times = {}
     t0 = time.perf_counter()
+    comm.phase = "request"
     head, inputs, valid = _distribute(model, comm, req, kind, strategy.config.weights)
     dev = next(model.parameters()).device
     state = RequestState(bounds=head["bounds"], valid=valid.to(dev))
@@ -235,11 +242,14 @@ def run_distributed(model, comm, req: Request | None, eos=None, progress=True, o
         times["forward"] = time.perf_counter() - t1
         t2 = time.perf_counter()
         stream = _TokenStream(comm, head, on_token)
+        if head["generate"]:
+            comm.phase = "generation token 1" if last else "generation"
         out = _local_output(model, head, h, cache, valid[:, c0:c1], last, eos, progress, stream.emit if last else None)
         stream.finish(last)
         if head["generate"]:
             times["decode"] = time.perf_counter() - t2
     t3 = time.perf_counter()
+    comm.phase = "gather"
     got = comm.gatherv(out, allgather_json(comm, int(out.numel())))
     layers = strategy.num_layers
     sent = comm.gatherv(as_bytes(torch.tensor(comm.bytes_sent(range(layers)), dtype=torch.int64)),
@@ -259,15 +269,19 @@ class _TokenStream:
     """New tokens from the last rank to rank 0's on_token while the last rank decodes.
 
     The last rank sends each token point to point (TAG_TOKEN) and an empty message at the end;
-    rank 0 receives them as they come. Its wait counts from the last token received, so a long
-    healthy generation never times out, while a stalled last rank does after comm.timeout_s.
+    rank 0 receives them as they come. Waiting has no bound of its own: `Communicator.poll`
+    raises once a rank goes silent (`liveness`), so a long healthy generation never times out.
+    emit also keeps the last rank's phase ("generation token t") current.
     """
 
     def __init__(self, comm, head, on_token):
         self.comm, self.on_token, self.sends = comm, on_token, []
         self.active = bool(head["generate"] and head.get("stream"))
+        self.made = 0
 
     def emit(self, ids: torch.Tensor) -> None:
+        self.made += 1
+        self.comm.phase = f"generation token {self.made + 1}"
         if not self.active:
             return
         if self.comm.rank == 0:
@@ -284,20 +298,17 @@ class _TokenStream:
         if self.comm.rank == 0 and not last:
             self._receive()
         while self.sends:
+            self.comm.check_alive()
             self.sends = [s for s in self.sends if not self.comm.test(s)]
 
     def _receive(self) -> None:
-        t0 = time.perf_counter()
         while True:
-            msg = self.comm.poll(TAG_TOKEN)
+            msg = self.comm.poll(TAG_TOKEN)  # raises if the decoding rank goes silent
             if msg is None:
-                if time.perf_counter() - t0 > self.comm.timeout_s:
-                    raise TimeoutError(f"rank 0: no token from the decoding rank for {self.comm.timeout_s:.0f} s")
                 time.sleep(1e-4)
                 continue
             if not msg[1]:
                 return
-            t0 = time.perf_counter()
             if self.on_token is not None:
                 self.on_token(torch.frombuffer(bytearray(msg[1]), dtype=torch.int64))
 

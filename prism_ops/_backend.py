@@ -17,6 +17,14 @@ import torch
 BACKENDS = ("auto", "torch", "triton")
 
 
+def check_backend(backend) -> str:
+    """One of BACKENDS, or a ValueError naming `backend` (checked where it is given, not at the
+    first forward)."""
+    if not isinstance(backend, str) or backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+    return backend
+
+
 def interpreting() -> bool:
     """True when Triton kernels run through the CPU interpreter."""
     return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
@@ -37,8 +45,7 @@ def resolve_backend(backend: str, device: torch.device, unsupported: str | None)
     `unsupported` is None when the Triton kernel handles these inputs, else the reason it
     does not (e.g. "float64 input"): "auto" then falls back to torch and "triton" raises.
     """
-    if backend not in BACKENDS:
-        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+    check_backend(backend)
     if backend == "torch":
         return "torch"
     runnable = triton_available() and (device.type == "cuda" or interpreting())

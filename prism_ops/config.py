@@ -4,12 +4,14 @@ Every lever is off by default; with all of them off the method is the paper's (s
 with the +ln(count) bias):
 
     num_partitions  P, the ranks (or simulated partitions) the sequence is cut into
-    segment_size    tokens per summary row (the compression rate)
+    segment_size    tokens per summary row (the compression rate); any int >= 1: one larger than
+                    a rank's tokens makes one row of them, at no more cost than that
     sink_tokens     first tokens of the sequence sent exact to every rank
     halo            tokens next to each boundary sent exact (see `prism_ops.ops.chunk_summary`)
     log_count_bias  the +ln(count) logit correction (False: ablation)
     weights         partition sizes proportional to these (e.g. device speeds)
-    cluster_iters   summary rows from key clusters instead of positional segments
+    cluster_iters   summary rows from key clusters instead of positional segments (Lloyd
+                    iterations, at most 100)
     summary_bits    summaries sent as 2/3/4/8-bit integers (per-channel scales)
     exchange        "kv" (K/V means), "hidden" (the paper's hidden-feature means), or "auto"
                     (hidden where the model allows it; `prism_ops.hf.configure` resolves it)
@@ -27,9 +29,10 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
-from ._backend import BACKENDS
-from ._checks import check_int, check_weights
+from ._backend import check_backend
+from ._checks import check_bool, check_int, check_weights
 from .ops.quantize_rows import check_bits
+from .ops.token_clusters import check_cluster_iters
 
 EXCHANGES = ("kv", "hidden", "auto")
 
@@ -46,7 +49,8 @@ DEFAULT_PRESET = "edge"
 
 @dataclass(frozen=True)
 class PrismConfig:
-    """One PRISM setting. Raises ValueError naming the argument when a field is bad."""
+    """One PRISM setting. Raises ValueError naming the field, the value and what is allowed when a
+    field is bad (type, range, finiteness), here rather than at the first forward."""
 
     num_partitions: int
     segment_size: int
@@ -64,14 +68,12 @@ class PrismConfig:
         check_int(self.segment_size, "segment_size", 1)
         check_int(self.sink_tokens, "sink_tokens", 0)
         check_int(self.halo, "halo", 0)
-        check_int(self.cluster_iters, "cluster_iters", 0)
+        check_cluster_iters(self.cluster_iters)
         check_bits(self.summary_bits)
-        if not isinstance(self.log_count_bias, bool):
-            raise ValueError(f"log_count_bias must be True or False, got {self.log_count_bias!r}")
-        if self.exchange not in EXCHANGES:
+        check_bool(self.log_count_bias, "log_count_bias")
+        if not isinstance(self.exchange, str) or self.exchange not in EXCHANGES:
             raise ValueError(f"exchange must be one of {EXCHANGES}, got {self.exchange!r}")
-        if self.backend not in BACKENDS:
-            raise ValueError(f"backend must be one of {BACKENDS}, got {self.backend!r}")
+        check_backend(self.backend)
         if self.weights is not None:
             # A tuple of floats, so the config stays hashable and prints the same everywhere.
             object.__setattr__(self, "weights", tuple(check_weights(self.weights, self.num_partitions)))
@@ -82,7 +84,7 @@ class PrismConfig:
         """The preset's values, overridden by explicit arguments (unknown names are refused)."""
         base = {}
         if preset is not None:
-            if preset not in PRESETS:
+            if not isinstance(preset, str) or preset not in PRESETS:
                 raise ValueError(f"preset must be one of {sorted(PRESETS)}, got {preset!r}")
             base = dict(PRESETS[preset])
         known = {f.name for f in dataclasses.fields(cls)} - {"num_partitions"}

@@ -149,19 +149,15 @@ def _capture_hidden(layer):
     return hook
 
 
-def _resolve_exchange(model, wanted, attention_modules):
-    rope = bool(getattr(model.config, "rope_parameters", None))
+def _resolve_exchange(model, wanted):
+    """"kv" or "hidden" for this model (its attention modules have a known projection layout)."""
     if wanted == "kv":
         return "kv"
-    why = None
-    if rope:
-        why = "the model uses rotary position embeddings (K depends on position, not only on the hidden features)"
-    elif not attention_modules:
-        why = f"no attention module of {type(model).__name__} has a known key/value projection layout"
-    if why is None:
+    if not getattr(model.config, "rope_parameters", None):
         return "hidden"
     if wanted == "hidden":
-        raise ValueError(f"exchange='hidden' is not possible here: {why}; use exchange='kv' or 'auto'")
+        raise ValueError("exchange='hidden' is not possible here: the model uses rotary position embeddings "
+                         "(K depends on position, not only on the hidden features); use exchange='kv' or 'auto'")
     return "kv"
 
 
@@ -189,18 +185,36 @@ def configure(model, config: PrismConfig | None = None, *, comm=None, num_partit
 
     Returns the model. `config_of(model)` gives the config in use, with `exchange` resolved to
     "kv" or "hidden" for this model.
+
+    Raises TypeError for a model that is not a transformers model, a config that is not a
+    PrismConfig or a comm without an int `size`; ValueError for bad settings (named by field) or a
+    model with no attention module of a known layout. All before any model work.
     """
+    if not isinstance(model, torch.nn.Module) or not hasattr(model, "set_attn_implementation") \
+            or not hasattr(model, "config"):
+        raise TypeError(f"model must be a Hugging Face transformers model (a PreTrainedModel, e.g. from "
+                        f"AutoModel.from_pretrained), got {type(model).__name__}")
+    if config is not None and not isinstance(config, PrismConfig):
+        raise TypeError(f"config must be a prism_ops.PrismConfig (or leave it None and pass num_partitions=...), "
+                        f"got {type(config).__name__}")
     if config is None:
         if num_partitions is None:
             raise ValueError("configure needs a PrismConfig or num_partitions (and segment_size or a preset)")
         config = PrismConfig.from_preset(num_partitions, preset, segment_size, **levers)
     elif num_partitions is not None or segment_size is not None or preset is not None or levers:
         raise ValueError("give configure either a PrismConfig or keyword settings, not both")
+    size = getattr(comm, "size", None)
+    if comm is not None and (isinstance(size, bool) or not isinstance(size, int)):
+        raise TypeError(f"comm must be a prism_ops.distributed.Communicator (or None to simulate), "
+                        f"got {type(comm).__name__}")
     if comm is not None and comm.size != config.num_partitions:
         raise ValueError(f"num_partitions must equal the number of ranks comm.size={comm.size}, "
                          f"got {config.num_partitions}")
     attention = [m for m in model.modules() if kv_weight(m) is not None]
-    config = config.replace(exchange=_resolve_exchange(model, config.exchange, attention))
+    if not attention:  # nothing would run as PRISM, and every forward would fail later
+        raise ValueError(f"model {type(model).__name__} has no attention module with a known key/value projection "
+                         "layout (BERT key/value, k_proj/v_proj, GPT-2 c_attn)")
+    config = config.replace(exchange=_resolve_exchange(model, config.exchange))
     register()
     for old in attached_layers(model):
         old.detach()

@@ -88,6 +88,7 @@ def load(name: str, dtype: torch.dtype = torch.float32):
         tok = AutoTokenizer.from_pretrained(name, local_files_only=True)
         cls = AutoModelForCausalLM if is_decoder(config) else AutoModel
         model = cls.from_pretrained(name, local_files_only=True, **kw).eval()
-    except (OSError, ValueError, KeyError) as e:
-        raise ValueError(f"model folder {name!r} could not be loaded as a Hugging Face checkpoint: {e}") from e
+    except Exception as e:  # noqa: BLE001 - a corrupt weights file raises safetensors' own error, among others
+        first = str(e).strip().splitlines()[0][:300] if str(e).strip() else type(e).__name__
+        raise ValueError(f"model folder {name!r} could not be loaded as a Hugging Face checkpoint: {first}") from None
     return tok, model

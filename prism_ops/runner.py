@@ -2,12 +2,17 @@
 
     run(RunOptions(model="minilm", text="Edge devices share the work.", preset="edge"))
 
-Every rank loads the model, configures PRISM with one `PrismConfig` (built here, from the
-options, once the rank count is known) and checks by a handshake that all ranks agree (model,
-weights, config, versions). Rank 0 reads and tokenizes the input and prints the report
-(`prism_ops.report`). A bad input or setting exits with code 2 and a message from rank 0; ranks
-started differently exit with code 3; a rank that fails takes the whole job down (rank 0 prints
-why) instead of leaving it hanging (`prism_ops.distributed.faults.guarded`).
+Before any model loads, every rank checks the settings (one `PrismConfig`, built here from the
+options once the rank count is known) and rank 0 reads its files (`input_files`: the input, a
+profile; bounded and checked); an error found on any rank is agreed by all
+(`distributed.faults.agree`), so all exit with code 2 and one message from rank 0. Every rank
+then loads the model (a bad folder on any rank: the same) and checks by a handshake that all
+ranks agree (model, weights, config, mode, versions; code 3 otherwise). Rank 0 tokenizes the
+input and prints the report (`prism_ops.report`). A rank that fails, or goes silent for
+`timeout` seconds, takes the whole job down (rank 0 prints why) instead of leaving it hanging
+(`prism_ops.distributed.faults.guarded`, `prism_ops.distributed.liveness`). Each rank's phase,
+as the messages name it: start, loading, handshake, profile, request, forward layer K,
+generation token T (the decoding rank; the others: generation), gather, serving (idle).
 
 With `auto`, rank 0 chooses between running alone and distributed from a link profile
 (`prism_ops.link_profile`) that `profile` measured on the same machines and link.
@@ -15,6 +20,7 @@ With `auto`, rank 0 chooses between running alone and distributed from a link pr
 
 from __future__ import annotations
 
+import os
 import sys
 import time
 from dataclasses import dataclass, field
@@ -25,10 +31,12 @@ from . import cost, hf
 from .config import DEFAULT_PRESET, PrismConfig
 from .distributed import (Communicator, EmulatedLink, Request, RequestError, fingerprint, guarded, handshake,
                           run_distributed, run_simulated)
+from .distributed.comm import DEFAULT_TIMEOUT_S
 from .distributed.control import bcast_json
-from .distributed.runtime import model_kind
+from .distributed.faults import agree, agree_rank0, exit_together
+from .distributed.runtime import max_positions, model_kind
+from .input_files import CHARS_PER_POSITION, check_output_path, read_profile, read_text_file
 from .link_profile import choose, measure_profile
-from .distributed.runtime import max_positions
 from .models import load
 from .report import build_report, print_report
 from .serving.engine import Engine
@@ -61,7 +69,7 @@ class RunOptions:
     threads: int = 0
     link_mbit: float | None = None
     link_latency_ms: float = 0.0
-    timeout: float = 600.0
+    timeout: float = DEFAULT_TIMEOUT_S  # seconds a rank may stay silent (no heartbeat), not a bound on work
     auto: str | None = None
     profile: str | None = None
     verbose: bool = False  # the per-layer byte table
@@ -70,6 +78,7 @@ class RunOptions:
     port: int = 8000
     api_key: str | None = None
     http: bool = True  # with serve: HTTP on host:port (JSON lines on stdin are always answered)
+    debug: bool = False  # show the traceback of an unexpected error
 
     def config_for(self, num_partitions: int) -> PrismConfig:
         """The PrismConfig for this many ranks: the preset and levers asked for, or DEFAULT_PRESET
@@ -86,21 +95,42 @@ class RunOptions:
     def torch_dtype(self) -> torch.dtype:
         return getattr(torch, self.dtype)
 
+    @property
+    def mode(self) -> str:
+        """What the job does (part of the handshake: every rank must do the same)."""
+        return "serve" if self.serve else "profile" if self.profile else "auto" if self.auto else "run"
+
 
 def read_text(opts: RunOptions) -> str:
+    """The input text: --input, or --input-file read bounded (`input_files.read_text_file`)."""
     if opts.input_file is not None:
-        try:
-            with open(opts.input_file, encoding="utf-8") as f:
-                return f.read()
-        except (OSError, UnicodeDecodeError) as e:
-            raise RequestError(f"input-file {opts.input_file!r} cannot be read as UTF-8 text: {e}") from None
+        return read_text_file(opts.input_file, "--input-file")
     return opts.text
 
 
-def make_request(tok, opts: RunOptions, text: str | None = None) -> Request:
+def read_inputs(opts: RunOptions, num_partitions: int) -> str | None:
+    """Rank 0's files, checked before any model loads: the input text (None when there is none),
+    the --auto profile, the --profile output path. ValueError naming the flag."""
+    if opts.auto:
+        read_profile(opts.auto, "--auto", num_partitions)
+    if opts.profile:
+        check_output_path(opts.profile, "--profile")
+    if opts.text is None and opts.input_file is None:
+        return None
+    text = read_text(opts)
+    if not text.strip():
+        raise RequestError(f"the input is empty ({'--input' if opts.input_file is None else '--input-file'})")
+    return text
+
+
+def make_request(tok, opts: RunOptions, text: str | None = None, limit: int | None = None) -> Request:
+    """The request for text (default: read_text); limit: the model's positions, if known."""
     text = read_text(opts) if text is None else text
     if not text.strip():
         raise RequestError("the input is empty")
+    if limit is not None and len(text) > CHARS_PER_POSITION * limit:
+        # Refused before it is tokenized whole: no text this long fits the model's positions.
+        raise RequestError(f"the input has {len(text):,} characters, far more than the model's {limit} positions")
     tok.model_max_length = 10**9  # the runtime checks the model's positions itself
     ids = torch.tensor([tok(text)["input_ids"]], dtype=torch.long)
     return Request(ids=ids, output=opts.output, generate=opts.generate, temperature=opts.temperature,
@@ -123,11 +153,12 @@ def run_simulated_job(opts: RunOptions) -> None:
     """All partitions in this process; the bytes are the cost model's."""
     P = opts.simulate
     config = opts.config_for(P)
+    text = read_inputs(opts, P)
     t0 = time.perf_counter()
     tok, model = _load(opts)
     load_s = time.perf_counter() - t0
     config = hf.config_of(hf.configure(model, config))
-    req = make_request(tok, opts)
+    req = make_request(tok, opts, text, max_positions(model))
     res = run_simulated(model, req, P, eos=tok.eos_token_id if opts.generate else None, progress=True)
     N = req.ids.shape[1]
     per_layer = cost.bytes_per_layer(cost.ModelShape.from_config(model.config), N, config,
@@ -138,15 +169,20 @@ def run_simulated_job(opts: RunOptions) -> None:
 
 def run_mpi_job(opts: RunOptions, comm) -> None:
     """This rank's part of the job (every rank calls it)."""
-    config = opts.config_for(comm.size)
+    # One validation pass before any model loads: the settings on every rank, rank 0's files.
+    config = agree(comm, lambda: opts.config_for(comm.size))
+    text = agree_rank0(comm, lambda: read_inputs(opts, comm.size))
+    comm.phase = "loading"
     t0 = time.perf_counter()
-    tok, model = _load(opts)
+    tok, model = agree(comm, lambda: _load(opts))  # a bad folder on any rank: exit 2 on all
     load_s = time.perf_counter() - t0
     config = hf.config_of(hf.configure(model, config, comm=comm))
+    comm.phase = "handshake"
     t1 = time.perf_counter()
-    handshake(comm, fingerprint(model, config, model_name=opts.model, dtype=opts.dtype))
+    handshake(comm, fingerprint(model, config, model_name=opts.model, dtype=opts.dtype, mode=opts.mode))
     hand_s = time.perf_counter() - t1
     if opts.profile:
+        comm.phase = "profile"
         measure_profile(model, tok, comm, opts.profile, model_name=opts.model, config=config,
                         link_mbit=opts.link_mbit)
         return
@@ -155,15 +191,14 @@ def run_mpi_job(opts: RunOptions, comm) -> None:
         engine = Engine(model, tok, comm, served, load_s=load_s)
         run_service(engine, host=opts.host, port=opts.port, api_key=opts.api_key, http=opts.http)
         return
-    req = None
-    if comm.rank == 0:
-        try:
-            req = make_request(tok, opts)
-        except RequestError as e:
-            req = e  # run_distributed tells every rank, so all stop together
-    mode = "distributed"
-    if opts.auto and not isinstance(req, RequestError):
-        mode = bcast_json(comm, choose(opts.auto, req.ids.shape[1], comm.size) if comm.rank == 0 else None)
+
+    def ask():  # rank 0: the request, and with --auto the mode the profile says is faster
+        req = make_request(tok, opts, text, max_positions(model))
+        return req, (choose(opts.auto, req.ids.shape[1], comm.size) if opts.auto else "distributed")
+
+    req, mode = agree_rank0(comm, ask) or (None, None)
+    if opts.auto:
+        mode = bcast_json(comm, mode)
     eos = tok.eos_token_id if (opts.generate and model_kind(model) == "decoder") else None
     if mode == "local":
         # One device is faster on this link: rank 0 runs the exact model, the others stand by.
@@ -179,12 +214,28 @@ def run_mpi_job(opts: RunOptions, comm) -> None:
         _report(opts, model, tok, res, comm.size, config, seconds, simulated=False)
 
 
+def mpi_world_size() -> int:
+    """How many ranks mpiexec started this process among (1 when not under mpiexec), read from
+    the launcher's environment without starting MPI (MPICH/Hydra, Open MPI, PMIx)."""
+    for var in ("PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "PMIX_SIZE"):
+        value = os.environ.get(var, "")
+        if value.isdigit():
+            return int(value)
+    return 1
+
+
 def run(opts: RunOptions) -> int:
     """The whole prism-run job on this process: simulated, or this MPI rank's part. Returns the
-    exit code (a fault on any rank aborts the whole job instead)."""
+    exit code (a fault on any rank aborts the whole job instead; an error every rank of a
+    multi-rank job agreed on ends them all together, `faults.exit_together`)."""
     if opts.threads:
         torch.set_num_threads(opts.threads)
     if opts.simulate is not None:
+        world = mpi_world_size()
+        if world > 1:
+            print(f"prism-run: error: --simulate runs all partitions in one process, but this is one of {world} "
+                  "MPI ranks; run it without mpiexec, or drop --simulate", file=sys.stderr)
+            return EXIT_BAD_INPUT
         try:
             run_simulated_job(opts)
         except ValueError as e:  # includes RequestError
@@ -193,4 +244,7 @@ def run(opts: RunOptions) -> int:
         return 0
     link = None if opts.link_mbit is None else EmulatedLink(opts.link_mbit, opts.link_latency_ms)
     comm = Communicator(link=link, timeout_s=opts.timeout)
-    return guarded(comm, lambda: run_mpi_job(opts, comm), prog="prism-run")
+    code = guarded(comm, lambda: run_mpi_job(opts, comm), prog="prism-run", debug=opts.debug)
+    if code and comm.size > 1:
+        exit_together(comm, code)
+    return code

@@ -57,3 +57,13 @@ def assert_within_budget(out, yardstick, oracle, dtype, what=""):
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)
+
+
+def allocated_bytes(f) -> int:
+    """Bytes of CPU memory that f() allocates, counted by torch's profiler over every op (inside
+    the custom ops too): a deterministic stand-in for peak memory when comparing two calls."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        f()
+    return sum(e.self_cpu_memory_usage for e in prof.events() if e.self_cpu_memory_usage > 0)

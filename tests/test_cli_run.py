@@ -6,7 +6,9 @@ from prism_ops.cli.run import parse_args
 
 
 @pytest.mark.parametrize("argv,message", [
-    (["--threads", "-2"], "--threads must be >= 0"),
+    (["--threads", "-2"], "--threads must be in [0, 1024]"),
+    (["--threads", "100000"], "--threads must be in [0, 1024]"),
+    (["--seed", "-1"], "--seed must be in [0, 2**63)"),
     (["--timeout", "0"], "--timeout must be a finite number of seconds > 0"),
     (["--timeout", "-5"], "--timeout must be"),
     (["--timeout", "nan"], "--timeout must be"),
@@ -19,7 +21,9 @@ from prism_ops.cli.run import parse_args
     (["--top-k", "-1"], "--top-k must be >= 0"),
     (["--generate", "-3"], "--generate must be >= 0"),
     (["--simulate", "0"], "--simulate must be >= 1"),
-    (["--weights", "2,x"], "weights must be numbers separated by commas"),
+    (["--weights", "2,x"], "--weights must be finite numbers > 0 separated by commas"),
+    (["--weights", "inf,1"], "--weights must be finite numbers > 0"),
+    (["--weights", "0,1"], "--weights must be finite numbers > 0"),
     (["--serve", "--port", "0"], "--port must be in [1, 65535]"),
 ])
 def test_bad_flags_exit_2_naming_the_flag(argv, message, capsys):

@@ -10,7 +10,9 @@ float32 ulps per layer: the bound below is 1e-5 of the output's scale per layer.
 
 import json
 import os
+import re
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -102,15 +104,39 @@ def test_generated_ids_equal_the_simulation(temperature):
 
 # -- faults: the job ends non-zero within 30 s, never hangs ------------------------------------
 
-@pytest.mark.parametrize("rank,how", [(1, "raise"), (0, "raise"), (2, "kill"), (1, "hang")])
+def alive(pid: int, grace_s: float = 5.0) -> bool:
+    """Whether pid is still a process (a zombie is not) after up to grace_s to go."""
+    t0 = time.monotonic()
+    while time.monotonic() - t0 < grace_s:
+        try:
+            if Path(f"/proc/{pid}/stat").read_text().rsplit(") ", 1)[1][0] == "Z":
+                return False
+        except (OSError, IndexError):
+            return False
+        time.sleep(0.1)
+    return True
+
+
+@pytest.mark.parametrize("rank,how", [(1, "raise"), (0, "raise"), (2, "kill"), (1, "stop")])
 def test_a_failing_rank_ends_the_job(rank, how):
     p, seconds = mpirun(3, sys.executable, str(HERE / "fault.py"), str(rank), how, timeout=60)
     assert p.returncode != 0
     assert seconds < 30, seconds
     if how == "raise":
         assert f"fault: rank {rank}/3" in p.stderr and "injected fault in layer 1" in p.stderr
-    if how == "hang":
-        assert "timeout_s" in p.stderr
+        assert "Traceback" not in p.stderr  # one line; the traceback only with debug
+    if how == "stop":
+        # Rank 0 prints who found which rank silent (itself, or rank 2 if its report came first),
+        # the phase the silent rank was last heard in, and the finder's own phase.
+        found = re.search(rf"fault: rank (\d)/3: error: rank {rank} has been silent for [\d.]+ s \(timeout 4 s\); "
+                          r"last heard in: [a-z0-9 ]+; rank (\d) was in: forward layer 1\n", p.stderr)
+        assert found and found[1] == found[2] and found[1] in "02", p.stderr[-2000:]
+        assert p.stderr.count("has been silent") == 1
+        pid = int(p.stdout.split(f"rank {rank} stopping, pid ")[1].split()[0])
+        left = alive(pid)
+        if left:
+            os.kill(pid, signal.SIGKILL)
+        assert not left  # the stopped rank went down with the job
 
 
 # -- prism-run ----------------------------------------------------------------------------------
@@ -186,3 +212,34 @@ def test_prism_run_profile_then_auto(tmp_path):
     assert p.returncode == 0, p.stderr[-2000:]
     out = json.loads(p.stdout.strip().splitlines()[-1])
     assert out["partitions"] == 1 and sum(out["bytes"]["sent_per_layer"]) == 0
+
+
+# -- prism-run: errors found on one rank are agreed by all ----------------------------------------
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    from tiny_model import write_tiny_gpt2
+
+    return write_tiny_gpt2(tmp_path_factory.mktemp("tiny") / "tiny")
+
+
+def test_a_bad_model_folder_on_rank_1_only_exits_2_on_every_rank(tiny):
+    from tiny_model import TEXT as TINY_TEXT
+
+    args = ["--threads", "1", "--segment-size", "4", "--input", TINY_TEXT]
+    p, seconds = mpirun(1, str(BIN / "prism-run"), "--model", str(tiny), *args,
+                        mpmd=(1, str(BIN / "prism-run"), "--model", "/nonexistent/folder", *args), timeout=120)
+    assert p.returncode == 2, p.stderr[-2000:]
+    assert p.stderr.count("error") == 1  # one message, from rank 0, naming the rank
+    assert "prism-run: error: rank 1: model must be one of" in p.stderr and "'/nonexistent/folder'" in p.stderr
+
+
+def test_the_mode_is_part_of_the_handshake(tiny, tmp_path):
+    from tiny_model import TEXT as TINY_TEXT
+
+    prof = tmp_path / "profile.json"
+    prof.write_text(json.dumps({"partitions": 2, "rows": [{"tokens": 8, "local_s": 0.1, "distributed_s": 1.0}]}))
+    run = [str(BIN / "prism-run"), "--threads", "1", "--model", str(tiny), "--segment-size", "4", "--input", TINY_TEXT]
+    p, _ = mpirun(1, *run, "--auto", str(prof), mpmd=(1, *run), timeout=120)
+    assert p.returncode == 3, p.stderr[-2000:]
+    assert "mode: rank 0 has 'auto', rank 1 has 'run'" in p.stderr

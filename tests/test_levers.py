@@ -86,13 +86,13 @@ def test_hidden_exchange_quantizes_the_hidden_rows():
 def test_hidden_exchange_bad_input():
     q, k, v, h, (w_k, w_v), _ = linear_model_qkv()
     kw = dict(num_partitions=2, segment_size=4, summary_bits=4)
-    with pytest.raises(ValueError, match=r"hidden must have shape \[B, T, d\] = \[1, 18, d\]"):
+    with pytest.raises(ValueError, match=r"hidden must have shape \[B, T, d\] = \[1, 18, d >= 1\], got \[1, 5, 12\]"):
         partitioned_attention(q, k, v, hidden=h[:, :5], kv_weight=(w_k, w_v), **kw)
     with pytest.raises(ValueError, match="kv_weight must be \\(w_k, w_v\\)"):
         partitioned_attention(q, k, v, hidden=h, **kw)
     with pytest.raises(ValueError, match=r"kv_weight\[1\] must be a \[Hkv \* D, d\] = \[8, 12\] tensor"):
         partitioned_attention(q, k, v, hidden=h, kv_weight=(w_k, w_v[:, :3]), **kw)
-    with pytest.raises(ValueError, match="cluster_iters must be >= 0"):
+    with pytest.raises(ValueError, match=r"cluster_iters must be in \[0, 100\] \(0 = positional segments\), got -1"):
         partitioned_attention(q, k, v, num_partitions=2, segment_size=4, cluster_iters=-1)
 
 
@@ -120,8 +120,8 @@ def test_config_levers_and_presets():
     ((4, "fast", 4), {}, "preset must be one of"),
     ((4, None, 4), dict(exchange="qkv"), "exchange must be one of"),
     ((4, None, 4), dict(log_count_bias="yes"), "log_count_bias must be True or False"),
-    ((2, None, 4), dict(weights=[1, 2, 3]), "weights must be 2 positive numbers"),
-    ((2, None, 4), dict(summary_bits=16), "summary_bits must be in \\[2, 8\\]"),
+    ((2, None, 4), dict(weights=[1, 2, 3]), r"weights must be a list of 2 finite numbers > 0 \(one per partition\), got 3"),
+    ((2, None, 4), dict(summary_bits=16), r"summary_bits must be 0 \(full precision\) or one of \(2, 3, 4, 8\), got 16"),
     ((2, None, 4), dict(backend="cuda"), "backend must be one of"),
     ((2, None, 4), dict(halo=-1), "halo must be >= 0"),
 ])

@@ -4,7 +4,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from torch.utils._python_dispatch import TorchDispatchMode
-from conftest import needs_triton, to_triton
+from conftest import allocated_bytes, needs_triton, to_triton
 from oracle import oracle_partitioned_attention
 
 from prism_ops import partition_bounds, partitioned_attention
@@ -134,6 +134,36 @@ def test_T_equals_one_and_P_equals_T():
     torch.testing.assert_close(got, exact(q, k, v, False), rtol=0, atol=1e-12)  # one token per chunk: exact
 
 
+@pytest.mark.parametrize("huge", [10**6, 10**11])
+@pytest.mark.parametrize("levers", [{}, dict(sink_tokens=2, halo=1), dict(cluster_iters=2)], ids=["plain", "sinks-halo", "clusters"])
+@pytest.mark.parametrize("causal", [False, True], ids=["full", "causal"])
+def test_segment_larger_than_the_sequence(huge, levers, causal):
+    """11 tokens on 2 partitions with a segment size of 10**6 or 10**11: the output of
+    segment_size = 11 (one summary row per chunk), with the same bytes allocated (10**11 used to
+    try 12.8 TB, 10**6 took 3.5 GB per rank in prism-run)."""
+    q, k, v = qkv(1, 2, 1, 11, 8, dtype=torch.float32)
+    kw = dict(num_partitions=2, causal=causal, **levers)
+    ref = partitioned_attention(q, k, v, segment_size=11, **kw)
+    assert torch.equal(partitioned_attention(q, k, v, segment_size=huge, **kw), ref)
+    assert (allocated_bytes(lambda: partitioned_attention(q, k, v, segment_size=huge, **kw))
+            == allocated_bytes(lambda: partitioned_attention(q, k, v, segment_size=11, **kw)))
+
+
+def test_prism_config_with_a_huge_segment_size_runs_like_one_segment():
+    transformers = pytest.importorskip("transformers")
+    from prism_ops import PrismConfig, hf
+
+    model = transformers.GPT2Model(transformers.GPT2Config(n_layer=1, n_embd=32, n_head=2, n_positions=32,
+                                                           vocab_size=50, bos_token_id=0, eos_token_id=0)).eval()
+    ids = torch.randint(0, 50, (1, 11))
+    outs = []
+    for segment_size in (11, 10**11):
+        hf.configure(model, PrismConfig(num_partitions=2, segment_size=segment_size))
+        with torch.no_grad():
+            outs.append(model(input_ids=ids).last_hidden_state)
+    assert torch.equal(outs[0], outs[1])
+
+
 @needs_triton
 @pytest.mark.parametrize("causal", [False, True], ids=["full", "causal"])
 def test_triton_backend_matches_torch(causal):
@@ -151,7 +181,7 @@ BAD = [
     (dict(segment_size=0), "segment_size must be >= 1, got 0"),
     (dict(halo=-1), "halo must be >= 0"),
     (dict(sink_tokens=-2), "sink_tokens must be >= 0"),
-    (dict(weights=[1, 0]), "weights must be 2 positive numbers"),
+    (dict(weights=[1, 0]), r"weights must be a list of 2 finite numbers > 0 \(one per partition\), got weights\[1\] = 0 in \[1, 0\]"),
     (dict(valid=torch.ones(1, 9, dtype=torch.bool)), r"valid must have shape \[B, T\] = \[1, 10\]"),
 ]
 

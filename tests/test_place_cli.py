@@ -58,18 +58,26 @@ def test_load_aware_plan(tmp_path, capsys, load):
 
 
 @pytest.mark.parametrize("extra,message", [
-    ({"burst": {"cifar10-vits16": 1.5}}, "burst['cifar10-vits16'] must be a whole number >= 0, got 1.5"),
+    ({"burst": {"cifar10-vits16": 1.5}}, "burst['cifar10-vits16'] must be a whole number >= 0 and <= 1000, got 1.5"),
     ({"burst": {"cifar10-vits16": -1}}, "burst['cifar10-vits16'] must be a whole number >= 0"),
     ({"burst": {"cifar10-vits16": True}}, "burst['cifar10-vits16'] must be a whole number"),
     ({"burst": {"cifar10-vits16": 0}}, "burst must ask for at least one request"),
     ({"burst": {"topic-minilm": 1}}, "burst names 'topic-minilm', which is not in models"),
     ({"burst": [1, 2]}, "burst must be a mapping"),
     ({"rates": {"cifar10-vits16": 0}}, "rates['cifar10-vits16'] must be a finite number > 0"),
-    ({"rates": {"cifar10-vits16": "fast"}}, "rates['cifar10-vits16'] must be a finite number > 0, got 'fast'"),
+    ({"rates": {"cifar10-vits16": "fast"}}, "rates['cifar10-vits16'] must be a finite number > 0 and <= 1e+06, got 'fast'"),
     ({"rates": {"cifar10-vits16": float("inf")}}, "rates['cifar10-vits16'] must be a finite number"),
     ({"rates": {"cifar10-vits16": 1}, "burst": {"cifar10-vits16": 1}}, "give burst or rates, not both"),
     ({"compute_s": {"vit-b16": -0.1}}, "compute_s['vit-b16'] must be a finite number >= 0"),
-    ({"input_bytes": {"image": "big"}}, "input_bytes['image'] must be a finite number >= 0"),
+    ({"input_bytes": {"image": "big"}}, "input_bytes['image'] must be a whole number >= 0 and <= 1e+12, got 'big'"),
+    ({"input_bytes": {"text": "lots"}}, "input_bytes['text'] must be a whole number >= 0 and <= 1e+12, got 'lots'"),
+    ({"compute_s": {"minilm": "fast"}}, "compute_s['minilm'] must be a finite number >= 0 and <= 1e+06, got 'fast'"),
+    ({"compute_s": {"minilm": -1}}, "compute_s['minilm'] must be a finite number >= 0 and <= 1e+06, got -1"),
+    ({"burst": {"cifar10-vits16": 600, "sentiment-minilm": 600}}, "burst asks for 1200 requests; at most 1000"),
+    ({"custom": ["tagger"]}, "custom must be a mapping, got ['tagger']"),
+    ({"size": "huge"}, "size must be one of full, tiny, got 'huge'"),
+    ({"models": ["sentiment-minilm", "sentiment-minilm"]}, "models must list each name once"),
+    ({"modles": ["sentiment-minilm"]}, "has unknown field 'modles'; allowed: models, custom"),
     ({"input_bytes": {"video": 1}}, "input_bytes names unknown modality 'video'"),
 ])
 def test_bad_load_and_numbers(tmp_path, capsys, extra, message):
@@ -83,7 +91,7 @@ def test_bad_load_and_numbers(tmp_path, capsys, extra, message):
     (DEVICES, {**TASKS, "compute_s": {"resnet": 1}}, "unknown part(s) ['resnet']"),
     ({"devices": [{"name": "a", "memory_gb": 0.00001}]}, TASKS, "more than any device has"),
     ({"devices": [{"name": "a", "memory_gb": 1}], "links": [{"a": "a", "b": "z", "mbit": 1}]}, TASKS,
-     "not in devices"),
+     "links[0].b must be the name of a device in devices (a), got 'z'"),
     ({"devices": []}, TASKS, "devices is empty"),
 ])
 def test_bad_files(tmp_path, capsys, devices, tasks, message):
@@ -113,14 +121,106 @@ def test_custom_model(tmp_path, capsys):
     assert "tagger" not in MODELS and "tagger" not in BUILTIN  # a custom model joins a new catalog only
 
 
-@pytest.mark.parametrize("nodes,message", [
-    ({"a": ["vit-s16", ["b"]], "b": ["classifier:16x2:seed1", ["a"]]}, "cyclic graph"),
-    ({"a": ["resnet50", ["input:image"]]}, "unknown module 'resnet50'"),
-    ({"a": ["vit-s16", ["input:video"]]}, "modalities are"),
-    ({"a": ["vit-s16", ["input:image"]], "b": ["classifier:16x2:seed1", ["c"]]}, "unknown node 'c'"),
+@pytest.mark.parametrize("size,nodes,message", [
+    ("tiny", {"a": ["vit-s16", ["b"]], "b": ["classifier:16x2:seed1", ["a"]]}, "cyclic graph"),
+    ("tiny", {"a": ["resnet50", ["input:image"]]}, "nodes['a'][0]: unknown module 'resnet50'"),
+    ("tiny", {"a": ["vit-s16", ["input:video"]]}, "modalities are"),
+    ("tiny", {"a": ["vit-s16", ["input:image"]], "b": ["classifier:16x2:seed1", ["c"]]}, "unknown node 'c'"),
+    # width and input-count mismatches (were tracebacks inside torch while profiling)
+    ("full", {"a": ["vit-b16", ["input:image"]], "b": ["classifier:384x2:seed1", ["a"]]},
+     "custom['bad'].nodes['b'] (classifier:384x2:seed1) needs inputs of width 384 at size full, got widths {'a': 768}"),
+    ("tiny", {"a": ["vit-s16", ["input:image"]], "b": ["minilm", ["input:text"]], "s": ["similarity", ["a", "b"]]},
+     "nodes['s'] (similarity) needs inputs of width 16 at size tiny, got widths {'a': 16, 'b': 24}"),
+    ("tiny", {"a": ["vit-s16", ["input:image"]], "b": ["minilm", ["input:text"]], "c": ["classifier:384x2:seed1", ["a", "b"]]},
+     "nodes['c'] (classifier:384x2:seed1) must read exactly 1 node(s) of the model, not a modality, got ['a', 'b']"),
+    ("tiny", {"a": ["vit-s16", ["input:image"]], "s": ["similarity", ["a"]]}, "(similarity) must read exactly 2 node(s)"),
+    ("tiny", {"a": ["vit-s16", ["input:text"]]}, "nodes['a'] (vit-s16) must read exactly ['input:image'], got ['input:text']"),
+    ("tiny", {"c": ["classifier:384x2:seed1", ["input:text"]]}, "must read exactly 1 node(s) of the model, not a modality"),
+    ("tiny", {"a": ["vit-s16", ["input:image"]], "b": ["vit-s16", ["input:image"]], "s": ["similarity", ["a", "a"]]},
+     "nodes['s'][1] must list each name once, got ['a']"),
+    ("full", {"a": ["vit-s16", ["input:image"]], "p": ["projector:384x256:seed1", ["a"]], "d": ["decoder-small", ["p"]],
+              "c": ["classifier:8x2:seed1", ["d"]]}, "reads 'd', whose output (decoder-small: scores or token ids)"),
+    ("full", {"a": ["vit-s16", ["input:image"]], "d": ["decoder-small", ["a"]]}, "needs inputs of width 256"),
+    ("tiny", {"a": "vit-s16"}, "nodes['a'] must be [part, [inputs]], got 'vit-s16'"),
+    ("tiny", {"input:x": ["vit-s16", ["input:image"]]}, "a node's name must not start with 'input:'"),
 ])
-def test_bad_custom_models_refused_before_loading(tmp_path, capsys, nodes, message):
-    tasks = {**TASKS, "models": ["bad"], "custom": {"bad": {"nodes": nodes}}}
-    with pytest.raises(SystemExit):
+def test_bad_custom_models_refused_before_loading(tmp_path, capsys, size, nodes, message):
+    tasks = {**TASKS, "size": size, "compute_s": {}, "models": ["bad"], "custom": {"bad": {"nodes": nodes}}}
+    with pytest.raises(SystemExit) as e:
         main(["--devices", write(tmp_path, "d.json", DEVICES), "--tasks", write(tmp_path, "t.json", tasks)])
-    assert message in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and message in err and err.count("\n") == 1, err
+
+
+A, B = {"name": "a", "memory_gb": 0.0004}, {"name": "b", "memory_gb": 0.0004}
+
+
+@pytest.mark.parametrize("devices,message", [
+    ({"devices": [A, B], "default_link": {"mbit": 0}},
+     "d.json: default_link.mbit must be a finite number >= 1e-06 and <= 1e+09, got 0"),  # was ZeroDivisionError
+    ({"devices": [A, {**B, "speed": 0}]}, "d.json: devices[1].speed must be a finite number >= 1e-06 and <= 1e+06, got 0"),
+    ({"devices": [A, {**B, "speed": -0.5}]}, "devices[1].speed must be a finite number >= 1e-06 and <= 1e+06, got -0.5"),
+    ({"devices": [{**A, "memory_gb": -1}, B]}, "devices[0].memory_gb must be a finite number > 0 and <= 1e+06, got -1"),
+    ({"devices": [{**A, "memory_gb": float("nan")}, B]}, "devices[0].memory_gb must be a finite number > 0 and <= 1e+06, got nan"),
+    ({"devices": [{**A, "memory_gb": "8GB"}, B]}, "devices[0].memory_gb must be a finite number > 0 and <= 1e+06, got '8GB'"),
+    ({"devices": [A, B], "links": [{"a": "a", "b": "b", "mbit": -5}]}, "links[0].mbit must be a finite number >= 1e-06"),
+    ({"devices": [A, B], "links": [{"a": "a", "b": "b", "mbit": 1, "latency_ms": -1}]},
+     "links[0].latency_ms must be a finite number >= 0 and <= 1e+06, got -1"),
+    ({"devices": [A, B], "links": "oops"}, "d.json: links must be a list of at most 1000 items, got 'oops'"),
+    ({"devices": [A, B], "links": ["oops"]}, "d.json: links[0] must be a mapping, got 'oops'"),
+    ({"devices": [A, A]}, "d.json: devices' names must list each name once, got ['a'] more than once"),
+    ({"devices": None}, "d.json: devices must be a non-empty list of at most 32 items, got None"),
+    ({"devices": [A, {"memory_gb": 1}]}, "devices[1].name must be a non-empty string of at most 200 characters, got None"),
+    ({"devices": [A, B], "links": [{"a": "a", "b": "a", "mbit": 1}]}, "links[0] joins 'a' to itself"),
+    ({"devices": [A, B], "links": [{"a": "a", "b": "b", "mbit": 1}, {"a": "b", "b": "a", "mbit": 2}]},
+     "links[1]: a second link between 'b' and 'a'"),
+    ({"devices": [{**A, "memroy_gb": 1}]}, "devices[0] has unknown field 'memroy_gb'; allowed: name, memory_gb, speed"),
+    ({"devices": [A], "default_link": {"mbit": 1, "latency": 2}}, "default_link has unknown field 'latency'"),
+])
+def test_bad_devices_files(tmp_path, capsys, devices, message):
+    """Zero, negative, NaN and wrongly typed fields, repeated names: one line naming the field."""
+    with pytest.raises(SystemExit) as e:
+        main(["--devices", write(tmp_path, "d.json", devices), "--tasks", write(tmp_path, "t.json", TASKS)])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and message in err and err.count("\n") == 1 and "Traceback" not in err, err
+
+
+def test_numbers_as_text(tmp_path, capsys):
+    """YAML reads 1e-3 (no dot) as text: the message says so."""
+    with pytest.raises(SystemExit):
+        main(["--devices", write(tmp_path, "d.yaml", "devices: [{name: a, memory_gb: 1e-3}]"),
+              "--tasks", write(tmp_path, "t.json", TASKS)])
+    assert ("devices[0].memory_gb must be a finite number > 0 and <= 1e+06, got '1e-3' (text: YAML reads 1e-3 as "
+            "text; write 1.0e-03)") in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["--devices", write(tmp_path, "d.json", {"devices": [{**A, "speed": "2"}]}),
+              "--tasks", write(tmp_path, "t.json", TASKS)])
+    assert "devices[0].speed must be a finite number >= 1e-06 and <= 1e+06, got '2' (quoted text, not a number)" \
+        in capsys.readouterr().err
+
+
+def test_encoding_aliases_limits_and_debug(tmp_path, capsys):
+    d = tmp_path / "d.yaml"
+    d.write_bytes(b"devices: [{name: caf\xe9, memory_gb: 1}]\n")  # Latin-1, not UTF-8
+    with pytest.raises(SystemExit) as e:
+        main(["--devices", str(d), "--tasks", write(tmp_path, "t.json", TASKS)])
+    assert e.value.code == 2 and f"{d}: is not UTF-8 text (byte 20 is 0xe9)" in capsys.readouterr().err
+    d.write_text("x: &a [1, 2]\ndevices: *a\n")
+    with pytest.raises(SystemExit):
+        main(["--devices", str(d), "--tasks", write(tmp_path, "t.json", TASKS)])
+    assert "YAML aliases (*name) are not allowed" in capsys.readouterr().err
+    d.write_text("#" * (1 << 20) + "\n")
+    with pytest.raises(SystemExit):
+        main(["--devices", str(d), "--tasks", write(tmp_path, "t.json", TASKS)])
+    assert f"--devices {d}: is {(1 << 20) + 1} bytes; files are limited to 1048576 bytes" in capsys.readouterr().err
+    bad = write(tmp_path, "t.json", {**TASKS, "size": "huge"})
+    with pytest.raises(SystemExit):
+        main(["--devices", write(tmp_path, "d.json", DEVICES), "--tasks", bad])
+    assert "Traceback" not in capsys.readouterr().err
+    with pytest.raises(SystemExit) as e:
+        main(["--devices", write(tmp_path, "d.json", DEVICES), "--tasks", bad, "--debug"])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and "Traceback (most recent call last)" in err and err.endswith("got 'huge'\n")
+    with pytest.raises(SystemExit) as e:  # refused before any profiling
+        main(["--devices", write(tmp_path, "d.json", DEVICES), "--tasks", bad, "--json", str(tmp_path)])
+    assert e.value.code == 2 and "--json" in capsys.readouterr().err

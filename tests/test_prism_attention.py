@@ -189,7 +189,7 @@ BAD = [
     (lambda: prism_attention(t(2, 6, 8, 16), t(2, 4, 8, 16), t(2, 4, 8, 16)), "H=6 must be a multiple of k's head count Hkv=4"),
     (lambda: prism_attention(t(1, 2, 8, 16), t(1, 2, 8, 16, dtype=torch.float64), t(1, 2, 8, 16)), "k has dtype torch.float64 but q has torch.float32"),
     (lambda: prism_attention(t(1, 2, 8, 16), t(1, 2, 8, 16), t(1, 2, 8, 16).to(torch.float16)), "v has dtype"),
-    (lambda: prism_attention(t(1, 2, 8, 16), t(1, 2, 8, 16), t(1, 2, 8, 16), t(1, 2, 3, 16), t(1, 2, 3, 16), torch.tensor([1, -2, 3])), "sum_counts must be >= 0"),
+    (lambda: prism_attention(t(1, 2, 8, 16), t(1, 2, 8, 16), t(1, 2, 8, 16), t(1, 2, 3, 16), t(1, 2, 3, 16), torch.tensor([1, -2, 3])), "sum_counts must be finite and >= 0"),
     (lambda: prism_attention(t(1, 2, 8, 16), t(1, 2, 8, 16), t(1, 2, 8, 16), t(1, 2, 3, 16), t(1, 2, 3, 16), torch.ones(1, 4)), r"sum_counts must have shape \[B, S\] = \[1, 3\] or \[S\] = \[3\]"),
     (lambda: prism_attention(t(1, 2, 8, 16), t(1, 2, 8, 16), t(1, 2, 8, 16), t(1, 2, 3, 16), None, torch.ones(3)), "must be given together"),
     (lambda: prism_attention(t(1, 2, 8, 16), t(1, 2, 8, 16), t(1, 2, 8, 16), t(1, 1, 3, 16), t(1, 1, 3, 16), torch.ones(3)), r"k_sum must have shape \[B, Hkv, S, D\] = \[1, 2, S, 16\]"),

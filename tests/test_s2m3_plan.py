@@ -1,6 +1,7 @@
 """S2M3 serving without MPI: the wire format round-trips, a plan is checked once into a
 CheckedPlan (with its own catalog), and bad plans and request lines are named."""
 
+import io
 import json
 
 import pytest
@@ -8,7 +9,8 @@ import torch
 
 from prism_ops.s2m3.messages import pack, unpack
 from prism_ops.s2m3.placement import PlacementError
-from prism_ops.s2m3.plan import check_plan, read_requests
+from prism_ops.s2m3 import server
+from prism_ops.s2m3.plan import check_plan, read_inputs, read_requests
 from prism_ops.s2m3.suite import BUILTIN, SUITE_VERSION
 
 PLAN = {"devices": ["a", "b"], "size": "tiny", "models": ["sentiment-minilm", "tagger"],
@@ -38,19 +40,54 @@ def test_check_plan():
 @pytest.mark.parametrize("plan,ranks,message", [
     (PLAN, 3, "the plan has 2 devices but the job has 3 ranks"),
     ({"devices": ["a"]}, 1, "plan must have devices, size, models and plan"),
-    ({**PLAN, "custom": {}}, 2, "plan: unknown model(s) ['tagger']"),
-    ({**PLAN, "plan": {**PLAN["plan"], "minilm": "z"}}, 2, "part 'minilm' of 'sentiment-minilm' is not placed"),
+    ({**PLAN, "custom": {}}, 2, "plan: models names unknown model(s) ['tagger']"),
+    ({**PLAN, "plan": {**PLAN["plan"], "minilm": "z"}}, 2, "plan: plan['minilm'] must be a device of the plan ['a', 'b'], got 'z'"),
+    ({**PLAN, "plan": {k: v for k, v in PLAN["plan"].items() if k != "minilm"}}, 2,
+     "part 'minilm' of 'sentiment-minilm' is not placed"),
+    # were tracebacks (TypeError, AttributeError) or accepted until a model failed to load
+    ({**PLAN, "devices": None}, 2, "plan: devices must be a non-empty list of at most 32 items, got None"),
+    ({**PLAN, "devices": ["a", ["b"]]}, 2, "plan: devices[1] must be a non-empty string"),
+    ({**PLAN, "prism": ["minilm"]}, 2, "plan: prism must be a mapping, got ['minilm']"),
+    ({**PLAN, "prism": {"minilm": ["a", "b"]}}, 2, "plan: prism['minilm'] must be a mapping, got ['a', 'b']"),
+    ({**PLAN, "size": "huge"}, 2, "plan: size must be one of full, tiny, got 'huge'"),
+    ({**PLAN, "models": "sentiment-minilm"}, 2, "plan: models must be a non-empty list"),
+    ({**PLAN, "plan": ["minilm"]}, 2, "plan: plan must be a mapping, got ['minilm']"),
+    ({**PLAN, "custom": ["tagger"]}, 2, "plan: custom must be a mapping, got ['tagger']"),
+    ({**PLAN, "objective_s": "fast"}, 2, "plan: objective_s must be a number >= 0, got 'fast'"),
+    ({**PLAN, "prsim": {}}, 2, "plan has unknown field 'prsim'; allowed: devices, size"),
+    ({**PLAN, "prism": {"minilm": {"devices": ["a", "b"], "segment_size": 0}}}, 2,
+     "plan: prism['minilm'].segment_size must be a whole number >= 1 and <= 4096, got 0"),
+    ({**PLAN, "prism": {"minilm": {"devices": ["a", "b"], "segment_size": 10**11}}}, 2,
+     "prism['minilm'].segment_size must be a whole number >= 1 and <= 4096"),
+    ({**PLAN, "prism": {"minilm": {"devices": ["a", "b"], "sink_token": 2}}}, 2,
+     "plan: prism['minilm']: unknown lever(s) ['sink_token']"),
+    ({**PLAN, "prism": {"minilm": {"devices": ["a", "b"], "summary_bits": 9}}}, 2, "plan: prism['minilm']: summary_bits"),
+    ({**PLAN, "prism": {"minilm": {"devices": ["a", "b"], "preset": ["edge"]}}}, 2, "plan: prism['minilm']: "),
+    ({**PLAN, "prism": {"minilm": {"devices": "ab"}}}, 2, "prism['minilm'].devices: prism 'minilm' needs 2 or more"),
     ({**PLAN, "prism": {"whisper-tiny": {"devices": ["a", "b"]}}}, 2, "prism spreads transformer encoders"),
     ({**PLAN, "prism": {"minilm": {"devices": ["a", "a"]}}}, 2, "needs 2 or more distinct devices"),
     ({**PLAN, "suite_version": "0123456789ab"}, 2, "written for suite version '0123456789ab'"),
     ({k: v for k, v in PLAN.items() if k != "suite_version"}, 2, "written for suite version None"),
     ({**THREE, "prism": {"minilm": {"devices": ["a", "b"]}, "vit-b16": {"devices": ["c", "b"]}}}, 3,
      "prism groups of 'minilm' and 'vit-b16' share device(s) ['b']"),
+    # the probe that deadlocked: the same two devices, each group led by a different one
+    ({**THREE, "prism": {"minilm": {"devices": ["a", "b"]}, "vit-b16": {"devices": ["b", "a"]}}}, 3,
+     "prism groups of 'minilm' and 'vit-b16' share device(s) ['a', 'b']; spread encoders need disjoint groups"),
 ])
 def test_bad_plans(plan, ranks, message):
     with pytest.raises(PlacementError) as e:
         check_plan(plan, ranks)
     assert message in str(e.value)
+
+
+def test_spread_group_no_larger_than_the_tokens():
+    """MiniLM reads 12 tokens in the tiny suite: 12 ranks may share it, 13 may not."""
+    names = [f"d{i}" for i in range(13)]
+    plan = {**PLAN, "devices": names, "models": ["sentiment-minilm"], "custom": {},
+            "plan": {"minilm": "d0", "classifier:384x2:seed15": "d0"}}
+    assert len(check_plan({**plan, "prism": {"minilm": {"devices": names[:12]}}}, 13).spread["minilm"][0]) == 12
+    with pytest.raises(PlacementError, match=r"prism\['minilm'\].devices: 13 devices, but 'minilm' reads only 12 tokens"):
+        check_plan({**plan, "prism": {"minilm": {"devices": names}}}, 13)
 
 
 def test_spread_groups_apart_and_device_names():
@@ -64,8 +101,83 @@ def test_read_requests():
     lines = ['{"id": 1, "model": "tagger", "seed": 3}', "", '{"id": "b", "model": "sentiment-minilm"}']
     assert read_requests(lines, PLAN["models"]) == [{"id": 1, "model": "tagger", "seed": 3},
                                                     {"id": "b", "model": "sentiment-minilm", "seed": 0}]
-    for lines, message in [(["not json"], "request line 1: expected"),
-                           (['{"id": 1, "model": "x"}'], "is not in the plan"),
-                           (['{"id": 1, "model": "tagger"}'] * 2, "request line 2: id 1 is used twice")]:
-        with pytest.raises(PlacementError, match=message):
-            read_requests(lines, PLAN["models"])
+    assert read_requests(['{"id": 1, "model": "tagger"}', '{"id": "1", "model": "tagger"}'], PLAN["models"])[1]["id"] == "1"
+
+
+@pytest.mark.parametrize("lines,message", [
+    (["not json"], "requests: line 1: expected a JSON object {\"id\", \"model\", \"seed\"}, got 'not json'"),
+    (["[1, 2]"], "requests: line 1: expected a JSON object"),
+    (["[" * 3000], "requests: line 1: expected a JSON object"),  # nested too deep for the parser
+    (['{"id": 1, "model": "x"}'], "requests: line 1: model 'x' is not in the plan"),
+    (['{"id": 1, "model": ["tagger"]}'], "model ['tagger'] is not in the plan"),
+    (['{"id": 1, "model": "tagger"}'] * 2, "requests: line 2: id 1 is used twice"),
+    (['{"id": {"a": 1}, "model": "tagger"}'],  # was a TypeError traceback (unhashable)
+     "requests: line 1: id must be a string of at most 256 characters or a whole number, got {'a': 1}"),
+    (['{"id": true, "model": "tagger"}'], "id must be a string of at most 256 characters or a whole number, got True"),
+    (['{"id": 1.5, "model": "tagger"}'], "id must be a string"),
+    (['{"model": "tagger"}'], "requests: line 1: id must be a string of at most 256 characters or a whole number, got None"),
+    (['{"id": "%s", "model": "tagger"}' % ("x" * 257)], "id must be a string of at most 256 characters"),
+    (['{"id": 1, "model": "tagger", "seed": "3"}'], "requests: line 1: seed must be a whole number >= 0 and <= 9.22337e+18, got '3'"),
+    (['{"id": 1, "model": "tagger", "seed": -1}'], "seed must be a whole number >= 0"),
+    (['{"id": 1, "model": "tagger", "seed": NaN}'], "seed must be a whole number >= 0 and <= 9.22337e+18, got nan"),
+    (['{"id": 1, "model": "tagger", "seed": 1e300}'], "seed must be a whole number"),
+    (['{"id": 1, "model": "tagger", "sed": 3}'], "requests: line 1 has unknown field 'sed'; allowed: id, model, seed"),
+])
+def test_bad_request_lines(lines, message):
+    with pytest.raises(PlacementError) as e:
+        read_requests(lines, PLAN["models"])
+    assert message in str(e.value) and "\n" not in str(e.value)
+
+
+def write(tmp_path, name, data):
+    p = tmp_path / name
+    if isinstance(data, bytes):
+        p.write_bytes(data)
+    else:
+        p.write_text(data if isinstance(data, str) else json.dumps(data))
+    return str(p)
+
+
+def test_read_inputs_files_stdin_and_limits(tmp_path):
+    plan = write(tmp_path, "plan.json", PLAN)
+    reqs = write(tmp_path, "r.jsonl", '{"id": 1, "model": "tagger"}\n')
+    checked, got, text, names = read_inputs(plan, 2, reqs)
+    assert got == [{"id": 1, "model": "tagger", "seed": 0}] and json.loads(text) == PLAN and names is None
+    devices = write(tmp_path, "d.json", {"devices": [{"name": "a", "memory_gb": 1}, {"name": "b", "memory_gb": 1}]})
+    assert read_inputs(plan, 2, None, devices, io.BytesIO(b'{"id": 2, "model": "tagger"}\r\n'))[3] == ["a", "b"]
+    cases = [
+        ((plan, 2, str(tmp_path)), f"--requests {tmp_path}: is a directory; give a file"),
+        ((plan, 2, str(tmp_path / "none")), f"--requests {tmp_path / 'none'}: cannot be read (No such file or directory)"),
+        ((str(tmp_path / "none"), 2, reqs), "--plan"),
+        ((plan, 2, write(tmp_path, "bin", b"\xff\xfe\x00")), "bin: line 1: is not UTF-8 text (byte 0 is 0xff)"),
+        ((plan, 2, write(tmp_path, "long", "x" * 4097)), "long: line 1: is longer than 4096 bytes"),
+        ((plan, 2, None, "", io.BytesIO(b"")), "--devices : expected a file name, got ''"),
+        ((plan, 2, None, None, io.BytesIO(b"{}\n" * 10 + b"y" * 5000)), "stdin: line 11: is longer than 4096 bytes"),
+        ((write(tmp_path, "p1.json", {**PLAN, "size": "huge"}), 2, reqs), "p1.json: size must be one of full, tiny"),
+        ((write(tmp_path, "p2.json", b"\x89PNG\r\n\x1a\n"), 2, reqs), "p2.json: is not UTF-8 text"),
+        ((write(tmp_path, "p.json", "[1]"), 2, reqs), "p.json: expected a mapping at the top level, got list"),
+    ]
+    for args, message in cases:
+        with pytest.raises(PlacementError) as e:
+            read_inputs(*args)
+        assert message in str(e.value), (args, str(e.value))
+
+
+class OneRank:
+    """What serve_requests needs of a communicator, for a job of `size` ranks seen from rank 0."""
+
+    def __init__(self, size):
+        self.rank, self.size = 0, size
+
+    def bcast_bytes(self, data, key, timeout_s=None):
+        return data
+
+
+def test_bad_plan_refused_before_any_model_loads(tmp_path, monkeypatch):
+    """The deadlocking plan (overlapping PRISM groups) is refused by the one verdict every rank
+    receives, before the Server (which loads the models) is built."""
+    bad = {**THREE, "prism": {"minilm": {"devices": ["a", "b"]}, "vit-b16": {"devices": ["b", "a"]}}}
+    monkeypatch.setattr(server, "Server", lambda *a: pytest.fail("a model would load"))
+    with pytest.raises(server.BadInput, match=r"share device\(s\) \['a', 'b'\]") as e:
+        server.serve_requests(OneRank(3), write(tmp_path, "p.json", bad), write(tmp_path, "r", ""))
+    assert e.value.exit_code == 2 and isinstance(e.value.__cause__, PlacementError)

@@ -58,7 +58,8 @@ def test_burst_of_mixed_requests(plan):
     (4, ['{"id": 1, "model": "sentiment-minilm"}'], "the plan has 3 devices but the job has 4 ranks"),
     (3, ['{"id": 1, "model": "topic-minilm"}'], "is not in the plan"),
     (3, ['{"id": 1, "model": "sentiment-minilm"}', '{"id": 1, "model": "sentiment-minilm"}'], "used twice"),
-    (3, ["not json"], "request line 1"),
+    (3, ["not json"], "stdin: line 1: expected a JSON object"),
+    (3, ['{"id": {"a": 1}, "model": "sentiment-minilm"}'], "stdin: line 1: id must be a string"),
 ])
 def test_bad_requests_and_plans(plan, ranks, lines, message):
     p = serve(ranks, plan, lines)

@@ -2,7 +2,7 @@
 
 import pytest
 import torch
-from conftest import FLOOR, TRITON_DEVICE, gpu, needs_triton, to_triton
+from conftest import FLOOR, TRITON_DEVICE, allocated_bytes, gpu, needs_triton, to_triton
 from oracle import oracle_segment_means
 
 import prism_ops
@@ -82,6 +82,34 @@ def test_triton_matches_oracle(B, H, T, D, segment_size, sinks, with_valid, dtyp
     # fp32 accumulation, one rounding to dtype at the end: half an ulp of the result.
     atol = FLOOR[dtype] * ref_means.abs().max().item()
     torch.testing.assert_close(means.cpu().double(), ref_means, rtol=0, atol=atol)
+
+
+@pytest.mark.parametrize("huge", [10**7, 10**11])
+@pytest.mark.parametrize("kw", [{}, {"sink_tokens": 3}, {"valid": True}], ids=["plain", "sinks", "padded"])
+def test_segment_larger_than_the_sequence_is_one_segment(huge, kw):
+    """A segment_size beyond the tokens left after the sinks gives exactly the rows of
+    segment_size = those tokens, allocating the same bytes (10**7 used to try 30.7 GB)."""
+    x = torch.randn(1, 12, 512, 64)
+    if kw.get("valid"):
+        kw = {"valid": make_valid(1, 512)}
+    length = 512 - kw.get("sink_tokens", 0)
+    ref_means, ref_counts = segment_means(x, length, **kw)
+    means, counts = segment_means(x, huge, **kw)
+    assert torch.equal(means, ref_means) and torch.equal(counts, ref_counts)
+    assert means.shape[2] == 1 + kw.get("sink_tokens", 0)
+    assert allocated_bytes(lambda: segment_means(x, huge, **kw)) == allocated_bytes(lambda: segment_means(x, length, **kw))
+
+
+@needs_triton
+def test_triton_segment_larger_than_the_sequence():
+    x = torch.randn(1, 2, 9, 16)
+    valid = make_valid(1, 9)
+    for length, kw in ((9, {}), (7, {"valid": valid, "sink_tokens": 2})):
+        got = segment_means(to_triton(x), 10**11, backend="triton", sink_tokens=kw.get("sink_tokens", 0),
+                            valid=to_triton(kw.get("valid")))
+        ref = segment_means(x, length, **kw)
+        torch.testing.assert_close(got[0].cpu(), ref[0], rtol=0, atol=1e-6)
+        assert torch.equal(got[1].cpu(), ref[1])
 
 
 @needs_triton

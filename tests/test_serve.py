@@ -265,7 +265,7 @@ def test_a_stalled_rank_gets_waiting_clients_a_503_and_ends_the_job():
     try:
         r = svc.post("/v1/embeddings", {"input": TEXT}, timeout=30)
         assert r.status_code == 503 and r.json()["error"]["type"] == "service_unavailable", r.text
-        assert "TimeoutError" in r.json()["error"]["message"]
+        assert "SilentRank: rank 1 has been silent" in r.json()["error"]["message"], r.text
         code, _, err = svc.stop(timeout=30)
         assert code != 0 and time.monotonic() - t0 < 30
     finally:
@@ -273,3 +273,35 @@ def test_a_stalled_rank_gets_waiting_clients_a_503_and_ends_the_job():
             os.kill(victim, signal.SIGKILL)
         except ProcessLookupError:
             pass
+
+
+# -- request size limits, checked while reading (in-process, no ranks) -----------------------------
+
+def test_an_oversized_stdin_line_gets_a_413_and_the_next_line_is_read():
+    import io
+
+    from prism_ops.serving.openai_api import MAX_REQUEST_BYTES
+    from prism_ops.serving.service import read_stdin
+
+    out = io.StringIO()
+    stream = io.StringIO("x" * (MAX_REQUEST_BYTES + 10) + "\n" + "{not json\n")
+    read_stdin(None, stream, out)  # neither line reaches the engine
+    first, second = [json.loads(line) for line in out.getvalue().splitlines()]
+    assert first["error"]["message"] == (f"line 1 has more than {MAX_REQUEST_BYTES:,} characters, the most a "
+                                         "request line may have")
+    assert second["error"]["message"].startswith("line 2 is not valid JSON")
+
+
+def test_an_oversized_http_body_gets_a_413_before_it_is_parsed():
+    from starlette.testclient import TestClient
+
+    from prism_ops.serving.http import MAX_BODY_BYTES, make_app
+    from prism_ops.serving.openai_api import Served
+
+    class Idle:  # what make_app reads of an engine before a request is queued
+        served = Served("tiny", False, 512)
+
+    client = TestClient(make_app(Idle()))
+    r = client.post("/v1/embeddings", content=b"x" * (MAX_BODY_BYTES + 1))
+    assert r.status_code == 413
+    assert f"more than the {MAX_BODY_BYTES:,} allowed" in r.json()["error"]["message"]

@@ -10,13 +10,20 @@ planner is optimal for the latency objective (a MILP, `prism_ops.s2m3.solver`); 
 the predicted latency of each task and of the whole burst and how busy each device is.
 `--exact` also runs branch and bound (small instances) as a certificate. The planning itself:
 `prism_ops.s2m3.planner.make_plan`.
+
+Every field of both files is checked first (types, ranges, finiteness, unknown fields, names);
+files over 1 MiB, not UTF-8, directories and FIFOs are refused. A bad file or flag exits with
+code 2 and one line naming the file, the field, the value and what is allowed; `--debug` adds
+the traceback.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
+import traceback
 
 import torch
 
@@ -55,24 +62,52 @@ def print_report(r: PlanReport) -> None:
 
 
 def main(argv=None) -> None:
-    ap = argparse.ArgumentParser(prog="prism-place", description=__doc__.split("\n\n")[0])
-    ap.add_argument("--devices", required=True)
-    ap.add_argument("--tasks", required=True)
+    ap = argparse.ArgumentParser(prog="prism-place", description=__doc__.split("\n\n")[0],
+                                 epilog="Files: YAML (.yaml, .yml) or JSON, UTF-8, at most 1 MiB each.")
+    ap.add_argument("--devices", required=True, help="devices file: devices, links, default_link")
+    ap.add_argument("--tasks", required=True, help="tasks file: models, custom, size, input_bytes, compute_s, "
+                                                    "burst or rates")
     ap.add_argument("--planner", choices=PLANNERS, default="optimal",
                     help="optimal (default: MILP, then local search under a load) or greedy")
     ap.add_argument("--exact", action="store_true", help="also solve by branch and bound (small instances)")
     ap.add_argument("--json", help="write the plan here")
+    ap.add_argument("--debug", action="store_true", help="print the traceback of an error too")
     args = ap.parse_args(argv)
     torch.set_num_threads(1)  # modules are profiled on one thread
     try:
+        if args.json is not None:
+            check_writable(args.json)
         report = make_plan(args.devices, args.tasks, exact=args.exact, planner=args.planner)
+        print_report(report)
+        if args.json is not None:
+            write_plan(args.json, report.plan)
     except PlacementError as e:
-        print(f"prism-place: error: {e}", file=sys.stderr)
-        sys.exit(2)
-    print_report(report)
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(report.plan, f, indent=1)
+        fail(e, args.debug, 2)
+    except Exception as e:  # noqa: BLE001 - a bug: one line, unless --debug asks for the traceback
+        fail(e, args.debug, 1, f"internal error ({type(e).__name__}): ")
+
+
+def fail(e: BaseException, debug: bool, code: int, what: str = "") -> None:
+    """Exit with `code` and one line (the traceback first with --debug)."""
+    if debug:
+        traceback.print_exception(e, file=sys.stderr)
+    print(f"prism-place: error: {what}{e}", file=sys.stderr)
+    sys.exit(code)
+
+
+def check_writable(path: str) -> None:
+    """Refuse a --json path that cannot be written, before the planning's work."""
+    folder = os.path.dirname(path) or "."
+    if not path or os.path.isdir(path) or not os.path.isdir(folder) or not os.access(folder, os.W_OK):
+        raise PlacementError(f"--json {path!r}: cannot be written (give a file in an existing, writable folder)")
+
+
+def write_plan(path: str, plan: dict) -> None:
+    try:
+        with open(path, "w") as f:
+            json.dump(plan, f, indent=1)
+    except OSError as e:
+        raise PlacementError(f"--json {path!r}: cannot be written ({e.strerror})") from None
 
 
 if __name__ == "__main__":

@@ -23,7 +23,10 @@ import os
 import sys
 
 from ..config import DEFAULT_PRESET, EXCHANGES, PRESETS
+from ..distributed.comm import DEFAULT_TIMEOUT_S
 from ..runner import RunOptions, run
+
+MAX_THREADS = 1024
 
 
 def parse_args(argv=None) -> RunOptions:
@@ -55,10 +58,13 @@ def parse_args(argv=None) -> RunOptions:
     ap.add_argument("--threads", type=int, default=0, help="torch threads per rank (0: torch's default)")
     ap.add_argument("--link-mbit", type=float, help="emulate a link of this many Mbit/s between ranks")
     ap.add_argument("--link-latency-ms", type=float, default=0.0)
-    ap.add_argument("--timeout", type=float, default=600.0, help="seconds one collective may wait")
+    ap.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT_S,
+                    help=f"seconds a rank may go unheard (every rank sends a heartbeat about once a second) before "
+                         f"the job ends, naming it (default {DEFAULT_TIMEOUT_S:g}); long work never times out")
     ap.add_argument("--auto", metavar="PROFILE", help="run locally or distributed, whichever PROFILE says is faster")
     ap.add_argument("--profile", metavar="OUT", help="measure local against distributed at a few lengths into OUT")
     ap.add_argument("--verbose", action="store_true", help="print the bytes every layer sent")
+    ap.add_argument("--debug", action="store_true", help="show the traceback of an unexpected error")
     srv = ap.add_argument_group("service (--serve)")
     srv.add_argument("--serve", action="store_true",
                      help="load once and answer OpenAI-style HTTP requests (and JSON lines on stdin) until stopped")
@@ -69,7 +75,7 @@ def parse_args(argv=None) -> RunOptions:
     srv.add_argument("--no-http", action="store_true", help="answer JSON lines on stdin only; stop at its end")
     args = ap.parse_args(argv)
     for name, ok, what in [
-        ("threads", args.threads >= 0, ">= 0 (0: torch's default)"),
+        ("threads", 0 <= args.threads <= MAX_THREADS, f"in [0, {MAX_THREADS}] (0: torch's default)"),
         ("timeout", math.isfinite(args.timeout) and args.timeout > 0, "a finite number of seconds > 0"),
         ("link-mbit", args.link_mbit is None or (math.isfinite(args.link_mbit) and args.link_mbit > 0),
          "a finite rate > 0 in Mbit/s"),
@@ -77,6 +83,7 @@ def parse_args(argv=None) -> RunOptions:
         ("temperature", math.isfinite(args.temperature) and args.temperature >= 0, ">= 0 (0: greedy)"),
         ("top-p", 0 < args.top_p <= 1, "in (0, 1]"),
         ("top-k", args.top_k >= 0, ">= 0 (0: off)"),
+        ("seed", 0 <= args.seed < 2**63, "in [0, 2**63)"),
         ("generate", args.generate >= 0, ">= 0"),
         ("simulate", args.simulate is None or args.simulate >= 1, ">= 1"),
     ]:
@@ -96,18 +103,22 @@ def parse_args(argv=None) -> RunOptions:
                                     exchange=args.exchange, cluster_iters=args.cluster_iters).items() if v is not None}
     if args.no_log_count_bias:
         levers["log_count_bias"] = False
-    if args.weights:
+    if args.weights is not None:
         try:
-            levers["weights"] = tuple(float(w) for w in args.weights.split(","))
+            weights = tuple(float(w) for w in args.weights.split(","))
         except ValueError:
-            ap.error(f"weights must be numbers separated by commas, e.g. 2,1; got {args.weights!r}")
+            weights = ()
+        if not weights or not all(math.isfinite(w) and w > 0 for w in weights):
+            ap.error(f"--weights must be finite numbers > 0 separated by commas, e.g. 2,1; got {args.weights!r}")
+        levers["weights"] = weights
     return RunOptions(model=args.model, text=args.input, input_file=args.input_file, preset=args.preset,
                       segment_size=args.segment_size, levers=levers, output=args.output, generate=args.generate,
                       temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, seed=args.seed,
                       simulate=args.simulate, json=args.json, dtype=args.dtype, threads=args.threads,
                       link_mbit=args.link_mbit, link_latency_ms=args.link_latency_ms, timeout=args.timeout,
                       auto=args.auto, profile=args.profile, verbose=args.verbose, serve=args.serve,
-                      host=args.host, port=args.port, api_key=args.api_key or None, http=not args.no_http)
+                      host=args.host, port=args.port, api_key=args.api_key or None, http=not args.no_http,
+                      debug=args.debug)
 
 
 def main(argv=None) -> None:

@@ -8,6 +8,13 @@ One rank per device of the plan. Output: one JSON line per request, in request o
 plan made for another suite version, one whose devices differ from `--devices` (rank i is device
 i), or one whose PRISM-spread encoders have overlapping rank groups. The
 serving itself: `prism_ops.s2m3.server`.
+
+Rank 0 reads and checks every input before any model loads (every field: types, names, ranges,
+unknown fields) and tells the other ranks, so all ranks stop together: exit code 2 and one line
+naming the flag or file, the field, the value and what is allowed (`--debug` adds the
+traceback). Limits: plan and devices files 1 MiB, UTF-8; request lines 4 KiB, all requests 16
+MiB; an id is a string of at most 256 characters or a whole number, a seed a whole number in
+[0, 2^63).
 """
 
 from __future__ import annotations
@@ -15,24 +22,34 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import traceback
 
 import torch
 
 from prism_ops.distributed import Communicator, guarded
-from prism_ops.s2m3.server import serve_requests
+from prism_ops.s2m3.server import BadInput, serve_requests
 
 
 def main(argv=None) -> None:
-    ap = argparse.ArgumentParser(prog="prism-serve", description=__doc__.split("\n\n")[0])
+    ap = argparse.ArgumentParser(prog="prism-serve", description=__doc__.split("\n\n")[0],
+                                 epilog="Limits: plan and devices files 1 MiB (UTF-8 YAML or JSON); request "
+                                        "lines 4 KiB each, 16 MiB in all.")
     ap.add_argument("--plan", required=True, help="a plan written by prism-place --json")
     ap.add_argument("--requests", help="JSON lines {id, model, seed}; default: standard input")
     ap.add_argument("--devices", help="the devices file, in rank order: the plan must name the same devices")
+    ap.add_argument("--debug", action="store_true", help="print the traceback of a bad input's error too")
     args = ap.parse_args(argv)
     torch.set_num_threads(1)
     comm = Communicator()
 
     def run():
-        for line in serve_requests(comm, args.plan, args.requests, args.devices) or []:
+        try:
+            lines = serve_requests(comm, args.plan, args.requests, args.devices) or []
+        except BadInput as e:
+            if args.debug and e.__cause__ is not None:  # rank 0, where the input was read
+                traceback.print_exception(e.__cause__, file=sys.stderr)
+            raise
+        for line in lines:
             print(json.dumps(line))
         sys.stdout.flush()
 

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import torch
 
-from .._checks import check_tensor, shape_str
+from .._checks import check_float, check_same, check_tensor, shape_str
 
 
 def merge_attention(out_a, lse_a, out_b, lse_b):
@@ -36,6 +36,13 @@ def merge_attention(out_a, lse_a, out_b, lse_b):
     for name, lse in (("lse_a", lse_a), ("lse_b", lse_b)):
         if lse.shape != out_a.shape[:3]:
             raise ValueError(f"{name} must have shape [B, H, T] = {list(out_a.shape[:3])}, got {shape_str(lse)}")
+    check_float(out_a, "out_a")
+    check_same(out_b, out_a, "out_b", "out_a")
+    for name, lse in (("lse_a", lse_a), ("lse_b", lse_b)):
+        if lse.dtype not in (torch.float32, torch.float64):
+            raise ValueError(f"{name} must be float32 or float64 (as prism_attention returns it), got {lse.dtype}")
+        if lse.device != out_a.device:
+            raise ValueError(f"{name} is on {lse.device} but out_a is on {out_a.device}; they must match")
     return tuple(_merge_attention_op(out_a, lse_a, out_b, lse_b))
 
 

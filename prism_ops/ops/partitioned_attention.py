@@ -24,9 +24,11 @@ from __future__ import annotations
 
 import torch
 
-from .._checks import check_int, check_mask, check_same, check_tensor, check_weights
+from .._backend import check_backend
+from .._checks import check_bool, check_float, check_int, check_mask, check_qkv, check_real, check_same, check_tensor, check_weights
 from .prism_attention import prism_attention
 from .chunk_summary import chunk_clusters, chunk_layout, summary_rows, visible_rows
+from .token_clusters import check_cluster_iters
 from .quantize_rows import check_bits, quantize_rows
 
 
@@ -37,6 +39,7 @@ def partition_bounds(T: int, num_partitions: int, weights=None) -> list[tuple[in
     (e.g. relative device speeds) sizes are proportional to them (largest remainders), each
     chunk at least one token.
     """
+    check_int(T, "T", 0)
     check_int(num_partitions, "num_partitions", 1, max(T, 1), f" (at most T={T} tokens)")
     P = num_partitions
     if weights is None:
@@ -91,16 +94,20 @@ def partitioned_attention(
         `[B, H, T, D]`: what the P ranks would compute, concatenated along T (and the rows).
         segment_size=1 or num_partitions=1 give exact attention.
     """
-    check_tensor(q, "q", "[B, H, T, D]", 4)
-    check_tensor(k, "k", "[B, Hkv, T, D]", 4)
+    check_qkv(q, k, v)
     T = q.shape[2]
     if k.shape[2] != T:
         raise ValueError(f"k must cover the same T={T} tokens as q (shape [B, Hkv, T, D]), got T={k.shape[2]}")
     check_int(segment_size, "segment_size", 1)
     check_int(sink_tokens, "sink_tokens", 0)
     check_int(halo, "halo", 0)
-    check_int(cluster_iters, "cluster_iters", 0)
+    check_cluster_iters(cluster_iters)
     check_bits(summary_bits)
+    for name, flag in (("causal", causal), ("log_count_bias", log_count_bias), ("return_rows", return_rows)):
+        check_bool(flag, name)
+    if scale is not None:
+        check_real(scale, "scale", "None (1/sqrt(D)) or a finite number > 0")
+    check_backend(backend)
     bounds = partition_bounds(T, num_partitions, weights)
     B = q.shape[0]
     if valid is not None:
@@ -153,10 +160,14 @@ def _projected_error(h_means, bits, sent, kv_weight, Hkv):
 def _check_hidden(hidden, kv_weight, k):
     B, Hkv, T, D = k.shape
     check_tensor(hidden, "hidden", f"[B, T, d] = [{B}, {T}, d]", 3)
-    if tuple(hidden.shape[:2]) != (B, T):
-        raise ValueError(f"hidden must have shape [B, T, d] = [{B}, {T}, d], got {list(hidden.shape)}")
-    if kv_weight is None or len(kv_weight) != 2:
-        raise ValueError("kv_weight must be (w_k, w_v), the key and value projections, with hidden")
+    check_float(hidden, "hidden")
+    if hidden.device != k.device:
+        raise ValueError(f"hidden is on {hidden.device} but q is on {k.device}; they must match")
+    if tuple(hidden.shape[:2]) != (B, T) or hidden.shape[2] == 0:
+        raise ValueError(f"hidden must have shape [B, T, d] = [{B}, {T}, d >= 1], got {list(hidden.shape)}")
+    if not isinstance(kv_weight, (list, tuple)) or len(kv_weight) != 2:
+        got = f"{len(kv_weight)} items" if isinstance(kv_weight, (list, tuple)) else type(kv_weight).__name__
+        raise ValueError(f"kv_weight must be (w_k, w_v), the key and value projections, with hidden; got {got}")
     for w, name in zip(kv_weight, ("kv_weight[0]", "kv_weight[1]")):
         if not isinstance(w, torch.Tensor) or tuple(w.shape) != (Hkv * D, hidden.shape[2]):
             shape = list(w.shape) if isinstance(w, torch.Tensor) else type(w).__name__

@@ -23,8 +23,8 @@ import math
 import torch
 import torch.nn.functional as F
 
-from .._backend import BACKENDS, interpreting, resolve_backend
-from .._checks import check_float, check_mask, check_same, check_tensor, shape_str
+from .._backend import check_backend, interpreting, resolve_backend
+from .._checks import check_bool, check_mask, check_qkv, check_real, check_same, check_tensor, shape_str
 from .merge_attention import merge_attention_torch
 
 # Largest number of fp32 logits the explicit (lse) path holds at once, per call.
@@ -172,24 +172,9 @@ def prism_attention_torch(
 
 
 def _check_inputs(q, k, v, k_sum, v_sum, sum_counts, k_valid):
-    check_tensor(q, "q", "[B, H, Tq, D]", 4)
-    check_float(q, "q")
+    check_qkv(q, k, v)
     B, H, Tq, D = q.shape
-    for name, t in (("k", k), ("v", v)):
-        check_tensor(t, name, "[B, Hkv, Tk, D]", 4)
-        check_same(t, q, name, "q")
-    if k.shape[0] != B or k.shape[3] != D:
-        raise ValueError(
-            f"k must have shape [B, Hkv, Tk, D] with B={B} and D={D} as in q {shape_str(q)}, "
-            f"got {shape_str(k)}"
-        )
-    if v.shape != k.shape:
-        raise ValueError(f"v must have the shape of k {shape_str(k)}, got {shape_str(v)}")
     Hkv = k.shape[1]
-    if Hkv == 0 or H % Hkv:
-        raise ValueError(
-            f"q's head count H={H} must be a multiple of k's head count Hkv={Hkv} (grouped-query attention)"
-        )
     if (k_sum is None) != (v_sum is None) or (k_sum is not None and sum_counts is None):
         raise ValueError("k_sum, v_sum and sum_counts must be given together (or all left None)")
     if k_sum is None and sum_counts is not None:
@@ -248,11 +233,12 @@ def prism_attention(
         >>> out = prism_attention(q, k, v, means, means, counts)
     """
     _check_inputs(q, k, v, k_sum, v_sum, sum_counts, k_valid)
-    if backend not in BACKENDS:
-        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
-    scale = None if scale is None else float(scale)
-    out, lse = _prism_attention_op(q, k, v, k_sum, v_sum, sum_counts, bool(causal), scale, bool(log_count_bias),
-                                   bool(return_lse), k_valid, backend)
+    for name, flag in (("causal", causal), ("log_count_bias", log_count_bias), ("return_lse", return_lse)):
+        check_bool(flag, name)
+    check_backend(backend)
+    scale = None if scale is None else check_real(scale, "scale", "None (1/sqrt(D)) or a finite number > 0")
+    out, lse = _prism_attention_op(q, k, v, k_sum, v_sum, sum_counts, causal, scale, log_count_bias, return_lse,
+                                   k_valid, backend)
     return (out, lse) if return_lse else out
 
 
@@ -269,8 +255,13 @@ def _prism_attention_op(q, k, v, k_sum, v_sum, sum_counts, causal, scale, log_co
                         backend):
     """The op behind `prism_attention` (inputs already checked): (out, lse), lse empty `[0]`
     without return_lse. The checks that read tensor data run here, not while tracing."""
-    if sum_counts is not None and sum_counts.numel() and bool((sum_counts < 0).any()):
-        raise ValueError("sum_counts must be >= 0 (tokens per summary row); got a negative count")
+    if sum_counts is not None and sum_counts.numel():
+        bad = sum_counts < 0
+        if sum_counts.is_floating_point():
+            bad = bad | ~torch.isfinite(sum_counts)
+        if bool(bad.any()):
+            value = sum_counts[bad].flatten()[0].item()
+            raise ValueError(f"sum_counts must be finite and >= 0 (tokens per summary row), got {value}")
     kwargs = dict(causal=causal, scale=scale, log_count_bias=log_count_bias, return_lse=return_lse, k_valid=k_valid)
     if _backend_for(q, backend) == "triton":
         from prism_ops.kernels.prism_attention import prism_attention_triton

@@ -8,24 +8,40 @@ runtime puts on either side of the wire; `prism_ops.cost` counts its bytes.
 
 Shape: x `[..., S, C]` (S rows of C channels); the statistics are taken over S for each
 channel (and each leading index). Returns x's shape and dtype.
+
+No gradient: a forward under grad mode runs as usual, but a backward through quantized rows
+raises a ValueError (rounding is piecewise constant; see the README's gradient section).
 """
 
 from __future__ import annotations
 
 import torch
 
-from .._checks import check_int
-
 SUPPORTED_BITS = (2, 3, 4, 8)
 
 
 def check_bits(bits, name: str = "summary_bits") -> int:
     """0 (send at full precision) or one of SUPPORTED_BITS."""
-    if bits != 0:
-        check_int(bits, name, 2, 8)
-        if bits not in SUPPORTED_BITS:
-            raise ValueError(f"{name} must be 0 (full precision) or one of {SUPPORTED_BITS}, got {bits}")
+    if isinstance(bits, bool) or not isinstance(bits, int) or bits not in (0, *SUPPORTED_BITS):
+        raise ValueError(f"{name} must be 0 (full precision) or one of {SUPPORTED_BITS}, got {bits!r}")
     return bits
+
+
+class _NoGradient(torch.autograd.Function):
+    """Identity forward; a backward that refuses. Rounding to a few bits is piecewise constant:
+    autograd would return the gradient of the range statistics only, which is no useful
+    gradient, so asking for one is an error rather than a silently wrong number."""
+
+    @staticmethod
+    def forward(ctx, x):
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx, grad):
+        raise ValueError(
+            "summary_bits > 0 (quantized summaries) has no gradient: rounding is piecewise constant. "
+            "Use summary_bits=0 to train or differentiate, or run the forward under torch.no_grad()"
+        )
 
 
 def quantize_codes(x: torch.Tensor, bits: int, valid: torch.Tensor | None = None):
@@ -70,4 +86,7 @@ def quantize_rows(x: torch.Tensor, bits: int, valid: torch.Tensor | None = None)
     if bits == 0 or x.shape[-2] == 0:
         return x
     out = dequantize_codes(*quantize_codes(x, bits, valid), dtype=x.dtype)
-    return out if valid is None else torch.where(valid, out, x)
+    out = out if valid is None else torch.where(valid, out, x)
+    if torch.is_grad_enabled() and out.requires_grad:
+        out = _NoGradient.apply(out)  # forward as usual; only a backward through it is refused
+    return out

@@ -7,7 +7,9 @@ means and counts; a row whose tokens are all padding has count 0 and a zero mean
 
 Returns means `[B, H, S, D]` in x's dtype (accumulated in fp32 for fp16/bf16 input) and
 counts int32 `[B, S]`, or `[S]` when `valid` is None, with
-S = min(sink_tokens, T) + ceil((T - min(sink_tokens, T)) / segment_size).
+S = min(sink_tokens, T) + ceil((T - min(sink_tokens, T)) / segment_size). A segment_size larger
+than the T - sink_tokens tokens it cuts is one segment of them: same result, memory and time as
+segment_size = T - sink_tokens, however large the number.
 
 It is the `torch.library` custom op `prism_ops::segment_means` (with a fake implementation, so
 `torch.compile(fullgraph=True)` traces it without a graph break) and differentiable: its
@@ -18,12 +20,16 @@ from __future__ import annotations
 
 import torch
 
-from .._backend import BACKENDS, interpreting, resolve_backend
+from .._backend import check_backend, interpreting, resolve_backend
 from .._checks import check_float, check_int, check_mask, check_tensor
 
 
 def num_summary_rows(T: int, segment_size: int, sink_tokens: int = 0) -> int:
     """S, the number of rows segment_means returns for T tokens."""
+    if not isinstance(T, torch.SymInt):  # traced shapes are symbolic: nothing to check
+        check_int(T, "T", 0)
+    check_int(segment_size, "segment_size", 1)
+    check_int(sink_tokens, "sink_tokens", 0)
     sinks = min(sink_tokens, T)
     return sinks + -(-(T - sinks) // segment_size)  # integer ceil: also exact for symbolic T
 
@@ -93,8 +99,7 @@ def segment_means(x, segment_size, *, valid=None, sink_tokens=0, backend="auto")
     B, H, T, D = x.shape
     if valid is not None:
         check_mask(valid, "valid", B, T, x.device)
-    if backend not in BACKENDS:
-        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+    check_backend(backend)
     return tuple(_segment_means_op(x, segment_size, valid, sink_tokens, backend))
 
 
@@ -105,6 +110,9 @@ def segment_means(x, segment_size, *, valid=None, sink_tokens=0, backend="auto")
 def _segment_means_op(x, segment_size, valid, sink_tokens, backend):
     """The op behind `segment_means` (inputs already checked): backend choice and the computation."""
     B, H, T, D = x.shape
+    # A segment longer than the tokens left after the sinks is one segment of those tokens: the
+    # same rows, without padding (or a kernel loop) sized by the requested segment.
+    segment_size = min(segment_size, max(1, T - min(sink_tokens, T)))
     unsupported = None
     if x.dtype == torch.float64:
         unsupported = "float64 input"

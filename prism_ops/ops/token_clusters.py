@@ -15,6 +15,17 @@ from __future__ import annotations
 
 import torch
 
+from .._checks import check_int
+
+# Lloyd's iterations from the positional start settle in a handful (prism-eval uses 6); the cap
+# keeps a mistyped count (say 10**9) a clear error instead of a run that never ends.
+MAX_CLUSTER_ITERS = 100
+
+
+def check_cluster_iters(iters) -> int:
+    """0 (positional segments) or a number of Lloyd iterations, at most MAX_CLUSTER_ITERS."""
+    return check_int(iters, "cluster_iters", 0, MAX_CLUSTER_ITERS, " (0 = positional segments)")
+
 
 def token_clusters(keys: torch.Tensor, num_clusters: int, keep: torch.Tensor, iters: int) -> torch.Tensor:
     """Cluster assignment `[B, n]` of each token: Lloyd's k-means from the positional segments.

@@ -12,10 +12,13 @@ route requests through them over MPI ranks.
   a plan scheduled like `server`, and an M/G/1 estimate per device;
 - `solver`: the default planner: the latency objective as a MILP (HiGHS), local search for the
   load-aware objective;
+- `checks`: reading a file or request lines within size limits, and the field checks whose
+  one-line errors name the file, the field, the value and what is allowed;
 - `files`: prism-place's devices and tasks files, read and checked;
 - `profiler`: module costs (memory, compute, output bytes) measured on this machine;
 - `planner`: files -> profile -> placement -> the plan prism-place prints and writes;
-- `plan`: a plan checked against an MPI job, and the request lines;
+- `plan`: a plan checked against an MPI job, the request lines, and prism-serve's inputs read
+  and checked in one pass (`read_inputs`);
 - `messages`: the wire format between ranks;
 - `server`: one rank's scheduler (`Server`) and prism-serve's job; a plan may spread a
   transformer encoder over several ranks with PRISM attention.

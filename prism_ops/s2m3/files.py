@@ -16,66 +16,88 @@ tasks.yaml:
 With a burst or rates the plan minimises the mean latency of a request under that load
 (`prism_ops.s2m3.load`); without, the sum of the tasks' latencies, each alone.
 
-Everything is checked (unknown models or parts, a module larger than every device, cyclic or
-dangling task graphs) before any model is built; every problem is a PlacementError whose message
-names the file.
+Every field is checked before any model is built: types, ranges (the constants below),
+finiteness, unknown fields, repeated names, unknown models or parts, cyclic, dangling or
+miswired task graphs (`suite.check_wiring`), a module larger than every device. A file over
+1 MiB, not UTF-8, a directory or a FIFO is refused while reading (`checks`). Every problem is a
+PlacementError with one line that names the file, the field, the value and what is allowed:
+
+    devices.yaml: devices[2].memory_gb must be a finite number > 0 and <= 1e+06, got nan
 """
 
 from __future__ import annotations
 
-import json
-import math
 from dataclasses import dataclass, field
 
+from .checks import choice, fail, mapping, mappings, name, names, number, only, parse, read_text, shown
 from .placement import Device, Link, PlacementError
 from .suite import BUILTIN, MODALITIES, Catalog
 
-
-def read_file(path: str) -> dict:
-    """The mapping a .yaml/.yml or JSON file holds; PlacementError when it cannot be read or parsed."""
-    try:
-        with open(path) as f:
-            text = f.read()
-    except OSError as e:
-        raise PlacementError(f"{path}: cannot be read ({e.strerror})") from None
-    try:
-        if path.endswith((".yaml", ".yml")):
-            import yaml
-
-            data = yaml.safe_load(text)
-        else:
-            data = json.loads(text)
-    except Exception as e:  # noqa: BLE001 - any parse error is the file's fault
-        raise PlacementError(f"{path}: not valid {'YAML' if path.endswith(('.yaml', '.yml')) else 'JSON'}: {e}") from None
-    if not isinstance(data, dict):
-        raise PlacementError(f"{path}: expected a mapping at the top level")
-    return data
+# Ranges: wide enough for any real box, link or load, narrow enough that the planner's
+# arithmetic (bytes / bandwidth, compute / speed, a simulated burst) stays finite and quick.
+MAX_DEVICES = 32  # the placement program grows with the square of the devices
+MEMORY_GB = 1e6
+SPEED = (1e-6, 1e6)
+MBIT = (1e-6, 1e9)
+LATENCY_MS = 1e6
+COMPUTE_S = 1e6
+INPUT_BYTES = 1e12
+BURST = 1000  # requests of a burst, all models together: the simulation runs each one
+RATE = 1e6  # requests/s
+DEFAULT_LINK = Link(12.5e6, 2e-3)  # 100 Mbit/s, 2 ms
 
 
-def _link(spec, where) -> Link:
-    try:
-        return Link(bandwidth=float(spec["mbit"]) * 1e6 / 8, latency=float(spec.get("latency_ms", 0)) / 1e3)
-    except (KeyError, TypeError, ValueError):
-        raise PlacementError(f"{where}: a link needs mbit (and optionally latency_ms), got {spec!r}") from None
+def read_file(path: str, label: str | None = None) -> dict:
+    """The mapping a .yaml/.yml or JSON file holds, read within the size limit (`checks`);
+    PlacementError names the file (as `label`, default its path) when it cannot be read or parsed."""
+    return parse_text(read_text(path, label), path, label)
+
+
+def parse_text(text: str, path: str, label: str | None = None) -> dict:
+    """The mapping the text of file `path` holds (YAML for .yaml/.yml, else JSON); errors name
+    it as `label` (default the path)."""
+    return parse(text, label or str(path), str(path).endswith((".yaml", ".yml")))
+
+
+def _link(spec, where: str, fields=("mbit", "latency_ms")) -> Link:
+    spec = mapping(spec, where, required=True)
+    only(spec, fields, where)
+    mbit = number(spec.get("mbit"), f"{where}.mbit", low=MBIT[0], high=MBIT[1])
+    latency = number(spec.get("latency_ms", 0), f"{where}.latency_ms", high=LATENCY_MS)
+    return Link(bandwidth=mbit * 1e6 / 8, latency=latency / 1e3)
 
 
 def parse_devices(data: dict, path: str = "devices") -> tuple[list[Device], dict, Link]:
-    """(devices, links {(a, b): Link}, default link) of a devices file."""
-    try:
-        devices = [Device(str(d["name"]), float(d["memory_gb"]) * 1e9, float(d.get("speed", 1.0)))
-                   for d in data["devices"]]
-    except (KeyError, TypeError, ValueError):
-        raise PlacementError(f"{path}: devices must be a list of {{name, memory_gb, speed}}") from None
-    if not devices:
-        raise PlacementError(f"{path}: devices is empty")
-    names = {d.name for d in devices}
+    """(devices, links {(a, b): Link}, default link) of a devices file, every field checked."""
+    only(data, ("devices", "links", "default_link"), path)
+    specs = data.get("devices")
+    if specs == []:
+        raise PlacementError(f"{path}: devices is empty; list at least one device")
+    devices = []
+    for i, d in enumerate(mappings(specs, f"{path}: devices", required=True, limit=MAX_DEVICES)):
+        at = f"{path}: devices[{i}]"
+        only(d, ("name", "memory_gb", "speed"), at)
+        devices.append(Device(name(d.get("name"), f"{at}.name"),
+                              number(d.get("memory_gb"), f"{at}.memory_gb", strict=True, high=MEMORY_GB) * 1e9,
+                              number(d.get("speed", 1.0), f"{at}.speed", low=SPEED[0], high=SPEED[1])))
+    known = names([d.name for d in devices], f"{path}: devices' names")
     links = {}
-    for spec in data.get("links", []):
-        if spec.get("a") not in names or spec.get("b") not in names:
-            raise PlacementError(f"{path}: link {spec!r} names a device that is not in devices {sorted(names)}")
-        links[(spec["a"], spec["b"])] = _link(spec, path)
-    default = _link(data["default_link"], path) if "default_link" in data else Link(12.5e6, 2e-3)
+    for i, spec in enumerate(mappings(data.get("links"), f"{path}: links")):
+        at = f"{path}: links[{i}]"
+        ends = tuple(spec.get(k) for k in ("a", "b"))
+        for k, end in zip("ab", ends):
+            if not isinstance(end, str) or end not in known:
+                fail(f"{at}.{k}", f"the name of a device in devices ({', '.join(known)})", end)
+        if ends[0] == ends[1]:
+            raise PlacementError(f"{at} joins {ends[0]!r} to itself; a link joins two different devices")
+        if ends in links or ends[::-1] in links:
+            raise PlacementError(f"{at}: a second link between {ends[0]!r} and {ends[1]!r}")
+        links[ends] = _link(spec, at, ("a", "b", "mbit", "latency_ms"))
+    default = DEFAULT_LINK
+    if data.get("default_link") is not None:
+        default = _link(data["default_link"], f"{path}: default_link")
     return devices, links, default
+
 
 
 @dataclass(frozen=True)
@@ -92,60 +114,47 @@ class TaskSpec:
     rates: dict = field(default_factory=dict)  # model -> requests/s (empty: no steady arrivals)
 
 
-def _number(value, where: str, low: float = 0.0, strict: bool = False, whole: bool = False) -> float:
-    """`value` checked to be a finite number >= low (> low when strict; whole when asked)."""
-    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-    ok = ok and (value > low if strict else value >= low) and (not whole or float(value).is_integer())
-    if not ok:
-        kind = "a whole number" if whole else "a finite number"
-        raise PlacementError(f"{where} must be {kind} {'>' if strict else '>='} {low:g}, got {value!r}")
-    return int(value) if whole else float(value)
-
-
-def _mapping(data: dict, key: str, path: str) -> dict:
-    value = data.get(key) or {}
-    if not isinstance(value, dict):
-        raise PlacementError(f"{path}: {key} must be a mapping, got {value!r}")
-    return value
-
-
 def check_tasks(data: dict, path: str = "tasks") -> TaskSpec:
-    """A tasks file checked against the suite and its own custom models."""
-    try:
-        catalog = BUILTIN.with_custom(data.get("custom"))
-    except ValueError as e:
-        raise PlacementError(f"{path}: {e}") from None
+    """A tasks file checked, every field, against the suite and its own custom models."""
+    only(data, ("models", "custom", "size", "input_bytes", "compute_s", "burst", "rates"), path)
+    size = choice(data.get("size", "full"), f"{path}: size", ("full", "tiny"))
+    catalog = BUILTIN.with_custom(data.get("custom"), size, f"{path}: custom")
     known = catalog.models
-    models = data.get("models")
-    if not isinstance(models, list) or not models:
-        raise PlacementError(f"{path}: models must be a non-empty list of names from {sorted(known)}")
+    if not isinstance(data.get("models"), list) or not data["models"]:
+        raise PlacementError(f"{path}: models must be a non-empty list of names from {sorted(known)}, "
+                             f"got {shown(data.get('models'))}")
+    models = names(data["models"], f"{path}: models", limit=100)
     unknown = [m for m in models if m not in known]
     if unknown:
-        raise PlacementError(f"{path}: unknown model(s) {unknown}; known: {sorted(known)}")
+        raise PlacementError(f"{path}: models names unknown model(s) {unknown}; known: {sorted(known)}")
     parts = {p for m in models for p, _ in catalog.nodes(m).values()}
-    compute_s = {k: _number(v, f"{path}: compute_s[{k!r}]") for k, v in _mapping(data, "compute_s", path).items()}
+    compute_s = {}
+    for k, v in mapping(data.get("compute_s"), f"{path}: compute_s").items():
+        if k not in parts:
+            raise PlacementError(f"{path}: compute_s names unknown part(s) {[k]}; the models use {sorted(parts)}")
+        compute_s[k] = number(v, f"{path}: compute_s[{k!r}]", high=COMPUTE_S)
     input_bytes = {}
-    for k, v in _mapping(data, "input_bytes", path).items():
+    for k, v in mapping(data.get("input_bytes"), f"{path}: input_bytes").items():
         if k not in MODALITIES:
             raise PlacementError(f"{path}: input_bytes names unknown modality {k!r}; modalities are {MODALITIES}")
-        input_bytes[k] = _number(v, f"{path}: input_bytes[{k!r}]")
+        input_bytes[k] = number(v, f"{path}: input_bytes[{k!r}]", high=INPUT_BYTES, whole=True)
     load = {}
     for key in ("burst", "rates"):
         load[key] = {}
-        for m, v in _mapping(data, key, path).items():
+        for m, v in mapping(data.get(key), f"{path}: {key}").items():
             if m not in models:
                 raise PlacementError(f"{path}: {key} names {m!r}, which is not in models")
-            load[key][m] = _number(v, f"{path}: {key}[{m!r}]", strict=key == "rates", whole=key == "burst")
+            where = f"{path}: {key}[{m!r}]"
+            load[key][m] = (number(v, where, high=BURST, whole=True) if key == "burst"
+                            else number(v, where, strict=True, high=RATE))
     if load["burst"] and load["rates"]:
         raise PlacementError(f"{path}: give burst or rates, not both")
     if "burst" in data and not any(load["burst"].values()):
         raise PlacementError(f"{path}: burst must ask for at least one request")
-    extra = sorted(set(compute_s) - parts)
-    if extra:
-        raise PlacementError(f"{path}: compute_s names unknown part(s) {extra}; the models use {sorted(parts)}")
-    if data.get("size", "full") not in ("full", "tiny"):
-        raise PlacementError(f"{path}: size must be full or tiny, got {data['size']!r}")
-    return TaskSpec(catalog, models, data.get("custom") or {}, data.get("size", "full"), input_bytes, compute_s,
+    if sum(load["burst"].values()) > BURST:
+        raise PlacementError(f"{path}: burst asks for {sum(load['burst'].values())} requests; at most {BURST} "
+                             "in all are allowed")
+    return TaskSpec(catalog, models, mapping(data.get("custom"), "custom"), size, input_bytes, compute_s,
                     load["burst"], load["rates"])
 
 

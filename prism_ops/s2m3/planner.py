@@ -49,8 +49,8 @@ def make_plan(devices_path: str, tasks_path: str, exact: bool = False, planner: 
     bound (the plan then has `optimal_s`). PlacementError names the first problem."""
     if planner not in PLANNERS:
         raise PlacementError(f"planner must be one of {PLANNERS}, got {planner!r}")
-    devices, links, default = parse_devices(read_file(devices_path), devices_path)
-    spec = check_tasks(read_file(tasks_path), tasks_path)
+    devices, links, default = parse_devices(read_file(devices_path, f"--devices {devices_path}"), devices_path)
+    spec = check_tasks(read_file(tasks_path, f"--tasks {tasks_path}"), tasks_path)
     check_memory(spec, devices)
     reg, costs, part_of, tasks = profile_modules(spec.models, spec.size, spec.compute_s, spec.input_bytes,
                                                  spec.catalog)

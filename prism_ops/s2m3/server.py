@@ -27,11 +27,11 @@ from prism_ops import hf
 from prism_ops.distributed import CollectiveError, Request, run_distributed
 from prism_ops.distributed.control import bcast_json
 
-from .files import parse_devices, read_file
+from .files import parse_text
 from .messages import TAG_RESULT, TAG_STOP, TAG_WORK, pack, unpack
 from .modules import Registry
 from .placement import PlacementError
-from .plan import CheckedPlan, check_plan, read_requests
+from .plan import CheckedPlan, check_plan, read_inputs
 from .suite import example_inputs
 
 
@@ -158,12 +158,14 @@ class Server:
         to stop. `at` (rank 0, optional): when each request arrives, in s from the start (in
         order; default: all at once); a request's latency counts from its arrival."""
         self.results = []
+        # Every loop below polls (`Communicator.poll` checks liveness) or checks liveness itself,
+        # so a rank that goes silent ends the job after the communicator's timeout.
+        self.comm.phase = "serving"
         if self.comm.rank != 0:
             while self.comm.poll(TAG_STOP) is None:
                 if not self.step():
                     time.sleep(1e-4)
-            while self.sends:
-                self.sends = [s for s in self.sends if not self.comm.test(s)]
+            self._drain_sends()
             return None
         start, done, t0, due = {}, {}, time.perf_counter(), 0
         at = at or [0.0] * len(requests)
@@ -194,39 +196,37 @@ class Server:
             self.results = []
         for r in range(1, self.comm.size):
             self.sends.append(self.comm.isend(r, b"stop", TAG_STOP))
-        while self.sends:
-            self.sends = [s for s in self.sends if not self.comm.test(s)]
+        self._drain_sends()
         return done
+
+    def _drain_sends(self):
+        """Wait until every pending send has left, as long as every rank is heard from."""
+        while self.sends:
+            self.comm.check_alive()
+            self.sends = [s for s in self.sends if not self.comm.test(s)]
 
 
 def serve_requests(comm, plan_path: str, requests_path: str | None = None,
                    devices_path: str | None = None) -> list[dict] | None:
-    """prism-serve on this rank: check the plan (every rank, the same way: against the devices
-    file's devices in rank order, when given) and the requests (rank 0, which tells the others),
-    serve them all, and on rank 0 return one
-    `{"id", "model", "output", "latency_s"}` per request, in request order (None elsewhere).
-    BadInput (exit code 2 under `guarded`) for a bad plan or request file."""
-    try:
-        names = None
-        if devices_path:
-            names = [d.name for d in parse_devices(read_file(devices_path), devices_path)[0]]
-        plan = check_plan(read_file(plan_path), comm.size, names)
-    except PlacementError as e:
-        raise BadInput(str(e)) from None
-    reqs = err = None
+    """prism-serve on this rank: rank 0 reads and checks every input (`plan.read_inputs`: the plan,
+    against the devices file's devices in rank order when given, and the requests) and sends the
+    verdict to every rank, so a bad input stops all ranks alike, before any model loads and before
+    any collective that only some ranks would enter; the others check the plan rank 0 read. Then
+    serve them all, and on rank 0 return one `{"id", "model", "output", "latency_s"}` per request,
+    in request order (None elsewhere). BadInput (exit code 2 under `guarded`) for a bad input; on
+    rank 0 its cause carries the original traceback."""
+    reqs = verdict = cause = None
     if comm.rank == 0:
         try:
-            if requests_path:
-                with open(requests_path) as f:
-                    lines = f.read().splitlines()
-            else:
-                lines = sys.stdin.read().splitlines()
-            reqs = read_requests(lines, plan.models)
-        except (OSError, PlacementError) as e:
-            err = str(e)
-    err = bcast_json(comm, err)
-    if err:
-        raise BadInput(err)
+            plan, reqs, text, names = read_inputs(plan_path, comm.size, requests_path, devices_path, sys.stdin.buffer)
+            verdict = {"plan": text, "devices": names}
+        except PlacementError as e:
+            verdict, cause = {"error": str(e)}, e
+    verdict = bcast_json(comm, verdict)
+    if "error" in verdict:
+        raise BadInput(verdict["error"]) from cause
+    if comm.rank != 0:  # the same checks of the same text: a failure here is a bug, which ends the job
+        plan = check_plan(parse_text(verdict["plan"], plan_path), comm.size, verdict["devices"], plan_path)
     server = Server(comm, plan)
     comm.barrier()  # latencies count from when every rank serves
     done = server.serve(reqs)

@@ -21,12 +21,14 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from types import MappingProxyType
 
 import torch
 
 from ..models import load, minilm_path
 from .modules import Module, Registry, module_bytes
+from .checks import mapping, name, names, only, shown
 from .placement import PlacementError, Task
 
 TASKS = ("image classification", "text classification", "audio classification", "cross-modal retrieval",
@@ -85,6 +87,16 @@ _VIT = {"vit-b16": (dict(hidden_size=768, num_hidden_layers=12, num_attention_he
                     dict(hidden_size=16, num_hidden_layers=2, num_attention_heads=2, intermediate_size=32))}
 FULL_INPUTS = dict(image=(3, 224, 224), text=64, audio=(80, 3000))
 TINY_INPUTS = dict(image=(3, 32, 32), text=12, audio=(80, 40))
+_IMAGE = ((224, 16), (32, 8))  # (full, tiny) ViT image size and patch size
+
+
+def encoder_tokens(part: str, size: str) -> int:
+    """The tokens a transformer encoder (vit-*, minilm) reads for one example input: its
+    sequence, which PRISM splits over the ranks of a group."""
+    if part in _VIT:
+        image, patch = _IMAGE[size == "tiny"]
+        return (image // patch) ** 2 + 1  # the patches and the CLS token
+    return (TINY_INPUTS if size == "tiny" else FULL_INPUTS)["text"]
 
 
 def build_part(part: str, size: str = "full", in_width: int | None = None) -> Module:
@@ -108,7 +120,7 @@ def _make(part, size, in_width, meta=False):
     tiny = size == "tiny"
     torch.manual_seed(0)
     if part in _VIT:
-        cfg = dict(_VIT[part][tiny], image_size=32 if tiny else 224, patch_size=8 if tiny else 16)
+        cfg = dict(_VIT[part][tiny], image_size=_IMAGE[tiny][0], patch_size=_IMAGE[tiny][1])
         return "vision", ViTModel(ViTConfig(**cfg), add_pooling_layer=False), cfg
     if part == "minilm":
         if tiny:
@@ -139,32 +151,66 @@ def _make(part, size, in_width, meta=False):
 
 ENCODERS = ("vit-b16", "vit-s16", "minilm", "whisper-tiny", "decoder-small")
 MODALITIES = ("image", "text", "audio")
+READS = {"vit-b16": "image", "vit-s16": "image", "minilm": "text", "whisper-tiny": "audio"}  # encoder -> modality
+DECODER_WIDTH = 256  # decoder-small's embedding width, at both sizes
+MAX_CUSTOM, MAX_NODES = 32, 16  # custom models, nodes of one: the placement program grows with them
+_HEAD = re.compile(r"(classifier|projector):([1-9][0-9]{0,6})x([1-9][0-9]{0,6}):seed([0-9]{1,18})")
 
 
 def check_part(part: str) -> None:
     """ValueError unless `part` names something build_part can build."""
     if part in ENCODERS or part == "similarity":
         return
-    try:
-        kind, dims, seed = part.split(":")
-        d_in, d_out = (int(x) for x in dims.split("x"))
-        ok = kind in ("classifier", "projector") and seed.startswith("seed") and int(seed[4:]) >= 0 and d_in > 0 < d_out
-    except ValueError:
-        ok = False
-    if not ok:
+    if not (isinstance(part, str) and _HEAD.fullmatch(part)):
         raise ValueError(f"unknown module {part!r}: use one of {ENCODERS + ('similarity',)} or "
                          "classifier:INxOUT:seedN / projector:INxOUT:seedN")
 
 
-def input_width(part: str, size: str) -> int | None:
-    """The feature width a part outputs in the tiny suite (heads size their input by it)."""
-    if size == "full":
-        return None
+def output_width(part: str, size: str) -> int | None:
+    """The feature width a part outputs at `size`; None for a similarity (scores) or the decoder
+    (token ids), whose outputs no module reads."""
     if part in _VIT:
-        return _VIT[part][1]["hidden_size"]
+        return _VIT[part][size == "tiny"]["hidden_size"]
     if part in ("minilm", "whisper-tiny"):
-        return 24
+        return 24 if size == "tiny" else 384
     return int(part.split(":")[1].split("x")[1]) if ":" in part else None
+
+
+def input_width(part: str, size: str) -> int | None:
+    """The input width a head that reads `part` is built with: in the tiny suite heads take their
+    input's width; at full size None (the width their name declares)."""
+    return output_width(part, size) if size == "tiny" else None
+
+
+def check_wiring(nodes: dict, size: str, where: str) -> None:
+    """PlacementError unless every node reads what its part takes, at `size`: an encoder its one
+    modality; a classifier or projector one node of the width its name declares (the tiny suite
+    adapts it); the decoder one node of width 256; a similarity two nodes of equal width. `nodes`
+    is {node: (part, inputs)} of a graph already known to be acyclic with no dangling input."""
+    for node, (part, inputs) in nodes.items():
+        at = f"{where}.nodes[{node!r}] ({part})"
+        if part in READS:
+            if list(inputs) != [f"input:{READS[part]}"]:
+                raise PlacementError(f"{at} must read exactly ['input:{READS[part]}'], got {list(inputs)}")
+            continue
+        count = 2 if part == "similarity" else 1
+        if len(inputs) != count or any(s.startswith("input:") for s in inputs):
+            raise PlacementError(f"{at} must read exactly {count} node(s) of the model, not a modality, "
+                                 f"got {list(inputs)}")
+        widths = [output_width(nodes[s][0], size) for s in inputs]
+        for s, w in zip(inputs, widths):
+            if w is None:
+                raise PlacementError(f"{at} reads {s!r}, whose output ({nodes[s][0]}: scores or token ids) "
+                                     "no module can read")
+        if part == "similarity":
+            want = widths[0]
+        elif part == "decoder-small":
+            want = DECODER_WIDTH
+        else:
+            want = widths[0] if size == "tiny" else int(part.split(":")[1].split("x")[0])
+        if any(w != want for w in widths):
+            raise PlacementError(f"{at} needs inputs of width {want} at size {size}, got widths "
+                                 f"{dict(zip(inputs, widths))}")
 
 
 class Catalog:
@@ -193,30 +239,51 @@ class Catalog:
         """{node: inputs} of one model."""
         return {node: inputs for node, (_, inputs) in self._models[model][1].items()}
 
-    def with_custom(self, custom: dict | None) -> Catalog:
+    def with_custom(self, custom: dict | None, size: str = "full", where: str = "custom") -> Catalog:
         """This catalog plus user-defined models ({name: {task, nodes: {node: [part, [inputs]]}}}),
-        checked: ValueError names the first problem (unknown module, cycle, dangling input)."""
+        checked at `size`: every field, the graph (no cycle or dangling input, one output) and the
+        wiring (`check_wiring`). PlacementError names the first problem, as `where[model]...`."""
         added = {}
-        for name, spec in (custom or {}).items():
-            try:
-                nodes = {node: (part, tuple(inputs)) for node, (part, inputs) in spec["nodes"].items()}
-                task = str(spec.get("task", "custom"))
-            except (KeyError, TypeError, ValueError, AttributeError):
-                raise ValueError(f"custom model {name!r}: expected {{task, nodes: {{node: [part, [inputs]]}}}}") from None
-            for node, (part, inputs) in nodes.items():
-                check_part(part)
+        custom = mapping(custom, where)
+        if len(custom) > MAX_CUSTOM:
+            raise PlacementError(f"{where} has {len(custom)} models; at most {MAX_CUSTOM} are allowed")
+        for model, spec in custom.items():
+            at = f"{where}[{model!r}]"
+            name(model, f"{at}: a model's name")
+            spec = mapping(spec, at, required=True)
+            only(spec, ("task", "nodes"), at)
+            task = name(spec.get("task", "custom"), f"{at}.task")
+            raw = mapping(spec.get("nodes"), f"{at}.nodes", required=True)
+            if not raw or len(raw) > MAX_NODES:
+                raise PlacementError(f"{at}.nodes must have 1 to {MAX_NODES} nodes, got {len(raw)}")
+            nodes = {}
+            for node, pair in raw.items():
+                nat = f"{at}.nodes[{node!r}]"
+                if name(node, f"{nat}: a node's name").startswith("input:"):
+                    raise PlacementError(f"{nat}: a node's name must not start with 'input:' (that names a modality)")
+                if not isinstance(pair, (list, tuple)) or len(pair) != 2:
+                    raise PlacementError(f"{nat} must be [part, [inputs]], got {shown(pair)}")
+                part = name(pair[0], f"{nat}[0]")
+                try:
+                    check_part(part)
+                except ValueError as e:
+                    raise PlacementError(f"{nat}[0]: {e}") from None
+                srcs = list(pair[1]) if isinstance(pair[1], tuple) else pair[1]
+                inputs = tuple(names(srcs, f"{nat}[1]", limit=8))  # distinct: a node waits for each name once
                 for src in inputs:
                     if src.startswith("input:") and src[6:] not in MODALITIES:
-                        raise ValueError(f"custom model {name!r}: {node!r} reads {src!r}; modalities are {MODALITIES}")
-            dag = Task(name, {n: i for n, (_, i) in nodes.items()}, {m: 0 for m in MODALITIES})
+                        raise PlacementError(f"{nat} reads {src!r}; modalities are {MODALITIES}")
+                nodes[node] = (part, inputs)
+            dag = Task(model, {n: i for n, (_, i) in nodes.items()}, {m: 0 for m in MODALITIES})
             try:
                 dag.order()
                 dag.sink()
             except PlacementError as e:
-                raise ValueError(f"custom model {name!r}: {e}") from None
-            if name in self._models and self._models[name] != (task, nodes):
-                raise ValueError(f"custom model {name!r} has the name of a different model of the suite")
-            added[name] = (task, nodes)
+                raise PlacementError(f"{at}: {e}") from None
+            check_wiring(nodes, size, at)
+            if model in self._models and self._models[model] != (task, nodes):
+                raise PlacementError(f"{at}: custom model {model!r} has the name of a different model of the suite")
+            added[model] = (task, nodes)
         return Catalog({**self._models, **added})
 
     def node_module(self, model: str, node: str, size: str = "full") -> Module:

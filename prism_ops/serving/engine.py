@@ -3,8 +3,9 @@
 Rank 0 keeps a FIFO of checked jobs (`submit`, from the HTTP server's thread or the stdin
 reader). Its main thread takes one job at a time and, per forward pass, tells the other ranks
 to join (`bcast_json`: {"op": "forward"} or {"op": "stop"}); every rank then runs
-`run_distributed`. The other ranks wait for the next command with no timeout (an idle service is
-healthy) but every forward keeps the communicator's timeout and fault reports.
+`run_distributed`. An idle service is healthy: the other ranks wait for the next command as long
+as rank 0 is heard from (`prism_ops.distributed.liveness`), and rank 0, idle, checks that they
+are; a rank silent past the communicator's timeout ends the service, idle or not.
 
 Events go back to whoever submitted the job through its sink: ("delta", text) for each streamed
 token, then ("done", body) or ("error", ApiError). A fault during a forward (a rank that stalls
@@ -14,7 +15,6 @@ or fails) answers every job in flight or queued with a 503 and then ends the who
 
 from __future__ import annotations
 
-import math
 import os
 import queue
 import resource
@@ -95,19 +95,23 @@ class Engine:
 
     def run(self) -> None:
         if self.comm.rank != 0:
-            while bcast_json(self.comm, None, key="control", timeout_s=math.inf)["op"] == "forward":
+            while True:
+                self.comm.phase = "serving (idle)"
+                if bcast_json(self.comm, None, key="control")["op"] != "forward":
+                    return
                 try:
                     run_distributed(self.model, self.comm, None, eos=self.eos, progress=False)
                 except RequestError:
                     pass  # rank 0 answers it; every rank raised the same and goes on
-            return
         try:
             while True:
+                self.comm.phase = "serving (idle)"
                 try:
                     job, sink = self.jobs.get(timeout=0.1)
                 except queue.Empty:
                     if self.stopping.is_set() or (self.stop_when_idle and self.pending == 0):
                         break
+                    self.comm.check_alive()  # a worker stopped while the service is idle ends it too
                     continue
                 t0 = time.perf_counter()
                 self._current = sink

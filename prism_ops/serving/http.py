@@ -24,9 +24,9 @@ from starlette.responses import JSONResponse, StreamingResponse
 from starlette.routing import Route
 
 from .engine import Engine
-from .openai_api import ApiError, chunk_body, parse
+from .openai_api import MAX_REQUEST_BYTES, ApiError, chunk_body, parse
 
-MAX_BODY_BYTES = 8 * 2**20  # larger bodies are refused before they are parsed
+MAX_BODY_BYTES = MAX_REQUEST_BYTES  # larger bodies are refused while they are read, before parsing
 
 
 class _Sink:
@@ -48,6 +48,24 @@ def _unauthorized() -> ApiError:
     return ApiError("missing or wrong API key (Authorization: Bearer <key>)", status=401, kind="authentication_error")
 
 
+def _too_large(what: str) -> ApiError:
+    return ApiError(f"the request body has {what} bytes, more than the {MAX_BODY_BYTES:,} allowed", status=413)
+
+
+async def _read_body(request: Request) -> bytes:
+    """The body, refused (413) by its Content-Length or, without one, as soon as it passes the limit."""
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > MAX_BODY_BYTES:
+        raise _too_large(f"{int(declared):,}")
+    parts, n = [], 0
+    async for chunk in request.stream():
+        n += len(chunk)
+        if n > MAX_BODY_BYTES:
+            raise _too_large(f"over {MAX_BODY_BYTES:,}")
+        parts.append(chunk)
+    return b"".join(parts)
+
+
 def make_app(engine: Engine, api_key: str | None = None) -> Starlette:
     served = engine.served
 
@@ -60,10 +78,7 @@ def make_app(engine: Engine, api_key: str | None = None) -> Starlette:
     async def read(request: Request, endpoint: str):
         if not authorized(request):
             raise _unauthorized()
-        raw = await request.body()
-        if len(raw) > MAX_BODY_BYTES:
-            raise ApiError(f"the request body has {len(raw):,} bytes, more than the {MAX_BODY_BYTES:,} allowed",
-                           status=413)
+        raw = await _read_body(request)
         try:
             body = json.loads(raw)
         except (ValueError, UnicodeDecodeError) as e:

@@ -26,6 +26,7 @@ KNOWN = {
              "stream"},
 }
 MAX_TOKENS_DEFAULT = 16
+MAX_REQUEST_BYTES = 8 * 2**20  # an HTTP body or a stdin line longer than this is refused while it is read
 
 
 class ApiError(ValueError):

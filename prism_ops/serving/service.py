@@ -21,7 +21,7 @@ import threading
 
 from .engine import Engine
 from .http import HttpThread, make_app
-from .openai_api import ApiError, Served, parse
+from .openai_api import MAX_REQUEST_BYTES, ApiError, Served, parse
 
 
 def _endpoint(line: dict) -> str:
@@ -40,7 +40,11 @@ def read_stdin(engine: Engine, stream=sys.stdin, out=sys.stdout) -> None:
         with lock:
             print(json.dumps(obj), file=out, flush=True)
 
-    for n, raw in enumerate(stream, 1):
+    for n, raw in enumerate(_lines(stream), 1):
+        if raw is None:
+            emit({**ApiError(f"line {n} has more than {MAX_REQUEST_BYTES:,} characters, the most a request line "
+                             "may have", status=413).body(), "request": None})
+            continue
         if not raw.strip():
             continue
         rid = None
@@ -65,6 +69,21 @@ def read_stdin(engine: Engine, stream=sys.stdin, out=sys.stdout) -> None:
             engine.submit(job, sink)
         except ApiError as e:
             emit({**e.body(), "request": rid})
+
+
+def _lines(stream, limit: int = MAX_REQUEST_BYTES):
+    """The lines of stream, each read at most limit + 1 characters at a time: a longer line is
+    given as None (and skipped to its end) instead of being held whole."""
+    while True:
+        line = stream.readline(limit + 1)
+        if not line:
+            return
+        if len(line) <= limit or line.endswith("\n"):
+            yield line
+            continue
+        while line and not line.endswith("\n"):  # skip the rest of the oversized line
+            line = stream.readline(limit + 1)
+        yield None
 
 
 def run_service(engine: Engine, *, host: str = "127.0.0.1", port: int = 8000, api_key: str | None = None,

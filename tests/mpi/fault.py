@@ -1,9 +1,10 @@
 """Run under mpiexec by tests/test_distributed.py: one rank fails inside a layer's attention.
 
-    mpiexec -n 3 python tests/mpi/fault.py RANK raise|kill|hang
+    mpiexec -n 3 python tests/mpi/fault.py RANK raise|kill|stop
 
-"raise": that rank raises; "kill": it is killed by SIGKILL; "hang": it stops answering (the
-others must time out). The job must end non-zero, never hang.
+"raise": that rank raises; "kill": it is killed by SIGKILL; "stop": it stops itself with
+SIGSTOP (heartbeats included: the others must find it silent after the 4 s timeout). The job
+must end non-zero, never hang.
 """
 
 import os
@@ -20,7 +21,7 @@ from prism_ops.distributed.attention import RankPartition
 
 torch.set_num_threads(1)
 victim, how = int(sys.argv[1]), sys.argv[2]
-comm = Communicator(timeout_s=8)
+comm = Communicator(timeout_s=4)
 torch.manual_seed(0)
 model = GPT2LMHeadModel(GPT2Config(n_embd=32, n_layer=3, n_head=2, n_positions=64, vocab_size=100, bos_token_id=0, eos_token_id=0)).eval()
 hf.configure(model, num_partitions=comm.size, segment_size=4, comm=comm)
@@ -33,6 +34,9 @@ def faulty(self, layer, q, k, v, **kw):
             raise RuntimeError("injected fault in layer 1")
         if how == "kill":
             os.kill(os.getpid(), signal.SIGKILL)
+        if how == "stop":
+            print(f"rank {comm.rank} stopping, pid {os.getpid()}", flush=True)
+            os.kill(os.getpid(), signal.SIGSTOP)
         time.sleep(3600)
     return real(self, layer, q, k, v, **kw)
 
