@@ -182,21 +182,22 @@ def main(argv=None) -> int:
     ap.add_argument("--victims", default=",".join(VICTIMS))
     ap.add_argument("--phases", default="loading,handshake,forward,generation,serving")
     ap.add_argument("--limit-s", type=float, default=60.0, help="longest a job may take to end after the signal")
+    ap.add_argument("--timeout", type=float, help="pass --timeout (silence, s) to the programs; default: theirs (30 s)")
     ap.add_argument("--json", help="also write every outcome (with stderr tails) to this file")
     args = ap.parse_args(argv)
     todo = cases(args.programs.split(","), args.signals.split(","), args.victims.split(","), args.phases.split(","))
     outcomes = []
     for i, c in enumerate(todo, 1):
-        o = run_case(c, args.limit_s)
+        o = run_case(c, args.limit_s, extra_args=[] if args.timeout is None else ["--timeout", f"{args.timeout:g}"])
         outcomes.append(o)
         print(f"[{i}/{len(todo)}] {c.program} {c.phase} {c.signal} rank {c.victim}: exit {o.exit_code} "
               f"in {o.seconds:.1f} s, {'ok' if o.ok else 'FAILED'}", file=sys.stderr, flush=True)
+        if args.json:  # after every case, so an interrupted run keeps what it measured
+            Path(args.json).write_text(json.dumps([{**vars(o.case), "reached": o.reached, "exit_code": o.exit_code,
+                                                    "seconds": o.seconds, "named": o.named, "left": o.left,
+                                                    "ok": o.ok, "stderr_tail": o.stderr[-2000:]} for o in outcomes],
+                                                  indent=1))
     print(table(outcomes))
-    if args.json:
-        Path(args.json).write_text(json.dumps([{**vars(o.case), "reached": o.reached, "exit_code": o.exit_code,
-                                                "seconds": o.seconds, "named": o.named, "left": o.left,
-                                                "ok": o.ok, "stderr_tail": o.stderr[-2000:]} for o in outcomes],
-                                              indent=1))
     return 0 if all(o.ok for o in outcomes) else 1
 
 
