@@ -34,10 +34,11 @@ import torch
 from .faults import RemoteFailure
 from .link import EmulatedLink
 from .liveness import HEARTBEAT_TAG, Liveness
+from .phase_trace import trace_phase
 
 FAULT_TAG = 7001
 RESERVED_TAGS = (FAULT_TAG, HEARTBEAT_TAG)
-DEFAULT_TIMEOUT_S = 60.0
+DEFAULT_TIMEOUT_S = 30.0  # a stopped rank ends the job well within a minute
 
 
 def _mpi():
@@ -109,6 +110,8 @@ class Communicator:
 
     @phase.setter
     def phase(self, value: str) -> None:
+        if value != self._phase:
+            trace_phase(self.rank, value)
         self._phase = value
         if self.liveness is not None:
             self.liveness.phase = value

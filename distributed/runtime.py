@@ -236,6 +236,7 @@ def run_distributed(model, comm, req: Request | None, eos=None, progress=True, o
     t1 = time.perf_counter()
     c0, c1 = head["bounds"][comm.rank]
     last = comm.rank == comm.size - 1
+    comm.phase = "forward"
     with torch.no_grad(), request_scope(state):
         h, cache = local_hidden(model, kind, c0, c1, **{k: v.to(dev) for k, v in inputs.items()},
                                 use_cache=bool(head["generate"] and last))

@@ -205,7 +205,7 @@ class Rank0:
 
     rank = 0
 
-    def __init__(self, size=2):
+    def __init__(self, size=2, timeout_s=None):
         self.size = size
 
     def bcast_bytes(self, data, key, timeout_s=None):
@@ -299,6 +299,12 @@ def test_serve_ranks_and_debug(tmp_path, capsys, monkeypatch):
     err = capsys.readouterr().err
     assert e.value.code == 2 and "Traceback (most recent call last)" in err and "devices[1].speed" in err
     exits_2(run_serve(monkeypatch, ["--requests", "r.jsonl"]), capsys, "--plan")
+
+
+@pytest.mark.parametrize("value", ["0", "-5", "nan", "inf", "soon", ""])
+def test_serve_bad_timeout(tmp_path, capsys, monkeypatch, value):
+    argv = ["--plan", write(tmp_path, "p.json", PLAN), "--timeout", value]
+    exits_2(run_serve(monkeypatch, argv), capsys, "--timeout")
 
 
 BIN = Path(sys.executable).parent

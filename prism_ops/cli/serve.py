@@ -21,12 +21,14 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 import traceback
 
 import torch
 
 from prism_ops.distributed import Communicator, guarded
+from prism_ops.distributed.comm import DEFAULT_TIMEOUT_S
 from prism_ops.s2m3.server import BadInput, serve_requests
 
 
@@ -38,9 +40,14 @@ def main(argv=None) -> None:
     ap.add_argument("--requests", help="JSON lines {id, model, seed}; default: standard input")
     ap.add_argument("--devices", help="the devices file, in rank order: the plan must name the same devices")
     ap.add_argument("--debug", action="store_true", help="print the traceback of a bad input's error too")
+    ap.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT_S,
+                    help=f"seconds a rank may go unheard before the job ends, naming it (default "
+                         f"{DEFAULT_TIMEOUT_S:g}); long work never times out")
     args = ap.parse_args(argv)
+    if not (math.isfinite(args.timeout) and args.timeout > 0):
+        ap.error(f"--timeout must be a finite number of seconds > 0, got {args.timeout}")
     torch.set_num_threads(1)
-    comm = Communicator()
+    comm = Communicator(timeout_s=args.timeout)
 
     def run():
         try:

@@ -227,6 +227,7 @@ def serve_requests(comm, plan_path: str, requests_path: str | None = None,
         raise BadInput(verdict["error"]) from cause
     if comm.rank != 0:  # the same checks of the same text: a failure here is a bug, which ends the job
         plan = check_plan(parse_text(verdict["plan"], plan_path), comm.size, verdict["devices"], plan_path)
+    comm.phase = "loading"
     server = Server(comm, plan)
     comm.barrier()  # latencies count from when every rank serves
     done = server.serve(reqs)

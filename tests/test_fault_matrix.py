@@ -1,0 +1,39 @@
+"""A subset of the fault matrix (tools/fault_matrix.py) under real mpiexec, 3 ranks: a signalled
+rank at each kind of phase ends the job non-zero, in bounded time, with no process left behind,
+and rank 0 names the rank when it is still alive. The full matrix and its table: docs/RESULTS.md.
+"""
+
+import importlib.util
+import sys
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("mpi4py")
+pytest.importorskip("transformers")
+
+BIN = Path(sys.executable).parent
+pytestmark = pytest.mark.skipif(not (BIN / "mpiexec").exists(), reason="needs mpiexec (pip install mpich)")
+
+spec = importlib.util.spec_from_file_location("fault_matrix", Path(__file__).parent.parent / "tools" / "fault_matrix.py")
+fault_matrix = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(fault_matrix)
+
+
+@pytest.mark.parametrize("program,phase,sig,victim", [
+    ("minilm", "loading", "KILL", "0"),
+    ("minilm", "handshake", "INT", "last"),
+    ("minilm", "forward", "STOP", "middle"),
+    ("smollm2", "generation", "TERM", "last"),
+    ("smollm2", "generation", "STOP", "0"),
+    ("serve", "serving", "STOP", "last"),
+])
+def test_signalled_rank_ends_the_job(program, phase, sig, victim):
+    # A short silence timeout keeps the SIGSTOP cases quick; the full matrix runs with the default.
+    o = fault_matrix.run_case(fault_matrix.Case(program, sig, victim, phase), limit_s=40.0,
+                              extra_args=["--timeout", "5"])
+    assert o.reached, f"rank {victim} never entered {phase}:\n{o.stderr[-2000:]}"
+    assert o.exit_code not in (None, 0), f"exit {o.exit_code} after {o.seconds:.1f} s:\n{o.stderr[-2000:]}"
+    assert not o.left, f"processes left behind: {o.left}"
+    assert o.named is not False, f"rank 0 did not name rank {victim}:\n{o.stderr[-2000:]}"
+    assert "Traceback" not in o.stderr or sig != "STOP", o.stderr[-2000:]
