@@ -24,6 +24,7 @@ import torch.nn.functional as F
 
 from prism_ops.config import PrismConfig
 from prism_ops.ops.chunk_summary import chunk_clusters, chunk_layout, summary_rows, visible_chunks, visible_rows
+from prism_ops.ops.codebook_rows import codebook_codes
 from prism_ops.ops.merge_attention import merge_attention
 from prism_ops.ops.prism_attention import prism_attention
 from prism_ops.ops.quantize_rows import quantize_codes
@@ -78,7 +79,9 @@ class RankPartition:
         assign = chunk_clusters(k, keep, a, b, segment_size, cfg.cluster_iters)
         exact, _, means, counts = summary_rows(x, keep, a, b, segment_size, assign, cfg.backend)
         quant = {}
-        if cfg.summary_bits and means.shape[2]:
+        if cfg.summary_codebook and means.shape[2]:
+            quant = dict(codes=codebook_codes(means, layer.codebook))
+        elif cfg.summary_bits and means.shape[2]:
             codes, lo, step = quantize_codes(means, cfg.summary_bits, (counts > 0)[:, None, :, None])
             quant = dict(codes=codes, lo=lo, step=step)
         payload = encode(layouts[p], exact, means=means, counts=counts, **quant)
@@ -95,7 +98,7 @@ class RankPartition:
         for c in visible_chunks(p, P, causal):
             d0, d1 = state.bounds[c]
             ca, cb = chunk_layout(state.bounds, c, **opts)
-            ex_c, means_c, counts_c = decode(layouts[c], parts[c])
+            ex_c, means_c, counts_c = decode(layouts[c], parts[c], layer.codebook)
             valid_c = state.valid[:, d0:d1]
             if counts_c is None:
                 # Segment counts are implied by the padding mask every rank has: the counts of

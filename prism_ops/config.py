@@ -11,6 +11,8 @@ with the +ln(count) bias):
     weights         partition sizes proportional to these (e.g. device speeds)
     cluster_iters   summary rows from key clusters instead of positional segments
     summary_bits    summaries sent as 2/3/4/8-bit integers (per-channel scales)
+    summary_codebook  the path of a calibration file (`prism-calibrate`): summaries sent as
+                    product-quantization codes of its per-layer codebooks (`ops.codebook_rows`)
     exchange        "kv" (K/V means), "hidden" (the paper's hidden-feature means), or "auto"
                     (hidden where the model allows it; `prism_ops.hf.configure` resolves it)
     backend         "auto", "torch" or "triton" for the ops
@@ -29,6 +31,7 @@ from dataclasses import dataclass
 
 from ._backend import BACKENDS
 from ._checks import check_int, check_weights
+from .ops.codebook_rows import codebook_geometry
 from .ops.quantize_rows import check_bits
 
 EXCHANGES = ("kv", "hidden", "auto")
@@ -58,6 +61,7 @@ class PrismConfig:
     summary_bits: int = 0
     exchange: str = "kv"
     backend: str = "auto"
+    summary_codebook: str | None = None
 
     def __post_init__(self):
         check_int(self.num_partitions, "num_partitions", 1)
@@ -72,6 +76,11 @@ class PrismConfig:
             raise ValueError(f"exchange must be one of {EXCHANGES}, got {self.exchange!r}")
         if self.backend not in BACKENDS:
             raise ValueError(f"backend must be one of {BACKENDS}, got {self.backend!r}")
+        if self.summary_codebook is not None:
+            if self.summary_bits:
+                raise ValueError(f"summary_codebook and summary_bits={self.summary_bits} both set how summaries are "
+                                 "rounded; set summary_bits=0 with a codebook")
+            codebook_geometry(self.summary_codebook)  # the file must exist and be well formed
         if self.weights is not None:
             # A tuple of floats, so the config stays hashable and prints the same everywhere.
             object.__setattr__(self, "weights", tuple(check_weights(self.weights, self.num_partitions)))
