@@ -100,18 +100,29 @@ def check_geometry(model, exchange: str, group, centroids) -> None:
         raise ValueError(f"centroids must be a power of two in [2, {MAX_CENTROIDS}], got {centroids!r}")
 
 
+def resolve_exchange(model, exchange: str) -> str:
+    """"kv" or "hidden": what `prism_ops.hf.configure` makes of `exchange` for this model."""
+    return config_of(configure(model, PrismConfig(1, 1, exchange=exchange))).exchange
+
+
+def calibration_rows(model, tokenizer, exchange: str) -> list[torch.Tensor]:
+    """CALIBRATION_ROWS rows `[H, N, C]` per layer from the calibration text (exchange resolved)."""
+    tokens = min(CALIBRATION_ROWS, getattr(model.config, "max_position_embeddings", None) or CALIBRATION_ROWS)
+    ids = calibration_windows(tokenizer, -(-CALIBRATION_ROWS // tokens), tokens)
+    return record_rows(model, ids, exchange)
+
+
 def calibrate(model, tokenizer, out, *, group: int = 4, centroids: int = 256, exchange: str = "auto",
-              iters: int = 8, seed: int = 0) -> dict:
+              iters: int = 8, seed: int = 0, rows: list | None = None) -> dict:
     """Fit and write the model's summary codebooks to `out`; returns what was written (no tensors).
 
     exchange: "kv", "hidden" or "auto" (resolved for this model as `prism_ops.hf.configure` does;
-    the file is only accepted with the same exchange).
+    the file is only accepted with the same exchange). rows: `calibration_rows` already recorded
+    for this exchange (several geometries from one recording).
     """
-    exchange = config_of(configure(model, PrismConfig(1, 1, exchange=exchange))).exchange
+    exchange = resolve_exchange(model, exchange)
     check_geometry(model, exchange, group, centroids)
-    tokens = min(CALIBRATION_ROWS, getattr(model.config, "max_position_embeddings", None) or CALIBRATION_ROWS)
-    ids = calibration_windows(tokenizer, -(-CALIBRATION_ROWS // tokens), tokens)
-    rows = record_rows(model, ids, exchange)
+    rows = calibration_rows(model, tokenizer, exchange) if rows is None else rows
     books = fit_codebooks(rows, group, centroids, iters, seed)
     fingerprint = model_fingerprint(model)
     save_codebooks(out, books, exchange, fingerprint)

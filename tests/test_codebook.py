@@ -180,3 +180,59 @@ def test_mpiexec_2_ranks_equal_the_simulation(tmp_path, exchange, levers):
     r = check_run(2, model="gpt2", tokens=37, segment_size=1, levers=json.loads(json.dumps(lev)))
     assert_matches_simulation(r, 2)
     assert r["err_exact"] > 1e-4  # the codes did change the rows
+
+
+class ByteTokenizer:
+    """The calibration text as UTF-8 bytes, for the tiny 300-token model."""
+
+    def __call__(self, text, add_special_tokens=False):
+        return {"input_ids": list(text.encode())}
+
+
+@pytest.mark.parametrize("exchange,shape", [("kv", [4, 2048, 32]), ("hidden", [1, 2048, 64])])
+def test_calibrate_writes_a_file_this_model_accepts(tmp_path, exchange, shape):
+    pytest.importorskip("transformers")
+    from prism_ops import calibrate
+    from prism_ops.distributed import Request, run_simulated
+
+    model = tiny_gpt2()
+    rows = calibrate.calibration_rows(model, ByteTokenizer(), exchange)
+    assert [list(r.shape) for r in rows] == [shape, shape]
+    if exchange == "kv":  # GPT-2 has no rotary embedding: the recorded K|V is the projection of its input
+        h = model.transformer.h[0]
+        x = h.ln_1(model.transformer.wte(torch.tensor([list(calibrate.calibration_text().encode()[:256])]))
+                   + model.transformer.wpe(torch.arange(256)))
+        kv = h.attn.c_attn(x)[0, :, 64:].view(256, 2, 4, 16)  # [T, k|v, head, D]
+        want = torch.cat([kv[:, 0], kv[:, 1]], -1).transpose(0, 1)  # [head, T, 2D]
+        torch.testing.assert_close(rows[0][:, :256], want, rtol=1e-5, atol=1e-5)
+    out = tmp_path / "tiny.codebook"
+    info = calibrate.calibrate(model, ByteTokenizer(), out, group=4, centroids=16, exchange=exchange, iters=3,
+                               rows=rows)
+    assert info["exchange"] == exchange and info["layers"] == 2
+    hf.configure(model, PrismConfig(2, 1, summary_codebook=str(out), exchange=exchange))
+    ids = torch.tensor([list(calibrate.evaluation_text().encode()[:64])])
+    got = run_simulated(model, Request(ids=ids, output="hidden"), 2).output
+    model.set_attn_implementation("sdpa")
+    exact = run_simulated(model, Request(ids=ids, output="hidden"), 1).output
+    cos = torch.nn.functional.cosine_similarity(got.flatten(0, 1), exact.flatten(0, 1), dim=-1)
+    assert 0.9 < cos.min() and not torch.equal(got, exact)
+
+
+def test_prism_calibrate_bad_arguments_exit_2(capsys):
+    from prism_ops.cli.calibrate import main
+
+    with pytest.raises(SystemExit) as e:
+        main(["--out", "x.codebook", "--iters", "-1"])
+    assert e.value.code == 2 and "--iters must be >= 0, got -1" in capsys.readouterr().err
+
+
+def test_the_handshake_compares_the_codebook_files_bytes(tmp_path):
+    pytest.importorskip("transformers")
+    from prism_ops.distributed.handshake import fingerprint
+
+    model = tiny_gpt2()
+    path, _ = _file(tmp_path, H=4, C=32, fingerprint=hf.model_fingerprint(model))
+    cfg = PrismConfig(2, 1, summary_codebook=path)
+    first = fingerprint(model, cfg, model_name="gpt2", dtype="float32")["summary_codebook_digest"]
+    _file(tmp_path, H=4, C=32, fingerprint={"other": 1})  # another file at the same path
+    assert fingerprint(model, cfg, model_name="gpt2", dtype="float32")["summary_codebook_digest"] != first
