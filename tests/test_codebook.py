@@ -236,3 +236,15 @@ def test_the_handshake_compares_the_codebook_files_bytes(tmp_path):
     first = fingerprint(model, cfg, model_name="gpt2", dtype="float32")["summary_codebook_digest"]
     _file(tmp_path, H=4, C=32, fingerprint={"other": 1})  # another file at the same path
     assert fingerprint(model, cfg, model_name="gpt2", dtype="float32")["summary_codebook_digest"] != first
+
+
+def test_the_model_fingerprint_is_stable_and_sees_other_weights():
+    pytest.importorskip("transformers")
+    a, b = tiny_gpt2(), tiny_gpt2()
+    torch.set_num_threads(2)
+    fa = hf.model_fingerprint(a)
+    torch.set_num_threads(1)
+    assert hf.model_fingerprint(b) == fa  # no arithmetic on the weights: any thread count
+    with torch.no_grad():
+        b.transformer.h[0].attn.c_attn.weight[0, 0] += 1  # a sampled value
+    assert hf.model_fingerprint(b)["weights"] != fa["weights"]
