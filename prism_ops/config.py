@@ -27,6 +27,7 @@ handshake and report) takes a `PrismConfig` as an argument; nothing re-checks it
 from __future__ import annotations
 
 import dataclasses
+import os
 from dataclasses import dataclass
 
 from ._backend import BACKENDS
@@ -81,6 +82,7 @@ class PrismConfig:
                 raise ValueError(f"summary_codebook and summary_bits={self.summary_bits} both set how summaries are "
                                  "rounded; set summary_bits=0 with a codebook")
             codebook_geometry(self.summary_codebook)  # the file must exist and be well formed
+            object.__setattr__(self, "summary_codebook", os.fspath(self.summary_codebook))  # JSON-ready
         if self.weights is not None:
             # A tuple of floats, so the config stays hashable and prints the same everywhere.
             object.__setattr__(self, "weights", tuple(check_weights(self.weights, self.num_partitions)))

@@ -13,7 +13,8 @@ those of its payload layout, `prism_ops.wire`, so the runtime and this model can
 - summary: ceil(rest / segment_size) rows for the rest.
 A row holds 2 * Hkv * D values (K/V exchange) or d values (hidden-feature exchange, the
 paper's). Exact rows travel at the model's precision; summary rows too, or as `summary_bits`
-integers plus a float16 (minimum, step) pair per channel (`quantize_rows`). Key clusters add a
+integers plus a float16 (minimum, step) pair per channel (`quantize_rows`), or as codebook
+codes (`summary_codebook`: log2(K) bits per group of g channels, `codebook_rows`). Key clusters add a
 2-byte count per summary row (positional segments have implied counts). Causal models are
 counted the same way (the last rank's summaries are sent although no later rank reads them),
 so the figures are an upper bound for decoders.

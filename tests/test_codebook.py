@@ -134,6 +134,7 @@ def test_bad_settings_name_the_setting(tmp_path):
     with pytest.raises(ValueError, match="summary_bits must be 0 .* or one of"):
         PrismConfig(2, 1, summary_bits=5)
     assert load_codebooks(path)["exchange"] == "kv"
+    assert PrismConfig(2, 1, summary_codebook=Path(path)).as_dict()["summary_codebook"] == path
 
 
 def tiny_gpt2():
