@@ -26,6 +26,7 @@ import torch.nn.functional as F
 
 from prism_ops.config import PrismConfig
 from prism_ops.ops.chunk_summary import chunk_clusters, chunk_layout, summary_rows, visible_chunks, visible_rows
+from prism_ops.ops.codebook_rows import codebook_codes
 from prism_ops.ops.merge_attention import merge_attention
 from prism_ops.ops.prism_attention import prism_attention
 from prism_ops.ops.quantize_rows import quantize_codes
@@ -60,7 +61,7 @@ class RankPartition:
         self.comm, self.config, self.num_layers = comm, config, num_layers
 
     @staticmethod
-    def _payload(layout, x, k, keep, ab, c0, cfg) -> torch.Tensor:
+    def _payload(layout, x, k, keep, ab, c0, cfg, codebook=None) -> torch.Tensor:
         """This rank's payload bytes: its chunk's exact rows and summaries (rounded if asked).
 
         A chunk no rank reads (the last of a causal model) has an empty layout: nothing is built.
@@ -71,7 +72,9 @@ class RankPartition:
         assign = chunk_clusters(k, keep, a, b, cfg.segment_size, cfg.cluster_iters)
         exact, _, means, counts = summary_rows(x, keep, a, b, cfg.segment_size, assign, cfg.backend)
         quant = {}
-        if cfg.summary_bits and means.shape[2]:
+        if cfg.summary_codebook and means.shape[2]:
+            quant = dict(codes=codebook_codes(means, codebook))
+        elif cfg.summary_bits and means.shape[2]:
             codes, lo, step = quantize_codes(means, cfg.summary_bits, (counts > 0)[:, None, :, None])
             quant = dict(codes=codes, lo=lo, step=step)
         return encode(layout, exact, means=means, counts=counts, **quant)
@@ -96,7 +99,8 @@ class RankPartition:
 
         # 1. This rank's payload, on its way while the local block is computed.
         keep = state.valid[:, c0:c1]
-        payload = self._payload(layouts[p], x, k, keep, chunk_layout(state.bounds, p, **opts), c0, cfg)
+        payload = self._payload(layouts[p], x, k, keep, chunk_layout(state.bounds, p, **opts), c0, cfg,
+                                layer.codebook)
         counts = [lay.nbytes for lay in layouts]
         if causal:
             # Only later ranks read this chunk: send it to them alone, so this rank never waits
@@ -117,7 +121,7 @@ class RankPartition:
         for c in visible_chunks(p, P, causal):
             d0, d1 = state.bounds[c]
             ca, cb = chunk_layout(state.bounds, c, **opts)
-            ex_c, means_c, counts_c = decode(layouts[c], parts[c])
+            ex_c, means_c, counts_c = decode(layouts[c], parts[c], layer.codebook)
             valid_c = state.valid[:, d0:d1]
             if counts_c is None:
                 # Segment counts are implied by the padding mask every rank has: the counts of

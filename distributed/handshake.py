@@ -36,8 +36,12 @@ def fingerprint(model, config: PrismConfig, *, model_name: str, dtype: str, **ex
     any extra JSON-able fields (prism-run adds its mode: run, auto, profile or serve)."""
     import transformers
 
-    return {"prism_ops": __version__, "torch": torch.__version__, "transformers": transformers.__version__,
-            "model": model_name, "weights": weights_digest(model), "dtype": dtype, **config.as_dict(), **extra}
+    out = {"prism_ops": __version__, "torch": torch.__version__, "transformers": transformers.__version__,
+           "model": model_name, "weights": weights_digest(model), "dtype": dtype, **config.as_dict(), **extra}
+    if config.summary_codebook:  # the same path may hold different files on different machines
+        with open(config.summary_codebook, "rb") as f:
+            out["summary_codebook_digest"] = hashlib.sha256(f.read()).hexdigest()[:16]
+    return out
 
 
 def handshake(comm, fingerprint: dict) -> None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import torch
 
+from prism_ops.ops.codebook_rows import codebook_decode
 from prism_ops.ops.quantize_rows import dequantize_codes
 from prism_ops.wire import PayloadLayout
 
@@ -41,7 +42,9 @@ def as_bytes(t: torch.Tensor) -> torch.Tensor:
 def encode(layout: PayloadLayout, exact, means=None, codes=None, lo=None, step=None, counts=None) -> torch.Tensor:
     """The payload's bytes (uint8, on the tensors' device)."""
     pieces = {"exact": as_bytes(exact.to(layout.dtype))}
-    if layout.bits and layout.S:
+    if layout.code_bits and layout.S:
+        pieces["codes"] = pack_codes(codes, layout.code_bits)
+    elif layout.bits and layout.S:
         pieces.update(codes=pack_codes(codes, layout.bits), lo=as_bytes(lo), step=as_bytes(step))
     else:
         pieces["means"] = as_bytes(means.to(layout.dtype))
@@ -53,8 +56,10 @@ def encode(layout: PayloadLayout, exact, means=None, codes=None, lo=None, step=N
     return out
 
 
-def decode(layout: PayloadLayout, data: torch.Tensor):
-    """(exact `[B, H, E, C]`, means `[B, H, S, C]` in layout.dtype, counts `[B, S]` int32 or None)."""
+def decode(layout: PayloadLayout, data: torch.Tensor, codebook=None):
+    """(exact `[B, H, E, C]`, means `[B, H, S, C]` in layout.dtype, counts `[B, S]` int32 or None).
+
+    codebook: the layer's `[H, M, K, g]` codebook when the layout carries codebook codes."""
     B, H, C, E, S = layout.B, layout.H, layout.C, layout.E, layout.S
     got, off = {}, 0
     for name, n in layout.parts():
@@ -65,7 +70,11 @@ def decode(layout: PayloadLayout, data: torch.Tensor):
         return got[name].clone().view(dtype).view(shape)
 
     exact = view("exact", layout.dtype, (B, H, E, C))
-    if layout.bits and S:
+    if layout.code_bits and S:
+        M = layout.code_groups
+        codes = unpack_codes(got["codes"], layout.code_bits, B * H * S * M).view(B, H, S, M)
+        means = codebook_decode(codes, codebook, dtype=layout.dtype)
+    elif layout.bits and S:
         codes = unpack_codes(got["codes"], layout.bits, B * H * S * C).view(B, H, S, C)
         lo, step = view("lo", torch.float16, (B, H, 1, C)), view("step", torch.float16, (B, H, 1, C))
         means = dequantize_codes(codes, lo, step, dtype=layout.dtype)

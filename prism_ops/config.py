@@ -13,6 +13,8 @@ with the +ln(count) bias):
     cluster_iters   summary rows from key clusters instead of positional segments (Lloyd
                     iterations, at most 100)
     summary_bits    summaries sent as 2/3/4/8-bit integers (per-channel scales)
+    summary_codebook  the path of a calibration file (`prism-calibrate`): summaries sent as
+                    product-quantization codes of its per-layer codebooks (`ops.codebook_rows`)
     exchange        "kv" (K/V means), "hidden" (the paper's hidden-feature means), or "auto"
                     (hidden where the model allows it; `prism_ops.hf.configure` resolves it)
     backend         "auto", "torch" or "triton" for the ops
@@ -27,10 +29,12 @@ handshake and report) takes a `PrismConfig` as an argument; nothing re-checks it
 from __future__ import annotations
 
 import dataclasses
+import os
 from dataclasses import dataclass
 
 from ._backend import check_backend
 from ._checks import check_bool, check_int, check_weights
+from .ops.codebook_rows import codebook_geometry
 from .ops.quantize_rows import check_bits
 from .ops.token_clusters import check_cluster_iters
 
@@ -78,6 +82,7 @@ class PrismConfig:
     summary_bits: int = 0
     exchange: str = "kv"
     backend: str = "auto"
+    summary_codebook: str | None = None
 
     def __post_init__(self):
         check_int(self.num_partitions, "num_partitions", 1)
@@ -90,6 +95,12 @@ class PrismConfig:
         if not isinstance(self.exchange, str) or self.exchange not in EXCHANGES:
             raise ValueError(f"exchange must be one of {EXCHANGES}, got {self.exchange!r}")
         check_backend(self.backend)
+        if self.summary_codebook is not None:
+            if self.summary_bits:
+                raise ValueError(f"summary_codebook and summary_bits={self.summary_bits} both set how summaries are "
+                                 "rounded; set summary_bits=0 with a codebook")
+            codebook_geometry(self.summary_codebook)  # the file must exist and be well formed
+            object.__setattr__(self, "summary_codebook", os.fspath(self.summary_codebook))  # JSON-ready
         if self.weights is not None:
             # A tuple of floats, so the config stays hashable and prints the same everywhere.
             object.__setattr__(self, "weights", tuple(check_weights(self.weights, self.num_partitions)))

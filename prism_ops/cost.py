@@ -13,9 +13,10 @@ those of its payload layout, `prism_ops.wire`, so the runtime and this model can
 - summary: ceil(rest / segment_size) rows for the rest.
 A row holds 2 * Hkv * D values (K/V exchange) or d values (hidden-feature exchange, the
 paper's). Exact rows travel at the model's precision; summary rows too, or as `summary_bits`
-integers plus a float16 (minimum, step) pair per channel (`quantize_rows`). Key clusters add a
-2-byte count per summary row (positional segments have implied counts). A chunk that no rank
-reads sends nothing: in a causal model the last rank sends 0 bytes (`prism_ops.wire`). With
+integers plus a float16 (minimum, step) pair per channel (`quantize_rows`), or as codebook
+codes (`summary_codebook`: log2(K) bits per group of g channels, `codebook_rows`). Key clusters
+add a 2-byte count per summary row (positional segments have implied counts). A chunk that no
+rank reads sends nothing: in a causal model the last rank sends 0 bytes (`prism_ops.wire`). With
 more than 2 ranks the all-gather still delivers a causal chunk to earlier ranks, which do not
 read it; the bytes count each payload once.
 

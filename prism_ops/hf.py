@@ -17,6 +17,7 @@ transformers hands the attention function q `[B, H, T, D]` and k, v `[B, Hkv, T,
 from __future__ import annotations
 
 import contextvars
+import hashlib
 import weakref
 
 import torch
@@ -24,6 +25,7 @@ import torch
 from .config import PrismConfig
 from .cost import ModelShape
 from .distributed.attention import RankPartition
+from .ops.codebook_rows import load_codebooks
 from .ops.prism_attention import prism_attention
 from .strategy import LAYER_ATTR, SimulatedPartitions, attached_layers, current_state
 
@@ -43,6 +45,7 @@ class PrismLayer:
         self.config, self.index, self.head_dim, self.strategy = config, index, head_dim, strategy
         self._module = weakref.ref(module)
         self.hook = None  # the forward pre-hook that captures the attention input (hidden exchange)
+        self.codebook = None  # this layer's [H, M, K, g] codebook with summary_codebook
 
     def kv_weight(self):
         """(w_k, w_v), each `[Hkv * D, d]`."""
@@ -221,16 +224,62 @@ def configure(model, config: PrismConfig | None = None, *, comm=None, num_partit
     for m in model.modules():
         if getattr(m, LAYER_ATTR, None) is not None:
             delattr(m, LAYER_ATTR)
+    books = _codebooks(model, config) if config.summary_codebook else None
     strategy = SimulatedPartitions() if comm is None else RankPartition(comm, config, num_layers=len(attention))
     head_dim = ModelShape.from_config(model.config).head_dim
     for index, m in enumerate(attention):
         layer = PrismLayer(m, config, index, head_dim, strategy)
+        layer.codebook = None if books is None else books[index]
         # The simulation needs the attention input only to round it; a rank sends it.
-        if config.exchange == "hidden" and (config.summary_bits or comm is not None):
+        rounds = config.summary_bits or config.summary_codebook
+        if config.exchange == "hidden" and (rounds or comm is not None):
             layer.hook = m.register_forward_pre_hook(_capture_hidden(layer), with_kwargs=True)
         setattr(m, LAYER_ATTR, layer)
     model.set_attn_implementation(NAME)
     return model
+
+
+def model_fingerprint(model) -> dict:
+    """What a calibration file must have been made on: architecture, sizes and a weight digest."""
+    shape = ModelShape.from_config(model.config)
+    archs = getattr(model.config, "architectures", None) or [type(model).__name__]
+    return {"architecture": archs[0], "layers": shape.num_layers, "hidden_size": shape.hidden_size,
+            "heads": shape.num_heads, "kv_heads": shape.num_kv_heads, "head_dim": shape.head_dim,
+            "weights": sampled_weights_digest(model)}
+
+
+def sampled_weights_digest(model) -> str:
+    """A digest of 256 evenly strided values of every weight tensor, exactly as stored.
+
+    No arithmetic on the values (unlike a sum, which changes with the thread count), so the same
+    weights give the same digest in any process. A weight change that misses every sampled value
+    goes unnoticed; it only guards against a file made for another checkpoint or dtype.
+    """
+    h = hashlib.sha256()
+    with torch.no_grad():
+        for name, p in model.state_dict().items():
+            flat = p.detach().flatten()
+            h.update(f"{name}:{list(p.shape)}:{p.dtype}".encode())
+            h.update(flat[:: max(1, flat.numel() // 256)].cpu().contiguous().view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+def _codebooks(model, config: PrismConfig) -> list:
+    """The per-layer codebooks of config.summary_codebook, refused unless made for this model
+    and this exchange (before any forward)."""
+    path = config.summary_codebook
+    data = load_codebooks(path)
+    mine, theirs = model_fingerprint(model), data["fingerprint"]
+    differ = sorted(k for k in mine if theirs.get(k) != mine[k])
+    if differ:
+        got = ", ".join(f"{k} {theirs.get(k)!r} (this model: {mine[k]!r})" for k in differ)
+        raise ValueError(f"summary_codebook={path!r} was calibrated for another model: {got}; "
+                         "calibrate this one with prism-calibrate")
+    if data["exchange"] != config.exchange:
+        raise ValueError(f"summary_codebook={path!r} codes {data['exchange']} rows but this model exchanges "
+                         f"{config.exchange} rows; calibrate with --exchange {config.exchange} or set "
+                         f"exchange={data['exchange']!r}")
+    return data["codebooks"]
 
 
 def config_of(model) -> PrismConfig:

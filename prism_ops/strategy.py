@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from .ops.codebook_attention import codebook_partitioned_attention
 from .ops.partitioned_attention import partition_bounds, partitioned_attention
 
 LAYER_ATTR = "prism_layer"  # the attribute of an attention module that holds its PrismLayer
@@ -94,15 +95,17 @@ class SimulatedPartitions:
     def attend(self, layer, q, k, v, *, valid, hidden, scale, causal, state):
         cfg = layer.config
         kw = {}
-        if cfg.exchange == "hidden" and cfg.summary_bits:
+        if cfg.exchange == "hidden" and (cfg.summary_bits or cfg.summary_codebook):
             # Averaging commutes with the projection; only rounding needs the hidden features.
             kw.update(hidden=hidden, kv_weight=layer.kv_weight())
-        out = partitioned_attention(
-            q, k, v, num_partitions=cfg.num_partitions, segment_size=cfg.segment_size, causal=causal and q.shape[2] > 1,
-            scale=scale, log_count_bias=cfg.log_count_bias, sink_tokens=cfg.sink_tokens, halo=cfg.halo, valid=valid,
-            weights=cfg.weights, cluster_iters=cfg.cluster_iters, summary_bits=cfg.summary_bits, backend=cfg.backend,
-            return_rows=causal, **kw,
-        )
+        common = dict(num_partitions=cfg.num_partitions, segment_size=cfg.segment_size,
+                      causal=causal and q.shape[2] > 1, scale=scale, log_count_bias=cfg.log_count_bias,
+                      sink_tokens=cfg.sink_tokens, halo=cfg.halo, valid=valid, weights=cfg.weights,
+                      cluster_iters=cfg.cluster_iters, backend=cfg.backend, return_rows=causal, **kw)
+        if cfg.summary_codebook:
+            out = codebook_partitioned_attention(q, k, v, layer.codebook, **common)
+        else:
+            out = partitioned_attention(q, k, v, summary_bits=cfg.summary_bits, **common)
         if not causal:
             return out, None
         out, seen = out

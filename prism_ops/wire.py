@@ -6,6 +6,8 @@ A chunk's payload (its rows are built by `prism_ops.ops.chunk_summary`) is, in t
     summary rows    [B, H, S, C]  model dtype, or with summary_bits:
                         codes     ceil(B*H*S*C * bits / 8) bytes, bit-packed
                         lo, step  [B, H, 1, C] float16 each
+                    or with summary_codebook (M channel groups, K centroids per group):
+                        codes     ceil(B*H*S*M * log2(K) / 8) bytes, bit-packed
     counts          [B, S] uint16, only for key clusters (segment counts follow from the
                     padding mask every rank has)
 
@@ -27,6 +29,7 @@ import torch
 
 from .config import PrismConfig
 from .ops.chunk_summary import summary_count, visible_chunks
+from .ops.codebook_rows import codebook_geometry
 
 
 @dataclass(frozen=True)
@@ -41,13 +44,17 @@ class PayloadLayout:
     dtype: torch.dtype
     bits: int = 0
     clusters: bool = False
+    code_groups: int = 0  # with a codebook: M codes of code_bits each per head and row
+    code_bits: int = 0
 
     def parts(self) -> list[tuple[str, int]]:
         """(name, bytes) in wire order."""
         B, H, C, E, S = self.B, self.H, self.C, self.E, self.S
         size = torch.finfo(self.dtype).bits // 8
         out = [("exact", B * H * E * C * size)]
-        if self.bits and S:
+        if self.code_bits and S:
+            out.append(("codes", math.ceil(B * H * S * self.code_groups * self.code_bits / 8)))
+        elif self.bits and S:
             out += [("codes", math.ceil(B * H * S * C * self.bits / 8)), ("lo", B * H * C * 2), ("step", B * H * C * 2)]
         else:
             out.append(("means", B * H * S * C * size))
@@ -77,11 +84,12 @@ def payload_layouts(config: PrismConfig, bounds, *, causal: bool, batch: int, he
     A chunk no rank reads (the last one of a causal model) sends nothing: its layout has no rows.
     """
     opts = chunk_options(config, causal)
+    groups, code_bits = codebook_geometry(config.summary_codebook) if config.summary_codebook else (0, 0)
     out = []
     for c in range(len(bounds)):
         exact, summary = summary_count(bounds, c, config.segment_size, **opts)
         if not readers(c, len(bounds), causal):
             exact, summary = 0, 0
         out.append(PayloadLayout(batch, heads, channels, exact, summary, dtype, config.summary_bits,
-                                 bool(config.cluster_iters)))
+                                 bool(config.cluster_iters), groups, code_bits))
     return out

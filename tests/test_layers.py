@@ -30,6 +30,7 @@ LAYERS = [
     ("prism_ops.distributed", 3),
     ("prism_ops.hf", 4),
     ("prism_ops.models", 5), ("prism_ops.report", 5), ("prism_ops.link_profile", 5), ("prism_ops.runner", 5), ("prism_ops.input_files", 5),
+    ("prism_ops.calibrate", 5),
     ("prism_ops.eval", 5), ("prism_ops.demo", 5), ("prism_ops.s2m3", 5), ("prism_ops.serving", 5),
     ("prism_ops.cli", 6),
 ]

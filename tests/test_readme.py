@@ -31,7 +31,7 @@ def blocks(lang):
 
 PYTHON = [b for b in blocks("python") if "from openai import" not in b]  # the client needs a running service
 COMMANDS = [line.split("  #")[0].strip() for b in blocks("bash") for line in b.splitlines()
-            if re.match(r"(mpirun -n \d+ prism-(run|serve)|prism-place) ", line) and "--serve" not in line]
+            if re.match(r"(mpirun -n \d+ prism-(run|serve)|prism-(place|calibrate)) ", line) and "--serve" not in line]
 
 
 def test_the_readme_has_examples():

@@ -42,6 +42,8 @@ def parse_args(argv=None) -> RunOptions:
     ap.add_argument("--sink-tokens", type=int)
     ap.add_argument("--halo", type=int)
     ap.add_argument("--summary-bits", type=int)
+    ap.add_argument("--summary-codebook", help="a prism-calibrate file: summaries as its codebook codes "
+                                               "(replaces the preset's --summary-bits)")
     ap.add_argument("--exchange", choices=EXCHANGES)
     ap.add_argument("--cluster-iters", type=int)
     ap.add_argument("--no-log-count-bias", action="store_true", help="ablation: drop the +ln(count) logit bias")
@@ -103,6 +105,9 @@ def parse_args(argv=None) -> RunOptions:
                                     exchange=args.exchange, cluster_iters=args.cluster_iters).items() if v is not None}
     if args.no_log_count_bias:
         levers["log_count_bias"] = False
+    if args.summary_codebook is not None:
+        levers["summary_codebook"] = args.summary_codebook
+        levers.setdefault("summary_bits", 0)  # the codebook replaces a preset's integer rounding
     if args.weights is not None:
         try:
             weights = tuple(float(w) for w in args.weights.split(","))

@@ -1,0 +1,130 @@
+"""Offline calibration of summary codebooks (`prism_ops.ops.codebook_rows`) on shipped text.
+
+The exact model runs over `calibration_ids`: the last CALIBRATION_CHARS characters of
+`prism_ops.models.pydoc_text()`, a slice the evaluation must leave out (`evaluation_text`). Every
+attention layer's exchanged rows are recorded as they would travel: K|V rows after rotary
+embeddings (`[Hkv, N, 2D]`) for K/V exchange, the attention input (`[1, N, d]`) for hidden
+exchange. One k-means per layer, head and channel group then gives the layer's codebook.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from .config import PrismConfig
+from .cost import ModelShape
+from .hf import config_of, configure, kv_weight, model_fingerprint
+from .models import pydoc_text
+from .ops.codebook_rows import MAX_CENTROIDS, fit_codebook, save_codebooks
+
+CALIBRATION_CHARS = 40_000  # about 9,000 tokens of the ~465,000-character text
+CALIBRATION_ROWS = 2048  # token rows per layer the codebooks are fitted on
+RECORDER = "prism_calibrate"  # the attention implementation that records K/V rows
+
+
+def evaluation_text() -> str:
+    """The shipped text without its calibration slice: what quality is measured on."""
+    text = pydoc_text()
+    return text[: len(text) - CALIBRATION_CHARS]
+
+
+def calibration_text() -> str:
+    """The slice codebooks are fitted on (disjoint from `evaluation_text`)."""
+    text = pydoc_text()
+    return text[len(text) - CALIBRATION_CHARS:]
+
+
+def calibration_windows(tokenizer, num_windows: int, tokens: int) -> torch.Tensor:
+    """`[num_windows, tokens]` consecutive token ids of the calibration text (no special tokens)."""
+    ids = tokenizer(calibration_text(), add_special_tokens=False)["input_ids"]
+    if len(ids) < num_windows * tokens:
+        raise ValueError(f"the calibration text has {len(ids)} tokens, fewer than {num_windows} x {tokens}")
+    return torch.tensor(ids[: num_windows * tokens]).view(num_windows, tokens)
+
+
+def record_rows(model, windows: torch.Tensor, exchange: str) -> list[torch.Tensor]:
+    """Every attention layer's exchanged rows over the windows: `[H, N, C]` per layer, in the
+    order `prism_ops.hf.configure` numbers the layers."""
+    from transformers import AttentionInterface
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+    from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
+
+    attention = [m for m in model.modules() if kv_weight(m) is not None]
+    index = {id(m): i for i, m in enumerate(attention)}
+    seen: list[list[torch.Tensor]] = [[] for _ in attention]
+
+    def record_kv(module, query, key, value, *args, **kwargs):
+        seen[index[id(module)]].append(torch.cat([key, value], -1)[0])  # [Hkv, T, 2D]
+        return sdpa_attention_forward(module, query, key, value, *args, **kwargs)
+
+    def record_hidden(module, args, kwargs):
+        h = args[0] if args else kwargs["hidden_states"]
+        seen[index[id(module)]].append(h[0][None])  # [1, T, d]
+
+    hooks = []
+    if exchange == "kv":
+        AttentionInterface.register(RECORDER, record_kv)
+        AttentionMaskInterface.register(RECORDER, sdpa_mask)
+        model.set_attn_implementation(RECORDER)
+    elif exchange == "hidden":
+        model.set_attn_implementation("sdpa")
+        hooks = [m.register_forward_pre_hook(record_hidden, with_kwargs=True) for m in attention]
+    else:
+        raise ValueError(f"exchange must be 'kv' or 'hidden', got {exchange!r}")
+    try:
+        with torch.no_grad():
+            for w in windows:
+                model(input_ids=w[None])
+    finally:
+        for h in hooks:
+            h.remove()
+        model.set_attn_implementation("sdpa")
+    return [torch.cat(rows, 1) for rows in seen]
+
+
+def fit_codebooks(rows: list[torch.Tensor], group: int, centroids: int, iters: int = 20,
+                  seed: int = 0) -> list[torch.Tensor]:
+    """One `[H, M, K, g]` codebook per layer from `record_rows`' output."""
+    return [fit_codebook(r, group, centroids, iters, seed) for r in rows]
+
+
+def check_geometry(model, exchange: str, group, centroids) -> None:
+    """group must divide the head dim (K/V rows; a group never mixes K and V) or the hidden
+    size; centroids a power of two in [2, 256]. Raises ValueError naming the argument."""
+    shape = ModelShape.from_config(model.config)
+    width, what = (shape.head_dim, "head dim") if exchange == "kv" else (shape.hidden_size, "hidden size")
+    if isinstance(group, bool) or not isinstance(group, int) or group < 1 or width % group:
+        raise ValueError(f"group must be an int that divides the model's {what} {width}, got {group!r}")
+    if isinstance(centroids, bool) or not isinstance(centroids, int) or not 2 <= centroids <= MAX_CENTROIDS \
+            or centroids & (centroids - 1):
+        raise ValueError(f"centroids must be a power of two in [2, {MAX_CENTROIDS}], got {centroids!r}")
+
+
+def resolve_exchange(model, exchange: str) -> str:
+    """"kv" or "hidden": what `prism_ops.hf.configure` makes of `exchange` for this model."""
+    return config_of(configure(model, PrismConfig(1, 1, exchange=exchange))).exchange
+
+
+def calibration_rows(model, tokenizer, exchange: str) -> list[torch.Tensor]:
+    """CALIBRATION_ROWS rows `[H, N, C]` per layer from the calibration text (exchange resolved)."""
+    tokens = min(CALIBRATION_ROWS, getattr(model.config, "max_position_embeddings", None) or CALIBRATION_ROWS)
+    ids = calibration_windows(tokenizer, -(-CALIBRATION_ROWS // tokens), tokens)
+    return record_rows(model, ids, exchange)
+
+
+def calibrate(model, tokenizer, out, *, group: int = 4, centroids: int = 256, exchange: str = "auto",
+              iters: int = 8, seed: int = 0, rows: list | None = None) -> dict:
+    """Fit and write the model's summary codebooks to `out`; returns what was written (no tensors).
+
+    exchange: "kv", "hidden" or "auto" (resolved for this model as `prism_ops.hf.configure` does;
+    the file is only accepted with the same exchange). rows: `calibration_rows` already recorded
+    for this exchange (several geometries from one recording).
+    """
+    exchange = resolve_exchange(model, exchange)
+    check_geometry(model, exchange, group, centroids)
+    rows = calibration_rows(model, tokenizer, exchange) if rows is None else rows
+    books = fit_codebooks(rows, group, centroids, iters, seed)
+    fingerprint = model_fingerprint(model)
+    save_codebooks(out, books, exchange, fingerprint)
+    return {"exchange": exchange, "group": group, "centroids": centroids, "rows": rows[0].shape[1],
+            "layers": len(books), "fingerprint": fingerprint}

@@ -1,0 +1,46 @@
+"""prism-calibrate: fit a model's summary codebooks on the shipped calibration text.
+
+    prism-calibrate --model smollm2 --out smollm2.codebook [--group 4 --centroids 256]
+    prism-run --model smollm2 --summary-codebook smollm2.codebook ...
+
+The file (`prism_ops.calibrate`) records the model's fingerprint; PrismConfig(summary_codebook=...)
+refuses it for any other model. Bad arguments exit with code 2 and a message.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+import torch
+
+from .. import calibrate, models
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(prog="prism-calibrate", description=__doc__.splitlines()[0])
+    ap.add_argument("--model", default="minilm", help="minilm, smollm2 or a local Hugging Face folder")
+    ap.add_argument("--out", required=True, help="the calibration file to write")
+    ap.add_argument("--group", type=int, default=4, help="channels per code (default 4)")
+    ap.add_argument("--centroids", type=int, default=256, help="centroids per group, a power of two <= 256")
+    ap.add_argument("--exchange", choices=("kv", "hidden", "auto"), default="auto")
+    ap.add_argument("--iters", type=int, default=8, help="k-means iterations (default 8)")
+    args = ap.parse_args(argv)
+    if args.iters < 0:
+        ap.error(f"--iters must be >= 0, got {args.iters}")
+    torch.manual_seed(0)
+    try:
+        tok, model = models.load(args.model)
+        info = calibrate.calibrate(model, tok, args.out, group=args.group, centroids=args.centroids,
+                                   exchange=args.exchange, iters=args.iters)
+    except ValueError as e:
+        print(f"prism-calibrate: error: {e}", file=sys.stderr)
+        return 2
+    bits = info["centroids"].bit_length() - 1
+    print(f"wrote {args.out}: {info['layers']} layers, {info['exchange']} rows, {info['group']} channels per "
+          f"{bits}-bit code ({bits / info['group']:g} bits per value), fitted on {info['rows']} rows per layer")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
