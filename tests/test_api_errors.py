@@ -148,7 +148,7 @@ TABLE = (
     + rows("PrismConfig", "cluster_iters", CLUSTER_ITERS) + rows("PrismConfig", "summary_bits", BITS)
     + rows("PrismConfig", "exchange", [("empty", ""), ("bogus", "qkv"), ("none", None), ("int", 1), ("list", ["kv"])])
     + rows("PrismConfig", "backend", BACKEND)
-    + rows("from_preset", "preset", [("empty", ""), ("bogus", "fast"), ("int", 1), ("list", ["edge"])])
+    + rows("from_preset", "preset", [("empty", ""), ("bogus", "fastest"), ("int", 1), ("list", ["edge"])])
 )
 
 

@@ -11,7 +11,8 @@ ranks trace (`prism_ops.distributed.phases`): loading, handshake, forward, gener
 Each rank appends `pid phase` lines to `$PRISM_PHASE_LOG/rank<R>.log` when it enters a phase;
 the driver waits for the victim to enter the phase, signals it, and then requires, with default
 settings: a non-zero exit within `--limit-s` (60 s), no process of the job left alive, and rank
-0's message naming the victim where rank 0 is still alive. Short phases (the handshake) are held
+0's message (or the launcher's report of a rank it saw die) naming the victim where rank 0 is
+still alive. Short phases (the handshake) are held
 open for a moment with `PRISM_PHASE_HOLD=phase:seconds`, a test hook, so the signal lands
 inside them. The table goes into docs/RESULTS.md; tests/test_fault_matrix.py runs a subset.
 """
@@ -54,9 +55,9 @@ class Outcome:
     reached: bool  # the victim entered the phase and was signalled
     exit_code: int | None  # None: still running at the limit (then killed)
     seconds: float  # from the signal to the job's end
-    named: bool | None  # rank 0's stderr names the victim (None: rank 0 was the victim of a fatal signal)
+    named: bool | None  # the job's messages name the victim (None: rank 0 was the victim of a fatal signal)
     left: list[int]  # pids of the job still alive after it ended
-    stderr: str
+    stderr: str  # stderr, then the tail of stdout
 
     @property
     def ok(self) -> bool:
@@ -152,10 +153,14 @@ def run_case(case: Case, limit_s: float = 60.0, start_s: float = 180.0, extra_ar
             except OSError:
                 pass
             p.wait()
+        # What the job printed: rank 0's message on stderr; MPICH's launcher reports a process it
+        # saw die, by its pid ("BAD TERMINATION ... PID 123 ... Killed (signal 9)"), on stdout.
         stderr = err_path.read_text(errors="replace")
+        stdout = (d / "stdout").read_text(errors="replace")
         fatal_to_rank0 = victim == 0 and case.signal in ("KILL", "TERM", "STOP")
-        named = None if fatal_to_rank0 or not reached else (f"rank {victim}" in stderr)
-        return Outcome(case, reached, code, seconds, named, left, stderr)
+        said = stderr + stdout[-4000:]
+        named = None if fatal_to_rank0 or not reached else (f"rank {victim}" in said or f"PID {pid} " in said)
+        return Outcome(case, reached, code, seconds, named, left, said)
 
 
 def cases(programs, signals, victims, phases) -> list[Case]:
@@ -164,7 +169,7 @@ def cases(programs, signals, victims, phases) -> list[Case]:
 
 
 def table(outcomes: list[Outcome]) -> str:
-    rows = ["| program | phase | signal | rank | exit | seconds | rank 0 names it | left | ok |",
+    rows = ["| program | phase | signal | rank | exit | seconds | victim named | left | ok |",
             "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for o in outcomes:
         c = o.case
