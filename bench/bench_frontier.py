@@ -4,6 +4,9 @@
     mpiexec -n 2 python bench/bench_frontier.py --quick            # short N, one window, 2 links: a smoke run
     mpiexec -n 2 python bench/bench_frontier.py --models minilm --settings edge,edge-3bit --links inf,10
 
+The `codebook` setting reads each model's calibration file from `--codebook-dir` (default
+bench/out/codebooks): make them first with `prism-calibrate --model M --out DIR/M.codebook`.
+
 Real weights on real text (CPython's pydoc_data, `prism_ops.eval.tasks`): SmolLM2-135M at
 N = 2048 (perplexity over the exact model's), all-MiniLM-L6-v2 at N = 512, its maximum (mean and
 min cosine of mean-pooled embeddings to the exact model's). Quality is measured on the ranks of
@@ -52,6 +55,7 @@ from prism_ops.ops.chunk_summary import visible_chunks
 
 torch.set_num_threads(1)
 
+CODEBOOK = "<codebook>"  # stands for the model's calibration file in --codebook-dir
 # name -> (preset, levers). "exact" sends every K/V row at full precision (full exchange). A
 # setting the model cannot run (hidden exchange with rotary embeddings) is left out for it.
 SETTINGS = {
@@ -64,8 +68,11 @@ SETTINGS = {
     "fast": ("fast", {}),
     "fast-2bit": ("fast", {"summary_bits": 2}),
     "paper s16": ("paper", {"segment_size": 16}),
+    # 2 bits per value as 8-bit codes of 4-channel groups from the model's own calibrated codebooks
+    # (`prism-calibrate`; the file is --codebook-dir/<model>.codebook), first 4 tokens exact.
+    "codebook": ("accurate", {"summary_bits": 0, "summary_codebook": CODEBOOK}),
 }
-DEFAULT_SETTINGS = "exact,exact-hidden,accurate,accurate-kv,edge,edge-kv,fast,paper s16"
+DEFAULT_SETTINGS = "exact,exact-hidden,accurate,accurate-kv,edge,edge-kv,fast,codebook,paper s16"
 AUTO_PRESET = "edge"  # the auto row: prism-run --auto with the default preset (link_profile.choose_setting)
 # model -> (tokens, quality windows, quality label, budget): the "within 1% of exact".
 MODELS = {
@@ -87,6 +94,9 @@ def parse_args(argv=None):
     ap.add_argument("--max-slowdown", type=float, default=4.0)
     ap.add_argument("--quick", action="store_true", help="short N, few windows, links inf,10, 1 repeat")
     ap.add_argument("--out", default="docs/FRONTIER", help="path prefix of the .md, .json and .png")
+    ap.add_argument("--codebook-dir", default="bench/out/codebooks",
+                    help="where the codebook setting finds <model>.codebook (made by prism-calibrate --model M "
+                         "--out DIR/M.codebook)")
     args = ap.parse_args(argv)
     args.models = [m for m in args.models.split(",") if m]
     args.settings = [s for s in args.settings.split(",") if s]
@@ -96,10 +106,11 @@ def parse_args(argv=None):
     for s in args.settings:
         if s not in SETTINGS:
             ap.error(f"--settings: unknown setting {s!r}; known: {list(SETTINGS)}")
-        try:
-            config_of(s, 2)  # a bad preset or lever fails here, before any model loads
-        except ValueError as e:
-            ap.error(f"--settings: {s!r}: {e}")
+        for m in args.models:
+            try:
+                config_of(s, 2, m, args.codebook_dir)  # a bad preset, lever or file fails here, before any model loads
+            except ValueError as e:
+                ap.error(f"--settings: {s!r} on {m}: {e}")
     try:
         args.links = [None if x == "inf" else float(x) for x in args.links.split(",") if x]
         for x in args.links:
@@ -114,8 +125,9 @@ def parse_args(argv=None):
     return args
 
 
-def config_of(name: str, P: int) -> PrismConfig:
+def config_of(name: str, P: int, model: str, codebook_dir: str) -> PrismConfig:
     preset, levers = SETTINGS[name]
+    levers = {k: (str(Path(codebook_dir) / f"{model}.codebook") if v == CODEBOOK else v) for k, v in levers.items()}
     return PrismConfig.from_preset(P, preset, **levers)
 
 
@@ -206,7 +218,7 @@ def run_model(comm, key, args, rows, projections):
     done = set()
     for name in args.settings:
         try:
-            hf.configure(bench.model, config_of(name, P), comm=comm)
+            hf.configure(bench.model, config_of(name, P, key, args.codebook_dir), comm=comm)
         except ValueError as e:  # e.g. hidden exchange on a rotary-embedding model
             if comm.rank == 0:
                 print(f"  {name}: not run on {key} ({e})", flush=True)

@@ -11,8 +11,8 @@ ranks trace (`prism_ops.distributed.phases`): loading, handshake, forward, gener
 Each rank appends `pid phase` lines to `$PRISM_PHASE_LOG/rank<R>.log` when it enters a phase;
 the driver waits for the victim to enter the phase, signals it, and then requires, with default
 settings: a non-zero exit within `--limit-s` (60 s), no process of the job left alive, and rank
-0's message (or the launcher's report of a rank it saw die) naming the victim where rank 0 is
-still alive. Short phases (the handshake) are held
+0's message naming the victim where rank 0 is still alive (when a rank dies, MPICH's launcher
+ends every rank at once and prints its own report: then no rank can speak). Short phases (the handshake) are held
 open for a moment with `PRISM_PHASE_HOLD=phase:seconds`, a test hook, so the signal lands
 inside them. The table goes into docs/RESULTS.md; tests/test_fault_matrix.py runs a subset.
 """
@@ -55,7 +55,7 @@ class Outcome:
     reached: bool  # the victim entered the phase and was signalled
     exit_code: int | None  # None: still running at the limit (then killed)
     seconds: float  # from the signal to the job's end
-    named: bool | None  # the job's messages name the victim (None: rank 0 was the victim of a fatal signal)
+    named: bool | None  # rank 0 names the victim (None: rank 0 could not, see named_of)
     left: list[int]  # pids of the job still alive after it ended
     stderr: str  # stderr, then the tail of stdout
 
@@ -157,10 +157,19 @@ def run_case(case: Case, limit_s: float = 60.0, start_s: float = 180.0, extra_ar
         # saw die, by its pid ("BAD TERMINATION ... PID 123 ... Killed (signal 9)"), on stdout.
         stderr = err_path.read_text(errors="replace")
         stdout = (d / "stdout").read_text(errors="replace")
-        fatal_to_rank0 = victim == 0 and case.signal in ("KILL", "TERM", "STOP")
         said = stderr + stdout[-4000:]
-        named = None if fatal_to_rank0 or not reached else (f"rank {victim}" in said or f"PID {pid} " in said)
-        return Outcome(case, reached, code, seconds, named, left, said)
+        return Outcome(case, reached, code, seconds, named_of(case, reached, said), left, said)
+
+
+def named_of(case: Case, reached: bool, said: str) -> bool | None:
+    """Whether rank 0 named the victim; None where rank 0 could not: it was the victim of a
+    fatal signal, or the launcher ended the job (it kills every rank at once when one dies, and
+    reports a pid it saw end, not always the victim's)."""
+    if not reached or (case.victim == "0" and case.signal in ("KILL", "TERM", "STOP")):
+        return None
+    if "BAD TERMINATION" in said and f"rank {VICTIMS[case.victim]}" not in said:
+        return None
+    return f"rank {VICTIMS[case.victim]}" in said
 
 
 def cases(programs, signals, victims, phases) -> list[Case]:
@@ -169,7 +178,7 @@ def cases(programs, signals, victims, phases) -> list[Case]:
 
 
 def table(outcomes: list[Outcome]) -> str:
-    rows = ["| program | phase | signal | rank | exit | seconds | victim named | left | ok |",
+    rows = ["| program | phase | signal | rank | exit | seconds | rank 0 names it | left | ok |",
             "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for o in outcomes:
         c = o.case
@@ -189,7 +198,17 @@ def main(argv=None) -> int:
     ap.add_argument("--limit-s", type=float, default=60.0, help="longest a job may take to end after the signal")
     ap.add_argument("--timeout", type=float, help="pass --timeout (silence, s) to the programs; default: theirs (30 s)")
     ap.add_argument("--json", help="also write every outcome (with stderr tails) to this file")
+    ap.add_argument("--table-from", metavar="JSON", help="print the table of an earlier run's --json and stop")
     args = ap.parse_args(argv)
+    if args.table_from:
+        rows = json.loads(Path(args.table_from).read_text())
+        outcomes = []
+        for r in rows:
+            c = Case(r["program"], r["signal"], r["victim"], r["phase"])
+            outcomes.append(Outcome(c, r["reached"], r["exit_code"], r["seconds"],
+                                    named_of(c, r["reached"], r["stderr_tail"]), r["left"], r["stderr_tail"]))
+        print(table(outcomes))
+        return 0 if all(o.ok for o in outcomes) else 1
     todo = cases(args.programs.split(","), args.signals.split(","), args.victims.split(","), args.phases.split(","))
     outcomes = []
     for i, c in enumerate(todo, 1):
