@@ -15,8 +15,11 @@ pytest.importorskip("transformers")
 BIN = Path(sys.executable).parent
 pytestmark = pytest.mark.skipif(not (BIN / "mpiexec").exists(), reason="needs mpiexec (pip install mpich)")
 
+# The driver is a script in tools/, not part of the package: load it by path (registered first,
+# as its dataclasses need their module in sys.modules).
 spec = importlib.util.spec_from_file_location("fault_matrix", Path(__file__).parent.parent / "tools" / "fault_matrix.py")
 fault_matrix = importlib.util.module_from_spec(spec)
+sys.modules["fault_matrix"] = fault_matrix
 spec.loader.exec_module(fault_matrix)
 
 
