@@ -56,7 +56,6 @@ from bench_distributed import timed  # bench/ is on the path of a script run fro
 torch.set_num_threads(1)
 
 CODEBOOK = "<codebook>"  # stands for the model's calibration file in --codebook-dir
-BALANCED = "<balanced>"  # stands for `cost.balanced_weights` of the model, N and the setting
 # name -> (preset, levers). "exact" sends every K/V row at full precision (full exchange). A
 # setting the model cannot run (hidden exchange with rotary embeddings) is left out for it.
 SETTINGS = {
@@ -69,12 +68,9 @@ SETTINGS = {
     "fast": ("fast", {}),
     "fast-2bit": ("fast", {"summary_bits": 2}),
     "paper s16": ("paper", {"segment_size": 16}),
-    # 2 bits per value as 8-bit codes of 4-channel groups from the model's own calibrated codebooks
+    # 2 bits per value as codes of channel groups from the model's own calibrated codebooks
     # (`prism-calibrate`; the file is --codebook-dir/<model>.codebook), first 4 tokens exact.
     "codebook": ("accurate", {"summary_bits": 0, "summary_codebook": CODEBOOK}),
-    # edge with partition sizes that give every rank the same FLOPs (`cost.balanced_weights`):
-    # a causal model's rank 0 reads no other chunk, so it gets more tokens.
-    "edge-balanced": ("edge", {"weights": BALANCED}),
 }
 DEFAULT_SETTINGS = "exact,exact-hidden,accurate,accurate-kv,edge,edge-kv,fast,codebook,paper s16"
 AUTO_PRESET = "edge"  # the auto row: prism-run --auto with the default preset (link_profile.choose_setting)
@@ -131,8 +127,7 @@ def parse_args(argv=None):
 
 def config_of(name: str, P: int, model: str, codebook_dir: str) -> PrismConfig:
     preset, levers = SETTINGS[name]
-    levers = {k: (str(Path(codebook_dir) / f"{model}.codebook") if v == CODEBOOK else v) for k, v in levers.items()
-              if v != BALANCED}  # balanced weights are set once the model's shape is known (run_model)
+    levers = {k: (str(Path(codebook_dir) / f"{model}.codebook") if v == CODEBOOK else v) for k, v in levers.items()}
     return PrismConfig.from_preset(P, preset, **levers)
 
 
@@ -220,9 +215,6 @@ def run_model(comm, key, args, rows, projections):
                 print(f"  {name}: not run on {key} ({e})", flush=True)
             continue
         config = hf.config_of(bench.model)  # exchange resolved for this model
-        if SETTINGS[name][1].get("weights") == BALANCED:
-            config = config.replace(weights=cost.balanced_weights(shape, N, config, causal=causal))
-            hf.configure(bench.model, config, comm=comm)
         if config in done:  # e.g. edge-kv where edge already resolved to K/V exchange
             continue
         done.add(config)

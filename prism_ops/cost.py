@@ -138,22 +138,6 @@ def flops_per_layer(shape: ModelShape, num_tokens: int, config: PrismConfig, *, 
     return out
 
 
-def balanced_weights(shape: ModelShape, num_tokens: int, config: PrismConfig, *, causal: bool = False,
-                     iters: int = 30) -> tuple[float, ...]:
-    """Partition weights (`PrismConfig.weights`) under which every rank spends about the same FLOPs
-    per layer. Equal chunks are unbalanced where ranks read different amounts: in a causal model
-    a later rank attends to every earlier chunk's rows, so rank 0 gets more tokens. Each step
-    scales a rank's weight by the square root of the mean FLOPs over its own."""
-    weights = [1.0] * config.num_partitions
-    for _ in range(iters):
-        f = flops_per_layer(shape, num_tokens, config.replace(weights=tuple(weights)), causal=causal)
-        mean = sum(f) / len(f)
-        weights = [w * (mean / max(x, 1)) ** 0.5 for w, x in zip(weights, f)]
-        top = max(weights)
-        weights = [round(w / top, 4) for w in weights]
-    return tuple(weights)
-
-
 def one_device_flops_per_layer(shape: ModelShape, num_tokens: int, *, causal: bool = False) -> int:
     """FLOPs per layer of one device running all N tokens with exact attention."""
     N = num_tokens
