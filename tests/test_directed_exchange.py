@@ -48,6 +48,6 @@ def test_the_sender_runs_ahead_and_the_link_serialises_its_payloads(result):
 
 def test_a_decoder_over_an_emulated_link_equals_the_simulation(result):
     dec = result["decoder"]
-    assert dec["err_sim"] <= 1e-5 * max(1.0, dec["scale"]) * 2, dec
+    assert dec["err_sim"] <= 1e-5 * max(1.0, dec["scale"]) * 2 + dec["err_step"], dec  # as in test_distributed
     assert dec["per_rank"][1] == 0  # the last rank's rows are read by nobody
     assert dec["bytes"] == [dec["expected_bytes"]] * 2

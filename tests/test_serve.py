@@ -18,6 +18,7 @@ import time
 from pathlib import Path
 
 import pytest
+from budgets import DEPTH, fp32_budget, one_step
 
 pytest.importorskip("mpi4py")
 pytest.importorskip("transformers")
@@ -91,6 +92,11 @@ def minilm():
     svc.stop()
 
 
+def max_diff(a, b):
+    assert len(a) == len(b), (len(a), len(b))
+    return max(abs(x - y) for x, y in zip(a, b))
+
+
 def test_embeddings_equal_prism_run(minilm):
     r = minilm.post("/v1/embeddings", {"model": "minilm", "input": TEXT})
     assert r.status_code == 200, r.text
@@ -102,10 +108,13 @@ def test_embeddings_equal_prism_run(minilm):
                        env=ENV)
     assert p.returncode == 0, p.stderr[-2000:]
     ref = json.loads(p.stdout.strip().splitlines()[-1])
-    assert body["data"][0]["embedding"] == ref["output"]  # the same ranks, settings and text: bit for bit
+    # Another process (and, batched, other shapes): within fp32 rounding over MiniLM's depth plus
+    # one code step of the edge preset's 4-bit summaries (tests/budgets.py), not bit for bit.
+    budget = fp32_budget(*DEPTH["minilm"], max(map(abs, ref["output"]))) + one_step("minilm-mpi2-edge")
+    assert max_diff(body["data"][0]["embedding"], ref["output"]) <= budget
     assert body["prism"]["bytes_per_layer"] == ref["bytes"]["sent_per_layer"]
     two = minilm.post("/v1/embeddings", {"input": [TEXT, "A second sentence for the same batch."]}).json()
-    assert [d["index"] for d in two["data"]] == [0, 1] and two["data"][0]["embedding"] == ref["output"]
+    assert [d["index"] for d in two["data"]] == [0, 1] and max_diff(two["data"][0]["embedding"], ref["output"]) <= budget
 
 
 @pytest.mark.parametrize("body,param", [
@@ -169,9 +178,11 @@ def test_load_of_200_requests_from_8_clients(minilm):
     assert sorted(results) == list(range(200))
     for i, r in results.items():
         assert r.status_code == (400 if i in bad else 200), (i, r.text)
-    # Answers belong to their request: same text, same vector.
+    # Answers belong to their request: same text, same vector (within the budget of
+    # test_embeddings_equal_prism_run: under load a request may be batched with others).
     again = minilm.post("/v1/embeddings", {"input": texts[1]}).json()["data"][0]["embedding"]
-    assert results[1].json()["data"][0]["embedding"] == again
+    budget = fp32_budget(*DEPTH["minilm"], max(map(abs, again))) + one_step("minilm-mpi2-edge")
+    assert max_diff(results[1].json()["data"][0]["embedding"], again) <= budget
     assert minilm.health()["max_rss_mb"] - before < 64, (before, minilm.health())
 
 

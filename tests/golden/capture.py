@@ -11,9 +11,9 @@ sha256 digests of the bytes) were captured again as values with the restructured
 Floats from this capture are compared within error budgets, never bit for bit: another CPU's
 math libraries take other code paths (vector widths, summation orders). Besides the outputs it
 records what the budgets need, measured in this process:
-- `one_step`: how far the output moves when, in every quantized exchange (each call of
-  `quantize_codes`), the code nearest a rounding boundary lands on its other side: the effect of
-  a one-step flip, which another machine's last-bit differences may cause;
+- `one_step`: how far the output moves when, in every quantized exchange, the code nearest a
+  rounding boundary lands on its other side (`budgets.flip_one_code`): the effect of a one-step
+  flip, which another machine's last-bit differences may cause;
 - `margins`: for generation, the gap between the two largest logits at each generated token,
   from the same setting run in one process (`run_simulated` with the same partitions), and
   `logit_scale`, the largest |logit| there.
@@ -21,7 +21,6 @@ records what the budgets need, measured in this process:
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import shutil
@@ -33,7 +32,6 @@ from pathlib import Path
 import torch
 
 import prism_ops
-import prism_ops.ops.quantize_rows as quantize_rows
 from prism_ops import hf
 from prism_ops.cli.run import parse_args
 from prism_ops.distributed import run_simulated
@@ -41,6 +39,8 @@ from prism_ops.distributed.runtime import max_positions
 from prism_ops.models import load
 from prism_ops.runner import make_request
 HERE = Path(__file__).parent
+sys.path.insert(0, str(HERE.parent))
+from budgets import flip_one_code  # noqa: E402
 BIN = Path(sys.executable).parent
 TEXT = str(HERE / "input.txt")
 # Torch threads per process: 1 unless OMP_NUM_THREADS says otherwise (the budgets hold for any
@@ -97,35 +97,6 @@ def attention(name: str, dtype=torch.float32) -> torch.Tensor:
     """partitioned_attention's output `[2, 4, 45, 16]` for case `name`, inputs cast to dtype."""
     q, k, v, kw = attention_inputs(dict(ATTENTION)[name])
     return prism_ops.partitioned_attention(q.to(dtype), k.to(dtype), v.to(dtype), backend="torch", **kw)
-
-
-@contextlib.contextmanager
-def flip_one_code():
-    """Within: every quantize_codes call moves its code nearest a rounding boundary to the other
-    side of it (one step), the flip another machine's last-bit differences can cause."""
-    original = quantize_rows.quantize_codes
-
-    def flipped(x, bits, valid=None):
-        codes, lo16, step16 = original(x, bits, valid)
-        step = step16.float()
-        r = (x.float() - lo16.float()) / torch.where(step > 0, step, torch.ones_like(step))
-        frac = r - r.floor()
-        inside = (r > 0.5) & (r < 2**bits - 1.5)  # both neighbouring codes exist
-        if valid is not None:
-            inside = inside & valid
-        gap = torch.where(inside, (frac - 0.5).abs(), torch.full_like(r, float("inf"))).flatten()
-        i = int(gap.argmin())
-        if gap[i].isfinite():
-            codes = codes.flatten().clone()
-            codes[i] = int(r.flatten()[i].floor()) + (0 if frac.flatten()[i] >= 0.5 else 1)
-            codes = codes.view(x.shape)
-        return codes, lo16, step16
-
-    quantize_rows.quantize_codes = flipped
-    try:
-        yield
-    finally:
-        quantize_rows.quantize_codes = original
 
 
 def attention_cases() -> dict:

@@ -20,6 +20,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import torch  # noqa: E402
 
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+from budgets import flip_one_code  # noqa: E402
 from prism_ops import cost, hf, partition_bounds  # noqa: E402
 from prism_ops.distributed import Communicator, EmulatedLink, Request, run_distributed, run_simulated  # noqa: E402
 from prism_ops.distributed.control import bcast_json  # noqa: E402
@@ -64,10 +66,13 @@ def decoder(comm):
     config = hf.config_of(model)
     hf.configure(model, config)
     sim = run_simulated(model, req, comm.size)
+    with flip_one_code():  # 4-bit summaries: one code step, which the last bits may flip (test_distributed)
+        err_step = (run_simulated(model, req, comm.size).output - sim.output).abs().max().item()
     heads, channels = cost.ModelShape.from_config(model.config).row_shape(config.exchange)
     layouts = payload_layouts(config, partition_bounds(40, comm.size), causal=True, batch=1, heads=heads,
                               channels=channels, dtype=torch.float32)
     return dict(err_sim=(res.output - sim.output).abs().max().item(), scale=sim.output.abs().max().item(),
+                err_step=err_step,
                 bytes=res.bytes_per_layer, expected_bytes=sum(lay.nbytes for lay in layouts),
                 per_rank=[lay.nbytes for lay in layouts])
 

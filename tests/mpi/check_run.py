@@ -1,7 +1,11 @@
 """Run under mpiexec by tests/test_distributed.py: one request through the MPI runtime, then
 (on rank 0) the same request simulated in one process and unpartitioned. Prints one JSON line
 on rank 0 with the differences, the bytes counted and the bytes of the wire layout
-(`prism_ops.wire`, what `prism_ops.cost` also counts).
+(`prism_ops.wire`, what `prism_ops.cost` also counts). With quantized summaries it also reports
+`err_step`, how far the simulated output moves under one code step in every quantized exchange
+(`budgets.flip_one_code`): distributed and simulated sums differ in their last bits, which may
+round a value on a boundary to the other code. With generation, `margins_sim` is the gap between
+the two largest logits at each generated token of the simulated run (least over the batch).
 
     mpiexec -n 3 python tests/mpi/check_run.py --model gpt2 --tokens 37 --segment-size 4
 """
@@ -15,6 +19,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import torch  # noqa: E402
 
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+from budgets import flip_one_code  # noqa: E402
 from prism_ops import cost, hf, models, partition_bounds  # noqa: E402
 from prism_ops.distributed import Communicator, Request, run_distributed, run_simulated  # noqa: E402
 from prism_ops.distributed.runtime import model_kind  # noqa: E402
@@ -77,7 +83,25 @@ def main():
         return
     config = hf.config_of(model)
     hf.configure(model, config)  # the same config, simulated
-    sim = run_simulated(model, req, comm.size)
+    head = model.get_output_embeddings() if req.generate else None
+    logits = []
+    hook = head.register_forward_hook(lambda m, i, o: logits.append(o.float())) if head is not None else None
+
+    def simulate():  # (the Result, what err_step compares: the output, or with generation the logits)
+        logits.clear()
+        out = run_simulated(model, req, comm.size)
+        return out, torch.stack([x.reshape(-1, x.shape[-1]) for x in logits]) if logits else out.output.float()
+
+    sim, sim_values = simulate()
+    err_step = 0.0
+    if config.summary_bits:
+        with flip_one_code():
+            flipped = simulate()[1]
+        n = min(len(flipped), len(sim_values))  # a flipped token may end generation early
+        err_step = (flipped[:n] - sim_values[:n]).abs().max().item()
+    if hook is not None:
+        hook.remove()
+    top2 = sim_values.topk(2, -1).values if req.generate else None
     model.set_attn_implementation("sdpa")
     exact = run_simulated(model, req, 1)
     B, N = (req.ids.shape if req.ids is not None else (1, sim.output.shape[1]))
@@ -91,7 +115,9 @@ def main():
         err_exact=(res.output.float() - exact.output.float()).abs().max().item(),
         scale=sim.output.float().abs().max().item(),
         bytes=res.bytes_per_layer, expected_bytes=sum(lay.nbytes for lay in layouts),
-        ids=res.token_ids, ids_sim=sim.token_ids, ids_exact=exact.token_ids,
+        ids=res.token_ids, ids_sim=sim.token_ids, ids_exact=exact.token_ids, err_step=err_step,
+        margins_sim=None if top2 is None else (top2[..., 0] - top2[..., 1]).amin(-1).tolist(),
+        logit_scale=None if top2 is None else sim_values.abs().max().item(),
     )
     print(json.dumps(out), flush=True)
 
