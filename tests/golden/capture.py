@@ -179,11 +179,10 @@ def place_case() -> dict:
         dev, tasks, plan = (Path(d) / n for n in ("d.json", "t.json", "plan.json"))
         dev.write_text(json.dumps(PLACE_DEVICES))
         tasks.write_text(json.dumps(PLACE_TASKS))
-        # --planner greedy: the planner the golden plan was made with (issue 12 made an optimal
-        # MILP planner the default afterwards). Older code had greedy only and no such flag.
-        cmd = [str(BIN / "prism-place"), "--devices", str(dev), "--tasks", str(tasks), "--exact", "--json", str(plan)]
-        if "--planner" in subprocess.run([str(BIN / "prism-place"), "--help"], capture_output=True, text=True).stdout:
-            cmd += ["--planner", "greedy"]
+        # --planner greedy: the planner the golden plan was made with (an optimal MILP planner
+        # became the default afterwards).
+        cmd = [str(BIN / "prism-place"), "--devices", str(dev), "--tasks", str(tasks), "--exact", "--json", str(plan),
+               "--planner", "greedy"]
         p = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=ENV)
         if p.returncode != 0:
             raise RuntimeError(f"prism-place: exit {p.returncode}\n{p.stderr[-3000:]}")
