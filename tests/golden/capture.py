@@ -38,9 +38,11 @@ from prism_ops.distributed import run_simulated
 from prism_ops.distributed.runtime import max_positions
 from prism_ops.models import load
 from prism_ops.runner import make_request
+
 HERE = Path(__file__).parent
 sys.path.insert(0, str(HERE.parent))
 from budgets import flip_one_code  # noqa: E402
+
 BIN = Path(sys.executable).parent
 TEXT = str(HERE / "input.txt")
 # Torch threads per process: 1 unless OMP_NUM_THREADS says otherwise (the budgets hold for any
