@@ -55,7 +55,7 @@ class Server:
         # PRISM inside S2M3: an encoder spread over a group of ranks, each holding a copy and
         # a contiguous slice of the tokens (`prism_ops.distributed`).
         self.groups = {}
-        for part, (ranks, spec) in sorted(plan.spread.items()):
+        for part, (ranks, config) in sorted(plan.spread.items()):
             sub = comm.split(comm.rank in ranks)  # collective: every rank, same order
             if sub is None:
                 continue
@@ -63,8 +63,7 @@ class Server:
             model = next(m for m in self.models if any(p == part for p, _ in self.catalog.nodes(m).values()))
             mod = self.modules.get(part) or self.catalog.node_module(model, node, self.size)
             self.modules[part] = mod
-            hf.configure(mod.net, num_partitions=sub.size, segment_size=int(spec.get("segment_size", 16)),
-                         comm=sub, **{k: v for k, v in spec.items() if k not in ("devices", "segment_size")})
+            hf.configure(mod.net, config, comm=sub)  # the plan's resolved setting (`plan.prism_config`)
             self.groups[part] = (sub, [r for r in ranks if r != ranks[0]])
         # Ready nodes run earliest request first: a shared module serves requests in the order
         # they arrived, and a request's head runs as soon as its inputs are in.
