@@ -48,6 +48,9 @@ def print_report(r: PlanReport) -> None:
     if "optimal_s" in r.plan:
         gap = r.plan["objective_s"] / r.plan["optimal_s"] - 1 if r.plan["optimal_s"] > 0 else 0.0
         print(f"exact (branch and bound): {r.plan['optimal_s']:.4f} s in {r.exact_s:.3f} s; gap {gap:.2%}")
+    for part, group, cfg in r.prism:  # what every rank of the group will run (preset resolved)
+        levers = ", ".join(f"{k}={v}" for k, v in cfg.as_dict().items() if k != "num_partitions")
+        print(f"prism {part} over {', '.join(group)}: {levers}")
     if r.load == "burst":
         for name, latency in r.load_latency:
             print(f"predicted burst latency {name}: {latency:.4f} s (mean of its requests)")

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 from .files import check_memory, check_tasks, parse_devices, read_file
 from .load import Load, burst_latencies, busy, load_objective, steady_latencies
+from .plan import check_plan
 from .placement import Device, Instance, PlacementError, branch_and_bound, greedy, objective, task_latency
 from .profiler import profile_modules
 from .solver import plan as solve
@@ -41,6 +42,7 @@ class PlanReport:
     load_latency: list = ()  # (model, predicted mean latency s under the load)
     burst_s: float | None = None  # a burst: when its last request is answered
     device_busy: list = ()  # (device, busy s for a burst / busy share for rates)
+    prism: list = ()  # (part, [devices of its group], the resolved PrismConfig) of the tasks file's prism
 
 
 def make_plan(devices_path: str, tasks_path: str, exact: bool = False, planner: str = "optimal") -> PlanReport:
@@ -82,6 +84,10 @@ def make_plan(devices_path: str, tasks_path: str, exact: bool = False, planner: 
         plan["optimal_s"] = best[1]
     plan["suite_version"] = SUITE_VERSION
     extra = {}
+    if spec.prism:  # checked, and resolved, as prism-serve will (`plan.check_plan`)
+        plan["prism"] = spec.prism
+        spread = check_plan(plan, len(devices), path=tasks_path).spread
+        extra["prism"] = [(part, [devices[r].name for r in ranks], cfg) for part, (ranks, cfg) in sorted(spread.items())]
     if load is not None:
         plan[load.kind] = spec.burst if load.kind == "burst" else spec.rates
         plan["load_objective_s"] = load_objective(inst, where, load)
