@@ -71,13 +71,15 @@ def burst_order(counts) -> list[int]:
     return out
 
 
-def simulate(inst: Instance, place: dict, arrivals) -> list[float]:
+def simulate(inst: Instance, place: dict, arrivals, caller_holds: bool = True) -> list[float]:
     """Latency of each request [(arrival time s, task index)] under `place`, in the given order
     (which is also the order a device serves them in).
 
     Device 0 is also the caller (prism-serve's rank 0, one thread): it sends out a request's
     inputs, and takes in a result, only between two of its own nodes, so a request that arrives
-    (or a result that comes back) while it computes waits until that node is done."""
+    (or a result that comes back) while it computes waits until that node is done. With
+    `caller_holds=False` the caller acts at once (what a dispatcher off the compute path would
+    give: the figure that says whether one is worth having)."""
     tasks = inst.tasks
     readers = [{u: [v for v, srcs in t.inputs.items() if u in srcs] for u in t.inputs} for t in tasks]
     sinks = [t.sink() for t in tasks]
@@ -107,7 +109,7 @@ def simulate(inst: Instance, place: dict, arrivals) -> list[float]:
         while events and events[0][0] <= now:
             _, _, kind, req, v = heapq.heappop(events)
             if kind in ("arrive", "result"):
-                if idle[0]:
+                if idle[0] or not caller_holds:
                     caller(now, kind, req)
                 else:
                     held.append((kind, req))

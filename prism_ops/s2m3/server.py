@@ -44,14 +44,28 @@ class BadInput(CollectiveError):
 class Server:
     """One rank's share of the plan: its modules, its inbox and its FIFO of ready nodes."""
 
-    def __init__(self, comm, plan: CheckedPlan):
-        self.comm = comm
+    def __init__(self, comm, plan: CheckedPlan, slowdown: float = 1.0, loaded: dict | None = None):
+        """`slowdown` >= 1: after each node, sleep (slowdown - 1) times its run time, so this rank
+        stands for a device that much slower (benchmarks of unequal devices). `loaded` ({part:
+        Module}, optional): modules already built, used instead of building them again and
+        filled with those built here (several plans in one process; spread encoders excepted, as
+        PRISM reconfigures them)."""
+        if not (isinstance(slowdown, (int, float)) and 1.0 <= slowdown < float("inf")):
+            raise ValueError(f"slowdown must be a finite number >= 1, got {slowdown!r}")
+        self.comm, self.slowdown = comm, float(slowdown)
         self.size, self.models, self.rank_of, self.catalog = plan.size, plan.models, plan.rank, plan.catalog
         reg, self.modules = Registry(), {}
+        loaded = {} if loaded is None else loaded
         for m in self.models:  # only the parts placed on this rank
             for node, (part, _) in self.catalog.nodes(m).items():
-                if self.rank_of[part] == comm.rank and part not in self.modules:
-                    self.modules[part] = reg.add(self.catalog.node_module(m, node, self.size))
+                if self.rank_of[part] != comm.rank or part in self.modules:
+                    continue
+                if part in loaded and part not in plan.spread:
+                    self.modules[part] = loaded[part]
+                    continue
+                self.modules[part] = reg.add(self.catalog.node_module(m, node, self.size))
+                if part not in plan.spread:
+                    loaded[part] = self.modules[part]
         # PRISM inside S2M3: an encoder spread over a group of ranks, each holding a copy and
         # a contiguous slice of the tokens (`prism_ops.distributed`).
         self.groups = {}
@@ -138,7 +152,10 @@ class Server:
                 if out is None:  # a member of the group: the lead carries the output on
                     return True
             else:
+                t0 = time.perf_counter()
                 out = self.modules[part](*[inputs[s] for s in dag[node]])
+                if self.slowdown > 1.0:  # a slower device, emulated: idle for the extra time
+                    time.sleep((self.slowdown - 1.0) * (time.perf_counter() - t0))
             readers = [n for n, srcs in dag.items() if node in srcs]
             for n in readers:
                 self.deliver(seq, req, model, n, node, out)
