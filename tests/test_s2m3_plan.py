@@ -2,6 +2,7 @@
 CheckedPlan (with its own catalog), and bad plans and request lines are named."""
 
 import io
+import math
 import json
 
 import pytest
@@ -219,3 +220,10 @@ def test_bad_plan_refused_before_any_model_loads(tmp_path, monkeypatch):
     with pytest.raises(server.BadInput, match=r"share device\(s\) \['a', 'b'\]") as e:
         server.serve_requests(OneRank(3), write(tmp_path, "p.json", bad), write(tmp_path, "r", ""))
     assert e.value.exit_code == 2 and isinstance(e.value.__cause__, PlacementError)
+
+
+@pytest.mark.parametrize("slowdown", [0.5, math.inf, math.nan, "2", True])
+def test_server_slowdown_is_checked_first(slowdown):
+    """A bad emulated slowdown is refused before the Server touches its communicator or a model."""
+    with pytest.raises(ValueError, match="slowdown must be a finite number >= 1"):
+        server.Server(None, check_plan(PLAN, 2), slowdown=slowdown)

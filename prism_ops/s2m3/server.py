@@ -50,7 +50,8 @@ class Server:
         Module}, optional): modules already built, used instead of building them again and
         filled with those built here (several plans in one process; spread encoders excepted, as
         PRISM reconfigures them)."""
-        if not (isinstance(slowdown, (int, float)) and 1.0 <= slowdown < float("inf")):
+        ok = isinstance(slowdown, (int, float)) and not isinstance(slowdown, bool)
+        if not (ok and 1.0 <= slowdown < float("inf")):
             raise ValueError(f"slowdown must be a finite number >= 1, got {slowdown!r}")
         self.comm, self.slowdown = comm, float(slowdown)
         self.size, self.models, self.rank_of, self.catalog = plan.size, plan.models, plan.rank, plan.catalog
