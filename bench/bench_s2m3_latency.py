@@ -31,6 +31,7 @@ import argparse
 import json
 import os
 import statistics
+import sys
 import time
 
 import torch
@@ -126,7 +127,7 @@ def main():
         slow = 1.0 / PAIRS[pair][comm.rank] if comm.rank < 2 else 1.0
         servers[key] = Server(comm, check_plan(p, comm.size), slowdown=slow, loaded=loaded)
     runs = [[] for _ in rows]  # per row: (mean latency, last answer) of each run
-    for _ in range(args.repeats):
+    for rep in range(args.repeats):
         for i, r in enumerate(rows):
             reqs = [{"id": j, "model": models[t], "seed": j} for j, (_, t) in enumerate(r["arrivals"])]
             at = [a for a, _ in r["arrivals"]]
@@ -135,6 +136,8 @@ def main():
             if comm.rank == 0:
                 lat = [done[json.dumps(q["id"])][1] for q in reqs]
                 runs[i].append((mean(lat), max(lat)))
+                print(f"run {rep + 1}/{args.repeats} {r['name']}: mean {mean(lat):.3f} s (load average "
+                      f"{os.getloadavg()[0]:.1f})", file=sys.stderr, flush=True)
     comm.barrier()
     if comm.rank != 0:
         return
