@@ -220,7 +220,9 @@ def plan(inst: Instance, load: Load | None = None, time_limit: float = 1.5) -> S
         place, proven = None, False
     if place is None and proven:
         return Solution(None, math.inf, True, time.perf_counter() - t0)
-    starts = [p for p in (place, greedy(inst)) if p is not None] or [p for p in (_first_fit(inst),) if p]
+    named = [(n, p) for n, p in (("latency optimum" if proven else "MILP", place), ("greedy", greedy(inst)))
+             if p is not None] or [("first fit", p) for p in (_first_fit(inst),) if p]
+    starts = [p for _, p in named]
     if not starts:
         return Solution(None, math.inf, False, time.perf_counter() - t0)
     if load is None:
@@ -228,7 +230,6 @@ def plan(inst: Instance, load: Load | None = None, time_limit: float = 1.5) -> S
             return Solution(place, objective(inst, place), True, time.perf_counter() - t0)
         best = min((local_search(inst, p, objective, deadline) for p in starts), key=lambda r: r[1])
         return Solution(best[0], best[1], False, time.perf_counter() - t0)
-    named = [("latency optimum" if proven else "MILP", starts[0])] + [("greedy", p) for p in starts[1:]]
     b = _balanced(inst, load)
     named += [("balanced", b)] if b is not None else []
     lo = deadline + 2 * time_limit  # the load-aware search gets its own time
@@ -247,7 +248,7 @@ def plan(inst: Instance, load: Load | None = None, time_limit: float = 1.5) -> S
 
         found = [(f"{n} + M/G/1 search", local_search(inst, p, guess, lo)[0]) for n, p in named]
         counts = tuple(1 if r else 0 for r in load.rates)
-        named.append(("burst plan", plan(inst, Load(counts=counts), time_limit).place))
+        named += [("burst plan", p) for p in (plan(inst, Load(counts=counts), time_limit).place,) if p is not None]
         pool = named + found + [(f"all on {inst.devices[d].name}", p) for d, p in one_device(inst)]
         ranked = sorted(pool, key=lambda np_: short(inst, np_[1]))
         sim_deadline = time.perf_counter() + 2 * time_limit
