@@ -1,24 +1,38 @@
-"""S2M3 routing under load: a burst of 12 mixed requests, and steady Poisson arrivals, served by 2
-MPI ranks with a load-aware plan, against one rank running everything, in the same mpiexec run.
+"""S2M3 routing under load: 2 MPI ranks with the planner's load-aware plans against one rank running
+everything, in the same mpiexec run: a burst of 12 mixed requests, and steady Poisson arrivals at
+40%, 70% and 90% of one rank's capacity, for an equal pair of devices (speeds 1 and 1) and an
+unequal one (speeds 1 and 0.5).
 
-    mpiexec -n 2 python bench/bench_s2m3_latency.py [--repeats 3] [--arrivals 40] [--load 0.7]
+    OMP_NUM_THREADS=1 mpiexec -n 2 python bench/bench_s2m3_latency.py [--quick] [--repeats 5]
+        [--arrivals 40] [--loads 0.4 0.7 0.9]
 
-Rank 0 profiles the suite's modules (full size, 1 thread, median of 3 after a warm-up) and plans for two equal devices with room
-for everything (2 GB each) and a 1 Gbit/s link: for the burst with `solver.plan` under the
-burst (one request of each of the 12 models, `load.Load(counts=...)`), for the steady arrivals
-under their rates. The one-rank baseline is the plan with every module on rank 0, served by the
-same scheduler (`Server`) while rank 1 idles. Latency of a request = from its arrival until its
-result is back on rank 0. Steady arrivals: `--arrivals` Poisson arrivals of a uniform mix of the 12
-models at `--load` times one rank's capacity (1 / the mean compute of a request); the same
-arrival times for both plans.
-Predictions, beside every measured row, from the profiled costs: the discrete-event simulation of
-the plan (`load.simulate`), and for steady arrivals also the M/G/1 estimate (`load.steady_latencies`).
-Targets (issue 12): the burst >= 1.6x sooner on 2 ranks; steady mean latency on 2 ranks <= 0.5x.
+Rank 0 profiles the suite's modules in this run (full size, 1 thread, median of 3 after a
+warm-up) and plans with `solver.plan` for two devices with room for everything (2 GB each) and a
+1 Gbit/s link: for the burst (one request of each of the 12 models) and for each steady load.
+The slower device of the unequal pair is rank 1 made half as fast by sleeping, after each node,
+as long as the node ran (`Server(slowdown=2)`): stated as emulated, it holds no core meanwhile.
+The one-rank baseline is every module on rank 0 (speed 1), served by the same scheduler
+(`Server`) while rank 1 idles; it is the same for both pairs. Latency of a request = from its
+arrival until its result is back on rank 0. Steady arrivals: `--arrivals` Poisson arrivals of a
+uniform mix of the 12 models at the load times one rank's capacity (1 / the mean compute of a
+request), the same arrival times for every plan at that load.
+
+Every row (a plan under a load) runs `--repeats` times, the rows interleaved (row 1, row 2, ...,
+then again), and prints the median of the runs' mean latencies and their spread (min-max), beside
+the predictions from the profiled costs: the planner's objective (the long-run mean it chose the
+plan by; for a burst its simulated mean), the discrete-event simulation of the very arrivals
+measured (`load.simulate`), the same with rank 0's dispatch off its compute path
+(`caller_holds=False`: what a dispatch thread would give), and the M/G/1 first guess.
+`--quick` (2 repeats of 12 arrivals) is for a busy machine; the figures in docs/RESULTS.md name
+the command and the machine's load average, which this prints.
 """
 
 import argparse
 import json
+import os
 import statistics
+import sys
+import time
 
 import torch
 
@@ -33,6 +47,8 @@ from prism_ops.s2m3.solver import plan as solve
 from prism_ops.s2m3.suite import SUITE, SUITE_VERSION
 
 torch.set_num_threads(1)
+PAIRS = {"equal": (1.0, 1.0), "unequal": (1.0, 0.5)}  # device speeds, rank 0 first
+INPUT_BYTES = {"image": 602112, "text": 512, "audio": 960000}
 
 
 def plan_dict(devs, models, size, part_of, place):
@@ -40,99 +56,125 @@ def plan_dict(devs, models, size, part_of, place):
             "plan": {part_of[k]: devs[v].name for k, v in place.items()}}
 
 
-def setup(args, num_ranks):
-    """Rank 0: profile, plan, predict. Returns what every rank needs (JSON)."""
+def mean(xs):
+    return sum(xs) / len(xs)
+
+
+def setup(args):
+    """Rank 0: profile, plan, predict. Returns the rows every rank runs (JSON)."""
     models = list(SUITE)
-    _, costs, part_of, tasks = profile_modules(models, args.size, {}, {"image": 602112, "text": 512, "audio": 960000},
-                                           repeats=3)
-    devs = [Device(f"dev{i}", 2e9) for i in range(num_ranks)]
-    inst = Instance(devs, costs, tasks, default_link=Link(125e6, 1e-3))
+    _, costs, part_of, tasks = profile_modules(models, args.size, {}, INPUT_BYTES, repeats=3)
+    insts = {pair: Instance([Device(f"dev{i}", 2e9, s) for i, s in enumerate(speeds)], costs, tasks,
+                            default_link=Link(125e6, 1e-3)) for pair, speeds in PAIRS.items()}
     one = {k: 0 for k in costs}
+    work = sum(costs[v].compute for t in tasks for v in t.inputs) / len(models)  # s per request, speed 1
+    plans, rows = {"one": plan_dict(insts["equal"].devices, models, args.size, part_of, one)}, []
+
+    def row(name, pair, key, place, inst, load, arrivals, objective, chosen):
+        pred = simulate(inst, place, arrivals)
+        free = simulate(inst, place, arrivals, caller_holds=False)
+        burst = load.kind == "burst"
+        rows.append({"name": name, "pair": pair, "plan": key, "load": "burst" if burst else load_share,
+                     "arrivals": arrivals, "objective": objective, "chosen": chosen, "sim": mean(pred),
+                     "sim_free": mean(free), "sim_max": max(pred),
+                     "mg1": None if burst else load_objective(inst, place, load, "mg1")})
+
     burst = Load(counts=(1,) * len(models))
-    work = sum(c.compute for t in tasks for c in (costs[v] for v in t.inputs)) / len(models)  # s per request
-    rates = (args.load / work / len(models),) * len(models)
-    spread_burst = solve(inst, burst).place
-    spread_steady = solve(inst, Load(rates=rates)).place
-    arrivals = poisson_arrivals(rates, args.arrivals, seed=args.seed)
     order = burst_order(burst.counts)
-    pred = {}
-    for name, place in (("two_burst", spread_burst), ("one_burst", one)):
-        pred[name] = simulate(inst, place, [(0.0, i) for i in order])
-    for name, place in (("two_steady", spread_steady), ("one_steady", one)):
-        pred[name] = simulate(inst, place, arrivals)
-        pred[name + "_mg1"] = load_objective(inst, place, Load(rates=rates))
-    return {"models": models, "order": order, "arrivals": arrivals, "rate": sum(rates), "work": work, "pred": pred,
-            "plans": {"two_burst": plan_dict(devs, models, args.size, part_of, spread_burst),
-                      "two_steady": plan_dict(devs, models, args.size, part_of, spread_steady),
-                      "one": plan_dict(devs, models, args.size, part_of, one)}}
+    at0 = [(0.0, i) for i in order]
+    load_share = None
+    for pair, inst in insts.items():
+        sol = solve(inst, burst)
+        plans[f"{pair}:burst"] = plan_dict(inst.devices, models, args.size, part_of, sol.place)
+        row(f"burst, 2 ranks {pair}", pair, f"{pair}:burst", sol.place, inst, burst, at0, sol.cost, sol.chosen)
+    row("burst, 1 rank", "equal", "one", one, insts["equal"], burst, at0, load_objective(insts["equal"], one, burst),
+        "all on dev0")
+    for i, load_share in enumerate(args.loads):
+        rates = (load_share / work / len(models),) * len(models)
+        load = Load(rates=rates)
+        arrivals = poisson_arrivals(rates, args.arrivals, seed=args.seed + i)
+        for pair, inst in insts.items():
+            sol = solve(inst, load)
+            key = f"{pair}:{load_share}"
+            plans[key] = plan_dict(inst.devices, models, args.size, part_of, sol.place)
+            row(f"{load_share:.0%}, 2 ranks {pair}", pair, key, sol.place, inst, load, arrivals, sol.cost, sol.chosen)
+        row(f"{load_share:.0%}, 1 rank", "equal", "one", one, insts["equal"], load, arrivals,
+            load_objective(insts["equal"], one, load), "all on dev0")
+    return {"models": models, "work": work, "rows": rows, "plans": plans,
+            "compute": {part_of[k]: c.compute for k, c in costs.items()}}
 
 
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--size", choices=("full", "tiny"), default="full")
-    ap.add_argument("--repeats", type=int, default=3, help="bursts per plan (medians)")
-    ap.add_argument("--arrivals", type=int, default=40, help="steady arrivals per plan")
-    ap.add_argument("--load", type=float, default=0.7, help="arrival rate, as a share of one rank's capacity")
+    ap.add_argument("--repeats", type=int, default=5, help="runs of every row, interleaved (medians)")
+    ap.add_argument("--arrivals", type=int, default=40, help="steady arrivals per run")
+    ap.add_argument("--loads", type=float, nargs="+", default=[0.4, 0.7, 0.9],
+                    help="steady arrival rates, as shares of one rank's capacity")
+    ap.add_argument("--quick", action="store_true", help="2 repeats of 12 arrivals (a busy machine)")
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args()
-    comm = Communicator(timeout_s=900)
-    info = bcast_json(comm, setup(args, comm.size) if comm.rank == 0 else None)
-    models, order = info["models"], info["order"]
-    servers = {k: Server(comm, check_plan(p, comm.size)) for k, p in sorted(info["plans"].items())}
-    burst_reqs = [{"id": i, "model": models[t], "seed": i} for i, t in enumerate(order)]
-    steady_reqs = [{"id": i, "model": models[t], "seed": i} for i, (_, t) in enumerate(info["arrivals"])]
-    at = [a for a, _ in info["arrivals"]]
-    measured = {}
-    for key, server in (("two_burst", servers["two_burst"]), ("one_burst", servers["one"])):
-        runs = []
-        for _ in range(args.repeats):
+    if args.quick:
+        args.repeats, args.arrivals = 2, 12
+    comm = Communicator(timeout_s=1800)
+    t_start, load_start = time.time(), os.getloadavg()
+    info = bcast_json(comm, setup(args) if comm.rank == 0 else None)
+    models, rows = info["models"], info["rows"]
+    loaded = {}  # modules built once per rank, shared by every plan's Server
+    servers = {}
+    for key, p in sorted(info["plans"].items()):
+        pair = key.split(":")[0] if ":" in key else "equal"
+        slow = 1.0 / PAIRS[pair][comm.rank] if comm.rank < 2 else 1.0
+        servers[key] = Server(comm, check_plan(p, comm.size), slowdown=slow, loaded=loaded)
+    runs = [[] for _ in rows]  # per row: (mean latency, last answer) of each run
+    for rep in range(args.repeats):
+        for i, r in enumerate(rows):
+            reqs = [{"id": j, "model": models[t], "seed": j} for j, (_, t) in enumerate(r["arrivals"])]
+            at = [a for a, _ in r["arrivals"]]
             comm.barrier()
-            done = server.serve(burst_reqs if comm.rank == 0 else None)
+            done = servers[r["plan"]].serve(reqs if comm.rank == 0 else None, at if comm.rank == 0 else None)
             if comm.rank == 0:
-                runs.append([done[json.dumps(r["id"])][1] for r in burst_reqs])
-        measured[key] = runs
-    for key, server in (("two_steady", servers["two_steady"]), ("one_steady", servers["one"])):
-        comm.barrier()
-        done = server.serve(steady_reqs if comm.rank == 0 else None, at if comm.rank == 0 else None)
-        if comm.rank == 0:
-            measured[key] = [done[json.dumps(r["id"])][1] for r in steady_reqs]
+                lat = [done[json.dumps(q["id"])][1] for q in reqs]
+                runs[i].append((mean(lat), max(lat)))
+                print(f"run {rep + 1}/{args.repeats} {r['name']}: mean {mean(lat):.3f} s (load average "
+                      f"{os.getloadavg()[0]:.1f})", file=sys.stderr, flush=True)
     comm.barrier()
     if comm.rank != 0:
         return
-    pred = info["pred"]
-    for key in ("two_burst", "two_steady"):
-        print(f"plan {key}: " + ", ".join(f"{p}->{d}" for p, d in sorted(info["plans"][key]["plan"].items())
-                                          if ":" not in p))
-    print()
-    print("| model | 2 ranks (s) | predicted | 1 rank (s) | predicted | 1 rank / 2 ranks |")
-    print("| --- | --- | --- | --- | --- | --- |")
-    med = {k: [statistics.median(r[i] for r in measured[k]) for i in range(len(order))]
-           for k in ("two_burst", "one_burst")}
-    for i, t in enumerate(order):
-        a, b = med["two_burst"][i], med["one_burst"][i]
-        print(f"| {models[t]} | {a:.3f} | {pred['two_burst'][i]:.3f} | {b:.3f} | {pred['one_burst'][i]:.3f} | "
-              f"{b / a:.2f}x |")
-    for label, f in (("mean of the burst", statistics.mean), ("whole burst", max)):
-        a = statistics.median(f(r) for r in measured["two_burst"])
-        b = statistics.median(f(r) for r in measured["one_burst"])
-        print(f"| **{label}** | {a:.3f} | {f(pred['two_burst']):.3f} | {b:.3f} | {f(pred['one_burst']):.3f} | "
-              f"**{b / a:.2f}x** |")
-    print()
-    print(f"steady arrivals: {len(at)} Poisson arrivals at {info['rate']:.3f} req/s ({args.load:.0%} of one rank's "
-          f"capacity: {info['work']:.3f} s of compute per request), uniform over the 12 models")
-    print("| ranks | mean latency (s) | predicted: simulation | predicted: M/G/1 | p90 (s) | predicted p90 |")
-    print("| --- | --- | --- | --- | --- | --- |")
+    report(args, info, runs, t_start, load_start)
 
-    def p90(xs):
-        return sorted(xs)[int(0.9 * (len(xs) - 1))]
 
-    for label, key in (("2 ranks", "two_steady"), ("1 rank", "one_steady")):
-        m = measured[key]
-        print(f"| {label} | {statistics.mean(m):.3f} | {statistics.mean(pred[key]):.3f} | {pred[key + '_mg1']:.3f} | "
-              f"{p90(m):.3f} | {p90(pred[key]):.3f} |")
-    a, b = statistics.mean(measured["two_steady"]), statistics.mean(measured["one_steady"])
-    print(f"| **2 ranks / 1 rank** | **{a / b:.2f}x** | {statistics.mean(pred['two_steady']) / statistics.mean(pred['one_steady']):.2f}x | "
-          f"{pred['two_steady_mg1'] / pred['one_steady_mg1']:.2f}x | | |")
+def report(args, info, runs, t_start, load_start):
+    rows = info["rows"]
+    print(f"machine: {os.cpu_count()} cores, load average {load_start[0]:.1f} at the start, "
+          f"{os.getloadavg()[0]:.1f} at the end; {time.time() - t_start:.0f} s in all")
+    print(f"profiled compute (s, speed 1): " + ", ".join(f"{p} {c:.3f}" for p, c in
+                                                        sorted(info["compute"].items(), key=lambda x: -x[1]) if c > 1e-3))
+    print(f"one request: {info['work']:.3f} s of compute on average; {args.repeats} runs per row, interleaved; "
+          f"steady rows: {args.arrivals} Poisson arrivals per run")
+    for key, p in sorted(info["plans"].items()):
+        if key != "one":
+            on1 = sorted(part for part, d in p["plan"].items() if d == "dev1" and ":" not in part)
+            print(f"plan {key}: on dev1 {on1 or 'nothing'} (+ heads as placed)")
+    print()
+    print("| row | plan (chosen from the candidates) | measured mean (s), median | spread | planner objective | "
+          "sim. of these arrivals | sim., dispatch off compute | M/G/1 | 1 rank / this |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+    med = [statistics.median(m for m, _ in rs) for rs in runs]
+    base = {r["load"]: med[i] for i, r in enumerate(rows) if r["plan"] == "one"}
+    for i, (r, rs) in enumerate(zip(rows, runs)):
+        ms = [m for m, _ in rs]
+        mg1 = "" if r["mg1"] is None else f"{r['mg1']:.3f} ({r['mg1'] / med[i]:.2f})"
+        print(f"| {r['name']} | {r['chosen']} | {med[i]:.3f} | {min(ms):.3f}-{max(ms):.3f} | "
+              f"{r['objective']:.3f} ({r['objective'] / med[i]:.2f}) | {r['sim']:.3f} ({r['sim'] / med[i]:.2f}) | "
+              f"{r['sim_free']:.3f} | {mg1} | {base[r['load']] / med[i]:.2f}x |")
+    print("(predicted figures: the value, then predicted / measured)")
+    whole = {r["name"]: statistics.median(x for _, x in rs) for r, rs in zip(rows, runs) if r["load"] == "burst"}
+    one = whole["burst, 1 rank"]
+    for pair in PAIRS:
+        r = next(x for x in rows if x["name"] == f"burst, 2 ranks {pair}")
+        print(f"whole burst, {pair} pair: {whole[r['name']]:.3f} s against one rank's {one:.3f} s: "
+              f"{one / whole[r['name']]:.2f}x sooner (predicted {r['sim_max']:.3f} s)")
 
 
 if __name__ == "__main__":

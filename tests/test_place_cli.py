@@ -224,3 +224,29 @@ def test_encoding_aliases_limits_and_debug(tmp_path, capsys):
     with pytest.raises(SystemExit) as e:  # refused before any profiling
         main(["--devices", write(tmp_path, "d.json", DEVICES), "--tasks", bad, "--json", str(tmp_path)])
     assert e.value.code == 2 and "--json" in capsys.readouterr().err
+
+
+def test_prism_entries_are_printed_resolved(tmp_path, capsys):
+    """A tasks file's prism entry goes into the plan as written, and prism-place prints the setting
+    every rank of the group will run: the preset's, with an explicit lever winning."""
+    out = tmp_path / "plan.json"
+    prism = {"minilm": {"devices": ["b", "a"], "preset": "edge", "halo": 2}}
+    main(["--devices", write(tmp_path, "d.json", DEVICES), "--tasks", write(tmp_path, "t.json", {**TASKS, "prism": prism}),
+          "--json", str(out)])
+    text = capsys.readouterr().out
+    assert ("prism minilm over b, a: segment_size=1, sink_tokens=0, halo=2, log_count_bias=True, weights=None, "
+            "cluster_iters=0, summary_bits=4, exchange=auto") in text
+    assert json.loads(out.read_text())["prism"] == prism
+
+
+@pytest.mark.parametrize("prism,message", [
+    ({"minilm": {"devices": ["a", "b"], "preset": "edgy"}},
+     "t.json: prism['minilm'].preset must be one of exact, accurate, edge, fast, paper, got 'edgy'"),
+    ({"minilm": {"devices": ["a", "b"], "preset": "paper"}}, "t.json: prism['minilm']: segment_size is required"),
+    ({"minilm": {"devices": ["a"]}}, "t.json: prism['minilm'].devices: prism 'minilm' needs 2 or more"),
+    (["minilm"], "t.json: prism must be a mapping"),
+])
+def test_bad_prism_entries(tmp_path, capsys, prism, message):
+    with pytest.raises(SystemExit) as e:
+        main(["--devices", write(tmp_path, "d.json", DEVICES), "--tasks", write(tmp_path, "t.json", {**TASKS, "prism": prism})])
+    assert e.value.code == 2 and message in capsys.readouterr().err

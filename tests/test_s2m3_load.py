@@ -7,7 +7,7 @@ import random
 import pytest
 
 from prism_ops.s2m3.load import (Load, burst_latencies, burst_order, busy, load_objective, poisson_arrivals, simulate,
-                                 steady_latencies)
+                                 steady_latencies, steady_simulated)
 from prism_ops.s2m3.placement import Device, Instance, Link, ModuleCost, PlacementError, Task, random_instance
 from prism_ops.s2m3.placement import task_latency
 from prism_ops.s2m3.solver import local_search, plan
@@ -86,12 +86,60 @@ def test_mg1_by_hand_and_against_the_simulation():
     # rho = 0.5, sum(rate s^2) = 0.09, W = 0.09 / (2 (1 - 0.5)) = 0.09.
     assert busy(inst, place, rates) == pytest.approx([0.5])
     assert steady_latencies(inst, place, rates) == pytest.approx([0.29, 0.19])
-    want = load_objective(inst, place, Load(rates=rates))
-    assert want == pytest.approx((2 * 0.29 + 0.19) / 3)
+    want = (2 * 0.29 + 0.19) / 3
+    assert load_objective(inst, place, Load(rates=rates), "mg1") == pytest.approx(want)
     arrivals = poisson_arrivals(rates, 30000, seed=1)
     got = simulate(inst, place, arrivals)
     assert sum(got) / len(got) == pytest.approx(want, rel=0.04)
+    # The planner's objective: 2 x 1500 simulated arrivals (sampling error a few %).
+    assert load_objective(inst, place, Load(rates=rates)) == pytest.approx(want, rel=0.08)
     assert steady_latencies(inst, place, (5.0, 1.0)) == [math.inf, math.inf]  # rho = 1.1
+    assert steady_simulated(inst, place, (5.0, 1.0)) == [math.inf, math.inf]
+    with pytest.raises(ValueError, match="estimate must be 'simulation' or 'mg1'"):
+        load_objective(inst, place, Load(rates=rates), "mm1")
+
+
+def test_mg1_counts_one_wait_per_device_a_request_visits():
+    """A chain m0 -> m1 on one device: earliest-request-first serves a request's second node before
+    newer requests, so the device is one FIFO queue of whole requests (S = 0.3 s at 2/s:
+    rho 0.6, W = 2 * 0.09 / (2 * 0.4) = 0.225 s), not two queues of nodes."""
+    modules = {"m0": ModuleCost("m0", 1, 0.2), "m1": ModuleCost("m1", 1, 0.1)}
+    inst = Instance([Device("only", 10)], modules, [Task("t", {"m0": ("input:x",), "m1": ("m0",)}, {"x": 0})])
+    place = {"m0": 0, "m1": 0}
+    assert steady_latencies(inst, place, (2.0,)) == pytest.approx([0.525])
+    got = simulate(inst, place, poisson_arrivals((2.0,), 20000, seed=2))
+    assert sum(got) / len(got) == pytest.approx(0.525, rel=0.05)
+
+
+def test_device_0_holds_dispatch_in_the_estimate():
+    """Work on device 0 delays the requests it sends elsewhere by the rest of its running node."""
+    inst, _ = two_devices()
+    on = {"e1": 0, "e2": 1, "h": 1}
+    # Device 1 (speed 2): A's h 0.25 s, B's e2 + h 1.25 s at 0.2/s each: rho 0.3, sum(rate S^2)
+    # 0.325, W = 0.325 / 1.4. B alone: 0.1 in, 1.0 e2, 0.25 h, 0.1 back. Device 0 runs A's e1
+    # (1 s at 0.2/s): a hold of 0.2 * 1 / 2 = 0.1 s on B's dispatch and again on its result.
+    assert steady_latencies(inst, on, (0.2, 0.2))[1] == pytest.approx(1.45 + 0.325 / 1.4 + 2 * 0.1)
+    # With nothing on device 0 there is no hold.
+    off = {"e1": 1, "e2": 1, "h": 1}
+    rho, second = 0.2 * 0.75 + 0.2 * 1.25, 0.2 * 0.75 ** 2 + 0.2 * 1.25 ** 2
+    assert steady_latencies(inst, off, (0.2, 0.2))[1] == pytest.approx(1.45 + second / (2 * (1 - rho)))
+
+
+@pytest.mark.parametrize("seed", range(2))
+def test_steady_planner_never_worse_than_a_candidate(seed):
+    """On random instances the plan returned is the best, by its own simulation, of every plan it
+    compared, and those always include the one-device plans and the burst plan."""
+    rng = random.Random(seed)
+    inst = draw_feasible(rng)
+    inst.devices = [Device(d.name, 1e12, d.speed) for d in inst.devices]  # every device can hold everything
+    place = {m: 0 for m in inst.used_modules()}
+    rates = tuple(0.6 / sum(busy(inst, place, [1] * len(inst.tasks))) for _ in inst.tasks)
+    sol = plan(inst, Load(rates=rates), time_limit=0.3)
+    names = [n for n, _ in sol.candidates]
+    assert "burst plan" in names and all(f"all on {d.name}" in names for d in inst.devices)
+    assert sol.cost <= min(c for _, c in sol.candidates) + 1e-12
+    assert sol.cost == pytest.approx(load_objective(inst, sol.place, Load(rates=rates)), rel=1e-12)
+    assert sol.cost <= load_objective(inst, place, Load(rates=rates)) + 1e-12  # never worse than one device
 
 
 def test_load_aware_planner_spreads_a_burst():

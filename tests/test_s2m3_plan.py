@@ -2,6 +2,7 @@
 CheckedPlan (with its own catalog), and bad plans and request lines are named."""
 
 import io
+import math
 import json
 
 import pytest
@@ -10,7 +11,8 @@ import torch
 from prism_ops.s2m3.messages import pack, unpack
 from prism_ops.s2m3.placement import PlacementError
 from prism_ops.s2m3 import server
-from prism_ops.s2m3.plan import check_plan, read_inputs, read_requests
+from prism_ops.config import PRESETS, PrismConfig
+from prism_ops.s2m3.plan import DEFAULT_SEGMENT_SIZE, check_plan, prism_config, read_inputs, read_requests
 from prism_ops.s2m3.suite import BUILTIN, SUITE_VERSION
 
 PLAN = {"devices": ["a", "b"], "size": "tiny", "models": ["sentiment-minilm", "tagger"],
@@ -62,7 +64,13 @@ def test_check_plan():
     ({**PLAN, "prism": {"minilm": {"devices": ["a", "b"], "sink_token": 2}}}, 2,
      "plan: prism['minilm']: unknown lever(s) ['sink_token']"),
     ({**PLAN, "prism": {"minilm": {"devices": ["a", "b"], "summary_bits": 9}}}, 2, "plan: prism['minilm']: summary_bits"),
-    ({**PLAN, "prism": {"minilm": {"devices": ["a", "b"], "preset": ["edge"]}}}, 2, "plan: prism['minilm']: "),
+    ({**PLAN, "prism": {"minilm": {"devices": ["a", "b"], "preset": ["edge"]}}}, 2,
+     "plan: prism['minilm'].preset must be one of exact, accurate, edge, fast, paper, got ['edge']"),
+    ({**PLAN, "prism": {"minilm": {"devices": ["a", "b"], "preset": None}}}, 2, "prism['minilm'].preset must be one of"),
+    ({**PLAN, "prism": {"minilm": {"devices": ["a", "b"], "segment_size": None}}}, 2,
+     "prism['minilm'].segment_size must be a whole number >= 1"),
+    ({**PLAN, "prism": {"minilm": {"devices": ["a", "b"], "preset": "edge", "summary_bits": 5}}}, 2,
+     "plan: prism['minilm']: summary_bits"),
     ({**PLAN, "prism": {"minilm": {"devices": "ab"}}}, 2, "prism['minilm'].devices: prism 'minilm' needs 2 or more"),
     ({**PLAN, "prism": {"whisper-tiny": {"devices": ["a", "b"]}}}, 2, "prism spreads transformer encoders"),
     ({**PLAN, "prism": {"minilm": {"devices": ["a", "a"]}}}, 2, "needs 2 or more distinct devices"),
@@ -78,6 +86,37 @@ def test_bad_plans(plan, ranks, message):
     with pytest.raises(PlacementError) as e:
         check_plan(plan, ranks)
     assert message in str(e.value)
+
+
+@pytest.mark.parametrize("preset", sorted(set(PRESETS) - {"paper"}))
+def test_a_plans_preset_means_what_from_preset_gives(preset):
+    """The preset alone: exactly `from_preset` (edge is segment size 1 with 4-bit means, not 16)."""
+    p = check_plan({**PLAN, "prism": {"minilm": {"devices": ["a", "b"], "preset": preset}}}, 2)
+    assert p.spread["minilm"] == ([0, 1], PrismConfig.from_preset(2, preset))
+    assert p.spread["minilm"][1].segment_size == PRESETS[preset]["segment_size"]
+
+
+def test_the_paper_preset_needs_a_segment_size():
+    """"paper" sets no segment size, as in `from_preset` (and prism-run): a plan must give one."""
+    entry = {"devices": ["a", "b"], "preset": "paper"}
+    with pytest.raises(PlacementError, match=r"plan: prism\['minilm'\]: segment_size is required"):
+        check_plan({**PLAN, "prism": {"minilm": entry}}, 2)
+    p = check_plan({**PLAN, "prism": {"minilm": {**entry, "segment_size": 16}}}, 2)
+    assert p.spread["minilm"][1] == PrismConfig.from_preset(2, "paper", 16)
+
+
+@pytest.mark.parametrize("entry,want", [
+    ({}, dict(segment_size=DEFAULT_SEGMENT_SIZE)),  # neither preset nor segment size: the one default
+    ({"segment_size": 4}, dict(segment_size=4)),
+    ({"preset": "edge"}, dict(segment_size=1, summary_bits=4, exchange="auto")),
+    # a segment size or lever beside a preset wins over the preset's value (documented in `plan`)
+    ({"preset": "edge", "segment_size": 16}, dict(segment_size=16, summary_bits=4, exchange="auto")),
+    ({"preset": "accurate", "summary_bits": 8, "halo": 2},
+     dict(segment_size=1, summary_bits=8, sink_tokens=4, halo=2, exchange="auto")),
+])
+def test_prism_entry_resolution(entry, want):
+    cfg = prism_config(2, {"devices": ["a", "b"], **entry})
+    assert cfg == PrismConfig(num_partitions=2, **want)
 
 
 def test_spread_group_no_larger_than_the_tokens():
@@ -181,3 +220,10 @@ def test_bad_plan_refused_before_any_model_loads(tmp_path, monkeypatch):
     with pytest.raises(server.BadInput, match=r"share device\(s\) \['a', 'b'\]") as e:
         server.serve_requests(OneRank(3), write(tmp_path, "p.json", bad), write(tmp_path, "r", ""))
     assert e.value.exit_code == 2 and isinstance(e.value.__cause__, PlacementError)
+
+
+@pytest.mark.parametrize("slowdown", [0.5, math.inf, math.nan, "2", True])
+def test_server_slowdown_is_checked_first(slowdown):
+    """A bad emulated slowdown is refused before the Server touches its communicator or a model."""
+    with pytest.raises(ValueError, match="slowdown must be a finite number >= 1"):
+        server.Server(None, check_plan(PLAN, 2), slowdown=slowdown)

@@ -14,7 +14,11 @@ import torch
 pytest.importorskip("mpi4py")
 pytest.importorskip("transformers")
 
+from prism_ops import hf  # noqa: E402
 from prism_ops.cli.place import main as place  # noqa: E402
+from prism_ops.config import PrismConfig  # noqa: E402
+from prism_ops.s2m3.plan import DEFAULT_SEGMENT_SIZE, prism_config  # noqa: E402
+from prism_ops.s2m3.suite import SUITE_VERSION  # noqa: E402
 from prism_ops.s2m3.suite import Model, example_inputs  # noqa: E402
 
 BIN = Path(sys.executable).parent
@@ -121,3 +125,61 @@ def test_refused_before_any_rank_serves(plan, tmp_path):
     devices.write_text(json.dumps({"devices": [{"name": n, "memory_gb": 0.0005} for n in "acb"]}))
     out = serve(3, plan, ['{"id": 1, "model": "sentiment-minilm"}'], timeout=60, extra=["--devices", str(devices)])
     assert out.returncode == 2 and "do not match the ranks' devices ['a', 'c', 'b']" in out.stderr
+
+
+RANK_CONFIGS = r"""
+import json, sys
+from prism_ops import hf
+from prism_ops.distributed import Communicator
+from prism_ops.s2m3.plan import check_plan
+from prism_ops.s2m3.server import Server
+comm = Communicator(timeout_s=60)
+plans = json.loads(open(sys.argv[1]).read())
+got = {}
+for name, p in plans.items():
+    server = Server(comm, check_plan(p, comm.size))
+    got[name] = hf.config_of(server.modules["vit-s16"].net).as_dict()
+    done = server.serve([{"id": 0, "model": "cifar10-vits16", "seed": 5}] if comm.rank == 0 else None)
+    if comm.rank == 0:
+        got[name + ":output"] = done["0"][0].tolist()
+with open(f"{sys.argv[2]}/rank{comm.rank}.json", "w") as f:  # not stdout: long lines of two ranks interleave
+    json.dump(got, f)
+"""
+
+
+def test_every_rank_builds_the_plans_preset(tmp_path):
+    """Under real mpiexec, each rank of a group configures the spread encoder from the plan's entry
+    exactly as `PrismConfig.from_preset` gives it: "edge" runs at segment size 1 with 4-bit means
+    (not at 16), and the answer is the one PRISM gives at that setting in one process (float32
+    budget 1e-5), not the one at segment size 16."""
+    base = {"devices": ["a", "b"], "size": "tiny", "models": ["cifar10-vits16"], "suite_version": SUITE_VERSION,
+            "plan": {"vit-s16": "a", "classifier:384x10:seed13": "b"}}
+    # (every preset's resolution without MPI: tests/test_s2m3_plan.py)
+    entries = {"edge": {"preset": "edge"}, "default": {}, "edge-8bit": {"preset": "edge", "summary_bits": 8}}
+    plans = {k: {**base, "prism": {"vit-s16": {"devices": ["a", "b"], **e}}} for k, e in entries.items()}
+    (tmp_path / "plans.json").write_text(json.dumps(plans))
+    (tmp_path / "check.py").write_text(RANK_CONFIGS)
+    env = dict(os.environ, OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1")
+    p = subprocess.run([str(BIN / "mpiexec"), "-n", "2", sys.executable, str(tmp_path / "check.py"),
+                        str(tmp_path / "plans.json"), str(tmp_path)], capture_output=True, text=True, timeout=120,
+                       env=env)
+    assert p.returncode == 0, p.stderr[-3000:]
+    ranks = {r: json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)}
+    for name, e in entries.items():
+        want = prism_config(2, {"devices": ["a", "b"], **e})
+        for r in (0, 1):
+            got = PrismConfig(**{**ranks[r][name], "weights": None, "exchange": want.exchange})
+            assert got == want, (name, r)  # exchange "auto" is resolved for the model; the rest as asked
+    assert ranks[0]["edge"]["segment_size"] == 1 and ranks[0]["edge"]["summary_bits"] == 4
+    assert ranks[0]["edge-8bit"]["summary_bits"] == 8 and ranks[0]["default"]["segment_size"] == DEFAULT_SEGMENT_SIZE
+    # The edge answer is PRISM's at segment size 1 (simulated in one process), not at 16.
+    torch.set_num_threads(1)
+    x = example_inputs("tiny", seed=5)
+    outs = {}
+    for seg in (1, 16):
+        model = Model("cifar10-vits16", "tiny")
+        hf.configure(model.modules["vit-s16"].net, PrismConfig.from_preset(2, "edge", seg))
+        outs[seg] = model(x)
+    got = torch.tensor(ranks[0]["edge:output"])
+    assert torch.allclose(got, outs[1], atol=1e-5)
+    assert not torch.allclose(outs[1], outs[16], atol=1e-3)  # the two settings are told apart

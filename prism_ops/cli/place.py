@@ -6,8 +6,10 @@ The files' formats: `prism_ops.s2m3.files`. Requests arrive at the first device.
 checked (unknown models or parts, a module larger than every device, cyclic or dangling task
 graphs, bad numbers) before any model is built; a bad file exits with code 2. The default
 planner is optimal for the latency objective (a MILP, `prism_ops.s2m3.solver`); a tasks file's
-`burst` or `rates` makes it minimise the mean latency under that load, and prism-place then prints
-the predicted latency of each task and of the whole burst and how busy each device is.
+`burst` or `rates` makes it minimise the mean latency under that load (simulated, `prism_ops.s2m3.load`),
+and prism-place then prints the predicted latency of each task and of the whole burst, how busy
+each device is and every plan it compared (the one-device plans among them). A tasks file's
+`prism` entries go into the plan; prism-place prints the setting each resolves to.
 `--exact` also runs branch and bound (small instances) as a certificate. The planning itself:
 `prism_ops.s2m3.planner.make_plan`.
 
@@ -48,6 +50,9 @@ def print_report(r: PlanReport) -> None:
     if "optimal_s" in r.plan:
         gap = r.plan["objective_s"] / r.plan["optimal_s"] - 1 if r.plan["optimal_s"] > 0 else 0.0
         print(f"exact (branch and bound): {r.plan['optimal_s']:.4f} s in {r.exact_s:.3f} s; gap {gap:.2%}")
+    for part, group, cfg in r.prism:  # what every rank of the group will run (preset resolved)
+        levers = ", ".join(f"{k}={v}" for k, v in cfg.as_dict().items() if k != "num_partitions")
+        print(f"prism {part} over {', '.join(group)}: {levers}")
     if r.load == "burst":
         for name, latency in r.load_latency:
             print(f"predicted burst latency {name}: {latency:.4f} s (mean of its requests)")
@@ -55,10 +60,13 @@ def print_report(r: PlanReport) -> None:
         total = sum(b for _, b in r.device_busy) or 1.0
         print("busy per device: " + ", ".join(f"{name} {b:.4f} s ({b / total:.0%})" for name, b in r.device_busy))
     elif r.load == "rates":
-        for name, latency in r.load_latency:
-            print(f"predicted steady latency {name}: {latency:.4f} s (M/G/1)")
+        for name, latency, guess in r.load_latency:
+            print(f"predicted steady latency {name}: {latency:.4f} s (simulated; M/G/1 estimate {guess:.4f} s)")
         print(f"predicted mean latency: {r.plan['load_objective_s']:.4f} s")
         print("busy share per device: " + ", ".join(f"{name} {b:.0%}" for name, b in r.device_busy))
+    if r.candidates:
+        print(f"plans compared (mean latency under the load): chose {r.chosen}; "
+              + ", ".join(f"{name} {c:.4f} s" for name, c in r.candidates))
 
 
 def main(argv=None) -> None:

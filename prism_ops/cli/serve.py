@@ -9,6 +9,11 @@ plan made for another suite version, one whose devices differ from `--devices` (
 i), or one whose PRISM-spread encoders have overlapping rank groups. The
 serving itself: `prism_ops.s2m3.server`.
 
+A plan's `prism` entry `{"devices": [...], "preset": "edge", ...}` runs exactly what
+`PrismConfig.from_preset` gives for its preset, segment size and levers: a segment size or lever
+given beside a preset wins over the preset's value; with neither a preset nor a segment size the
+entry runs at segment size 16 (`prism_ops.s2m3.plan.DEFAULT_SEGMENT_SIZE`).
+
 Rank 0 reads and checks every input before any model loads (every field: types, names, ranges,
 unknown fields) and tells the other ranks, so all ranks stop together: exit code 2 and one line
 naming the flag or file, the field, the value and what is allowed (`--debug` adds the

@@ -9,9 +9,9 @@ route requests through them over MPI ranks.
 - `placement`: the cluster and task-DAG model, the latency objective, greedy placement and
   branch and bound (the exact solver); plain numbers, no I/O;
 - `load`: the latency under load (a burst, or steady arrivals): a discrete-event simulation of
-  a plan scheduled like `server`, and an M/G/1 estimate per device;
+  a plan scheduled like `server` (the load-aware objective), and an M/G/1 first guess;
 - `solver`: the default planner: the latency objective as a MILP (HiGHS), local search for the
-  load-aware objective;
+  load-aware objective, and a pick among candidates that include the one-device plans;
 - `checks`: reading a file or request lines within size limits, and the field checks whose
   one-line errors name the file, the field, the value and what is allowed;
 - `files`: prism-place's devices and tasks files, read and checked;

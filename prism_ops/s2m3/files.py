@@ -13,6 +13,8 @@ tasks.yaml:
     compute_s: {vit-b16: 0.2}          # optional, per part; the rest is profiled on this machine
     burst: {imagenet-vitb16: 2, sentiment-minilm: 1}   # optional: requests of each model at once
     rates: {imagenet-vitb16: 0.5}      # or optional: steady arrivals, requests/s of each model
+    prism: {vit-b16: {devices: [jetson0, jetson1], preset: edge}}    # optional: spread an encoder
+                                       # with PRISM (copied into the plan; `plan.prism_config`)
 With a burst or rates the plan minimises the mean latency of a request under that load
 (`prism_ops.s2m3.load`); without, the sum of the tasks' latencies, each alone.
 
@@ -112,11 +114,12 @@ class TaskSpec:
     compute_s: dict = field(default_factory=dict)  # part -> given compute time (s)
     burst: dict = field(default_factory=dict)  # model -> requests at once (empty: no burst)
     rates: dict = field(default_factory=dict)  # model -> requests/s (empty: no steady arrivals)
+    prism: dict = field(default_factory=dict)  # part -> prism entry, as written (checked with the plan)
 
 
 def check_tasks(data: dict, path: str = "tasks") -> TaskSpec:
     """A tasks file checked, every field, against the suite and its own custom models."""
-    only(data, ("models", "custom", "size", "input_bytes", "compute_s", "burst", "rates"), path)
+    only(data, ("models", "custom", "size", "input_bytes", "compute_s", "burst", "rates", "prism"), path)
     size = choice(data.get("size", "full"), f"{path}: size", ("full", "tiny"))
     catalog = BUILTIN.with_custom(data.get("custom"), size, f"{path}: custom")
     known = catalog.models
@@ -155,7 +158,7 @@ def check_tasks(data: dict, path: str = "tasks") -> TaskSpec:
         raise PlacementError(f"{path}: burst asks for {sum(load['burst'].values())} requests; at most {BURST} "
                              "in all are allowed")
     return TaskSpec(catalog, models, mapping(data.get("custom"), "custom"), size, input_bytes, compute_s,
-                    load["burst"], load["rates"])
+                    load["burst"], load["rates"], mapping(data.get("prism"), f"{path}: prism"))
 
 
 def check_memory(spec: TaskSpec, devices) -> None:

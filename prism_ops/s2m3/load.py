@@ -11,11 +11,17 @@ the caller: it sends a request's inputs out and takes results in only between it
 - A burst's requests are numbered round-robin over the tasks in their order (one of each task
   that still has requests left, then again); its objective is the mean latency of its requests,
   from the simulation itself (`burst_latencies`).
-- Steady arrivals are Poisson; their objective is the rate-weighted mean latency from an
-  M/G/1 estimate per device (`steady_latencies`): a node waits W_d = sum(rate * s^2) /
-  (2 (1 - rho_d)) at its device (Pollaczek-Khinchine; s is a node's run time there, rho_d
-  the device's busy share) before it runs. bench/bench_s2m3_latency.py and the tests check it
-  against `simulate` over Poisson arrivals.
+- Steady arrivals are Poisson; their objective is the mean latency of a request in a long
+  simulated run (`steady_simulated`: `STEADY_ARRIVALS` arrivals per seed of `STEADY_SEEDS`, the
+  first tenth left out as warm-up), the same arrivals for every plan compared.
+- `steady_latencies` is a quick M/G/1 estimate, the planner's first guess: a request waits once
+  at each device it visits, W_d = sum(rate * S^2) / (2 (1 - rho_d)) (Pollaczek-Khinchine; S is
+  all of the request's run time on d, since earliest-request-first lets a request's later nodes
+  there go before newer requests), and device 0 holds a request's dispatch, and its result, for
+  the rest of the node it is running. A wait per node (the earlier estimate) counted a request
+  with five nodes on one device as queueing five times: 3x the measured latency on one rank.
+  The estimate knows nothing of a request's branches waiting on each other, so the simulation
+  decides (bench/bench_s2m3_latency.py prints both against what the ranks measure).
 
 Pure logic with plain numbers, like `placement`.
 """
@@ -65,13 +71,15 @@ def burst_order(counts) -> list[int]:
     return out
 
 
-def simulate(inst: Instance, place: dict, arrivals) -> list[float]:
+def simulate(inst: Instance, place: dict, arrivals, caller_holds: bool = True) -> list[float]:
     """Latency of each request [(arrival time s, task index)] under `place`, in the given order
     (which is also the order a device serves them in).
 
     Device 0 is also the caller (prism-serve's rank 0, one thread): it sends out a request's
     inputs, and takes in a result, only between two of its own nodes, so a request that arrives
-    (or a result that comes back) while it computes waits until that node is done."""
+    (or a result that comes back) while it computes waits until that node is done. With
+    `caller_holds=False` the caller acts at once (what a dispatcher off the compute path would
+    give: the figure that says whether one is worth having)."""
     tasks = inst.tasks
     readers = [{u: [v for v, srcs in t.inputs.items() if u in srcs] for u in t.inputs} for t in tasks]
     sinks = [t.sink() for t in tasks]
@@ -101,7 +109,7 @@ def simulate(inst: Instance, place: dict, arrivals) -> list[float]:
         while events and events[0][0] <= now:
             _, _, kind, req, v = heapq.heappop(events)
             if kind in ("arrive", "result"):
-                if idle[0]:
+                if idle[0] or not caller_holds:
                     caller(now, kind, req)
                 else:
                     held.append((kind, req))
@@ -147,26 +155,85 @@ def busy(inst: Instance, place: dict, weights) -> list[float]:
     return out
 
 
-def steady_latencies(inst: Instance, place: dict, rates) -> list[float]:
-    """Mean latency of each task under Poisson arrivals at `rates` (M/G/1 per device); inf when a
-    device is busy more than all the time."""
-    rho = busy(inst, place, rates)
-    second = [0.0] * len(inst.devices)
-    for t, r in zip(inst.tasks, rates):
+def _visits(inst: Instance, place: dict) -> list[dict]:
+    """{device: the task's run time there (s)} for each task."""
+    out = []
+    for t in inst.tasks:
+        on = {}
         for v in t.inputs:
-            second[place[v]] += r * (inst.modules[v].compute / inst.devices[place[v]].speed) ** 2
+            on[place[v]] = on.get(place[v], 0.0) + inst.modules[v].compute / inst.devices[place[v]].speed
+        out.append(on)
+    return out
+
+
+def steady_latencies(inst: Instance, place: dict, rates) -> list[float]:
+    """Mean latency of each task under Poisson arrivals at `rates`, by the M/G/1 estimate (see the
+    module's docstring); inf when a device is busy more than all the time."""
+    visits = _visits(inst, place)
+    nd = len(inst.devices)
+    rho, second = [0.0] * nd, [0.0] * nd
+    for on, r in zip(visits, rates):
+        for d, s in on.items():
+            rho[d] += r * s
+            second[d] += r * s * s
     if any(p >= 1.0 for p in rho):
         return [math.inf] * len(inst.tasks)
     wait = [s / (2 * (1 - p)) for s, p in zip(second, rho)]
-    return [task_latency(inst, t, place, wait) for t in inst.tasks]
+    # Device 0 dispatches between its own nodes: the mean rest of the node it is running.
+    node0 = sum(r * (inst.modules[v].compute / inst.devices[0].speed) ** 2
+                for t, r in zip(inst.tasks, rates) for v in t.inputs if place[v] == 0)
+    hold = node0 / 2
+    out = []
+    for t, on in zip(inst.tasks, visits):
+        first = {}
+        for v in t.order():
+            first.setdefault(place[v], v)
+        lat = task_latency(inst, t, place, {v: wait[d] for d, v in first.items()})
+        away = [d for d in on if d != 0]
+        out.append(lat + (hold if away else 0.0) + (hold if place[t.sink()] != 0 else 0.0))
+    return out
 
 
-def load_objective(inst: Instance, place: dict, load: Load) -> float:
-    """Mean latency of a request under the load (inf when some device cannot keep up)."""
+STEADY_ARRIVALS = 1500  # simulated arrivals per seed for a steady load's objective
+STEADY_SEEDS = (0, 1)
+
+
+def steady_simulated(inst: Instance, place: dict, rates, num: int = STEADY_ARRIVALS,
+                     seeds=STEADY_SEEDS) -> list[float]:
+    """Mean latency of each task under Poisson arrivals at `rates`, from `simulate` over `num`
+    arrivals per seed (the first tenth, a warm-up from idle, left out); inf when a device is busy
+    more than all the time (no steady state). A task with a rate but no arrival drawn: its M/G/1
+    estimate."""
+    if any(p >= 1.0 for p in busy(inst, place, rates)):
+        return [math.inf] * len(inst.tasks)
+    total, count = [0.0] * len(inst.tasks), [0] * len(inst.tasks)
+    for seed in seeds:
+        arrivals = poisson_arrivals(rates, num, seed)
+        for (_, ti), x in list(zip(arrivals, simulate(inst, place, arrivals)))[num // 10:]:
+            total[ti] += x
+            count[ti] += 1
+    guess = None
+    out = []
+    for ti, (x, n) in enumerate(zip(total, count)):
+        if n:
+            out.append(x / n)
+        else:
+            guess = guess or steady_latencies(inst, place, rates)
+            out.append(guess[ti])
+    return out
+
+
+def load_objective(inst: Instance, place: dict, load: Load, estimate: str = "simulation", **sim) -> float:
+    """Mean latency of a request under the load (inf when some device cannot keep up): a burst's
+    from its simulation; steady arrivals' from `steady_simulated` (`sim`: its num and seeds), or
+    with estimate="mg1" from `steady_latencies`, rate-weighted."""
     if load.kind == "burst":
         lat = [x for _, x in burst_latencies(inst, place, load.counts)]
         return sum(lat) / len(lat)
-    lat = steady_latencies(inst, place, load.rates)
+    if estimate not in ("simulation", "mg1"):
+        raise ValueError(f"estimate must be 'simulation' or 'mg1', got {estimate!r}")
+    lat = (steady_simulated(inst, place, load.rates, **sim) if estimate == "simulation"
+           else steady_latencies(inst, place, load.rates))
     return sum(r * x for r, x in zip(load.rates, lat) if r) / sum(load.rates)
 
 

@@ -135,7 +135,7 @@ class Instance:
 
 def task_latency(inst: Instance, task: Task, place: dict, wait=None) -> float:
     """Latency of one task; modules not in `place` yet are skipped (a partial objective). `wait`
-    (s per device, optional) delays every node on a device before it runs (queueing under load)."""
+    ({node: s}, optional) delays a node before it runs (queueing under load)."""
     finish = {}
     for node in task.order():
         if node not in place:
@@ -150,7 +150,7 @@ def task_latency(inst: Instance, task: Task, place: dict, wait=None) -> float:
             else:
                 continue
             start = max(start, arrive)
-        finish[node] = start + (wait[dev] if wait else 0.0) + inst.modules[node].compute / inst.devices[dev].speed
+        finish[node] = start + (wait.get(node, 0.0) if wait else 0.0) + inst.modules[node].compute / inst.devices[dev].speed
     sink = task.sink()
     if sink not in finish:
         return max(finish.values(), default=0.0)

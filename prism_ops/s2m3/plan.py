@@ -5,6 +5,13 @@ ranks, and the request lines; `read_inputs` reads and checks them all in one pas
 (types, names, ranges, unknown fields, the custom models' graphs and wiring, the PRISM settings
 as a `PrismConfig`) before any model loads; an error is a PlacementError with one line naming the
 file and the field. Limits: files 1 MiB, request lines 4 KiB, all requests 16 MiB (`checks`).
+
+A `prism` entry `{devices, preset?, segment_size?, <lever>?...}` means exactly what
+`PrismConfig.from_preset(len(devices), preset, segment_size, **levers)` gives: the preset's
+values, and any segment size or lever given beside it wins over the preset's (`"preset": "edge",
+"summary_bits": 8` is edge at 8 bits). With neither a preset nor a segment size the entry runs at
+`DEFAULT_SEGMENT_SIZE` (the paper's segment means). `prism_config` resolves an entry; the checked
+plan holds the resolved `PrismConfig`, which every rank of the group builds its attention from.
 """
 
 from __future__ import annotations
@@ -13,7 +20,7 @@ import itertools
 import json
 from dataclasses import dataclass
 
-from ..config import PrismConfig
+from ..config import PRESETS, PrismConfig
 from .checks import (MAX_REQUESTS_BYTES, check_readable, choice, fail, mapping, names, number, only, read_lines,
                      read_text, shown)
 from .files import MAX_DEVICES, parse_devices, parse_text, read_file
@@ -22,6 +29,7 @@ from .suite import BUILTIN, SUITE_VERSION, Catalog, encoder_tokens
 
 PLAN_FIELDS = ("devices", "size", "models", "custom", "plan", "prism", "suite_version",
                "objective_s", "optimal_s", "burst", "rates", "load_objective_s")  # the last four: figures only
+DEFAULT_SEGMENT_SIZE = 16  # a prism entry with neither a preset nor a segment size: the paper's setting
 MAX_SEGMENT = 4096  # no encoder of the suite reads more than 197 tokens; a larger segment is one segment
 REQUEST_FIELDS = ("id", "model", "seed")
 MAX_ID = 256  # characters of a string id
@@ -35,7 +43,7 @@ class CheckedPlan:
     size: str  # "full" or "tiny"
     models: list  # model names
     rank: dict  # part -> the rank that runs it (a spread part: its group's lead)
-    spread: dict  # part -> ([ranks of its group], its prism settings): encoders run with PRISM
+    spread: dict  # part -> ([ranks of its group], its PrismConfig): encoders run with PRISM
     catalog: Catalog  # the suite plus the plan's custom models
 
 
@@ -109,13 +117,25 @@ def _spread(part, spec, devices: list, rank: dict, size: str, at: str) -> tuple[
     if len(group) > encoder_tokens(part, size):  # every rank of the group owns at least one token
         raise PlacementError(f"{at}.devices: {len(group)} devices, but {part!r} reads only "
                              f"{encoder_tokens(part, size)} tokens at size {size} (one device per token at most)")
-    segment = number(spec.get("segment_size", 16), f"{at}.segment_size", low=1, high=MAX_SEGMENT, whole=True)
-    levers = {k: v for k, v in spec.items() if k not in ("devices", "segment_size")}
+    return [devices.index(d) for d in group], prism_config(len(group), spec, at)
+
+
+def prism_config(num_partitions: int, spec: dict, at: str = "prism") -> PrismConfig:
+    """The PrismConfig a prism entry (without its devices) stands for: `from_preset` of its preset,
+    segment size and levers, explicit ones winning over the preset's; `DEFAULT_SEGMENT_SIZE` only
+    when neither a preset nor a segment size is given. PlacementError names `at` and the field."""
+    levers = {k: v for k, v in spec.items() if k not in ("devices", "preset", "segment_size")}
+    preset, segment = spec.get("preset"), None
+    if "preset" in spec and not (isinstance(preset, str) and preset in PRESETS):
+        fail(f"{at}.preset", f"one of {', '.join(PRESETS)}", preset)
+    if "segment_size" in spec:  # a null one too is checked (and refused), not taken for absent
+        segment = number(spec["segment_size"], f"{at}.segment_size", low=1, high=MAX_SEGMENT, whole=True)
+    elif preset is None:
+        segment = DEFAULT_SEGMENT_SIZE
     try:
-        PrismConfig.from_preset(len(group), levers.pop("preset", None), segment, **levers)
+        return PrismConfig.from_preset(num_partitions, preset, segment, **levers)
     except (ValueError, TypeError) as e:
         raise PlacementError(f"{at}: {e}") from None
-    return [devices.index(d) for d in group], spec
 
 
 def read_requests(lines, models, source: str = "requests") -> list[dict]:

@@ -13,7 +13,8 @@ import time
 from dataclasses import dataclass
 
 from .files import check_memory, check_tasks, parse_devices, read_file
-from .load import Load, burst_latencies, busy, load_objective, steady_latencies
+from .load import Load, burst_latencies, busy, load_objective, steady_latencies, steady_simulated
+from .plan import check_plan
 from .placement import Device, Instance, PlacementError, branch_and_bound, greedy, objective, task_latency
 from .profiler import profile_modules
 from .solver import plan as solve
@@ -38,9 +39,12 @@ class PlanReport:
     solve_s: float = 0.0  # the planner's time
     exact_s: float | None = None  # branch and bound's time (with exact)
     load: str | None = None  # "burst" or "rates"
-    load_latency: list = ()  # (model, predicted mean latency s under the load)
+    load_latency: list = ()  # (model, predicted mean latency s under the load[, its M/G/1 estimate])
     burst_s: float | None = None  # a burst: when its last request is answered
     device_busy: list = ()  # (device, busy s for a burst / busy share for rates)
+    candidates: tuple = ()  # under a load (default planner): (plan compared, its load objective s)
+    chosen: str = ""  # which candidate won
+    prism: list = ()  # (part, [devices of its group], the resolved PrismConfig) of the tasks file's prism
 
 
 def make_plan(devices_path: str, tasks_path: str, exact: bool = False, planner: str = "optimal") -> PlanReport:
@@ -61,11 +65,13 @@ def make_plan(devices_path: str, tasks_path: str, exact: bool = False, planner: 
     elif spec.rates:
         load = Load(rates=tuple(spec.rates.get(m, 0.0) for m in spec.models))
     t0 = time.perf_counter()
+    candidates, chosen = (), ""
     if planner == "greedy":
         where = greedy(inst)
         why = "greedy found no device with room for some module (the default planner may find one)"
     else:
-        where = solve(inst, load).place
+        sol = solve(inst, load)
+        where, candidates, chosen = sol.place, sol.candidates, sol.chosen
         why = "no placement of the modules fits the devices' memory"
     solve_s = time.perf_counter() - t0
     exact_s = best = None
@@ -82,6 +88,10 @@ def make_plan(devices_path: str, tasks_path: str, exact: bool = False, planner: 
         plan["optimal_s"] = best[1]
     plan["suite_version"] = SUITE_VERSION
     extra = {}
+    if spec.prism:  # checked, and resolved, as prism-serve will (`plan.check_plan`)
+        plan["prism"] = spec.prism
+        spread = check_plan(plan, len(devices), path=tasks_path).spread
+        extra["prism"] = [(part, [devices[r].name for r in ranks], cfg) for part, (ranks, cfg) in sorted(spread.items())]
     if load is not None:
         plan[load.kind] = spec.burst if load.kind == "burst" else spec.rates
         plan["load_objective_s"] = load_objective(inst, where, load)
@@ -91,8 +101,9 @@ def make_plan(devices_path: str, tasks_path: str, exact: bool = False, planner: 
             per = [(m, sum(x for i, x in lat if i == ti) / n) for ti, (m, n) in enumerate(zip(spec.models, weights)) if n]
             extra["burst_s"] = max(x for _, x in lat)
         else:
-            per = [(m, x) for m, x, r in zip(spec.models, steady_latencies(inst, where, load.rates), weights) if r]
-        extra.update(load=load.kind, load_latency=per,
+            per = [(m, x, g) for m, x, g, r in zip(spec.models, steady_simulated(inst, where, load.rates),
+                                                   steady_latencies(inst, where, load.rates), weights) if r]
+        extra.update(load=load.kind, load_latency=per, candidates=candidates, chosen=chosen,
                      device_busy=list(zip([d.name for d in devices], busy(inst, where, weights))))
     return PlanReport(
         plan=plan, num_models=len(spec.models), devices=devices,

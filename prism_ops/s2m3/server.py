@@ -44,18 +44,33 @@ class BadInput(CollectiveError):
 class Server:
     """One rank's share of the plan: its modules, its inbox and its FIFO of ready nodes."""
 
-    def __init__(self, comm, plan: CheckedPlan):
-        self.comm = comm
+    def __init__(self, comm, plan: CheckedPlan, slowdown: float = 1.0, loaded: dict | None = None):
+        """`slowdown` >= 1: after each node, sleep (slowdown - 1) times its run time, so this rank
+        stands for a device that much slower (benchmarks of unequal devices). `loaded` ({part:
+        Module}, optional): modules already built, used instead of building them again and
+        filled with those built here (several plans in one process; spread encoders excepted, as
+        PRISM reconfigures them)."""
+        ok = isinstance(slowdown, (int, float)) and not isinstance(slowdown, bool)
+        if not (ok and 1.0 <= slowdown < float("inf")):
+            raise ValueError(f"slowdown must be a finite number >= 1, got {slowdown!r}")
+        self.comm, self.slowdown = comm, float(slowdown)
         self.size, self.models, self.rank_of, self.catalog = plan.size, plan.models, plan.rank, plan.catalog
         reg, self.modules = Registry(), {}
+        loaded = {} if loaded is None else loaded
         for m in self.models:  # only the parts placed on this rank
             for node, (part, _) in self.catalog.nodes(m).items():
-                if self.rank_of[part] == comm.rank and part not in self.modules:
-                    self.modules[part] = reg.add(self.catalog.node_module(m, node, self.size))
+                if self.rank_of[part] != comm.rank or part in self.modules:
+                    continue
+                if part in loaded and part not in plan.spread:
+                    self.modules[part] = loaded[part]
+                    continue
+                self.modules[part] = reg.add(self.catalog.node_module(m, node, self.size))
+                if part not in plan.spread:
+                    loaded[part] = self.modules[part]
         # PRISM inside S2M3: an encoder spread over a group of ranks, each holding a copy and
         # a contiguous slice of the tokens (`prism_ops.distributed`).
         self.groups = {}
-        for part, (ranks, spec) in sorted(plan.spread.items()):
+        for part, (ranks, config) in sorted(plan.spread.items()):
             sub = comm.split(comm.rank in ranks)  # collective: every rank, same order
             if sub is None:
                 continue
@@ -63,8 +78,7 @@ class Server:
             model = next(m for m in self.models if any(p == part for p, _ in self.catalog.nodes(m).values()))
             mod = self.modules.get(part) or self.catalog.node_module(model, node, self.size)
             self.modules[part] = mod
-            hf.configure(mod.net, num_partitions=sub.size, segment_size=int(spec.get("segment_size", 16)),
-                         comm=sub, **{k: v for k, v in spec.items() if k not in ("devices", "segment_size")})
+            hf.configure(mod.net, config, comm=sub)  # the plan's resolved setting (`plan.prism_config`)
             self.groups[part] = (sub, [r for r in ranks if r != ranks[0]])
         # Ready nodes run earliest request first: a shared module serves requests in the order
         # they arrived, and a request's head runs as soon as its inputs are in.
@@ -139,7 +153,10 @@ class Server:
                 if out is None:  # a member of the group: the lead carries the output on
                     return True
             else:
+                t0 = time.perf_counter()
                 out = self.modules[part](*[inputs[s] for s in dag[node]])
+                if self.slowdown > 1.0:  # a slower device, emulated: idle for the extra time
+                    time.sleep((self.slowdown - 1.0) * (time.perf_counter() - t0))
             readers = [n for n, srcs in dag.items() if node in srcs]
             for n in readers:
                 self.deliver(seq, req, model, n, node, out)

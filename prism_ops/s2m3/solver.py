@@ -1,6 +1,7 @@
 """S2M3's default planner: the latency objective solved as a mixed-integer program (HiGHS through
 `scipy.optimize.milp`), then local search (move one module, swap two) for the load-aware
-objective of `prism_ops.s2m3.load`.
+objective of `prism_ops.s2m3.load`, and a pick among candidates that always holds the one-device
+plans (and, for steady rates, the burst plan) by that objective.
 
 The program, for modules m, devices d, tasks t and their nodes v (`placement` defines the
 objective it encodes exactly):
@@ -41,6 +42,8 @@ class Solution:
     cost: float  # the objective it was chosen by: `placement.objective`, or `load.load_objective`
     proven: bool  # the MILP proved the no-load part optimal (or proved that nothing fits)
     seconds: float
+    candidates: tuple = ()  # under a load: (name, load objective) of every plan compared
+    chosen: str = ""  # the name of the candidate returned
 
 
 def milp_placement(inst: Instance, time_limit: float = 10.0) -> tuple[dict | None, bool]:
@@ -192,10 +195,24 @@ def _balanced(inst: Instance, load: Load) -> dict | None:
     return place
 
 
+def one_device(inst: Instance) -> list[tuple[int, dict]]:
+    """(device, every module on it) for each device with room for all of them."""
+    names = inst.used_modules()
+    need = sum(inst.modules[m].memory for m in names)
+    return [(d, {m: d for m in names}) for d, dev in enumerate(inst.devices) if need <= dev.memory]
+
+
+SEARCH_ARRIVALS = 300  # simulated arrivals per step of the steady-load search (the final pick: STEADY_ARRIVALS x seeds)
+
+
 def plan(inst: Instance, load: Load | None = None, time_limit: float = 1.5) -> Solution:
     """The default planner: the MILP optimum of `placement.objective` (polished by local search if
-    HiGHS stopped at its time limit); with a `load`, local search on `load.load_objective` from the
-    MILP optimum, greedy and a busy-time-balanced start, keeping the best."""
+    HiGHS stopped at its time limit). With a `load`, the best by `load.load_objective` of these
+    candidates: every one-device plan that fits, the MILP optimum, greedy, a busy-time-balanced
+    plan, local search from each of them, and for steady rates the burst plan (one request of each
+    task with a rate). Steady rates search first on the M/G/1 estimate (quick), then on short
+    simulations from the two best, and pick by the full simulation; so the plan returned is never
+    one its own simulation finds worse than another candidate (`Solution.candidates`)."""
     t0 = time.perf_counter()
     deadline = t0 + time_limit
     place, proven = milp_placement(inst, time_limit)
@@ -203,7 +220,9 @@ def plan(inst: Instance, load: Load | None = None, time_limit: float = 1.5) -> S
         place, proven = None, False
     if place is None and proven:
         return Solution(None, math.inf, True, time.perf_counter() - t0)
-    starts = [p for p in (place, greedy(inst)) if p is not None] or [p for p in (_first_fit(inst),) if p]
+    named = [(n, p) for n, p in (("latency optimum" if proven else "MILP", place), ("greedy", greedy(inst)))
+             if p is not None] or [("first fit", p) for p in (_first_fit(inst),) if p]
+    starts = [p for _, p in named]
     if not starts:
         return Solution(None, math.inf, False, time.perf_counter() - t0)
     if load is None:
@@ -212,11 +231,29 @@ def plan(inst: Instance, load: Load | None = None, time_limit: float = 1.5) -> S
         best = min((local_search(inst, p, objective, deadline) for p in starts), key=lambda r: r[1])
         return Solution(best[0], best[1], False, time.perf_counter() - t0)
     b = _balanced(inst, load)
-    starts += [b] if b is not None else []
+    named += [("balanced", b)] if b is not None else []
     lo = deadline + 2 * time_limit  # the load-aware search gets its own time
 
-    def cost(i, p):
+    def final(i, p):
         return load_objective(i, p, load)
 
-    best = min((local_search(inst, p, cost, lo) for p in starts), key=lambda r: r[1])
-    return Solution(best[0], best[1], proven, time.perf_counter() - t0)
+    if load.kind == "burst":
+        found = [(f"{n} + search", local_search(inst, p, final, lo)[0]) for n, p in named]
+    else:
+        def guess(i, p):
+            return load_objective(i, p, load, "mg1")
+
+        def short(i, p):
+            return load_objective(i, p, load, num=SEARCH_ARRIVALS, seeds=(0,))
+
+        found = [(f"{n} + M/G/1 search", local_search(inst, p, guess, lo)[0]) for n, p in named]
+        counts = tuple(1 if r else 0 for r in load.rates)
+        named += [("burst plan", p) for p in (plan(inst, Load(counts=counts), time_limit).place,) if p is not None]
+        pool = named + found + [(f"all on {inst.devices[d].name}", p) for d, p in one_device(inst)]
+        ranked = sorted(pool, key=lambda np_: short(inst, np_[1]))
+        sim_deadline = time.perf_counter() + 2 * time_limit
+        found += [(f"{n} + simulated search", local_search(inst, p, short, sim_deadline)[0]) for n, p in ranked[:2]]
+    pool = [(f"all on {inst.devices[d].name}", p) for d, p in one_device(inst)] + named + found
+    scored = [(n, p, final(inst, p)) for n, p in pool]
+    name, where, cost = min(scored, key=lambda x: x[2])
+    return Solution(where, cost, proven, time.perf_counter() - t0, tuple((n, c) for n, _, c in scored), name)
