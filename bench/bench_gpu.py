@@ -115,7 +115,7 @@ def bench_attention(T, D, dtype, causal, do_bench, flex):
                 sdpa = lambda: F.scaled_dot_product_attention(q, keys, vals)  # noqa: E731
                 got = sdpa()[:, :, rows]
                 ref_s = F.scaled_dot_product_attention(q_rows.float(), keys.float(), vals.float())
-            check("sdpa", got, ref_s, got, dtype)  # budget: the floor (no yardstick of its own)
+            check("sdpa", got, ref_s, ref_s, dtype)  # budget: the floor (no yardstick of its own)
             ms_sdpa = do_bench(sdpa)
         sdpa_tf = tflops(n_keys, (n_keys + 1) / 2, D, ms_sdpa) if causal else tflops(T, n_keys, D, ms_sdpa)
         row.update(sdpa_flash_ms=ms_sdpa, sdpa_flash_tflops=sdpa_tf, vs_sdpa=row["tflops"] / sdpa_tf)

@@ -26,8 +26,7 @@ BROKEN = {"kernel": "prism_attention", "chip": "sm_87", "dtype": "float16", "D":
 
 
 def _compile(jobs):
-    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    env["PYTHONPATH"] = os.pathsep.join([str(HERE.parent), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}  # the same prism_ops as this process
     env.setdefault("TRITON_DEFAULT_FP_FUSION", "1")  # Triton 3.9 warns when unset; 1 is its default
     proc = subprocess.run([sys.executable, str(HERE / "kernel_compile.py")], input=json.dumps(jobs), env=env,
                           capture_output=True, text=True, timeout=1800)
