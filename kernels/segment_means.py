@@ -6,8 +6,8 @@ row's tokens of x `[B, H, T, D]` in tiles of BLOCK_T, sums them in fp32 (padding
 by the head-0 programs.
 
 ROWS and the warp count are picked by `triton.autotune` (`tuned_kernel`), keyed on the head dim,
-the segment size (which sets the summary count S = T / segment_size) and whether there is
-padding; BLOCK_T follows from the segment size and head dim. Under Triton's interpreter there is
+a power-of-two bucket of the (clamped) segment size and whether there is padding; BLOCK_T
+follows from the segment size and head dim. Under Triton's interpreter there is
 one config (ROWS=2, so the multi-row path is what the tests run), and nothing is timed.
 """
 
@@ -23,7 +23,7 @@ import triton.language as tl
 @triton.jit
 def segment_means_kernel(
     x_ptr, valid_ptr, means_ptr, counts_ptr,
-    T, H, S, segment_size, sink_tokens,
+    T, H, S, segment_size, sink_tokens, SEG_BUCKET,  # SEG_BUCKET: autotune key only
     stride_xb, stride_xh, stride_xt, stride_xd,
     stride_vb, stride_vt,
     stride_mb, stride_mh, stride_ms, stride_md,
@@ -66,9 +66,23 @@ def segment_means_kernel(
             tl.store(counts_ptr + b * stride_cb + row * stride_cs, n, mask=(h == 0) & (row < S))
 
 
-AUTOTUNE_KEY = ["D", "segment_size", "HAS_VALID"]
+# The segment size enters as a power-of-two bucket of the op's clamped size (a chunk shorter than
+# segment_size is one segment of its length): growing prefill chunks retune a few times, not per
+# call. The dtype joins the key by itself (Triton adds every tensor argument's dtype).
+AUTOTUNE_KEY = ["D", "SEG_BUCKET", "HAS_VALID"]
+SEG_BUCKET_MAX = 1024
 _GPU_CONFIGS = [(rows, warps) for rows in (1, 4, 8) for warps in (2, 4, 8)]  # (ROWS, num_warps)
 _INTERPRETER_CONFIG = (2, 1)
+
+
+def seg_bucket(segment_size: int) -> int:
+    """The autotune key's segment size: next power of two, at most SEG_BUCKET_MAX."""
+    return min(triton.next_power_of_2(segment_size), SEG_BUCKET_MAX)
+
+
+def block_t(segment_size: int, T: int, block_d: int) -> int:
+    """Tokens per tile: the whole segment, up to ~4K elements (keeps registers in check)."""
+    return max(1, min(triton.next_power_of_2(min(segment_size, T)), max(1, 4096 // block_d)))
 
 
 def _config(rows, warps):
@@ -100,12 +114,11 @@ def segment_means_triton(x, segment_size, num_rows, lengths, valid=None, sink_to
         counts = torch.empty((B, S), dtype=torch.int32, device=x.device)
         counts_arg, sv, sc = counts, valid_arg.stride(), counts.stride()
     BLOCK_D = max(16, triton.next_power_of_2(D))
-    # Tiles of up to ~4K elements keep registers in check while loading whole segments.
-    BLOCK_T = max(1, min(triton.next_power_of_2(min(segment_size, T)), max(1, 4096 // BLOCK_D)))
+    BLOCK_T = block_t(segment_size, T, BLOCK_D)
     grid = lambda meta: (triton.cdiv(S, meta["ROWS"]), B * H)  # noqa: E731
     tuned_kernel(interpret)[grid](
         x, valid_arg, means, counts_arg,
-        T, H, S, segment_size, sinks,
+        T, H, S, segment_size, sinks, seg_bucket(segment_size),
         *x.stride(), *sv, *means.stride(), *sc,
         D=D, BLOCK_D=BLOCK_D, BLOCK_T=BLOCK_T, HAS_VALID=valid is not None,
     )

@@ -282,16 +282,57 @@ def test_triton_backward_equals_torch_backward():
 
 @needs_triton
 def test_autotune_configs():
-    """The GPU configs (not run here): keyed on kernel arguments, one set per head dim, and pruned
-    to what fits a small GPU's shared memory. Under the interpreter there is a single config."""
+    """The GPU configs (not run here): keyed on kernel arguments (a decode/prefill query bucket
+    among them), one set per head dim, dtype class and query bucket, pruned to what fits a small
+    GPU's shared memory. Under the interpreter there is a single config."""
     from prism_ops.kernels import prism_attention as kern
 
     assert set(kern.AUTOTUNE_KEY) <= set(kern.prism_attention_kernel.arg_names)
+    assert "TQ_BUCKET" in kern.AUTOTUNE_KEY
     assert len(kern.tuned_kernel(True).configs) == 1
     configs = kern.tuned_kernel(False).configs
-    for block_d, tiles in kern._GPU_TILES.items():
-        mine = kern._prune(configs, {"Q": torch.empty(1, 1, 1, block_d, dtype=torch.float16)})
-        assert {(c.kwargs["BLOCK_M"], c.kwargs["BLOCK_N"], c.num_warps, c.num_stages) for c in mine} == set(tiles)
-        small = kern.fitting(mine, block_d, 2, 64 * 1024)  # e.g. 64 KiB of shared memory
-        assert small and all(2 * block_d * (c.kwargs["BLOCK_M"] + 2 * c.kwargs["BLOCK_N"] * c.num_stages) <= 64 * 1024
-                             for c in small) or len(small) == 1
+    prune = kern._pruner(False)
+    for dtype, tables in ((torch.float16, (kern._GPU_TILES, kern._DECODE_TILES)), (torch.float32, (kern._FP32_TILES,))):
+        for block_d in (64, 128, 256):
+            for Tq, table in zip((64, 1), tables):
+                mine = prune(configs, {"Q": torch.empty(1, 1, Tq, block_d, dtype=dtype)})
+                assert {kern._tile(c) for c in mine} == set(table[block_d]), (dtype, block_d, Tq)
+                small = kern.fitting(mine, block_d, 2, 64 * 1024)  # e.g. 64 KiB of shared memory
+                assert len(small) == 1 or all(
+                    kern.shared_memory_estimate(kern._tile(c), block_d, 2) <= 64 * 1024 for c in small)
+    assert [kern._tile(c) for c in kern._pruner(True)(configs, {"Q": torch.empty(1, 1, 64, 128)})] == [
+        kern._FP32_TILES[128][0]]  # pinned: the first tile only, so nothing is timed
+
+
+def _tf32(x):
+    """fp32 rounded to TF32 (10 mantissa bits, to nearest, ties away: PTX cvt.rna.tf32.f32)."""
+    return ((x.contiguous().view(torch.int32) + 0x1000) & ~0x1FFF).view(torch.float32)
+
+
+def _tf32x3_matmul(a, b):
+    """Triton's input_precision="tf32x3" dot: hi*hi + hi*lo + lo*hi of the TF32 splits."""
+    ah, bh = _tf32(a), _tf32(b)
+    return _tf32(a - ah) @ bh + ah @ _tf32(b - bh) + ah @ bh
+
+
+@pytest.mark.parametrize("case", CASES[:5], ids=IDS[:5])
+def test_tf32x3_dots_stay_within_the_fp32_budget(case):
+    """The kernel's fp32 path on a GPU uses TF32x3 dots, which the interpreter runs as fp32: this
+    emulates them (both products of attention) and holds them to the budget the GPU test applies
+    to the kernel's fp32 output, so that budget is known to fit TF32x3 (plain TF32 does not)."""
+    q, k, v, ks, vs, c, _ = make_inputs(*case)
+    ref, _ = oracle_prism_attention(*(t.double() for t in (q, k, v, ks, vs)), c, False, None, True, None)
+    keys, vals = torch.cat([k, ks], 2), torch.cat([v, vs], 2)
+    bias = torch.cat([torch.zeros(c.shape[0], 1, 1, k.shape[2]), torch.log(c.float())[:, None, None, :]], -1)
+    G = q.shape[1] // k.shape[1]
+    keys, vals = keys.repeat_interleave(G, 1), vals.repeat_interleave(G, 1)
+
+    def attention(matmul):
+        s = matmul(q, keys.transpose(-1, -2)) / math.sqrt(q.shape[-1]) + bias
+        p = torch.exp(s - s.amax(-1, keepdim=True).clamp(min=-1e30))
+        return matmul(p, vals) / p.sum(-1, keepdim=True).clamp(min=1e-30)
+
+    yard = prism_attention_torch(q, k, v, ks, vs, c)
+    assert_within_budget(attention(_tf32x3_matmul), yard, ref, torch.float32, f"tf32x3 {case}")
+    with pytest.raises(AssertionError):  # the check can tell: one TF32 product is far outside
+        assert_within_budget(attention(lambda a, b: _tf32(a) @ _tf32(b)), yard, ref, torch.float32, "tf32")

@@ -183,3 +183,8 @@ def test_autotune_configs():
     assert set(kern.AUTOTUNE_KEY) <= set(kern.segment_means_kernel.arg_names)
     assert [c.kwargs["ROWS"] for c in kern.tuned_kernel(True).configs] == [2]  # the multi-row path, one config
     assert len(kern.tuned_kernel(False).configs) > 1
+    # The key holds a power-of-two bucket of the clamped segment size, not the raw size: growing
+    # chunks (whose clamped size grows with them) retune a handful of times, not on every call.
+    assert "segment_size" not in kern.AUTOTUNE_KEY and "SEG_BUCKET" in kern.AUTOTUNE_KEY
+    assert [kern.seg_bucket(s) for s in (1, 3, 16, 17, 1000, 5000, 10**6)] == [1, 4, 16, 32, 1024, 1024, 1024]
+    assert len({kern.seg_bucket(T) for T in range(1, 5000)}) == 11

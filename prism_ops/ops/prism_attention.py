@@ -14,11 +14,19 @@ It is the `torch.library` custom op `prism_ops::prism_attention` (out and lse, w
 implementation, so `torch.compile(fullgraph=True)` traces it without a graph break). It is
 differentiable in q, k, v, k_sum and v_sum on every backend (not in the counts): the backward is
 plain torch, recomputing the [Tq, Tk + S] probabilities (memory O(Tq * (Tk + S)) per head).
+
+Checks, and where they run: shapes, dtypes, devices and flags in `prism_attention`, before the op
+(metadata only: no tensor data is read, nothing waits for a GPU); the count values (finite,
+>= 0) inside the op, for CPU tensors only, since on a GPU reading them is a host sync per call
+(set PRISM_OPS_CHECK_VALUES=1 to check device tensors too). backend="auto" takes the Triton
+kernel for fp16/bf16 CUDA tensors and torch otherwise (fp32 included: the kernel's fp32 dots are
+TF32x3, near but not exactly fp32; backend="triton" still runs them).
 """
 
 from __future__ import annotations
 
 import math
+import os
 
 import torch
 import torch.nn.functional as F
@@ -166,7 +174,7 @@ def prism_attention_torch(
     )
     if bias is not None:
         seen = torch.isfinite(bias).any(-1, keepdim=True)  # (B|1, 1, Tq|1, 1)
-        if not bool(seen.all()):
+        if q.device.type != "cpu" or not bool(seen.all()):  # no host sync on a GPU: always mask there
             out = out.masked_fill(~seen, 0.0)  # a row with nothing visible returns zeros
     return out
 
@@ -217,7 +225,7 @@ def prism_attention(
         log_count_bias: add ln(count) to summary logits (the scaling-aware correction).
         return_lse: also return the log-sum-exp `[B, H, Tq]` (natural log; fp32, fp64 for fp64 input).
         k_valid: optional bool `[B, Tk]`; False masks a padding key of the local block.
-        backend: "auto", "torch" or "triton".
+        backend: "auto" (Triton for fp16/bf16 CUDA tensors, else torch), "torch" or "triton".
 
     Returns:
         out `[B, H, Tq, D]` in q's dtype, and lse `[B, H, Tq]` when return_lse.
@@ -242,6 +250,24 @@ def prism_attention(
     return (out, lse) if return_lse else out
 
 
+def check_values() -> bool:
+    """PRISM_OPS_CHECK_VALUES=1: also check the values of device tensors (a host sync per call)."""
+    return os.environ.get("PRISM_OPS_CHECK_VALUES", "0") not in ("", "0")
+
+
+def _check_count_values(sum_counts):
+    """sum_counts finite and >= 0. Reading values is a host sync on a GPU (the CPU waits for the
+    queue, the GPU then idles while Python runs), so it runs for CPU tensors, and for device
+    tensors only under PRISM_OPS_CHECK_VALUES=1. Unchecked on a GPU, the kernel drops a row whose
+    count is <= 0 or NaN (as a count 0); an infinite count gives NaN outputs."""
+    bad = sum_counts < 0
+    if sum_counts.is_floating_point():
+        bad = bad | ~torch.isfinite(sum_counts)
+    if bool(bad.any()):
+        value = sum_counts[bad].flatten()[0].item()
+        raise ValueError(f"sum_counts must be finite and >= 0 (tokens per summary row), got {value}")
+
+
 def _lse_dtype(dtype):
     return torch.float64 if dtype == torch.float64 else torch.float32
 
@@ -254,14 +280,10 @@ def _lse_dtype(dtype):
 def _prism_attention_op(q, k, v, k_sum, v_sum, sum_counts, causal, scale, log_count_bias, return_lse, k_valid,
                         backend):
     """The op behind `prism_attention` (inputs already checked): (out, lse), lse empty `[0]`
-    without return_lse. The checks that read tensor data run here, not while tracing."""
-    if sum_counts is not None and sum_counts.numel():
-        bad = sum_counts < 0
-        if sum_counts.is_floating_point():
-            bad = bad | ~torch.isfinite(sum_counts)
-        if bool(bad.any()):
-            value = sum_counts[bad].flatten()[0].item()
-            raise ValueError(f"sum_counts must be finite and >= 0 (tokens per summary row), got {value}")
+    without return_lse. The check that reads tensor data runs here, not while tracing, and only
+    where it costs no device sync (see `_check_count_values`)."""
+    if sum_counts is not None and sum_counts.numel() and (sum_counts.device.type == "cpu" or check_values()):
+        _check_count_values(sum_counts)
     kwargs = dict(causal=causal, scale=scale, log_count_bias=log_count_bias, return_lse=return_lse, k_valid=k_valid)
     if _backend_for(q, backend) == "triton":
         from prism_ops.kernels.prism_attention import prism_attention_triton
@@ -279,6 +301,10 @@ def _prism_attention_op(q, k, v, k_sum, v_sum, sum_counts, causal, scale, log_co
 
 def _backend_for(q, backend):
     """"torch" or "triton" for these inputs (raises for a forced backend that cannot run them)."""
+    if backend == "auto" and q.dtype == torch.float32:
+        # fp32 stays exact fp32 (torch) unless the kernel is asked for: its fp32 dots are TF32x3
+        # (three TF32 tensor-core products), fast to compile and near fp32, but not IEEE fp32.
+        return "torch"
     unsupported = None
     D = q.shape[-1]
     if q.dtype == torch.float64:
