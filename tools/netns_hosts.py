@@ -280,6 +280,16 @@ esac
                 pass
 
 
+def exit_on_signals() -> None:
+    """Turn SIGTERM and SIGHUP into SystemExit, so `with Hosts(...)` removes the hosts when a
+    driver is stopped (`timeout`, a closed terminal) and not only when it ends."""
+    def stop(signum, frame):
+        raise SystemExit(128 + signum)
+
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, stop)
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--hosts", type=int, default=2, help="how many test hosts (default 2)")
@@ -297,6 +307,7 @@ def main(argv=None) -> int:
     if args.check or why:
         print(why or "ok: this machine can make test hosts")
         return 1 if why else 0
+    exit_on_signals()
     cmd = args.cmd[1:] if args.cmd[:1] == ["--"] else args.cmd
     if not cmd:
         ap.error("give the command to run after --")
