@@ -45,8 +45,7 @@ IFACE = "eth0"  # the interface inside every test host
 # MPICH over TCP between the hosts: no shared memory between ranks on one kernel (NOLOCAL), the
 # OFI netmod with libfabric's tcp provider on the hosts' interface. (The pip mpich also has UCX:
 # MPICH_CH4_NETMOD=ucx UCX_TLS=tcp works too.)
-TCP_ENV = {"MPIR_CVAR_NOLOCAL": "1", "MPIR_CVAR_CH4_NETMOD": "ofi", "FI_PROVIDER": "tcp", "FI_TCP_IFACE": IFACE,
-           "MPIR_CVAR_CH4_OFI_ENABLE_SHARED_CONTEXTS": "0"}
+TCP_ENV = {"MPIR_CVAR_NOLOCAL": "1", "MPIR_CVAR_CH4_NETMOD": "ofi", "FI_PROVIDER": "tcp", "FI_TCP_IFACE": IFACE}
 
 
 def _ip(*args, ns: str | None = None, check=True) -> subprocess.CompletedProcess:
