@@ -125,7 +125,6 @@ def worker(args) -> None:
             rows.append(dict(setting=name, seconds=t, bytes=sum(box["res"].bytes_per_layer)))
     if comm.rank == 0:
         print(json.dumps(dict(local=local, rows=rows, host=os.uname().nodename)), flush=True)
-    comm.finalize()
 
 
 # -- the driver ---------------------------------------------------------------------------------
