@@ -158,7 +158,7 @@ def measure(args) -> list[dict]:
                              f"emulated link {mbit}")
         for r, e in zip(real["rows"], emu["rows"]):
             out.append(dict(mbit=mbit, setting=r["setting"], real=real["local"] / r["seconds"],
-                            emulated=e["local"] / e["seconds"], real_s=r["seconds"], emulated_s=e["seconds"],
+                            emulated=emu["local"] / e["seconds"], real_s=r["seconds"], emulated_s=e["seconds"],
                             local_real_s=real["local"], local_emulated_s=emu["local"], bytes=r["bytes"],
                             bytes_emulated=e["bytes"], kernel_job_bytes=kernel))
         print(f"[bench_real_links] {mbit or 'unshaped'}: " + ", ".join(
