@@ -449,7 +449,7 @@ def links_main(args) -> int:
                       (args.phases or "prefill,generation,serving").split(","))
     outcomes, refs = [], {}
     for i, c in enumerate(todo, 1):
-        o = run_link_case(c, timeout, refs=refs)
+        o = run_link_case(c, timeout, start_s=args.start_s, refs=refs)
         outcomes.append(o)
         print(f"[{i}/{len(todo)}] {c.program} {c.phase} link {c.fault}: exit {o.exit_code} in {o.seconds:.1f} s, "
               f"hosts empty {o.host_ends}, {'ok' if o.ok else 'FAILED'}", file=sys.stderr, flush=True)
@@ -473,6 +473,7 @@ def main(argv=None) -> int:
     ap.add_argument("--links", action="store_true",
                     help="faults on real links between 2 test hosts (tools/netns_hosts.py; needs root)")
     ap.add_argument("--faults", default=",".join(LINK_FAULTS), help="with --links: down, flap, slow")
+    ap.add_argument("--start-s", type=float, default=300.0, help="with --links: longest wait for the phase")
     ap.add_argument("--limit-s", type=float, default=60.0, help="longest a job may take to end after the signal")
     ap.add_argument("--timeout", type=float, help="pass --timeout (silence, s) to the programs; default: theirs (30 s)")
     ap.add_argument("--json", help="also write every outcome (with stderr tails) to this file")
