@@ -89,9 +89,18 @@ def available() -> str | None:
 
 
 def cleanup(prefix: str = PREFIX) -> list[str]:
-    """Remove every namespace and link whose name starts with prefix (and the processes in those
-    namespaces); returns what was removed."""
+    """Remove every namespace and link whose name starts with prefix, the processes in those
+    namespaces and the mpiexec that launched into them; returns what was removed."""
     gone = []
+    # mpiexec runs in the root namespace; it is known by its launcher, in this prefix's folder
+    mark = os.path.join(tempfile.gettempdir(), prefix + ("-" if prefix != PREFIX else ""))
+    for proc in Path("/proc").glob("[0-9]*"):
+        try:
+            if mark in proc.joinpath("cmdline").read_bytes().decode(errors="replace") and int(proc.name) != os.getpid():
+                os.kill(int(proc.name), signal.SIGKILL)
+                gone.append(f"pid {proc.name}")
+        except (OSError, ValueError):
+            pass
     for line in _ip("netns", "list", check=False).stdout.splitlines():
         ns = line.split()[0] if line.split() else ""
         if ns.startswith(prefix):
