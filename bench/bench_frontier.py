@@ -28,6 +28,10 @@ A 4-device projection (`prism_ops.link_profile.predict_seconds`: the cost model'
 FLOPs at the seconds per FLOP measured here on one device, plus per-layer transfer; decoders
 stream, so the larger of the two) is printed and written, labelled as a projection.
 
+With `--real-links` (as root, plain python, no mpiexec) it runs bench/bench_real_links.py
+instead: edge and fast over real kernel-shaped TCP links between test hosts next to the
+emulated link, into docs/FRONTIER.md's real-links block, which a run of this bench keeps.
+
 Writes `--out`.md (the table), `--out`.json (every row) and `--out`.png (quality against
 speed-up, one curve per link rate; matplotlib). Timings on a shared machine are noisy: the
 ratios are taken against the one-device time of the same run.
@@ -52,6 +56,7 @@ from prism_ops.eval.metrics import cosine_stats, next_token_nll, perplexity
 from prism_ops.ops.chunk_summary import visible_chunks
 
 from bench_distributed import timed  # bench/ is on the path of a script run from it
+from bench_real_links import main as real_links
 
 torch.set_num_threads(1)
 
@@ -79,6 +84,7 @@ MODELS = {
     "smollm2": dict(tokens=2048, windows=4, metric="ppl / exact", budget="<= 1.05"),
     "minilm": dict(tokens=512, windows=8, metric="mean cos", budget="mean >= 0.99, min >= 0.97"),
 }
+REAL_BEGIN = "<!-- real-links -->"  # the block bench_real_links.py writes into FRONTIER.md (kept here)
 QUICK = {"smollm2": dict(tokens=512, windows=1), "minilm": dict(tokens=256, windows=2)}
 
 
@@ -364,6 +370,9 @@ def plot(rows, path):
 
 
 def main(argv=None):
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if "--real-links" in argv:  # over real TCP between test hosts, next to the emulated link (as root)
+        return real_links([a for a in argv if a != "--real-links"])
     args = parse_args(argv)
     comm = Communicator(timeout_s=1800)
     hf.register()
@@ -378,7 +387,10 @@ def main(argv=None):
     print(text)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.with_suffix(".md").write_text(text + "\n")
+    md = out.with_suffix(".md")
+    old = md.read_text() if md.exists() else ""
+    keep = old[old.index(REAL_BEGIN):] if REAL_BEGIN in old else ""  # bench_real_links.py's table
+    md.write_text(text + "\n" + ("\n" + keep if keep else ""))
     out.with_suffix(".json").write_text(json.dumps({"rows": rows, "projections": projections}, indent=1) + "\n")
     plot(rows, out.with_suffix(".png"))
     print(f"wrote {out.with_suffix('.md')}, .json, .png")

@@ -272,7 +272,8 @@ class _TokenStream:
     The last rank sends each token point to point (TAG_TOKEN) and an empty message at the end;
     rank 0 receives them as they come. Waiting has no bound of its own: `Communicator.poll`
     raises once a rank goes silent (`liveness`), so a long healthy generation never times out.
-    emit also keeps the last rank's phase ("generation token t") current.
+    emit also keeps the last rank's phase ("generation token t") current, and checks that the
+    other ranks are still heard from: a decoding rank cut off from them stops within the timeout.
     """
 
     def __init__(self, comm, head, on_token):
@@ -283,6 +284,9 @@ class _TokenStream:
     def emit(self, ids: torch.Tensor) -> None:
         self.made += 1
         self.comm.phase = f"generation token {self.made + 1}"
+        # The decoding rank needs no message per token, so no wait would notice the others gone
+        # (a cut link): check that they are still heard from, every token (cheap: `liveness`).
+        self.comm.check_alive()
         if not self.active:
             return
         if self.comm.rank == 0:

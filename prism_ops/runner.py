@@ -36,6 +36,7 @@ from .distributed.comm import DEFAULT_TIMEOUT_S
 from .distributed.control import bcast_json
 from .distributed.faults import agree, agree_rank0, exit_together
 from .distributed.runtime import max_positions, model_kind
+from .distributed.transport import describe, format_transport
 from .input_files import CHARS_PER_POSITION, check_output_path, read_profile, read_text_file
 from .link_profile import auto_choice, measure_profile
 from .models import load
@@ -182,6 +183,10 @@ def run_mpi_job(opts: RunOptions, comm) -> None:
     t1 = time.perf_counter()
     handshake(comm, fingerprint(model, config, model_name=opts.model, dtype=opts.dtype, mode=opts.mode))
     hand_s = time.perf_counter() - t1
+    if opts.verbose:  # which library, transport and hosts (collective; rank 0 prints)
+        info = describe(comm)
+        if comm.rank == 0:
+            print(format_transport(info, opts.link_mbit, opts.link_latency_ms), flush=True)
     if opts.profile:
         comm.phase = "profile"
         measure_profile(model, tok, comm, opts.profile, model_name=opts.model, config=config,

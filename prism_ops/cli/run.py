@@ -65,7 +65,9 @@ def parse_args(argv=None) -> RunOptions:
                          f"the job ends, naming it (default {DEFAULT_TIMEOUT_S:g}); long work never times out")
     ap.add_argument("--auto", metavar="PROFILE", help="run locally or distributed, whichever PROFILE says is faster")
     ap.add_argument("--profile", metavar="OUT", help="measure local against distributed at a few lengths into OUT")
-    ap.add_argument("--verbose", action="store_true", help="print the bytes every layer sent")
+    ap.add_argument("--verbose", action="store_true",
+                    help="print the bytes every layer sent, and (under MPI) the MPI library, every rank's host and "
+                         "the transport between them (derived from the library and its environment variables)")
     ap.add_argument("--debug", action="store_true", help="show the traceback of an unexpected error")
     srv = ap.add_argument_group("service (--serve)")
     srv.add_argument("--serve", action="store_true",
