@@ -72,15 +72,46 @@ def summary_rows(x, keep, a: int, b: int, segment_size: int, assign=None, backen
     return exact, exact_counts, means, counts
 
 
-def visible_chunks(p: int, num_chunks: int, causal: bool) -> list[int]:
-    """Chunks whose rows rank p attends to: every other one, or only earlier ones when causal."""
-    return [c for c in range(num_chunks) if c != p and (c < p or not causal)]
+def visible_chunks(p: int, num_chunks: int, causal: bool, *, bounds=None, window=None) -> list[int]:
+    """Chunks whose rows rank p attends to: every other one, or only earlier ones when causal.
+
+    With a sliding window (a query at t sees keys at distance < window) and the bounds, a chunk
+    wholly outside the window of every query of chunk p is left out: it is never sent to p.
+    """
+    out = [c for c in range(num_chunks) if c != p and (c < p or not causal)]
+    if window is None:
+        return out
+    (p0, p1) = bounds[p]
+    # The nearest pair of positions of two disjoint ranges: p's first query and c's last key
+    # (c before p), or c's first key and p's last query (c after p).
+    return [c for c in out if (p0 - (bounds[c][1] - 1) if c < p else bounds[c][0] - (p1 - 1)) < window]
 
 
-def visible_rows(rows, p: int, causal: bool):
+def row_spans(bounds, c: int, segment_size: int, **layout) -> torch.Tensor:
+    """`[R, 2]` int64 (start, end) positions of chunk c's rows, in `summary_rows` order: its exact
+    rows (one token each), then its segments over [a, b) (a last one may be shorter)."""
+    c0, c1 = bounds[c]
+    a, b = chunk_layout(bounds, c, **layout)
+    exact = torch.cat([torch.arange(c0, a), torch.arange(b, c1)])
+    starts = torch.arange(a, b, segment_size)
+    ends = torch.clamp(starts + segment_size, max=b)
+    return torch.cat([torch.stack([exact, exact + 1], 1), torch.stack([starts, ends], 1)]).to(torch.int64)
+
+
+def visible_spans(bounds, p: int, segment_size: int, *, sink_tokens: int, halo: int, causal: bool,
+                  window=None) -> torch.Tensor:
+    """`[S, 2]` spans of the rows `visible_rows` gives rank p, in the same order."""
+    spans = [row_spans(bounds, c, segment_size, sink_tokens=sink_tokens, halo=halo, causal=causal)
+             for c in visible_chunks(p, len(bounds), causal, bounds=bounds, window=window)]
+    return torch.cat(spans) if spans else torch.zeros((0, 2), dtype=torch.int64)
+
+
+def visible_rows(rows, p: int, causal: bool, *, bounds=None, window=None):
     """(k_sum, v_sum, counts) rank p attends to, from rows[c] = (kv `[B, Hkv, R_c, 2D]`,
-    counts `[B, R_c]`) of every chunk; (None, None, None) when it sees none."""
-    seen = [rows[c] for c in visible_chunks(p, len(rows), causal) if rows[c][1].shape[1]]
+    counts `[B, R_c]`) of every chunk (None for a chunk p does not see); (None, None, None) when
+    it sees none. With window and bounds, chunks outside every query's window are left out."""
+    seen = [rows[c] for c in visible_chunks(p, len(rows), causal, bounds=bounds, window=window)
+            if rows[c][1].shape[1]]
     if not seen:
         return None, None, None
     kv = torch.cat([r[0] for r in seen], dim=2)
