@@ -70,7 +70,8 @@ RUNTIME = object()  # a keyword whose value is a local of the forward (known onl
 
 def _is_interface(node: ast.AST) -> bool:
     """The expression that picks the attention function: mentions ALL_ATTENTION_FUNCTIONS."""
-    return any(isinstance(n, ast.Name) and n.id == "ALL_ATTENTION_FUNCTIONS" for n in ast.walk(node))
+    return any((isinstance(n, ast.Name) and n.id == "ALL_ATTENTION_FUNCTIONS")
+               or (isinstance(n, ast.Attribute) and n.attr == "ALL_ATTENTION_FUNCTIONS") for n in ast.walk(node))
 
 
 @functools.lru_cache(maxsize=None)
