@@ -230,3 +230,25 @@ def test_fused_projection_slices_are_the_models_keys_and_values(family_id):
     v_hat = torch.nn.functional.linear(h, w_v, b_v).view(B, T, -1, v.shape[-1]).transpose(1, 2)
     torch.testing.assert_close(v_hat, v, rtol=1e-5, atol=1e-5)
     assert w_k.shape == w_v.shape and (b_k is None) == (b_v is None)
+
+
+# -- real MPI: a sliding-window decoder and a fused-QKV encoder with local layers, 2 ranks -------
+
+MPI_CASES = [
+    ("mistral", dict(tokens=40, generate=8)),  # sliding window 16, prefill and 8 greedy tokens
+    ("modernbert", dict(tokens=40, batch=2, pad=5)),  # fused Wqkv, bidirectional window on layer 1
+]
+
+
+@pytest.mark.parametrize("family_id,kw", MPI_CASES, ids=[c[0] for c in MPI_CASES])
+def test_under_real_mpiexec_2_ranks_equals_the_model(family_id, kw):
+    from test_distributed import MPIEXEC, check_run
+
+    if MPIEXEC is None:
+        pytest.skip("needs mpiexec (pip install mpich)")
+    r = check_run(2, model=family_id, segment_size=1, **kw)
+    assert r["err_exact"] <= 1e-4 * max(1.0, r["scale"]), r
+    assert r["err_sim"] <= 1e-5 * max(1.0, r["scale"]) * 2, r
+    assert r["bytes"] == r["layer_bytes"], r  # what the wire layout (and so the cost model) says
+    if kw.get("generate"):
+        assert r["ids"] == r["ids_exact"] == r["ids_sim"] and len(r["ids"][0]) == kw["generate"]
