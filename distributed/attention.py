@@ -24,12 +24,14 @@ projections come from its PrismLayer
 
 from __future__ import annotations
 
+from functools import partial
+
 import torch
 import torch.nn.functional as F
 
 from prism_ops.config import PrismConfig
-from prism_ops.ops.chunk_summary import (chunk_clusters, chunk_layout, summary_rows, visible_chunks, visible_rows,
-                                         visible_spans)
+from prism_ops.ops.chunk_summary import (chunk_clusters, chunk_layout, reached_rows, summary_rows, trim_rows,
+                                         visible_chunks, visible_rows, visible_spans)
 from prism_ops.ops.codebook_rows import codebook_codes
 from prism_ops.ops.merge_attention import merge_attention
 from prism_ops.ops.prism_attention import prism_attention
@@ -66,8 +68,9 @@ class RankPartition:
         self.comm, self.config, self.num_layers = comm, config, num_layers
 
     @staticmethod
-    def _payload(layout, x, k, keep, ab, c0, cfg, codebook=None) -> torch.Tensor:
-        """This rank's payload bytes: its chunk's exact rows and summaries (rounded if asked).
+    def _payload(layout, x, k, keep, ab, c0, cfg, codebook=None, trim=None) -> torch.Tensor:
+        """This rank's payload bytes: its chunk's exact rows and summaries (rounded if asked), cut
+        by `trim` (a function of the rows: a sliding window's `trim_rows`) before any rounding.
 
         A chunk no rank reads (the last of a causal model) has an empty layout: nothing is built.
         """
@@ -75,7 +78,8 @@ class RankPartition:
             return torch.empty(0, dtype=torch.uint8, device=x.device)
         a, b = (i - c0 for i in ab)
         assign = chunk_clusters(k, keep, a, b, cfg.segment_size, cfg.cluster_iters)
-        exact, _, means, counts = summary_rows(x, keep, a, b, cfg.segment_size, assign, cfg.backend)
+        rows = summary_rows(x, keep, a, b, cfg.segment_size, assign, cfg.backend)
+        exact, _, means, counts = rows if trim is None else trim(rows)
         quant = {}
         if cfg.summary_codebook and means.shape[2]:
             quant = dict(codes=codebook_codes(means, codebook))
@@ -107,8 +111,10 @@ class RankPartition:
 
         # 1. This rank's payload, on its way while the local block is computed.
         keep = state.valid[:, c0:c1]
+        trim = None if window is None else partial(trim_rows, bounds=state.bounds, c=p, segment_size=segment_size,
+                                                   window=window, **opts)
         payload = self._payload(layouts[p], x, k, keep, chunk_layout(state.bounds, p, **opts), c0, cfg,
-                                layer.codebook)
+                                layer.codebook, trim)
         counts = [lay.nbytes for lay in layouts]
         if causal:
             # Only later ranks read this chunk: send it to them alone, so this rank never waits
@@ -143,6 +149,10 @@ class RankPartition:
                 keep_c = valid_c[:, None, ca - d0 : cb - d0, None]
                 counts_c = segment_means(keep_c.float(), segment_size, valid=keep_c[:, 0, :, 0], backend="torch")[1]
             ex_counts = torch.cat([valid_c[:, : ca - d0], valid_c[:, cb - d0 :]], 1).to(torch.int32)
+            if window is not None:  # the rows chunk c sent: those some reader's window holds whole
+                sent = reached_rows(state.bounds, c, segment_size, window=window, **opts).to(ex_counts.device)
+                E = ex_counts.shape[1]
+                ex_counts, counts_c = ex_counts[:, sent[:E]], counts_c[:, sent[E:]]
             r = torch.cat([ex_c, means_c], 2)
             rows[c] = (_project(layer, r) if hidden_mode else r, torch.cat([ex_counts, counts_c], 1))
         k_sum, v_sum, sum_counts = visible_rows(rows, p, causal, **reach)

@@ -139,8 +139,8 @@ def check_call_kwargs(module, kwargs: dict) -> None:
     """Refuse, at a call, a keyword that is unknown or a refused feature that is on."""
     for name, value in kwargs.items():
         if name not in KNOWN:
-            raise NotImplementedError(f"{type(module).__name__}'s attention call passed `{name}`, which prism attention "
-                                      "does not know; use attn_implementation='sdpa' or 'eager' for this model")
+            raise NotImplementedError(f"{type(module).__name__}'s attention call passed `{name}`, which prism "
+                                      "attention does not know; use attn_implementation='sdpa' or 'eager' for this model")
         if name in REFUSED and is_set(value):
             raise NotImplementedError(f"{type(module).__name__} uses {REFUSED[name]}, which prism attention does not "
                                       "implement; use attn_implementation='sdpa' or 'eager' for this model")

@@ -90,7 +90,7 @@ def payload_layouts(config: PrismConfig, bounds, *, causal: bool, batch: int, he
     groups, code_bits = codebook_geometry(config.summary_codebook) if config.summary_codebook else (0, 0)
     out = []
     for c in range(len(bounds)):
-        exact, summary = summary_count(bounds, c, config.segment_size, **opts)
+        exact, summary = summary_count(bounds, c, config.segment_size, window=window, **opts)
         if not readers(c, len(bounds), causal, bounds=bounds, window=window):
             exact, summary = 0, 0
         out.append(PayloadLayout(batch, heads, channels, exact, summary, dtype, config.summary_bits,

@@ -146,15 +146,18 @@ def test_a_chunk_no_window_reaches_is_not_sent():
     cfg = PrismConfig(num_partitions=4, segment_size=4)
     shape = cost.ModelShape(hidden_size=64, num_heads=4, num_kv_heads=2, head_dim=16, ffn_size=128)
     full = cost.bytes_per_layer(shape, 64, cfg)
-    # Non-causal: every chunk has a neighbour within reach, so each still sends (all-gather).
-    assert cost.bytes_per_layer(shape, 64, cfg, window=16) == full
+    # Non-causal: every chunk has a neighbour within reach on both sides (the middle ones) or one
+    # side (the ends), so each sends the rows a neighbour holds whole: 3 of 4 at the ends.
+    assert cost.bytes_per_layer(shape, 64, cfg, window=16) == [full[0] * 3 // 4, full[1], full[2], full[3] * 3 // 4]
     causal = cost.bytes_per_layer(shape, 64, cfg, causal=True)
     assert causal[-1] == 0 and all(causal[:-1])
-    # Causal: chunk c is read by rank c + 1 only (point to point), so the bytes are those of one
-    # reader; the cost model and the wire layout agree, and the receiver computes less.
+    # Causal: chunk c is read by rank c + 1 only, whose first query (c's end) holds whole every
+    # segment but the first ([c0, c0 + 4) reaches back 16): 3 of 4 rows are sent. The cost model
+    # and the wire layout agree, and the receiver computes less.
     windowed = cost.bytes_per_layer(shape, 64, cfg, causal=True, window=16)
     lays = payload_layouts(cfg, bounds, causal=True, batch=1, heads=2, channels=32, dtype=torch.float32, window=16)
-    assert windowed == [lay.nbytes for lay in lays]
+    assert windowed == [lay.nbytes for lay in lays] == [c * 3 // 4 for c in causal]
+    assert [lay.S for lay in lays] == [3, 3, 3, 0]
     flops = cost.flops_per_layer(shape, 64, cfg, causal=True, window=16)
     assert flops[3] < cost.flops_per_layer(shape, 64, cfg, causal=True)[3]
     # A window of 1 (each token sees itself only): no chunk is read by anyone, nothing is sent.

@@ -10,7 +10,8 @@ the chunk's own fixed grid, plus exact rows (count 1) from two levers:
 Padding (`valid` False) is excluded everywhere.
 With a sliding `window` or a logit `softcap` (`window_attention`: a summary row is seen by a query
 only when its whole span is inside the query's window; the cap applies before +ln(count)), a
-chunk wholly outside the window of every query of another chunk is not sent to it.
+chunk sends only the rows some reader's window holds whole (`chunk_summary.reached_rows`), and
+none to a rank whose queries it is wholly out of reach of.
 Two more levers change what a summary row is, not how many there are:
 - cluster_iters: rows are means of key clusters (`token_clusters`) instead of positional
   segments, computed once per chunk as its rank would;
@@ -30,7 +31,7 @@ import torch
 from .._backend import check_backend
 from .._checks import check_bool, check_float, check_int, check_mask, check_qkv, check_real, check_same, check_tensor, check_weights
 from .prism_attention import prism_attention
-from .chunk_summary import chunk_clusters, chunk_layout, summary_rows, visible_rows, visible_spans
+from .chunk_summary import chunk_clusters, chunk_layout, summary_rows, trim_rows, visible_rows, visible_spans
 from .token_clusters import check_cluster_iters
 from .quantize_rows import check_bits, quantize_rows
 from .window_attention import check_softcap, check_window, windowed_prism_attention
@@ -132,16 +133,20 @@ def partitioned_attention(
     # What each chunk's rank sends (as its receivers decode it): the same for every receiver.
     rows = []
     for c, (c0, c1) in enumerate(bounds):
-        a, b = chunk_layout(bounds, c, sink_tokens=sink_tokens, halo=halo, causal=causal)
+        layout = dict(sink_tokens=sink_tokens, halo=halo, causal=causal)
+        a, b = chunk_layout(bounds, c, **layout)
         a, b, keep = a - c0, b - c0, valid_bt[:, c0:c1]
         assign = chunk_clusters(k[:, :, c0:c1], keep, a, b, segment_size, cluster_iters)
-        exact, exact_counts, means, counts = summary_rows(kv[:, :, c0:c1], keep, a, b, segment_size, assign, backend)
+        exact, exact_counts, means, counts = trim_rows(
+            summary_rows(kv[:, :, c0:c1], keep, a, b, segment_size, assign, backend), bounds, c, segment_size,
+            window=window, **layout)
         if summary_bits:
             sent = (counts > 0)[:, None, :, None]
             if hidden is None:
                 means = quantize_rows(means, summary_bits, sent)
             else:
-                h_means = summary_rows(hidden[:, None, c0:c1], keep, a, b, segment_size, assign, backend)[2]
+                h_rows = summary_rows(hidden[:, None, c0:c1], keep, a, b, segment_size, assign, backend)
+                h_means = trim_rows(h_rows, bounds, c, segment_size, window=window, **layout)[2]
                 means = means + _projected_error(h_means, summary_bits, sent, kv_weight, k.shape[1])
         rows.append((torch.cat([exact, means], 2), torch.cat([exact_counts, counts], 1)))
 
