@@ -337,9 +337,9 @@ def configure(model, config: PrismConfig | None = None, *, comm=None, num_partit
     attention = attention_modules(model)
     if not attention:  # nothing would run as PRISM, and every forward would fail later
         own = sorted({type(m).__name__ for m in model.modules() if type(m).__name__.endswith("Attention")})
+        itself = f" ({', '.join(own)} computes attention itself)" if own else ""
         raise ValueError(f"model {type(model).__name__} has no attention module that calls transformers' attention "
-                         f"interface (attn_implementation); " + (f"{', '.join(own)} computes attention itself, "
-                                                                 if own else "") + "so prism attention cannot run it")
+                         f"interface (attn_implementation){itself}: prism attention cannot run it")
     features = [_layer_features(model, m) for m in attention]
     windowed = [i for i, (w, c) in enumerate(features) if w is not None or c is not None]
     if windowed:

@@ -31,11 +31,6 @@ def build(name):
     torch.manual_seed(0)
     if name in models.NAMES:
         return models.load(name)[1]
-    sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
-    from model_zoo import BY_ID
-
-    if name in BY_ID:
-        return BY_ID[name].build()
     if name == "gpt2":
         cfg = GPT2Config(n_embd=64, n_layer=2, n_head=4, n_positions=256, vocab_size=300, bos_token_id=0, eos_token_id=0)
         return GPT2LMHeadModel(cfg).eval()
@@ -43,6 +38,11 @@ def build(name):
         cfg = ViTConfig(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, intermediate_size=128,
                         image_size=32, patch_size=4)
         return ViTModel(cfg).eval()
+    sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+    from model_zoo import BY_ID
+
+    if name in BY_ID:
+        return BY_ID[name].build()
     raise SystemExit(f"unknown model {name}")
 
 
