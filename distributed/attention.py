@@ -14,24 +14,31 @@ Per layer it
      attentions exactly (`merge_attention`).
 The last rank of a decoder returns the rows it attended to, which the request state keeps per
 layer: it decodes new tokens with its own KV cache plus those rows, with no communication per
-generated token. The bounds and the padding mask come from the request state that
-`prism_ops.distributed.runtime` scopes; the layer's projections come from its PrismLayer
+generated token. A layer with a sliding window or a logit cap (`layer.window`, `layer.softcap`)
+attends on token positions (`prism_ops.ops.window_attention`), and a chunk wholly outside the
+window of every query of a rank is neither sent to nor read by it. The bounds and the padding
+mask come from the request state that `prism_ops.distributed.runtime` scopes; the layer's
+projections come from its PrismLayer
 (weights are passed in: this package never imports the Hugging Face layer).
 """
 
 from __future__ import annotations
 
+from functools import partial
+
 import torch
 import torch.nn.functional as F
 
 from prism_ops.config import PrismConfig
-from prism_ops.ops.chunk_summary import chunk_clusters, chunk_layout, summary_rows, visible_chunks, visible_rows
+from prism_ops.ops.chunk_summary import (chunk_clusters, chunk_layout, reached_rows, summary_rows, trim_rows,
+                                         visible_chunks, visible_rows, visible_spans)
 from prism_ops.ops.codebook_rows import codebook_codes
 from prism_ops.ops.merge_attention import merge_attention
 from prism_ops.ops.prism_attention import prism_attention
 from prism_ops.ops.quantize_rows import quantize_codes
 from prism_ops.ops.segment_means import segment_means
-from prism_ops.strategy import attached_layers
+from prism_ops.ops.window_attention import windowed_prism_attention
+from prism_ops.strategy import CachedRows, attached_layers
 from prism_ops.wire import chunk_options, payload_layouts, readers
 
 from .payload import decode, encode
@@ -61,8 +68,9 @@ class RankPartition:
         self.comm, self.config, self.num_layers = comm, config, num_layers
 
     @staticmethod
-    def _payload(layout, x, k, keep, ab, c0, cfg, codebook=None) -> torch.Tensor:
-        """This rank's payload bytes: its chunk's exact rows and summaries (rounded if asked).
+    def _payload(layout, x, k, keep, ab, c0, cfg, codebook=None, trim=None) -> torch.Tensor:
+        """This rank's payload bytes: its chunk's exact rows and summaries (rounded if asked), cut
+        by `trim` (a function of the rows: a sliding window's `trim_rows`) before any rounding.
 
         A chunk no rank reads (the last of a causal model) has an empty layout: nothing is built.
         """
@@ -70,7 +78,8 @@ class RankPartition:
             return torch.empty(0, dtype=torch.uint8, device=x.device)
         a, b = (i - c0 for i in ab)
         assign = chunk_clusters(k, keep, a, b, cfg.segment_size, cfg.cluster_iters)
-        exact, _, means, counts = summary_rows(x, keep, a, b, cfg.segment_size, assign, cfg.backend)
+        rows = summary_rows(x, keep, a, b, cfg.segment_size, assign, cfg.backend)
+        exact, _, means, counts = rows if trim is None else trim(rows)
         quant = {}
         if cfg.summary_codebook and means.shape[2]:
             quant = dict(codes=codebook_codes(means, codebook))
@@ -93,32 +102,43 @@ class RankPartition:
         B = k.shape[0]
         segment_size, hidden_mode = cfg.segment_size, cfg.exchange == "hidden"
         x = hidden[:, None] if hidden_mode else torch.cat([k, v], -1)
+        window = layer.window
+        windowed = window is not None or layer.softcap is not None
+        reach = dict(bounds=state.bounds, window=window)
         layouts = payload_layouts(cfg, state.bounds, causal=causal, batch=B, heads=x.shape[1], channels=x.shape[3],
-                                  dtype=x.dtype)
+                                  dtype=x.dtype, window=window)
         opts = chunk_options(cfg, causal)
 
         # 1. This rank's payload, on its way while the local block is computed.
         keep = state.valid[:, c0:c1]
+        trim = None if window is None else partial(trim_rows, bounds=state.bounds, c=p, segment_size=segment_size,
+                                                   window=window, **opts)
         payload = self._payload(layouts[p], x, k, keep, chunk_layout(state.bounds, p, **opts), c0, cfg,
-                                layer.codebook)
+                                layer.codebook, trim)
         counts = [lay.nbytes for lay in layouts]
         if causal:
             # Only later ranks read this chunk: send it to them alone, so this rank never waits
             # for ranks it does not read (point to point, one tag per layer).
-            pending = comm.isend_recv(payload, readers(p, P, causal), visible_chunks(p, P, causal), counts,
-                                      tag=TAG_LAYERS + layer.index, key=layer.index)
+            pending = comm.isend_recv(payload, readers(p, P, causal, **reach), visible_chunks(p, P, causal, **reach),
+                                      counts, tag=TAG_LAYERS + layer.index, key=layer.index)
         else:
             pending = comm.iallgatherv(payload, counts, key=layer.index)
 
         # 2. The local block, exact.
         k_valid = None if bool(keep.all()) else keep
-        out, lse = prism_attention(q, k, v, None, None, None, causal=causal, scale=scale, k_valid=k_valid,
-                                   backend=cfg.backend, return_lse=True)
+        if windowed:
+            pos = torch.arange(c0, c1, device=q.device)
+            win = dict(window=window, softcap=layer.softcap, scale=scale, log_count_bias=cfg.log_count_bias,
+                       backend=cfg.backend, return_lse=True)
+            out, lse = windowed_prism_attention(q, k, v, q_pos=pos, k_pos=pos, causal=causal, k_valid=k_valid, **win)
+        else:
+            out, lse = prism_attention(q, k, v, None, None, None, causal=causal, scale=scale, k_valid=k_valid,
+                                       backend=cfg.backend, return_lse=True)
 
         # 3. The rows of the chunks this rank may see.
         parts = pending.wait()
         rows = [None] * P
-        for c in visible_chunks(p, P, causal):
+        for c in visible_chunks(p, P, causal, **reach):
             d0, d1 = state.bounds[c]
             ca, cb = chunk_layout(state.bounds, c, **opts)
             ex_c, means_c, counts_c = decode(layouts[c], parts[c], layer.codebook)
@@ -129,14 +149,27 @@ class RankPartition:
                 keep_c = valid_c[:, None, ca - d0 : cb - d0, None]
                 counts_c = segment_means(keep_c.float(), segment_size, valid=keep_c[:, 0, :, 0], backend="torch")[1]
             ex_counts = torch.cat([valid_c[:, : ca - d0], valid_c[:, cb - d0 :]], 1).to(torch.int32)
+            if window is not None:  # the rows chunk c sent: those some reader's window holds whole
+                sent = reached_rows(state.bounds, c, segment_size, window=window, **opts).to(ex_counts.device)
+                E = ex_counts.shape[1]
+                ex_counts, counts_c = ex_counts[:, sent[:E]], counts_c[:, sent[E:]]
             r = torch.cat([ex_c, means_c], 2)
             rows[c] = (_project(layer, r) if hidden_mode else r, torch.cat([ex_counts, counts_c], 1))
-        k_sum, v_sum, sum_counts = visible_rows(rows, p, causal)
-        cached = (0, k_sum, v_sum, sum_counts) if causal and p == P - 1 else None
+        k_sum, v_sum, sum_counts = visible_rows(rows, p, causal, **reach)
+        spans = None
+        if windowed:
+            spans = visible_spans(state.bounds, p, segment_size, **opts, window=window).to(q.device)
+        cached = None
+        if causal and p == P - 1:
+            cached = CachedRows(0, k_sum, v_sum, sum_counts, spans=spans, pos0=c0, end=c1)
         if k_sum is None:
             return out, cached
-        out_s, lse_s = prism_attention(q, k[:, :, :0], v[:, :, :0], k_sum, v_sum, sum_counts, scale=scale,
-                                       log_count_bias=cfg.log_count_bias, backend=cfg.backend, return_lse=True)
+        if windowed:
+            out_s, lse_s = windowed_prism_attention(q, k[:, :, :0], v[:, :, :0], k_sum, v_sum, sum_counts, q_pos=pos,
+                                                    k_pos=pos[:0], sum_spans=spans, causal=causal, **win)
+        else:
+            out_s, lse_s = prism_attention(q, k[:, :, :0], v[:, :, :0], k_sum, v_sum, sum_counts, scale=scale,
+                                           log_count_bias=cfg.log_count_bias, backend=cfg.backend, return_lse=True)
         return merge_attention(out, lse, out_s, lse_s)[0], cached
 
 

@@ -13,7 +13,7 @@ import torch
 
 from .config import PrismConfig
 from .cost import ModelShape
-from .hf import config_of, configure, kv_weight, model_fingerprint
+from .hf import attention_modules, config_of, configure, model_fingerprint
 from .models import pydoc_text
 from .ops.codebook_rows import MAX_CENTROIDS, fit_codebook, save_codebooks
 
@@ -49,7 +49,7 @@ def record_rows(model, windows: torch.Tensor, exchange: str) -> list[torch.Tenso
     from transformers.integrations.sdpa_attention import sdpa_attention_forward
     from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 
-    attention = [m for m in model.modules() if kv_weight(m) is not None]
+    attention = attention_modules(model)
     index = {id(m): i for i, m in enumerate(attention)}
     seen: list[list[torch.Tensor]] = [[] for _ in attention]
 

@@ -18,7 +18,9 @@ codes (`summary_codebook`: log2(K) bits per group of g channels, `codebook_rows`
 add a 2-byte count per summary row (positional segments have implied counts). A chunk that no
 rank reads sends nothing: in a causal model the last rank sends 0 bytes (`prism_ops.wire`). With
 more than 2 ranks the all-gather still delivers a causal chunk to earlier ranks, which do not
-read it; the bytes count each payload once.
+read it; the bytes count each payload once. A sliding-window layer (`window`) sends nothing
+from a chunk that is wholly outside the window of every other rank's queries, and a rank
+attends only to the chunks within reach.
 
 Compute counts multiply-accumulates of matrix products, doubled to FLOPs: projections and MLP
 per owned token, scores and weighted values per visible key, and for hidden-feature exchange
@@ -94,11 +96,13 @@ BERT_BASE = ModelShape(hidden_size=768, num_heads=12, num_kv_heads=12, head_dim=
 
 
 def bytes_per_layer(shape: ModelShape, num_tokens: int, config: PrismConfig, *, causal: bool = False,
-                    dtype: torch.dtype = torch.float32) -> list[int]:
-    """Bytes each rank sends per layer: the `nbytes` of its payload layout (`prism_ops.wire`), batch 1."""
+                    dtype: torch.dtype = torch.float32, window: int | None = None) -> list[int]:
+    """Bytes each rank sends per layer: the `nbytes` of its payload layout (`prism_ops.wire`), batch 1
+    (for a sliding-window layer, `window`: a chunk no other rank's query reaches sends 0)."""
     heads, channels = shape.row_shape(config.exchange)
     bounds = partition_bounds(num_tokens, config.num_partitions, config.weights)
-    layouts = payload_layouts(config, bounds, causal=causal, batch=1, heads=heads, channels=channels, dtype=dtype)
+    layouts = payload_layouts(config, bounds, causal=causal, batch=1, heads=heads, channels=channels, dtype=dtype,
+                              window=window)
     return [lay.nbytes for lay in layouts]
 
 
@@ -118,18 +122,20 @@ def traffic_ratio(shape: ModelShape, num_tokens: int, config: PrismConfig, *, ca
     return sum(sent) / sum(full)
 
 
-def flops_per_layer(shape: ModelShape, num_tokens: int, config: PrismConfig, *, causal: bool = False) -> list[int]:
-    """FLOPs each rank spends per layer (matrix products only; see the module docstring)."""
+def flops_per_layer(shape: ModelShape, num_tokens: int, config: PrismConfig, *, causal: bool = False,
+                    window: int | None = None) -> list[int]:
+    """FLOPs each rank spends per layer (matrix products only; see the module docstring). With a
+    sliding `window` only the chunks within reach are received (the local block is counted whole)."""
     shape.row_shape(config.exchange)
     P = config.num_partitions
     bounds = partition_bounds(num_tokens, P, config.weights)
     opts = chunk_options(config, causal)
-    rows = [sum(summary_count(bounds, c, config.segment_size, **opts)) for c in range(P)]
+    rows = [sum(summary_count(bounds, c, config.segment_size, window=window, **opts)) for c in range(P)]
     H, Hkv, D, d = shape.num_heads, shape.num_kv_heads, shape.head_dim, shape.hidden_size
     out = []
     for p, (start, end) in enumerate(bounds):
         n = end - start
-        received = sum(rows[c] for c in visible_chunks(p, P, causal))
+        received = sum(rows[c] for c in visible_chunks(p, P, causal, bounds=bounds, window=window))
         local_scores = n * (n + 1) // 2 if causal else n * n
         macs = n * shape.linear_macs_per_token() + 2 * H * D * (local_scores + n * received)
         if config.exchange == "hidden":

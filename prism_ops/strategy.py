@@ -9,7 +9,8 @@ key/value projections, and a partition strategy:
 
 A strategy's `attend(layer, q, k, v, *, valid, hidden, scale, causal, state)` returns this
 process's output `[B, H, n, D]` and, for a causal model, the rows its last partition attended to
-(`(start, k_sum, v_sum, counts)`: what a decoding rank caches), else None.
+(a `CachedRows`: what a decoding rank caches), else None. A layer with a sliding window or a
+logit cap (`layer.window`, `layer.softcap`) runs `window_attention` on token positions.
 
 Per-request state (partition bounds and padding on MPI ranks, rows cached for decoding) lives
 in a `RequestState` that the runtime creates and scopes with `request_scope`; nothing
@@ -30,6 +31,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from .ops.chunk_summary import visible_spans
 from .ops.codebook_attention import codebook_partitioned_attention
 from .ops.partitioned_attention import partition_bounds, partitioned_attention
 
@@ -42,12 +44,33 @@ class RequestState:
 
     bounds: every rank's token range [start, end) (MPI ranks; None when simulated).
     valid: the padding mask of the whole sequence `[B, N]`, True = real token (MPI ranks).
-    rows: layer index -> (start, k_sum, v_sum, counts) cached at prefill for decoding.
+    rows: layer index -> the `CachedRows` of the prefill, for decoding.
     """
 
     bounds: list | None = None
     valid: torch.Tensor | None = None
     rows: dict = field(default_factory=dict)
+
+
+@dataclass
+class CachedRows:
+    """What the last partition of a decoder keeps per layer from its prefill, to decode with.
+
+    start: the index in its KV cache of its own first token (keys before it are earlier
+        partitions', seen only through the rows).
+    k_sum, v_sum `[B, Hkv, S, D]`, counts `[B, S]`: the rows it attended to (None when none).
+    spans `[S, 2]`: the rows' (start, end) positions (sliding-window or soft-capped layers).
+    pos0: the position of its KV cache's index 0 at prefill; end: the positions seen so far
+        (prefill, then each decoding step), so a window-cropped cache is still placed right.
+    """
+
+    start: int
+    k_sum: torch.Tensor | None
+    v_sum: torch.Tensor | None
+    counts: torch.Tensor | None
+    spans: torch.Tensor | None = None
+    pos0: int = 0
+    end: int = 0
 
 
 _CURRENT: contextvars.ContextVar[RequestState | None] = contextvars.ContextVar("prism_request", default=None)
@@ -102,13 +125,22 @@ class SimulatedPartitions:
                       causal=causal and q.shape[2] > 1, scale=scale, log_count_bias=cfg.log_count_bias,
                       sink_tokens=cfg.sink_tokens, halo=cfg.halo, valid=valid, weights=cfg.weights,
                       cluster_iters=cfg.cluster_iters, backend=cfg.backend, return_rows=causal, **kw)
+        windowed = layer.window is not None or layer.softcap is not None
         if cfg.summary_codebook:
             out = codebook_partitioned_attention(q, k, v, layer.codebook, **common)
+        elif windowed:
+            out = partitioned_attention(q, k, v, summary_bits=cfg.summary_bits, window=layer.window,
+                                        softcap=layer.softcap, **common)
         else:
             out = partitioned_attention(q, k, v, summary_bits=cfg.summary_bits, **common)
         if not causal:
             return out, None
         out, seen = out
         # What the last partition attended to: its rank would decode with these cached rows.
-        start = partition_bounds(q.shape[2], cfg.num_partitions, cfg.weights)[-1][0]
-        return out, (start, *seen[-1])
+        T = q.shape[2]
+        bounds = partition_bounds(T, cfg.num_partitions, cfg.weights)
+        spans = None
+        if windowed:
+            spans = visible_spans(bounds, len(bounds) - 1, cfg.segment_size, sink_tokens=cfg.sink_tokens,
+                                  halo=cfg.halo, causal=common["causal"], window=layer.window)
+        return out, CachedRows(bounds[-1][0], *seen[-1], spans=spans, pos0=0, end=T)

@@ -14,7 +14,8 @@ A chunk's payload (its rows are built by `prism_ops.ops.chunk_summary`) is, in t
 H, C are (Hkv, 2D) for K/V exchange and (1, d) for hidden-feature exchange. Every rank derives
 every chunk's layout from the bounds and the config, so sizes never travel. A chunk that no
 rank reads sends nothing: in a causal model the last rank's rows are seen by no later rank, so
-its payload is empty (at 2 ranks this halves a decoder's traffic).
+its payload is empty (at 2 ranks this halves a decoder's traffic). Nor does a chunk wholly outside
+a sliding-window layer's window for every query of every other rank (`visible_chunks`).
 
 This one layout is used twice: `prism_ops.distributed.payload` encodes and decodes the bytes
 the runtime sends, and `prism_ops.cost` predicts the traffic from the same `nbytes`.
@@ -72,23 +73,25 @@ def chunk_options(config: PrismConfig, causal: bool) -> dict:
     return dict(sink_tokens=config.sink_tokens, halo=config.halo, causal=causal)
 
 
-def readers(c: int, num_chunks: int, causal: bool) -> list[int]:
-    """The ranks that attend to chunk c's rows: every other one, or only later ones when causal."""
-    return [p for p in range(num_chunks) if c in visible_chunks(p, num_chunks, causal)]
+def readers(c: int, num_chunks: int, causal: bool, *, bounds=None, window=None) -> list[int]:
+    """The ranks that attend to chunk c's rows: every other one, or only later ones when causal
+    (with a sliding window, only those with a query within reach of the chunk)."""
+    return [p for p in range(num_chunks) if c in visible_chunks(p, num_chunks, causal, bounds=bounds, window=window)]
 
 
 def payload_layouts(config: PrismConfig, bounds, *, causal: bool, batch: int, heads: int, channels: int,
-                    dtype: torch.dtype) -> list[PayloadLayout]:
+                    dtype: torch.dtype, window=None) -> list[PayloadLayout]:
     """The layout of every chunk's payload for one layer, in rank order.
 
-    A chunk no rank reads (the last one of a causal model) sends nothing: its layout has no rows.
+    A chunk no rank reads (the last one of a causal model, or one outside a sliding `window` of
+    every other rank's queries) sends nothing: its layout has no rows.
     """
     opts = chunk_options(config, causal)
     groups, code_bits = codebook_geometry(config.summary_codebook) if config.summary_codebook else (0, 0)
     out = []
     for c in range(len(bounds)):
-        exact, summary = summary_count(bounds, c, config.segment_size, **opts)
-        if not readers(c, len(bounds), causal):
+        exact, summary = summary_count(bounds, c, config.segment_size, window=window, **opts)
+        if not readers(c, len(bounds), causal, bounds=bounds, window=window):
             exact, summary = 0, 0
         out.append(PayloadLayout(batch, heads, channels, exact, summary, dtype, config.summary_bits,
                                  bool(config.cluster_iters), groups, code_bits))

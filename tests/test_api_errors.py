@@ -226,7 +226,8 @@ def test_hf_configure_refuses_what_it_cannot_configure(model, config, comm, mess
 
 def test_hf_configure_refuses_a_model_without_known_attention():
     transformers = pytest.importorskip("transformers")
-    # A transformers model whose attention has no key/value projection of a known layout.
+    # A transformers model with no attention module that goes through the attention interface.
     model = transformers.MobileNetV2Model(transformers.MobileNetV2Config(num_channels=3, image_size=32))
-    with pytest.raises(ValueError, match="model MobileNetV2Model has no attention module with a known key/value"):
+    with pytest.raises(ValueError, match="model MobileNetV2Model has no attention module that calls transformers' "
+                                         "attention interface"):
         hf.configure(model, num_partitions=2, segment_size=4)

@@ -38,11 +38,15 @@ def chunk_layout(bounds, c: int, *, sink_tokens: int, halo: int, causal: bool) -
     return a, b
 
 
-def summary_count(bounds, c: int, segment_size: int, **layout) -> tuple[int, int]:
-    """(exact rows, summary rows) chunk c sends."""
+def summary_count(bounds, c: int, segment_size: int, *, window=None, **layout) -> tuple[int, int]:
+    """(exact rows, summary rows) chunk c sends (with a sliding window: those some reader sees)."""
     c0, c1 = bounds[c]
     a, b = chunk_layout(bounds, c, **layout)
-    return (a - c0) + (c1 - b), num_summary_rows(b - a, segment_size)
+    exact, summary = (a - c0) + (c1 - b), num_summary_rows(b - a, segment_size)
+    if window is None:
+        return exact, summary
+    keep = reached_rows(bounds, c, segment_size, window=window, **layout)
+    return int(keep[:exact].sum()), int(keep[exact:].sum())
 
 
 def chunk_clusters(k, keep, a: int, b: int, segment_size: int, iters: int):
@@ -72,15 +76,83 @@ def summary_rows(x, keep, a: int, b: int, segment_size: int, assign=None, backen
     return exact, exact_counts, means, counts
 
 
-def visible_chunks(p: int, num_chunks: int, causal: bool) -> list[int]:
-    """Chunks whose rows rank p attends to: every other one, or only earlier ones when causal."""
-    return [c for c in range(num_chunks) if c != p and (c < p or not causal)]
+def visible_chunks(p: int, num_chunks: int, causal: bool, *, bounds=None, window=None) -> list[int]:
+    """Chunks whose rows rank p attends to: every other one, or only earlier ones when causal.
+
+    With a sliding window (a query at t sees keys at distance < window) and the bounds, a chunk
+    wholly outside the window of every query of chunk p is left out: it is never sent to p.
+    """
+    out = [c for c in range(num_chunks) if c != p and (c < p or not causal)]
+    if window is None:
+        return out
+    (p0, p1) = bounds[p]
+    # The nearest pair of positions of two disjoint ranges: p's first query and c's last key
+    # (c before p), or c's first key and p's last query (c after p).
+    return [c for c in out if (p0 - (bounds[c][1] - 1) if c < p else bounds[c][0] - (p1 - 1)) < window]
 
 
-def visible_rows(rows, p: int, causal: bool):
+def row_spans(bounds, c: int, segment_size: int, **layout) -> torch.Tensor:
+    """`[R, 2]` int64 (start, end) positions of chunk c's rows, in `summary_rows` order: its exact
+    rows (one token each), then its segments over [a, b) (a last one may be shorter)."""
+    c0, c1 = bounds[c]
+    a, b = chunk_layout(bounds, c, **layout)
+    exact = torch.cat([torch.arange(c0, a), torch.arange(b, c1)])
+    starts = torch.arange(a, b, segment_size)
+    ends = torch.clamp(starts + segment_size, max=b)
+    return torch.cat([torch.stack([exact, exact + 1], 1), torch.stack([starts, ends], 1)]).to(torch.int64)
+
+
+def reached_rows(bounds, c: int, segment_size: int, *, sink_tokens: int, halo: int, causal: bool,
+                 window) -> torch.Tensor:
+    """`[R]` bool over chunk c's rows (`row_spans` order): True for a row whose whole span some
+    query of some reader sees under the sliding window (so it is sent), False for one no reader's
+    window ever holds whole (left out of the payload: it would be masked everywhere).
+
+    A reader after c sees a row over [a, b) iff its first query t0 has t0 - a < window; a reader
+    before c iff (b - 1) - t1 < window for its last query t1 (the nearest queries; causal
+    readers are only after c).
+    """
+    spans = row_spans(bounds, c, segment_size, sink_tokens=sink_tokens, halo=halo, causal=causal)
+    keep = torch.zeros(spans.shape[0], dtype=torch.bool)
+    for p in range(len(bounds)):
+        if c not in visible_chunks(p, len(bounds), causal):
+            continue
+        p0, p1 = bounds[p]
+        keep |= (p0 - spans[:, 0] < window) if p > c else (spans[:, 1] - p1 < window)
+    return keep
+
+
+def visible_spans(bounds, p: int, segment_size: int, *, sink_tokens: int, halo: int, causal: bool,
+                  window=None) -> torch.Tensor:
+    """`[S, 2]` spans of the rows `visible_rows` gives rank p, in the same order (with a window,
+    only the rows each chunk sends: `reached_rows`)."""
+    layout = dict(sink_tokens=sink_tokens, halo=halo, causal=causal)
+    spans = []
+    for c in visible_chunks(p, len(bounds), causal, bounds=bounds, window=window):
+        s = row_spans(bounds, c, segment_size, **layout)
+        spans.append(s if window is None else s[reached_rows(bounds, c, segment_size, window=window, **layout)])
+    return torch.cat(spans) if spans else torch.zeros((0, 2), dtype=torch.int64)
+
+
+def trim_rows(rows, bounds, c: int, segment_size: int, *, window, **layout):
+    """(exact, exact_counts, means, counts) of chunk c (as `summary_rows` gives them) cut to the
+    rows it sends under a sliding window (`reached_rows`); unchanged without one. Means are cut
+    before any rounding, so the rounding scales are those of the rows sent."""
+    if window is None:
+        return rows
+    exact, exact_counts, means, counts = rows
+    keep = reached_rows(bounds, c, segment_size, window=window, **layout).to(exact.device)
+    E = exact.shape[2]
+    ke, ks = keep[:E], keep[E:]
+    return exact[:, :, ke], exact_counts[:, ke], means[:, :, ks], counts[:, ks]
+
+
+def visible_rows(rows, p: int, causal: bool, *, bounds=None, window=None):
     """(k_sum, v_sum, counts) rank p attends to, from rows[c] = (kv `[B, Hkv, R_c, 2D]`,
-    counts `[B, R_c]`) of every chunk; (None, None, None) when it sees none."""
-    seen = [rows[c] for c in visible_chunks(p, len(rows), causal) if rows[c][1].shape[1]]
+    counts `[B, R_c]`) of every chunk (None for a chunk p does not see); (None, None, None) when
+    it sees none. With window and bounds, chunks outside every query's window are left out."""
+    seen = [rows[c] for c in visible_chunks(p, len(rows), causal, bounds=bounds, window=window)
+            if rows[c][1].shape[1]]
     if not seen:
         return None, None, None
     kv = torch.cat([r[0] for r in seen], dim=2)

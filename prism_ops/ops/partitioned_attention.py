@@ -8,6 +8,10 @@ the chunk's own fixed grid, plus exact rows (count 1) from two levers:
 - halo: each chunk's `halo` tokens next to its boundaries (only the last ones when causal:
   nobody earlier may see the first ones). They are left out of the chunk's segment means.
 Padding (`valid` False) is excluded everywhere.
+With a sliding `window` or a logit `softcap` (`window_attention`: a summary row is seen by a query
+only when its whole span is inside the query's window; the cap applies before +ln(count)), a
+chunk sends only the rows some reader's window holds whole (`chunk_summary.reached_rows`), and
+none to a rank whose queries it is wholly out of reach of.
 Two more levers change what a summary row is, not how many there are:
 - cluster_iters: rows are means of key clusters (`token_clusters`) instead of positional
   segments, computed once per chunk as its rank would;
@@ -27,9 +31,10 @@ import torch
 from .._backend import check_backend
 from .._checks import check_bool, check_float, check_int, check_mask, check_qkv, check_real, check_same, check_tensor, check_weights
 from .prism_attention import prism_attention
-from .chunk_summary import chunk_clusters, chunk_layout, summary_rows, visible_rows
+from .chunk_summary import chunk_clusters, chunk_layout, summary_rows, trim_rows, visible_rows, visible_spans
 from .token_clusters import check_cluster_iters
 from .quantize_rows import check_bits, quantize_rows
+from .window_attention import check_softcap, check_window, windowed_prism_attention
 
 
 def partition_bounds(T: int, num_partitions: int, weights=None) -> list[tuple[int, int]]:
@@ -66,7 +71,7 @@ def partition_bounds(T: int, num_partitions: int, weights=None) -> list[tuple[in
 def partitioned_attention(
     q, k, v, *, num_partitions, segment_size, causal=False, scale=None, log_count_bias=True,
     sink_tokens=0, halo=0, valid=None, weights=None, cluster_iters=0, summary_bits=0, hidden=None,
-    kv_weight=None, backend="auto", return_rows=False,
+    kv_weight=None, backend="auto", return_rows=False, window=None, softcap=None,
 ):
     """PRISM attention over `num_partitions` contiguous chunks of T, in one process.
 
@@ -89,6 +94,9 @@ def partitioned_attention(
         backend: "auto", "torch" or "triton".
         return_rows: also return, per chunk p, the (k_sum, v_sum, counts) it attended to
             (what a decoding rank caches).
+        window: None, or a sliding window: a query at t sees keys at distance < window (see
+            `window_attention` for summary rows); key clusters have no span and are refused.
+        softcap: None, or a logit soft-cap (before +ln(count) for summary rows).
 
     Returns:
         `[B, H, T, D]`: what the P ranks would compute, concatenated along T (and the rows).
@@ -108,6 +116,11 @@ def partitioned_attention(
     if scale is not None:
         check_real(scale, "scale", "None (1/sqrt(D)) or a finite number > 0")
     check_backend(backend)
+    check_window(window)
+    check_softcap(softcap)
+    if window is not None and cluster_iters:
+        raise ValueError(f"cluster_iters={cluster_iters} with window={window}: a key-cluster row has no contiguous "
+                         "span to test against the window; use positional segments (cluster_iters=0)")
     bounds = partition_bounds(T, num_partitions, weights)
     B = q.shape[0]
     if valid is not None:
@@ -120,23 +133,38 @@ def partitioned_attention(
     # What each chunk's rank sends (as its receivers decode it): the same for every receiver.
     rows = []
     for c, (c0, c1) in enumerate(bounds):
-        a, b = chunk_layout(bounds, c, sink_tokens=sink_tokens, halo=halo, causal=causal)
+        layout = dict(sink_tokens=sink_tokens, halo=halo, causal=causal)
+        a, b = chunk_layout(bounds, c, **layout)
         a, b, keep = a - c0, b - c0, valid_bt[:, c0:c1]
         assign = chunk_clusters(k[:, :, c0:c1], keep, a, b, segment_size, cluster_iters)
-        exact, exact_counts, means, counts = summary_rows(kv[:, :, c0:c1], keep, a, b, segment_size, assign, backend)
+        exact, exact_counts, means, counts = trim_rows(
+            summary_rows(kv[:, :, c0:c1], keep, a, b, segment_size, assign, backend), bounds, c, segment_size,
+            window=window, **layout)
         if summary_bits:
             sent = (counts > 0)[:, None, :, None]
             if hidden is None:
                 means = quantize_rows(means, summary_bits, sent)
             else:
-                h_means = summary_rows(hidden[:, None, c0:c1], keep, a, b, segment_size, assign, backend)[2]
+                h_rows = summary_rows(hidden[:, None, c0:c1], keep, a, b, segment_size, assign, backend)
+                h_means = trim_rows(h_rows, bounds, c, segment_size, window=window, **layout)[2]
                 means = means + _projected_error(h_means, summary_bits, sent, kv_weight, k.shape[1])
         rows.append((torch.cat([exact, means], 2), torch.cat([exact_counts, counts], 1)))
 
     outs, seen = [], []
+    windowed = window is not None or softcap is not None
+    pos = torch.arange(T, device=q.device)
     for p, (start, end) in enumerate(bounds):
-        k_sum, v_sum, sum_counts = visible_rows(rows, p, causal)
+        k_sum, v_sum, sum_counts = visible_rows(rows, p, causal, bounds=bounds, window=window)
         seen.append((k_sum, v_sum, sum_counts))
+        if windowed:
+            spans = visible_spans(bounds, p, segment_size, sink_tokens=sink_tokens, halo=halo, causal=causal,
+                                  window=window).to(q.device)
+            outs.append(windowed_prism_attention(
+                q[:, :, start:end], k[:, :, start:end], v[:, :, start:end], k_sum, v_sum, sum_counts,
+                q_pos=pos[start:end], k_pos=pos[start:end], sum_spans=spans if k_sum is not None else None,
+                causal=causal, window=window, softcap=softcap, scale=scale, log_count_bias=log_count_bias,
+                k_valid=None if valid is None else valid[:, start:end], backend=backend))
+            continue
         outs.append(
             prism_attention(
                 q[:, :, start:end], k[:, :, start:end], v[:, :, start:end], k_sum, v_sum, sum_counts,

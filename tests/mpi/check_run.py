@@ -30,7 +30,8 @@ torch.set_num_threads(1)
 
 
 def build(name):
-    """The same model on every rank: real weights, or a small config with seeded weights."""
+    """The same model on every rank: real weights, or a small config with seeded weights (also
+    any family of tests/model_zoo.py, by its id)."""
     from transformers import GPT2Config, GPT2LMHeadModel, ViTConfig, ViTModel
 
     torch.manual_seed(0)
@@ -43,6 +44,11 @@ def build(name):
         cfg = ViTConfig(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, intermediate_size=128,
                         image_size=32, patch_size=4)
         return ViTModel(cfg).eval()
+    sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+    from model_zoo import BY_ID
+
+    if name in BY_ID:
+        return BY_ID[name].build()
     raise SystemExit(f"unknown model {name}")
 
 
@@ -107,14 +113,20 @@ def main():
     B, N = (req.ids.shape if req.ids is not None else (1, sim.output.shape[1]))
     causal = model_kind(model) == "decoder"
     heads, channels = cost.ModelShape.from_config(model.config).row_shape(config.exchange)
-    layouts = payload_layouts(config, partition_bounds(N, comm.size, config.weights), causal=causal, batch=B,
-                              heads=heads, channels=channels, dtype=torch.float32)
+    bounds = partition_bounds(N, comm.size, config.weights)
+    layouts = payload_layouts(config, bounds, causal=causal, batch=B, heads=heads, channels=channels,
+                              dtype=torch.float32)
+    # Per layer: a sliding-window layer leaves out the rows and chunks no reader's window reaches.
+    layer_bytes = [sum(lay.nbytes for lay in payload_layouts(config, bounds, causal=causal, batch=B, heads=heads,
+                                                             channels=channels, dtype=torch.float32,
+                                                             window=layer.window))
+                   for layer in hf.attached_layers(model)]
     out = dict(
         kind=model_kind(model), exchange=config.exchange, bounds=res.bounds,
         err_sim=(res.output.float() - sim.output.float()).abs().max().item(),
         err_exact=(res.output.float() - exact.output.float()).abs().max().item(),
         scale=sim.output.float().abs().max().item(),
-        bytes=res.bytes_per_layer, expected_bytes=sum(lay.nbytes for lay in layouts),
+        bytes=res.bytes_per_layer, expected_bytes=sum(lay.nbytes for lay in layouts), layer_bytes=layer_bytes,
         ids=res.token_ids, ids_sim=sim.token_ids, ids_exact=exact.token_ids, err_step=err_step,
         margins_sim=None if top2 is None else (top2[..., 0] - top2[..., 1]).amin(-1).tolist(),
         logit_scale=None if top2 is None else sim_values.abs().max().item(),

@@ -1,0 +1,254 @@
+"""prism attention as a drop-in on every model family of `tests/model_zoo.py` (tiny random weights).
+
+For each supported family: the exact preset (segment size 1) at 2 simulated partitions equals
+the model on SDPA (eager for Gemma 2, whose soft-cap SDPA refuses) on a padded batch; a decoder
+also greedily generates the same 8 tokens; the `edge` preset runs at 2 partitions. A refused
+family is refused at configure, before any forward, with its message. Every keyword a family's
+attention call passes is one `prism_ops.hf_attention` knows, read from the source and recorded
+at a real call. README.md's family table is the list's.
+
+Error budget (fp32): prism attention and SDPA sum the same products in another order (two
+partitions merged by log-sum-exp), a few ulps per layer; through 2 layers and the LM head that
+is below 1e-5 of the output's scale. The bound is 1e-4 of the scale.
+"""
+
+import re
+from pathlib import Path
+
+import pytest
+import torch
+
+transformers = pytest.importorskip("transformers")
+
+import prism_ops  # noqa: E402
+from prism_ops import hf  # noqa: E402
+from prism_ops.hf_attention import KNOWN, call_keywords, eager_parameters  # noqa: E402
+
+from model_zoo import BY_ID, FAMILIES, inputs, readme_table  # noqa: E402
+
+SUPPORTED = [f for f in FAMILIES if not f.refused]
+REFUSED = [f for f in FAMILIES if f.refused]
+DECODERS = [f for f in SUPPORTED if f.kind == "decoder"]
+README = Path(__file__).resolve().parent.parent / "README.md"
+
+
+def ids(families):
+    return [f.id for f in families]
+
+
+def output(model, family, batch):
+    with torch.no_grad():
+        out = model(**batch)
+    return out.logits if family.kind == "decoder" else out.last_hidden_state
+
+
+def real_rows(family, batch):
+    """[B, T] bool of the positions to compare (real tokens; everything for images and audio)."""
+    if "attention_mask" in batch:
+        return batch["attention_mask"].bool()
+    return None
+
+
+def assert_close_to(got, ref, rows):
+    if rows is not None:
+        got, ref = got[rows], ref[rows]
+    scale = ref.abs().max().item()
+    err = (got - ref).abs().max().item()
+    assert err <= 1e-4 * max(1.0, scale), (err, scale)
+
+
+@pytest.mark.parametrize("family", SUPPORTED, ids=ids(SUPPORTED))
+def test_exact_preset_equals_the_model(family):
+    model = family.build()
+    batch = inputs(family)
+    ref = output(model, family, batch)
+    hf.configure(model, num_partitions=2, preset="exact")
+    got = output(model, family, batch)
+    assert_close_to(got, ref, real_rows(family, batch))
+
+
+@pytest.mark.parametrize("family", DECODERS, ids=ids(DECODERS))
+def test_decoder_generates_the_same_8_tokens(family):
+    model = family.build()
+    prompt = inputs(family, batch=1, pad=0)["input_ids"]
+    kw = dict(max_new_tokens=8, do_sample=False, pad_token_id=0)
+    with torch.no_grad():
+        ref = model.generate(prompt, **kw)
+        hf.configure(model, num_partitions=2, preset="exact")
+        with prism_ops.request_scope():
+            got = model.generate(prompt, **kw)
+    assert got.shape == (1, prompt.shape[1] + 8)
+    assert got.tolist() == ref.tolist()
+
+
+@pytest.mark.parametrize("family", SUPPORTED, ids=ids(SUPPORTED))
+def test_edge_preset_runs_at_2_partitions(family):
+    model = family.build()
+    batch = inputs(family)
+    ref = output(model, family, batch)
+    hf.configure(model, num_partitions=2, preset="edge")
+    got = output(model, family, batch)
+    assert got.shape == ref.shape and bool(torch.isfinite(got).all())
+
+
+@pytest.mark.parametrize("family", REFUSED, ids=ids(REFUSED))
+def test_refused_at_configure_with_the_reason(family):
+    model = family.build()
+    with pytest.raises((ValueError, NotImplementedError), match=family.refused):
+        hf.configure(model, num_partitions=2, preset="exact")
+
+
+def _recorder(seen):
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+    from transformers.models.gemma2.modeling_gemma2 import eager_attention_forward as capped
+    from transformers.models.gpt_oss.modeling_gpt_oss import eager_attention_forward as with_sinks
+
+    def record(module, query, key, value, attention_mask, **kwargs):
+        seen.update(kwargs)
+        if kwargs.get("softcap") is not None:
+            return capped(module, query, key, value, attention_mask, **kwargs)
+        if kwargs.get("s_aux") is not None:
+            return with_sinks(module, query, key, value, attention_mask, **kwargs)
+        return sdpa_attention_forward(module, query, key, value, attention_mask, **kwargs)
+
+    return record
+
+
+@pytest.mark.parametrize("family", FAMILIES, ids=ids(FAMILIES))
+def test_every_attention_keyword_is_known(family):
+    """The keywords of each attention module's call (source), of its family's eager function,
+    and those a real forward passes, are all handled, ignored or refused by name."""
+    from transformers import AttentionInterface
+    from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
+
+    model = family.build()
+    calls = {type(m): call_keywords(type(m)) for m in model.modules()}
+    calls = {cls: kws for cls, kws in calls.items() if kws is not None}
+    if family.id == "falcon":
+        assert not calls  # it does not go through transformers' attention interface
+        return
+    assert calls
+    for cls, kws in calls.items():
+        assert {name for name, _ in kws} <= KNOWN, (cls.__name__, kws)
+        assert set(eager_parameters(cls)) <= KNOWN, (cls.__name__, eager_parameters(cls))
+    seen = {}
+    AttentionInterface.register("zoo-record", _recorder(seen))
+    AttentionMaskInterface.register("zoo-record", sdpa_mask)
+    model.set_attn_implementation("zoo-record")
+    output(model, family, inputs(family))
+    assert seen and set(seen) <= KNOWN, sorted(set(seen) - KNOWN)
+
+
+def test_the_readme_table_is_the_list():
+    text = README.read_text()
+    block = re.search(r"<!-- model-zoo:start -->\n(.*?)\n<!-- model-zoo:end -->", text, re.S)
+    assert block, "README.md has no <!-- model-zoo:start --> ... <!-- model-zoo:end --> block"
+    assert block.group(1).strip() == readme_table(), "regenerate it: python tests/model_zoo.py"
+
+
+# -- bad input: clear errors at configure, never a traceback from deep inside a forward ------------
+
+def test_an_unknown_attention_keyword_is_refused_at_configure():
+    from transformers.models.llama import modeling_llama
+
+    class OddAttention(modeling_llama.LlamaAttention):
+        def forward(self, hidden_states, position_embeddings=None, attention_mask=None, **kwargs):
+            attention_interface = modeling_llama.ALL_ATTENTION_FUNCTIONS.get_interface(  # noqa: F841
+                self.config._attn_implementation, modeling_llama.eager_attention_forward)
+            return attention_interface(self, hidden_states, hidden_states, hidden_states, attention_mask,
+                                       scaling=self.scaling, temperature=2.0, **kwargs)
+
+    model = BY_ID["llama"].build()
+    model.model.layers[1].self_attn.__class__ = OddAttention
+    with pytest.raises(NotImplementedError, match=r"LlamaForCausalLM \(OddAttention\).*`temperature`"):
+        hf.configure(model, num_partitions=2, preset="exact")
+
+
+def test_a_window_larger_than_the_positions_is_refused():
+    model = BY_ID["mistral"].build()
+    model.config.max_position_embeddings = 8
+    with pytest.raises(ValueError, match=r"sliding_window=16 larger than its max_position_embeddings=8"):
+        hf.configure(model, num_partitions=2, preset="exact")
+
+
+def test_a_model_without_the_attention_interface_is_refused():
+    model = BY_ID["falcon"].build()
+    with pytest.raises(ValueError, match="no attention module that calls transformers' attention interface"):
+        hf.configure(model, num_partitions=2, preset="exact")
+
+
+def test_hidden_exchange_is_refused_with_rotary_and_auto_says_kv(caplog):
+    model = BY_ID["phi3"].build()
+    with pytest.raises(ValueError, match="exchange='hidden' is not possible here: the model uses rotary"):
+        hf.configure(model, num_partitions=2, segment_size=1, exchange="hidden")
+    with caplog.at_level("INFO", logger="prism_ops"):
+        hf.configure(model, num_partitions=2, segment_size=1, exchange="auto")
+    assert hf.config_of(model).exchange == "kv"
+    assert "exchanges K/V rows for Phi3ForCausalLM" in caplog.text
+
+
+def test_a_mask_that_is_not_causal_plus_padding_is_refused():
+    T = 6
+    causal = torch.ones(T, T, dtype=torch.bool).tril()
+    packed = causal.clone()
+    packed[3:, :3] = False  # two packed sequences of 3
+    assert hf._padding_from_mask(causal[None, None], T, causal=True).all()
+    with pytest.raises(ValueError, match="attention_mask is not causal attention plus key padding"):
+        hf._padding_from_mask(packed[None, None], T, causal=True)
+    with pytest.raises(ValueError, match="with a sliding window of 2"):
+        hf._padding_from_mask(causal[None, None], T, causal=True, window=2)
+
+
+@pytest.mark.parametrize("family_id", ["phi3", "gpt-neox", "modernbert"])
+def test_fused_projection_slices_are_the_models_keys_and_values(family_id):
+    """kv_weight's slices of a fused qkv projection give the K and V the model computes."""
+    model = BY_ID[family_id].build()
+    m = hf.attention_modules(model)[0]
+    (w_k, w_v), (b_k, b_v) = hf.kv_weight(m), hf.kv_bias(m)
+    seen = {}
+    from transformers import AttentionInterface
+    from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
+
+    captured = {}
+
+    def hook(mod, args, kwargs):
+        captured.setdefault("h", args[0] if args else kwargs["hidden_states"])
+
+    handle = m.register_forward_pre_hook(hook, with_kwargs=True)
+
+    def grab(module, query, key, value, attention_mask, **kwargs):
+        captured.setdefault("v", value)
+        return _recorder(seen)(module, query, key, value, attention_mask, **kwargs)
+
+    AttentionInterface.register("zoo-grab", grab)
+    AttentionMaskInterface.register("zoo-grab", sdpa_mask)
+    model.set_attn_implementation("zoo-grab")
+    output(model, BY_ID[family_id], inputs(BY_ID[family_id]))
+    handle.remove()
+    h, v = captured["h"], captured["v"]  # V has no rotary embedding: compare it directly
+    B, T, _ = h.shape
+    v_hat = torch.nn.functional.linear(h, w_v, b_v).view(B, T, -1, v.shape[-1]).transpose(1, 2)
+    torch.testing.assert_close(v_hat, v, rtol=1e-5, atol=1e-5)
+    assert w_k.shape == w_v.shape and (b_k is None) == (b_v is None)
+
+
+# -- real MPI: a sliding-window decoder and a fused-QKV encoder with local layers, 2 ranks -------
+
+MPI_CASES = [
+    ("mistral", dict(tokens=40, generate=8)),  # sliding window 16, prefill and 8 greedy tokens
+    ("modernbert", dict(tokens=40, batch=2, pad=5)),  # fused Wqkv, bidirectional window on layer 1
+]
+
+
+@pytest.mark.parametrize("family_id,kw", MPI_CASES, ids=[c[0] for c in MPI_CASES])
+def test_under_real_mpiexec_2_ranks_equals_the_model(family_id, kw):
+    from test_distributed import MPIEXEC, check_run
+
+    if MPIEXEC is None:
+        pytest.skip("needs mpiexec (pip install mpich)")
+    r = check_run(2, model=family_id, segment_size=1, **kw)
+    assert r["err_exact"] <= 1e-4 * max(1.0, r["scale"]), r
+    assert r["err_sim"] <= 1e-5 * max(1.0, r["scale"]) * 2, r
+    assert r["bytes"] == r["layer_bytes"], r  # what the wire layout (and so the cost model) says
+    if kw.get("generate"):
+        assert r["ids"] == r["ids_exact"] == r["ids_sim"] and len(r["ids"][0]) == kw["generate"]
