@@ -36,7 +36,15 @@ def test_prism_run_bitwise(name):
     got = capture.run_cases([name])[name]
     want = GOLDEN["prism_run"][name]
     assert got["bytes"] == want["bytes"]
-    assert got["output"] == want["output"]
+    if name.startswith("minilm"):
+        # MiniLM's embedding now follows its sentence-transformers config (mean, then L2
+        # normalisation): the golden mean, normalised, within the fp32 rounding of that division.
+        import torch
+
+        ref = torch.nn.functional.normalize(torch.tensor(want["output"], dtype=torch.float64), dim=0)
+        assert torch.allclose(torch.tensor(got["output"], dtype=torch.float64), ref, rtol=0, atol=1e-6)
+    else:
+        assert got["output"] == want["output"]
 
 
 def test_prism_place_plan_unchanged():

@@ -47,6 +47,7 @@ class Engine:
         self.stopping = threading.Event()  # no new jobs; finish the queued ones, then stop
         self.stop_when_idle = False  # stdin-only service: stop once the queue is empty
         self.load_s, self.request_s = load_s, []
+        self.forwards = 0  # forward passes run (fewer than requests when they were batched)
         self.lock = threading.Lock()
         self.pending = 0
         self._current = []  # the sinks of the jobs running now
@@ -102,6 +103,7 @@ class Engine:
         steady = self.request_s[1:]
         return {"status": "stopping" if self.stopping.is_set() else "ok", "model": self.served.model, "pid": os.getpid(),
                 "ranks": self.comm.size, "queued": self.jobs.qsize(), "served": len(self.request_s),
+                "forwards": self.forwards, "batch_tokens": self.batch_tokens, "pooling": self.pooling.describe(),
                 "load_s": self.load_s, "first_request_s": self.request_s[0] if self.request_s else None,
                 "steady_mean_s": sum(steady) / len(steady) if steady else None,
                 "max_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
@@ -203,6 +205,7 @@ class Engine:
 
     def _forward(self, req: Request, on_token=None):
         bcast_json(self.comm, {"op": "forward"}, key="control")
+        self.forwards += 1
         return run_distributed(self.model, self.comm, req, eos=self.eos, progress=False, on_token=on_token)
 
     def _prism(self, res) -> dict:

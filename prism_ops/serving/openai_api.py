@@ -232,6 +232,7 @@ def embeddings_body(served: Served, results: list, fmt: str = "float") -> dict:
 
 
 def _merge_prism(parts: list) -> dict:
+    parts = list({id(p): p for p in parts}.values())  # inputs that ran in one forward share its figures
     if len(parts) == 1:
         return parts[0]
     return {"bytes_sent": sum(p["bytes_sent"] for p in parts), "seconds": [p["seconds"] for p in parts],
