@@ -502,3 +502,26 @@ def test_an_oversized_http_body_gets_a_413_before_it_is_parsed():
     r = client.post("/v1/embeddings", content=b"x" * (MAX_BODY_BYTES + 1))
     assert r.status_code == 413
     assert f"more than the {MAX_BODY_BYTES:,} allowed" in r.json()["error"]["message"]
+
+
+def test_a_one_shot_run_needs_neither_starlette_nor_uvicorn(tmp_path):
+    """prism-run without --serve (and a stdin-only service) import no HTTP stack: a meta-path
+    blocker makes starlette and uvicorn unimportable, and a one-shot run still works."""
+    sys.path.insert(0, str(Path(__file__).parent))
+    from tiny_model import TEXT as TINY_TEXT
+    from tiny_model import write_tiny_gpt2
+
+    folder = write_tiny_gpt2(tmp_path / "gpt2")
+    code = (
+        "import sys\n"
+        "class Block:\n"
+        "    def find_spec(self, name, path=None, target=None):\n"
+        "        if name.split('.')[0] in ('starlette', 'uvicorn'):\n"
+        "            raise ImportError(f'{name} is blocked')\n"
+        "sys.meta_path.insert(0, Block())\n"
+        "from prism_ops.cli.run import main\n"
+        f"main(['--simulate', '2', '--model', {str(folder)!r}, '--input', {TINY_TEXT!r}, '--output', 'logits'])\n"
+    )
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, env=ENV)
+    assert p.returncode == 0, p.stderr[-3000:]
+    assert p.stdout.strip()
