@@ -112,14 +112,16 @@ SHORT = ["Edge devices share one transformer.", "Summaries cross the link.", "He
 
 
 def batching(args):
-    """Rows: (batching, clients) -> req/s, p50, p95, forwards."""
-    rows = []
-    for batch_tokens in (0, 8192):
-        proc, url, ready_s = start("minilm", 2, "--batch-tokens", str(batch_tokens))
-        try:
-            bodies = [{"input": t} for t in SHORT]
-            load(url, "/v1/embeddings", bodies, 8, 4)  # warm-up
-            for clients in (1, 4, 16):
+    """Rows: (batching, clients) -> req/s, p50, p95, forwards. Both services run at once and take
+    turns, row by row, so a busy spell of a shared machine falls on both alike."""
+    rows, services = [], {}
+    bodies = [{"input": t} for t in SHORT]
+    try:
+        for batch_tokens in (0, 8192):
+            services[batch_tokens] = start("minilm", 2, "--batch-tokens", str(batch_tokens))
+            load(services[batch_tokens][1], "/v1/embeddings", bodies, 8, 4)  # warm-up
+        for clients in (1, 4, 16):
+            for batch_tokens, (_, url, ready_s) in services.items():
                 h0 = httpx.get(url + "/health", timeout=10).json()
                 n = args.requests if clients > 1 else max(8, args.requests // 4)
                 lat, wall = load(url, "/v1/embeddings", bodies, n, clients)
@@ -130,7 +132,8 @@ def batching(args):
                 r = rows[-1]
                 print(f"batching={r['batching']} clients={clients}: {r['rps']:.2f} req/s, p50 {r['p50_s']:.3f} s, "
                       f"p95 {r['p95_s']:.3f} s, {r['forwards']} forwards for {r['requests']} requests", flush=True)
-        finally:
+    finally:
+        for proc, _, _ in services.values():
             proc.send_signal(signal.SIGINT)
             proc.wait(timeout=120)
     one = {r["clients"]: r for r in rows if not r["batching"]}

@@ -381,10 +381,33 @@ def tiny(tmp_path_factory):
     from tiny_model import write_tiny_gpt2
 
     folder = write_tiny_gpt2(tmp_path_factory.mktemp("tiny") / "gpt2")
+    cfg = json.loads((folder / "tokenizer_config.json").read_text())
+    cfg["chat_template"] = "{% for m in messages %}{{ m['content'] }} {% endfor %}"  # a chat template to test with
+    (folder / "tokenizer_config.json").write_text(json.dumps(cfg))
     openai = pytest.importorskip("openai")
     svc = Service(2, "--model", str(folder), "--preset", "edge")
     yield svc, openai.OpenAI(base_url=svc.url + "/v1", api_key="unused", max_retries=0), str(folder)
     svc.stop()
+
+
+def test_the_official_client_s_chat_streamed_and_not_with_usage(tiny):
+    svc, llm, model = tiny
+    msgs = [{"role": "user", "content": "w1 w2 w3 w4"}]
+    whole = llm.chat.completions.create(model=model, messages=msgs, max_completion_tokens=6, temperature=0,
+                                        seed=3, user="tests")
+    assert whole.choices[0].message.role == "assistant" and whole.usage.completion_tokens == 6
+    parts, usage = [], None
+    for chunk in llm.chat.completions.create(model=model, messages=msgs, max_completion_tokens=6, temperature=0,
+                                             stream=True, stream_options={"include_usage": True}):
+        if chunk.choices:
+            assert chunk.usage is None
+            parts.append(chunk.choices[0].delta.content or "")
+        else:
+            usage = chunk.usage  # the last chunk: no choices, the usage
+    assert "".join(parts) == whole.choices[0].message.content
+    assert usage is not None and usage.total_tokens == whole.usage.total_tokens
+    done = list(llm.completions.create(model=model, prompt="w1 w2 w3", max_tokens=4, temperature=0, stream=True))
+    assert done[-1].usage.completion_tokens == 4  # without include_usage: on the closing chunk, as before
 
 
 def test_stop_sequences_streamed_and_not(tiny):
@@ -497,6 +520,9 @@ def test_an_oversized_http_body_gets_a_413_before_it_is_parsed():
 
     class Idle:  # what make_app reads of an engine before a request is queued
         served = Served("tiny", False, 512)
+
+        def note_arrival(self, n):
+            pass
 
     client = TestClient(make_app(Idle()))
     r = client.post("/v1/embeddings", content=b"x" * (MAX_BODY_BYTES + 1))

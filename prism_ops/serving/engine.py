@@ -42,6 +42,11 @@ class Engine:
         self.pooling = pooling or Pooling()
         self.batch_tokens = batch_tokens
         self._held = None  # a job taken from the queue that did not fit the batch: the next one
+        # Requests the HTTP side is reading and checking now: a batch waits a little for them
+        # (never longer than half the last forward), so clients that answered at once join it;
+        # with none arriving (one client) nothing waits.
+        self.arriving = 0
+        self._last_forward_s = 0.0
         self.eos = tokenizer.eos_token_id if served.decoder else None
         self.jobs: queue.Queue = queue.Queue()
         self.stopping = threading.Event()  # no new jobs; finish the queued ones, then stop
@@ -98,6 +103,11 @@ class Engine:
         with self.lock:
             self.pending += 1
         self.jobs.put((job, sink))
+
+    def note_arrival(self, n: int) -> None:
+        """+1 when the HTTP side starts reading a request, -1 once it is queued or refused."""
+        with self.lock:
+            self.arriving += n
 
     def health(self) -> dict:
         steady = self.request_s[1:]
@@ -158,10 +168,14 @@ class Engine:
         if first[0].endpoint != "embeddings" or not self.batch_tokens:
             return batch
         rows, longest = len(first[0].ids), max(map(len, first[0].ids))
+        deadline = time.perf_counter() + min(0.05, 0.5 * self._last_forward_s)
         while True:
             try:
                 nxt = self._next()
             except queue.Empty:
+                if self.arriving > 0 and time.perf_counter() < deadline:
+                    time.sleep(0.0005)
+                    continue
                 return batch
             job = nxt[0]
             new_long = max([longest, *map(len, job.ids)])
@@ -206,7 +220,10 @@ class Engine:
     def _forward(self, req: Request, on_token=None):
         bcast_json(self.comm, {"op": "forward"}, key="control")
         self.forwards += 1
-        return run_distributed(self.model, self.comm, req, eos=self.eos, progress=False, on_token=on_token)
+        t0 = time.perf_counter()
+        res = run_distributed(self.model, self.comm, req, eos=self.eos, progress=False, on_token=on_token)
+        self._last_forward_s = time.perf_counter() - t0
+        return res
 
     def _prism(self, res) -> dict:
         return {"bytes_sent": int(sum(res.bytes_per_layer)), "bytes_per_layer": res.bytes_per_layer,

@@ -87,12 +87,15 @@ def make_app(engine: Engine, api_key: str | None = None) -> Starlette:
         return engine.prepare(parse(endpoint, body, served))
 
     async def answer(request: Request, endpoint: str):
+        engine.note_arrival(1)  # a batch forming now may wait for this one (engine._gather)
         try:
             job = await read(request, endpoint)
             sink = _Sink(asyncio.get_running_loop())
             engine.submit(job, sink)
         except ApiError as e:
             return _error(e)
+        finally:
+            engine.note_arrival(-1)
         if not job.stream:
             while True:
                 kind, value = await sink.queue.get()
