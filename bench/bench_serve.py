@@ -1,6 +1,7 @@
 """The service against one mpirun per request: requests per second and p50/p95 latency.
 
     .venv-test/bin/python bench/bench_serve.py [--json bench/out/bench_serve.json]
+    .venv-test/bin/python bench/bench_serve.py --batching [--json bench/out/bench_batching.json]
 
 For MiniLM on 4 ranks (embeddings of one sentence) and SmolLM2 on 2 ranks (8 greedy tokens), in
 the same run:
@@ -9,6 +10,11 @@ the same run:
 - service: `mpiexec -n R prism-run --serve`, started once (its load time reported apart), then
   `--requests` requests from `--clients` concurrent HTTP clients (httpx), after 2 warm-up ones.
 Run it on a quiet machine: the ranks and the clients share its cores.
+
+--batching: MiniLM on 2 ranks, short texts (<= 32 tokens, of different lengths), one service
+with batching (`--batch-tokens 8192`, the default) and one without (`--batch-tokens 0`, one text
+per forward, as before batching), in the same run: req/s and p50/p95 latency at 1, 4 and 16
+concurrent clients. The figures that matter are the ratios within the run.
 """
 
 from __future__ import annotations
@@ -57,13 +63,14 @@ def oneshot(model, ranks, args, n):
     return out
 
 
-def service(model, ranks, endpoint, body, n, clients):
+def start(model, ranks, *extra):
+    """A running service: (process, url, seconds until /health answered)."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     t0 = time.perf_counter()
     proc = subprocess.Popen([MPIEXEC, "-n", str(ranks), str(BIN / "prism-run"), "--serve", "--model", model,
-                             "--port", str(port), "--threads", "1"], stdin=subprocess.DEVNULL,
+                             "--port", str(port), "--threads", "1", *extra], stdin=subprocess.DEVNULL,
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=ENV)
     url = f"http://127.0.0.1:{port}"
     while True:
@@ -74,26 +81,79 @@ def service(model, ranks, endpoint, body, n, clients):
             if proc.poll() is not None:
                 raise RuntimeError(proc.stderr.read()[-2000:]) from None
             time.sleep(0.5)
-    ready_s = time.perf_counter() - t0
-    for _ in range(2):
-        httpx.post(url + endpoint, json=body, timeout=600).raise_for_status()
+    return proc, url, time.perf_counter() - t0
+
+
+def load(url, endpoint, bodies, n, clients):
+    """n requests (bodies in turn) from `clients` concurrent clients: (latencies, wall seconds)."""
     lat, lock = [], threading.Lock()
 
-    def client(k):
+    def client(ks):
         with httpx.Client(timeout=600) as c:
-            for _ in range(k):
+            for k in ks:
                 t = time.perf_counter()
-                c.post(url + endpoint, json=body).raise_for_status()
+                c.post(url + endpoint, json=bodies[k % len(bodies)]).raise_for_status()
                 with lock:
                     lat.append(time.perf_counter() - t)
 
-    threads = [threading.Thread(target=client, args=(n // clients + (i < n % clients),)) for i in range(clients)]
+    threads = [threading.Thread(target=client, args=(range(i, n, clients),)) for i in range(clients)]
     t1 = time.perf_counter()
     for t in threads:
         t.start()
     for t in threads:
         t.join()
-    wall = time.perf_counter() - t1
+    return lat, time.perf_counter() - t1
+
+
+SHORT = ["Edge devices share one transformer.", "Summaries cross the link.", "Hello there.",
+         "Each rank owns a slice of the tokens and attends to the others' summaries.",
+         "Batching keeps the ranks busy.", "A short query about the weather in Paris today?",
+         "Sentence embeddings for retrieval.", "The quick brown fox jumps over the lazy dog."]
+
+
+def batching(args):
+    """Rows: (batching, clients) -> req/s, p50, p95, forwards. Both services run at once and take
+    turns, row by row, so a busy spell of a shared machine falls on both alike."""
+    rows, services = [], {}
+    bodies = [{"input": t} for t in SHORT]
+    try:
+        for batch_tokens in (0, 8192):
+            services[batch_tokens] = start("minilm", 2, "--batch-tokens", str(batch_tokens))
+            load(services[batch_tokens][1], "/v1/embeddings", bodies, 8, 4)  # warm-up
+        for clients in (1, 4, 16):
+            for batch_tokens, (_, url, ready_s) in services.items():
+                h0 = httpx.get(url + "/health", timeout=10).json()
+                n = args.requests if clients > 1 else max(8, args.requests // 4)
+                lat, wall = load(url, "/v1/embeddings", bodies, n, clients)
+                h1 = httpx.get(url + "/health", timeout=10).json()
+                rows.append(dict(batching=bool(batch_tokens), batch_tokens=batch_tokens, clients=clients,
+                                 requests=len(lat), rps=len(lat) / wall, p50_s=pct(lat, 0.5), p95_s=pct(lat, 0.95),
+                                 forwards=h1["forwards"] - h0["forwards"], ready_s=ready_s))
+                r = rows[-1]
+                print(f"batching={r['batching']} clients={clients}: {r['rps']:.2f} req/s, p50 {r['p50_s']:.3f} s, "
+                      f"p95 {r['p95_s']:.3f} s, {r['forwards']} forwards for {r['requests']} requests", flush=True)
+    finally:
+        for proc, _, _ in services.values():
+            proc.send_signal(signal.SIGINT)
+            proc.wait(timeout=120)
+    one = {r["clients"]: r for r in rows if not r["batching"]}
+    print()
+    print("| clients | one at a time: req/s | p50 (s) | p95 (s) | batched: req/s | p50 (s) | p95 (s) | forwards "
+          "/ requests | req/s ratio | p95 ratio |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+    for r in (r for r in rows if r["batching"]):
+        o = one[r["clients"]]
+        print(f"| {r['clients']} | {o['rps']:.2f} | {o['p50_s']:.3f} | {o['p95_s']:.3f} | {r['rps']:.2f} | "
+              f"{r['p50_s']:.3f} | {r['p95_s']:.3f} | {r['forwards']} / {r['requests']} | "
+              f"{r['rps'] / o['rps']:.2f}x | {r['p95_s'] / o['p95_s']:.2f}x |")
+    return rows
+
+
+def service(model, ranks, endpoint, body, n, clients):
+    proc, url, ready_s = start(model, ranks)
+    for _ in range(2):
+        httpx.post(url + endpoint, json=body, timeout=600).raise_for_status()
+    lat, wall = load(url, endpoint, [body], n, clients)
     health = httpx.get(url + "/health", timeout=10).json()
     proc.send_signal(signal.SIGINT)
     proc.wait(timeout=60)
@@ -106,7 +166,15 @@ def main():
     ap.add_argument("--requests", type=int, default=40, help="service requests per model (SmolLM2: a quarter)")
     ap.add_argument("--clients", type=int, default=4)
     ap.add_argument("--json", help="write the rows here")
+    ap.add_argument("--batching", action="store_true",
+                    help="the batching table instead (MiniLM, 2 ranks; --requests per row at 4 and 16 clients)")
     args = ap.parse_args()
+    if args.batching:
+        rows = batching(args)
+        if args.json:
+            Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+            Path(args.json).write_text(json.dumps(rows, indent=1))
+        return
     rows = []
     for model, ranks, oneshot_args, endpoint, body in CASES:
         n = args.requests if model == "minilm" else max(4, args.requests // 4)

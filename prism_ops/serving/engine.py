@@ -1,8 +1,10 @@
 """The service's engine: every rank loads the model once and answers requests until stopped.
 
 Rank 0 keeps a FIFO of checked jobs (`submit`, from the HTTP server's thread or the stdin
-reader). Its main thread takes one job at a time and, per forward pass, tells the other ranks
-to join (`bcast_json`: {"op": "forward"} or {"op": "stop"}); every rank then runs
+reader). Its main thread takes the next job; embedding jobs that queued while the ranks were
+busy are taken with it and their texts run as one padded batch of up to `batch_tokens` tokens
+(`batching`: every row split over the ranks as it would be alone; 0: one text per forward).
+Completions run one at a time. Per forward pass it tells the other ranks to join (`bcast_json`: {"op": "forward"} or {"op": "stop"}); every rank then runs
 `run_distributed`. An idle service is healthy: the other ranks wait for the next command as long
 as rank 0 is heard from (`prism_ops.distributed.liveness`), and rank 0, idle, checks that they
 are; a rank silent past the communicator's timeout ends the service, idle or not.
@@ -24,23 +26,36 @@ import time
 import torch
 
 from ..distributed import Request, RequestError, run_distributed
+from ..distributed.attention import rank_partition
 from ..distributed.control import bcast_json
-from .openai_api import ApiError, Job, Served, completion_body, embeddings_body
+from ..pooling import Pooling
+from .batching import batch_request, plan
+from .openai_api import ApiError, Job, Served, completion_body, cut_at_stop, embeddings_body, safe_length
 
 
 class Engine:
     """One rank's part of the service. `run()` returns when rank 0 has stopped the service."""
 
-    def __init__(self, model, tokenizer, comm, served: Served, *, load_s: float = 0.0):
+    def __init__(self, model, tokenizer, comm, served: Served, *, load_s: float = 0.0, pooling: Pooling | None = None,
+                 batch_tokens: int = 8192):
         self.model, self.tok, self.comm, self.served = model, tokenizer, comm, served
+        self.pooling = pooling or Pooling()
+        self.batch_tokens = batch_tokens
+        self._held = None  # a job taken from the queue that did not fit the batch: the next one
+        # Requests the HTTP side is reading and checking now: a batch waits a little for them
+        # (never longer than half the last forward), so clients that answered at once join it;
+        # with none arriving (one client) nothing waits.
+        self.arriving = 0
+        self._last_forward_s = 0.0
         self.eos = tokenizer.eos_token_id if served.decoder else None
         self.jobs: queue.Queue = queue.Queue()
         self.stopping = threading.Event()  # no new jobs; finish the queued ones, then stop
         self.stop_when_idle = False  # stdin-only service: stop once the queue is empty
         self.load_s, self.request_s = load_s, []
+        self.forwards = 0  # forward passes run (fewer than requests when they were batched)
         self.lock = threading.Lock()
         self.pending = 0
-        self._current = None  # the sink of the job running now
+        self._current = []  # the sinks of the jobs running now
         # The HTTP thread tokenizes while the engine decodes: a fast tokenizer must not be used
         # from two threads at once ("Already borrowed").
         self.tok_lock = threading.Lock()
@@ -58,14 +73,10 @@ class Engine:
                 if len(text) > 64 * limit:
                     raise ApiError(f"{param} has {len(text):,} characters, far more than the model's {limit} "
                                    "positions", param)
-        with self.tok_lock:
-            if job.chat is not None:
-                if not getattr(self.tok, "chat_template", None):
-                    raise ApiError(f"{self.served.model} has no chat template: use /v1/completions", "messages")
-                job.texts = [self.tok.apply_chat_template(job.chat, add_generation_prompt=True, tokenize=False)]
-            self.tok.model_max_length = 10**9  # checked here, against the model's positions
-            special = job.chat is None
-            job.ids = [self.tok(t, add_special_tokens=special)["input_ids"] for t in job.texts]
+        if job.endpoint == "embeddings" and job.ids:  # token ids: checked against the vocabulary in parse
+            job.texts = [""] * len(job.ids)
+        else:
+            self._tokenize(job)
         for i, ids in enumerate(job.ids):
             if len(ids) < self.comm.size:
                 raise ApiError(f"{param}{f'[{i}]' if len(job.ids) > 1 else ''} has {len(ids)} tokens, fewer than "
@@ -75,6 +86,16 @@ class Engine:
                 raise ApiError(f"{param} has {len(ids)} tokens{extra}, more than the model's {limit} positions", param)
         return job
 
+    def _tokenize(self, job: Job) -> None:
+        with self.tok_lock:
+            if job.chat is not None:
+                if not getattr(self.tok, "chat_template", None):
+                    raise ApiError(f"{self.served.model} has no chat template: use /v1/completions", "messages")
+                job.texts = [self.tok.apply_chat_template(job.chat, add_generation_prompt=True, tokenize=False)]
+            self.tok.model_max_length = 10**9  # checked here, against the model's positions
+            special = job.chat is None
+            job.ids = [self.tok(t, add_special_tokens=special)["input_ids"] for t in job.texts]
+
     def submit(self, job: Job, sink) -> None:
         """Queue a prepared job; sink(event) receives its events (from the engine's thread)."""
         if self.stopping.is_set():
@@ -83,10 +104,16 @@ class Engine:
             self.pending += 1
         self.jobs.put((job, sink))
 
+    def note_arrival(self, n: int) -> None:
+        """+1 when the HTTP side starts reading a request, -1 once it is queued or refused."""
+        with self.lock:
+            self.arriving += n
+
     def health(self) -> dict:
         steady = self.request_s[1:]
         return {"status": "stopping" if self.stopping.is_set() else "ok", "model": self.served.model, "pid": os.getpid(),
                 "ranks": self.comm.size, "queued": self.jobs.qsize(), "served": len(self.request_s),
+                "forwards": self.forwards, "batch_tokens": self.batch_tokens, "pooling": self.pooling.describe(),
                 "load_s": self.load_s, "first_request_s": self.request_s[0] if self.request_s else None,
                 "steady_mean_s": sum(steady) / len(steady) if steady else None,
                 "max_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
@@ -107,66 +134,140 @@ class Engine:
             while True:
                 self.comm.phase = "serving (idle)"
                 try:
-                    job, sink = self.jobs.get(timeout=0.1)
+                    first = self._next(timeout=0.1)
                 except queue.Empty:
                     if self.stopping.is_set() or (self.stop_when_idle and self.pending == 0):
                         break
                     self.comm.check_alive()  # a worker stopped while the service is idle ends it too
                     continue
                 t0 = time.perf_counter()
-                self._current = sink
-                self._answer(job, sink)
-                self._current = None
-                self.request_s.append(time.perf_counter() - t0)
+                batch = self._gather(first)
+                self._current = [sink for _, sink in batch]
+                if first[0].endpoint == "embeddings":
+                    self._embed(batch)
+                else:
+                    self._answer(*first)
+                self._current = []
+                self.request_s += [time.perf_counter() - t0] * len(batch)
                 with self.lock:
-                    self.pending -= 1
+                    self.pending -= len(batch)
         except BaseException as e:
             self._fail_all(e, self._current)
             raise
         bcast_json(self.comm, {"op": "stop"}, key="control")
 
+    def _next(self, timeout=None):
+        if self._held is not None:
+            held, self._held = self._held, None
+            return held
+        return self.jobs.get(timeout=timeout) if timeout is not None else self.jobs.get_nowait()
+
+    def _gather(self, first) -> list:
+        """first, and the embedding jobs queued behind it that fit one batch of batch_tokens."""
+        batch = [first]
+        if first[0].endpoint != "embeddings" or not self.batch_tokens:
+            return batch
+        rows, longest = len(first[0].ids), max(map(len, first[0].ids))
+        deadline = time.perf_counter() + min(0.05, 0.5 * self._last_forward_s)
+        while True:
+            try:
+                nxt = self._next()
+            except queue.Empty:
+                if self.arriving > 0 and time.perf_counter() < deadline:
+                    time.sleep(0.0005)
+                    continue
+                return batch
+            job = nxt[0]
+            new_long = max([longest, *map(len, job.ids)])
+            if job.endpoint != "embeddings" or (rows + len(job.ids)) * new_long > self.batch_tokens:
+                self._held = nxt
+                return batch
+            batch.append(nxt)
+            rows, longest = rows + len(job.ids), new_long
+
+    def _embed(self, batch: list) -> None:
+        """The texts of the embedding jobs in batch, in padded forwards of up to batch_tokens
+        tokens (one text per forward without batching); each job answered once."""
+        rows = [ids for job, _ in batch for ids in job.ids]
+        owner = [k for k, (job, _) in enumerate(batch) for _ in job.ids]
+        if self.batch_tokens:
+            strategy = rank_partition(self.model, self.comm)
+            groups = plan(rows, self.batch_tokens, aligned=strategy.config.halo == 0)
+        else:
+            strategy, groups = None, [[i] for i in range(len(rows))]
+        out, failed = [None] * len(rows), {}
+        for g in groups:
+            weights = strategy.config.weights if strategy is not None else None
+            req = batch_request([rows[i] for i in g], self.comm.size, weights, output="embedding",
+                                pooling=self.pooling)
+            try:
+                res = self._forward(req)
+            except RequestError as e:  # every rank raised it and goes on
+                for i in g:
+                    failed.setdefault(owner[i], ApiError(str(e)))
+                continue
+            prism = {**self._prism(res), "batch": len(g)}
+            for j, i in enumerate(g):
+                out[i] = (res.output[j].tolist(), len(rows[i]), prism)
+        at = 0
+        for k, (job, sink) in enumerate(batch):
+            mine, at = out[at:at + len(job.ids)], at + len(job.ids)
+            if k in failed:
+                sink(("error", failed[k]))
+            else:
+                sink(("done", embeddings_body(self.served, mine, job.encoding_format)))
+
     def _forward(self, req: Request, on_token=None):
         bcast_json(self.comm, {"op": "forward"}, key="control")
-        return run_distributed(self.model, self.comm, req, eos=self.eos, progress=False, on_token=on_token)
+        self.forwards += 1
+        t0 = time.perf_counter()
+        res = run_distributed(self.model, self.comm, req, eos=self.eos, progress=False, on_token=on_token)
+        self._last_forward_s = time.perf_counter() - t0
+        return res
 
     def _prism(self, res) -> dict:
         return {"bytes_sent": int(sum(res.bytes_per_layer)), "bytes_per_layer": res.bytes_per_layer,
                 "seconds": res.seconds, "partitions": self.comm.size}
 
     def _answer(self, job: Job, sink) -> None:
+        """One completion. With stop sequences, the text ends before the first one and nothing
+        after it is streamed (a tail that could grow into one is held back); the last rank still
+        decodes up to max_tokens."""
         try:
-            if job.endpoint == "embeddings":
-                results = []
-                for ids in job.ids:
-                    res = self._forward(Request(ids=torch.tensor([ids]), output="embedding"))
-                    results.append((res.output[0].tolist(), len(ids), self._prism(res)))
-                sink(("done", embeddings_body(self.served, results)))
-                return
             ids = job.ids[0]
-            made, text = [], [""]
+            made, sent = [], [0]  # tokens so far; characters streamed
+            stopped_at = [None]  # tokens made when a stop sequence first appeared
             eos = self.eos
 
             def on_token(t):
                 tid = int(t[0])
-                if eos is not None and tid == eos:
+                if stopped_at[0] is not None or (eos is not None and tid == eos):
                     return
                 made.append(tid)
                 with self.tok_lock:
                     new = self.tok.decode(made, skip_special_tokens=True)
-                if job.stream and len(new) > len(text[0]):
-                    sink(("delta", new[len(text[0]):]))
-                text[0] = new
+                new, hit = cut_at_stop(new, job.stop)
+                if hit:
+                    stopped_at[0] = len(made)
+                upto = len(new) if hit else safe_length(new, job.stop)
+                if job.stream and upto > sent[0]:
+                    sink(("delta", new[sent[0]:upto]))
+                    sent[0] = upto
 
             req = Request(ids=torch.tensor([ids]), generate=job.max_tokens, temperature=job.temperature,
                           top_k=job.top_k, top_p=job.top_p, seed=job.seed, stream=True)
             res = self._forward(req, on_token)
             got = res.token_ids[0]
             finish = "stop" if (eos is not None and got and got[-1] == eos) else "length"
+            completion = len(got) - (finish == "stop")
             with self.tok_lock:
                 final = self.tok.decode([t for t in got if t != eos], skip_special_tokens=True)
-            if job.stream and len(final) > len(text[0]):
-                sink(("delta", final[len(text[0]):]))
-            completion = len(got) - (finish == "stop")
+            final, hit = cut_at_stop(final, job.stop)
+            if hit:
+                finish = "stop"
+                completion = stopped_at[0] if stopped_at[0] is not None else completion
+            if job.stream and len(final) > sent[0]:
+                sink(("delta", final[sent[0]:]))
             sink(("done", completion_body(self.served, job, final, len(ids), completion, finish, self._prism(res))))
         except RequestError as e:  # every rank raised it and goes on
             sink(("error", ApiError(str(e))))
@@ -175,8 +276,11 @@ class Engine:
         """A fault: answer every job in flight or queued with a 503 before the job ends."""
         self.stopping.set()
         e = ApiError(f"the service stopped: {type(err).__name__}: {err}", status=503, kind="service_unavailable")
-        if current is not None:
-            current(("error", e))
+        for sink in current or []:
+            sink(("error", e))
+        if self._held is not None:
+            self._held[1](("error", e))
+            self._held = None
         while True:
             try:
                 _, sink = self.jobs.get_nowait()

@@ -6,7 +6,8 @@
     GET  /v1/models, GET /health
 
 Requests are checked and tokenized here, then queued on the engine in arrival order; many
-clients may wait at once while one request runs on the ranks. With an API key every route but
+clients may wait at once while the ranks run (embedding requests that queue together run as one
+batch). With an API key every route but
 /health needs `Authorization: Bearer <key>` (401 otherwise).
 """
 
@@ -24,7 +25,7 @@ from starlette.responses import JSONResponse, StreamingResponse
 from starlette.routing import Route
 
 from .engine import Engine
-from .openai_api import MAX_REQUEST_BYTES, ApiError, chunk_body, parse
+from .openai_api import MAX_REQUEST_BYTES, ApiError, chunk_body, parse, usage_chunk
 
 MAX_BODY_BYTES = MAX_REQUEST_BYTES  # larger bodies are refused while they are read, before parsing
 
@@ -86,12 +87,15 @@ def make_app(engine: Engine, api_key: str | None = None) -> Starlette:
         return engine.prepare(parse(endpoint, body, served))
 
     async def answer(request: Request, endpoint: str):
+        engine.note_arrival(1)  # a batch forming now may wait for this one (engine._gather)
         try:
             job = await read(request, endpoint)
             sink = _Sink(asyncio.get_running_loop())
             engine.submit(job, sink)
         except ApiError as e:
             return _error(e)
+        finally:
+            engine.note_arrival(-1)
         if not job.stream:
             while True:
                 kind, value = await sink.queue.get()
@@ -107,7 +111,12 @@ def make_app(engine: Engine, api_key: str | None = None) -> Starlette:
                     yield f"data: {json.dumps(chunk_body(served, job, value))}\n\n"
                 elif kind == "done":
                     finish = value["choices"][0]["finish_reason"]
-                    last = chunk_body(served, job, "", finish, prism=value["prism"], usage=value["usage"])
+                    if job.include_usage:  # as OpenAI: the usage comes in a last chunk of its own
+                        last = chunk_body(served, job, "", finish, prism=value["prism"])
+                        yield f"data: {json.dumps(last)}\n\n"
+                        last = usage_chunk(served, job, value["usage"])
+                    else:
+                        last = chunk_body(served, job, "", finish, prism=value["prism"], usage=value["usage"])
                     yield f"data: {json.dumps(last)}\n\ndata: [DONE]\n\n"
                     return
                 else:

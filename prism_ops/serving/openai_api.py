@@ -3,28 +3,37 @@
     job = parse(endpoint, body, served)     # a checked Job, or ApiError (400 with an OpenAI error body)
     body = embeddings_body(served, results) / completion_body(...) / chunk_body(...)
 
-Endpoints: "embeddings" (encoders), "completions" and "chat" (decoders). Anything the service
-does not do (n > 1, logprobs, echo, stop sequences, penalties, ...) is refused by name rather
-than ignored, so a client never gets a silently different answer.
+Endpoints: "embeddings" (encoders), "completions" and "chat" (decoders). Embeddings take input
+as a string, a list of strings, a list of token ids or a list of token-id lists, and answer in
+`encoding_format` "float" or "base64" (little-endian float32, what the official client asks for
+by default). Completions and chat take `stop` (a string or up to 4), `stream_options`
+{"include_usage": true}, `seed` and `user`. Anything the service does not do (n > 1, logprobs,
+echo, penalties, tools, ...) is refused by name rather than ignored, so a client never gets a
+silently different answer.
 """
 
 from __future__ import annotations
 
+import base64
 import time
 import uuid
 from dataclasses import dataclass, field
 
+import numpy as np
+
 # Options a client may send that change nothing here when they have these values.
-HARMLESS = {"n": 1, "best_of": 1, "logprobs": None, "top_logprobs": None, "echo": False, "stop": None,
-            "suffix": None, "presence_penalty": 0, "frequency_penalty": 0, "logit_bias": None, "user": None,
-            "stream_options": None, "encoding_format": "float", "dimensions": None, "tools": None,
+# (The last rank has the logits, but they are not sent back: logprobs stay refused by name.)
+HARMLESS = {"n": 1, "best_of": 1, "logprobs": None, "top_logprobs": None, "echo": False,
+            "suffix": None, "presence_penalty": 0, "frequency_penalty": 0, "logit_bias": None, "tools": None,
             "tool_choice": None, "response_format": None, "parallel_tool_calls": None}
 KNOWN = {
-    "embeddings": {"model", "input"},
-    "completions": {"model", "prompt", "max_tokens", "temperature", "top_p", "top_k", "seed", "stream"},
+    "embeddings": {"model", "input", "encoding_format", "dimensions", "user"},
+    "completions": {"model", "prompt", "max_tokens", "temperature", "top_p", "top_k", "seed", "stream", "stop",
+                    "stream_options", "user"},
     "chat": {"model", "messages", "max_tokens", "max_completion_tokens", "temperature", "top_p", "top_k", "seed",
-             "stream"},
+             "stream", "stop", "stream_options", "user"},
 }
+MAX_STOP = 4  # stop sequences per request, as OpenAI allows
 MAX_TOKENS_DEFAULT = 16
 MAX_REQUEST_BYTES = 8 * 2**20  # an HTTP body or a stdin line longer than this is refused while it is read
 
@@ -47,6 +56,8 @@ class Served:
     model: str
     decoder: bool
     max_positions: int | None
+    width: int | None = None  # the embedding's length (`dimensions` must equal it)
+    vocab_size: int | None = None  # token ids given as input must be below it
 
 
 @dataclass
@@ -63,6 +74,9 @@ class Job:
     seed: int = 0
     stream: bool = False
     chat: list | None = None  # chat messages, turned into a prompt by the tokenizer's template
+    encoding_format: str = "float"  # embeddings: "float" or "base64"
+    stop: list = field(default_factory=list)  # the text ends before the first of these
+    include_usage: bool = False  # streamed: a last chunk with the usage and no choices
     id: str = field(default_factory=lambda: uuid.uuid4().hex[:24])
     created: int = field(default_factory=lambda: int(time.time()))
 
@@ -91,20 +105,26 @@ def parse(endpoint: str, body, served: Served) -> Job:
             continue
         if name in HARMLESS and value == HARMLESS[name]:
             continue
+        if name == "logprobs" and value is False:  # chat's "no logprobs" (completions' 0 asks for some)
+            continue
         if name in HARMLESS:
             raise ApiError(f"{name}={value!r} is not supported by this service", name)
         raise ApiError(f"unknown field {name!r} for this endpoint", name)
+    user = body.get("user")
+    if user is not None and not isinstance(user, str):
+        raise ApiError(f"user must be a string, got {user!r}", "user")
     if endpoint == "embeddings":
         if served.decoder:
             raise ApiError(f"{served.model} is a decoder: use /v1/completions or /v1/chat/completions", "model")
-        texts = body.get("input")
-        if isinstance(texts, str):
-            texts = [texts]
-        if not isinstance(texts, list) or not texts or not all(isinstance(t, str) for t in texts):
-            raise ApiError("input must be a non-empty string or a non-empty list of strings", "input")
-        if any(not t.strip() for t in texts):
-            raise ApiError("input must not contain empty strings", "input")
-        return Job("embeddings", texts)
+        fmt = body.get("encoding_format") or "float"
+        if fmt not in ("float", "base64"):
+            raise ApiError(f"encoding_format must be 'float' or 'base64', got {fmt!r}", "encoding_format")
+        dims = body.get("dimensions")
+        if dims is not None and (isinstance(dims, bool) or dims != served.width):
+            raise ApiError(f"dimensions={dims!r} is not supported by this service: {served.model}'s embeddings have "
+                           f"{served.width} dimensions (send that, or leave dimensions out)", "dimensions")
+        texts, ids = _embedding_input(body.get("input"), served)
+        return Job("embeddings", texts, ids=ids, encoding_format=fmt)
     if not served.decoder:
         raise ApiError(f"{served.model} is an encoder: use /v1/embeddings", "model")
     chat = None
@@ -129,23 +149,90 @@ def parse(endpoint: str, body, served: Served) -> Job:
     if endpoint == "chat":
         max_tokens = _number(body, "max_completion_tokens", max_tokens, 1, limit, integer=True)
     stream = body.get("stream", False)
+    if stream is None:
+        stream = False
     if not isinstance(stream, bool):
         raise ApiError(f"stream must be true or false, got {stream!r}", "stream")
+    include_usage = False
+    options = body.get("stream_options")
+    if options is not None:
+        if not stream:
+            raise ApiError("stream_options is only allowed with stream: true", "stream_options")
+        if not isinstance(options, dict) or set(options) - {"include_usage"} or not isinstance(
+                options.get("include_usage", False), bool):
+            raise ApiError(f"stream_options must be {{\"include_usage\": true|false}}, got {options!r}",
+                           "stream_options")
+        include_usage = options.get("include_usage", False)
     return Job(endpoint, texts, max_tokens=max_tokens, temperature=_number(body, "temperature", 1.0, 0, 2),
                top_p=_number(body, "top_p", 1.0, 0, 1), top_k=_number(body, "top_k", 0, 0, 10**6, integer=True),
-               seed=_number(body, "seed", 0, 0, 2**63 - 1, integer=True), stream=stream, chat=chat)
+               seed=_number(body, "seed", 0, 0, 2**63 - 1, integer=True), stream=stream, chat=chat,
+               stop=_stop(body.get("stop")), include_usage=include_usage)
 
 
-def embeddings_body(served: Served, results: list) -> dict:
+def _stop(stop) -> list:
+    """The stop sequences: None, a string, or a list of up to MAX_STOP non-empty strings."""
+    if stop is None:
+        return []
+    stops = [stop] if isinstance(stop, str) else stop
+    if not isinstance(stops, list) or not all(isinstance(s, str) for s in stops):
+        raise ApiError(f"stop must be a string or a list of strings, got {stop!r}", "stop")
+    if len(stops) > MAX_STOP:
+        raise ApiError(f"stop has {len(stops)} sequences, more than the {MAX_STOP} allowed", "stop")
+    if any(not s for s in stops):
+        raise ApiError("stop must not contain empty strings", "stop")
+    return stops
+
+
+def _embedding_input(value, served: Served) -> tuple[list, list]:
+    """(texts, token ids) of an embeddings input: a string, a list of strings, a list of token ids
+    or a list of token-id lists. Token ids come back as lists (texts empty); texts with ids []."""
+    what = "input must be a non-empty string, list of strings, list of token ids or list of token-id lists"
+    if isinstance(value, str):
+        value = [value]
+    if not isinstance(value, list) or not value:
+        raise ApiError(what, "input")
+    if all(isinstance(t, str) for t in value):
+        if any(not t.strip() for t in value):
+            raise ApiError("input must not contain empty strings", "input")
+        return value, []
+    if all(_is_id(t) for t in value):
+        value = [value]
+    if not all(isinstance(t, list) for t in value) or not all(_is_id(i) for t in value for i in t):
+        raise ApiError(what, "input")
+    vocab = served.vocab_size
+    for n, ids in enumerate(value):
+        if not ids:
+            raise ApiError(f"input[{n}] is an empty list of token ids", "input")
+        bad = [i for i in ids if i < 0 or (vocab is not None and i >= vocab)]
+        if bad:
+            raise ApiError(f"input{f'[{n}]' if len(value) > 1 else ''} has token id {bad[0]}, outside the "
+                           f"vocabulary [0, {vocab})", "input")
+    return [], value
+
+
+def _is_id(x) -> bool:
+    return isinstance(x, int) and not isinstance(x, bool)
+
+
+def encode_vector(vector, fmt: str = "float"):
+    """A vector as OpenAI sends it: a list of floats, or base64 of its little-endian float32 bytes."""
+    if fmt == "base64":
+        return base64.b64encode(np.asarray(vector, dtype="<f4").tobytes()).decode("ascii")
+    return list(vector)
+
+
+def embeddings_body(served: Served, results: list, fmt: str = "float") -> dict:
     """results: one (vector, tokens, prism) per input."""
     tokens = sum(r[1] for r in results)
     return {"object": "list", "model": served.model,
-            "data": [{"object": "embedding", "index": i, "embedding": r[0]} for i, r in enumerate(results)],
+            "data": [{"object": "embedding", "index": i, "embedding": encode_vector(r[0], fmt)}
+                     for i, r in enumerate(results)],
             "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
             "prism": _merge_prism([r[2] for r in results])}
 
 
 def _merge_prism(parts: list) -> dict:
+    parts = list({id(p): p for p in parts}.values())  # inputs that ran in one forward share its figures
     if len(parts) == 1:
         return parts[0]
     return {"bytes_sent": sum(p["bytes_sent"] for p in parts), "seconds": [p["seconds"] for p in parts],
@@ -176,8 +263,35 @@ def chunk_body(served: Served, job: Job, delta: str, finish: str | None = None, 
         choice = {"index": 0, "text": delta, "logprobs": None, "finish_reason": finish}
         obj, prefix = "text_completion", "cmpl-"
     out = {"id": prefix + job.id, "object": obj, "created": job.created, "model": served.model, "choices": [choice]}
+    if job.include_usage:
+        out["usage"] = None  # OpenAI's chunks carry usage null, then one last chunk has it
     if prism is not None:
         out["prism"] = prism
     if usage is not None:
         out["usage"] = usage
     return out
+
+
+def usage_chunk(served: Served, job: Job, usage: dict) -> dict:
+    """The last event of a stream with stream_options.include_usage: no choices, the usage."""
+    obj, prefix = ("chat.completion.chunk", "chatcmpl-") if job.endpoint == "chat" else ("text_completion", "cmpl-")
+    return {"id": prefix + job.id, "object": obj, "created": job.created, "model": served.model, "choices": [],
+            "usage": usage}
+
+
+def cut_at_stop(text: str, stops: list) -> tuple[str, bool]:
+    """(text before the first stop sequence in it, whether one was found)."""
+    hits = [i for i in (text.find(s) for s in stops) if i >= 0]
+    return (text[:min(hits)], True) if hits else (text, False)
+
+
+def safe_length(text: str, stops: list) -> int:
+    """How much of text may be streamed now: all of it but a tail that could still grow into a
+    stop sequence (a stop string may span tokens and chunks)."""
+    keep = len(text)
+    for s in stops:
+        for k in range(min(len(s) - 1, len(text)), 0, -1):
+            if text.endswith(s[:k]):
+                keep = min(keep, len(text) - k)
+                break
+    return keep

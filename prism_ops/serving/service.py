@@ -20,7 +20,6 @@ import sys
 import threading
 
 from .engine import Engine
-from .http import HttpThread, make_app
 from .openai_api import MAX_REQUEST_BYTES, ApiError, Served, parse
 
 
@@ -104,6 +103,10 @@ def run_service(engine: Engine, *, host: str = "127.0.0.1", port: int = 8000, ap
         signal.signal(sig, stop)
     server = None
     if http:
+        # starlette and uvicorn are needed for HTTP only: a one-shot prism-run or a stdin-only
+        # service runs without them.
+        from .http import HttpThread, make_app
+
         server = HttpThread(make_app(engine, api_key), host, port)
         server.start()
     reader = threading.Thread(target=_read_then_maybe_stop, args=(engine, stdin, not http), name="prism-stdin",
