@@ -90,6 +90,8 @@ def _padding_from_mask(attention_mask, T, causal=False, window=None):
     m = attention_mask[:, :, -T:, -T:]
     seen = m if m.dtype == torch.bool else m == 0
     valid = seen.any(dim=2).all(dim=1)  # (B, T): the columns some query sees (in every head)
+    if torch.compiler.is_compiling():  # the check reads data (a graph break): eager forwards make it
+        return valid
     i = torch.arange(T, device=m.device)
     want = torch.ones((T, T), dtype=torch.bool, device=m.device)
     if causal:
