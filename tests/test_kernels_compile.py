@@ -20,8 +20,9 @@ import kernel_compile as kc
 
 HERE = Path(__file__).parent
 JOBS = kc.jobs()
-# Over sm_87's 166,912 B: 2 B * 128 * (64 + 2 * 64 * 5) = 180,224 B of q and five K/V stages.
-BROKEN = {"kernel": "prism_attention", "chip": "sm_87", "dtype": "float16", "D": 128, "tile": [64, 64, 4, 5],
+# Over sm_90's 232,448 B: 2 B * 128 * (64 + 2 * 64 * 8) = 278,528 B of q and eight K/V stages (on
+# sm_90 the estimate of 64-row fp16 tiles is what Triton allocates, within 1%).
+BROKEN = {"kernel": "prism_attention", "chip": "sm_90", "dtype": "float16", "D": 128, "tile": [64, 64, 4, 8],
           "variant": {}}
 
 
@@ -49,9 +50,9 @@ def test_config_compiles_and_fits(compiled, job):
 
 
 def test_too_much_shared_memory_fails_the_check(compiled):
-    assert kc.estimate(BROKEN) > kc.CHIPS["sm_87"]["max_shared_mem"]
+    assert kc.estimate(BROKEN) > kc.CHIPS["sm_90"]["max_shared_mem"]
     found = kc.problems(compiled[kc.job_id(BROKEN)])
-    assert any("exceeds sm_87's" in p or "does not compile" in p for p in found), found
+    assert any("exceeds sm_90's" in p or "does not compile" in p for p in found), found
 
 
 def test_pruning_drops_what_does_not_fit_and_hopper_8_warp_small_tiles():
