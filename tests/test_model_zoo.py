@@ -57,13 +57,18 @@ def assert_close_to(got, ref, rows):
     assert err <= 1e-4 * max(1.0, scale), (err, scale)
 
 
-@pytest.mark.parametrize("family", SUPPORTED, ids=ids(SUPPORTED))
-def test_exact_preset_equals_the_model(family):
+def at_preset(family, preset):
+    """The family's output on its SDPA/eager attention, then at `preset` over 2 partitions, and the batch."""
     model = family.build()
     batch = inputs(family)
     ref = output(model, family, batch)
-    hf.configure(model, num_partitions=2, preset="exact")
-    got = output(model, family, batch)
+    hf.configure(model, num_partitions=2, preset=preset)
+    return ref, output(model, family, batch), batch
+
+
+@pytest.mark.parametrize("family", SUPPORTED, ids=ids(SUPPORTED))
+def test_exact_preset_equals_the_model(family):
+    ref, got, batch = at_preset(family, "exact")
     assert_close_to(got, ref, real_rows(family, batch))
 
 
@@ -83,11 +88,7 @@ def test_decoder_generates_the_same_8_tokens(family):
 
 @pytest.mark.parametrize("family", SUPPORTED, ids=ids(SUPPORTED))
 def test_edge_preset_runs_at_2_partitions(family):
-    model = family.build()
-    batch = inputs(family)
-    ref = output(model, family, batch)
-    hf.configure(model, num_partitions=2, preset="edge")
-    got = output(model, family, batch)
+    ref, got, _ = at_preset(family, "edge")
     assert got.shape == ref.shape and bool(torch.isfinite(got).all())
 
 

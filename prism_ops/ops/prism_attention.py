@@ -94,12 +94,7 @@ def _explicit_attention(q, keys, vals, bias, scale):
         s = (qg[:, :, :, sl] @ kf.transpose(-1, -2)) * scale  # (B, Hkv, G, t, Tk)
         if bias is not None:
             s = s + (bias[:, :, :, sl] if bias.shape[3] > 1 else bias)
-        m = s.amax(-1, keepdim=True)
-        m = torch.where(torch.isfinite(m), m, torch.zeros_like(m))  # rows that see nothing
-        p = torch.exp(s - m)
-        l = p.sum(-1, keepdim=True)
-        out[:, :, :, sl] = (p @ vf) / l.clamp(min=torch.finfo(acc).tiny)
-        lse[:, :, :, sl] = (m + torch.log(l)).squeeze(-1)
+        out[:, :, :, sl], lse[:, :, :, sl] = softmax_values(s, vf)
     lse = lse.reshape(B, H, Tq)
     return out.reshape(B, H, Tq, -1).to(q.dtype), lse if acc == torch.float64 else lse.float()
 
@@ -142,6 +137,19 @@ def _split_attention_cpu(q, k, v, k_sum, v_sum, sum_counts, causal, scale, log_c
     if len(parts) == 2:
         return merge_attention_torch(*parts[0], *parts[1])
     return parts[0]
+
+
+def softmax_values(s: torch.Tensor, vf: torch.Tensor):
+    """One chunk of query rows: softmax(s) @ vf and the rows' log-sum-exp.
+
+    s: logits `[..., t, N]` (masked keys at -inf); vf: values `[..., N, Dv]` broadcastable with s.
+    A row that sees no key gives 0 and lse -inf. Returns (`[..., t, Dv]`, `[..., t]`).
+    """
+    m = s.amax(-1, keepdim=True)
+    m = torch.where(torch.isfinite(m), m, torch.zeros_like(m))  # rows that see nothing
+    p = torch.exp(s - m)
+    l = p.sum(-1, keepdim=True)
+    return (p @ vf) / l.clamp(min=torch.finfo(s.dtype).tiny), (m + torch.log(l)).squeeze(-1)
 
 
 def prism_attention_torch(

@@ -34,6 +34,7 @@ import torch
 
 from .._backend import check_backend
 from .._checks import check_bool, check_qkv, check_real, check_tensor
+from .prism_attention import softmax_values
 
 # Largest number of logits held at once, per call (as prism_attention's explicit path).
 _CHUNK_ELEMS = 1 << 26
@@ -128,11 +129,6 @@ def windowed_prism_attention(
         if bias is not None:
             s = s + bias
         s = s.masked_fill(~seen[:, :, :, sl], float("-inf"))
-        m = s.amax(-1, keepdim=True)
-        m = torch.where(torch.isfinite(m), m, torch.zeros_like(m))  # rows that see nothing
-        p = torch.exp(s - m)
-        l = p.sum(-1, keepdim=True)
-        out[:, :, :, sl] = (p @ vf) / l.clamp(min=torch.finfo(acc).tiny)
-        lse[:, :, :, sl] = (m + torch.log(l)).squeeze(-1)
+        out[:, :, :, sl], lse[:, :, :, sl] = softmax_values(s, vf)
     out = out.reshape(B, H, Tq, -1).to(q.dtype)
     return (out, lse.reshape(B, H, Tq)) if return_lse else out
