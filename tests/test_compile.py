@@ -46,16 +46,24 @@ def test_minilm_fullgraph_equals_eager():
 
 
 def test_smollm2_fullgraph_equals_eager():
-    """The real 30-layer decoder (GQA 9/3 heads, RoPE, causal), on a short prompt."""
-    pytest.importorskip("transformers")
+    """SmolLM2's own architecture (GQA 9/3 heads, RoPE, causal) cut to 2 of its 30 layers.
+
+    Whether dynamo traces a graph without a break depends on the layer code, not on the
+    weights or the depth (every layer is the same module), so two layers with seeded weights
+    test what all 30 would, in a few seconds instead of a minute.
+    """
+    transformers = pytest.importorskip("transformers")
     from prism_ops import hf, models
 
     try:
-        tok, model = models.load("smollm2")
+        folder = models.smollm2_folder()
     except models.ModelNotInstalled as e:
         pytest.skip(str(e))
+    config = transformers.AutoConfig.from_pretrained(folder, gguf_file=models.SMOLLM2_FILE, num_hidden_layers=2)
+    torch.manual_seed(0)
+    model = transformers.AutoModelForCausalLM.from_config(config).eval()
     hf.configure(model, num_partitions=2, segment_size=4)
-    ids = tok(["Edge devices share one transformer."], return_tensors="pt")["input_ids"]
+    ids = torch.randint(0, config.vocab_size, (1, 9))
     with torch.no_grad():
         ref = model(input_ids=ids).logits
         got = compiled(model)(input_ids=ids).logits
