@@ -10,6 +10,7 @@ import torch
 
 from prism_ops.s2m3.messages import pack, unpack
 from prism_ops.s2m3.placement import PlacementError
+from prism_ops.distributed.faults import BadInput
 from prism_ops.s2m3 import server
 from prism_ops.config import PRESETS, PrismConfig
 from prism_ops.s2m3.plan import DEFAULT_SEGMENT_SIZE, check_plan, prism_config, read_inputs, read_requests
@@ -217,7 +218,7 @@ def test_bad_plan_refused_before_any_model_loads(tmp_path, monkeypatch):
     receives, before the Server (which loads the models) is built."""
     bad = {**THREE, "prism": {"minilm": {"devices": ["a", "b"]}, "vit-b16": {"devices": ["b", "a"]}}}
     monkeypatch.setattr(server, "Server", lambda *a: pytest.fail("a model would load"))
-    with pytest.raises(server.BadInput, match=r"share device\(s\) \['a', 'b'\]") as e:
+    with pytest.raises(BadInput, match=r"share device\(s\) \['a', 'b'\]") as e:
         server.serve_requests(OneRank(3), write(tmp_path, "p.json", bad), write(tmp_path, "r", ""))
     assert e.value.exit_code == 2 and isinstance(e.value.__cause__, PlacementError)
 

@@ -34,7 +34,8 @@ import torch
 
 from prism_ops.distributed import Communicator, guarded
 from prism_ops.distributed.comm import DEFAULT_TIMEOUT_S
-from prism_ops.s2m3.server import BadInput, serve_requests
+from prism_ops.distributed.faults import BadInput
+from prism_ops.s2m3.server import serve_requests
 
 
 def main(argv=None) -> None:

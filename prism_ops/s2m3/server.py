@@ -24,21 +24,15 @@ import time
 import torch
 
 from prism_ops import hf
-from prism_ops.distributed import CollectiveError, Request, run_distributed
+from prism_ops.distributed import Request, run_distributed
 from prism_ops.distributed.control import bcast_json
+from prism_ops.distributed.faults import agree_rank0
 
 from .files import parse_text
 from .messages import TAG_RESULT, TAG_STOP, TAG_WORK, pack, unpack
 from .modules import Registry
-from .placement import PlacementError
 from .plan import CheckedPlan, check_plan, read_inputs
 from .suite import example_inputs
-
-
-class BadInput(CollectiveError):
-    """A bad plan or request file: every rank stops with exit code 2."""
-
-    exit_code = 2
 
 
 class Server:
@@ -230,20 +224,14 @@ def serve_requests(comm, plan_path: str, requests_path: str | None = None,
     verdict to every rank, so a bad input stops all ranks alike, before any model loads and before
     any collective that only some ranks would enter; the others check the plan rank 0 read. Then
     serve them all, and on rank 0 return one `{"id", "model", "output", "latency_s"}` per request,
-    in request order (None elsewhere). BadInput (exit code 2 under `guarded`) for a bad input; on
-    rank 0 its cause carries the original traceback."""
-    reqs = verdict = cause = None
-    if comm.rank == 0:
-        try:
-            plan, reqs, text, names = read_inputs(plan_path, comm.size, requests_path, devices_path, sys.stdin.buffer)
-            verdict = {"plan": text, "devices": names}
-        except PlacementError as e:
-            verdict, cause = {"error": str(e)}, e
-    verdict = bcast_json(comm, verdict)
-    if "error" in verdict:
-        raise BadInput(verdict["error"]) from cause
+    in request order (None elsewhere). `faults.BadInput` (exit code 2 under `guarded`) for a bad
+    input; on rank 0 its cause carries the original traceback."""
+    read = agree_rank0(comm, lambda: read_inputs(plan_path, comm.size, requests_path, devices_path,
+                                                 sys.stdin.buffer))
+    plan, reqs, text, names = read if comm.rank == 0 else (None, None, None, None)
+    checked = bcast_json(comm, {"plan": text, "devices": names})
     if comm.rank != 0:  # the same checks of the same text: a failure here is a bug, which ends the job
-        plan = check_plan(parse_text(verdict["plan"], plan_path), comm.size, verdict["devices"], plan_path)
+        plan = check_plan(parse_text(checked["plan"], plan_path), comm.size, checked["devices"], plan_path)
     comm.phase = "loading"
     server = Server(comm, plan)
     comm.barrier()  # latencies count from when every rank serves
