@@ -27,7 +27,7 @@ LAZY_HTTP = "prism_ops.serving.http"
 LAYERS = [
     ("prism_ops.eval.__main__", 6),  # `python -m prism_ops.eval` is a command line
     ("prism_ops.kernels", 0),
-    ("prism_ops.ops", 1), ("prism_ops._checks", 1), ("prism_ops._backend", 1),
+    ("prism_ops.ops", 1), ("prism_ops._checks", 1), ("prism_ops._backend", 1), ("prism_ops._files", 1),
     ("prism_ops.config", 2), ("prism_ops.wire", 2), ("prism_ops.cost", 2), ("prism_ops.strategy", 2),
     ("prism_ops.pooling", 2),  # pure torch: the ranks pool their own tokens with it
     ("prism_ops.distributed", 3),

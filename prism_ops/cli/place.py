@@ -23,12 +23,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import traceback
 
 import torch
 
+from prism_ops._files import unwritable
 from prism_ops.s2m3.placement import PlacementError
 from prism_ops.s2m3.planner import PLANNERS, PlanReport, make_plan
 
@@ -105,8 +105,7 @@ def fail(e: BaseException, debug: bool, code: int, what: str = "") -> None:
 
 def check_writable(path: str) -> None:
     """Refuse a --json path that cannot be written, before the planning's work."""
-    folder = os.path.dirname(path) or "."
-    if not path or os.path.isdir(path) or not os.path.isdir(folder) or not os.access(folder, os.W_OK):
+    if not path or unwritable(path) is not None:
         raise PlacementError(f"--json {path!r}: cannot be written (give a file in an existing, writable folder)")
 
 

@@ -1,5 +1,5 @@
 """Checks shared by S2M3's input files (devices, tasks, plans, requests): reading with a size
-limit, and field checks whose errors are one line naming the file, the field, the value and
+limit (`prism_ops._files`, worded for these files), and field checks whose errors are one line naming the file, the field, the value and
 what is allowed.
 
     text = read_text("devices.yaml")           # missing, a directory, a FIFO, over 1 MiB, not UTF-8:
@@ -16,11 +16,10 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import re
-import stat
 from typing import NoReturn
 
+from .._files import FileRefused, read_bounded, regular_file_size
 from .placement import PlacementError
 
 MAX_FILE_BYTES = 1 << 20  # a devices, tasks or plan file
@@ -47,16 +46,20 @@ def check_readable(path, label: str | None = None, limit: int = MAX_FILE_BYTES) 
     if not isinstance(path, str) or not path:
         raise PlacementError(f"{label}: expected a file name, got {shown(path)}")
     try:
-        st = os.stat(path)
-    except OSError as e:
-        raise PlacementError(f"{label}: cannot be read ({e.strerror})") from None
-    if stat.S_ISDIR(st.st_mode):
-        raise PlacementError(f"{label}: is a directory; give a file")
-    if not stat.S_ISREG(st.st_mode):
-        raise PlacementError(f"{label}: is not a regular file (a FIFO, socket or device); give a file")
-    if st.st_size > limit:
-        raise PlacementError(f"{label}: is {st.st_size} bytes; files are limited to {limit} bytes")
-    return st.st_size
+        size = regular_file_size(path)
+    except FileRefused as e:
+        raise refused(e, label, limit) from None
+    if size > limit:
+        raise PlacementError(f"{label}: is {size} bytes; files are limited to {limit} bytes")
+    return size
+
+
+def refused(e: FileRefused, label: str, limit: int) -> PlacementError:
+    """The one-line error for a file `_files` refused."""
+    return PlacementError(label + {
+        "unreadable": f": cannot be read ({e.detail})", "directory": ": is a directory; give a file",
+        "special": ": is not a regular file (a FIFO, socket or device); give a file",
+        "too_large": f": is over {limit} bytes; files are limited to {limit} bytes"}[e.reason])
 
 
 def decode(data: bytes, label: str) -> str:
@@ -72,12 +75,9 @@ def read_text(path: str, label: str | None = None, limit: int = MAX_FILE_BYTES) 
     label = label or str(path)
     check_readable(path, label, limit)
     try:
-        with open(path, "rb") as f:
-            data = f.read(limit + 1)  # the file may have grown since it was checked
-    except OSError as e:
-        raise PlacementError(f"{label}: cannot be read ({e.strerror})") from None
-    if len(data) > limit:
-        raise PlacementError(f"{label}: is over {limit} bytes; files are limited to {limit} bytes")
+        data = read_bounded(path, limit)  # the file may have grown since it was checked
+    except FileRefused as e:
+        raise refused(e, label, limit) from None
     return decode(data, label)
 
 
