@@ -1,7 +1,9 @@
 """Layering of the installed package: imports only go down, no cycles, no hidden imports.
 
-    kernels  <-  ops (+ _checks, _backend)  <-  config, wire, cost, strategy  <-  distributed
-             <-  hf  <-  runner, report, link_profile, models, eval, demo, s2m3  <-  cli
+    kernels  <-  ops (+ _checks, _backend, _files)  <-  config, wire, cost, strategy, pooling
+             <-  distributed  <-  hf, hf_attention
+             <-  runner, report, link_profile, models, input_files, calibrate, eval, demo, s2m3, serving
+             <-  cli
 
 Read from the source with `ast`, so nothing is imported to check it. An import inside a function
 is allowed only for an optional dependency (or the lazy Triton path of an op).
