@@ -1,6 +1,6 @@
 """Checks shared by S2M3's input files (devices, tasks, plans, requests): reading with a size
-limit (`prism_ops._files`, worded for these files), and field checks whose errors are one line naming the file, the field, the value and
-what is allowed.
+limit (`prism_ops._files`, worded for these files), and field checks whose errors are one line
+naming the file, the field, the value and what is allowed.
 
     text = read_text("devices.yaml")           # missing, a directory, a FIFO, over 1 MiB, not UTF-8:
                                                # PlacementError

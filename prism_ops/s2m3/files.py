@@ -109,7 +109,7 @@ class TaskSpec:
     catalog: Catalog  # the suite plus the file's custom models
     models: list  # model names, as the file lists them
     custom: dict = field(default_factory=dict)  # the file's custom models, as written
-    size: str = "full"
+    model_size: str = "full"  # "full" or "tiny" (the file's "size")
     input_bytes: dict = field(default_factory=dict)  # modality -> bytes the caller sends
     compute_s: dict = field(default_factory=dict)  # part -> given compute time (s)
     burst: dict = field(default_factory=dict)  # model -> requests at once (empty: no burst)
@@ -164,7 +164,7 @@ def check_tasks(data: dict, path: str = "tasks") -> TaskSpec:
 def check_memory(spec: TaskSpec, devices) -> None:
     """Refuse, before any weights load, a module larger than every device (sizes from configs)."""
     largest = max(d.memory for d in devices)
-    for part, nbytes in spec.catalog.part_bytes(spec.models, spec.size).items():
+    for part, nbytes in spec.catalog.part_bytes(spec.models, spec.model_size).items():
         if nbytes > largest:
             raise PlacementError(f"module {part!r} needs {nbytes / 1e6:.1f} MB, more than any device has "
                                  f"(largest: {largest / 1e6:.1f} MB)")

@@ -40,7 +40,7 @@ class CheckedPlan:
     """A plan that fits the job: rank i holds the parts placed on the plan's device i."""
 
     devices: list  # device names; rank i is devices[i]
-    size: str  # "full" or "tiny"
+    model_size: str  # "full" or "tiny" (the plan's "size"): the models' size, not a count
     models: list  # model names
     rank: dict  # part -> the rank that runs it (a spread part: its group's lead)
     spread: dict  # part -> ([ranks of its group], its PrismConfig): encoders run with PRISM

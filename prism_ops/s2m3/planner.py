@@ -56,7 +56,7 @@ def make_plan(devices_path: str, tasks_path: str, exact: bool = False, planner: 
     devices, links, default = parse_devices(read_file(devices_path, f"--devices {devices_path}"), devices_path)
     spec = check_tasks(read_file(tasks_path, f"--tasks {tasks_path}"), tasks_path)
     check_memory(spec, devices)
-    reg, costs, part_of, tasks = profile_modules(spec.models, spec.size, spec.compute_s, spec.input_bytes,
+    reg, costs, part_of, tasks = profile_modules(spec.models, spec.model_size, spec.compute_s, spec.input_bytes,
                                                  spec.catalog)
     inst = Instance(devices, costs, tasks, links, default)
     load = None
@@ -82,7 +82,7 @@ def make_plan(devices_path: str, tasks_path: str, exact: bool = False, planner: 
     if where is None:
         raise PlacementError(f"no placement fits: {why}"
                              + (f" (exact: {'none either' if best[0] is None else 'one exists'})" if exact else ""))
-    plan = {"devices": [d.name for d in devices], "size": spec.size, "models": spec.models, "custom": spec.custom,
+    plan = {"devices": [d.name for d in devices], "size": spec.model_size, "models": spec.models, "custom": spec.custom,
             "plan": {part_of[k]: devices[v].name for k, v in where.items()}, "objective_s": objective(inst, where)}
     if exact:
         plan["optimal_s"] = best[1]

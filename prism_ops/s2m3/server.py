@@ -48,7 +48,7 @@ class Server:
         if not (ok and 1.0 <= slowdown < float("inf")):
             raise ValueError(f"slowdown must be a finite number >= 1, got {slowdown!r}")
         self.comm, self.slowdown = comm, float(slowdown)
-        self.size, self.models, self.rank_of, self.catalog = plan.size, plan.models, plan.rank, plan.catalog
+        self.model_size, self.models, self.rank_of, self.catalog = plan.model_size, plan.models, plan.rank, plan.catalog
         reg, self.modules = Registry(), {}
         loaded = {} if loaded is None else loaded
         for m in self.models:  # only the parts placed on this rank
@@ -58,7 +58,7 @@ class Server:
                 if part in loaded and part not in plan.spread:
                     self.modules[part] = loaded[part]
                     continue
-                self.modules[part] = reg.add(self.catalog.node_module(m, node, self.size))
+                self.modules[part] = reg.add(self.catalog.node_module(m, node, self.model_size))
                 if part not in plan.spread:
                     loaded[part] = self.modules[part]
         # PRISM inside S2M3: an encoder spread over a group of ranks, each holding a copy and
@@ -70,7 +70,7 @@ class Server:
                 continue
             node = next(n for m in self.models for n, (p, _) in self.catalog.nodes(m).items() if p == part)
             model = next(m for m in self.models if any(p == part for p, _ in self.catalog.nodes(m).values()))
-            mod = self.modules.get(part) or self.catalog.node_module(model, node, self.size)
+            mod = self.modules.get(part) or self.catalog.node_module(model, node, self.model_size)
             self.modules[part] = mod
             hf.configure(mod.net, config, comm=sub)  # the plan's resolved setting (`plan.prism_config`)
             self.groups[part] = (sub, [r for r in ranks if r != ranks[0]])
@@ -185,7 +185,7 @@ class Server:
             nonlocal due
             while due < len(requests) and t0 + at[due] <= now:
                 r = requests[due]
-                x = example_inputs(self.size, seed=r["seed"])
+                x = example_inputs(self.model_size, seed=r["seed"])
                 start[json.dumps(r["id"])] = t0 + at[due]
                 for node, srcs in self.dag(r["model"]).items():
                     for s in srcs:
