@@ -7,12 +7,12 @@ values), and what a rank computes per layer against one device running all N tok
 Every function takes the setting as one `PrismConfig` (exchange already "kv" or "hidden").
 Rows a rank p with n_p tokens sends per layer (`prism_ops.ops.chunk_summary`; the bytes are
 those of its payload layout, `prism_ops.wire`, so the runtime and this model cannot disagree):
-- exact: its sink tokens (those among the first `sink_tokens` of the sequence) and its halo
+- verbatim: its sink tokens (those among the first `sink_tokens` of the sequence) and its halo
   tokens (the last `halo` unless it is the last rank; the first `halo` unless it is the first
   rank or the model is causal);
 - summary: ceil(rest / segment_size) rows for the rest.
 A row holds 2 * Hkv * D values (K/V exchange) or d values (hidden-feature exchange, the
-paper's). Exact rows travel at the model's precision; summary rows too, or as `summary_bits`
+paper's). Verbatim rows travel at the model's precision; summary rows too, or as `summary_bits`
 integers plus a float16 (minimum, step) pair per channel (`quantize_rows`), or as codebook
 codes (`summary_codebook`: log2(K) bits per group of g channels, `codebook_rows`). Key clusters
 add a 2-byte count per summary row (positional segments have implied counts). A chunk that no
