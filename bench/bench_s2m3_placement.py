@@ -1,4 +1,4 @@
-"""S2M3 placement: the default planner (`prism_ops.s2m3.solver.plan`, a MILP solved by HiGHS) and
+"""S2M3 placement: the default planner (`prism_ops.s2m3.solver.optimal_placement`, a MILP solved by HiGHS) and
 greedy, side by side, against the exact solver (branch and bound) as the reference.
 
     python bench/bench_s2m3_placement.py [--instances 50] [--seed 0]
@@ -28,7 +28,7 @@ import time
 
 from prism_ops.s2m3.placement import (Device, Instance, Link, ModuleCost, PlacementError, Task, branch_and_bound,
                                       greedy, objective, random_instance)
-from prism_ops.s2m3.solver import plan
+from prism_ops.s2m3.solver import optimal_placement
 from prism_ops.s2m3.suite import MODELS, SUITE
 
 # From `prism-place --devices examples/devices.yaml --tasks examples/tasks.yaml` on this 2-core
@@ -106,7 +106,7 @@ def study(make, n, seed, exact=True):
             inst = make(rng)
         except PlacementError:
             continue
-        sol, tp = timed(plan, inst)
+        sol, tp = timed(optimal_placement, inst)
         g, tg = timed(greedy, inst)
         if exact:
             (best, opt), tb = timed(branch_and_bound, inst)

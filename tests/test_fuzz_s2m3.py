@@ -182,7 +182,7 @@ def test_place_bad_files(tmp_path, capsys, flag):
 @pytest.mark.parametrize("argv,text", [
     (["--planner", "bogus"], "--planner"), (["--planner", ""], "--planner"),
     (["--json", "/"], "--json '/'"), (["--json", "/no/such/folder/plan.json"], "--json '/no/such/folder/plan.json'"),
-    (["--json", ""], "--json ''"), (["--exact=1"], "--exact"),
+    (["--json", ""], "--json ''"), (["--branch-and-bound=1"], "--branch-and-bound"),
 ])
 def test_place_bad_flags(tmp_path, capsys, argv, text):
     exits_2(run_place(tmp_path, DEVICES, TASKS, *argv), capsys, text)

@@ -25,7 +25,7 @@ def write(tmp_path, name, data):
 def test_plan(tmp_path, capsys):
     out = tmp_path / "plan.json"
     main(["--devices", write(tmp_path, "d.json", DEVICES), "--tasks", write(tmp_path, "t.json", TASKS),
-          "--exact", "--json", str(out)])
+          "--branch-and-bound", "--json", str(out)])
     text = capsys.readouterr().out
     assert "memory per device: a " in text and "predicted latency image-text-retrieval" in text
     plan = json.loads(out.read_text())
@@ -33,7 +33,7 @@ def test_plan(tmp_path, capsys):
     assert plan["objective_s"] == pytest.approx(plan["optimal_s"], rel=1e-9) and plan["optimal_s"] > 0
     assert plan["suite_version"] == SUITE_VERSION and "gap 0.00%" in text and "objective (optimal)" in text
     main(["--devices", write(tmp_path, "d.json", DEVICES), "--tasks", write(tmp_path, "t.json", TASKS),
-          "--planner", "greedy", "--exact", "--json", str(out)])
+          "--planner", "greedy", "--branch-and-bound", "--json", str(out)])
     greedy = json.loads(out.read_text())
     # (each run profiles the modules again, so the two runs' times differ)
     assert greedy["objective_s"] >= greedy["optimal_s"] - 1e-12 and "objective (greedy)" in capsys.readouterr().out

@@ -1,6 +1,7 @@
 """prism-place: place the suite's shared modules on devices and predict each task's latency.
 
-    prism-place --devices devices.yaml --tasks tasks.yaml [--planner optimal|greedy] [--exact] [--json plan.json]
+    prism-place --devices devices.yaml --tasks tasks.yaml [--planner optimal|greedy] [--branch-and-bound]
+        [--json plan.json]
 
 The files' formats: `prism_ops.s2m3.files`. Requests arrive at the first device. Everything is
 checked (unknown models or parts, a module larger than every device, cyclic or dangling task
@@ -10,7 +11,7 @@ planner is optimal for the latency objective (a MILP, `prism_ops.s2m3.solver`); 
 and prism-place then prints the predicted latency of each task and of the whole burst, how busy
 each device is and every plan it compared (the one-device plans among them). A tasks file's
 `prism` entries go into the plan; prism-place prints the setting each resolves to.
-`--exact` also runs branch and bound (small instances) as a certificate. The planning itself:
+`--branch-and-bound` also runs branch and bound (small instances) as a certificate. The planning itself:
 `prism_ops.s2m3.planner.make_plan`.
 
 Every field of both files is checked first (types, ranges, finiteness, unknown fields, names);
@@ -49,7 +50,7 @@ def print_report(r: PlanReport) -> None:
     print(f"objective ({r.planner}): {r.plan['objective_s']:.4f} s, solved in {r.solve_s:.3f} s")
     if "optimal_s" in r.plan:
         gap = r.plan["objective_s"] / r.plan["optimal_s"] - 1 if r.plan["optimal_s"] > 0 else 0.0
-        print(f"exact (branch and bound): {r.plan['optimal_s']:.4f} s in {r.exact_s:.3f} s; gap {gap:.2%}")
+        print(f"branch and bound: {r.plan['optimal_s']:.4f} s in {r.branch_and_bound_s:.3f} s; gap {gap:.2%}")
     for part, group, cfg in r.prism:  # what every rank of the group will run (preset resolved)
         levers = ", ".join(f"{k}={v}" for k, v in cfg.as_dict().items() if k != "num_partitions")
         print(f"prism {part} over {', '.join(group)}: {levers}")
@@ -77,7 +78,8 @@ def main(argv=None) -> None:
                                                     "burst or rates")
     ap.add_argument("--planner", choices=PLANNERS, default="optimal",
                     help="optimal (default: MILP, then local search under a load) or greedy")
-    ap.add_argument("--exact", action="store_true", help="also solve by branch and bound (small instances)")
+    ap.add_argument("--branch-and-bound", action="store_true",
+                    help="also solve by branch and bound (small instances), as a certificate")
     ap.add_argument("--json", help="write the plan here")
     ap.add_argument("--debug", action="store_true", help="print the traceback of an error too")
     args = ap.parse_args(argv)
@@ -85,7 +87,8 @@ def main(argv=None) -> None:
     try:
         if args.json is not None:
             check_writable(args.json)
-        report = make_plan(args.devices, args.tasks, exact=args.exact, planner=args.planner)
+        report = make_plan(args.devices, args.tasks, with_branch_and_bound=args.branch_and_bound,
+                           planner=args.planner)
         print_report(report)
         if args.json is not None:
             write_plan(args.json, report.plan)

@@ -17,7 +17,7 @@ raises the objective (over the modules placed so far) least. `branch_and_bound` 
 solver) searches all placements depth-first in the same order, pruning a branch once its
 partial objective, which can only grow, reaches the best complete one.
 
-The default planner is `prism_ops.s2m3.solver.plan` (a MILP, optimal for this objective); greedy
+The default planner is `prism_ops.s2m3.solver.optimal_placement` (a MILP, optimal for this objective); greedy
 is S2M3's, kept for comparison and `prism-place --planner greedy`. The objective runs a task's
 parallel branches in parallel even when they share a device, and sees no other requests; the
 load-aware objective (`prism_ops.s2m3.load`) simulates both.

@@ -183,7 +183,7 @@ def place_case() -> dict:
         tasks.write_text(json.dumps(PLACE_TASKS))
         # --planner greedy: the planner the golden plan was made with (an optimal MILP planner
         # became the default afterwards).
-        cmd = [str(BIN / "prism-place"), "--devices", str(dev), "--tasks", str(tasks), "--exact", "--json", str(plan),
+        cmd = [str(BIN / "prism-place"), "--devices", str(dev), "--tasks", str(tasks), "--branch-and-bound", "--json", str(plan),
                "--planner", "greedy"]
         p = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=ENV)
         if p.returncode != 0:
