@@ -30,7 +30,7 @@ import traceback
 import torch
 
 from prism_ops._files import unwritable
-from prism_ops.s2m3.placement import PlacementError
+from prism_ops.s2m3.placement import InputError
 from prism_ops.s2m3.planner import PLANNERS, PlanReport, make_plan
 
 
@@ -92,7 +92,7 @@ def main(argv=None) -> None:
         print_report(report)
         if args.json is not None:
             write_plan(args.json, report.plan)
-    except PlacementError as e:
+    except InputError as e:  # a PlacementError too
         fail(e, args.debug, 2)
     except Exception as e:  # noqa: BLE001 - a bug: one line, unless --debug asks for the traceback
         fail(e, args.debug, 1, f"internal error ({type(e).__name__}): ")
@@ -109,7 +109,7 @@ def fail(e: BaseException, debug: bool, code: int, what: str = "") -> None:
 def check_writable(path: str) -> None:
     """Refuse a --json path that cannot be written, before the planning's work."""
     if not path or unwritable(path) is not None:
-        raise PlacementError(f"--json {path!r}: cannot be written (give a file in an existing, writable folder)")
+        raise InputError(f"--json {path!r}: cannot be written (give a file in an existing, writable folder)")
 
 
 def write_plan(path: str, plan: dict) -> None:
@@ -117,7 +117,7 @@ def write_plan(path: str, plan: dict) -> None:
         with open(path, "w") as f:
             json.dump(plan, f, indent=1)
     except OSError as e:
-        raise PlacementError(f"--json {path!r}: cannot be written ({e.strerror})") from None
+        raise InputError(f"--json {path!r}: cannot be written ({e.strerror})") from None
 
 
 if __name__ == "__main__":

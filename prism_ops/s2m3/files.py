@@ -21,8 +21,9 @@ With a burst or rates the plan minimises the mean latency of a request under tha
 Every field is checked before any model is built: types, ranges (the constants below),
 finiteness, unknown fields, repeated names, unknown models or parts, cyclic, dangling or
 miswired task graphs (`suite.check_wiring`), a module larger than every device. A file over
-1 MiB, not UTF-8, a directory or a FIFO is refused while reading (`checks`). Every problem is a
-PlacementError with one line that names the file, the field, the value and what is allowed:
+1 MiB, not UTF-8, a directory or a FIFO is refused while reading (`checks`). Every problem is an
+InputError (a PlacementError when the cluster or tasks are wrong as a whole) with one line that
+names the file, the field, the value and what is allowed:
 
     devices.yaml: devices[2].memory_gb must be a finite number > 0 and <= 1e+06, got nan
 """
@@ -51,7 +52,7 @@ DEFAULT_LINK = Link(12.5e6, 2e-3)  # 100 Mbit/s, 2 ms
 
 def read_file(path: str, label: str | None = None) -> dict:
     """The mapping a .yaml/.yml or JSON file holds, read within the size limit (`checks`);
-    PlacementError names the file (as `label`, default its path) when it cannot be read or parsed."""
+    InputError names the file (as `label`, default its path) when it cannot be read or parsed."""
     return parse_text(read_text(path, label), path, label)
 
 

@@ -31,8 +31,13 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 
-class PlacementError(ValueError):
-    """A bad cluster or task description, or an instance with no feasible placement."""
+class InputError(ValueError):
+    """A bad S2M3 input: a file that cannot be read or parsed, a field, a request line, a flag or
+    an output path. The commands exit with code 2 and its one line."""
+
+
+class PlacementError(InputError):
+    """A bad cluster, task or plan description, or an instance with no feasible placement."""
 
 
 @dataclass(frozen=True)

@@ -3,8 +3,8 @@ ranks, and the request lines; `read_inputs` reads and checks them all in one pas
 
 `check_plan` returns a `CheckedPlan`, which the `Server` takes as is. Every field is checked
 (types, names, ranges, unknown fields, the custom models' graphs and wiring, the PRISM settings
-as a `PrismConfig`) before any model loads; an error is a PlacementError with one line naming the
-file and the field. Limits: files 1 MiB, request lines 4 KiB, all requests 16 MiB (`checks`).
+as a `PrismConfig`) before any model loads; an error is an InputError (a PlacementError when the
+plan does not fit the job) with one line naming the file and the field. Limits: files 1 MiB, request lines 4 KiB, all requests 16 MiB (`checks`).
 
 A `prism` entry `{devices, preset?, segment_size?, <lever>?...}` means exactly what
 `PrismConfig.from_preset(len(devices), preset, segment_size, **levers)` gives: the preset's
@@ -24,7 +24,7 @@ from ..config import PRESETS, PrismConfig
 from .checks import (MAX_REQUESTS_BYTES, check_readable, choice, fail, mapping, names, number, only, read_lines,
                      read_text, shown)
 from .files import MAX_DEVICES, parse_devices, parse_text, read_file
-from .placement import PlacementError
+from .placement import InputError, PlacementError
 from .suite import BUILTIN, SUITE_VERSION, Catalog, encoder_tokens
 
 PLAN_FIELDS = ("devices", "size", "models", "custom", "plan", "prism", "suite_version",
@@ -139,7 +139,7 @@ def prism_config(num_partitions: int, spec: dict, at: str = "prism") -> PrismCon
 
 
 def read_requests(lines, models, source: str = "requests") -> list[dict]:
-    """Requests {id, model, seed} from JSON lines (blank lines skipped); PlacementError names the
+    """Requests {id, model, seed} from JSON lines (blank lines skipped); InputError names the
     source, the line and the field. An id is a string (at most 256 characters) or a whole number,
     used once; the model one of the plan's; the seed (default 0) a whole number in [0, 2^63)."""
     reqs, ids = [], set()
@@ -152,7 +152,7 @@ def read_requests(lines, models, source: str = "requests") -> list[dict]:
         except (ValueError, RecursionError):
             r = None
         if not isinstance(r, dict):
-            raise PlacementError(f"{at}: expected a JSON object {{\"id\", \"model\", \"seed\"}}, got "
+            raise InputError(f"{at}: expected a JSON object {{\"id\", \"model\", \"seed\"}}, got "
                                  f"{shown(line.strip())}")
         only(r, REQUEST_FIELDS, at)
         rid = r.get("id")
@@ -160,10 +160,10 @@ def read_requests(lines, models, source: str = "requests") -> list[dict]:
             fail(f"{at}: id", f"a string of at most {MAX_ID} characters or a whole number", rid)
         model = r.get("model")
         if not isinstance(model, str) or model not in models:
-            raise PlacementError(f"{at}: model {shown(model)} is not in the plan {models}")
+            raise InputError(f"{at}: model {shown(model)} is not in the plan {models}")
         seed = number(r.get("seed", 0), f"{at}: seed", high=2**63 - 1, whole=True)
         if json.dumps(rid) in ids:
-            raise PlacementError(f"{at}: id {shown(rid)} is used twice")
+            raise InputError(f"{at}: id {shown(rid)} is used twice")
         ids.add(json.dumps(rid))
         reqs.append({"id": rid, "model": model, "seed": seed})
     return reqs
@@ -174,8 +174,8 @@ def read_inputs(plan_path: str, num_ranks: int, requests_path: str | None = None
     """prism-serve's inputs, read and checked in one pass before anything loads: the devices file
     (when given), the plan against `num_ranks` (and those devices, in rank order), and the requests
     (the file, else `stdin`, a binary stream), within the size limits. Returns (the checked plan,
-    the requests, the plan file's text, the device names or None); PlacementError names the flag
-    or file and the field."""
+    the requests, the plan file's text, the device names or None); InputError (PlacementError for
+    the plan) names the flag or file and the field."""
     device_names = None
     if devices_path is not None:
         data = read_file(devices_path, f"--devices {devices_path}")
@@ -191,5 +191,5 @@ def read_inputs(plan_path: str, num_ranks: int, requests_path: str | None = None
             with open(requests_path, "rb") as f:
                 lines = read_lines(f, requests_path)
         except OSError as e:
-            raise PlacementError(f"{label}: cannot be read ({e.strerror})") from None
+            raise InputError(f"{label}: cannot be read ({e.strerror})") from None
     return plan, read_requests(lines, plan.models, requests_path or "stdin"), text, device_names
