@@ -1,4 +1,4 @@
-"""The file checks that prism-run (`input_files`) and S2M3 (`s2m3.checks`, prism-place) share:
+"""The file checks that prism-run (`input_files`) and S2M3 (`s2m3.checks`, s2m3-place) share:
 reading a regular file with a size limit, and whether a path can be written.
 
     data = read_bounded("story.txt", 4 * 2**20)    # FileRefused("too_large") past the limit

@@ -1,9 +1,9 @@
-"""Fuzz table for prism-place and prism-serve: every bad value of every field and flag (empty,
+"""Fuzz table for s2m3-place and s2m3-serve: every bad value of every field and flag (empty,
 wrong type, negative, zero, huge, NaN; a missing file, a directory, a FIFO, binary, non-UTF-8,
 too large) exits with code 2 within 10 s, with one line naming the field or flag and no
 traceback.
 
-The cases run in-process: prism-place's `main`, and prism-serve's `main` with a stand-in for
+The cases run in-process: s2m3-place's `main`, and s2m3-serve's `main` with a stand-in for
 the MPI communicator (rank 0 of a 2-rank job: every input is read and checked on rank 0 before
 anything else happens). One case runs under a real `mpiexec -n 2`.
 """
@@ -94,7 +94,7 @@ def test_the_inputs_the_cases_spoil_are_good(tmp_path, capsys):
     assert reqs == [REQUEST] and plan.spread["minilm"][0] == [1, 0]
 
 
-# -- prism-place ----------------------------------------------------------------------------
+# -- s2m3-place ----------------------------------------------------------------------------
 
 DEVICE_FIELDS = {
     ("devices",): ([("empty", ""), ("none", []), ("type", "oops"), ("map", {}), ("number", 5)], "devices"),
@@ -196,11 +196,11 @@ def test_place_missing_flag_and_debug(tmp_path, capsys):
     assert e.value.code == 2 and "Traceback (most recent call last)" in err and "devices[0].speed" in err
 
 
-# -- prism-serve ----------------------------------------------------------------------------
+# -- s2m3-serve ----------------------------------------------------------------------------
 
 
 class Rank0:
-    """Rank 0 of a job of `size` ranks, for prism-serve's input checks (its one collective is
+    """Rank 0 of a job of `size` ranks, for s2m3-serve's input checks (its one collective is
     the broadcast of the verdict; a bad input never gets further)."""
 
     rank = 0
@@ -319,12 +319,12 @@ def test_serve_bad_input_under_mpiexec(tmp_path):
     reqs = write(tmp_path, "r.jsonl", json.dumps(REQUEST) + "\n" + json.dumps({**REQUEST, "id": {"a": 1}}) + "\n")
     env = dict(os.environ, OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1")
     t0 = time.monotonic()
-    p = subprocess.run([str(BIN / "mpiexec"), "-n", "2", sys.executable, "-m", "prism_ops.cli.serve", "--plan", plan,
+    p = subprocess.run([str(BIN / "mpiexec"), "-n", "2", sys.executable, "-m", "prism_ops.cli.s2m3_serve", "--plan", plan,
                         "--requests", reqs], capture_output=True, text=True, timeout=120, env=env)
     took = time.monotonic() - t0
     assert p.returncode == 2, p.stderr[-2000:]
     # (most of it is two interpreters importing torch and transformers on a shared machine)
     assert took < 30, took
-    assert p.stderr.count("prism-serve: error: ") == 1 and "Traceback" not in p.stderr, p.stderr
+    assert p.stderr.count("s2m3-serve: error: ") == 1 and "Traceback" not in p.stderr, p.stderr
     assert "r.jsonl: line 2: id must be a string of at most 256 characters or a whole number, got {'a': 1}" in p.stderr
     assert p.stdout == ""

@@ -1,4 +1,4 @@
-"""prism-place on the tiny suite: a plan, memory per device, latencies; bad files refused early."""
+"""s2m3-place on the tiny suite: a plan, memory per device, latencies; bad files refused early."""
 
 import json
 
@@ -7,7 +7,7 @@ import pytest
 pytest.importorskip("transformers")
 pytest.importorskip("yaml")
 
-from prism_ops.cli.place import main  # noqa: E402
+from prism_ops.cli.s2m3_place import main  # noqa: E402
 from prism_ops.s2m3.suite import BUILTIN, MODELS, SUITE_VERSION  # noqa: E402
 
 DEVICES = {"devices": [{"name": "a", "memory_gb": 0.0004, "speed": 1.0}, {"name": "b", "memory_gb": 0.0004}],
@@ -227,7 +227,7 @@ def test_encoding_aliases_limits_and_debug(tmp_path, capsys):
 
 
 def test_prism_entries_are_printed_resolved(tmp_path, capsys):
-    """A tasks file's prism entry goes into the plan as written, and prism-place prints the setting
+    """A tasks file's prism entry goes into the plan as written, and s2m3-place prints the setting
     every rank of the group will run: the preset's, with an explicit lever winning."""
     out = tmp_path / "plan.json"
     prism = {"minilm": {"devices": ["b", "a"], "preset": "edge", "halo": 2}}

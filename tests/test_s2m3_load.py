@@ -51,7 +51,7 @@ def test_burst_by_hand_on_two_devices():
 
 
 def test_the_caller_dispatches_between_its_own_nodes():
-    """Device 0 is prism-serve's rank 0: a request that arrives while it computes goes out when the
+    """Device 0 is s2m3-serve's rank 0: a request that arrives while it computes goes out when the
     node is done, and so does a result that comes back meanwhile."""
     devices = [Device("a", 10), Device("b", 10)]
     modules = {"e1": ModuleCost("e1", 1, 1.0), "e3": ModuleCost("e3", 1, 0.1)}
@@ -72,7 +72,7 @@ def test_one_request_alone_is_the_objective(seed):
     for i, t in enumerate(inst.tasks):
         (alone,) = simulate(inst, place, [(0.0, i)])
         # The objective runs a task's parallel branches in parallel even on one device; the
-        # simulation (like prism-serve) runs one node at a time there.
+        # simulation (like s2m3-serve) runs one node at a time there.
         encoders = [place[v] for v, srcs in t.inputs.items() if all(s.startswith("input:") for s in srcs)]
         if len(set(encoders)) == len(encoders):
             assert alone == pytest.approx(task_latency(inst, t, place))

@@ -1,4 +1,4 @@
-"""prism-place's input files: read a YAML or JSON file, and check a devices file and a tasks file.
+"""s2m3-place's input files: read a YAML or JSON file, and check a devices file and a tasks file.
 
 devices.yaml (or .json):
     devices: [{name: jetson0, memory_gb: 8, speed: 1.0}, {name: jetson1, memory_gb: 4, speed: 0.5}]

@@ -18,7 +18,7 @@ solver) searches all placements depth-first in the same order, pruning a branch 
 partial objective, which can only grow, reaches the best complete one.
 
 The default planner is `prism_ops.s2m3.solver.optimal_placement` (a MILP, optimal for this objective); greedy
-is S2M3's, kept for comparison and `prism-place --planner greedy`. The objective runs a task's
+is S2M3's, kept for comparison and `s2m3-place --planner greedy`. The objective runs a task's
 parallel branches in parallel even when they share a device, and sees no other requests; the
 load-aware objective (`prism_ops.s2m3.load`) simulates both.
 

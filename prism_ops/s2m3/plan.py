@@ -1,4 +1,4 @@
-"""prism-serve's inputs: a plan (written by `prism-place --json`) checked against the job's
+"""s2m3-serve's inputs: a plan (written by `s2m3-place --json`) checked against the job's
 ranks, and the request lines; `read_inputs` reads and checks them all in one pass.
 
 `check_plan` returns a `CheckedPlan`, which the `Server` takes as is. Every field is checked
@@ -53,10 +53,10 @@ def check_plan(plan: dict, num_ranks: int, device_names: list | None = None, pat
     plan = mapping(plan, path, required=True)
     if any(k not in plan for k in ("devices", "size", "models", "plan")):
         raise PlacementError(f"{path}: a plan must have devices, size, models and plan (write it with "
-                             f"prism-place --json), got fields {sorted(map(str, plan))}")
+                             f"s2m3-place --json), got fields {sorted(map(str, plan))}")
     if plan.get("suite_version") != SUITE_VERSION:
         raise PlacementError(f"{path}: written for suite version {shown(plan.get('suite_version'))}, this is "
-                             f"{SUITE_VERSION!r}; write it again with prism-place --json")
+                             f"{SUITE_VERSION!r}; write it again with s2m3-place --json")
     only(plan, PLAN_FIELDS, path)
     devices = names(plan["devices"], f"{path}: devices", limit=MAX_DEVICES)
     if len(devices) != num_ranks:
@@ -81,7 +81,7 @@ def check_plan(plan: dict, num_ranks: int, device_names: list | None = None, pat
             if part not in where:
                 raise PlacementError(f"{path}: part {part!r} of {m!r} is not placed on a device of the plan")
             rank[part] = devices.index(where[part])
-    for key in ("objective_s", "optimal_s", "load_objective_s"):  # figures prism-place wrote; unused here
+    for key in ("objective_s", "optimal_s", "load_objective_s"):  # figures s2m3-place wrote; unused here
         if key in plan:
             number(plan[key], f"{path}: {key}", finite=False)
     for key in ("burst", "rates"):
@@ -171,7 +171,7 @@ def read_requests(lines, models, source: str = "requests") -> list[dict]:
 
 def read_inputs(plan_path: str, num_ranks: int, requests_path: str | None = None, devices_path: str | None = None,
                 stdin=None) -> tuple[CheckedPlan, list[dict], str, list | None]:
-    """prism-serve's inputs, read and checked in one pass before anything loads: the devices file
+    """s2m3-serve's inputs, read and checked in one pass before anything loads: the devices file
     (when given), the plan against `num_ranks` (and those devices, in rank order), and the requests
     (the file, else `stdin`, a binary stream), within the size limits. Returns (the checked plan,
     the requests, the plan file's text, the device names or None); InputError (PlacementError for

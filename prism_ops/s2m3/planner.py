@@ -1,10 +1,10 @@
 """S2M3 planning: from a devices file and a tasks file to a plan (which device holds each part)
-and the figures prism-place reports about it.
+and the figures s2m3-place reports about it.
 
 `make_plan` checks both files (`files`), profiles the modules (`profiler`), places them (the
 default planner `solver.optimal_placement`, or `placement.greedy` on request; `branch_and_bound` as a
-certificate) and returns a `PlanReport`; the plan dict it holds is what `prism-place --json`
-writes and prism-serve reads (`plan.check_plan`).
+certificate) and returns a `PlanReport`; the plan dict it holds is what `s2m3-place --json`
+writes and s2m3-serve reads (`plan.check_plan`).
 """
 
 from __future__ import annotations
@@ -90,7 +90,7 @@ def make_plan(devices_path: str, tasks_path: str, with_branch_and_bound: bool = 
         plan["optimal_s"] = best[1]
     plan["suite_version"] = SUITE_VERSION
     extra = {}
-    if spec.prism:  # checked, and resolved, as prism-serve will (`plan.check_plan`)
+    if spec.prism:  # checked, and resolved, as s2m3-serve will (`plan.check_plan`)
         plan["prism"] = spec.prism
         spread = check_plan(plan, len(devices), path=tasks_path).spread
         extra["prism"] = [(part, [devices[r].name for r in ranks], cfg) for part, (ranks, cfg) in sorted(spread.items())]

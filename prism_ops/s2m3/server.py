@@ -1,4 +1,4 @@
-"""S2M3 serving: one rank's share of a plan (`Server`), and prism-serve's whole job on a rank
+"""S2M3 serving: one rank's share of a plan (`Server`), and s2m3-serve's whole job on a rank
 (`serve_requests`).
 
 One rank per device of the plan (rank i = the plan's device i). Each rank loads only the modules
@@ -219,7 +219,7 @@ class Server:
 
 def serve_requests(comm, plan_path: str, requests_path: str | None = None,
                    devices_path: str | None = None) -> list[dict] | None:
-    """prism-serve on this rank: rank 0 reads and checks every input (`plan.read_inputs`: the plan,
+    """s2m3-serve on this rank: rank 0 reads and checks every input (`plan.read_inputs`: the plan,
     against the devices file's devices in rank order when given, and the requests) and sends the
     verdict to every rank, so a bad input stops all ranks alike, before any model loads and before
     any collective that only some ranks would enter; the others check the plan rank 0 read. Then

@@ -1,6 +1,6 @@
-"""prism-place: place the suite's shared modules on devices and predict each task's latency.
+"""s2m3-place: place the suite's shared modules on devices and predict each task's latency.
 
-    prism-place --devices devices.yaml --tasks tasks.yaml [--planner optimal|greedy] [--branch-and-bound]
+    s2m3-place --devices devices.yaml --tasks tasks.yaml [--planner optimal|greedy] [--branch-and-bound]
         [--json plan.json]
 
 The files' formats: `prism_ops.s2m3.files`. Requests arrive at the first device. Everything is
@@ -8,9 +8,9 @@ checked (unknown models or parts, a module larger than every device, cyclic or d
 graphs, bad numbers) before any model is built; a bad file exits with code 2. The default
 planner is optimal for the latency objective (a MILP, `prism_ops.s2m3.solver`); a tasks file's
 `burst` or `rates` makes it minimise the mean latency under that load (simulated, `prism_ops.s2m3.load`),
-and prism-place then prints the predicted latency of each task and of the whole burst, how busy
+and s2m3-place then prints the predicted latency of each task and of the whole burst, how busy
 each device is and every plan it compared (the one-device plans among them). A tasks file's
-`prism` entries go into the plan; prism-place prints the setting each resolves to.
+`prism` entries go into the plan; s2m3-place prints the setting each resolves to.
 `--branch-and-bound` also runs branch and bound (small instances) as a certificate. The planning itself:
 `prism_ops.s2m3.planner.make_plan`.
 
@@ -35,7 +35,7 @@ from prism_ops.s2m3.planner import PLANNERS, PlanReport, make_plan
 
 
 def print_report(r: PlanReport) -> None:
-    print(f"prism-place: {r.num_models} models, {len(r.modules)} unique modules on {len(r.devices)} devices")
+    print(f"s2m3-place: {r.num_models} models, {len(r.modules)} unique modules on {len(r.devices)} devices")
     print("| module | device | MB | compute (s) |")
     print("| --- | --- | --- | --- |")
     for part, device, nbytes, compute in r.modules:
@@ -71,7 +71,7 @@ def print_report(r: PlanReport) -> None:
 
 
 def main(argv=None) -> None:
-    ap = argparse.ArgumentParser(prog="prism-place", description=__doc__.split("\n\n")[0],
+    ap = argparse.ArgumentParser(prog="s2m3-place", description=__doc__.split("\n\n")[0],
                                  epilog="Files: YAML (.yaml, .yml) or JSON, UTF-8, at most 1 MiB each.")
     ap.add_argument("--devices", required=True, help="devices file: devices, links, default_link")
     ap.add_argument("--tasks", required=True, help="tasks file: models, custom, size, input_bytes, compute_s, "
@@ -102,7 +102,7 @@ def fail(e: BaseException, debug: bool, code: int, what: str = "") -> None:
     """Exit with `code` and one line (the traceback first with --debug)."""
     if debug:
         traceback.print_exception(e, file=sys.stderr)
-    print(f"prism-place: error: {what}{e}", file=sys.stderr)
+    print(f"s2m3-place: error: {what}{e}", file=sys.stderr)
     sys.exit(code)
 
 
