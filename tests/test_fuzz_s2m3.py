@@ -23,7 +23,7 @@ import pytest
 pytest.importorskip("transformers")
 pytest.importorskip("yaml")
 
-from prism_ops.cli import place, serve  # noqa: E402
+from prism_ops.cli import s2m3_place, s2m3_serve  # noqa: E402
 from prism_ops.s2m3.plan import read_inputs  # noqa: E402
 from prism_ops.s2m3.suite import SUITE_VERSION  # noqa: E402
 
@@ -88,7 +88,7 @@ def one_line(err):
 
 def test_the_inputs_the_cases_spoil_are_good(tmp_path, capsys):
     """Each case changes one field of these; unchanged, they plan and serve."""
-    place.main(["--devices", write(tmp_path, "d.json", DEVICES), "--tasks", write(tmp_path, "t.json", TASKS)])
+    s2m3_place.main(["--devices", write(tmp_path, "d.json", DEVICES), "--tasks", write(tmp_path, "t.json", TASKS)])
     assert "predicted whole burst" in capsys.readouterr().out
     plan, reqs, _, _ = read_inputs(write(tmp_path, "p.json", PLAN), 2, write(tmp_path, "r.jsonl", json.dumps(REQUEST)))
     assert reqs == [REQUEST] and plan.spread["minilm"][0] == [1, 0]
@@ -134,7 +134,7 @@ TASK_FIELDS = {
 
 
 def run_place(tmp_path, devices=DEVICES, tasks=TASKS, *extra):
-    return lambda: place.main(["--devices", write(tmp_path, "d.json", devices),
+    return lambda: s2m3_place.main(["--devices", write(tmp_path, "d.json", devices),
                                "--tasks", write(tmp_path, "t.json", tasks), *extra])
 
 
@@ -175,7 +175,7 @@ def bad_files(tmp_path):
 def test_place_bad_files(tmp_path, capsys, flag):
     for kind, bad in bad_files(tmp_path):
         args = {"--devices": write(tmp_path, "d.json", DEVICES), "--tasks": write(tmp_path, "t.json", TASKS), flag: bad}
-        err = exits_2(lambda: place.main([x for kv in args.items() for x in kv]), capsys, f"{flag} {bad}")
+        err = exits_2(lambda: s2m3_place.main([x for kv in args.items() for x in kv]), capsys, f"{flag} {bad}")
         one_line(err)
 
 
@@ -189,7 +189,7 @@ def test_place_bad_flags(tmp_path, capsys, argv, text):
 
 
 def test_place_missing_flag_and_debug(tmp_path, capsys):
-    exits_2(lambda: place.main(["--tasks", write(tmp_path, "t.json", TASKS)]), capsys, "--devices")
+    exits_2(lambda: s2m3_place.main(["--tasks", write(tmp_path, "t.json", TASKS)]), capsys, "--devices")
     with pytest.raises(SystemExit) as e:
         run_place(tmp_path, put(DEVICES, ("devices", 0, "speed"), 0), TASKS, "--debug")()
     err = capsys.readouterr().err
@@ -244,9 +244,9 @@ REQUEST_FIELDS = {
 
 
 def run_serve(monkeypatch, argv, stdin=b""):
-    monkeypatch.setattr(serve, "Communicator", Rank0)
+    monkeypatch.setattr(s2m3_serve, "Communicator", Rank0)
     monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(stdin)))
-    return lambda: serve.main(argv)
+    return lambda: s2m3_serve.main(argv)
 
 
 @pytest.mark.parametrize("path,value,text", cases(PLAN_FIELDS))
