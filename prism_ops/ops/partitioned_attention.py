@@ -139,26 +139,9 @@ def partitioned_attention(
         _check_hidden(hidden, kv_weight, k)
     valid_bt = valid if valid is not None else torch.ones((B, T), dtype=torch.bool, device=q.device)
     kv = torch.cat([k, v], dim=-1)  # keys and values are averaged together
-
-    # What each chunk's rank sends (as its receivers decode it): the same for every receiver.
-    rows = []
-    for c, (c0, c1) in enumerate(bounds):
-        layout = dict(sink_tokens=sink_tokens, halo=halo, causal=causal)
-        a, b = chunk_layout(bounds, c, **layout)
-        a, b, keep = a - c0, b - c0, valid_bt[:, c0:c1]
-        assign = chunk_clusters(k[:, :, c0:c1], keep, a, b, segment_size, cluster_iters)
-        exact, exact_counts, means, counts = trim_rows(
-            summary_rows(kv[:, :, c0:c1], keep, a, b, segment_size, assign, backend), bounds, c, segment_size,
-            window=window, **layout)
-        if round_rows is not None:
-            sent = (counts > 0)[:, None, :, None]
-            if hidden is None:
-                means = round_rows(means, sent)
-            else:
-                h_rows = summary_rows(hidden[:, None, c0:c1], keep, a, b, segment_size, assign, backend)
-                h_means = trim_rows(h_rows, bounds, c, segment_size, window=window, **layout)[2]
-                means = means + _projected_error(h_means, round_rows, sent, kv_weight, k.shape[1])
-        rows.append((torch.cat([exact, means], 2), torch.cat([exact_counts, counts], 1)))
+    layout = dict(sink_tokens=sink_tokens, halo=halo, causal=causal)
+    rows = [_sent_rows(bounds, c, k, kv, valid_bt, hidden, kv_weight, segment_size, cluster_iters, window, round_rows,
+                       backend, layout) for c in range(len(bounds))]
 
     outs, seen = [], []
     windowed = window is not None or softcap is not None
@@ -184,6 +167,29 @@ def partitioned_attention(
         )
     out = torch.cat(outs, dim=2)
     return (out, seen) if return_rows else out
+
+
+def _sent_rows(bounds, c, k, kv, valid_bt, hidden, kv_weight, segment_size, cluster_iters, window, round_rows,
+               backend, layout):
+    """(K|V rows `[B, Hkv, R, 2D]`, counts `[B, R]`) chunk c sends, as its receivers decode them
+    (the same for every receiver): its exact rows, then its summary rows, rounded by round_rows.
+    kv is k and v side by side, `[B, Hkv, T, 2D]`."""
+    c0, c1 = bounds[c]
+    a, b = chunk_layout(bounds, c, **layout)
+    a, b, keep = a - c0, b - c0, valid_bt[:, c0:c1]
+    assign = chunk_clusters(k[:, :, c0:c1], keep, a, b, segment_size, cluster_iters)
+    exact, exact_counts, means, counts = trim_rows(
+        summary_rows(kv[:, :, c0:c1], keep, a, b, segment_size, assign, backend), bounds, c, segment_size,
+        window=window, **layout)
+    if round_rows is not None:
+        sent = (counts > 0)[:, None, :, None]
+        if hidden is None:
+            means = round_rows(means, sent)
+        else:
+            h_rows = summary_rows(hidden[:, None, c0:c1], keep, a, b, segment_size, assign, backend)
+            h_means = trim_rows(h_rows, bounds, c, segment_size, window=window, **layout)[2]
+            means = means + _projected_error(h_means, round_rows, sent, kv_weight, k.shape[1])
+    return torch.cat([exact, means], 2), torch.cat([exact_counts, counts], 1)
 
 
 def _projected_error(h_means, round_rows, sent, kv_weight, Hkv):
