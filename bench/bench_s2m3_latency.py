@@ -7,7 +7,7 @@ unequal one (speeds 1 and 0.5).
         [--arrivals 40] [--loads 0.4 0.7 0.9]
 
 Rank 0 profiles the suite's modules in this run (full size, 1 thread, median of 3 after a
-warm-up) and plans with `solver.plan` for two devices with room for everything (2 GB each) and a
+warm-up) and plans with `solver.optimal_placement` for two devices with room for everything (2 GB each) and a
 1 Gbit/s link: for the burst (one request of each of the 12 models) and for each steady load.
 The slower device of the unequal pair is rank 1 made half as fast by sleeping, after each node,
 as long as the node ran (`Server(slowdown=2)`): stated as emulated, it holds no core meanwhile.
@@ -43,7 +43,7 @@ from prism_ops.s2m3.placement import Device, Instance, Link
 from prism_ops.s2m3.plan import check_plan
 from prism_ops.s2m3.profiler import profile_modules
 from prism_ops.s2m3.server import Server
-from prism_ops.s2m3.solver import plan as solve
+from prism_ops.s2m3.solver import optimal_placement
 from prism_ops.s2m3.suite import SUITE, SUITE_VERSION
 
 torch.set_num_threads(1)
@@ -84,7 +84,7 @@ def setup(args):
     at0 = [(0.0, i) for i in order]
     load_share = None
     for pair, inst in insts.items():
-        sol = solve(inst, burst)
+        sol = optimal_placement(inst, burst)
         plans[f"{pair}:burst"] = plan_dict(inst.devices, models, args.size, part_of, sol.place)
         row(f"burst, 2 ranks {pair}", pair, f"{pair}:burst", sol.place, inst, burst, at0, sol.cost, sol.chosen)
     row("burst, 1 rank", "equal", "one", one, insts["equal"], burst, at0, load_objective(insts["equal"], one, burst),
@@ -94,7 +94,7 @@ def setup(args):
         load = Load(rates=rates)
         arrivals = poisson_arrivals(rates, args.arrivals, seed=args.seed + i)
         for pair, inst in insts.items():
-            sol = solve(inst, load)
+            sol = optimal_placement(inst, load)
             key = f"{pair}:{load_share}"
             plans[key] = plan_dict(inst.devices, models, args.size, part_of, sol.place)
             row(f"{load_share:.0%}, 2 ranks {pair}", pair, key, sol.place, inst, load, arrivals, sol.cost, sol.chosen)

@@ -1,4 +1,4 @@
-"""S2M3 placement: the default planner (`prism_ops.s2m3.solver.plan`, a MILP solved by HiGHS) and
+"""S2M3 placement: the default planner (`prism_ops.s2m3.solver.optimal_placement`, a MILP solved by HiGHS) and
 greedy, side by side, against the exact solver (branch and bound) as the reference.
 
     python bench/bench_s2m3_placement.py [--instances 50] [--seed 0]
@@ -6,7 +6,7 @@ greedy, side by side, against the exact solver (branch and bound) as the referen
 Families of random instances (each row: --instances draws of one size; infeasible ones, where no
 placement fits, are counted apart):
 - "suite": N models drawn from the 12-model suite (shared modules placed once), with the module
-  costs prism-place measured on this machine (MODULE_COSTS below), on 2-3 devices whose total
+  costs s2m3-place measured on this machine (MODULE_COSTS below), on 2-3 devices whose total
   memory is 1.1-2.5x what the drawn modules need (each device 15-100% of the largest module, so
   that placement is forced to spread), speeds 0.3-1.5, links 10-1000 Mbit/s with 1-10 ms
   latency, and real input sizes (a 224x224 image, 64 tokens, 30 s of log-mel audio).
@@ -28,10 +28,10 @@ import time
 
 from prism_ops.s2m3.placement import (Device, Instance, Link, ModuleCost, PlacementError, Task, branch_and_bound,
                                       greedy, objective, random_instance)
-from prism_ops.s2m3.solver import plan
+from prism_ops.s2m3.solver import optimal_placement
 from prism_ops.s2m3.suite import MODELS, SUITE
 
-# From `prism-place --devices examples/devices.yaml --tasks examples/tasks.yaml` on this 2-core
+# From `s2m3-place --devices examples/devices.yaml --tasks examples/tasks.yaml` on this 2-core
 # machine (1 thread): part -> (MB, compute s, output bytes).
 MODULE_COSTS = {"whisper-tiny": (32.8, 0.537, 1536), "vit-b16": (343.2, 0.409, 3072), "vit-s16": (86.7, 0.151, 1536),
                 "minilm": (90.9, 0.033, 1536), "similarity": (0.0, 0.0003, 4),
@@ -106,7 +106,7 @@ def study(make, n, seed, exact=True):
             inst = make(rng)
         except PlacementError:
             continue
-        sol, tp = timed(plan, inst)
+        sol, tp = timed(optimal_placement, inst)
         g, tg = timed(greedy, inst)
         if exact:
             (best, opt), tb = timed(branch_and_bound, inst)

@@ -52,7 +52,8 @@ class HandshakeError(CollectiveError):
 
 
 class BadInput(CollectiveError, ValueError):
-    """A bad flag, file or folder, found on some rank and raised on every rank (exit code 2)."""
+    """A bad flag, file, folder, plan or request, found on some rank and raised on every rank
+    (exit code 2)."""
 
     exit_code = 2
 
@@ -74,16 +75,17 @@ def agree(comm, fn, key="control"):
 
 def agree_rank0(comm, fn, key="control"):
     """fn() on rank 0 only (what only rank 0 reads: the input, a profile); a ValueError there is
-    raised as BadInput on every rank. Returns fn's value on rank 0, None elsewhere."""
-    value, err = None, None
+    raised as BadInput on every rank, on rank 0 with that error as its cause (for a traceback).
+    Returns fn's value on rank 0, None elsewhere."""
+    value, err, cause = None, None, None
     if comm.rank == 0:
         try:
             value = fn()
         except ValueError as e:
-            err = str(e)
+            err, cause = str(e), e
     err = bcast_json(comm, err, key=key)
     if err is not None:
-        raise BadInput(err)
+        raise BadInput(err) from cause
     return value
 
 

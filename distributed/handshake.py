@@ -20,14 +20,19 @@ from .faults import HandshakeError
 
 
 def weights_digest(model) -> str:
-    """A fast digest of a model's weights: strided values and the sum of every tensor."""
+    """A digest of 256 evenly strided values of every weight tensor, exactly as stored.
+
+    No arithmetic on the values (unlike a sum, which changes with the thread count), so the same
+    weights give the same digest in any process. A weight change that misses every sampled value
+    goes unnoticed; it only guards against another checkpoint or dtype. The handshake and the
+    calibration files (`prism_ops.hf.model_fingerprint`) both use it.
+    """
     h = hashlib.sha256()
     with torch.no_grad():
         for name, p in model.state_dict().items():
             flat = p.detach().flatten()
-            h.update(name.encode())
-            h.update(flat[:: max(1, flat.numel() // 256)].double().cpu().numpy().tobytes())
-            h.update(repr(flat.double().sum().item()).encode())
+            h.update(f"{name}:{list(p.shape)}:{p.dtype}".encode())
+            h.update(flat[:: max(1, flat.numel() // 256)].cpu().contiguous().view(torch.uint8).numpy().tobytes())
     return h.hexdigest()[:16]
 
 

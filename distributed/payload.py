@@ -39,9 +39,9 @@ def as_bytes(t: torch.Tensor) -> torch.Tensor:
     return t.contiguous().flatten().view(torch.uint8)
 
 
-def encode(layout: PayloadLayout, exact, means=None, codes=None, lo=None, step=None, counts=None) -> torch.Tensor:
+def encode(layout: PayloadLayout, verbatim, means=None, codes=None, lo=None, step=None, counts=None) -> torch.Tensor:
     """The payload's bytes (uint8, on the tensors' device)."""
-    pieces = {"exact": as_bytes(exact.to(layout.dtype))}
+    pieces = {"verbatim": as_bytes(verbatim.to(layout.dtype))}
     if layout.code_bits and layout.S:
         pieces["codes"] = pack_codes(codes, layout.code_bits)
     elif layout.bits and layout.S:
@@ -57,7 +57,7 @@ def encode(layout: PayloadLayout, exact, means=None, codes=None, lo=None, step=N
 
 
 def decode(layout: PayloadLayout, data: torch.Tensor, codebook=None):
-    """(exact `[B, H, E, C]`, means `[B, H, S, C]` in layout.dtype, counts `[B, S]` int32 or None).
+    """(verbatim `[B, H, E, C]`, means `[B, H, S, C]` in layout.dtype, counts `[B, S]` int32 or None).
 
     codebook: the layer's `[H, M, K, g]` codebook when the layout carries codebook codes."""
     B, H, C, E, S = layout.B, layout.H, layout.C, layout.E, layout.S
@@ -69,7 +69,7 @@ def decode(layout: PayloadLayout, data: torch.Tensor, codebook=None):
     def view(name, dtype, shape):
         return got[name].clone().view(dtype).view(shape)
 
-    exact = view("exact", layout.dtype, (B, H, E, C))
+    verbatim = view("verbatim", layout.dtype, (B, H, E, C))
     if layout.code_bits and S:
         M = layout.code_groups
         codes = unpack_codes(got["codes"], layout.code_bits, B * H * S * M).view(B, H, S, M)
@@ -81,4 +81,4 @@ def decode(layout: PayloadLayout, data: torch.Tensor, codebook=None):
     else:
         means = view("means", layout.dtype, (B, H, S, C))
     counts = view("counts", torch.uint16, (B, S)).to(torch.int32) if layout.clusters else None
-    return exact, means, counts
+    return verbatim, means, counts

@@ -38,7 +38,8 @@ from .ops.codebook_rows import codebook_geometry
 from .ops.quantize_rows import check_bits
 from .ops.token_clusters import check_cluster_iters
 
-EXCHANGES = ("kv", "hidden", "auto")
+EXCHANGES = ("kv", "hidden")  # what travels: K/V rows or the hidden features that feed them
+EXCHANGE_SETTINGS = EXCHANGES + ("auto",)  # what a config may ask for; prism_ops.hf resolves "auto" per model
 
 # Named settings, each with its quality budget, measured on the real models at 2 ranks (SmolLM2
 # at N = 2048: perplexity over exact; MiniLM at N = 512: mean / min cosine of sentence embeddings;
@@ -92,8 +93,8 @@ class PrismConfig:
         check_cluster_iters(self.cluster_iters)
         check_bits(self.summary_bits)
         check_bool(self.log_count_bias, "log_count_bias")
-        if not isinstance(self.exchange, str) or self.exchange not in EXCHANGES:
-            raise ValueError(f"exchange must be one of {EXCHANGES}, got {self.exchange!r}")
+        if not isinstance(self.exchange, str) or self.exchange not in EXCHANGE_SETTINGS:
+            raise ValueError(f"exchange must be one of {EXCHANGE_SETTINGS}, got {self.exchange!r}")
         check_backend(self.backend)
         if self.summary_codebook is not None:
             if self.summary_bits:

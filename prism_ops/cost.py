@@ -7,18 +7,18 @@ values), and what a rank computes per layer against one device running all N tok
 Every function takes the setting as one `PrismConfig` (exchange already "kv" or "hidden").
 Rows a rank p with n_p tokens sends per layer (`prism_ops.ops.chunk_summary`; the bytes are
 those of its payload layout, `prism_ops.wire`, so the runtime and this model cannot disagree):
-- exact: its sink tokens (those among the first `sink_tokens` of the sequence) and its halo
+- verbatim: its sink tokens (those among the first `sink_tokens` of the sequence) and its halo
   tokens (the last `halo` unless it is the last rank; the first `halo` unless it is the first
   rank or the model is causal);
 - summary: ceil(rest / segment_size) rows for the rest.
 A row holds 2 * Hkv * D values (K/V exchange) or d values (hidden-feature exchange, the
-paper's). Exact rows travel at the model's precision; summary rows too, or as `summary_bits`
+paper's). Verbatim rows travel at the model's precision; summary rows too, or as `summary_bits`
 integers plus a float16 (minimum, step) pair per channel (`quantize_rows`), or as codebook
 codes (`summary_codebook`: log2(K) bits per group of g channels, `codebook_rows`). Key clusters
 add a 2-byte count per summary row (positional segments have implied counts). A chunk that no
-rank reads sends nothing: in a causal model the last rank sends 0 bytes (`prism_ops.wire`). With
-more than 2 ranks the all-gather still delivers a causal chunk to earlier ranks, which do not
-read it; the bytes count each payload once. A sliding-window layer (`window`) sends nothing
+rank reads sends nothing: in a causal model the last rank sends 0 bytes (`prism_ops.wire`). A
+causal model's chunk goes point to point to the later ranks only, the ones that read it
+(`prism_ops.distributed.attention`); the bytes count each payload once. A sliding-window layer (`window`) sends nothing
 from a chunk that is wholly outside the window of every other rank's queries, and a rank
 attends only to the chunks within reach.
 
@@ -37,12 +37,10 @@ from dataclasses import dataclass
 
 import torch
 
-from .config import PrismConfig
+from .config import EXCHANGES, PrismConfig
 from .ops.chunk_summary import summary_count, visible_chunks
 from .ops.partitioned_attention import partition_bounds
 from .wire import chunk_options, payload_layouts
-
-EXCHANGES = ("kv", "hidden")  # what travels; a config's "auto" is resolved per model by prism_ops.hf
 
 # Model families whose MLP has three matrices (gate, up, down).
 GATED_MLP = {"llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "gemma3", "phi3", "olmo", "olmo2"}

@@ -24,7 +24,6 @@ give; any other mask is refused at the call.
 from __future__ import annotations
 
 import contextvars
-import hashlib
 import logging
 import weakref
 
@@ -33,6 +32,7 @@ import torch
 from .config import PrismConfig
 from .cost import ModelShape
 from .distributed.attention import RankPartition
+from .distributed.handshake import weights_digest
 from .hf_attention import REFUSED, call_keywords, check_call_kwargs, is_set, module_features
 from .ops.codebook_rows import load_codebooks
 from .ops.prism_attention import prism_attention
@@ -384,23 +384,7 @@ def model_fingerprint(model) -> dict:
     archs = getattr(model.config, "architectures", None) or [type(model).__name__]
     return {"architecture": archs[0], "layers": shape.num_layers, "hidden_size": shape.hidden_size,
             "heads": shape.num_heads, "kv_heads": shape.num_kv_heads, "head_dim": shape.head_dim,
-            "weights": sampled_weights_digest(model)}
-
-
-def sampled_weights_digest(model) -> str:
-    """A digest of 256 evenly strided values of every weight tensor, exactly as stored.
-
-    No arithmetic on the values (unlike a sum, which changes with the thread count), so the same
-    weights give the same digest in any process. A weight change that misses every sampled value
-    goes unnoticed; it only guards against a file made for another checkpoint or dtype.
-    """
-    h = hashlib.sha256()
-    with torch.no_grad():
-        for name, p in model.state_dict().items():
-            flat = p.detach().flatten()
-            h.update(f"{name}:{list(p.shape)}:{p.dtype}".encode())
-            h.update(flat[:: max(1, flat.numel() // 256)].cpu().contiguous().view(torch.uint8).numpy().tobytes())
-    return h.hexdigest()[:16]
+            "weights": weights_digest(model)}
 
 
 def _codebooks(model, config: PrismConfig) -> list:

@@ -4,18 +4,16 @@
     read_profile("p.json", "--auto", partitions=2)      # the checked profile dict
     check_output_path("p.json", "--profile")
 
-Every error is a ValueError naming the flag, the file and what is allowed. A file must be a
-regular file (a FIFO would block the reader, /dev/zero never ends) and is read up to its
-limit plus one byte, so an oversized file is refused without being read whole.
+Every error is a ValueError naming the flag, the file and what is allowed. The reading and
+the path check are `prism_ops._files`' (regular files only, read up to the limit plus one byte).
 """
 
 from __future__ import annotations
 
 import json
 import math
-import os
-import stat
 
+from ._files import FileRefused, read_bounded, unwritable
 from .config import PrismConfig
 
 MAX_INPUT_BYTES = 4 * 2**20  # --input-file; after loading, the model's positions bound it further
@@ -26,20 +24,12 @@ CHARS_PER_POSITION = 64  # a text longer than this many characters per model pos
 def read_bytes(path: str, flag: str, max_bytes: int) -> bytes:
     """The bytes of a regular file of at most max_bytes."""
     try:
-        st = os.stat(path)
-    except OSError as e:
-        raise ValueError(f"{flag} {path!r} cannot be read: {e.strerror}") from None
-    if not stat.S_ISREG(st.st_mode):
-        kind = "a directory" if stat.S_ISDIR(st.st_mode) else "not a regular file"
-        raise ValueError(f"{flag} {path!r} is {kind}; give a regular file")
-    try:
-        with open(path, "rb") as f:
-            data = f.read(max_bytes + 1)
-    except OSError as e:
-        raise ValueError(f"{flag} {path!r} cannot be read: {e.strerror}") from None
-    if len(data) > max_bytes:
-        raise ValueError(f"{flag} {path!r} has more than {max_bytes:,} bytes, the most allowed")
-    return data
+        return read_bounded(path, max_bytes)
+    except FileRefused as e:
+        why = {"unreadable": f"cannot be read: {e.detail}", "directory": "is a directory; give a regular file",
+               "special": "is not a regular file; give a regular file",
+               "too_large": f"has more than {max_bytes:,} bytes, the most allowed"}[e.reason]
+        raise ValueError(f"{flag} {path!r} {why}") from None
 
 
 def read_text_file(path: str, flag: str, max_bytes: int = MAX_INPUT_BYTES) -> str:
@@ -98,10 +88,6 @@ def read_profile(path: str, flag: str, partitions: int) -> dict:
 
 def check_output_path(path: str, flag: str) -> None:
     """A file path that can be written: an existing, writable folder and not a folder itself."""
-    if os.path.isdir(path):
-        raise ValueError(f"{flag} {path!r} is a directory; give a file name to write")
-    folder = os.path.dirname(os.path.abspath(path))
-    if not os.path.isdir(folder):
-        raise ValueError(f"{flag} {path!r}: the folder {folder!r} does not exist")
-    if not os.access(folder, os.W_OK):
-        raise ValueError(f"{flag} {path!r}: the folder {folder!r} is not writable")
+    why = unwritable(path)
+    if why is not None:
+        raise ValueError(f"{flag} {path!r}{why}")

@@ -2,7 +2,7 @@
 
 A chunk's payload (its rows are built by `prism_ops.ops.chunk_summary`) is, in this order:
 
-    exact rows      [B, H, E, C]  model dtype
+    verbatim rows   [B, H, E, C]  model dtype
     summary rows    [B, H, S, C]  model dtype, or with summary_bits:
                         codes     ceil(B*H*S*C * bits / 8) bytes, bit-packed
                         lo, step  [B, H, 1, C] float16 each
@@ -11,7 +11,8 @@ A chunk's payload (its rows are built by `prism_ops.ops.chunk_summary`) is, in t
     counts          [B, S] uint16, only for key clusters (segment counts follow from the
                     padding mask every rank has)
 
-H, C are (Hkv, 2D) for K/V exchange and (1, d) for hidden-feature exchange. Every rank derives
+Verbatim rows are the chunk's sink and halo tokens, sent as they are (count 1, not summarised;
+"exact" names a preset). H, C are (Hkv, 2D) for K/V exchange and (1, d) for hidden-feature exchange. Every rank derives
 every chunk's layout from the bounds and the config, so sizes never travel. A chunk that no
 rank reads sends nothing: in a causal model the last rank's rows are seen by no later rank, so
 its payload is empty (at 2 ranks this halves a decoder's traffic). Nor does a chunk wholly outside
@@ -35,7 +36,7 @@ from .ops.codebook_rows import codebook_geometry
 
 @dataclass(frozen=True)
 class PayloadLayout:
-    """One chunk's payload: batch B, H heads of C channels, E exact and S summary rows."""
+    """One chunk's payload: batch B, H heads of C channels, E verbatim and S summary rows."""
 
     B: int
     H: int
@@ -52,7 +53,7 @@ class PayloadLayout:
         """(name, bytes) in wire order."""
         B, H, C, E, S = self.B, self.H, self.C, self.E, self.S
         size = torch.finfo(self.dtype).bits // 8
-        out = [("exact", B * H * E * C * size)]
+        out = [("verbatim", B * H * E * C * size)]
         if self.code_bits and S:
             out.append(("codes", math.ceil(B * H * S * self.code_groups * self.code_bits / 8)))
         elif self.bits and S:
@@ -90,9 +91,9 @@ def payload_layouts(config: PrismConfig, bounds, *, causal: bool, batch: int, he
     groups, code_bits = codebook_geometry(config.summary_codebook) if config.summary_codebook else (0, 0)
     out = []
     for c in range(len(bounds)):
-        exact, summary = summary_count(bounds, c, config.segment_size, window=window, **opts)
+        verbatim, summary = summary_count(bounds, c, config.segment_size, window=window, **opts)
         if not readers(c, len(bounds), causal, bounds=bounds, window=window):
-            exact, summary = 0, 0
-        out.append(PayloadLayout(batch, heads, channels, exact, summary, dtype, config.summary_bits,
+            verbatim, summary = 0, 0
+        out.append(PayloadLayout(batch, heads, channels, verbatim, summary, dtype, config.summary_bits,
                                  bool(config.cluster_iters), groups, code_bits))
     return out

@@ -1,9 +1,9 @@
-"""Fuzz table for prism-place and prism-serve: every bad value of every field and flag (empty,
+"""Fuzz table for s2m3-place and s2m3-serve: every bad value of every field and flag (empty,
 wrong type, negative, zero, huge, NaN; a missing file, a directory, a FIFO, binary, non-UTF-8,
 too large) exits with code 2 within 10 s, with one line naming the field or flag and no
 traceback.
 
-The cases run in-process: prism-place's `main`, and prism-serve's `main` with a stand-in for
+The cases run in-process: s2m3-place's `main`, and s2m3-serve's `main` with a stand-in for
 the MPI communicator (rank 0 of a 2-rank job: every input is read and checked on rank 0 before
 anything else happens). One case runs under a real `mpiexec -n 2`.
 """
@@ -23,7 +23,7 @@ import pytest
 pytest.importorskip("transformers")
 pytest.importorskip("yaml")
 
-from prism_ops.cli import place, serve  # noqa: E402
+from prism_ops.cli import s2m3_place, s2m3_serve  # noqa: E402
 from prism_ops.s2m3.plan import read_inputs  # noqa: E402
 from prism_ops.s2m3.suite import SUITE_VERSION  # noqa: E402
 
@@ -88,13 +88,13 @@ def one_line(err):
 
 def test_the_inputs_the_cases_spoil_are_good(tmp_path, capsys):
     """Each case changes one field of these; unchanged, they plan and serve."""
-    place.main(["--devices", write(tmp_path, "d.json", DEVICES), "--tasks", write(tmp_path, "t.json", TASKS)])
+    s2m3_place.main(["--devices", write(tmp_path, "d.json", DEVICES), "--tasks", write(tmp_path, "t.json", TASKS)])
     assert "predicted whole burst" in capsys.readouterr().out
     plan, reqs, _, _ = read_inputs(write(tmp_path, "p.json", PLAN), 2, write(tmp_path, "r.jsonl", json.dumps(REQUEST)))
     assert reqs == [REQUEST] and plan.spread["minilm"][0] == [1, 0]
 
 
-# -- prism-place ----------------------------------------------------------------------------
+# -- s2m3-place ----------------------------------------------------------------------------
 
 DEVICE_FIELDS = {
     ("devices",): ([("empty", ""), ("none", []), ("type", "oops"), ("map", {}), ("number", 5)], "devices"),
@@ -134,7 +134,7 @@ TASK_FIELDS = {
 
 
 def run_place(tmp_path, devices=DEVICES, tasks=TASKS, *extra):
-    return lambda: place.main(["--devices", write(tmp_path, "d.json", devices),
+    return lambda: s2m3_place.main(["--devices", write(tmp_path, "d.json", devices),
                                "--tasks", write(tmp_path, "t.json", tasks), *extra])
 
 
@@ -175,32 +175,32 @@ def bad_files(tmp_path):
 def test_place_bad_files(tmp_path, capsys, flag):
     for kind, bad in bad_files(tmp_path):
         args = {"--devices": write(tmp_path, "d.json", DEVICES), "--tasks": write(tmp_path, "t.json", TASKS), flag: bad}
-        err = exits_2(lambda: place.main([x for kv in args.items() for x in kv]), capsys, f"{flag} {bad}")
+        err = exits_2(lambda: s2m3_place.main([x for kv in args.items() for x in kv]), capsys, f"{flag} {bad}")
         one_line(err)
 
 
 @pytest.mark.parametrize("argv,text", [
     (["--planner", "bogus"], "--planner"), (["--planner", ""], "--planner"),
     (["--json", "/"], "--json '/'"), (["--json", "/no/such/folder/plan.json"], "--json '/no/such/folder/plan.json'"),
-    (["--json", ""], "--json ''"), (["--exact=1"], "--exact"),
+    (["--json", ""], "--json ''"), (["--branch-and-bound=1"], "--branch-and-bound"),
 ])
 def test_place_bad_flags(tmp_path, capsys, argv, text):
     exits_2(run_place(tmp_path, DEVICES, TASKS, *argv), capsys, text)
 
 
 def test_place_missing_flag_and_debug(tmp_path, capsys):
-    exits_2(lambda: place.main(["--tasks", write(tmp_path, "t.json", TASKS)]), capsys, "--devices")
+    exits_2(lambda: s2m3_place.main(["--tasks", write(tmp_path, "t.json", TASKS)]), capsys, "--devices")
     with pytest.raises(SystemExit) as e:
         run_place(tmp_path, put(DEVICES, ("devices", 0, "speed"), 0), TASKS, "--debug")()
     err = capsys.readouterr().err
     assert e.value.code == 2 and "Traceback (most recent call last)" in err and "devices[0].speed" in err
 
 
-# -- prism-serve ----------------------------------------------------------------------------
+# -- s2m3-serve ----------------------------------------------------------------------------
 
 
 class Rank0:
-    """Rank 0 of a job of `size` ranks, for prism-serve's input checks (its one collective is
+    """Rank 0 of a job of `size` ranks, for s2m3-serve's input checks (its one collective is
     the broadcast of the verdict; a bad input never gets further)."""
 
     rank = 0
@@ -244,9 +244,9 @@ REQUEST_FIELDS = {
 
 
 def run_serve(monkeypatch, argv, stdin=b""):
-    monkeypatch.setattr(serve, "Communicator", Rank0)
+    monkeypatch.setattr(s2m3_serve, "Communicator", Rank0)
     monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(stdin)))
-    return lambda: serve.main(argv)
+    return lambda: s2m3_serve.main(argv)
 
 
 @pytest.mark.parametrize("path,value,text", cases(PLAN_FIELDS))
@@ -319,12 +319,12 @@ def test_serve_bad_input_under_mpiexec(tmp_path):
     reqs = write(tmp_path, "r.jsonl", json.dumps(REQUEST) + "\n" + json.dumps({**REQUEST, "id": {"a": 1}}) + "\n")
     env = dict(os.environ, OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1")
     t0 = time.monotonic()
-    p = subprocess.run([str(BIN / "mpiexec"), "-n", "2", sys.executable, "-m", "prism_ops.cli.serve", "--plan", plan,
+    p = subprocess.run([str(BIN / "mpiexec"), "-n", "2", sys.executable, "-m", "prism_ops.cli.s2m3_serve", "--plan", plan,
                         "--requests", reqs], capture_output=True, text=True, timeout=120, env=env)
     took = time.monotonic() - t0
     assert p.returncode == 2, p.stderr[-2000:]
     # (most of it is two interpreters importing torch and transformers on a shared machine)
     assert took < 30, took
-    assert p.stderr.count("prism-serve: error: ") == 1 and "Traceback" not in p.stderr, p.stderr
+    assert p.stderr.count("s2m3-serve: error: ") == 1 and "Traceback" not in p.stderr, p.stderr
     assert "r.jsonl: line 2: id must be a string of at most 256 characters or a whole number, got {'a': 1}" in p.stderr
     assert p.stdout == ""

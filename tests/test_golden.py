@@ -1,7 +1,7 @@
 """Regression net for behaviour: fixed inputs give the outputs in tests/golden/golden.json
 (written by tests/golden/capture.py): partitioned_attention, `prism-run --simulate 4`, real
 `mpiexec -n 2/3` runs of MiniLM and SmolLM2 (embedding, generated ids, bytes per layer) and a
-`prism-place` plan (the greedy plan, its objective and the branch-and-bound optimum).
+`s2m3-place` plan (the greedy plan, its objective and the branch-and-bound optimum).
 
 The golden floats were computed on another machine, whose math libraries may take other code
 paths (vector widths, summation orders, thread counts), so floats are compared within a stated

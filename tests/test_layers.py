@@ -1,7 +1,9 @@
 """Layering of the installed package: imports only go down, no cycles, no hidden imports.
 
-    kernels  <-  ops (+ _checks, _backend)  <-  config, wire, cost, strategy  <-  distributed
-             <-  hf  <-  runner, report, link_profile, models, eval, demo, s2m3  <-  cli
+    kernels  <-  ops (+ _checks, _backend, _files)  <-  config, wire, cost, strategy, pooling
+             <-  distributed  <-  hf, hf_attention
+             <-  runner, report, link_profile, models, input_files, calibrate, eval, demo, s2m3, serving
+             <-  cli
 
 Read from the source with `ast`, so nothing is imported to check it. An import inside a function
 is allowed only for an optional dependency (or the lazy Triton path of an op).
@@ -27,7 +29,7 @@ LAZY_HTTP = "prism_ops.serving.http"
 LAYERS = [
     ("prism_ops.eval.__main__", 6),  # `python -m prism_ops.eval` is a command line
     ("prism_ops.kernels", 0),
-    ("prism_ops.ops", 1), ("prism_ops._checks", 1), ("prism_ops._backend", 1),
+    ("prism_ops.ops", 1), ("prism_ops._checks", 1), ("prism_ops._backend", 1), ("prism_ops._files", 1),
     ("prism_ops.config", 2), ("prism_ops.wire", 2), ("prism_ops.cost", 2), ("prism_ops.strategy", 2),
     ("prism_ops.pooling", 2),  # pure torch: the ranks pool their own tokens with it
     ("prism_ops.distributed", 3),

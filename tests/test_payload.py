@@ -51,13 +51,13 @@ def test_payload_layouts_hand_computed():
     # Rank 0: 2 sinks + 1 halo exact, 5 summarised -> 2 rows. Rank 1: 2 halo, 6 -> 2. Rank 2: 1 halo, 6 -> 2.
     assert [(x.E, x.S) for x in lays] == [(3, 2), (2, 2), (1, 2)]
     # Rank 0: exact 2*2*3*8 fp16 = 192 bytes; codes ceil(2*2*2*8 * 4 / 8) = 32; lo and step 2*2*8 fp16 each.
-    assert lays[0].parts() == [("exact", 192), ("codes", 32), ("lo", 64), ("step", 64)]
+    assert lays[0].parts() == [("verbatim", 192), ("codes", 32), ("lo", 64), ("step", 64)]
     causal = payload_layouts(config, bounds, causal=True, batch=1, heads=1, channels=4, dtype=torch.float32)
     # Causal: halo only to the next rank; the last chunk is read by no rank and sends nothing.
     assert [(x.E, x.S) for x in causal] == [(3, 2), (1, 3), (0, 0)] and causal[2].nbytes == 0
     clusters = payload_layouts(config.replace(cluster_iters=2, summary_bits=0), bounds, causal=False, batch=1,
                                heads=1, channels=4, dtype=torch.float32)
-    assert clusters[1].parts() == [("exact", 32), ("means", 32), ("counts", 4)]
+    assert clusters[1].parts() == [("verbatim", 32), ("means", 32), ("counts", 4)]
 
 
 def test_auto_picks_the_faster_mode(tmp_path):

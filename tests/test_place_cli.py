@@ -1,4 +1,4 @@
-"""prism-place on the tiny suite: a plan, memory per device, latencies; bad files refused early."""
+"""s2m3-place on the tiny suite: a plan, memory per device, latencies; bad files refused early."""
 
 import json
 
@@ -7,7 +7,7 @@ import pytest
 pytest.importorskip("transformers")
 pytest.importorskip("yaml")
 
-from prism_ops.cli.place import main  # noqa: E402
+from prism_ops.cli.s2m3_place import main  # noqa: E402
 from prism_ops.s2m3.suite import BUILTIN, MODELS, SUITE_VERSION  # noqa: E402
 
 DEVICES = {"devices": [{"name": "a", "memory_gb": 0.0004, "speed": 1.0}, {"name": "b", "memory_gb": 0.0004}],
@@ -25,7 +25,7 @@ def write(tmp_path, name, data):
 def test_plan(tmp_path, capsys):
     out = tmp_path / "plan.json"
     main(["--devices", write(tmp_path, "d.json", DEVICES), "--tasks", write(tmp_path, "t.json", TASKS),
-          "--exact", "--json", str(out)])
+          "--branch-and-bound", "--json", str(out)])
     text = capsys.readouterr().out
     assert "memory per device: a " in text and "predicted latency image-text-retrieval" in text
     plan = json.loads(out.read_text())
@@ -33,7 +33,7 @@ def test_plan(tmp_path, capsys):
     assert plan["objective_s"] == pytest.approx(plan["optimal_s"], rel=1e-9) and plan["optimal_s"] > 0
     assert plan["suite_version"] == SUITE_VERSION and "gap 0.00%" in text and "objective (optimal)" in text
     main(["--devices", write(tmp_path, "d.json", DEVICES), "--tasks", write(tmp_path, "t.json", TASKS),
-          "--planner", "greedy", "--exact", "--json", str(out)])
+          "--planner", "greedy", "--branch-and-bound", "--json", str(out)])
     greedy = json.loads(out.read_text())
     # (each run profiles the modules again, so the two runs' times differ)
     assert greedy["objective_s"] >= greedy["optimal_s"] - 1e-12 and "objective (greedy)" in capsys.readouterr().out
@@ -227,7 +227,7 @@ def test_encoding_aliases_limits_and_debug(tmp_path, capsys):
 
 
 def test_prism_entries_are_printed_resolved(tmp_path, capsys):
-    """A tasks file's prism entry goes into the plan as written, and prism-place prints the setting
+    """A tasks file's prism entry goes into the plan as written, and s2m3-place prints the setting
     every rank of the group will run: the preset's, with an explicit lever winning."""
     out = tmp_path / "plan.json"
     prism = {"minilm": {"devices": ["b", "a"], "preset": "edge", "halo": 2}}

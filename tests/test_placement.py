@@ -9,7 +9,7 @@ import pytest
 
 from prism_ops.s2m3.placement import (Device, Instance, Link, ModuleCost, PlacementError, Task, branch_and_bound,
                                       greedy, objective, random_instance, task_latency)
-from prism_ops.s2m3.solver import milp_placement, plan
+from prism_ops.s2m3.solver import milp_placement, optimal_placement
 from prism_ops.s2m3.suite import MODELS
 
 MB = 1e6
@@ -136,7 +136,7 @@ def test_planner_equals_brute_force(seed):
     small instances (2-4 devices, uneven memory, slow links)."""
     for inst in feasible_draws(100 + seed, 6, num_devices=2 + seed % 3, num_encoders=3, num_heads=2, num_tasks=3):
         ref_place, ref = brute_force(inst)
-        sol = plan(inst)
+        sol = optimal_placement(inst)
         assert (sol.place is None) == (ref_place is None)
         if ref_place is None:
             assert sol.proven
@@ -157,7 +157,7 @@ def test_planner_finds_a_placement_greedy_misses():
     tasks = [Task(n, {n: ("input:x",)}, {"x": 0}) for n in modules]
     inst = Instance(devices, modules, tasks, default_link=Link(1e9, 0.1))
     assert greedy(inst) is None
-    sol = plan(inst)
+    sol = optimal_placement(inst)
     assert sol.place == {"A": 1, "B": 0, "C": 0} and sol.cost == pytest.approx(2.2 + 1.0 + 0.5)
     assert milp_placement(Instance([Device("d", 5)], modules, tasks)) == (None, True)
 
@@ -178,7 +178,7 @@ def test_planner_is_fast_on_the_whole_suite():
     links = {("d0", "d1"): Link(10e6 / 8, 5e-3), ("d0", "d2"): Link(1e9 / 8, 1e-3)}
     inst = Instance(devices, modules, tasks, links)
     t0 = time.perf_counter()
-    sol = plan(inst)
+    sol = optimal_placement(inst)
     assert time.perf_counter() - t0 < 2.0 and sol.proven
     g = greedy(inst)
     assert g is None or objective(inst, g) >= sol.cost - 1e-9

@@ -1,5 +1,5 @@
 """The README's examples run as written, so they cannot rot: every ```python block (each in a
-fresh interpreter), and every `mpirun ... prism-run`, `prism-place` and `prism-serve` line of its
+fresh interpreter), and every `mpirun ... prism-run`, `s2m3-place` and `s2m3-serve` line of its
 ```bash blocks (from a scratch folder holding the repository's examples/, with this environment's
 mpiexec). The MiniLM service's client examples (the `openai` block and the `curl` lines for
 port 8000) run against a real 2-rank service on a free port; the SmolLM2 ones are covered by
@@ -33,11 +33,12 @@ def blocks(lang):
 
 PYTHON = [b for b in blocks("python") if "from openai import" not in b]  # the client needs a running service
 COMMANDS = [line.split("  #")[0].strip() for b in blocks("bash") for line in b.splitlines()
-            if re.match(r"(mpirun -n \d+ prism-(run|serve)|prism-(place|calibrate)) ", line) and "--serve" not in line]
+            if re.match(r"(mpirun -n \d+ (prism-run|s2m3-serve)|s2m3-place|prism-calibrate) ", line)
+            and "--serve" not in line]
 
 
 def test_the_readme_has_examples():
-    assert len(PYTHON) >= 3 and any("prism-run" in c for c in COMMANDS) and any("prism-place" in c for c in COMMANDS)
+    assert len(PYTHON) >= 3 and any("prism-run" in c for c in COMMANDS) and any("s2m3-place" in c for c in COMMANDS)
 
 
 @pytest.mark.parametrize("code", PYTHON, ids=[f"python-{i}" for i in range(len(PYTHON))])
@@ -48,7 +49,7 @@ def test_python_example(code, tmp_path):
 
 
 def test_command_examples(tmp_path):
-    """In README order: prism-place writes the plan that prism-serve reads."""
+    """In README order: s2m3-place writes the plan that s2m3-serve reads."""
     os.symlink(REPO / "examples", tmp_path / "examples")
     mpiexec = str(BIN / "mpiexec") if (BIN / "mpiexec").exists() else shutil.which("mpiexec")
     for line in COMMANDS:

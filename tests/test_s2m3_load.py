@@ -10,7 +10,7 @@ from prism_ops.s2m3.load import (Load, burst_latencies, burst_order, busy, load_
                                  steady_latencies, steady_simulated)
 from prism_ops.s2m3.placement import Device, Instance, Link, ModuleCost, PlacementError, Task, random_instance
 from prism_ops.s2m3.placement import task_latency
-from prism_ops.s2m3.solver import local_search, plan
+from prism_ops.s2m3.solver import local_search, optimal_placement
 from test_placement import draw_feasible
 
 
@@ -51,7 +51,7 @@ def test_burst_by_hand_on_two_devices():
 
 
 def test_the_caller_dispatches_between_its_own_nodes():
-    """Device 0 is prism-serve's rank 0: a request that arrives while it computes goes out when the
+    """Device 0 is s2m3-serve's rank 0: a request that arrives while it computes goes out when the
     node is done, and so does a result that comes back meanwhile."""
     devices = [Device("a", 10), Device("b", 10)]
     modules = {"e1": ModuleCost("e1", 1, 1.0), "e3": ModuleCost("e3", 1, 0.1)}
@@ -72,7 +72,7 @@ def test_one_request_alone_is_the_objective(seed):
     for i, t in enumerate(inst.tasks):
         (alone,) = simulate(inst, place, [(0.0, i)])
         # The objective runs a task's parallel branches in parallel even on one device; the
-        # simulation (like prism-serve) runs one node at a time there.
+        # simulation (like s2m3-serve) runs one node at a time there.
         encoders = [place[v] for v, srcs in t.inputs.items() if all(s.startswith("input:") for s in srcs)]
         if len(set(encoders)) == len(encoders):
             assert alone == pytest.approx(task_latency(inst, t, place))
@@ -134,7 +134,7 @@ def test_steady_planner_never_worse_than_a_candidate(seed):
     inst.devices = [Device(d.name, 1e12, d.speed) for d in inst.devices]  # every device can hold everything
     place = {m: 0 for m in inst.used_modules()}
     rates = tuple(0.6 / sum(busy(inst, place, [1] * len(inst.tasks))) for _ in inst.tasks)
-    sol = plan(inst, Load(rates=rates), time_limit=0.3)
+    sol = optimal_placement(inst, Load(rates=rates), time_limit=0.3)
     names = [n for n, _ in sol.candidates]
     assert "burst plan" in names and all(f"all on {d.name}" in names for d in inst.devices)
     assert sol.cost <= min(c for _, c in sol.candidates) + 1e-12
@@ -149,10 +149,10 @@ def test_load_aware_planner_spreads_a_burst():
     modules = {"e1": ModuleCost("e1", 1, 1.0), "e2": ModuleCost("e2", 1, 1.0)}
     tasks = [Task("A", {"e1": ("input:x",)}, {"x": 0}), Task("B", {"e2": ("input:x",)}, {"x": 0})]
     inst = Instance(devices, modules, tasks, default_link=Link(1e9, 0.1))
-    assert plan(inst).place == {"e1": 0, "e2": 0}
-    sol = plan(inst, Load(counts=(1, 1)))
+    assert optimal_placement(inst).place == {"e1": 0, "e2": 0}
+    sol = optimal_placement(inst, Load(counts=(1, 1)))
     assert sorted(sol.place.values()) == [0, 1] and sol.cost == pytest.approx((1.0 + 1.2) / 2)
-    steady = plan(inst, Load(rates=(0.6, 0.6)))  # 1.2 s of work per s: one device cannot keep up
+    steady = optimal_placement(inst, Load(rates=(0.6, 0.6)))  # 1.2 s of work per s: one device cannot keep up
     assert sorted(steady.place.values()) == [0, 1] and math.isfinite(steady.cost)
 
 
@@ -160,7 +160,7 @@ def test_local_search_never_worsens():
     rng = random.Random(3)
     inst = random_instance(rng, num_devices=3)
     load = Load(counts=tuple(1 + i % 2 for i in range(len(inst.tasks))))
-    start = plan(inst).place
+    start = optimal_placement(inst).place
     if start is None:
         pytest.skip("infeasible draw")
     _, cost = local_search(inst, start, lambda i, p: load_objective(i, p, load))

@@ -9,7 +9,8 @@ import pytest
 import torch
 
 from prism_ops.s2m3.messages import pack, unpack
-from prism_ops.s2m3.placement import PlacementError
+from prism_ops.s2m3.placement import InputError, PlacementError
+from prism_ops.distributed.faults import BadInput
 from prism_ops.s2m3 import server
 from prism_ops.config import PRESETS, PrismConfig
 from prism_ops.s2m3.plan import DEFAULT_SEGMENT_SIZE, check_plan, prism_config, read_inputs, read_requests
@@ -83,7 +84,7 @@ def test_check_plan():
      "prism groups of 'minilm' and 'vit-b16' share device(s) ['a', 'b']; spread encoders need disjoint groups"),
 ])
 def test_bad_plans(plan, ranks, message):
-    with pytest.raises(PlacementError) as e:
+    with pytest.raises(InputError) as e:
         check_plan(plan, ranks)
     assert message in str(e.value)
 
@@ -163,7 +164,7 @@ def test_read_requests():
     (['{"id": 1, "model": "tagger", "sed": 3}'], "requests: line 1 has unknown field 'sed'; allowed: id, model, seed"),
 ])
 def test_bad_request_lines(lines, message):
-    with pytest.raises(PlacementError) as e:
+    with pytest.raises(InputError) as e:
         read_requests(lines, PLAN["models"])
     assert message in str(e.value) and "\n" not in str(e.value)
 
@@ -197,7 +198,7 @@ def test_read_inputs_files_stdin_and_limits(tmp_path):
         ((write(tmp_path, "p.json", "[1]"), 2, reqs), "p.json: expected a mapping at the top level, got list"),
     ]
     for args, message in cases:
-        with pytest.raises(PlacementError) as e:
+        with pytest.raises(InputError) as e:
             read_inputs(*args)
         assert message in str(e.value), (args, str(e.value))
 
@@ -217,9 +218,9 @@ def test_bad_plan_refused_before_any_model_loads(tmp_path, monkeypatch):
     receives, before the Server (which loads the models) is built."""
     bad = {**THREE, "prism": {"minilm": {"devices": ["a", "b"]}, "vit-b16": {"devices": ["b", "a"]}}}
     monkeypatch.setattr(server, "Server", lambda *a: pytest.fail("a model would load"))
-    with pytest.raises(server.BadInput, match=r"share device\(s\) \['a', 'b'\]") as e:
+    with pytest.raises(BadInput, match=r"share device\(s\) \['a', 'b'\]") as e:
         server.serve_requests(OneRank(3), write(tmp_path, "p.json", bad), write(tmp_path, "r", ""))
-    assert e.value.exit_code == 2 and isinstance(e.value.__cause__, PlacementError)
+    assert e.value.exit_code == 2 and isinstance(e.value.__cause__, InputError)
 
 
 @pytest.mark.parametrize("slowdown", [0.5, math.inf, math.nan, "2", True])

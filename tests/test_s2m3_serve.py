@@ -1,4 +1,4 @@
-"""prism-serve under real mpiexec: bursts of mixed requests through modules spread over 3 ranks
+"""s2m3-serve under real mpiexec: bursts of mixed requests through modules spread over 3 ranks
 (and over 2 with a load-aware plan), each answered exactly once; bad plans refused before any
 rank serves."""
 
@@ -15,7 +15,7 @@ pytest.importorskip("mpi4py")
 pytest.importorskip("transformers")
 
 from prism_ops import hf  # noqa: E402
-from prism_ops.cli.place import main as place  # noqa: E402
+from prism_ops.cli.s2m3_place import main as place  # noqa: E402
 from prism_ops.config import PrismConfig  # noqa: E402
 from prism_ops.s2m3.plan import DEFAULT_SEGMENT_SIZE, prism_config  # noqa: E402
 from prism_ops.s2m3.suite import SUITE_VERSION  # noqa: E402
@@ -41,7 +41,7 @@ def plan(tmp_path_factory):
 
 def serve(n, plan, lines, timeout=120, extra=()):
     env = dict(os.environ, OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1")
-    cmd = [str(BIN / "mpiexec"), "-n", str(n), sys.executable, "-m", "prism_ops.cli.serve", "--plan", str(plan),
+    cmd = [str(BIN / "mpiexec"), "-n", str(n), sys.executable, "-m", "prism_ops.cli.s2m3_serve", "--plan", str(plan),
            *extra]
     return subprocess.run(cmd, input="\n".join(lines), capture_output=True, text=True, timeout=timeout, env=env)
 

@@ -4,7 +4,7 @@
     python tools/fault_matrix.py --programs minilm --signals STOP --victims last --phases forward
 
 Programs (3 ranks): `minilm` (prism-run on all-MiniLM-L6-v2), `smollm2` (prism-run on
-SmolLM2-135M, generating), `serve` (prism-serve on a plan spread over the 3 ranks). Signals:
+SmolLM2-135M, generating), `serve` (s2m3-serve on a plan spread over the 3 ranks). Signals:
 KILL, TERM, INT, STOP. Victims: rank 0, a middle rank, the last rank. Phases: the names the
 ranks trace (`prism_ops.distributed.phases`): loading, handshake, forward, generation, serving.
 
@@ -89,7 +89,7 @@ class Outcome:
 
 def _serve_files(d: Path) -> list[str]:
     """A plan spreading tiny S2M3 models over the 3 ranks, and a burst of requests for it."""
-    from prism_ops.cli.place import main as place
+    from prism_ops.cli.s2m3_place import main as place
 
     models = ["cifar10-vits16", "sentiment-minilm", "image-text-retrieval", "audio-text-retrieval"]
     (d / "devices.json").write_text(json.dumps({"devices": [{"name": n, "memory_gb": 0.0005} for n in "abc"],
@@ -98,7 +98,7 @@ def _serve_files(d: Path) -> list[str]:
     place(["--devices", str(d / "devices.json"), "--tasks", str(d / "tasks.json"), "--json", str(d / "plan.json")])
     (d / "requests.jsonl").write_text("".join(json.dumps({"id": i, "model": models[i % len(models)], "seed": i}) + "\n"
                                               for i in range(400)))
-    return ["-m", "prism_ops.cli.serve", "--plan", str(d / "plan.json"), "--requests", str(d / "requests.jsonl")]
+    return ["-m", "prism_ops.cli.s2m3_serve", "--plan", str(d / "plan.json"), "--requests", str(d / "requests.jsonl")]
 
 
 def command(program: str, d: Path, extra_args=()) -> list[str]:

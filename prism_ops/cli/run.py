@@ -22,7 +22,7 @@ import math
 import os
 import sys
 
-from ..config import DEFAULT_PRESET, EXCHANGES, PRESETS
+from ..config import DEFAULT_PRESET, EXCHANGE_SETTINGS, PRESETS
 from ..distributed.comm import DEFAULT_TIMEOUT_S
 from ..runner import RunOptions, run
 
@@ -44,7 +44,7 @@ def parse_args(argv=None) -> RunOptions:
     ap.add_argument("--summary-bits", type=int)
     ap.add_argument("--summary-codebook", help="a prism-calibrate file: summaries as its codebook codes "
                                                "(replaces the preset's --summary-bits)")
-    ap.add_argument("--exchange", choices=EXCHANGES)
+    ap.add_argument("--exchange", choices=EXCHANGE_SETTINGS)
     ap.add_argument("--cluster-iters", type=int)
     ap.add_argument("--no-log-count-bias", action="store_true", help="ablation: drop the +ln(count) logit bias")
     ap.add_argument("--weights", help="relative partition sizes, e.g. 2,1 for a device twice as fast")

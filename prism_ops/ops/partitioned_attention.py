@@ -15,10 +15,11 @@ none to a rank whose queries it is wholly out of reach of.
 Two more levers change what a summary row is, not how many there are:
 - cluster_iters: rows are means of key clusters (`token_clusters`) instead of positional
   segments, computed once per chunk as its rank would;
-- summary_bits: rows travel quantized (`quantize_rows`), per channel over the chunk's rows.
+- summary_bits: rows travel quantized (`quantize_rows`), per channel over the chunk's rows;
+  or `round_rows`, any other rounding (`codebook_attention` codes them with a codebook).
   With `hidden` and `kv_weight` the rows are the hidden features that feed attention (the
-  paper's exchange): their quantization error reaches K and V through the receiver's
-  projection. Without them the K/V rows themselves are quantized.
+  paper's exchange): their rounding error reaches K and V through the receiver's
+  projection. Without them the K/V rows themselves are rounded.
 
 Shapes: q `[B, H, T, D]`, k and v `[B, Hkv, T, D]`, valid `[B, T]`, hidden `[B, T, d]`,
 kv_weight two `[Hkv * D, d]` matrices; returns `[B, H, T, D]`.
@@ -71,7 +72,7 @@ def partition_bounds(T: int, num_partitions: int, weights=None) -> list[tuple[in
 def partitioned_attention(
     q, k, v, *, num_partitions, segment_size, causal=False, scale=None, log_count_bias=True,
     sink_tokens=0, halo=0, valid=None, weights=None, cluster_iters=0, summary_bits=0, hidden=None,
-    kv_weight=None, backend="auto", return_rows=False, window=None, softcap=None,
+    kv_weight=None, backend="auto", return_rows=False, window=None, softcap=None, round_rows=None,
 ):
     """PRISM attention over `num_partitions` contiguous chunks of T, in one process.
 
@@ -90,13 +91,17 @@ def partitioned_attention(
         summary_bits: 0 to send summaries at full precision, or 2, 3, 4, 8.
         hidden, kv_weight: the attention input `[B, T, d]` and the receiver's key and value
             projections (w_k, w_v), each `[Hkv * D, d]`: hidden-feature exchange. They matter
-            only with summary_bits (averaging commutes with the affine projection).
+            only when rows are rounded (summary_bits or round_rows): averaging commutes with
+            the affine projection.
         backend: "auto", "torch" or "triton".
         return_rows: also return, per chunk p, the (k_sum, v_sum, counts) it attended to
             (what a decoding rank caches).
         window: None, or a sliding window: a query at t sees keys at distance < window (see
             `window_attention` for summary rows); key clusters have no span and are refused.
         softcap: None, or a logit soft-cap (before +ln(count) for summary rows).
+        round_rows: None, or how summary rows are rounded on the wire instead of summary_bits:
+            a function (rows `[B, Hr, S, C]`, sent `[B, 1, S, 1]` bool) -> the rows as the
+            receiver decodes them (`codebook_attention` passes codebook coding).
 
     Returns:
         `[B, H, T, D]`: what the P ranks would compute, concatenated along T (and the rows).
@@ -111,6 +116,11 @@ def partitioned_attention(
     check_int(halo, "halo", 0)
     check_cluster_iters(cluster_iters)
     check_bits(summary_bits)
+    if summary_bits and round_rows is not None:
+        raise ValueError(f"summary_bits={summary_bits} and round_rows both round the summary rows; give one")
+    if summary_bits:
+        def round_rows(rows, sent):
+            return quantize_rows(rows, summary_bits, sent)
     for name, flag in (("causal", causal), ("log_count_bias", log_count_bias), ("return_rows", return_rows)):
         check_bool(flag, name)
     if scale is not None:
@@ -129,26 +139,9 @@ def partitioned_attention(
         _check_hidden(hidden, kv_weight, k)
     valid_bt = valid if valid is not None else torch.ones((B, T), dtype=torch.bool, device=q.device)
     kv = torch.cat([k, v], dim=-1)  # keys and values are averaged together
-
-    # What each chunk's rank sends (as its receivers decode it): the same for every receiver.
-    rows = []
-    for c, (c0, c1) in enumerate(bounds):
-        layout = dict(sink_tokens=sink_tokens, halo=halo, causal=causal)
-        a, b = chunk_layout(bounds, c, **layout)
-        a, b, keep = a - c0, b - c0, valid_bt[:, c0:c1]
-        assign = chunk_clusters(k[:, :, c0:c1], keep, a, b, segment_size, cluster_iters)
-        exact, exact_counts, means, counts = trim_rows(
-            summary_rows(kv[:, :, c0:c1], keep, a, b, segment_size, assign, backend), bounds, c, segment_size,
-            window=window, **layout)
-        if summary_bits:
-            sent = (counts > 0)[:, None, :, None]
-            if hidden is None:
-                means = quantize_rows(means, summary_bits, sent)
-            else:
-                h_rows = summary_rows(hidden[:, None, c0:c1], keep, a, b, segment_size, assign, backend)
-                h_means = trim_rows(h_rows, bounds, c, segment_size, window=window, **layout)[2]
-                means = means + _projected_error(h_means, summary_bits, sent, kv_weight, k.shape[1])
-        rows.append((torch.cat([exact, means], 2), torch.cat([exact_counts, counts], 1)))
+    layout = dict(sink_tokens=sink_tokens, halo=halo, causal=causal)
+    rows = [_sent_rows(bounds, c, k, kv, valid_bt, hidden, kv_weight, segment_size, cluster_iters, window, round_rows,
+                       backend, layout) for c in range(len(bounds))]
 
     outs, seen = [], []
     windowed = window is not None or softcap is not None
@@ -176,9 +169,32 @@ def partitioned_attention(
     return (out, seen) if return_rows else out
 
 
-def _projected_error(h_means, bits, sent, kv_weight, Hkv):
-    """What quantizing the hidden-feature rows `[B, 1, S, d]` changes in the K/V rows: `[B, Hkv, S, 2D]`."""
-    err = (quantize_rows(h_means, bits, sent) - h_means)[:, 0]  # (B, S, d)
+def _sent_rows(bounds, c, k, kv, valid_bt, hidden, kv_weight, segment_size, cluster_iters, window, round_rows,
+               backend, layout):
+    """(K|V rows `[B, Hkv, R, 2D]`, counts `[B, R]`) chunk c sends, as its receivers decode them
+    (the same for every receiver): its exact rows, then its summary rows, rounded by round_rows.
+    kv is k and v side by side, `[B, Hkv, T, 2D]`."""
+    c0, c1 = bounds[c]
+    a, b = chunk_layout(bounds, c, **layout)
+    a, b, keep = a - c0, b - c0, valid_bt[:, c0:c1]
+    assign = chunk_clusters(k[:, :, c0:c1], keep, a, b, segment_size, cluster_iters)
+    exact, exact_counts, means, counts = trim_rows(
+        summary_rows(kv[:, :, c0:c1], keep, a, b, segment_size, assign, backend), bounds, c, segment_size,
+        window=window, **layout)
+    if round_rows is not None:
+        sent = (counts > 0)[:, None, :, None]
+        if hidden is None:
+            means = round_rows(means, sent)
+        else:
+            h_rows = summary_rows(hidden[:, None, c0:c1], keep, a, b, segment_size, assign, backend)
+            h_means = trim_rows(h_rows, bounds, c, segment_size, window=window, **layout)[2]
+            means = means + _projected_error(h_means, round_rows, sent, kv_weight, k.shape[1])
+    return torch.cat([exact, means], 2), torch.cat([exact_counts, counts], 1)
+
+
+def _projected_error(h_means, round_rows, sent, kv_weight, Hkv):
+    """What rounding the hidden-feature rows `[B, 1, S, d]` changes in the K/V rows: `[B, Hkv, S, 2D]`."""
+    err = (round_rows(h_means, sent) - h_means)[:, 0]  # (B, S, d)
     B, S = err.shape[:2]
     # w_k, w_v: (Hkv * D, d). The projection is affine, so its bias cancels in a difference.
     parts = [(err.to(w.dtype) @ w.T).view(B, S, Hkv, -1).transpose(1, 2) for w in kv_weight]

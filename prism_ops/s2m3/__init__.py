@@ -14,14 +14,14 @@ route requests through them over MPI ranks.
   load-aware objective, and a pick among candidates that include the one-device plans;
 - `checks`: reading a file or request lines within size limits, and the field checks whose
   one-line errors name the file, the field, the value and what is allowed;
-- `files`: prism-place's devices and tasks files, read and checked;
+- `files`: s2m3-place's devices and tasks files, read and checked;
 - `profiler`: module costs (memory, compute, output bytes) measured on this machine;
-- `planner`: files -> profile -> placement -> the plan prism-place prints and writes;
-- `plan`: a plan checked against an MPI job, the request lines, and prism-serve's inputs read
+- `planner`: files -> profile -> placement -> the plan s2m3-place prints and writes;
+- `plan`: a plan checked against an MPI job, the request lines, and s2m3-serve's inputs read
   and checked in one pass (`read_inputs`);
 - `messages`: the wire format between ranks;
-- `server`: one rank's scheduler (`Server`) and prism-serve's job; a plan may spread a
+- `server`: one rank's scheduler (`Server`) and s2m3-serve's job; a plan may spread a
   transformer encoder over several ranks with PRISM attention.
 
-The command lines are `prism_ops.cli.place` (prism-place) and `prism_ops.cli.serve` (prism-serve).
+The command lines are `prism_ops.cli.s2m3_place` (s2m3-place) and `prism_ops.cli.s2m3_serve` (s2m3-serve).
 """

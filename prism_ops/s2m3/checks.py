@@ -1,14 +1,14 @@
 """Checks shared by S2M3's input files (devices, tasks, plans, requests): reading with a size
-limit, and field checks whose errors are one line naming the file, the field, the value and
-what is allowed.
+limit (`prism_ops._files`, worded for these files), and field checks whose errors are one line
+naming the file, the field, the value and what is allowed.
 
     text = read_text("devices.yaml")           # missing, a directory, a FIFO, over 1 MiB, not UTF-8:
-                                               # PlacementError
+                                               # InputError
     mem = number(spec.get("memory_gb"), "devices.yaml: devices[2].memory_gb", low=0, strict=True, high=1e6)
-    # -> PlacementError("devices.yaml: devices[2].memory_gb must be a finite number > 0 and <= 1e+06, got nan")
+    # -> InputError("devices.yaml: devices[2].memory_gb must be a finite number > 0 and <= 1e+06, got nan")
 
 Field paths read like Python: `devices[2].memory_gb`, `compute_s['vit-b16']`,
-`custom['tagger'].nodes['cls']`. Every error is a `PlacementError` (a ValueError), so the
+`custom['tagger'].nodes['cls']`. Every error is an `InputError` (a ValueError), so the
 commands turn it into exit code 2 and the one line.
 """
 
@@ -16,12 +16,11 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import re
-import stat
 from typing import NoReturn
 
-from .placement import PlacementError
+from .._files import FileRefused, read_bounded, regular_file_size
+from .placement import InputError
 
 MAX_FILE_BYTES = 1 << 20  # a devices, tasks or plan file
 MAX_LINE_BYTES = 4096  # one request line
@@ -36,35 +35,39 @@ def shown(value, limit: int = 80) -> str:
 
 def fail(where: str, allowed: str, value, note: str = "") -> NoReturn:
     """Raise the one-line error: `where` must be `allowed`, got the value (and a note)."""
-    raise PlacementError(f"{where} must be {allowed}, got {shown(value)}{note}")
+    raise InputError(f"{where} must be {allowed}, got {shown(value)}{note}")
 
 
 def check_readable(path, label: str | None = None, limit: int = MAX_FILE_BYTES) -> int:
-    """The size of a regular file at `path` no larger than `limit` bytes; PlacementError names it
+    """The size of a regular file at `path` no larger than `limit` bytes; InputError names it
     (as `label`, default the path) when it is missing, a directory, a FIFO or device (reading one
     could block or never end), or too large. Nothing is opened."""
     label = label or repr(path)
     if not isinstance(path, str) or not path:
-        raise PlacementError(f"{label}: expected a file name, got {shown(path)}")
+        raise InputError(f"{label}: expected a file name, got {shown(path)}")
     try:
-        st = os.stat(path)
-    except OSError as e:
-        raise PlacementError(f"{label}: cannot be read ({e.strerror})") from None
-    if stat.S_ISDIR(st.st_mode):
-        raise PlacementError(f"{label}: is a directory; give a file")
-    if not stat.S_ISREG(st.st_mode):
-        raise PlacementError(f"{label}: is not a regular file (a FIFO, socket or device); give a file")
-    if st.st_size > limit:
-        raise PlacementError(f"{label}: is {st.st_size} bytes; files are limited to {limit} bytes")
-    return st.st_size
+        size = regular_file_size(path)
+    except FileRefused as e:
+        raise refused(e, label, limit) from None
+    if size > limit:
+        raise InputError(f"{label}: is {size} bytes; files are limited to {limit} bytes")
+    return size
+
+
+def refused(e: FileRefused, label: str, limit: int) -> InputError:
+    """The one-line error for a file `_files` refused."""
+    return InputError(label + {
+        "unreadable": f": cannot be read ({e.detail})", "directory": ": is a directory; give a file",
+        "special": ": is not a regular file (a FIFO, socket or device); give a file",
+        "too_large": f": is over {limit} bytes; files are limited to {limit} bytes"}[e.reason])
 
 
 def decode(data: bytes, label: str) -> str:
-    """UTF-8 text (a leading byte-order mark is dropped); PlacementError names the first bad byte."""
+    """UTF-8 text (a leading byte-order mark is dropped); InputError names the first bad byte."""
     try:
         return data.decode("utf-8-sig")
     except UnicodeDecodeError as e:
-        raise PlacementError(f"{label}: is not UTF-8 text (byte {e.start} is {data[e.start]:#04x})") from None
+        raise InputError(f"{label}: is not UTF-8 text (byte {e.start} is {data[e.start]:#04x})") from None
 
 
 def read_text(path: str, label: str | None = None, limit: int = MAX_FILE_BYTES) -> str:
@@ -72,12 +75,9 @@ def read_text(path: str, label: str | None = None, limit: int = MAX_FILE_BYTES) 
     label = label or str(path)
     check_readable(path, label, limit)
     try:
-        with open(path, "rb") as f:
-            data = f.read(limit + 1)  # the file may have grown since it was checked
-    except OSError as e:
-        raise PlacementError(f"{label}: cannot be read ({e.strerror})") from None
-    if len(data) > limit:
-        raise PlacementError(f"{label}: is over {limit} bytes; files are limited to {limit} bytes")
+        data = read_bounded(path, limit)  # the file may have grown since it was checked
+    except FileRefused as e:
+        raise refused(e, label, limit) from None
     return decode(data, label)
 
 
@@ -91,10 +91,10 @@ def read_lines(stream, label: str, line_limit: int = MAX_LINE_BYTES,
         total += len(raw)
         where = f"{label}: line {len(lines) + 1}"
         if total > total_limit:
-            raise PlacementError(f"{where}: the input is over {total_limit} bytes; requests are limited to that")
+            raise InputError(f"{where}: the input is over {total_limit} bytes; requests are limited to that")
         body = raw.rstrip(b"\r\n")
         if len(body) > line_limit:
-            raise PlacementError(f"{where}: is longer than {line_limit} bytes; request lines are limited to that")
+            raise InputError(f"{where}: is longer than {line_limit} bytes; request lines are limited to that")
         lines.append(decode(body, where))
     return lines
 
@@ -108,17 +108,17 @@ def parse(text: str, label: str, yaml_syntax: bool) -> dict:
             import yaml
 
             if any(isinstance(ev, yaml.AliasEvent) for ev in yaml.parse(text, Loader=yaml.SafeLoader)):
-                raise PlacementError(f"{label}: YAML aliases (*name) are not allowed")
+                raise InputError(f"{label}: YAML aliases (*name) are not allowed")
             data = yaml.safe_load(text)
         else:
             data = json.loads(text)
-    except PlacementError:
+    except InputError:
         raise
     except Exception as e:  # noqa: BLE001 - any parse error (or a nesting too deep) is the file's fault
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise PlacementError(f"{label}: not valid {kind}: {first}") from None
+        raise InputError(f"{label}: not valid {kind}: {first}") from None
     if not isinstance(data, dict):
-        raise PlacementError(f"{label}: expected a mapping at the top level, got {type(data).__name__}")
+        raise InputError(f"{label}: expected a mapping at the top level, got {type(data).__name__}")
     return data
 
 
@@ -190,7 +190,7 @@ def names(value, where: str, required: bool = True, limit: int = 1000) -> list[s
     out = [name(v, f"{where}[{i}]") for i, v in enumerate(items(value, where, required, limit))]
     twice = sorted({v for v in out if out.count(v) > 1})
     if twice:
-        raise PlacementError(f"{where} must list each name once, got {shown(twice)} more than once")
+        raise InputError(f"{where} must list each name once, got {shown(twice)} more than once")
     return out
 
 
@@ -198,7 +198,7 @@ def only(data: dict, allowed, where: str) -> None:
     """Refuse keys outside `allowed` (a misspelt field would otherwise be ignored)."""
     extra = [k for k in data if k not in allowed]
     if extra:
-        raise PlacementError(f"{where} has unknown field {shown(extra[0])}; allowed: {', '.join(allowed)}")
+        raise InputError(f"{where} has unknown field {shown(extra[0])}; allowed: {', '.join(allowed)}")
 
 
 def choice(value, where: str, allowed) -> str:

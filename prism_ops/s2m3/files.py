@@ -1,4 +1,4 @@
-"""prism-place's input files: read a YAML or JSON file, and check a devices file and a tasks file.
+"""s2m3-place's input files: read a YAML or JSON file, and check a devices file and a tasks file.
 
 devices.yaml (or .json):
     devices: [{name: jetson0, memory_gb: 8, speed: 1.0}, {name: jetson1, memory_gb: 4, speed: 0.5}]
@@ -21,8 +21,9 @@ With a burst or rates the plan minimises the mean latency of a request under tha
 Every field is checked before any model is built: types, ranges (the constants below),
 finiteness, unknown fields, repeated names, unknown models or parts, cyclic, dangling or
 miswired task graphs (`suite.check_wiring`), a module larger than every device. A file over
-1 MiB, not UTF-8, a directory or a FIFO is refused while reading (`checks`). Every problem is a
-PlacementError with one line that names the file, the field, the value and what is allowed:
+1 MiB, not UTF-8, a directory or a FIFO is refused while reading (`checks`). Every problem is an
+InputError (a PlacementError when the cluster or tasks are wrong as a whole) with one line that
+names the file, the field, the value and what is allowed:
 
     devices.yaml: devices[2].memory_gb must be a finite number > 0 and <= 1e+06, got nan
 """
@@ -51,7 +52,7 @@ DEFAULT_LINK = Link(12.5e6, 2e-3)  # 100 Mbit/s, 2 ms
 
 def read_file(path: str, label: str | None = None) -> dict:
     """The mapping a .yaml/.yml or JSON file holds, read within the size limit (`checks`);
-    PlacementError names the file (as `label`, default its path) when it cannot be read or parsed."""
+    InputError names the file (as `label`, default its path) when it cannot be read or parsed."""
     return parse_text(read_text(path, label), path, label)
 
 
@@ -109,7 +110,7 @@ class TaskSpec:
     catalog: Catalog  # the suite plus the file's custom models
     models: list  # model names, as the file lists them
     custom: dict = field(default_factory=dict)  # the file's custom models, as written
-    size: str = "full"
+    model_size: str = "full"  # "full" or "tiny" (the file's "size")
     input_bytes: dict = field(default_factory=dict)  # modality -> bytes the caller sends
     compute_s: dict = field(default_factory=dict)  # part -> given compute time (s)
     burst: dict = field(default_factory=dict)  # model -> requests at once (empty: no burst)
@@ -164,7 +165,7 @@ def check_tasks(data: dict, path: str = "tasks") -> TaskSpec:
 def check_memory(spec: TaskSpec, devices) -> None:
     """Refuse, before any weights load, a module larger than every device (sizes from configs)."""
     largest = max(d.memory for d in devices)
-    for part, nbytes in spec.catalog.part_bytes(spec.models, spec.size).items():
+    for part, nbytes in spec.catalog.part_bytes(spec.models, spec.model_size).items():
         if nbytes > largest:
             raise PlacementError(f"module {part!r} needs {nbytes / 1e6:.1f} MB, more than any device has "
                                  f"(largest: {largest / 1e6:.1f} MB)")

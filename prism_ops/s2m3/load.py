@@ -2,7 +2,7 @@
 
 A `Load` is either a burst (how many requests of each task arrive at once) or steady arrivals
 (requests/s of each task). `simulate` is a discrete-event simulation of a plan, scheduled the way
-prism-serve schedules it (`prism_ops.s2m3.server`): every device runs one node at a time, its
+s2m3-serve schedules it (`prism_ops.s2m3.server`): every device runs one node at a time, its
 ready nodes earliest request first (ties: the one that became ready first); inputs travel in
 parallel (links are not shared), a node starts when its last input is in, and at any instant a
 device sees everything that has arrived by then before it picks its next node. Device 0 is also
@@ -75,7 +75,7 @@ def simulate(inst: Instance, place: dict, arrivals, caller_holds: bool = True) -
     """Latency of each request [(arrival time s, task index)] under `place`, in the given order
     (which is also the order a device serves them in).
 
-    Device 0 is also the caller (prism-serve's rank 0, one thread): it sends out a request's
+    Device 0 is also the caller (s2m3-serve's rank 0, one thread): it sends out a request's
     inputs, and takes in a result, only between two of its own nodes, so a request that arrives
     (or a result that comes back) while it computes waits until that node is done. With
     `caller_holds=False` the caller acts at once (what a dispatcher off the compute path would

@@ -1,4 +1,4 @@
-"""prism-serve's wire format: the message tags and one message = a JSON header and a tensor.
+"""s2m3-serve's wire format: the message tags and one message = a JSON header and a tensor.
 
     8 bytes little-endian header length | JSON header (+ dtype, shape) | the tensor's raw bytes
 

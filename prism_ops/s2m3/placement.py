@@ -17,8 +17,8 @@ raises the objective (over the modules placed so far) least. `branch_and_bound` 
 solver) searches all placements depth-first in the same order, pruning a branch once its
 partial objective, which can only grow, reaches the best complete one.
 
-The default planner is `prism_ops.s2m3.solver.plan` (a MILP, optimal for this objective); greedy
-is S2M3's, kept for comparison and `prism-place --planner greedy`. The objective runs a task's
+The default planner is `prism_ops.s2m3.solver.optimal_placement` (a MILP, optimal for this objective); greedy
+is S2M3's, kept for comparison and `s2m3-place --planner greedy`. The objective runs a task's
 parallel branches in parallel even when they share a device, and sees no other requests; the
 load-aware objective (`prism_ops.s2m3.load`) simulates both.
 
@@ -31,8 +31,13 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 
-class PlacementError(ValueError):
-    """A bad cluster or task description, or an instance with no feasible placement."""
+class InputError(ValueError):
+    """A bad S2M3 input: a file that cannot be read or parsed, a field, a request line, a flag or
+    an output path. The commands exit with code 2 and its one line."""
+
+
+class PlacementError(InputError):
+    """A bad cluster, task or plan description, or an instance with no feasible placement."""
 
 
 @dataclass(frozen=True)

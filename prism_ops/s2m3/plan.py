@@ -1,10 +1,10 @@
-"""prism-serve's inputs: a plan (written by `prism-place --json`) checked against the job's
+"""s2m3-serve's inputs: a plan (written by `s2m3-place --json`) checked against the job's
 ranks, and the request lines; `read_inputs` reads and checks them all in one pass.
 
 `check_plan` returns a `CheckedPlan`, which the `Server` takes as is. Every field is checked
 (types, names, ranges, unknown fields, the custom models' graphs and wiring, the PRISM settings
-as a `PrismConfig`) before any model loads; an error is a PlacementError with one line naming the
-file and the field. Limits: files 1 MiB, request lines 4 KiB, all requests 16 MiB (`checks`).
+as a `PrismConfig`) before any model loads; an error is an InputError (a PlacementError when the
+plan does not fit the job) with one line naming the file and the field. Limits: files 1 MiB, request lines 4 KiB, all requests 16 MiB (`checks`).
 
 A `prism` entry `{devices, preset?, segment_size?, <lever>?...}` means exactly what
 `PrismConfig.from_preset(len(devices), preset, segment_size, **levers)` gives: the preset's
@@ -24,7 +24,7 @@ from ..config import PRESETS, PrismConfig
 from .checks import (MAX_REQUESTS_BYTES, check_readable, choice, fail, mapping, names, number, only, read_lines,
                      read_text, shown)
 from .files import MAX_DEVICES, parse_devices, parse_text, read_file
-from .placement import PlacementError
+from .placement import InputError, PlacementError
 from .suite import BUILTIN, SUITE_VERSION, Catalog, encoder_tokens
 
 PLAN_FIELDS = ("devices", "size", "models", "custom", "plan", "prism", "suite_version",
@@ -40,7 +40,7 @@ class CheckedPlan:
     """A plan that fits the job: rank i holds the parts placed on the plan's device i."""
 
     devices: list  # device names; rank i is devices[i]
-    size: str  # "full" or "tiny"
+    model_size: str  # "full" or "tiny" (the plan's "size"): the models' size, not a count
     models: list  # model names
     rank: dict  # part -> the rank that runs it (a spread part: its group's lead)
     spread: dict  # part -> ([ranks of its group], its PrismConfig): encoders run with PRISM
@@ -53,10 +53,10 @@ def check_plan(plan: dict, num_ranks: int, device_names: list | None = None, pat
     plan = mapping(plan, path, required=True)
     if any(k not in plan for k in ("devices", "size", "models", "plan")):
         raise PlacementError(f"{path}: a plan must have devices, size, models and plan (write it with "
-                             f"prism-place --json), got fields {sorted(map(str, plan))}")
+                             f"s2m3-place --json), got fields {sorted(map(str, plan))}")
     if plan.get("suite_version") != SUITE_VERSION:
         raise PlacementError(f"{path}: written for suite version {shown(plan.get('suite_version'))}, this is "
-                             f"{SUITE_VERSION!r}; write it again with prism-place --json")
+                             f"{SUITE_VERSION!r}; write it again with s2m3-place --json")
     only(plan, PLAN_FIELDS, path)
     devices = names(plan["devices"], f"{path}: devices", limit=MAX_DEVICES)
     if len(devices) != num_ranks:
@@ -81,7 +81,7 @@ def check_plan(plan: dict, num_ranks: int, device_names: list | None = None, pat
             if part not in where:
                 raise PlacementError(f"{path}: part {part!r} of {m!r} is not placed on a device of the plan")
             rank[part] = devices.index(where[part])
-    for key in ("objective_s", "optimal_s", "load_objective_s"):  # figures prism-place wrote; unused here
+    for key in ("objective_s", "optimal_s", "load_objective_s"):  # figures s2m3-place wrote; unused here
         if key in plan:
             number(plan[key], f"{path}: {key}", finite=False)
     for key in ("burst", "rates"):
@@ -139,7 +139,7 @@ def prism_config(num_partitions: int, spec: dict, at: str = "prism") -> PrismCon
 
 
 def read_requests(lines, models, source: str = "requests") -> list[dict]:
-    """Requests {id, model, seed} from JSON lines (blank lines skipped); PlacementError names the
+    """Requests {id, model, seed} from JSON lines (blank lines skipped); InputError names the
     source, the line and the field. An id is a string (at most 256 characters) or a whole number,
     used once; the model one of the plan's; the seed (default 0) a whole number in [0, 2^63)."""
     reqs, ids = [], set()
@@ -152,7 +152,7 @@ def read_requests(lines, models, source: str = "requests") -> list[dict]:
         except (ValueError, RecursionError):
             r = None
         if not isinstance(r, dict):
-            raise PlacementError(f"{at}: expected a JSON object {{\"id\", \"model\", \"seed\"}}, got "
+            raise InputError(f"{at}: expected a JSON object {{\"id\", \"model\", \"seed\"}}, got "
                                  f"{shown(line.strip())}")
         only(r, REQUEST_FIELDS, at)
         rid = r.get("id")
@@ -160,10 +160,10 @@ def read_requests(lines, models, source: str = "requests") -> list[dict]:
             fail(f"{at}: id", f"a string of at most {MAX_ID} characters or a whole number", rid)
         model = r.get("model")
         if not isinstance(model, str) or model not in models:
-            raise PlacementError(f"{at}: model {shown(model)} is not in the plan {models}")
+            raise InputError(f"{at}: model {shown(model)} is not in the plan {models}")
         seed = number(r.get("seed", 0), f"{at}: seed", high=2**63 - 1, whole=True)
         if json.dumps(rid) in ids:
-            raise PlacementError(f"{at}: id {shown(rid)} is used twice")
+            raise InputError(f"{at}: id {shown(rid)} is used twice")
         ids.add(json.dumps(rid))
         reqs.append({"id": rid, "model": model, "seed": seed})
     return reqs
@@ -171,11 +171,11 @@ def read_requests(lines, models, source: str = "requests") -> list[dict]:
 
 def read_inputs(plan_path: str, num_ranks: int, requests_path: str | None = None, devices_path: str | None = None,
                 stdin=None) -> tuple[CheckedPlan, list[dict], str, list | None]:
-    """prism-serve's inputs, read and checked in one pass before anything loads: the devices file
+    """s2m3-serve's inputs, read and checked in one pass before anything loads: the devices file
     (when given), the plan against `num_ranks` (and those devices, in rank order), and the requests
     (the file, else `stdin`, a binary stream), within the size limits. Returns (the checked plan,
-    the requests, the plan file's text, the device names or None); PlacementError names the flag
-    or file and the field."""
+    the requests, the plan file's text, the device names or None); InputError (PlacementError for
+    the plan) names the flag or file and the field."""
     device_names = None
     if devices_path is not None:
         data = read_file(devices_path, f"--devices {devices_path}")
@@ -191,5 +191,5 @@ def read_inputs(plan_path: str, num_ranks: int, requests_path: str | None = None
             with open(requests_path, "rb") as f:
                 lines = read_lines(f, requests_path)
         except OSError as e:
-            raise PlacementError(f"{label}: cannot be read ({e.strerror})") from None
+            raise InputError(f"{label}: cannot be read ({e.strerror})") from None
     return plan, read_requests(lines, plan.models, requests_path or "stdin"), text, device_names

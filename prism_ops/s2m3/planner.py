@@ -1,10 +1,10 @@
 """S2M3 planning: from a devices file and a tasks file to a plan (which device holds each part)
-and the figures prism-place reports about it.
+and the figures s2m3-place reports about it.
 
 `make_plan` checks both files (`files`), profiles the modules (`profiler`), places them (the
-default planner `solver.plan`, or `placement.greedy` on request; `branch_and_bound` as a
-certificate) and returns a `PlanReport`; the plan dict it holds is what `prism-place --json`
-writes and prism-serve reads (`plan.check_plan`).
+default planner `solver.optimal_placement`, or `placement.greedy` on request; `branch_and_bound` as a
+certificate) and returns a `PlanReport`; the plan dict it holds is what `s2m3-place --json`
+writes and s2m3-serve reads (`plan.check_plan`).
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from .load import Load, burst_latencies, busy, load_objective, steady_latencies,
 from .plan import check_plan
 from .placement import Device, Instance, PlacementError, branch_and_bound, greedy, objective, task_latency
 from .profiler import profile_modules
-from .solver import plan as solve
+from .solver import optimal_placement
 from .suite import SUITE_VERSION
 
 PLANNERS = ("optimal", "greedy")
@@ -37,7 +37,7 @@ class PlanReport:
     latency: list[tuple[str, float]]  # (model, predicted latency s, alone), in the tasks file's order
     planner: str = "optimal"
     solve_s: float = 0.0  # the planner's time
-    exact_s: float | None = None  # branch and bound's time (with exact)
+    branch_and_bound_s: float | None = None  # branch and bound's time (with branch_and_bound)
     load: str | None = None  # "burst" or "rates"
     load_latency: list = ()  # (model, predicted mean latency s under the load[, its M/G/1 estimate])
     burst_s: float | None = None  # a burst: when its last request is answered
@@ -47,16 +47,17 @@ class PlanReport:
     prism: list = ()  # (part, [devices of its group], the resolved PrismConfig) of the tasks file's prism
 
 
-def make_plan(devices_path: str, tasks_path: str, exact: bool = False, planner: str = "optimal") -> PlanReport:
+def make_plan(devices_path: str, tasks_path: str, with_branch_and_bound: bool = False,
+              planner: str = "optimal") -> PlanReport:
     """Check both files, profile the modules, place them with `planner` ("optimal": the default
-    planner, `solver.plan`; "greedy": `placement.greedy`), and with `exact` also by branch and
+    planner, `solver.optimal_placement`; "greedy": `placement.greedy`), and with_branch_and_bound also by branch and
     bound (the plan then has `optimal_s`). PlacementError names the first problem."""
     if planner not in PLANNERS:
         raise PlacementError(f"planner must be one of {PLANNERS}, got {planner!r}")
     devices, links, default = parse_devices(read_file(devices_path, f"--devices {devices_path}"), devices_path)
     spec = check_tasks(read_file(tasks_path, f"--tasks {tasks_path}"), tasks_path)
     check_memory(spec, devices)
-    reg, costs, part_of, tasks = profile_modules(spec.models, spec.size, spec.compute_s, spec.input_bytes,
+    reg, costs, part_of, tasks = profile_modules(spec.models, spec.model_size, spec.compute_s, spec.input_bytes,
                                                  spec.catalog)
     inst = Instance(devices, costs, tasks, links, default)
     load = None
@@ -70,25 +71,26 @@ def make_plan(devices_path: str, tasks_path: str, exact: bool = False, planner: 
         where = greedy(inst)
         why = "greedy found no device with room for some module (the default planner may find one)"
     else:
-        sol = solve(inst, load)
+        sol = optimal_placement(inst, load)
         where, candidates, chosen = sol.place, sol.candidates, sol.chosen
         why = "no placement of the modules fits the devices' memory"
     solve_s = time.perf_counter() - t0
-    exact_s = best = None
-    if exact:
+    branch_and_bound_s = best = None
+    if with_branch_and_bound:
         t0 = time.perf_counter()
         best = branch_and_bound(inst)
-        exact_s = time.perf_counter() - t0
+        branch_and_bound_s = time.perf_counter() - t0
     if where is None:
         raise PlacementError(f"no placement fits: {why}"
-                             + (f" (exact: {'none either' if best[0] is None else 'one exists'})" if exact else ""))
-    plan = {"devices": [d.name for d in devices], "size": spec.size, "models": spec.models, "custom": spec.custom,
+                             + (f" (branch and bound: {'none either' if best[0] is None else 'one exists'})"
+                                if with_branch_and_bound else ""))
+    plan = {"devices": [d.name for d in devices], "size": spec.model_size, "models": spec.models, "custom": spec.custom,
             "plan": {part_of[k]: devices[v].name for k, v in where.items()}, "objective_s": objective(inst, where)}
-    if exact:
+    if with_branch_and_bound:
         plan["optimal_s"] = best[1]
     plan["suite_version"] = SUITE_VERSION
     extra = {}
-    if spec.prism:  # checked, and resolved, as prism-serve will (`plan.check_plan`)
+    if spec.prism:  # checked, and resolved, as s2m3-serve will (`plan.check_plan`)
         plan["prism"] = spec.prism
         spread = check_plan(plan, len(devices), path=tasks_path).spread
         extra["prism"] = [(part, [devices[r].name for r in ranks], cfg) for part, (ranks, cfg) in sorted(spread.items())]
@@ -111,4 +113,4 @@ def make_plan(devices_path: str, tasks_path: str, exact: bool = False, planner: 
         device_memory=[(d.name, sum(costs[k].memory for k, v in where.items() if v == i), d.memory)
                        for i, d in enumerate(devices)],
         memory=reg.memory_report(), latency=[(t.name, task_latency(inst, t, where)) for t in tasks],
-        planner=planner, solve_s=solve_s, exact_s=exact_s, **extra)
+        planner=planner, solve_s=solve_s, branch_and_bound_s=branch_and_bound_s, **extra)

@@ -1,7 +1,7 @@
 """S2M3 module profiler: build models with sharing and measure what placement needs of each
 unique module (memory, compute time on this machine, output bytes).
 
-`profile_modules` is prism-place's measuring step; bench/bench_s2m3_latency.py uses it too.
+`profile_modules` is s2m3-place's measuring step; bench/bench_s2m3_latency.py uses it too.
 """
 
 from __future__ import annotations

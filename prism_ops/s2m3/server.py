@@ -1,4 +1,4 @@
-"""S2M3 serving: one rank's share of a plan (`Server`), and prism-serve's whole job on a rank
+"""S2M3 serving: one rank's share of a plan (`Server`), and s2m3-serve's whole job on a rank
 (`serve_requests`).
 
 One rank per device of the plan (rank i = the plan's device i). Each rank loads only the modules
@@ -24,21 +24,15 @@ import time
 import torch
 
 from prism_ops import hf
-from prism_ops.distributed import CollectiveError, Request, run_distributed
+from prism_ops.distributed import Request, run_distributed
 from prism_ops.distributed.control import bcast_json
+from prism_ops.distributed.faults import agree_rank0
 
 from .files import parse_text
 from .messages import TAG_RESULT, TAG_STOP, TAG_WORK, pack, unpack
 from .modules import Registry
-from .placement import PlacementError
 from .plan import CheckedPlan, check_plan, read_inputs
 from .suite import example_inputs
-
-
-class BadInput(CollectiveError):
-    """A bad plan or request file: every rank stops with exit code 2."""
-
-    exit_code = 2
 
 
 class Server:
@@ -54,7 +48,7 @@ class Server:
         if not (ok and 1.0 <= slowdown < float("inf")):
             raise ValueError(f"slowdown must be a finite number >= 1, got {slowdown!r}")
         self.comm, self.slowdown = comm, float(slowdown)
-        self.size, self.models, self.rank_of, self.catalog = plan.size, plan.models, plan.rank, plan.catalog
+        self.model_size, self.models, self.rank_of, self.catalog = plan.model_size, plan.models, plan.rank, plan.catalog
         reg, self.modules = Registry(), {}
         loaded = {} if loaded is None else loaded
         for m in self.models:  # only the parts placed on this rank
@@ -64,7 +58,7 @@ class Server:
                 if part in loaded and part not in plan.spread:
                     self.modules[part] = loaded[part]
                     continue
-                self.modules[part] = reg.add(self.catalog.node_module(m, node, self.size))
+                self.modules[part] = reg.add(self.catalog.node_module(m, node, self.model_size))
                 if part not in plan.spread:
                     loaded[part] = self.modules[part]
         # PRISM inside S2M3: an encoder spread over a group of ranks, each holding a copy and
@@ -76,7 +70,7 @@ class Server:
                 continue
             node = next(n for m in self.models for n, (p, _) in self.catalog.nodes(m).items() if p == part)
             model = next(m for m in self.models if any(p == part for p, _ in self.catalog.nodes(m).values()))
-            mod = self.modules.get(part) or self.catalog.node_module(model, node, self.size)
+            mod = self.modules.get(part) or self.catalog.node_module(model, node, self.model_size)
             self.modules[part] = mod
             hf.configure(mod.net, config, comm=sub)  # the plan's resolved setting (`plan.prism_config`)
             self.groups[part] = (sub, [r for r in ranks if r != ranks[0]])
@@ -191,7 +185,7 @@ class Server:
             nonlocal due
             while due < len(requests) and t0 + at[due] <= now:
                 r = requests[due]
-                x = example_inputs(self.size, seed=r["seed"])
+                x = example_inputs(self.model_size, seed=r["seed"])
                 start[json.dumps(r["id"])] = t0 + at[due]
                 for node, srcs in self.dag(r["model"]).items():
                     for s in srcs:
@@ -225,25 +219,19 @@ class Server:
 
 def serve_requests(comm, plan_path: str, requests_path: str | None = None,
                    devices_path: str | None = None) -> list[dict] | None:
-    """prism-serve on this rank: rank 0 reads and checks every input (`plan.read_inputs`: the plan,
+    """s2m3-serve on this rank: rank 0 reads and checks every input (`plan.read_inputs`: the plan,
     against the devices file's devices in rank order when given, and the requests) and sends the
     verdict to every rank, so a bad input stops all ranks alike, before any model loads and before
     any collective that only some ranks would enter; the others check the plan rank 0 read. Then
     serve them all, and on rank 0 return one `{"id", "model", "output", "latency_s"}` per request,
-    in request order (None elsewhere). BadInput (exit code 2 under `guarded`) for a bad input; on
-    rank 0 its cause carries the original traceback."""
-    reqs = verdict = cause = None
-    if comm.rank == 0:
-        try:
-            plan, reqs, text, names = read_inputs(plan_path, comm.size, requests_path, devices_path, sys.stdin.buffer)
-            verdict = {"plan": text, "devices": names}
-        except PlacementError as e:
-            verdict, cause = {"error": str(e)}, e
-    verdict = bcast_json(comm, verdict)
-    if "error" in verdict:
-        raise BadInput(verdict["error"]) from cause
+    in request order (None elsewhere). `faults.BadInput` (exit code 2 under `guarded`) for a bad
+    input; on rank 0 its cause carries the original traceback."""
+    read = agree_rank0(comm, lambda: read_inputs(plan_path, comm.size, requests_path, devices_path,
+                                                 sys.stdin.buffer))
+    plan, reqs, text, names = read if comm.rank == 0 else (None, None, None, None)
+    checked = bcast_json(comm, {"plan": text, "devices": names})
     if comm.rank != 0:  # the same checks of the same text: a failure here is a bug, which ends the job
-        plan = check_plan(parse_text(verdict["plan"], plan_path), comm.size, verdict["devices"], plan_path)
+        plan = check_plan(parse_text(checked["plan"], plan_path), comm.size, checked["devices"], plan_path)
     comm.phase = "loading"
     server = Server(comm, plan)
     comm.barrier()  # latencies count from when every rank serves

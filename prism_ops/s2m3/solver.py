@@ -13,8 +13,8 @@ objective it encodes exactly):
   its compute time on its device;
 - minimise the sum over tasks of f[t, sink] plus the reply back to device 0.
 At the optimum every f sits on its largest input (the max of `task_latency`), so the program's
-optimum is the objective's. HiGHS proves infeasibility too: `plan` never reports "no placement"
-when one fits (a time limit without any solution falls back on greedy and first-fit).
+optimum is the objective's. HiGHS proves infeasibility too: `optimal_placement` never reports
+"no placement" when one fits (a time limit without any solution falls back on greedy and first-fit).
 
 `bench/bench_s2m3_placement.py` compares it with greedy and branch and bound.
 """
@@ -205,7 +205,7 @@ def one_device(inst: Instance) -> list[tuple[int, dict]]:
 SEARCH_ARRIVALS = 300  # simulated arrivals per step of the steady-load search (the final pick: STEADY_ARRIVALS x seeds)
 
 
-def plan(inst: Instance, load: Load | None = None, time_limit: float = 1.5) -> Solution:
+def optimal_placement(inst: Instance, load: Load | None = None, time_limit: float = 1.5) -> Solution:
     """The default planner: the MILP optimum of `placement.objective` (polished by local search if
     HiGHS stopped at its time limit). With a `load`, the best by `load.load_objective` of these
     candidates: every one-device plan that fits, the MILP optimum, greedy, a busy-time-balanced
@@ -248,7 +248,7 @@ def plan(inst: Instance, load: Load | None = None, time_limit: float = 1.5) -> S
 
         found = [(f"{n} + M/G/1 search", local_search(inst, p, guess, lo)[0]) for n, p in named]
         counts = tuple(1 if r else 0 for r in load.rates)
-        named += [("burst plan", p) for p in (plan(inst, Load(counts=counts), time_limit).place,) if p is not None]
+        named += [("burst plan", p) for p in (optimal_placement(inst, Load(counts=counts), time_limit).place,) if p is not None]
         pool = named + found + [(f"all on {inst.devices[d].name}", p) for d, p in one_device(inst)]
         ranked = sorted(pool, key=lambda np_: short(inst, np_[1]))
         sim_deadline = time.perf_counter() + 2 * time_limit

@@ -307,7 +307,7 @@ class Catalog:
 
 BUILTIN = Catalog(MODELS)  # the 12 built-in models; custom ones: BUILTIN.with_custom(custom)
 # What a plan records of the suite it was made for: a digest of the built-in models and of the
-# encoder configs and input shapes they are built from (prism-serve refuses a plan made for
+# encoder configs and input shapes they are built from (s2m3-serve refuses a plan made for
 # another version: its parts may no longer be the same modules).
 SUITE_VERSION = hashlib.sha256(json.dumps([{m: [t, {n: list(v) for n, v in nodes.items()}]
                                             for m, (t, nodes) in MODELS.items()},

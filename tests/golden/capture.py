@@ -3,8 +3,8 @@
     python tests/golden/capture.py OUT.json        # OUT.json: what this checkout computes
 
 It only uses interfaces that a refactor keeps: `prism_ops.partitioned_attention`, and the
-`prism-run` and `prism-place` commands with `--json`. tests/golden/golden.json holds the
-`prism-run` and `prism-place` outputs written by this script before the layers above `ops/` were
+`prism-run` and `s2m3-place` commands with `--json`. tests/golden/golden.json holds the
+`prism-run` and `s2m3-place` outputs written by this script before the layers above `ops/` were
 restructured; the `partitioned_attention` outputs (golden.json's "partitioned_attention", once
 sha256 digests of the bytes) were captured again as values with the restructured code.
 
@@ -183,11 +183,11 @@ def place_case() -> dict:
         tasks.write_text(json.dumps(PLACE_TASKS))
         # --planner greedy: the planner the golden plan was made with (an optimal MILP planner
         # became the default afterwards).
-        cmd = [str(BIN / "prism-place"), "--devices", str(dev), "--tasks", str(tasks), "--exact", "--json", str(plan),
+        cmd = [str(BIN / "s2m3-place"), "--devices", str(dev), "--tasks", str(tasks), "--branch-and-bound", "--json", str(plan),
                "--planner", "greedy"]
         p = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=ENV)
         if p.returncode != 0:
-            raise RuntimeError(f"prism-place: exit {p.returncode}\n{p.stderr[-3000:]}")
+            raise RuntimeError(f"s2m3-place: exit {p.returncode}\n{p.stderr[-3000:]}")
         out = json.loads(plan.read_text())
         out.pop("suite_version", None)  # a key added later (issue 12): not part of the old plans
         return out

@@ -1,16 +1,17 @@
-"""prism-place: place the suite's shared modules on devices and predict each task's latency.
+"""s2m3-place: place the suite's shared modules on devices and predict each task's latency.
 
-    prism-place --devices devices.yaml --tasks tasks.yaml [--planner optimal|greedy] [--exact] [--json plan.json]
+    s2m3-place --devices devices.yaml --tasks tasks.yaml [--planner optimal|greedy] [--branch-and-bound]
+        [--json plan.json]
 
 The files' formats: `prism_ops.s2m3.files`. Requests arrive at the first device. Everything is
 checked (unknown models or parts, a module larger than every device, cyclic or dangling task
 graphs, bad numbers) before any model is built; a bad file exits with code 2. The default
 planner is optimal for the latency objective (a MILP, `prism_ops.s2m3.solver`); a tasks file's
 `burst` or `rates` makes it minimise the mean latency under that load (simulated, `prism_ops.s2m3.load`),
-and prism-place then prints the predicted latency of each task and of the whole burst, how busy
+and s2m3-place then prints the predicted latency of each task and of the whole burst, how busy
 each device is and every plan it compared (the one-device plans among them). A tasks file's
-`prism` entries go into the plan; prism-place prints the setting each resolves to.
-`--exact` also runs branch and bound (small instances) as a certificate. The planning itself:
+`prism` entries go into the plan; s2m3-place prints the setting each resolves to.
+`--branch-and-bound` also runs branch and bound (small instances) as a certificate. The planning itself:
 `prism_ops.s2m3.planner.make_plan`.
 
 Every field of both files is checked first (types, ranges, finiteness, unknown fields, names);
@@ -23,18 +24,18 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import traceback
 
 import torch
 
-from prism_ops.s2m3.placement import PlacementError
+from prism_ops._files import unwritable
+from prism_ops.s2m3.placement import InputError
 from prism_ops.s2m3.planner import PLANNERS, PlanReport, make_plan
 
 
 def print_report(r: PlanReport) -> None:
-    print(f"prism-place: {r.num_models} models, {len(r.modules)} unique modules on {len(r.devices)} devices")
+    print(f"s2m3-place: {r.num_models} models, {len(r.modules)} unique modules on {len(r.devices)} devices")
     print("| module | device | MB | compute (s) |")
     print("| --- | --- | --- | --- |")
     for part, device, nbytes, compute in r.modules:
@@ -49,7 +50,7 @@ def print_report(r: PlanReport) -> None:
     print(f"objective ({r.planner}): {r.plan['objective_s']:.4f} s, solved in {r.solve_s:.3f} s")
     if "optimal_s" in r.plan:
         gap = r.plan["objective_s"] / r.plan["optimal_s"] - 1 if r.plan["optimal_s"] > 0 else 0.0
-        print(f"exact (branch and bound): {r.plan['optimal_s']:.4f} s in {r.exact_s:.3f} s; gap {gap:.2%}")
+        print(f"branch and bound: {r.plan['optimal_s']:.4f} s in {r.branch_and_bound_s:.3f} s; gap {gap:.2%}")
     for part, group, cfg in r.prism:  # what every rank of the group will run (preset resolved)
         levers = ", ".join(f"{k}={v}" for k, v in cfg.as_dict().items() if k != "num_partitions")
         print(f"prism {part} over {', '.join(group)}: {levers}")
@@ -70,14 +71,15 @@ def print_report(r: PlanReport) -> None:
 
 
 def main(argv=None) -> None:
-    ap = argparse.ArgumentParser(prog="prism-place", description=__doc__.split("\n\n")[0],
+    ap = argparse.ArgumentParser(prog="s2m3-place", description=__doc__.split("\n\n")[0],
                                  epilog="Files: YAML (.yaml, .yml) or JSON, UTF-8, at most 1 MiB each.")
     ap.add_argument("--devices", required=True, help="devices file: devices, links, default_link")
     ap.add_argument("--tasks", required=True, help="tasks file: models, custom, size, input_bytes, compute_s, "
                                                     "burst or rates")
     ap.add_argument("--planner", choices=PLANNERS, default="optimal",
                     help="optimal (default: MILP, then local search under a load) or greedy")
-    ap.add_argument("--exact", action="store_true", help="also solve by branch and bound (small instances)")
+    ap.add_argument("--branch-and-bound", action="store_true",
+                    help="also solve by branch and bound (small instances), as a certificate")
     ap.add_argument("--json", help="write the plan here")
     ap.add_argument("--debug", action="store_true", help="print the traceback of an error too")
     args = ap.parse_args(argv)
@@ -85,11 +87,12 @@ def main(argv=None) -> None:
     try:
         if args.json is not None:
             check_writable(args.json)
-        report = make_plan(args.devices, args.tasks, exact=args.exact, planner=args.planner)
+        report = make_plan(args.devices, args.tasks, with_branch_and_bound=args.branch_and_bound,
+                           planner=args.planner)
         print_report(report)
         if args.json is not None:
             write_plan(args.json, report.plan)
-    except PlacementError as e:
+    except InputError as e:  # a PlacementError too
         fail(e, args.debug, 2)
     except Exception as e:  # noqa: BLE001 - a bug: one line, unless --debug asks for the traceback
         fail(e, args.debug, 1, f"internal error ({type(e).__name__}): ")
@@ -99,15 +102,14 @@ def fail(e: BaseException, debug: bool, code: int, what: str = "") -> None:
     """Exit with `code` and one line (the traceback first with --debug)."""
     if debug:
         traceback.print_exception(e, file=sys.stderr)
-    print(f"prism-place: error: {what}{e}", file=sys.stderr)
+    print(f"s2m3-place: error: {what}{e}", file=sys.stderr)
     sys.exit(code)
 
 
 def check_writable(path: str) -> None:
     """Refuse a --json path that cannot be written, before the planning's work."""
-    folder = os.path.dirname(path) or "."
-    if not path or os.path.isdir(path) or not os.path.isdir(folder) or not os.access(folder, os.W_OK):
-        raise PlacementError(f"--json {path!r}: cannot be written (give a file in an existing, writable folder)")
+    if not path or unwritable(path) is not None:
+        raise InputError(f"--json {path!r}: cannot be written (give a file in an existing, writable folder)")
 
 
 def write_plan(path: str, plan: dict) -> None:
@@ -115,7 +117,7 @@ def write_plan(path: str, plan: dict) -> None:
         with open(path, "w") as f:
             json.dump(plan, f, indent=1)
     except OSError as e:
-        raise PlacementError(f"--json {path!r}: cannot be written ({e.strerror})") from None
+        raise InputError(f"--json {path!r}: cannot be written ({e.strerror})") from None
 
 
 if __name__ == "__main__":

@@ -1,7 +1,8 @@
-"""prism-serve: S2M3 requests routed through shared modules spread over MPI ranks.
+"""s2m3-serve: S2M3 requests routed through shared modules spread over MPI ranks (not the
+OpenAI-style HTTP service, which is `prism-run --serve`).
 
-    prism-place --devices devices.yaml --tasks tasks.yaml --json plan.json
-    mpirun -n 3 prism-serve --plan plan.json --requests requests.jsonl [--devices devices.yaml]
+    s2m3-place --devices devices.yaml --tasks tasks.yaml --json plan.json
+    mpirun -n 3 s2m3-serve --plan plan.json --requests requests.jsonl [--devices devices.yaml]
 
 One rank per device of the plan. Output: one JSON line per request, in request order:
 `{"id", "model", "output", "latency_s"}`. A bad plan or request file exits with code 2: so does a
@@ -34,14 +35,15 @@ import torch
 
 from prism_ops.distributed import Communicator, guarded
 from prism_ops.distributed.comm import DEFAULT_TIMEOUT_S
-from prism_ops.s2m3.server import BadInput, serve_requests
+from prism_ops.distributed.faults import BadInput
+from prism_ops.s2m3.server import serve_requests
 
 
 def main(argv=None) -> None:
-    ap = argparse.ArgumentParser(prog="prism-serve", description=__doc__.split("\n\n")[0],
+    ap = argparse.ArgumentParser(prog="s2m3-serve", description=__doc__.split("\n\n")[0],
                                  epilog="Limits: plan and devices files 1 MiB (UTF-8 YAML or JSON); request "
                                         "lines 4 KiB each, 16 MiB in all.")
-    ap.add_argument("--plan", required=True, help="a plan written by prism-place --json")
+    ap.add_argument("--plan", required=True, help="a plan written by s2m3-place --json")
     ap.add_argument("--requests", help="JSON lines {id, model, seed}; default: standard input")
     ap.add_argument("--devices", help="the devices file, in rank order: the plan must name the same devices")
     ap.add_argument("--debug", action="store_true", help="print the traceback of a bad input's error too")
@@ -65,7 +67,7 @@ def main(argv=None) -> None:
             print(json.dumps(line))
         sys.stdout.flush()
 
-    sys.exit(guarded(comm, run, prog="prism-serve"))
+    sys.exit(guarded(comm, run, prog="s2m3-serve"))
 
 
 if __name__ == "__main__":
