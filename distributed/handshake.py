@@ -14,6 +14,7 @@ import torch
 
 from prism_ops import __version__
 from prism_ops.config import PrismConfig
+from prism_ops.hf import transformers_version
 
 from .control import allgather_json
 from .faults import HandshakeError
@@ -34,9 +35,7 @@ def weights_digest(model) -> str:
 def fingerprint(model, config: PrismConfig, *, model_name: str, dtype: str, **extra) -> dict:
     """What must match on every rank: versions, model, weights, dtype, every config field and
     any extra JSON-able fields (prism-run adds its mode: run, auto, profile or serve)."""
-    import transformers
-
-    out = {"prism_ops": __version__, "torch": torch.__version__, "transformers": transformers.__version__,
+    out = {"prism_ops": __version__, "torch": torch.__version__, "transformers": transformers_version(),
            "model": model_name, "weights": weights_digest(model), "dtype": dtype, **config.as_dict(), **extra}
     if config.summary_codebook:  # the same path may hold different files on different machines
         with open(config.summary_codebook, "rb") as f:

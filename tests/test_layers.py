@@ -1,7 +1,7 @@
 """Layering of the installed package: imports only go down, no cycles, no hidden imports.
 
-    kernels  <-  ops (+ _checks, _backend)  <-  config, wire, cost, strategy  <-  distributed
-             <-  hf  <-  runner, report, link_profile, models, eval, demo, s2m3  <-  cli
+    kernels  <-  ops (+ _checks, _backend)  <-  config, wire, cost, strategy, pooling  <-  hf
+             <-  distributed  <-  runner, report, link_profile, models, eval, demo, s2m3  <-  cli
 
 Read from the source with `ast`, so nothing is imported to check it. An import inside a function
 is allowed only for an optional dependency (or the lazy Triton path of an op).
@@ -30,8 +30,9 @@ LAYERS = [
     ("prism_ops.ops", 1), ("prism_ops._checks", 1), ("prism_ops._backend", 1),
     ("prism_ops.config", 2), ("prism_ops.wire", 2), ("prism_ops.cost", 2), ("prism_ops.strategy", 2),
     ("prism_ops.pooling", 2),  # pure torch: the ranks pool their own tokens with it
-    ("prism_ops.distributed", 3),
-    ("prism_ops.hf", 4), ("prism_ops.hf_attention", 4),
+    ("prism_ops.hf", 3),  # the Hugging Face adapter: the runtimes run a model through it
+    ("prism_ops.distributed", 4),
+    ("prism_ops.in_process", 5),
     ("prism_ops.models", 5), ("prism_ops.report", 5), ("prism_ops.link_profile", 5), ("prism_ops.runner", 5), ("prism_ops.input_files", 5),
     ("prism_ops.calibrate", 5),
     ("prism_ops.eval", 5), ("prism_ops.demo", 5), ("prism_ops.s2m3", 5), ("prism_ops.serving", 5),
@@ -86,7 +87,8 @@ ALL = list(modules())
 
 def test_the_package_has_the_expected_modules():
     names = {n for n, _ in ALL}
-    assert {"prism_ops.config", "prism_ops.wire", "prism_ops.strategy", "prism_ops.distributed.comm",
+    assert {"prism_ops.config", "prism_ops.wire", "prism_ops.strategy.base", "prism_ops.strategy.rank",
+            "prism_ops.strategy.simulated", "prism_ops.hf.model", "prism_ops.distributed.comm",
             "prism_ops.distributed.faults", "prism_ops.distributed.link", "prism_ops.cli.run"} <= names
     assert all(layer(n) is not None for n in names), sorted(n for n in names if layer(n) is None)
 
