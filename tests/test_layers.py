@@ -4,10 +4,13 @@
              <-  distributed  <-  runner, report, link_profile, models, eval, demo, s2m3  <-  cli
 
 Read from the source with `ast`, so nothing is imported to check it. An import inside a function
-is allowed only for an optional dependency (or the lazy Triton path of an op).
+is allowed only for an optional dependency (or the lazy Triton path of an op). The MPI runtime
+(`distributed`) imports no transformers, even inside a function: model families are the Hugging
+Face adapter's (`hf`).
 """
 
 import ast
+import os
 from pathlib import Path
 
 import pytest
@@ -50,7 +53,10 @@ def layer(module: str) -> int | None:
 
 
 def modules():
-    for path in sorted(ROOT.rglob("*.py")):
+    # os.walk follows the checkout's symlinks (prism_ops/distributed, prism_ops/kernels), which
+    # Path.rglob does not, so the checkout (PYTHONPATH=.) is checked as fully as an install.
+    found = [Path(d) / f for d, _, files in os.walk(ROOT, followlinks=True) for f in files if f.endswith(".py")]
+    for path in sorted(found):
         rel = path.relative_to(ROOT.parent).with_suffix("")
         parts = list(rel.parts)
         if parts[-1] == "__init__":
@@ -105,6 +111,13 @@ def test_imports_only_go_down(name, path):
         theirs = layer(mod)
         assert theirs is not None, f"{name} imports unknown module {mod}"
         assert theirs <= mine, f"{name} (layer {mine}) imports {mod} (layer {theirs}): imports must go down"
+
+
+@pytest.mark.parametrize("name,path", [(n, p) for n, p in ALL if n.startswith("prism_ops.distributed")],
+                         ids=[n for n, _ in ALL if n.startswith("prism_ops.distributed")])
+def test_the_mpi_runtime_never_imports_transformers(name, path):
+    assert not [m for m, _ in imports(name, path) if m.split(".")[0] == "transformers"], \
+        f"{name} imports transformers: model-family knowledge belongs in prism_ops.hf"
 
 
 def test_kernels_import_nothing_of_prism_ops():
