@@ -90,7 +90,8 @@ def worker(args) -> None:
 
     from prism_ops import hf
     from prism_ops.config import PrismConfig
-    from prism_ops.distributed import Communicator, EmulatedLink, Request, run_distributed, run_simulated
+    from prism_ops.distributed import Communicator, EmulatedLink, Request, run_distributed
+    from prism_ops.in_process import run_simulated
     from prism_ops.distributed.control import bcast_json
 
     torch.set_num_threads(1)

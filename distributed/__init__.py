@@ -8,12 +8,12 @@
 - comm.py: the transport, the one place MPI is called (buffers only, byte counters).
 - link.py: an emulated slow link; faults.py: the fault policy (`guarded`, error classes).
 - control.py: JSON control messages; handshake.py: same model and settings on every rank.
-- payload.py: a rank's per-layer payload as bytes (the layout is `prism_ops.wire`).
-- attention.py: `RankPartition`, PRISM attention on one rank (all-gather overlapped with the
-  local block).
-- runtime.py: master/worker requests, generation, and the same in one process.
-Imports go down only: this package uses `prism_ops.ops`, `config`, `wire` and `strategy`, never
-the Hugging Face layer. mpi4py is imported only when a Communicator is made, so
+- runtime.py: master/worker requests and generation (the same in one process:
+  `prism_ops.in_process`).
+A rank's attention layers run `prism_ops.strategy.rank.RankPartition`, which is handed the
+Communicator. Imports go down only: this package uses `prism_ops.ops`, `config`, `wire`,
+`strategy` and the Hugging Face adapter `prism_ops.hf` (the one place that knows model families),
+and never imports transformers itself. mpi4py is imported only when a Communicator is made, so
 `import prism_ops` needs no MPI.
 """
 
@@ -21,7 +21,7 @@ from .comm import Communicator
 from .faults import CollectiveError, HandshakeError, RemoteFailure, guarded
 from .handshake import fingerprint, handshake
 from .link import EmulatedLink
-from .runtime import Request, RequestError, Result, run_distributed, run_simulated
+from .runtime import Request, RequestError, Result, run_distributed
 
 __all__ = ["CollectiveError", "Communicator", "EmulatedLink", "fingerprint", "guarded", "handshake", "HandshakeError",
-           "RemoteFailure", "Request", "RequestError", "Result", "run_distributed", "run_simulated"]
+           "RemoteFailure", "Request", "RequestError", "Result", "run_distributed"]

@@ -14,35 +14,17 @@ import torch
 
 from prism_ops import __version__
 from prism_ops.config import PrismConfig
+from prism_ops.hf import sampled_weights_digest, transformers_version
 
 from .control import allgather_json
 from .faults import HandshakeError
 
 
-def weights_digest(model) -> str:
-    """A digest of 256 evenly strided values of every weight tensor, exactly as stored.
-
-    No arithmetic on the values (unlike a sum, which changes with the thread count), so the same
-    weights give the same digest in any process. A weight change that misses every sampled value
-    goes unnoticed; it only guards against another checkpoint or dtype. The handshake and the
-    calibration files (`prism_ops.hf.model_fingerprint`) both use it.
-    """
-    h = hashlib.sha256()
-    with torch.no_grad():
-        for name, p in model.state_dict().items():
-            flat = p.detach().flatten()
-            h.update(f"{name}:{list(p.shape)}:{p.dtype}".encode())
-            h.update(flat[:: max(1, flat.numel() // 256)].cpu().contiguous().view(torch.uint8).numpy().tobytes())
-    return h.hexdigest()[:16]
-
-
 def fingerprint(model, config: PrismConfig, *, model_name: str, dtype: str, **extra) -> dict:
     """What must match on every rank: versions, model, weights, dtype, every config field and
     any extra JSON-able fields (prism-run adds its mode: run, auto, profile or serve)."""
-    import transformers
-
-    out = {"prism_ops": __version__, "torch": torch.__version__, "transformers": transformers.__version__,
-           "model": model_name, "weights": weights_digest(model), "dtype": dtype, **config.as_dict(), **extra}
+    out = {"prism_ops": __version__, "torch": torch.__version__, "transformers": transformers_version(),
+           "model": model_name, "weights": sampled_weights_digest(model), "dtype": dtype, **config.as_dict(), **extra}
     if config.summary_codebook:  # the same path may hold different files on different machines
         with open(config.summary_codebook, "rb") as f:
             out["summary_codebook_digest"] = hashlib.sha256(f.read()).hexdigest()[:16]

@@ -4,7 +4,7 @@ Rank 0 takes the request (token ids `[B, N]`, or an image for a vision model), c
 the partition bounds (equal, or weighted by relative device speeds), and sends every rank its
 token ids with their absolute positions (Scatterv) and the padding mask (Bcast). Every rank
 runs the same model on its own tokens, its attention layers exchanging summaries
-(`distributed.attention`). Rank 0 then gathers what was asked:
+(`prism_ops.strategy.rank`). Rank 0 then gathers what was asked:
 
     "embedding"  the sentence vector `[B, D]`: req.pooling (`prism_ops.pooling`; default: the mean
                  of the last hidden state over real tokens); each rank sends only what the
@@ -16,37 +16,33 @@ runs the same model on its own tokens, its attention layers exchanging summaries
                  the summaries it cached at prefill (no traffic per token); with stream=True
                  it also sends each new token to rank 0 as it comes (`on_token` there)
 
-`run_simulated` gives the same results in one process with all partitions simulated
-(`prism_ops.hf.configure(..., comm=None)`), which the tests compare against. Both build the
-output through the same two steps (`_local_output`: what a rank contributes; `_assemble`: the
+The model runs only through the Hugging Face adapter (`prism_ops.hf`: its kind, positions, local
+forward and decoding), so this module knows no model family and imports no transformers.
+`prism_ops.in_process.run_simulated` gives the same results in one process with all partitions
+simulated (`prism_ops.hf.configure(..., comm=None)`), which the tests compare against. Both build the
+output through the same two steps (`local_output`: what a rank contributes; `assemble`: the
 Result from every rank's part), and both scope one `prism_ops.strategy.RequestState` over the
 forward and its decoding steps: nothing per-request is left on the model.
 """
 
 from __future__ import annotations
 
-import inspect
-import os
-import sys
 import time
 from dataclasses import dataclass, field
 
 import torch
 
+from prism_ops.hf import decode_tokens, local_hidden, max_positions, model_kind
 from prism_ops.ops.partitioned_attention import partition_bounds
 from prism_ops.pooling import Pooling, combine, local_part
-from prism_ops.strategy import RequestState, request_scope
+from prism_ops.strategy import RequestState, rank_partition, request_scope
+from prism_ops.strategy.payload import as_bytes
 
-from .attention import rank_partition
 from .control import allgather_json, bcast_json
 from .faults import CollectiveError
-from .payload import as_bytes
 
 OUTPUTS = ("embedding", "hidden", "logits")
-# Test hook: seconds each decoding step sleeps (a slow decoder, for the liveness tests). Not for use.
-DECODE_SLEEP_ENV = "PRISM_TEST_DECODE_SLEEP_S"
 TAG_TOKEN = 21  # point-to-point: a streamed token [B] int64 from the last rank to rank 0; b"" ends
-DECODER_SUFFIXES = ("ForCausalLM", "LMHeadModel")  # class names of decoders with their LM head
 
 
 class RequestError(CollectiveError, ValueError):
@@ -87,20 +83,6 @@ class Result:
     bounds: list = field(default_factory=list)
 
 
-def model_kind(model) -> str:
-    """"vision" (ViT: pixel input), "decoder" (a causal LM with its head) or "encoder"."""
-    if hasattr(getattr(model.base_model, "embeddings", None), "patch_embeddings"):
-        return "vision"
-    if type(model).__name__.endswith(DECODER_SUFFIXES):
-        return "decoder"
-    return "encoder"
-
-
-def max_positions(model) -> int | None:
-    c = model.config
-    return getattr(c, "max_position_embeddings", None) or getattr(c, "n_positions", None)
-
-
 def check_request(model, req: Request, num_ranks: int) -> tuple[int, int]:
     """(B, N) of a valid request, or RequestError naming what is wrong."""
     kind = model_kind(model)
@@ -129,96 +111,10 @@ def check_request(model, req: Request, num_ranks: int) -> tuple[int, int]:
     return B, N
 
 
-def local_hidden(model, kind, c0, c1, ids=None, positions=None, mask=None, pixel_values=None, use_cache=False):
-    """Last hidden state `[B, c1 - c0, d]` of tokens [c0, c1), and a decoder's KV cache if asked."""
-    base = model.base_model
-    if kind == "vision":
-        # The patch embedding is cheap and per patch: every rank embeds the image, keeps its slice
-        # and runs the layers (ViTModel.forward itself would embed and run all patches).
-        dtype = base.embeddings.patch_embeddings.projection.weight.dtype
-        h = base.embeddings(pixel_values.to(dtype))[:, c0:c1]
-        layers = base.layers if hasattr(base, "layers") else base.encoder.layer
-        for layer in layers:
-            h = layer(h, None)
-            h = h[0] if isinstance(h, tuple) else h
-        return base.layernorm(h), None
-    kw = dict(input_ids=ids, position_ids=positions, attention_mask=mask)
-    if kind == "decoder":
-        kw["use_cache"] = use_cache
-    out = base(**kw)
-    return out.last_hidden_state, getattr(out, "past_key_values", None)
-
-
-def decode_tokens(model, h_last, cache, first_position, req: Request, eos=None, progress=False, on_token=None):
-    """Sample req.generate tokens after hidden state h_last `[B, d]`; returns ids `[B, n]`.
-    on_token(ids `[B]`), if given, sees each token as soon as it is chosen."""
-    from tqdm import tqdm
-    from transformers import LogitsProcessorList, TemperatureLogitsWarper, TopKLogitsWarper, TopPLogitsWarper
-
-    warpers = LogitsProcessorList()
-    if req.temperature > 0:
-        warpers.append(TemperatureLogitsWarper(req.temperature))
-        if req.top_k:
-            warpers.append(TopKLogitsWarper(req.top_k))
-        if req.top_p < 1.0:
-            warpers.append(TopPLogitsWarper(req.top_p))
-    gen = torch.Generator().manual_seed(req.seed)
-    lm_head, base = model.get_output_embeddings(), model.base_model
-    # transformers 5 names the KV cache argument `cache`; earlier releases `past_key_values`.
-    cache_arg = "cache" if "cache" in inspect.signature(base.forward).parameters else "past_key_values"
-    logits = lm_head(h_last).float()
-    out = []
-    pause = float(os.environ.get(DECODE_SLEEP_ENV, "0") or 0)
-    for t in tqdm(range(req.generate), desc="generating", unit="tok", disable=not progress, file=sys.stderr):
-        if pause > 0:
-            time.sleep(pause)
-        if req.temperature > 0:
-            probs = torch.softmax(warpers(None, logits), -1)
-            nxt = torch.multinomial(probs.cpu(), 1, generator=gen)[:, 0].to(logits.device)
-        else:
-            nxt = logits.argmax(-1)
-        out.append(nxt)
-        if on_token is not None:
-            on_token(nxt)
-        if eos is not None and bool((nxt == eos).all()):
-            break
-        if t == req.generate - 1:
-            break
-        pos = torch.full_like(nxt[:, None], first_position + t)
-        h = base(input_ids=nxt[:, None], position_ids=pos, use_cache=True, **{cache_arg: cache}).last_hidden_state
-        logits = lm_head(h[:, -1]).float()
-    return torch.stack(out, 1) if out else torch.empty(h_last.shape[0], 0, dtype=torch.long)
-
-
-def _positions(B, N):
+def default_positions(B, N):
+    """Positions 0..N-1 of every row `[B, N]` (a request that lays out no batch)."""
     return torch.arange(N).expand(B, N)
 
-
-# -- one process ---------------------------------------------------------------------------
-
-def run_simulated(model, req: Request, num_partitions: int, eos=None, progress=False, on_token=None) -> Result:
-    """The request in one process; the model must be configured with comm=None (or not at all,
-    for the exact model)."""
-    kind = model_kind(model)
-    B, N = check_request(model, req, num_partitions)
-    head = _head(req, B, N, [(0, N)])  # req.bounds (a laid-out batch) is for run_distributed
-    valid = req.mask.bool() if req.mask is not None else torch.ones(B, N, dtype=torch.bool)
-    t0 = time.perf_counter()
-    with torch.no_grad(), request_scope():
-        pos = _positions(B, N) if req.positions is None else req.positions.long()
-        h, cache = local_hidden(model, kind, 0, N, ids=req.ids, positions=pos, mask=req.mask,
-                                pixel_values=req.pixel_values, use_cache=bool(req.generate))
-        t1 = time.perf_counter()
-        out = _local_output(model, head, h, cache, valid, True, eos, progress, on_token if req.stream else None, c0=0)
-    seconds = {"forward": t1 - t0}
-    if req.generate:
-        seconds["decode"] = time.perf_counter() - t1
-    res = _assemble(head, [out])
-    res.seconds = seconds
-    return res
-
-
-# -- MPI -------------------------------------------------------------------------------------
 
 def run_distributed(model, comm, req: Request | None, eos=None, progress=True, on_token=None) -> Result | None:
     """Serve one request over comm's ranks; req is read on rank 0 only (a RequestError there is
@@ -249,7 +145,7 @@ def run_distributed(model, comm, req: Request | None, eos=None, progress=True, o
         stream = _TokenStream(comm, head, on_token)
         if head["generate"]:
             comm.phase = "generation token 1" if last else "generation"
-        out = _local_output(model, head, h, cache, valid[:, c0:c1], last, eos, progress, stream.emit if last else None,
+        out = local_output(model, head, h, cache, valid[:, c0:c1], last, eos, progress, stream.emit if last else None,
                             c0=c0)
         stream.finish(last)
         if head["generate"]:
@@ -265,7 +161,7 @@ def run_distributed(model, comm, req: Request | None, eos=None, progress=True, o
     every = allgather_json(comm, times)
     if comm.rank != 0:
         return None
-    res = _assemble(head, got)
+    res = assemble(head, got)
     res.bytes_per_layer = torch.stack([s.view(torch.int64) for s in sent]).sum(0).tolist()
     res.seconds = {k: max(t.get(k, 0.0) for t in every) for k in every[-1]}  # the slowest rank's
     return res
@@ -323,7 +219,7 @@ class _TokenStream:
                 self.on_token(torch.frombuffer(bytearray(msg[1]), dtype=torch.int64))
 
 
-def _head(req: Request, B: int, N: int, bounds) -> dict:
+def request_head(req: Request, B: int, N: int, bounds) -> dict:
     """What every rank must know of a request: sizes, bounds and options (JSON-able)."""
     return dict(B=B, N=N, bounds=bounds, padding=req.mask is not None, output=req.output, generate=req.generate,
                 temperature=req.temperature, top_k=req.top_k, top_p=req.top_p, seed=req.seed, stream=req.stream,
@@ -348,7 +244,7 @@ def _distribute(model, comm, req, kind, weights):
             if len(bounds) != P or bounds[0][0] != 0 or bounds[-1][1] != N or any(
                     a[1] != b[0] or a[0] >= a[1] for a, b in zip(bounds, bounds[1:] + [(N, N + 1)])):
                 raise RequestError(f"bounds must be {P} contiguous non-empty chunks covering [0, {N}), got {bounds}")
-            head = _head(req, B, N, bounds)
+            head = request_head(req, B, N, bounds)
             if kind == "vision":
                 head["pixels"] = list(req.pixel_values.shape)
         except RequestError as e:
@@ -365,7 +261,7 @@ def _distribute(model, comm, req, kind, weights):
     else:
         chunks = None
         if p == 0:
-            pos = _positions(B, N) if req.positions is None else req.positions.long()
+            pos = default_positions(B, N) if req.positions is None else req.positions.long()
             chunks = [as_bytes(torch.cat([req.ids[:, s:e].long(), pos[:, s:e]])) for s, e in bounds]
         mine = comm.scatterv(chunks, [2 * B * (e - s) * 8 for s, e in bounds]).view(torch.int64).view(2 * B, c1 - c0)
         inputs = dict(ids=mine[:B], positions=mine[B:])
@@ -378,7 +274,7 @@ def _distribute(model, comm, req, kind, weights):
     return head, inputs, valid
 
 
-def _local_output(model, head, h, cache, valid_local, last, eos, progress, on_token=None, c0=0):
+def local_output(model, head, h, cache, valid_local, last, eos, progress, on_token=None, c0=0):
     """The bytes this rank contributes to what rank 0 gathers (its tokens start at column c0)."""
     B = head["B"]
     if head["generate"]:
@@ -395,7 +291,7 @@ def _local_output(model, head, h, cache, valid_local, last, eos, progress, on_to
     return as_bytes(model.get_output_embeddings()(h[:, -1]).float().cpu() if last else torch.empty(0))
 
 
-def _assemble(head, got) -> Result:
+def assemble(head, got) -> Result:
     """Rank 0: the Result from every rank's bytes."""
     B, bounds = head["B"], head["bounds"]
     res = Result(output=None, bounds=bounds)

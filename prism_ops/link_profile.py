@@ -30,7 +30,9 @@ import torch
 from . import cost
 from .config import PRESET_ORDER, PrismConfig
 from .distributed.control import bcast_json
-from .distributed.runtime import Request, RequestError, max_positions, model_kind, run_distributed, run_simulated
+from .distributed.runtime import Request, RequestError, run_distributed
+from .hf import max_positions, model_kind
+from .in_process import run_simulated
 from .models import pydoc_text
 from .ops.chunk_summary import visible_chunks
 

@@ -31,7 +31,7 @@ from pathlib import Path
 import torch
 from pydoc_data.topics import topics
 
-from .distributed.runtime import DECODER_SUFFIXES
+from .hf import DECODER_SUFFIXES
 from .pooling import Pooling, read_folder
 
 SMOLLM2_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"

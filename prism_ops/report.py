@@ -14,7 +14,8 @@ import torch
 
 from . import cost
 from .config import PrismConfig
-from .distributed.runtime import Result, model_kind
+from .distributed.runtime import Result
+from .hf import model_kind
 
 
 def build_report(res: Result, *, model_name: str, model, tokenizer, config: PrismConfig, num_partitions: int,

@@ -31,12 +31,13 @@ import torch
 from . import cost, hf
 from .config import DEFAULT_PRESET, PrismConfig
 from .distributed import (Communicator, EmulatedLink, Request, RequestError, fingerprint, guarded, handshake,
-                          run_distributed, run_simulated)
+                          run_distributed)
 from .distributed.comm import DEFAULT_TIMEOUT_S
 from .distributed.control import bcast_json
 from .distributed.faults import agree, agree_rank0, exit_together
-from .distributed.runtime import max_positions, model_kind
 from .distributed.transport import describe, format_transport
+from .hf import max_positions, model_kind
+from .in_process import run_simulated
 from .input_files import CHARS_PER_POSITION, check_output_path, read_profile, read_text_file
 from .link_profile import auto_choice, measure_profile
 from .models import load, pooling_for

@@ -18,7 +18,7 @@ rank reads sends nothing: in a causal model the last rank's rows are seen by no 
 its payload is empty (at 2 ranks this halves a decoder's traffic). Nor does a chunk wholly outside
 a sliding-window layer's window for every query of every other rank (`visible_chunks`).
 
-This one layout is used twice: `prism_ops.distributed.payload` encodes and decodes the bytes
+This one layout is used twice: `prism_ops.strategy.payload` encodes and decodes the bytes
 the runtime sends, and `prism_ops.cost` predicts the traffic from the same `nbytes`.
 """
 

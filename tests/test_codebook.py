@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from prism_ops import PrismConfig, cost, hf, partition_bounds
-from prism_ops.distributed import payload
+from prism_ops.strategy import payload
 from prism_ops.ops.codebook_attention import codebook_partitioned_attention
 from prism_ops.ops.codebook_rows import (codebook_codes, codebook_decode, codebook_geometry, codebook_rows,
                                          fit_codebook, kmeans, load_codebooks, save_codebooks)
@@ -194,7 +194,8 @@ class ByteTokenizer:
 def test_calibrate_writes_a_file_this_model_accepts(tmp_path, exchange, shape):
     pytest.importorskip("transformers")
     from prism_ops import calibrate
-    from prism_ops.distributed import Request, run_simulated
+    from prism_ops.distributed import Request
+    from prism_ops.in_process import run_simulated
 
     model = tiny_gpt2()
     rows = calibrate.calibration_rows(model, ByteTokenizer(), exchange)

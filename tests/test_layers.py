@@ -1,15 +1,19 @@
 """Layering of the installed package: imports only go down, no cycles, no hidden imports.
 
-    kernels  <-  ops (+ _checks, _backend, _files)  <-  config, wire, cost, strategy, pooling
-             <-  distributed  <-  hf, hf_attention
-             <-  runner, report, link_profile, models, input_files, calibrate, eval, demo, s2m3, serving
+    kernels  <-  ops (+ _checks, _backend, _files)  <-  config, wire, cost, strategy, pooling  <-  hf
+             <-  distributed
+             <-  in_process, runner, report, link_profile, models, input_files, calibrate, eval, demo, s2m3,
+                 serving
              <-  cli
 
 Read from the source with `ast`, so nothing is imported to check it. An import inside a function
-is allowed only for an optional dependency (or the lazy Triton path of an op).
+is allowed only for an optional dependency (or the lazy Triton path of an op). The MPI runtime
+(`distributed`) imports no transformers, even inside a function: model families are the Hugging
+Face adapter's (`hf`).
 """
 
 import ast
+import os
 from pathlib import Path
 
 import pytest
@@ -32,8 +36,9 @@ LAYERS = [
     ("prism_ops.ops", 1), ("prism_ops._checks", 1), ("prism_ops._backend", 1), ("prism_ops._files", 1),
     ("prism_ops.config", 2), ("prism_ops.wire", 2), ("prism_ops.cost", 2), ("prism_ops.strategy", 2),
     ("prism_ops.pooling", 2),  # pure torch: the ranks pool their own tokens with it
-    ("prism_ops.distributed", 3),
-    ("prism_ops.hf", 4), ("prism_ops.hf_attention", 4),
+    ("prism_ops.hf", 3),  # the Hugging Face adapter: the runtimes run a model through it
+    ("prism_ops.distributed", 4),
+    ("prism_ops.in_process", 5),
     ("prism_ops.models", 5), ("prism_ops.report", 5), ("prism_ops.link_profile", 5), ("prism_ops.runner", 5), ("prism_ops.input_files", 5),
     ("prism_ops.calibrate", 5),
     ("prism_ops.eval", 5), ("prism_ops.demo", 5), ("prism_ops.s2m3", 5), ("prism_ops.serving", 5),
@@ -51,7 +56,10 @@ def layer(module: str) -> int | None:
 
 
 def modules():
-    for path in sorted(ROOT.rglob("*.py")):
+    # os.walk follows the checkout's symlinks (prism_ops/distributed, prism_ops/kernels), which
+    # Path.rglob does not, so the checkout (PYTHONPATH=.) is checked as fully as an install.
+    found = [Path(d) / f for d, _, files in os.walk(ROOT, followlinks=True) for f in files if f.endswith(".py")]
+    for path in sorted(found):
         rel = path.relative_to(ROOT.parent).with_suffix("")
         parts = list(rel.parts)
         if parts[-1] == "__init__":
@@ -88,7 +96,8 @@ ALL = list(modules())
 
 def test_the_package_has_the_expected_modules():
     names = {n for n, _ in ALL}
-    assert {"prism_ops.config", "prism_ops.wire", "prism_ops.strategy", "prism_ops.distributed.comm",
+    assert {"prism_ops.config", "prism_ops.wire", "prism_ops.strategy.base", "prism_ops.strategy.rank",
+            "prism_ops.strategy.simulated", "prism_ops.hf.model", "prism_ops.distributed.comm",
             "prism_ops.distributed.faults", "prism_ops.distributed.link", "prism_ops.cli.run"} <= names
     assert all(layer(n) is not None for n in names), sorted(n for n in names if layer(n) is None)
 
@@ -105,6 +114,13 @@ def test_imports_only_go_down(name, path):
         theirs = layer(mod)
         assert theirs is not None, f"{name} imports unknown module {mod}"
         assert theirs <= mine, f"{name} (layer {mine}) imports {mod} (layer {theirs}): imports must go down"
+
+
+@pytest.mark.parametrize("name,path", [(n, p) for n, p in ALL if n.startswith("prism_ops.distributed")],
+                         ids=[n for n, _ in ALL if n.startswith("prism_ops.distributed")])
+def test_the_mpi_runtime_never_imports_transformers(name, path):
+    assert not [m for m, _ in imports(name, path) if m.split(".")[0] == "transformers"], \
+        f"{name} imports transformers: model-family knowledge belongs in prism_ops.hf"
 
 
 def test_kernels_import_nothing_of_prism_ops():

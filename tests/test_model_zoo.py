@@ -4,7 +4,7 @@ For each supported family: the exact preset (segment size 1) at 2 simulated part
 the model on SDPA (eager for Gemma 2, whose soft-cap SDPA refuses) on a padded batch; a decoder
 also greedily generates the same 8 tokens; the `edge` preset runs at 2 partitions. A refused
 family is refused at configure, before any forward, with its message. Every keyword a family's
-attention call passes is one `prism_ops.hf_attention` knows, read from the source and recorded
+attention call passes is one `prism_ops.hf.attention_calls` knows, read from the source and recorded
 at a real call. README.md's family table is the list's.
 
 Error budget (fp32): prism attention and SDPA sum the same products in another order (two
@@ -22,7 +22,8 @@ transformers = pytest.importorskip("transformers")
 
 import prism_ops  # noqa: E402
 from prism_ops import hf  # noqa: E402
-from prism_ops.hf_attention import KNOWN, call_keywords, eager_parameters  # noqa: E402
+from prism_ops.hf.attention_calls import KNOWN, call_keywords, eager_parameters  # noqa: E402
+from prism_ops.hf.forward import _padding_from_mask  # noqa: E402
 
 from model_zoo import BY_ID, FAMILIES, inputs, readme_table  # noqa: E402
 
@@ -193,11 +194,11 @@ def test_a_mask_that_is_not_causal_plus_padding_is_refused():
     causal = torch.ones(T, T, dtype=torch.bool).tril()
     packed = causal.clone()
     packed[3:, :3] = False  # two packed sequences of 3
-    assert hf._padding_from_mask(causal[None, None], T, causal=True).all()
+    assert _padding_from_mask(causal[None, None], T, causal=True).all()
     with pytest.raises(ValueError, match="attention_mask is not causal attention plus key padding"):
-        hf._padding_from_mask(packed[None, None], T, causal=True)
+        _padding_from_mask(packed[None, None], T, causal=True)
     with pytest.raises(ValueError, match="with a sliding window of 2"):
-        hf._padding_from_mask(causal[None, None], T, causal=True, window=2)
+        _padding_from_mask(causal[None, None], T, causal=True, window=2)
 
 
 @pytest.mark.parametrize("family_id", ["phi3", "gpt-neox", "modernbert"])

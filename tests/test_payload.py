@@ -1,4 +1,4 @@
-"""A rank's payload as bytes (prism_ops/wire.py, distributed/payload.py) and the --auto choice, without MPI."""
+"""A rank's payload as bytes (prism_ops/wire.py, prism_ops/strategy/payload.py) and the --auto choice, without MPI."""
 
 import json
 
@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from prism_ops import PrismConfig, partition_bounds
-from prism_ops.distributed.payload import decode, encode, pack_codes, unpack_codes
+from prism_ops.strategy.payload import decode, encode, pack_codes, unpack_codes
 from prism_ops.distributed.runtime import RequestError
 from prism_ops.link_profile import choose
 from prism_ops.ops.quantize_rows import quantize_codes, quantize_rows

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from prism_ops.distributed.payload import decode, encode
+from prism_ops.strategy.payload import decode, encode
 from prism_ops.ops.quantize_rows import dequantize_codes, quantize_codes, quantize_rows
 from prism_ops.wire import PayloadLayout
 

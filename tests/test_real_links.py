@@ -141,7 +141,8 @@ def reference_generation(folder_or_name, text, P, n, preset="exact"):
 
     from prism_ops import hf
     from prism_ops.cli.run import parse_args
-    from prism_ops.distributed.runtime import max_positions, run_simulated as simulate
+    from prism_ops.hf import max_positions
+    from prism_ops.in_process import run_simulated as simulate
     from prism_ops.runner import _load, make_request
 
     opts = parse_args(["--model", str(folder_or_name), "--input", text, "--generate", str(n), "--preset", preset])

@@ -26,9 +26,9 @@ import time
 import torch
 
 from ..distributed import Request, RequestError, run_distributed
-from ..distributed.attention import rank_partition
 from ..distributed.control import bcast_json
 from ..pooling import Pooling
+from ..strategy import rank_partition
 from .batching import batch_request, plan
 from .openai_api import ApiError, Job, Served, completion_body, cut_at_stop, embeddings_body, safe_length
 

@@ -34,8 +34,8 @@ import torch
 import prism_ops
 from prism_ops import hf
 from prism_ops.cli.run import parse_args
-from prism_ops.distributed import run_simulated
-from prism_ops.distributed.runtime import max_positions
+from prism_ops.hf import max_positions
+from prism_ops.in_process import run_simulated
 from prism_ops.models import load
 from prism_ops.runner import make_request
 

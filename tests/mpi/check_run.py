@@ -22,8 +22,10 @@ import torch  # noqa: E402
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 from budgets import flip_one_code  # noqa: E402
 from prism_ops import cost, hf, models, partition_bounds  # noqa: E402
-from prism_ops.distributed import Communicator, Request, run_distributed, run_simulated  # noqa: E402
-from prism_ops.distributed.runtime import model_kind  # noqa: E402
+from prism_ops.distributed import Communicator, Request, run_distributed  # noqa: E402
+from prism_ops.hf import model_kind  # noqa: E402
+from prism_ops.in_process import run_simulated  # noqa: E402
+from prism_ops.strategy import attached_layers  # noqa: E402
 from prism_ops.wire import payload_layouts  # noqa: E402
 
 torch.set_num_threads(1)
@@ -120,7 +122,7 @@ def main():
     layer_bytes = [sum(lay.nbytes for lay in payload_layouts(config, bounds, causal=causal, batch=B, heads=heads,
                                                              channels=channels, dtype=torch.float32,
                                                              window=layer.window))
-                   for layer in hf.attached_layers(model)]
+                   for layer in attached_layers(model)]
     out = dict(
         kind=model_kind(model), exchange=config.exchange, bounds=res.bounds,
         err_sim=(res.output.float() - sim.output.float()).abs().max().item(),

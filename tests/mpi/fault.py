@@ -17,7 +17,7 @@ from transformers import GPT2Config, GPT2LMHeadModel
 
 from prism_ops import hf
 from prism_ops.distributed import Communicator, Request, guarded, run_distributed
-from prism_ops.distributed.attention import RankPartition
+from prism_ops.strategy import RankPartition
 
 torch.set_num_threads(1)
 victim, how = int(sys.argv[1]), sys.argv[2]

@@ -1,16 +1,11 @@
-"""How one attention layer is partitioned, and the state one request carries through the layers.
+"""The partition-strategy interface, the layer object that holds one, and one request's state.
 
-A model configured by `prism_ops.hf.configure` has one small `PrismLayer` object per attention
-module (attribute `prism_layer`): the frozen `PrismConfig`, the layer's index and head dim, its
-key/value projections, and a partition strategy:
-
-    SimulatedPartitions     all P partitions in this process (`partitioned_attention`)
-    RankPartition           this process is one MPI rank (`prism_ops.distributed.attention`)
-
-A strategy's `attend(layer, q, k, v, *, valid, hidden, scale, causal, state)` returns this
-process's output `[B, H, n, D]` and, for a causal model, the rows its last partition attended to
-(a `CachedRows`: what a decoding rank caches), else None. A layer with a sliding window or a
-logit cap (`layer.window`, `layer.softcap`) runs `window_attention` on token positions.
+A model configured by `prism_ops.hf.configure` has one small `PrismLayer` per attention module
+(attribute `prism_layer`): the frozen `PrismConfig`, the layer's index and head dim, its
+key/value projections, and a `PartitionStrategy` (`prism_ops.strategy.simulated`,
+`prism_ops.strategy.rank`). The Hugging Face adapter calls `layer.strategy.attend(...)` for every
+full-sequence forward of the layer; the strategy returns this process's output and, for a causal
+model, the rows its last partition attended to (a `CachedRows`: what a decoding rank caches).
 
 Per-request state (partition bounds and padding on MPI ranks, rows cached for decoding) lives
 in a `RequestState` that the runtime creates and scopes with `request_scope`; nothing
@@ -24,16 +19,16 @@ decode must share one scope:
 
 from __future__ import annotations
 
+import abc
 import contextlib
 import contextvars
 import threading
+import weakref
 from dataclasses import dataclass, field
 
 import torch
 
-from .ops.chunk_summary import visible_spans
-from .ops.codebook_attention import codebook_partitioned_attention
-from .ops.partitioned_attention import partition_bounds, partitioned_attention
+from prism_ops.config import PrismConfig
 
 LAYER_ATTR = "prism_layer"  # the attribute of an attention module that holds its PrismLayer
 
@@ -112,35 +107,53 @@ def attached_layers(model) -> list:
     return [getattr(m, LAYER_ATTR) for m in model.modules() if getattr(m, LAYER_ATTR, None) is not None]
 
 
-class SimulatedPartitions:
-    """All `config.num_partitions` partitions in this process, on the full sequence."""
+class PartitionStrategy(abc.ABC):
+    """How one attention layer's partitions are computed: all in this process, or this process
+    as one MPI rank. One object serves every attention layer of a model."""
 
-    def attend(self, layer, q, k, v, *, valid, hidden, scale, causal, state):
-        cfg = layer.config
-        kw = {}
-        if cfg.exchange == "hidden" and (cfg.summary_bits or cfg.summary_codebook):
-            # Averaging commutes with the projection; only rounding needs the hidden features.
-            kw.update(hidden=hidden, kv_weight=layer.kv_weight())
-        common = dict(num_partitions=cfg.num_partitions, segment_size=cfg.segment_size,
-                      causal=causal and q.shape[2] > 1, scale=scale, log_count_bias=cfg.log_count_bias,
-                      sink_tokens=cfg.sink_tokens, halo=cfg.halo, valid=valid, weights=cfg.weights,
-                      cluster_iters=cfg.cluster_iters, backend=cfg.backend, return_rows=causal, **kw)
-        windowed = layer.window is not None or layer.softcap is not None
-        if cfg.summary_codebook:
-            out = codebook_partitioned_attention(q, k, v, layer.codebook, **common)
-        elif windowed:
-            out = partitioned_attention(q, k, v, summary_bits=cfg.summary_bits, window=layer.window,
-                                        softcap=layer.softcap, **common)
-        else:
-            out = partitioned_attention(q, k, v, summary_bits=cfg.summary_bits, **common)
-        if not causal:
-            return out, None
-        out, seen = out
-        # What the last partition attended to: its rank would decode with these cached rows.
-        T = q.shape[2]
-        bounds = partition_bounds(T, cfg.num_partitions, cfg.weights)
-        spans = None
-        if windowed:
-            spans = visible_spans(bounds, len(bounds) - 1, cfg.segment_size, sink_tokens=cfg.sink_tokens,
-                                  halo=cfg.halo, causal=common["causal"], window=layer.window)
-        return out, CachedRows(bounds[-1][0], *seen[-1], spans=spans, pos0=0, end=T)
+    @abc.abstractmethod
+    def attend(self, layer: "PrismLayer", q, k, v, *, valid, hidden, scale, causal, state):
+        """This process's attention output `[B, H, n, D]` for one layer, and the `CachedRows` its
+        last partition attended to (a causal model) or None.
+
+        q `[B, H, n, D]`, k and v `[B, Hkv, n, D]`: this process's tokens (all of them when
+        simulated). valid `[B, n]` (True = real token) or None; hidden `[B, n, d]`, the layer's
+        attention input (hidden-feature exchange) or None; scale: the logit scale or None;
+        causal: a decoder's layer; state: the current `RequestState` or None.
+        """
+
+    @abc.abstractmethod
+    def needs_hidden(self, config: PrismConfig) -> bool:
+        """Whether `attend` needs the layer's attention input (`hidden`) under `config`."""
+
+
+class PrismLayer:
+    """What one attention module needs to run PRISM: the config, its index among the model's
+    attention layers, its head dim, its key/value projections and the partition strategy.
+
+    kv_params(module, "weight" | "bias") reads the module's key and value projections: the model
+    adapter's knowledge (`prism_ops.hf.model.kv_params`), read live from the module, so
+    `model.half()` after configure is seen.
+    """
+
+    def __init__(self, module, config: PrismConfig, index: int, head_dim: int, strategy: PartitionStrategy, *,
+                 kv_params, window=None, softcap=None):
+        self.config, self.index, self.head_dim, self.strategy = config, index, head_dim, strategy
+        self.window, self.softcap = window, softcap  # the layer's sliding window and logit cap, or None
+        self._module = weakref.ref(module)
+        self._kv_params = kv_params
+        self.hook = None  # the forward pre-hook that captures the attention input (hidden exchange)
+        self.codebook = None  # this layer's [H, M, K, g] codebook with summary_codebook
+
+    def kv_weight(self):
+        """(w_k, w_v), each `[Hkv * D, d]`."""
+        return self._kv_params(self._module(), "weight")
+
+    def kv_bias(self):
+        """(b_k, b_v), each `[Hkv * D]` or None."""
+        return self._kv_params(self._module(), "bias")
+
+    def detach(self) -> None:
+        if self.hook is not None:
+            self.hook.remove()
+            self.hook = None

@@ -1,5 +1,5 @@
-"""PRISM attention on one MPI rank: the `RankPartition` strategy that `prism_ops.hf.configure(...,
-comm=comm)` gives every attention layer (see `prism_ops.strategy`).
+"""`RankPartition`: PRISM attention on one MPI rank, the strategy that `prism_ops.hf.configure(...,
+comm=comm)` gives every attention layer (the interface: `prism_ops.strategy.base`).
 
 Rank p holds the queries, keys and values of its own chunk only: q `[B, H, n_p, D]`, k and v
 `[B, Hkv, n_p, D]` (and, for hidden-feature exchange, the attention input `[B, n_p, d]`).
@@ -18,8 +18,8 @@ generated token. A layer with a sliding window or a logit cap (`layer.window`, `
 attends on token positions (`prism_ops.ops.window_attention`), and a chunk wholly outside the
 window of every query of a rank is neither sent to nor read by it. The bounds and the padding
 mask come from the request state that `prism_ops.distributed.runtime` scopes; the layer's
-projections come from its PrismLayer
-(weights are passed in: this package never imports the Hugging Face layer).
+projections come from its PrismLayer. The communicator is passed in (`comm`: the
+`prism_ops.distributed.Communicator` of this rank), so this module imports no MPI.
 """
 
 from __future__ import annotations
@@ -38,9 +38,9 @@ from prism_ops.ops.prism_attention import prism_attention
 from prism_ops.ops.quantize_rows import quantize_codes
 from prism_ops.ops.segment_means import segment_means
 from prism_ops.ops.window_attention import windowed_prism_attention
-from prism_ops.strategy import CachedRows, attached_layers
 from prism_ops.wire import chunk_options, payload_layouts, readers
 
+from .base import CachedRows, PartitionStrategy, attached_layers
 from .payload import decode, encode
 
 
@@ -57,7 +57,7 @@ def _project(layer, h):
     return torch.cat(parts, -1)
 
 
-class RankPartition:
+class RankPartition(PartitionStrategy):
     """This process is rank `comm.rank` of `comm.size`: it holds only its own chunk's tokens.
 
     One object serves every attention layer of a model; `num_layers` of them, indexed 0.., and
@@ -66,6 +66,9 @@ class RankPartition:
 
     def __init__(self, comm, config: PrismConfig, num_layers: int):
         self.comm, self.config, self.num_layers = comm, config, num_layers
+
+    def needs_hidden(self, config: PrismConfig) -> bool:
+        return config.exchange == "hidden"  # a rank sends its hidden features
 
     @staticmethod
     def _payload(layout, x, k, keep, ab, c0, cfg, codebook=None, trim=None) -> torch.Tensor:

@@ -1,0 +1,187 @@
+"""What prism-ops knows of Hugging Face model families: kind, positions, forward, decoding,
+key/value projections and a weight digest.
+
+The MPI runtime (`prism_ops.distributed.runtime`) and the one-process run
+(`prism_ops.in_process`) run a model only through these functions, so neither knows a model
+family, and transformers is imported here, inside the functions that need it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import inspect
+import os
+import sys
+import time
+
+import torch
+
+from prism_ops.cost import ModelShape
+
+DECODER_SUFFIXES = ("ForCausalLM", "LMHeadModel")  # class names of decoders with their LM head
+# Test hook: seconds each decoding step sleeps (a slow decoder, for the liveness tests). Not for use.
+DECODE_SLEEP_ENV = "PRISM_TEST_DECODE_SLEEP_S"
+
+
+def model_kind(model) -> str:
+    """"vision" (ViT: pixel input), "decoder" (a causal LM with its head) or "encoder"."""
+    if hasattr(getattr(model.base_model, "embeddings", None), "patch_embeddings"):
+        return "vision"
+    if type(model).__name__.endswith(DECODER_SUFFIXES):
+        return "decoder"
+    return "encoder"
+
+
+def max_positions(model) -> int | None:
+    """The most positions (prompt + generated tokens) the model takes, or None if it does not say."""
+    c = model.config
+    return getattr(c, "max_position_embeddings", None) or getattr(c, "n_positions", None)
+
+
+def local_hidden(model, kind, c0, c1, ids=None, positions=None, mask=None, pixel_values=None, use_cache=False):
+    """Last hidden state `[B, c1 - c0, d]` of tokens [c0, c1), and a decoder's KV cache if asked."""
+    base = model.base_model
+    if kind == "vision":
+        # The patch embedding is cheap and per patch: every rank embeds the image, keeps its slice
+        # and runs the layers (ViTModel.forward itself would embed and run all patches).
+        dtype = base.embeddings.patch_embeddings.projection.weight.dtype
+        h = base.embeddings(pixel_values.to(dtype))[:, c0:c1]
+        layers = base.layers if hasattr(base, "layers") else base.encoder.layer
+        for layer in layers:
+            h = layer(h, None)
+            h = h[0] if isinstance(h, tuple) else h
+        return base.layernorm(h), None
+    kw = dict(input_ids=ids, position_ids=positions, attention_mask=mask)
+    if kind == "decoder":
+        kw["use_cache"] = use_cache
+    out = base(**kw)
+    return out.last_hidden_state, getattr(out, "past_key_values", None)
+
+
+def decode_tokens(model, h_last, cache, first_position, req, eos=None, progress=False, on_token=None):
+    """Sample req.generate tokens after hidden state h_last `[B, d]`; returns ids `[B, n]`.
+
+    req carries the sampling settings (generate, temperature, top_k, top_p, seed): a
+    `prism_ops.distributed.Request`. on_token(ids `[B]`), if given, sees each token as soon as it
+    is chosen."""
+    from tqdm import tqdm
+    from transformers import LogitsProcessorList, TemperatureLogitsWarper, TopKLogitsWarper, TopPLogitsWarper
+
+    warpers = LogitsProcessorList()
+    if req.temperature > 0:
+        warpers.append(TemperatureLogitsWarper(req.temperature))
+        if req.top_k:
+            warpers.append(TopKLogitsWarper(req.top_k))
+        if req.top_p < 1.0:
+            warpers.append(TopPLogitsWarper(req.top_p))
+    gen = torch.Generator().manual_seed(req.seed)
+    lm_head, base = model.get_output_embeddings(), model.base_model
+    # transformers 5 names the KV cache argument `cache`; earlier releases `past_key_values`.
+    cache_arg = "cache" if "cache" in inspect.signature(base.forward).parameters else "past_key_values"
+    logits = lm_head(h_last).float()
+    out = []
+    pause = float(os.environ.get(DECODE_SLEEP_ENV, "0") or 0)
+    for t in tqdm(range(req.generate), desc="generating", unit="tok", disable=not progress, file=sys.stderr):
+        if pause > 0:
+            time.sleep(pause)
+        if req.temperature > 0:
+            probs = torch.softmax(warpers(None, logits), -1)
+            nxt = torch.multinomial(probs.cpu(), 1, generator=gen)[:, 0].to(logits.device)
+        else:
+            nxt = logits.argmax(-1)
+        out.append(nxt)
+        if on_token is not None:
+            on_token(nxt)
+        if eos is not None and bool((nxt == eos).all()):
+            break
+        if t == req.generate - 1:
+            break
+        pos = torch.full_like(nxt[:, None], first_position + t)
+        h = base(input_ids=nxt[:, None], position_ids=pos, use_cache=True, **{cache_arg: cache}).last_hidden_state
+        logits = lm_head(h[:, -1]).float()
+    return torch.stack(out, 1) if out else torch.empty(h_last.shape[0], 0, dtype=torch.long)
+
+
+def kv_weight(module):
+    """(w_k, w_v), each `[Hkv * D, d]`, of an attention module that projects its input, or None.
+
+    Known layouts: BERT (`key`, `value`), ViT, CLIP, Whisper and Llama-style (`k_proj`, `v_proj`),
+    DistilBERT (`k_lin`, `v_lin`), GPT-2 (`c_attn`, a Conv1D holding [q | k | v] as `[d, 3d]`) and
+    the fused Linear layers: Phi-3 `qkv_proj` ([q | k | v] with Hkv key/value heads), ModernBERT
+    `Wqkv` ([q | k | v]), GPT-NeoX `query_key_value` ([q_h | k_h | v_h] per head h).
+    """
+    return kv_params(module, "weight")
+
+
+def kv_bias(module):
+    """(b_k, b_v), each `[Hkv * D]` or None, matching `kv_weight`."""
+    return kv_params(module, "bias")
+
+
+def _heads(module):
+    """(H, Hkv, D) of an attention module with a fused projection, from its config."""
+    cfg = getattr(module, "config", None)
+    H = getattr(cfg, "num_attention_heads", None)
+    D = getattr(module, "head_dim", None) or getattr(module, "head_size", None)
+    Hkv = getattr(module, "num_key_value_heads", None) or getattr(cfg, "num_key_value_heads", None) or H
+    return H, Hkv, D
+
+
+def kv_params(module, name):
+    """The key and value projections' `name` ("weight" or "bias") in one of the known layouts."""
+    for k, v in (("key", "value"), ("k_proj", "v_proj"), ("k_lin", "v_lin")):
+        if isinstance(getattr(module, k, None), torch.nn.Linear):
+            return getattr(getattr(module, k), name), getattr(getattr(module, v), name)
+    c_attn = getattr(module, "c_attn", None)
+    if c_attn is not None and getattr(module, "split_size", None) and c_attn.weight.shape[1] == 3 * module.split_size:
+        d = module.split_size
+        t = c_attn.weight.T if name == "weight" else c_attn.bias  # (3d, d) or (3d,)
+        return t[d : 2 * d], t[2 * d :]
+    for attr in ("qkv_proj", "Wqkv", "query_key_value"):
+        lin = getattr(module, attr, None)
+        if not isinstance(lin, torch.nn.Linear):
+            continue
+        H, Hkv, D = _heads(module)
+        if not (H and Hkv and D) or lin.out_features != (H + 2 * Hkv) * D:
+            return None
+        t = getattr(lin, name)
+        if t is None:
+            return None, None
+        if attr == "query_key_value":  # per head [q | k | v]: (H, 3, D, ...)
+            t = t.view(H, 3, D, *t.shape[1:])
+            return t[:, 1].reshape(H * D, *t.shape[3:]), t[:, 2].reshape(H * D, *t.shape[3:])
+        return t[H * D : (H + Hkv) * D], t[(H + Hkv) * D :]
+    return None
+
+
+def model_fingerprint(model) -> dict:
+    """What a calibration file must have been made on: architecture, sizes and a weight digest."""
+    shape = ModelShape.from_config(model.config)
+    archs = getattr(model.config, "architectures", None) or [type(model).__name__]
+    return {"architecture": archs[0], "layers": shape.num_layers, "hidden_size": shape.hidden_size,
+            "heads": shape.num_heads, "kv_heads": shape.num_kv_heads, "head_dim": shape.head_dim,
+            "weights": sampled_weights_digest(model)}
+
+
+def sampled_weights_digest(model) -> str:
+    """A digest of 256 evenly strided values of every weight tensor, exactly as stored.
+
+    No arithmetic on the values (unlike a sum, which changes with the thread count), so the same
+    weights give the same digest in any process. A weight change that misses every sampled value
+    goes unnoticed; it only guards against another checkpoint or dtype. The handshake
+    (`distributed.handshake.fingerprint`) and calibration files (`model_fingerprint`) both use it.
+    """
+    h = hashlib.sha256()
+    with torch.no_grad():
+        for name, p in model.state_dict().items():
+            flat = p.detach().flatten()
+            h.update(f"{name}:{list(p.shape)}:{p.dtype}".encode())
+            h.update(flat[:: max(1, flat.numel() // 256)].cpu().contiguous().view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+def transformers_version() -> str:
+    """The installed transformers release (every rank of a job must run the same one)."""
+    import transformers
+
+    return transformers.__version__
