@@ -1,7 +1,7 @@
 """The files prism-run is given, read bounded and checked before any model loads.
 
     text = read_text_file("story.txt", "--input-file", MAX_INPUT_BYTES)
-    read_profile("p.json", "--auto", partitions=2)      # the checked profile dict
+    prof = read_profile("p.json", "--auto", partitions=2)   # the checked profile dict (--auto reads it once)
     check_output_path("p.json", "--profile")
 
 Every error is a ValueError naming the flag, the file and what is allowed. A file must be a
@@ -20,7 +20,6 @@ from .config import PrismConfig
 
 MAX_INPUT_BYTES = 4 * 2**20  # --input-file; after loading, the model's positions bound it further
 MAX_PROFILE_BYTES = 2**20  # --auto
-CHARS_PER_POSITION = 64  # a text longer than this many characters per model position cannot fit
 
 
 def read_bytes(path: str, flag: str, max_bytes: int) -> bytes:
@@ -98,6 +97,8 @@ def read_profile(path: str, flag: str, partitions: int) -> dict:
 
 def check_output_path(path: str, flag: str) -> None:
     """A file path that can be written: an existing, writable folder and not a folder itself."""
+    if not path:
+        raise ValueError(f"{flag} {path!r} is empty; give a file name to write")
     if os.path.isdir(path):
         raise ValueError(f"{flag} {path!r} is a directory; give a file name to write")
     folder = os.path.dirname(os.path.abspath(path))
