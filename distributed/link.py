@@ -13,8 +13,18 @@ receiver computes, as on a real link.
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass
+
+
+def check_link(mbit: float | None, latency_ms: float) -> None:
+    """ValueError unless mbit (None: no emulated link) is a finite rate > 0 and latency_ms >= 0:
+    the one check of a link's settings (prism-run's --link-mbit and --link-latency-ms too)."""
+    if mbit is not None and not (math.isfinite(mbit) and mbit > 0):
+        raise ValueError(f"link_mbit must be a finite rate > 0 in Mbit/s, got {mbit}")
+    if not (math.isfinite(latency_ms) and latency_ms >= 0):
+        raise ValueError(f"link_latency_ms must be >= 0, got {latency_ms}")
 
 
 @dataclass(frozen=True)
@@ -23,10 +33,7 @@ class EmulatedLink:
     latency_ms: float = 0.0  # one way, per operation
 
     def __post_init__(self):
-        if not self.mbit > 0:
-            raise ValueError(f"link_mbit must be > 0 (Mbit/s), got {self.mbit}")
-        if not self.latency_ms >= 0:
-            raise ValueError(f"link_latency_ms must be >= 0, got {self.latency_ms}")
+        check_link(self.mbit, self.latency_ms)
 
     def seconds(self, nbytes: int) -> float:
         """How long receiving nbytes takes on this link, latency included."""

@@ -83,6 +83,25 @@ class Result:
     bounds: list = field(default_factory=list)
 
 
+CHARS_PER_POSITION = 64  # a token stands for a few characters: no text longer than this per position fits
+
+
+def too_long(limit: int | None, *, chars: int | None = None, tokens: int | None = None, generate: int = 0,
+             subject: str = "the input", generating: str = "{} to generate") -> str | None:
+    """Why a request does not fit a model of `limit` positions (None: it fits, or there is no
+    limit), as one sentence about `subject`. chars: a text's length, refused before the text is
+    tokenized whole when no text that long can fit; tokens + generate: the positions it needs
+    (`generating` words the generated part). Every path that takes a request asks this."""
+    if limit is None:
+        return None
+    if chars is not None and chars > CHARS_PER_POSITION * limit:
+        return f"{subject} has {chars:,} characters, far more than the model's {limit} positions"
+    if tokens is not None and tokens + generate > limit:
+        more = f" + {generating.format(generate)}" if generate else ""
+        return f"{subject} has {tokens} tokens{more}, more than the model's {limit} positions"
+    return None
+
+
 def check_request(model, req: Request, num_ranks: int) -> tuple[int, int]:
     """(B, N) of a valid request, or RequestError naming what is wrong."""
     kind = model_kind(model)
@@ -99,11 +118,11 @@ def check_request(model, req: Request, num_ranks: int) -> tuple[int, int]:
         B, N = req.ids.shape
         if N == 0:
             raise RequestError("the input is empty (0 tokens)")
-        limit = max_positions(model)
+        # A batch laid out by the caller needs as many positions as its longest row.
         longest = N if req.positions is None else int(req.positions.max()) + 1
-        if limit is not None and longest + req.generate > limit:
-            raise RequestError(f"the input has {N} tokens{f' + {req.generate} to generate' if req.generate else ''}, "
-                               f"more than the model's {limit} positions")
+        why = too_long(max_positions(model), tokens=longest, generate=req.generate)
+        if why:
+            raise RequestError(why)
     if N < num_ranks:
         raise RequestError(f"the input has {N} tokens, fewer than the {num_ranks} ranks (each rank needs one)")
     if (req.generate or req.output == "logits") and kind != "decoder":

@@ -54,6 +54,8 @@ def read_bounded(path: str, limit: int) -> bytes:
 def unwritable(path: str) -> str | None:
     """None when a file can be written at `path` (an existing, writable folder, and not a folder
     itself); else why not, as the end of an error message that names the path."""
+    if not path:
+        return " is empty; give a file name to write"
     if os.path.isdir(path):
         return " is a directory; give a file name to write"
     folder = os.path.dirname(os.path.abspath(path))

@@ -1,7 +1,7 @@
 """The files prism-run is given, read bounded and checked before any model loads.
 
     text = read_text_file("story.txt", "--input-file", MAX_INPUT_BYTES)
-    read_profile("p.json", "--auto", partitions=2)      # the checked profile dict
+    prof = read_profile("p.json", "--auto", partitions=2)   # the checked profile dict (--auto reads it once)
     check_output_path("p.json", "--profile")
 
 Every error is a ValueError naming the flag, the file and what is allowed. The reading and
@@ -18,7 +18,6 @@ from .config import PrismConfig
 
 MAX_INPUT_BYTES = 4 * 2**20  # --input-file; after loading, the model's positions bound it further
 MAX_PROFILE_BYTES = 2**20  # --auto
-CHARS_PER_POSITION = 64  # a text longer than this many characters per model position cannot fit
 
 
 def read_bytes(path: str, flag: str, max_bytes: int) -> bytes:

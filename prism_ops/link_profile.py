@@ -7,8 +7,9 @@ ranks running PRISM, at several input lengths, and writes
 
     {"model", "partitions", "segment_size", "link_mbit", "rows": [{"tokens", "local_s", "distributed_s"}]}
 
-`choose` reads it and picks the faster mode for an input of N tokens (linear interpolation
-between measured lengths, the nearest end outside them).
+`choose` takes it, as `input_files.read_profile` read and checked it (once, bounded), and picks
+the faster mode for an input of N tokens (linear interpolation between measured lengths, the
+nearest end outside them).
 
 `choose_setting` also picks the setting: among the asked preset and those at least as accurate
 (`config.PRESET_ORDER`: a switch never leaves the asked quality budget), each with either
@@ -30,7 +31,7 @@ import torch
 from . import cost
 from .config import PRESET_ORDER, PrismConfig
 from .distributed.control import bcast_json
-from .distributed.runtime import Request, RequestError, run_distributed
+from .distributed.runtime import Request, run_distributed
 from .hf import max_positions, model_kind
 from .in_process import run_simulated
 from .models import pydoc_text
@@ -80,18 +81,9 @@ def measure_profile(model, tok, comm, path: str, *, model_name: str, config: Pri
     return prof
 
 
-def _read(path: str, num_partitions: int) -> tuple[dict, list]:
-    """The profile at `path` and its rows by length, or RequestError naming the file."""
-    try:
-        with open(path) as f:
-            prof = json.load(f)
-        rows = sorted(prof["rows"], key=lambda r: r["tokens"])
-    except (OSError, ValueError, KeyError) as e:
-        raise RequestError(f"auto: {path!r} is not a profile written by prism-run --profile ({e})") from None
-    if prof.get("partitions") != num_partitions or not rows:
-        raise RequestError(f"auto: the profile {path!r} was measured on {prof.get('partitions')} ranks, "
-                           f"this job has {num_partitions}; measure it again with --profile")
-    return prof, rows
+def _rows(prof: dict) -> list:
+    """The profile's rows by length."""
+    return sorted(prof["rows"], key=lambda r: r["tokens"])
 
 
 def _at(rows, num_tokens: int, key: str) -> float:
@@ -105,9 +97,9 @@ def _at(rows, num_tokens: int, key: str) -> float:
     return rows[-1][key]
 
 
-def choose(path: str, num_tokens: int, num_partitions: int) -> str:
-    """"local" or "distributed", whichever the profile at `path` predicts is faster."""
-    _, rows = _read(path, num_partitions)
+def choose(prof: dict, num_tokens: int) -> str:
+    """"local" or "distributed", whichever the profile `prof` predicts is faster."""
+    rows = _rows(prof)
     return "local" if _at(rows, num_tokens, "local_s") <= _at(rows, num_tokens, "distributed_s") else "distributed"
 
 
@@ -146,7 +138,7 @@ def choose_setting(prof: dict, shape: cost.ModelShape, num_tokens: int, *, prese
     on the link of the profile `prof` (as `measure_profile` writes it), predicted from the
     profile and the cost model."""
     num_partitions = prof["partitions"]
-    rows = sorted(prof["rows"], key=lambda r: r["tokens"])
+    rows = _rows(prof)
     local = _at(rows, num_tokens, "local_s")
     sec_per_flop = local / (shape.num_layers * cost.one_device_flops_per_layer(shape, num_tokens, causal=causal))
     link = dict(link_mbit=prof.get("link_mbit"), latency_ms=prof.get("link_latency_ms") or 0.0)
@@ -166,16 +158,16 @@ def choose_setting(prof: dict, shape: cost.ModelShape, num_tokens: int, *, prese
     return best
 
 
-def auto_choice(path: str, model, config: PrismConfig, preset: str | None, num_tokens: int,
-                num_partitions: int) -> dict:
+def auto_choice(prof: dict, model, config: PrismConfig, preset: str | None, num_tokens: int) -> dict:
     """What `prism-run --auto` runs for a request of num_tokens: {"mode", "preset", "exchange"}.
+    prof: the profile as `input_files.read_profile` read and checked it (measured on this job's
+    ranks).
 
     With a budgeted preset asked (PRESET_ORDER) the setting is chosen too (`choose_setting`;
     hidden exchange is a candidate where the asked config resolved to it); with anything else
     (the paper preset, explicit levers) only one device against the asked setting (`choose`).
     """
     if preset not in PRESET_ORDER:
-        return {"mode": choose(path, num_tokens, num_partitions), "preset": None, "exchange": None}
-    prof, _ = _read(path, num_partitions)
+        return {"mode": choose(prof, num_tokens), "preset": None, "exchange": None}
     return choose_setting(prof, cost.ModelShape.from_config(model.config), num_tokens, preset=preset,
                           causal=model_kind(model) == "decoder", exchanges=tuple(dict.fromkeys(("kv", config.exchange))))

@@ -1,8 +1,16 @@
-"""prism-run's flags: bad values exit 2 with one line naming the flag, before MPI or any model."""
+"""prism-run's flags: bad values exit 2 with one line naming the flag, before MPI or any model;
+each mode gets its own options and loads only its own job."""
+
+import ast
+import os
+import subprocess
+import sys
 
 import pytest
 
 from prism_ops.cli.run import parse_args
+from prism_ops.distributed.link import EmulatedLink
+from prism_ops.jobs.options import AutoOptions, ProfileOptions, RunOptions, ServeOptions, SimulateOptions
 
 
 @pytest.mark.parametrize("argv,message", [
@@ -46,3 +54,50 @@ def test_defaults_give_the_default_preset():
     assert (config.segment_size, config.summary_bits, config.exchange) == (1, 4, "auto")  # the edge preset
     assert opts.config_for(2).num_partitions == 2
     assert parse_args(["--input", "hi", "--segment-size", "16"]).config_for(4).segment_size == 16
+
+
+@pytest.mark.parametrize("argv,kind", [
+    (["--input", "hi"], RunOptions),
+    (["--input", "hi", "--simulate", "2"], SimulateOptions),
+    (["--input", "hi", "--auto", "p.json"], AutoOptions),
+    (["--profile", "p.json"], ProfileOptions),
+    (["--profile", "p.json", "--auto", "q.json"], ProfileOptions),  # profiling ignores a profile to choose by
+    (["--serve"], ServeOptions),
+])
+def test_each_mode_gets_its_own_options(argv, kind):
+    opts = parse_args(argv)
+    assert type(opts) is kind and opts.mode == {RunOptions: "run", SimulateOptions: "simulate", AutoOptions: "auto",
+                                                ProfileOptions: "profile", ServeOptions: "serve"}[kind]
+
+
+def test_the_options_check_their_values_as_the_command_line_does():
+    """One check per value (`jobs.options.check_values`, `distributed.link.check_link`): library
+    users get the command line's message, naming the field instead of the flag."""
+    with pytest.raises(ValueError, match=r"^top_k must be >= 0 \(0: off\), got -1$"):
+        RunOptions(text="hi", top_k=-1)
+    with pytest.raises(ValueError, match=r"^generate must be >= 0, got -3$"):
+        SimulateOptions(text="hi", simulate=2, generate=-3)
+    with pytest.raises(ValueError, match=r"^link_mbit must be a finite rate > 0 in Mbit/s, got inf$"):
+        ProfileOptions(profile="p.json", link_mbit=float("inf"))
+    with pytest.raises(ValueError, match=r"^link_latency_ms must be >= 0, got -1$"):
+        EmulatedLink(10.0, -1)
+    with pytest.raises(ValueError, match=r"^port must be in \[1, 65535\], got 0$"):
+        ServeOptions(port=0)
+
+
+def test_a_one_shot_job_imports_only_its_own_mode(tmp_path):
+    """prism-run --simulate loads its own job and nothing of the other modes or of the service."""
+    pytest.importorskip("transformers")
+    from tiny_model import TEXT, write_tiny_gpt2
+
+    folder = write_tiny_gpt2(tmp_path / "gpt2")
+    code = ("import sys\n"
+            "from prism_ops.cli.run import parse_args, run_job\n"
+            f"code = run_job(parse_args(['--simulate', '2', '--model', {str(folder)!r}, '--input', {TEXT!r}]))\n"
+            "print(sorted(m for m in sys.modules if m.startswith(('prism_ops.jobs', 'prism_ops.serving'))))\n"
+            "sys.exit(code)\n")
+    env = dict(os.environ, HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false")
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, env=env)
+    assert p.returncode == 0, p.stderr[-3000:]
+    assert ast.literal_eval(p.stdout.strip().splitlines()[-1]) == [
+        "prism_ops.jobs", "prism_ops.jobs.options", "prism_ops.jobs.request", "prism_ops.jobs.simulate"]

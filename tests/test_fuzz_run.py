@@ -55,9 +55,9 @@ TABLE = {
     "--timeout": ["", "x", "nan", "inf", "0", "-5"],
     "--input": ["", "   \n\t"],
     "--input-file": ["{missing}", "{dir}", "{fifo}", "{binary}", "{latin1}", "{huge}", "{empty}", "/dev/zero"],
-    "--auto": ["{missing}", "{dir}", "{fifo}", "{binary}", "{latin1}", "{huge_profile}", "{empty}", "{not_json}",
+    "--auto": ["", "{missing}", "{dir}", "{fifo}", "{binary}", "{latin1}", "{huge_profile}", "{empty}", "{not_json}",
                "{json_list}", "{no_rows}", "{nan_row}", "{bool_tokens}", "{other_ranks}"],
-    "--profile": ["{dir}", "{missing}/p.json"],
+    "--profile": ["", "{dir}", "{missing}/p.json"],
     "--model": ["", "{missing}", "{dir}", "{binary}", "{corrupt_model}"],
     "--port": ["", "x", "0", "70000"],
 }

@@ -2,7 +2,7 @@
 
     kernels  <-  ops (+ _checks, _backend, _files)  <-  config, wire, cost, strategy, pooling  <-  hf
              <-  distributed
-             <-  in_process, runner, report, link_profile, models, input_files, calibrate, eval, demo, s2m3,
+             <-  in_process, jobs, report, link_profile, models, input_files, calibrate, eval, demo, s2m3,
                  serving
              <-  cli
 
@@ -27,6 +27,8 @@ OPTIONAL = {"triton", "transformers", "mpi4py", "yaml", "tqdm", "matplotlib", "g
 LAZY_KERNELS = "prism_ops.kernels"  # the ops import their Triton kernel only on the Triton path
 # The service imports its HTTP side (starlette, uvicorn) only when HTTP is on, so one-shot runs need neither.
 LAZY_HTTP = "prism_ops.serving.http"
+# prism-run imports only the job of the mode asked (prism_ops.cli.run.run_job).
+LAZY_JOBS = "prism_ops.jobs."
 
 # Layer rank of each module prefix (lower = further down); a module may import only its own layer
 # or lower ones.
@@ -39,7 +41,7 @@ LAYERS = [
     ("prism_ops.hf", 3),  # the Hugging Face adapter: the runtimes run a model through it
     ("prism_ops.distributed", 4),
     ("prism_ops.in_process", 5),
-    ("prism_ops.models", 5), ("prism_ops.report", 5), ("prism_ops.link_profile", 5), ("prism_ops.runner", 5), ("prism_ops.input_files", 5),
+    ("prism_ops.models", 5), ("prism_ops.report", 5), ("prism_ops.link_profile", 5), ("prism_ops.jobs", 5), ("prism_ops.input_files", 5),
     ("prism_ops.calibrate", 5),
     ("prism_ops.eval", 5), ("prism_ops.demo", 5), ("prism_ops.s2m3", 5), ("prism_ops.serving", 5),
     ("prism_ops.cli", 6),
@@ -108,7 +110,8 @@ def test_imports_only_go_down(name, path):
     for mod, lazy in imports(name, path):
         top = mod.split(".")[0]
         if lazy:
-            assert top in OPTIONAL or mod.startswith(LAZY_KERNELS) or mod == LAZY_HTTP, f"{name} imports {mod} inside a function"
+            assert (top in OPTIONAL or mod.startswith(LAZY_KERNELS) or mod == LAZY_HTTP
+                    or (name == "prism_ops.cli.run" and mod.startswith(LAZY_JOBS))), f"{name} imports {mod} inside a function"
         if top != "prism_ops" or mod == "prism_ops":
             continue
         theirs = layer(mod)
@@ -148,3 +151,13 @@ def test_no_import_cycles():
     for n in graph:
         if n not in state:
             visit(n, [n])
+
+
+def test_only_the_serve_job_imports_the_service():
+    """The one-shot jobs (run, simulate, profile, auto) never load prism_ops.serving, nor so its HTTP stack."""
+    jobs = [(n, p) for n, p in ALL if n.startswith("prism_ops.jobs.")]
+    assert {"prism_ops.jobs.run", "prism_ops.jobs.simulate", "prism_ops.jobs.profile", "prism_ops.jobs.auto",
+            "prism_ops.jobs.serve"} <= {n for n, _ in jobs}
+    for name, path in jobs:
+        serving = [m for m, _ in imports(name, path) if m == "prism_ops.serving" or m.startswith("prism_ops.serving.")]
+        assert name == "prism_ops.jobs.serve" or not serving, f"{name} imports {serving}"

@@ -7,7 +7,7 @@ import torch
 
 from prism_ops import PrismConfig, partition_bounds
 from prism_ops.strategy.payload import decode, encode, pack_codes, unpack_codes
-from prism_ops.distributed.runtime import RequestError
+from prism_ops.input_files import read_profile
 from prism_ops.link_profile import choose
 from prism_ops.ops.quantize_rows import quantize_codes, quantize_rows
 from prism_ops.wire import PayloadLayout, payload_layouts
@@ -65,12 +65,13 @@ def test_auto_picks_the_faster_mode(tmp_path):
     prof.write_text(json.dumps({"partitions": 2, "rows": [
         {"tokens": 128, "local_s": 0.1, "distributed_s": 0.2},
         {"tokens": 1024, "local_s": 1.0, "distributed_s": 0.6}]}))
-    assert choose(str(prof), 64, 2) == "local"
-    assert choose(str(prof), 2048, 2) == "distributed"
+    checked = read_profile(str(prof), "--auto", 2)
+    assert choose(checked, 64) == "local"
+    assert choose(checked, 2048) == "distributed"
     # Linear in between: the two cross at 307 tokens.
-    assert choose(str(prof), 250, 2) == "local"
-    assert choose(str(prof), 400, 2) == "distributed"
-    with pytest.raises(RequestError, match="measured on 2 ranks, this job has 4"):
-        choose(str(prof), 500, 4)
-    with pytest.raises(RequestError, match="not a profile"):
-        choose(str(tmp_path / "missing.json"), 500, 2)
+    assert choose(checked, 250) == "local"
+    assert choose(checked, 400) == "distributed"
+    with pytest.raises(ValueError, match="measured on 2 ranks, this job has 4"):
+        read_profile(str(prof), "--auto", 4)
+    with pytest.raises(ValueError, match="cannot be read"):
+        read_profile(str(tmp_path / "missing.json"), "--auto", 2)

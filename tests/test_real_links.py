@@ -143,10 +143,10 @@ def reference_generation(folder_or_name, text, P, n, preset="exact"):
     from prism_ops.cli.run import parse_args
     from prism_ops.hf import max_positions
     from prism_ops.in_process import run_simulated as simulate
-    from prism_ops.runner import _load, make_request
+    from prism_ops.jobs.request import load_model, make_request
 
     opts = parse_args(["--model", str(folder_or_name), "--input", text, "--generate", str(n), "--preset", preset])
-    tok, model = _load(opts)
+    tok, model = load_model(opts)
     hf.configure(model, opts.config_for(P))
     steps = []
     hook = model.get_output_embeddings().register_forward_hook(

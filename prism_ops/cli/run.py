@@ -13,6 +13,9 @@ fails takes the whole job down (rank 0 prints why) instead of leaving it hanging
 
 --auto PROFILE chooses between running on rank 0 alone and distributed from a profile that
 --profile OUT measured on the same machines and link.
+
+The flags become the options of one mode (`prism_ops.jobs.options`: run, simulate, profile,
+auto or serve), and `run_job` runs that mode's job (`prism_ops.jobs`), importing no other.
 """
 
 from __future__ import annotations
@@ -24,12 +27,12 @@ import sys
 
 from ..config import DEFAULT_PRESET, EXCHANGE_SETTINGS, PRESETS
 from ..distributed.comm import DEFAULT_TIMEOUT_S
-from ..runner import RunOptions, run
+from ..distributed.link import check_link
+from ..jobs.options import (AutoOptions, JobOptions, ProfileOptions, RunOptions, ServeOptions, SimulateOptions,
+                            check_values)
 
-MAX_THREADS = 1024
 
-
-def parse_args(argv=None) -> RunOptions:
+def _parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="prism-run", description=__doc__.split("\n\n")[0],
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default="minilm", help="minilm (default), smollm2, or a local Hugging Face folder")
@@ -80,33 +83,35 @@ def parse_args(argv=None) -> RunOptions:
     srv.add_argument("--batch-tokens", type=int, default=8192,
                      help="embedding requests that queue while the ranks are busy run as one padded batch of up "
                           "to this many tokens (default 8192; 0: one request at a time)")
+    return ap
+
+
+def parse_args(argv=None) -> JobOptions:
+    """The options of the job the flags ask for; a bad flag exits 2 with one line naming it."""
+    ap = _parser()
     args = ap.parse_args(argv)
-    for name, ok, what in [
-        ("threads", 0 <= args.threads <= MAX_THREADS, f"in [0, {MAX_THREADS}] (0: torch's default)"),
-        ("timeout", math.isfinite(args.timeout) and args.timeout > 0, "a finite number of seconds > 0"),
-        ("link-mbit", args.link_mbit is None or (math.isfinite(args.link_mbit) and args.link_mbit > 0),
-         "a finite rate > 0 in Mbit/s"),
-        ("link-latency-ms", math.isfinite(args.link_latency_ms) and args.link_latency_ms >= 0, ">= 0"),
-        ("temperature", math.isfinite(args.temperature) and args.temperature >= 0, ">= 0 (0: greedy)"),
-        ("top-p", 0 < args.top_p <= 1, "in (0, 1]"),
-        ("top-k", args.top_k >= 0, ">= 0 (0: off)"),
-        ("seed", 0 <= args.seed < 2**63, "in [0, 2**63)"),
-        ("generate", args.generate >= 0, ">= 0"),
-        ("simulate", args.simulate is None or args.simulate >= 1, ">= 1"),
-        ("batch-tokens", args.batch_tokens >= 0, ">= 0 (0: one request at a time)"),
-    ]:
-        if not ok:
-            ap.error(f"--{name} must be {what}, got {getattr(args, name.replace('-', '_'))}")
-    if args.serve:
-        if args.input is not None or args.input_file is not None or args.profile or args.auto or args.simulate:
-            ap.error("--serve takes its inputs from requests; it does not go with --input, --input-file, "
-                     "--profile, --auto or --simulate")
-        if not 0 < args.port < 65536:
-            ap.error(f"--port must be in [1, 65535], got {args.port}")
-    elif args.input is None and args.input_file is None and args.profile is None:
-        ap.error("one of --input or --input-file is required")
-    if args.simulate is not None and (args.profile or args.auto):
-        ap.error("--profile and --auto measure and choose between real ranks; they do not go with --simulate")
+    try:
+        # Every flag given is checked, whatever the mode; the options check their own fields again.
+        check_values(threads=args.threads, timeout=args.timeout)
+        check_link(args.link_mbit, args.link_latency_ms)
+        check_values(temperature=args.temperature, top_p=args.top_p, top_k=args.top_k, seed=args.seed,
+                     generate=args.generate, simulate=args.simulate, batch_tokens=args.batch_tokens)
+        if args.serve:
+            if args.input is not None or args.input_file is not None or args.profile or args.auto or args.simulate:
+                ap.error("--serve takes its inputs from requests; it does not go with --input, --input-file, "
+                         "--profile, --auto or --simulate")
+        elif args.input is None and args.input_file is None and args.profile is None:
+            ap.error("one of --input or --input-file is required")
+        if args.simulate is not None and (args.profile or args.auto):
+            ap.error("--profile and --auto measure and choose between real ranks; they do not go with --simulate")
+        return _options(args, _levers(ap, args))
+    except ValueError as e:  # 'top_p must be ...': the options name the field, the command line its flag
+        name, sep, rest = str(e).partition(" must be ")
+        ap.error(f"--{name.replace('_', '-')}{sep}{rest}" if sep else str(e))
+
+
+def _levers(ap, args) -> dict:
+    """The PRISM levers given as flags (the preset's own otherwise)."""
     levers = {k: v for k, v in dict(sink_tokens=args.sink_tokens, halo=args.halo, summary_bits=args.summary_bits,
                                     exchange=args.exchange, cluster_iters=args.cluster_iters).items() if v is not None}
     if args.no_log_count_bias:
@@ -122,18 +127,49 @@ def parse_args(argv=None) -> RunOptions:
         if not weights or not all(math.isfinite(w) and w > 0 for w in weights):
             ap.error(f"--weights must be finite numbers > 0 separated by commas, e.g. 2,1; got {args.weights!r}")
         levers["weights"] = weights
-    return RunOptions(model=args.model, text=args.input, input_file=args.input_file, preset=args.preset,
-                      segment_size=args.segment_size, levers=levers, output=args.output, generate=args.generate,
-                      temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, seed=args.seed,
-                      simulate=args.simulate, json=args.json, dtype=args.dtype, threads=args.threads,
-                      link_mbit=args.link_mbit, link_latency_ms=args.link_latency_ms, timeout=args.timeout,
-                      auto=args.auto, profile=args.profile, verbose=args.verbose, serve=args.serve,
-                      host=args.host, port=args.port, api_key=args.api_key or None, http=not args.no_http,
-                      batch_tokens=args.batch_tokens, debug=args.debug)
+    return levers
+
+
+def _options(args, levers: dict) -> JobOptions:
+    """The options of the mode asked: simulate, serve, profile, auto or run (in that order)."""
+    job = dict(model=args.model, preset=args.preset, segment_size=args.segment_size, levers=levers,
+               dtype=args.dtype, threads=args.threads, verbose=args.verbose)
+    ask = dict(text=args.input, input_file=args.input_file, output=args.output, generate=args.generate,
+               temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, seed=args.seed, json=args.json)
+    if args.simulate is not None:
+        return SimulateOptions(**job, **ask, simulate=args.simulate)
+    ranks = dict(link_mbit=args.link_mbit, link_latency_ms=args.link_latency_ms, timeout=args.timeout,
+                 debug=args.debug)
+    if args.serve:
+        return ServeOptions(**job, **ranks, host=args.host, port=args.port, api_key=args.api_key or None,
+                            http=not args.no_http, batch_tokens=args.batch_tokens)
+    if args.profile is not None:
+        return ProfileOptions(**job, **ranks, profile=args.profile)
+    if args.auto is not None:
+        return AutoOptions(**job, **ranks, **ask, auto=args.auto)
+    return RunOptions(**job, **ranks, **ask)
+
+
+def run_job(opts: JobOptions) -> int:
+    """The job of opts' mode, importing only that mode's module (only serve's loads the service)."""
+    if opts.mode == "simulate":
+        from ..jobs.simulate import simulate_job
+        return simulate_job(opts)
+    if opts.mode == "serve":
+        from ..jobs.serve import serve_job
+        return serve_job(opts)
+    if opts.mode == "profile":
+        from ..jobs.profile import profile_job
+        return profile_job(opts)
+    if opts.mode == "auto":
+        from ..jobs.auto import auto_job
+        return auto_job(opts)
+    from ..jobs.run import run_job as run
+    return run(opts)
 
 
 def main(argv=None) -> None:
-    sys.exit(run(parse_args(argv)))
+    sys.exit(run_job(parse_args(argv)))
 
 
 if __name__ == "__main__":

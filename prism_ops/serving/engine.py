@@ -27,6 +27,7 @@ import torch
 
 from ..distributed import Request, RequestError, run_distributed
 from ..distributed.control import bcast_json
+from ..distributed.runtime import too_long
 from ..pooling import Pooling
 from ..strategy import rank_partition
 from .batching import batch_request, plan
@@ -66,13 +67,10 @@ class Engine:
         """Tokenize and check a job before it is queued (ApiError for what the model cannot take)."""
         limit = self.served.max_positions
         param = "input" if job.endpoint == "embeddings" else ("messages" if job.chat else "prompt")
-        if limit is not None:
-            # A token stands for a few characters: a text of over 64 characters per position
-            # cannot fit, so it is refused before being tokenized whole.
-            for text in job.texts + [m["content"] for m in job.chat or []]:
-                if len(text) > 64 * limit:
-                    raise ApiError(f"{param} has {len(text):,} characters, far more than the model's {limit} "
-                                   "positions", param)
+        for text in job.texts + [m["content"] for m in job.chat or []]:  # before it is tokenized whole
+            why = too_long(limit, chars=len(text), subject=param)
+            if why:
+                raise ApiError(why, param)
         if job.endpoint == "embeddings" and job.ids:  # token ids: checked against the vocabulary in parse
             job.texts = [""] * len(job.ids)
         else:
@@ -81,9 +79,9 @@ class Engine:
             if len(ids) < self.comm.size:
                 raise ApiError(f"{param}{f'[{i}]' if len(job.ids) > 1 else ''} has {len(ids)} tokens, fewer than "
                                f"the {self.comm.size} ranks (each rank needs one)", param)
-            if limit is not None and len(ids) + job.max_tokens > limit:
-                extra = f" + max_tokens {job.max_tokens}" if job.max_tokens else ""
-                raise ApiError(f"{param} has {len(ids)} tokens{extra}, more than the model's {limit} positions", param)
+            why = too_long(limit, tokens=len(ids), generate=job.max_tokens, subject=param, generating="max_tokens {}")
+            if why:
+                raise ApiError(why, param)
         return job
 
     def _tokenize(self, job: Job) -> None:

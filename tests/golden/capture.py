@@ -37,7 +37,7 @@ from prism_ops.cli.run import parse_args
 from prism_ops.hf import max_positions
 from prism_ops.in_process import run_simulated
 from prism_ops.models import load
-from prism_ops.runner import make_request
+from prism_ops.jobs.request import make_request
 
 HERE = Path(__file__).parent
 sys.path.insert(0, str(HERE.parent))

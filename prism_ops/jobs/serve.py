@@ -1,0 +1,32 @@
+"""prism-run's serve job: every rank loads the model once, then the ranks answer requests until
+stopped (`prism_ops.serving`: OpenAI-style HTTP on rank 0, JSON lines on stdin).
+
+    mpirun -n 2 prism-run --serve --port 8000
+
+The only job that imports `prism_ops.serving`; its HTTP side (starlette, uvicorn) loads only
+when HTTP is on. Phases: the shared start (`base.start`), then serving (idle) and serving.
+"""
+
+from __future__ import annotations
+
+from ..hf import max_positions, model_kind
+from ..serving.engine import Engine
+from ..serving.openai_api import Served
+from ..serving.service import run_service
+from .base import on_ranks, start
+from .options import ServeOptions
+
+
+def serve_job(opts: ServeOptions) -> int:
+    """The whole service on this MPI rank; returns the exit code once it has stopped."""
+    return on_ranks(opts, lambda comm: serve_on_rank(opts, comm))
+
+
+def serve_on_rank(opts: ServeOptions, comm) -> None:
+    job = start(opts, comm)  # a service reads no files: its inputs come with the requests
+    model = job.model
+    served = Served(opts.model, model_kind(model) == "decoder", max_positions(model),
+                    width=model.config.hidden_size * len(job.pooling.modes), vocab_size=len(job.tok))
+    engine = Engine(model, job.tok, comm, served, load_s=job.seconds["load"], pooling=job.pooling,
+                    batch_tokens=opts.batch_tokens)
+    run_service(engine, host=opts.host, port=opts.port, api_key=opts.api_key, http=opts.http)
