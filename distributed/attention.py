@@ -42,9 +42,7 @@ from prism_ops.strategy import CachedRows, attached_layers
 from prism_ops.wire import chunk_options, payload_layouts, readers
 
 from .payload import decode, encode
-
-
-TAG_LAYERS = 1000  # point-to-point tags of the causal exchange: TAG_LAYERS + layer index
+from .tags import TAG_LAYERS
 
 
 def _project(layer, h):

@@ -16,7 +16,7 @@ are when the MPI library is CUDA-aware (`cuda_aware`), else through host memory.
 
 Bytes sent are counted per key (the runtime uses the layer index): `sent`. JSON messages, the
 handshake and S2M3's messages are built on top of this (`control`, `handshake`,
-`prism_ops.s2m3`).
+`prism_ops.s2m3`). Every message tag is in `tags`.
 """
 
 from __future__ import annotations
@@ -33,11 +33,9 @@ import torch
 
 from .faults import RemoteFailure
 from .link import EmulatedLink
-from .liveness import HEARTBEAT_TAG, Liveness
+from .liveness import Liveness
 from .phase_trace import trace_phase
-
-FAULT_TAG = 7001
-RESERVED_TAGS = (FAULT_TAG, HEARTBEAT_TAG)
+from .tags import RESERVED_TAGS, TAG_FAULT
 DEFAULT_TIMEOUT_S = 30.0  # a stopped rank ends the job well within a minute
 
 
@@ -169,7 +167,7 @@ class Communicator:
         if self.rank != 0:
             return
         status = self.MPI.Status()
-        msg = self.comm.Improbe(source=self.MPI.ANY_SOURCE, tag=FAULT_TAG, status=status)
+        msg = self.comm.Improbe(source=self.MPI.ANY_SOURCE, tag=TAG_FAULT, status=status)
         if msg is not None:
             buf = np.empty(status.Get_count(self.MPI.BYTE), dtype=np.uint8)
             msg.Recv([buf, self.MPI.BYTE])
@@ -179,7 +177,7 @@ class Communicator:
     def send_fault(self, text: str, wait_s: float, exit_code: int = 1) -> bool:
         """Send a fault report to rank 0 (from another rank); True if it left within wait_s."""
         data = np.frombuffer(bytes([exit_code & 0xFF]) + text.encode(), dtype=np.uint8).copy()
-        req = self.comm.Isend([data, self.MPI.BYTE], dest=0, tag=FAULT_TAG)
+        req = self.comm.Isend([data, self.MPI.BYTE], dest=0, tag=TAG_FAULT)
         t0 = time.perf_counter()
         while time.perf_counter() - t0 < wait_s:
             if req.Test():

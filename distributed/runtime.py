@@ -41,11 +41,11 @@ from .attention import rank_partition
 from .control import allgather_json, bcast_json
 from .faults import CollectiveError
 from .payload import as_bytes
+from .tags import TAG_TOKEN
 
 OUTPUTS = ("embedding", "hidden", "logits")
 # Test hook: seconds each decoding step sleeps (a slow decoder, for the liveness tests). Not for use.
 DECODE_SLEEP_ENV = "PRISM_TEST_DECODE_SLEEP_S"
-TAG_TOKEN = 21  # point-to-point: a streamed token [B] int64 from the last rank to rank 0; b"" ends
 DECODER_SUFFIXES = ("ForCausalLM", "LMHeadModel")  # class names of decoders with their LM head
 
 

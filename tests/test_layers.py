@@ -8,6 +8,8 @@ is allowed only for an optional dependency (or the lazy Triton path of an op).
 """
 
 import ast
+import os
+import re
 from pathlib import Path
 
 import pytest
@@ -49,7 +51,9 @@ def layer(module: str) -> int | None:
 
 
 def modules():
-    for path in sorted(ROOT.rglob("*.py")):
+    # os.walk follows the checkout's symlinks (prism_ops/distributed, prism_ops/kernels); rglob does not.
+    paths = [Path(d) / f for d, _, files in os.walk(ROOT, followlinks=True) for f in files if f.endswith(".py")]
+    for path in sorted(paths):
         rel = path.relative_to(ROOT.parent).with_suffix("")
         parts = list(rel.parts)
         if parts[-1] == "__init__":
@@ -130,3 +134,38 @@ def test_no_import_cycles():
     for n in graph:
         if n not in state:
             visit(n, [n])
+
+
+TAG_TABLE = "prism_ops.distributed.tags"
+TAG_NAME = re.compile(r"(^|_)TAGS?(_|$)", re.IGNORECASE)  # TAG_WORK, FAULT_TAG, RESERVED_TAGS, tag
+
+
+def _has_int(node) -> bool:
+    return any(isinstance(n, ast.Constant) and type(n.value) is int for n in ast.walk(node))
+
+
+def test_every_message_tag_is_in_the_one_tag_table():
+    """No module but `distributed/tags.py` gives an integer to a tag name, or a literal integer
+    as a call's tag= (an offset from a table tag, TAG_LAYERS + index, is fine)."""
+    found = []
+    for name, path in ALL:
+        if name == TAG_TABLE:
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, (ast.Assign, ast.AnnAssign)) and node.value is not None and _has_int(node.value):
+                targets = node.targets if isinstance(node, ast.Assign) else [node.target]
+                names = [n.id for t in targets for n in ast.walk(t) if isinstance(n, ast.Name)]
+                found += [f"{name}:{node.lineno} {n}" for n in names if TAG_NAME.search(n)]
+            if isinstance(node, ast.Call):
+                found += [f"{name}:{node.lineno} tag={ast.unparse(k.value)}" for k in node.keywords
+                          if k.arg == "tag" and isinstance(k.value, ast.Constant)]
+    assert not found, f"message tags defined outside {TAG_TABLE}: {found}"
+
+
+def test_the_tag_table_gives_every_tag_its_own_value():
+    path = dict(ALL)[TAG_TABLE]
+    values = {}
+    for node in ast.parse(path.read_text()).body:
+        if isinstance(node, ast.Assign) and isinstance(node.value, ast.Constant):
+            values[node.targets[0].id] = node.value.value
+    assert len(set(values.values())) == len(values) >= 7, values

@@ -26,9 +26,10 @@ import torch
 from prism_ops import hf
 from prism_ops.distributed import CollectiveError, Request, run_distributed
 from prism_ops.distributed.control import bcast_json
+from prism_ops.distributed.tags import TAG_RESULT, TAG_STOP, TAG_WORK
 
 from .files import parse_text
-from .messages import TAG_RESULT, TAG_STOP, TAG_WORK, pack, unpack
+from .messages import pack, unpack
 from .modules import Registry
 from .placement import PlacementError
 from .plan import CheckedPlan, check_plan, read_inputs
