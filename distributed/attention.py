@@ -114,6 +114,7 @@ class RankPartition:
         payload = self._payload(layouts[p], x, k, keep, chunk_layout(state.bounds, p, **opts), c0, cfg,
                                 layer.codebook, trim)
         counts = [lay.nbytes for lay in layouts]
+        comm.phase = f"forward layer {layer.index}"
         if causal:
             # Only later ranks read this chunk: send it to them alone, so this rank never waits
             # for ranks it does not read (point to point, one tag per layer).

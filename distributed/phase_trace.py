@@ -17,7 +17,7 @@ _held: set[str] = set()
 
 
 def trace_phase(rank: int, phase: str) -> None:
-    """Called by `Communicator.phase` on every change of phase."""
+    """Called by `watch.Watch.phase` on every change of phase."""
     log = os.environ.get("PRISM_PHASE_LOG")
     if log:
         with open(os.path.join(log, f"rank{rank}.log"), "a") as f:
