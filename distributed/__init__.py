@@ -8,7 +8,7 @@
 - comm.py: the transport, the one place MPI is called (buffers only, byte counters). What a
   wait does besides is a layer each: fault_reports.py (rank 0 polls for another rank's
   failure), watch.py (this rank's phase, silent ranks; the heartbeats: liveness.py), link.py (an
-  emulated slow link). tags.py: every message tag.
+  emulated slow link). tags.py: every message tag. hooks.py: the one test hook.
 - faults.py: the fault policy (`guarded`, error classes, `abort`).
 - control.py: JSON control messages; handshake.py: same model and settings on every rank.
 - payload.py: a rank's per-layer payload as bytes (the layout is `prism_ops.wire`).

@@ -26,7 +26,6 @@ forward and its decoding steps: nothing per-request is left on the model.
 from __future__ import annotations
 
 import inspect
-import os
 import sys
 import time
 from dataclasses import dataclass, field
@@ -44,8 +43,6 @@ from .payload import as_bytes
 from .tags import TAG_TOKEN
 
 OUTPUTS = ("embedding", "hidden", "logits")
-# Test hook: seconds each decoding step sleeps (a slow decoder, for the liveness tests). Not for use.
-DECODE_SLEEP_ENV = "PRISM_TEST_DECODE_SLEEP_S"
 DECODER_SUFFIXES = ("ForCausalLM", "LMHeadModel")  # class names of decoders with their LM head
 
 
@@ -168,10 +165,7 @@ def decode_tokens(model, h_last, cache, first_position, req: Request, eos=None, 
     cache_arg = "cache" if "cache" in inspect.signature(base.forward).parameters else "past_key_values"
     logits = lm_head(h_last).float()
     out = []
-    pause = float(os.environ.get(DECODE_SLEEP_ENV, "0") or 0)
     for t in tqdm(range(req.generate), desc="generating", unit="tok", disable=not progress, file=sys.stderr):
-        if pause > 0:
-            time.sleep(pause)
         if req.temperature > 0:
             probs = torch.softmax(warpers(None, logits), -1)
             nxt = torch.multinomial(probs.cpu(), 1, generator=gen)[:, 0].to(logits.device)

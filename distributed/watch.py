@@ -6,7 +6,7 @@
 
 `phase` says what this rank is doing ("loading", "handshake", "forward layer 3", ...). With
 heartbeats it travels with them, so a rank that finds another silent names both ranks' phases;
-every change of phase also goes to the fault matrix's test hooks (`phase_trace`).
+every change of phase also goes to the test hook, if one is set (`hooks.on_phase`).
 
 `check` raises SilentRank once a rank has not been heard from for timeout_s (the heartbeats say
 every rank is alive about once a second, so a wait may last as long as the work it waits for).
@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import time
 
-from .phase_trace import trace_phase
+from . import hooks
 
 
 class Watch:
@@ -37,8 +37,8 @@ class Watch:
 
     @phase.setter
     def phase(self, value: str) -> None:
-        if value != self._phase:
-            trace_phase(self.rank, value)
+        if value != self._phase and hooks.on_phase is not None:
+            hooks.on_phase(self.rank, value)
         self._phase = value
         if self.heartbeats is not None:
             self.heartbeats.phase = value
