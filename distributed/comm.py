@@ -206,6 +206,8 @@ class Communicator:
 
     def _drain_sends(self, wait_s: float = 5.0) -> None:
         """Complete the point-to-point sends still in flight (at exit; their readers have them by then)."""
+        if self.MPI.Is_finalized():  # the ranks left together (`faults.leave_together`): nothing is in flight
+            return
         t0 = time.perf_counter()
         while self.pending_sends and time.perf_counter() - t0 < wait_s:
             time.sleep(1e-3)

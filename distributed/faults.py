@@ -4,7 +4,8 @@ A rank that fails sends its message and exit code to rank 0 (`fault_reports`); r
 polls for such reports in every wait, prints it and aborts the whole job with that code (`abort`,
 the one place the package ends a process: MPI requires it of a job that cannot go on).
 Errors that every rank hits alike at the same point (a bad request, a settings mismatch) are
-`CollectiveError`s: every rank raises them and all stop together with the error's exit code.
+`CollectiveError`s: every rank raises them, `guarded` returns the error's exit code on every
+rank, and the ranks leave together (`leave_together`) for the command line to exit with it.
 Bad input found on one rank only (a model folder missing there, a file only rank 0 reads) is
 made collective by `agree` / `agree_rank0`, so no rank waits in an operation that never comes.
 A rank that goes silent (stopped, frozen) is named by `SilentRank` (`distributed.liveness`).
@@ -125,10 +126,11 @@ def guarded(comm, fn, prog: str = "prism", debug: bool = False) -> int:
     return 0
 
 
-def exit_together(comm, exit_code: int) -> None:
-    """Every rank got the same error (a CollectiveError): end all ranks at once with its code.
-    Never returns. The launcher kills a job's other ranks as soon as one exits non-zero; ranks
-    still shutting down (freeing a model can take seconds) would die by its signal (exit 9)."""
+def leave_together(comm) -> None:
+    """Every rank got the same error (a CollectiveError) and is about to exit with its code: wait
+    for all, then finalize MPI, so that no rank is still running when the first one exits. (The
+    launcher kills a job's other ranks as soon as one exits non-zero before MPI_Finalize; ranks
+    still shutting down, freeing a model can take seconds, would die by its signal, exit 9.)"""
     try:
         comm.barrier()
     except (TimeoutError, RemoteFailure):
@@ -136,7 +138,6 @@ def exit_together(comm, exit_code: int) -> None:
     sys.stdout.flush()
     sys.stderr.flush()
     comm.finalize()
-    os._exit(exit_code)
 
 
 def report_failure(comm, message: str, exit_code: int = 1, prog: str = "prism") -> None:

@@ -34,7 +34,7 @@ from .distributed import (Communicator, EmulatedLink, Request, RequestError, fin
                           run_distributed, run_simulated)
 from .distributed.comm import DEFAULT_TIMEOUT_S
 from .distributed.control import bcast_json
-from .distributed.faults import agree, agree_rank0, exit_together
+from .distributed.faults import agree, agree_rank0, leave_together
 from .distributed.runtime import max_positions, model_kind
 from .distributed.transport import describe, format_transport
 from .input_files import CHARS_PER_POSITION, check_output_path, read_profile, read_text_file
@@ -249,8 +249,8 @@ def mpi_world_size() -> int:
 
 def run(opts: RunOptions) -> int:
     """The whole prism-run job on this process: simulated, or this MPI rank's part. Returns the
-    exit code (a fault on any rank aborts the whole job instead; an error every rank of a
-    multi-rank job agreed on ends them all together, `faults.exit_together`)."""
+    exit code (a fault on any rank aborts the whole job instead; the ranks of a multi-rank job
+    that agreed on an error leave together, `faults.leave_together`)."""
     if opts.threads:
         torch.set_num_threads(opts.threads)
     if opts.simulate is not None:
@@ -269,5 +269,5 @@ def run(opts: RunOptions) -> int:
     comm = Communicator(link=link, timeout_s=opts.timeout)
     code = guarded(comm, lambda: run_mpi_job(opts, comm), prog="prism-run", debug=opts.debug)
     if code and comm.size > 1:
-        exit_together(comm, code)
+        leave_together(comm)
     return code
