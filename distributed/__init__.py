@@ -5,8 +5,11 @@
     handshake(comm, fingerprint(model, config_of(model), model_name="minilm", dtype="float32"))
     result = run_distributed(model, comm, request)          # the Result on rank 0
 
-- comm.py: the transport, the one place MPI is called (buffers only, byte counters).
-- link.py: an emulated slow link; faults.py: the fault policy (`guarded`, error classes).
+- comm.py: the transport, the one place MPI is called (buffers only, byte counters). What a
+  wait does besides is a layer each: fault_reports.py (rank 0 polls for another rank's
+  failure), watch.py (this rank's phase, silent ranks; the heartbeats: liveness.py), link.py (an
+  emulated slow link). tags.py: every message tag. hooks.py: the one test hook.
+- faults.py: the fault policy (`guarded`, error classes, `abort`).
 - control.py: JSON control messages; handshake.py: same model and settings on every rank.
 - runtime.py: master/worker requests and generation (the same in one process:
   `prism_ops.in_process`).

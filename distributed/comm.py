@@ -1,22 +1,21 @@
-"""The communicator: the transport, and the one place prism-ops calls MPI.
+"""The communicator: prism-ops' one MPI transport, and its byte counters.
 
 Only mpi4py's uppercase (buffer) methods are used, on flat byte buffers: nothing is pickled on
-the wire. Every operation is started non-blocking and completed by `_wait`, which also polls
-for a fault report (`prism_ops.distributed.faults` is the policy: rank 0 raises RemoteFailure,
-the job aborts), applies the emulated link if one is set (`link.EmulatedLink`), and raises
-SilentRank once a rank has not been heard from for `timeout_s` (`liveness`: every rank's
-heartbeat thread says it is alive about once a second, so a wait may last as long as the work
-it waits for). Point-to-point loops call `check_alive` (`poll` does) for the same.
+the wire. Buffers are torch uint8 tensors. CPU tensors go to MPI as numpy views; CUDA tensors go
+as they are when the MPI library is CUDA-aware (`cuda_aware`), else through host memory. Bytes
+sent are counted per key (the runtime uses the layer index): `sent`.
 
-`phase` says what this rank is doing ("loading", "handshake", "forward layer 3", ...); it travels
-with the heartbeats, so a rank that finds another silent names both ranks' phases.
+Every operation is started non-blocking and completed by `_wait`. What a rank does while it
+waits is each a layer of its own, which the communicator only calls:
+- `faults`, a `fault_reports.FaultReports`: rank 0 polls for another rank's fault report
+  (RemoteFailure; `prism_ops.distributed.faults` is the policy: the job aborts);
+- `watch`, a `watch.Watch`: this rank's `phase`, and SilentRank once a rank has not been heard
+  from for `timeout_s` (heartbeats: `liveness`);
+- `link`, an `link.EmulatedLink` or None: holds each operation as long as that slower link would.
+Point-to-point waiting loops call `check_alive` (`poll` does) for the same checks.
 
-Buffers are torch uint8 tensors. CPU tensors go to MPI as numpy views; CUDA tensors go as they
-are when the MPI library is CUDA-aware (`cuda_aware`), else through host memory.
-
-Bytes sent are counted per key (the runtime uses the layer index): `sent`. JSON messages, the
-handshake and S2M3's messages are built on top of this (`control`, `handshake`,
-`prism_ops.s2m3`).
+JSON messages, the handshake and S2M3's messages are built on top of this (`control`, `handshake`,
+`prism_ops.s2m3`). Every message tag is in `tags`.
 """
 
 from __future__ import annotations
@@ -31,13 +30,12 @@ from collections import defaultdict
 import numpy as np
 import torch
 
-from .faults import RemoteFailure
-from .link import EmulatedLink
-from .liveness import HEARTBEAT_TAG, Liveness
-from .phase_trace import trace_phase
+from .fault_reports import FaultReports
+from .link import STAMP_BYTES, EmulatedLink
+from .liveness import Liveness
+from prism_ops.tags import RESERVED_TAGS
+from .watch import Watch
 
-FAULT_TAG = 7001
-RESERVED_TAGS = (FAULT_TAG, HEARTBEAT_TAG)
 DEFAULT_TIMEOUT_S = 30.0  # a stopped rank ends the job well within a minute
 
 
@@ -72,12 +70,13 @@ def cuda_aware_mpi() -> bool:
 
 
 class Communicator:
-    """Collectives over MPI ranks for PRISM's runtime.
+    """Collectives and point-to-point messages over MPI ranks, on byte buffers, with byte counters.
 
     Args:
         mpi_comm: an mpi4py communicator (default COMM_WORLD).
-        link: an `EmulatedLink` to slow every operation down to, or None.
-        timeout_s: how long a rank may stay silent (no heartbeat) before a wait raises SilentRank.
+        link: an `EmulatedLink` to slow every operation down to, or None (the `link` layer).
+        timeout_s: how long a rank may stay silent (no heartbeat) before a wait raises SilentRank
+            (the `watch` layer).
         liveness: the heartbeats to use (a sub-communicator shares its parent's); default: this
             communicator's own.
     """
@@ -91,30 +90,26 @@ class Communicator:
         self.comm = mpi_comm if mpi_comm is not None else MPI.COMM_WORLD
         self.rank = self.comm.Get_rank()
         self.size = self.comm.Get_size()
-        self.link = link
-        self.timeout_s = timeout_s
         self.cuda_aware = cuda_aware_mpi()
         self.sent = defaultdict(int)
-        if liveness is None and self.size > 1:
-            liveness = Liveness.of(MPI, self.comm, timeout_s)
-        self.liveness = liveness  # None: one rank, or no MPI_THREAD_MULTIPLE (each wait is bounded instead)
-        self._phase = "start"
         self._sends = []  # point-to-point sends in flight, with their buffers (isend_recv)
+        # The layers a wait calls (see the module docstring).
+        self.faults = FaultReports(MPI, self.comm)
+        if liveness is None and self.size > 1:
+            liveness = Liveness.of(MPI, self.comm, timeout_s)  # None without MPI_THREAD_MULTIPLE
+        self.watch = Watch(self.rank, self.size, timeout_s, liveness)
+        self.link = link
         self._link_free = 0.0  # when this rank's emulated link has sent its last payload (monotonic)
         atexit.register(self._drain_sends)  # before mpi4py's MPI_Finalize (atexit runs last-in first)
 
     @property
     def phase(self) -> str:
-        """What this rank is doing now (sent with its heartbeats; named in SilentRank)."""
-        return self.liveness.phase if self.liveness is not None else self._phase
+        """What this rank is doing now (`watch.Watch.phase`)."""
+        return self.watch.phase
 
     @phase.setter
     def phase(self, value: str) -> None:
-        if value != self._phase:
-            trace_phase(self.rank, value)
-        self._phase = value
-        if self.liveness is not None:
-            self.liveness.phase = value
+        self.watch.phase = value
 
     # -- buffers ---------------------------------------------------------------------------
 
@@ -132,75 +127,36 @@ class Communicator:
         dev = like.device if (like.is_cuda and self.cuda_aware) else "cpu"
         return torch.empty(n, dtype=torch.uint8, device=dev)
 
-    # -- waiting, link emulation, faults --------------------------------------------------
+    # -- waiting ---------------------------------------------------------------------------
 
     def _wait(self, req, t0: float, recv_bytes: int | None) -> None:
-        """Complete req, honouring the emulated link (recv_bytes None: not here, the caller holds),
-        a peer's fault report and liveness (no bound on the wait itself while every rank is heard
-        from)."""
+        """Complete req, started at t0, checking on every spin for a fault report and a silent
+        rank (no bound on the wait itself while every rank is heard from); then hold it as long
+        as the emulated link, if set, takes for recv_bytes (None: the caller holds, `unstamp`)."""
         spins = 0
         while not req.Test():
-            self._check_fault()
+            self.faults.check()
             spins += 1
             if spins > 200:
                 # Do not starve the compute threads of a small board; idle waits (a service's workers
                 # waiting for the next request) back off to 1 ms.
                 time.sleep(50e-6 if time.perf_counter() - t0 < 1.0 else 1e-3)
-            self._check_alive(t0)
-        self._check_fault()
+            self.watch.check(t0)
+        self.faults.check()
         if self.link is not None and recv_bytes is not None:
             self.link.hold(t0, recv_bytes)
-
-    def _check_alive(self, t0: float) -> None:
-        if self.liveness is not None:
-            self.liveness.check(self.timeout_s)
-        elif self.size > 1 and time.perf_counter() - t0 > self.timeout_s:
-            # No heartbeats (no MPI_THREAD_MULTIPLE): bound the wait itself instead.
-            raise TimeoutError(f"rank {self.rank}: a wait in {self.phase} took over {self.timeout_s:g} s (timeout)")
 
     def check_alive(self) -> None:
         """For point-to-point waiting loops: raise SilentRank (or RemoteFailure on rank 0) as a
         collective's wait would. Cheap enough to call on every spin."""
-        self._check_fault()
-        if self.liveness is not None:
-            self.liveness.check(self.timeout_s)
-
-    def _check_fault(self) -> None:
-        if self.rank != 0:
-            return
-        status = self.MPI.Status()
-        msg = self.comm.Improbe(source=self.MPI.ANY_SOURCE, tag=FAULT_TAG, status=status)
-        if msg is not None:
-            buf = np.empty(status.Get_count(self.MPI.BYTE), dtype=np.uint8)
-            msg.Recv([buf, self.MPI.BYTE])
-            # The first byte is the exit code the failing rank asks for, the rest its message.
-            raise RemoteFailure(buf[1:].tobytes().decode(errors="replace"), int(buf[0]) if buf.size else 1)
-
-    def send_fault(self, text: str, wait_s: float, exit_code: int = 1) -> bool:
-        """Send a fault report to rank 0 (from another rank); True if it left within wait_s."""
-        data = np.frombuffer(bytes([exit_code & 0xFF]) + text.encode(), dtype=np.uint8).copy()
-        req = self.comm.Isend([data, self.MPI.BYTE], dest=0, tag=FAULT_TAG)
-        t0 = time.perf_counter()
-        while time.perf_counter() - t0 < wait_s:
-            if req.Test():
-                return True
-            time.sleep(1e-3)
-        return False
+        self.faults.check()
+        self.watch.check()
 
     def finalize(self) -> None:
         """Stop the heartbeats and finalize MPI (at the very end of a process)."""
-        if self.liveness is not None:
-            self.liveness.close()
+        self.watch.close()
         if not self.MPI.Is_finalized():
             self.MPI.Finalize()
-
-    def abort(self, exit_code: int) -> None:
-        """MPI_Abort: end every rank of the job. Never returns."""
-        self.comm.Abort(exit_code)
-        # MPICH's MPI_Abort returns to the caller once the launcher is told: never run on (the
-        # short wait lets the launcher take this rank's last output first).
-        time.sleep(0.5)
-        os._exit(exit_code)
 
     # -- collectives -----------------------------------------------------------------------
 
@@ -209,8 +165,6 @@ class Communicator:
 
         Returns a handle whose wait() gives one uint8 tensor per rank, on t's device.
         """
-        if isinstance(key, int):
-            self.phase = f"forward layer {key}"  # the runtime keys each layer's summaries by its index
         buf = self._staged(t)
         if buf.numel() != counts[self.rank]:
             raise ValueError(f"rank {self.rank} sends {buf.numel()} bytes, expected counts[{self.rank}]={counts[self.rank]}")
@@ -227,36 +181,33 @@ class Communicator:
         """Send t's bytes to each rank in dests and start receiving counts[s] bytes from each rank
         s in sources, point to point: only the ranks that read a payload get it (a causal model's
         chunks go to later ranks only). Every rank must call it with matching dests/sources and
-        one tag per exchange (the runtime uses a tag per layer).
+        one tag per exchange (the runtime uses a tag per layer, `tags.TAG_LAYERS`).
 
         This rank never waits for its sends: they complete in the background (the buffers are
         kept until they have, `pending_sends`), so a rank with no sources runs ahead. The bytes
         count once per payload under `key`, however many ranks read it (as the all-gather's).
-        With an emulated link each send leaves this rank's link after the previous one and the
-        receiver holds it until it has arrived (`EmulatedLink.arrival`; an 8-byte arrival time,
-        emulation only and not counted, follows the bytes). wait() gives {source: uint8 tensor
-        on t's device}.
+        With an emulated link each payload carries its arrival time (`EmulatedLink.stamp`, not
+        counted) and the receiver holds it until then. wait() gives {source: uint8 tensor on
+        t's device}.
         """
-        if isinstance(key, int):
-            self.phase = f"forward layer {key}"  # as in iallgatherv: the runtime keys summaries by layer
         buf = self._staged(t)
         self._sends = [s for s in self._sends if not s[0].Test()]
         for dest in dests:
             data = buf
             if self.link is not None:
-                now = time.monotonic()
-                self._link_free, due = self.link.arrival(self._link_free, now, int(buf.numel()))
-                data = torch.cat([buf.cpu(), torch.tensor([due], dtype=torch.float64).view(torch.uint8)])
+                self._link_free, data = self.link.stamp(buf, self._link_free)
             self._sends.append((self.comm.Isend(self._buf(data), dest=dest, tag=tag), data))
         if dests:
             self.sent[key] += int(buf.numel())
-        extra = 8 if self.link is not None else 0
-        recvs = {s: self._empty(counts[s] + extra, buf) for s in sources}
+        stamped = self.link is not None
+        recvs = {s: self._empty(counts[s] + (STAMP_BYTES if stamped else 0), buf) for s in sources}
         reqs = {s: self.comm.Irecv(self._buf(r), source=s, tag=tag) for s, r in recvs.items()}
-        return PendingRecv(self, reqs, recvs, extra, t.device)
+        return PendingRecv(self, reqs, recvs, stamped, t.device)
 
     def _drain_sends(self, wait_s: float = 5.0) -> None:
         """Complete the point-to-point sends still in flight (at exit; their readers have them by then)."""
+        if self.MPI.Is_finalized():  # the ranks left together (`faults.leave_together`): nothing is in flight
+            return
         t0 = time.perf_counter()
         while self.pending_sends and time.perf_counter() - t0 < wait_s:
             time.sleep(1e-3)
@@ -345,12 +296,12 @@ class Communicator:
 
     def split(self, member: bool) -> "Communicator | None":
         """A communicator of the ranks that pass member=True (collective: every rank calls it).
-        It shares this communicator's heartbeats (and so its liveness)."""
+        It shares this communicator's heartbeats (and so its liveness and phase)."""
         self.barrier()  # MPI_Comm_split blocks: enter it only once every rank is known to be here
         sub = self.comm.Split(0 if member else self.MPI.UNDEFINED, self.rank)
         if sub == self.MPI.COMM_NULL:
             return None
-        return Communicator(sub, link=self.link, timeout_s=self.timeout_s, liveness=self.liveness)
+        return Communicator(sub, link=self.link, timeout_s=self.watch.timeout_s, liveness=self.watch.heartbeats)
 
     def barrier(self) -> None:
         """Wait until every rank has come here (for timings)."""
@@ -380,16 +331,15 @@ class PendingAllgather:
 class PendingRecv:
     """Point-to-point receives in flight (`Communicator.isend_recv`); wait() returns {source: bytes}."""
 
-    def __init__(self, comm, reqs, recvs, extra, device):
-        self._comm, self._reqs, self._recvs, self._extra, self._device = comm, reqs, recvs, extra, device
+    def __init__(self, comm, reqs, recvs, stamped, device):
+        self._comm, self._reqs, self._recvs, self._stamped, self._device = comm, reqs, recvs, stamped, device
 
     def wait(self) -> dict:
         out = {}
         for s, req in self._reqs.items():
             self._comm._wait(req, time.perf_counter(), None)
             data = self._recvs[s]
-            if self._extra:  # the emulated link's arrival time
-                EmulatedLink.hold_until(float(data[-self._extra :].cpu().view(torch.float64)[0]))
-                data = data[: -self._extra]
+            if self._stamped:  # the emulated link's arrival time follows the bytes
+                data = EmulatedLink.unstamp(data)
             out[s] = data.to(self._device) if data.device != self._device else data
         return out

@@ -1,9 +1,11 @@
 """Fault policy: no failure on one rank may leave the others hanging.
 
-A rank that fails sends its message and exit code to rank 0 (`Communicator.send_fault`); rank 0,
-which polls for such reports in every wait, prints it and aborts the whole job with that code.
+A rank that fails sends its message and exit code to rank 0 (`fault_reports`); rank 0, which
+polls for such reports in every wait, prints it and aborts the whole job with that code (`abort`,
+the one place the package ends a process: MPI requires it of a job that cannot go on).
 Errors that every rank hits alike at the same point (a bad request, a settings mismatch) are
-`CollectiveError`s: every rank raises them and all stop together with the error's exit code.
+`CollectiveError`s: every rank raises them, `guarded` returns the error's exit code on every
+rank, and the ranks leave together (`leave_together`) for the command line to exit with it.
 Bad input found on one rank only (a model folder missing there, a file only rank 0 reads) is
 made collective by `agree` / `agree_rank0`, so no rank waits in an operation that never comes.
 A rank that goes silent (stopped, frozen) is named by `SilentRank` (`distributed.liveness`).
@@ -126,10 +128,11 @@ def guarded(comm, fn, prog: str = "prism", debug: bool = False) -> int:
     return 0
 
 
-def exit_together(comm, exit_code: int) -> None:
-    """Every rank got the same error (a CollectiveError): end all ranks at once with its code.
-    Never returns. The launcher kills a job's other ranks as soon as one exits non-zero; ranks
-    still shutting down (freeing a model can take seconds) would die by its signal (exit 9)."""
+def leave_together(comm) -> None:
+    """Every rank got the same error (a CollectiveError) and is about to exit with its code: wait
+    for all, then finalize MPI, so that no rank is still running when the first one exits. (The
+    launcher kills a job's other ranks as soon as one exits non-zero before MPI_Finalize; ranks
+    still shutting down, freeing a model can take seconds, would die by its signal, exit 9.)"""
     try:
         comm.barrier()
     except (TimeoutError, RemoteFailure):
@@ -137,7 +140,6 @@ def exit_together(comm, exit_code: int) -> None:
     sys.stdout.flush()
     sys.stderr.flush()
     comm.finalize()
-    os._exit(exit_code)
 
 
 def report_failure(comm, message: str, exit_code: int = 1, prog: str = "prism") -> None:
@@ -147,15 +149,19 @@ def report_failure(comm, message: str, exit_code: int = 1, prog: str = "prism") 
         print(f"{prog}: {text}", file=sys.stderr, flush=True)
     else:
         # Rank 0 polls for this while it waits in any operation and then aborts the job.
-        comm.send_fault(text, wait_s=5.0, exit_code=exit_code)
+        comm.faults.send(text, wait_s=5.0, exit_code=exit_code)
         time.sleep(5.0)
         print(f"{prog}: {text}", file=sys.stderr, flush=True)  # still here: rank 0 did not answer
     abort(comm, exit_code)
 
 
 def abort(comm, exit_code: int) -> None:
-    """End every rank of the job. Never returns."""
+    """End every rank of the job (MPI_Abort) and this process. Never returns."""
     sys.stdout.flush()
     sys.stderr.flush()
     time.sleep(1.0)  # let mpiexec forward what this rank printed before it kills the job
-    comm.abort(exit_code)
+    comm.comm.Abort(exit_code)
+    # MPICH's MPI_Abort returns to the caller once the launcher is told: never run on (the short
+    # wait lets the launcher take this rank's last output first).
+    time.sleep(0.5)
+    os._exit(exit_code)

@@ -1,14 +1,16 @@
 """An emulated network link: makes a transfer last as long as it would on a slower link.
 
 `EmulatedLink(mbit, latency_ms)` holds an operation that started at t0 until
-t0 + latency + received bytes * 8 / rate. Work done meanwhile (the local attention block)
-overlaps with the transfer, as on a real link. The communicator applies it to every wait.
+t0 + latency + received bytes * 8 / rate (`hold`). Work done meanwhile (the local attention
+block) overlaps with the transfer, as on a real link. The communicator applies it to every
+collective's wait when its `link` is set.
 
 Point-to-point sends (`Communicator.isend_recv`) are emulated from the sender's side instead: a
-rank's sends leave its link one after the other (`arrival`), and the receiver holds each until
-its arrival time (`hold_until`; the time travels with the bytes, on `time.monotonic`, which is one
-clock for every process of a host), so a sender that runs ahead streams its payloads while the
-receiver computes, as on a real link.
+rank's sends leave its link one after the other, and each payload carries its arrival time
+(`stamp`: 8 bytes after the payload, emulation only, not counted); the receiver holds it until
+then (`unstamp`; the time is on `time.monotonic`, which is one clock for every process of a
+host), so a sender that runs ahead streams its payloads while the receiver computes, as on a
+real link.
 """
 
 from __future__ import annotations
@@ -16,6 +18,10 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass
+
+import torch
+
+STAMP_BYTES = 8  # the arrival time after a point-to-point payload (float64)
 
 
 def check_link(mbit: float | None, latency_ms: float) -> None:
@@ -56,3 +62,15 @@ class EmulatedLink:
         """Sleep until time.monotonic() reaches due."""
         while time.monotonic() < due:
             time.sleep(min(1e-3, max(0.0, due - time.monotonic())))
+
+    def stamp(self, buf: torch.Tensor, free_at: float) -> tuple[float, torch.Tensor]:
+        """(when this sender's link is free again, buf's bytes with their arrival time after
+        them, on the CPU) for a uint8 payload sent now on a link busy until free_at."""
+        free_at, due = self.arrival(free_at, time.monotonic(), int(buf.numel()))
+        return free_at, torch.cat([buf.cpu(), torch.tensor([due], dtype=torch.float64).view(torch.uint8)])
+
+    @staticmethod
+    def unstamp(data: torch.Tensor) -> torch.Tensor:
+        """The payload of a stamped message, once its arrival time has come (sleeps until then)."""
+        EmulatedLink.hold_until(float(data[-STAMP_BYTES:].cpu().view(torch.float64)[0]))
+        return data[:-STAMP_BYTES]

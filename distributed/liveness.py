@@ -5,17 +5,17 @@ each other rank a tiny heartbeat, its current phase as UTF-8 (at most `MAX_PHASE
 `interval_s`, and records when it last heard each rank and that rank's phase. Heartbeats go on
 their own duplicate of the communicator (never freed: MPI_Finalize refuses to free a
 communicator with unreceived messages, and beats from ranks still running are always in
-flight), under their own tag, and are not counted in the communicator's byte counters. A
-heartbeat that cannot go (its rank has exited) is ignored. A rank that works for a long time (a decoding rank, a slow load)
+flight), under their own tag (`tags.TAG_HEARTBEAT`), and are not counted in the communicator's
+byte counters. A heartbeat that cannot go (its rank has exited) is ignored. A rank that works for a long time (a decoding rank, a slow load)
 keeps beating from its thread; a rank that is stopped (SIGSTOP, a frozen link) or gone does not.
 
-Waits call `check(timeout_s)`: it first drains the heartbeats that have arrived (so a waiting
-rank whose own thread was starved of the GIL does not take that for silence) and raises
+Waits call `check(timeout_s)` (through `watch.Watch`): it first drains the heartbeats that
+have arrived (so a waiting rank whose own thread was starved of the GIL does not take that for silence) and raises
 `SilentRank` naming the first rank not heard from for longer than timeout_s, with that rank's
 last phase and this rank's own.
 
 Needs MPI_THREAD_MULTIPLE (what mpi4py asks for; the pip mpich gives it). Without it
-`Liveness.of` returns None and the communicator falls back to bounding each wait's duration.
+`Liveness.of` returns None and `watch.Watch` falls back to bounding each wait's duration.
 """
 
 from __future__ import annotations
@@ -27,8 +27,8 @@ import time
 import numpy as np
 
 from .faults import SilentRank
+from prism_ops.tags import TAG_HEARTBEAT
 
-HEARTBEAT_TAG = 7002
 MAX_PHASE = 64  # bytes of the phase a heartbeat carries
 _BY_COMM: dict = {}  # MPI communicator handle -> its Liveness (one thread per process and communicator)
 
@@ -97,13 +97,13 @@ class Liveness:
             pending = self._sends.get(r)
             if pending is not None and not pending[0].Test():
                 continue  # the last beat to r has not left (r is not receiving): do not pile up
-            self._sends[r] = (self.comm.Isend([data, self.MPI.BYTE], dest=r, tag=HEARTBEAT_TAG), data)
+            self._sends[r] = (self.comm.Isend([data, self.MPI.BYTE], dest=r, tag=TAG_HEARTBEAT), data)
 
     def _drain(self) -> None:
         """Receive every heartbeat that has arrived (matched probes: safe from two threads)."""
         with self._drain_lock:
             status = self.MPI.Status()
-            while (msg := self.comm.Improbe(source=self.MPI.ANY_SOURCE, tag=HEARTBEAT_TAG, status=status)) is not None:
+            while (msg := self.comm.Improbe(source=self.MPI.ANY_SOURCE, tag=TAG_HEARTBEAT, status=status)) is not None:
                 buf = np.empty(status.Get_count(self.MPI.BYTE), dtype=np.uint8)
                 msg.Recv([buf, self.MPI.BYTE])
                 self.heard[status.Get_source()] = (time.monotonic(), buf.tobytes().decode(errors="replace"))

@@ -37,12 +37,12 @@ from prism_ops.ops.partitioned_attention import partition_bounds
 from prism_ops.pooling import Pooling, combine, local_part
 from prism_ops.strategy import RequestState, rank_partition, request_scope
 from prism_ops.strategy.payload import as_bytes
+from prism_ops.tags import TAG_TOKEN
 
 from .control import allgather_json, bcast_json
 from .faults import CollectiveError
 
 OUTPUTS = ("embedding", "hidden", "logits")
-TAG_TOKEN = 21  # point-to-point: a streamed token [B] int64 from the last rank to rank 0; b"" ends
 
 
 class RequestError(CollectiveError, ValueError):

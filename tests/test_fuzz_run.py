@@ -128,12 +128,14 @@ def test_simulate_under_mpiexec_with_more_ranks_is_refused(monkeypatch, capsys):
 
 
 class _OneRank:
-    """Enough of a Communicator for guarded on a single rank; abort raises instead of ending."""
+    """Enough of a Communicator for guarded on a single rank; its MPI_Abort raises instead of ending."""
 
     rank, size = 0, 1
 
-    def abort(self, code):
-        raise SystemExit(code)
+    class comm:  # the mpi4py communicator
+        @staticmethod
+        def Abort(code):
+            raise SystemExit(code)
 
 
 @pytest.mark.parametrize("debug", [False, True])

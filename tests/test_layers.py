@@ -1,6 +1,6 @@
 """Layering of the installed package: imports only go down, no cycles, no hidden imports.
 
-    kernels  <-  ops (+ _checks, _backend, _files)  <-  config, wire, cost, strategy, pooling  <-  hf
+    kernels  <-  ops (+ _checks, _backend, _files, tags)  <-  config, wire, cost, strategy, pooling  <-  hf
              <-  distributed
              <-  in_process, jobs, report, link_profile, models, input_files, calibrate, eval, demo, s2m3,
                  serving
@@ -14,6 +14,7 @@ Face adapter's (`hf`).
 
 import ast
 import os
+import re
 from pathlib import Path
 
 import pytest
@@ -36,6 +37,7 @@ LAYERS = [
     ("prism_ops.eval.__main__", 6),  # `python -m prism_ops.eval` is a command line
     ("prism_ops.kernels", 0),
     ("prism_ops.ops", 1), ("prism_ops._checks", 1), ("prism_ops._backend", 1), ("prism_ops._files", 1),
+    ("prism_ops.tags", 1),  # the one table of MPI message tags
     ("prism_ops.config", 2), ("prism_ops.wire", 2), ("prism_ops.cost", 2), ("prism_ops.strategy", 2),
     ("prism_ops.pooling", 2),  # pure torch: the ranks pool their own tokens with it
     ("prism_ops.hf", 3),  # the Hugging Face adapter: the runtimes run a model through it
@@ -161,3 +163,38 @@ def test_only_the_serve_job_imports_the_service():
     for name, path in jobs:
         serving = [m for m, _ in imports(name, path) if m == "prism_ops.serving" or m.startswith("prism_ops.serving.")]
         assert name == "prism_ops.jobs.serve" or not serving, f"{name} imports {serving}"
+
+
+TAG_TABLE = "prism_ops.tags"
+TAG_NAME = re.compile(r"(^|_)TAGS?(_|$)", re.IGNORECASE)  # TAG_WORK, FAULT_TAG, RESERVED_TAGS, tag
+
+
+def _has_int(node) -> bool:
+    return any(isinstance(n, ast.Constant) and type(n.value) is int for n in ast.walk(node))
+
+
+def test_every_message_tag_is_in_the_one_tag_table():
+    """No module but `prism_ops/tags.py` gives an integer to a tag name, or a literal integer
+    as a call's tag= (an offset from a table tag, TAG_LAYERS + index, is fine)."""
+    found = []
+    for name, path in ALL:
+        if name == TAG_TABLE:
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, (ast.Assign, ast.AnnAssign)) and node.value is not None and _has_int(node.value):
+                targets = node.targets if isinstance(node, ast.Assign) else [node.target]
+                names = [n.id for t in targets for n in ast.walk(t) if isinstance(n, ast.Name)]
+                found += [f"{name}:{node.lineno} {n}" for n in names if TAG_NAME.search(n)]
+            if isinstance(node, ast.Call):
+                found += [f"{name}:{node.lineno} tag={ast.unparse(k.value)}" for k in node.keywords
+                          if k.arg == "tag" and isinstance(k.value, ast.Constant)]
+    assert not found, f"message tags defined outside {TAG_TABLE}: {found}"
+
+
+def test_the_tag_table_gives_every_tag_its_own_value():
+    path = dict(ALL)[TAG_TABLE]
+    values = {}
+    for node in ast.parse(path.read_text()).body:
+        if isinstance(node, ast.Assign) and isinstance(node.value, ast.Constant):
+            values[node.targets[0].id] = node.value.value
+    assert len(set(values.values())) == len(values) >= 7, values

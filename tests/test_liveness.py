@@ -2,8 +2,8 @@
 
 Every rank's heartbeat thread says it is alive about once a second (`distributed/liveness.py`),
 so a wait fails only when a rank has not been heard from for `--timeout` seconds. On a tiny
-GPT-2 folder (`tiny_model.py`), with the decoding step slowed by the documented test hook
-PRISM_TEST_DECODE_SLEEP_S:
+GPT-2 folder (`tiny_model.py`), with the decoding step slowed by PRISM_TEST_DECODE_SLEEP_S (read
+by the test harness, `tests/harness`, which installs the package's test hook in the job):
 - a generation far longer than --timeout succeeds;
 - a SIGSTOPped decoding rank ends the job within the timeout and a few seconds, rank 0 naming
   it and both phases, and the stopped process goes down with the job;
@@ -26,6 +26,7 @@ import pytest
 pytest.importorskip("mpi4py")
 pytest.importorskip("transformers")
 
+from harness import with_hooks  # noqa: E402
 from tiny_model import TEXT, write_tiny_gpt2  # noqa: E402
 
 BIN = Path(sys.executable).parent
@@ -62,7 +63,7 @@ class Job:
     """An mpiexec job whose stderr is read as it comes, and whose ranks' pids can be found."""
 
     def __init__(self, ranks, *args, sleep_s=0.0, stdin=subprocess.DEVNULL):
-        env = dict(ENV, PRISM_TEST_DECODE_SLEEP_S=str(sleep_s))
+        env = with_hooks(dict(ENV, PRISM_TEST_DECODE_SLEEP_S=str(sleep_s)))
         self.marker = f"--seed={os.getpid() % 100000 + int(time.monotonic() * 1000) % 100000}"
         cmd = [MPIEXEC, "-n", str(ranks), str(BIN / "prism-run"), "--threads", "1", "--timeout", str(TIMEOUT),
                self.marker, *args]

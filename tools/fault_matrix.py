@@ -6,15 +6,17 @@
 Programs (3 ranks): `minilm` (prism-run on all-MiniLM-L6-v2), `smollm2` (prism-run on
 SmolLM2-135M, generating), `serve` (s2m3-serve on a plan spread over the 3 ranks). Signals:
 KILL, TERM, INT, STOP. Victims: rank 0, a middle rank, the last rank. Phases: the names the
-ranks trace (`prism_ops.distributed.phases`): loading, handshake, forward, generation, serving.
+ranks give their phases (`prism_ops.distributed.watch`): loading, handshake, forward, generation,
+serving.
 
-Each rank appends `pid phase` lines to `$PRISM_PHASE_LOG/rank<R>.log` when it enters a phase;
+The jobs run with the test harness (`tests/harness`: it installs the package's one test hook,
+`prism_ops.distributed.hooks.on_phase`, from the settings below). Each rank appends `pid phase`
+lines to `$PRISM_PHASE_LOG/rank<R>.log` when it enters a phase;
 the driver waits for the victim to enter the phase, signals it, and then requires, with default
 settings: a non-zero exit within `--limit-s` (60 s), no process of the job left alive, and rank
 0's message naming the victim where rank 0 is still alive (when a rank dies, MPICH's launcher
 ends every rank at once and prints its own report: then no rank can speak). Short phases (the handshake) are held
-open for a moment with `PRISM_PHASE_HOLD=phase:seconds`, a test hook, so the signal lands
-inside them. The table goes into docs/RESULTS.md; tests/test_fault_matrix.py runs a subset.
+open for a moment with `PRISM_PHASE_HOLD=phase:seconds`, so the signal lands inside them. The table goes into docs/RESULTS.md; tests/test_fault_matrix.py runs a subset.
 
 Faults on real links (`--links`, as root): the job runs on 2 test hosts (`tools/netns_hosts.py`:
 network namespaces over TCP) and the decoding host's link fails while the job is in a phase:
@@ -32,7 +34,8 @@ network namespaces over TCP) and the decoding host's link fails while the job is
 Phases: prefill (the forward; held open 3 s so the cut lands in it), generation (the last
 rank decoding alone), and in a service (prism-run --serve) while a request generates. Programs:
 minilm (prefill only), smollm2 (real weights), tiny (a tiny GPT-2, for quick checks; decoding
-slowed to 0.5 s a token by a test hook so a generation lasts), serve and serve-tiny.
+slowed to 0.5 s a token by the harness, PRISM_TEST_DECODE_SLEEP_S, so a generation lasts),
+serve and serve-tiny.
 """
 
 from __future__ import annotations
@@ -50,7 +53,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 import netns_hosts  # noqa: E402
+from harness import with_hooks  # noqa: E402
 
 BIN = Path(sys.executable).parent
 SAMPLE = Path(__file__).resolve().parent.parent / "examples" / "sample.txt"
@@ -134,8 +139,8 @@ def run_case(case: Case, limit_s: float = 60.0, start_s: float = 180.0, extra_ar
         d = Path(tmp)
         log = d / "phases"
         log.mkdir()
-        env = dict(os.environ, OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false",
-                   PRISM_PHASE_LOG=str(log))
+        env = with_hooks(dict(os.environ, OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false",
+                              PRISM_PHASE_LOG=str(log)))
         if case.phase in HOLD_S:
             env["PRISM_PHASE_HOLD"] = f"{case.phase}:{HOLD_S[case.phase]}"
         cmd = [str(BIN / "mpiexec"), "-n", str(RANKS), *command(case.program, d, extra_args)]
@@ -266,7 +271,6 @@ class LinkOutcome:
 
 
 def _tiny_folder(d: Path) -> Path:
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
     from tiny_model import write_tiny_gpt2
 
     return write_tiny_gpt2(d / "tiny")
@@ -343,8 +347,8 @@ def run_link_case(case: LinkCase, timeout: float = 30.0, start_s: float = 300.0,
         log = d / "phases"
         log.mkdir()
         args, extra, request = _link_job(case.program, d, timeout, hosts.ips[0])
-        env = hosts.env(dict(os.environ, OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false",
-                             PRISM_PHASE_LOG=str(log), **extra))
+        env = hosts.env(with_hooks(dict(os.environ, OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1",
+                                        TOKENIZERS_PARALLELISM="false", PRISM_PHASE_LOG=str(log), **extra)))
         cmd = hosts.mpiexec([str(BIN / "prism-run"), *args])
         if not service and case.fault != "down" and case.program not in refs:
             ref = hosts.run([str(BIN / "prism-run"), *args], timeout=start_s,

@@ -10,17 +10,13 @@ from __future__ import annotations
 
 import hashlib
 import inspect
-import os
 import sys
-import time
 
 import torch
 
 from prism_ops.cost import ModelShape
 
 DECODER_SUFFIXES = ("ForCausalLM", "LMHeadModel")  # class names of decoders with their LM head
-# Test hook: seconds each decoding step sleeps (a slow decoder, for the liveness tests). Not for use.
-DECODE_SLEEP_ENV = "PRISM_TEST_DECODE_SLEEP_S"
 
 
 def model_kind(model) -> str:
@@ -80,10 +76,7 @@ def decode_tokens(model, h_last, cache, first_position, req, eos=None, progress=
     cache_arg = "cache" if "cache" in inspect.signature(base.forward).parameters else "past_key_values"
     logits = lm_head(h_last).float()
     out = []
-    pause = float(os.environ.get(DECODE_SLEEP_ENV, "0") or 0)
     for t in tqdm(range(req.generate), desc="generating", unit="tok", disable=not progress, file=sys.stderr):
-        if pause > 0:
-            time.sleep(pause)
         if req.temperature > 0:
             probs = torch.softmax(warpers(None, logits), -1)
             nxt = torch.multinomial(probs.cpu(), 1, generator=gen)[:, 0].to(logits.device)

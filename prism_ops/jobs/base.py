@@ -27,7 +27,7 @@ import torch
 from .. import hf
 from ..config import PrismConfig
 from ..distributed import Communicator, fingerprint, guarded, handshake
-from ..distributed.faults import agree, agree_rank0, exit_together
+from ..distributed.faults import agree, agree_rank0, leave_together
 from ..distributed.transport import describe, format_transport
 from ..models import pooling_for
 from ..pooling import Pooling
@@ -70,12 +70,12 @@ def start(opts: RankOptions, comm, read_files=lambda: None) -> Started:
 
 def on_ranks(opts: RankOptions, job) -> int:
     """job(comm) as this MPI rank's part of the job; returns the exit code (a fault on any rank
-    aborts the whole job instead; an error every rank of a multi-rank job agreed on ends them
-    all together, `faults.exit_together`)."""
+    aborts the whole job instead; the ranks of a multi-rank job that agreed on an error leave
+    together, `faults.leave_together`, and the command line exits with the code)."""
     if opts.threads:
         torch.set_num_threads(opts.threads)
     comm = Communicator(link=opts.link, timeout_s=opts.timeout)
     code = guarded(comm, lambda: job(comm), prog="prism-run", debug=opts.debug)
     if code and comm.size > 1:
-        exit_together(comm, code)
+        leave_together(comm)
     return code

@@ -1,4 +1,4 @@
-"""s2m3-serve's wire format: the message tags and one message = a JSON header and a tensor.
+"""s2m3-serve's wire format: one message = a JSON header and a tensor (its tags: `prism_ops.tags`).
 
     8 bytes little-endian header length | JSON header (+ dtype, shape) | the tensor's raw bytes
 
@@ -11,8 +11,6 @@ from __future__ import annotations
 import json
 
 import torch
-
-TAG_WORK, TAG_RESULT, TAG_STOP = 11, 12, 13  # a node's input, a task's output for rank 0, stop serving
 
 
 def pack(header: dict, tensor: torch.Tensor) -> bytes:

@@ -27,9 +27,10 @@ from prism_ops import hf
 from prism_ops.distributed import Request, run_distributed
 from prism_ops.distributed.control import bcast_json
 from prism_ops.distributed.faults import agree_rank0
+from prism_ops.tags import TAG_RESULT, TAG_STOP, TAG_WORK
 
 from .files import parse_text
-from .messages import TAG_RESULT, TAG_STOP, TAG_WORK, pack, unpack
+from .messages import pack, unpack
 from .modules import Registry
 from .plan import CheckedPlan, check_plan, read_inputs
 from .suite import example_inputs

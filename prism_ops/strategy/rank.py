@@ -42,9 +42,7 @@ from prism_ops.wire import chunk_options, payload_layouts, readers
 
 from .base import CachedRows, PartitionStrategy, attached_layers
 from .payload import decode, encode
-
-
-TAG_LAYERS = 1000  # point-to-point tags of the causal exchange: TAG_LAYERS + layer index
+from ..tags import TAG_LAYERS
 
 
 def _project(layer, h):
@@ -119,6 +117,7 @@ class RankPartition(PartitionStrategy):
         payload = self._payload(layouts[p], x, k, keep, chunk_layout(state.bounds, p, **opts), c0, cfg,
                                 layer.codebook, trim)
         counts = [lay.nbytes for lay in layouts]
+        comm.phase = f"forward layer {layer.index}"
         if causal:
             # Only later ranks read this chunk: send it to them alone, so this rank never waits
             # for ranks it does not read (point to point, one tag per layer).
