@@ -9,9 +9,12 @@ with its defaults; httpx checks the raw bodies. Faults and SIGTERM draining use 
 services.
 
 Error budget for "equal": the same text batched or alone differs by fp32 reordering only
-(|diff| <= 1e-5 per component of a unit vector). At the edge preset the summaries are rounded
-to 4 bits, and a reordering can move a value across a rounding boundary (one code step in one
-channel): there |diff| <= 1e-4 and cosine >= 0.99999.
+(|diff| <= 1e-5 per component of a unit vector). The batching test runs with segment means at
+full precision (`--segment-size 4`), where that holds through the summaries too
+(`fp32_budget` over MiniLM's depth). With 4-bit summaries (the edge preset) a batched forward's
+other summation order moves values across rounding boundaries, which one CPU does and another
+does not: on one 2-core machine one text moved 0.0028 (2.3x the golden text's one-code-step
+figure), on another nothing moved. That checks the rounding, not the batching.
 """
 
 import base64
@@ -102,11 +105,10 @@ def close(a, b, tol=1e-5):
     return max(abs(x - y) for x, y in zip(a, b)) <= tol
 
 
-def close_rounded(a, b):
-    """Within the edge preset's budget (see the module docstring)."""
-    dot = sum(x * y for x, y in zip(a, b))
-    cos = dot / (sum(x * x for x in a) * sum(y * y for y in b)) ** 0.5
-    return close(a, b, 1e-4) and cos >= 0.99999
+def same_summarised(a, b):
+    """Batched and alone with full-precision segment means: within fp32 rounding over MiniLM's
+    depth (tests/budgets.py), per component of the unit vector."""
+    return close(a, b, fp32_budget(*DEPTH["minilm"], max(map(abs, b))))
 
 
 @pytest.fixture(scope="module")
@@ -281,15 +283,16 @@ def test_load_of_200_requests_from_8_clients(minilm):
 
 
 def test_requests_that_queue_together_run_as_one_batch_and_equal_each_alone():
-    """At the edge preset (summaries, 4-bit rows): 16 concurrent clients, texts of different
-    lengths; fewer forwards than requests, and every answer equals the text's answer alone."""
-    svc = Service(2, "--model", "minilm", "--preset", "edge")
+    """With segment summaries (segment size 4, full precision): 16 concurrent clients, texts of
+    different lengths; fewer forwards than requests, and every answer equals the text's answer
+    alone, so each row of a padded batch meets the same segments as alone."""
+    svc = Service(2, "--model", "minilm", "--segment-size", "4")
     try:
         alone = {t: svc.post("/v1/embeddings", {"input": t}).json()["data"][0]["embedding"] for t in TEXTS}
         listed = svc.post("/v1/embeddings", {"input": TEXTS}).json()  # one request, one padded batch
         assert listed["prism"]["batch"] == len(TEXTS)
         for d, t in zip(listed["data"], TEXTS):
-            assert close_rounded(d["embedding"], alone[t]), (t, max(abs(x - y) for x, y in zip(d["embedding"],
+            assert same_summarised(d["embedding"], alone[t]), (t, max(abs(x - y) for x, y in zip(d["embedding"],
                                                                                               alone[t])))
         before = svc.health()
         got, lock = [], threading.Lock()
@@ -307,7 +310,7 @@ def test_requests_that_queue_together_run_as_one_batch_and_equal_each_alone():
         after = svc.health()
         assert sorted(k for k, _ in got) == list(range(16))
         for k, r in got:
-            assert r.status_code == 200 and close_rounded(r.json()["data"][0]["embedding"], alone[TEXTS[k % len(TEXTS)]])
+            assert r.status_code == 200 and same_summarised(r.json()["data"][0]["embedding"], alone[TEXTS[k % len(TEXTS)]])
         assert after["served"] - before["served"] == 16
         assert after["forwards"] - before["forwards"] < 16, (before, after)  # some ran together
     finally:
