@@ -545,8 +545,9 @@ def test_an_oversized_http_body_gets_a_413_before_it_is_parsed():
 
 
 def test_a_one_shot_run_needs_neither_starlette_nor_uvicorn(tmp_path):
-    """prism-run without --serve (and a stdin-only service) import no HTTP stack: a meta-path
-    blocker makes starlette and uvicorn unimportable, and a one-shot run still works."""
+    """prism-run without --serve imports no HTTP stack: a meta-path blocker makes starlette and
+    uvicorn unimportable (as if not installed), and a one-shot run still works, in one process
+    and on 2 real MPI ranks."""
     sys.path.insert(0, str(Path(__file__).parent))
     from tiny_model import TEXT as TINY_TEXT
     from tiny_model import write_tiny_gpt2
@@ -565,3 +566,8 @@ def test_a_one_shot_run_needs_neither_starlette_nor_uvicorn(tmp_path):
     p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, env=ENV)
     assert p.returncode == 0, p.stderr[-3000:]
     assert p.stdout.strip()
+    ranks = code.replace("'--simulate', '2', ", "")
+    p = subprocess.run([MPIEXEC, "-n", "2", sys.executable, "-c", ranks], capture_output=True, text=True,
+                       timeout=300, env=ENV)
+    assert p.returncode == 0, p.stderr[-3000:]
+    assert "2 partitions (MPI ranks)" in p.stdout, p.stdout
