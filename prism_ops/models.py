@@ -80,10 +80,11 @@ def smollm2_cache(dtype: torch.dtype = torch.float32) -> Path | None:
     return Path(root) / f"smollm2-{key}"
 
 
-def _load_smollm2(dtype):
+def _load_smollm2(dtype, kw):
+    """SmolLM2 from its cached checkpoint, else converted from the GGUF file (and cached);
+    kw: load()'s from_pretrained arguments."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    kw = dict(attn_implementation="sdpa", dtype=dtype)
     cache = smollm2_cache(dtype)
     if cache is not None and (cache / "config.json").is_file():
         return (AutoTokenizer.from_pretrained(cache, local_files_only=True),
@@ -164,7 +165,7 @@ def load(name: str, dtype: torch.dtype = torch.float32):
         tok = AutoTokenizer.from_pretrained(path, local_files_only=True)
         return tok, AutoModel.from_pretrained(path, local_files_only=True, **kw).eval()
     if name == "smollm2":
-        return _load_smollm2(dtype)
+        return _load_smollm2(dtype, kw)
     if not os.path.isdir(name):
         raise ValueError(f"model must be one of {NAMES} or a local Hugging Face folder; {name!r} is neither")
     try:
