@@ -4,10 +4,10 @@ everything, in the same mpiexec run: a burst of 12 mixed requests, and steady Po
 unequal one (speeds 1 and 0.5).
 
     OMP_NUM_THREADS=1 mpiexec -n 2 python bench/bench_s2m3_latency.py [--quick] [--repeats 5]
-        [--arrivals 40] [--loads 0.4 0.7 0.9]
+        [--arrivals 60] [--warmup 0.2] [--loads 0.4 0.7 0.9]
 
-Rank 0 profiles the suite's modules in this run (full size, 1 thread, median of 3 after a
-warm-up) and plans with `solver.optimal_placement` for two devices with room for everything (2 GB each) and a
+Rank 0 profiles the suite's modules in this run (full size, 1 thread, median of 3 rounds over
+all the modules after a warm-up round) and plans with `solver.optimal_placement` for two devices with room for everything (2 GB each) and a
 1 Gbit/s link: for the burst (one request of each of the 12 models) and for each steady load.
 The slower device of the unequal pair is rank 1 made half as fast by sleeping, after each node,
 as long as the node ran (`Server(slowdown=2)`): stated as emulated, it holds no core meanwhile.
@@ -15,16 +15,18 @@ The one-rank baseline is every module on rank 0 (speed 1), served by the same sc
 (`Server`) while rank 1 idles; it is the same for both pairs. Latency of a request = from its
 arrival until its result is back on rank 0. Steady arrivals: `--arrivals` Poisson arrivals of a
 uniform mix of the 12 models at the load times one rank's capacity (1 / the mean compute of a
-request), the same arrival times for every plan at that load.
+request), drawn afresh for every run (the same draws for every plan at that load); a run's mean
+leaves out its first `--warmup` share of requests, which arrive at idle devices, so that runs
+estimate the steady state the planner plans for.
 
 Every row (a plan under a load) runs `--repeats` times, the rows interleaved (row 1, row 2, ...,
 then again), and prints the median of the runs' mean latencies and their spread (min-max), beside
 the predictions from the profiled costs: the planner's objective (the long-run mean it chose the
 plan by; for a burst its simulated mean), the discrete-event simulation of the very arrivals
-measured (`load.simulate`), the same with rank 0's dispatch off its compute path
-(`caller_holds=False`: what a dispatch thread would give), and the M/G/1 first guess.
-`--quick` (2 repeats of 12 arrivals) is for a busy machine; the figures in docs/RESULTS.md name
-the command and the machine's load average, which this prints.
+measured (`load.simulate`, warm-up left out the same way, median over the runs), the same with
+rank 0's dispatch off its compute path (`caller_holds=False`: what a dispatch thread would give),
+and the M/G/1 first guess. `--quick` (2 repeats of 12 arrivals) is for a busy machine; the
+figures in docs/RESULTS.md name the command and the machine's load average, which this prints.
 """
 
 import argparse
@@ -70,18 +72,21 @@ def setup(args):
     work = sum(costs[v].compute for t in tasks for v in t.inputs) / len(models)  # s per request, speed 1
     plans, rows = {"one": plan_dict(insts["equal"].devices, models, args.size, part_of, one)}, []
 
-    def row(name, pair, key, place, inst, load, arrivals, objective, chosen):
-        pred = simulate(inst, place, arrivals)
-        free = simulate(inst, place, arrivals, caller_holds=False)
+    def row(name, pair, key, place, inst, load, draws, objective, chosen):
+        """`draws`: the arrivals of each run (a burst's are the same every run)."""
         burst = load.kind == "burst"
+        skip = 0 if burst else int(args.warmup * args.arrivals)
+        pred = [simulate(inst, place, a) for a in draws]
+        free = [simulate(inst, place, a, caller_holds=False) for a in draws]
         rows.append({"name": name, "pair": pair, "plan": key, "load": "burst" if burst else load_share,
-                     "arrivals": arrivals, "objective": objective, "chosen": chosen, "sim": mean(pred),
-                     "sim_free": mean(free), "sim_max": max(pred),
+                     "arrivals": draws, "skip": skip, "objective": objective, "chosen": chosen,
+                     "sim": statistics.median(mean(p[skip:]) for p in pred),
+                     "sim_free": statistics.median(mean(p[skip:]) for p in free), "sim_max": max(pred[0]),
                      "mg1": None if burst else load_objective(inst, place, load, "mg1")})
 
     burst = Load(counts=(1,) * len(models))
     order = burst_order(burst.counts)
-    at0 = [(0.0, i) for i in order]
+    at0 = [[(0.0, i) for i in order]] * args.repeats
     load_share = None
     for pair, inst in insts.items():
         sol = optimal_placement(inst, burst)
@@ -92,7 +97,8 @@ def setup(args):
     for i, load_share in enumerate(args.loads):
         rates = (load_share / work / len(models),) * len(models)
         load = Load(rates=rates)
-        arrivals = poisson_arrivals(rates, args.arrivals, seed=args.seed + i)
+        arrivals = [poisson_arrivals(rates, args.arrivals, seed=args.seed + 1000 * i + rep)
+                    for rep in range(args.repeats)]
         for pair, inst in insts.items():
             sol = optimal_placement(inst, load)
             key = f"{pair}:{load_share}"
@@ -108,7 +114,9 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--size", choices=("full", "tiny"), default="full")
     ap.add_argument("--repeats", type=int, default=5, help="runs of every row, interleaved (medians)")
-    ap.add_argument("--arrivals", type=int, default=40, help="steady arrivals per run")
+    ap.add_argument("--arrivals", type=int, default=60, help="steady arrivals per run")
+    ap.add_argument("--warmup", type=float, default=0.2,
+                    help="share of a steady run's first requests left out of its mean")
     ap.add_argument("--loads", type=float, nargs="+", default=[0.4, 0.7, 0.9],
                     help="steady arrival rates, as shares of one rank's capacity")
     ap.add_argument("--quick", action="store_true", help="2 repeats of 12 arrivals (a busy machine)")
@@ -129,13 +137,13 @@ def main():
     runs = [[] for _ in rows]  # per row: (mean latency, last answer) of each run
     for rep in range(args.repeats):
         for i, r in enumerate(rows):
-            reqs = [{"id": j, "model": models[t], "seed": j} for j, (_, t) in enumerate(r["arrivals"])]
-            at = [a for a, _ in r["arrivals"]]
+            reqs = [{"id": j, "model": models[t], "seed": j} for j, (_, t) in enumerate(r["arrivals"][rep])]
+            at = [a for a, _ in r["arrivals"][rep]]
             comm.barrier()
             done = servers[r["plan"]].serve(reqs if comm.rank == 0 else None, at if comm.rank == 0 else None)
             if comm.rank == 0:
                 lat = [done[json.dumps(q["id"])][1] for q in reqs]
-                runs[i].append((mean(lat), max(lat)))
+                runs[i].append((mean(lat[r["skip"]:]), max(lat)))
                 print(f"run {rep + 1}/{args.repeats} {r['name']}: mean {mean(lat):.3f} s (load average "
                       f"{os.getloadavg()[0]:.1f})", file=sys.stderr, flush=True)
     comm.barrier()
@@ -151,7 +159,8 @@ def report(args, info, runs, t_start, load_start):
     print(f"profiled compute (s, speed 1): " + ", ".join(f"{p} {c:.3f}" for p, c in
                                                         sorted(info["compute"].items(), key=lambda x: -x[1]) if c > 1e-3))
     print(f"one request: {info['work']:.3f} s of compute on average; {args.repeats} runs per row, interleaved; "
-          f"steady rows: {args.arrivals} Poisson arrivals per run")
+          f"steady rows: {args.arrivals} Poisson arrivals per run, a fresh draw each run, the first "
+          f"{int(args.warmup * args.arrivals)} left out of its mean")
     for key, p in sorted(info["plans"].items()):
         if key != "one":
             on1 = sorted(part for part, d in p["plan"].items() if d == "dev1" and ":" not in part)
