@@ -14,7 +14,8 @@ runs the same model on its own tokens, its attention layers exchanging summaries
     "logits"     a decoder's next-token logits after the last token `[B, V]`
     generate=n   a decoder's n new tokens: the last rank decodes alone with its KV cache and
                  the summaries it cached at prefill (no traffic per token); with stream=True
-                 it also sends each new token to rank 0 as it comes (`on_token` there)
+                 it also sends each new token to rank 0 as it comes (`on_token` there), and
+                 stops early when rank 0's on_token says so (a stop sequence)
 
 The model runs only through the Hugging Face adapter (`prism_ops.hf`: its kind, positions, local
 forward and decoding), so this module knows no model family and imports no transformers.
@@ -37,7 +38,7 @@ from prism_ops.ops.partitioned_attention import partition_bounds
 from prism_ops.pooling import Pooling, combine, local_part
 from prism_ops.strategy import RequestState, rank_partition, request_scope
 from prism_ops.strategy.payload import as_bytes
-from prism_ops.tags import TAG_TOKEN
+from prism_ops.tags import TAG_TOKEN, TAG_TOKEN_STOP
 
 from .control import allgather_json, bcast_json
 from .faults import CollectiveError
@@ -140,7 +141,8 @@ def run_distributed(model, comm, req: Request | None, eos=None, progress=True, o
     passed on). Returns the Result on rank 0, None elsewhere. Every rank raises RequestError
     for a bad request. Partition sizes follow the configured `weights` (relative device
     speeds), equal without them. With req.stream, rank 0's on_token(ids `[B]`) sees every new
-    token while the last rank decodes."""
+    token while the last rank decodes; when it returns True, the last rank stops decoding at
+    the next token it makes (tokens already made on the way are still returned)."""
     strategy = rank_partition(model, comm)
     kind = model_kind(model)
     times = {}
@@ -190,41 +192,58 @@ class _TokenStream:
     """New tokens from the last rank to rank 0's on_token while the last rank decodes.
 
     The last rank sends each token point to point (TAG_TOKEN) and an empty message at the end;
-    rank 0 receives them as they come. Waiting has no bound of its own: `Communicator.poll`
-    raises once a rank goes silent (`liveness`), so a long healthy generation never times out.
-    emit also keeps the last rank's phase ("generation token t") current, and checks that the
-    other ranks are still heard from: a decoding rank cut off from them stops within the timeout.
+    rank 0 receives them as they come. When rank 0's on_token returns True (a stop sequence in
+    the text), rank 0 sends b"stop" (TAG_TOKEN_STOP) and the last rank, which looks for it
+    before each next token, stops decoding. Rank 0 sends exactly one TAG_TOKEN_STOP message per
+    stream, b"stop" or else b"done" once the stream has ended, and the last rank takes exactly
+    one (while decoding, or at the end), so none is left over for the next request.
+    Waiting has no bound of its own: `Communicator.poll` raises once a rank goes silent
+    (`liveness`), so a long healthy generation never times out. emit also keeps the last rank's
+    phase ("generation token t") current, and checks that the other ranks are still heard from:
+    a decoding rank cut off from them stops within the timeout.
     """
 
     def __init__(self, comm, head, on_token):
         self.comm, self.on_token, self.sends = comm, on_token, []
         self.active = bool(head["generate"] and head.get("stream"))
         self.made = 0
+        self.answered = False  # the TAG_TOKEN_STOP message of this stream: sent (rank 0) or taken (last rank)
 
-    def emit(self, ids: torch.Tensor) -> None:
+    def emit(self, ids: torch.Tensor) -> bool:
+        """The last rank's new token; True: stop decoding."""
         self.made += 1
         self.comm.phase = f"generation token {self.made + 1}"
         # The decoding rank needs no message per token, so no wait would notice the others gone
         # (a cut link): check that they are still heard from, every token (cheap: `liveness`).
         self.comm.check_alive()
         if not self.active:
-            return
-        if self.comm.rank == 0:
-            if self.on_token is not None:
-                self.on_token(ids)
-            return
+            return False
+        if self.comm.rank == 0:  # one rank: it decodes and reads its own tokens
+            return bool(self.on_token is not None and self.on_token(ids))
         self.sends.append(self.comm.isend(0, as_bytes(ids.long().cpu()).numpy().tobytes(), TAG_TOKEN, key="result"))
+        msg = self.comm.poll(TAG_TOKEN_STOP)
+        if msg is not None:
+            self.answered = True
+        return msg is not None and msg[1] == b"stop"
 
     def finish(self, last: bool) -> None:
         if not self.active:
             return
         if last and self.comm.rank != 0:
             self.sends.append(self.comm.isend(0, b"", TAG_TOKEN, key="result"))
+            while not self.answered:  # rank 0's one answer, if it has not come yet
+                self.answered = self.comm.poll(TAG_TOKEN_STOP) is not None
+                if not self.answered:
+                    time.sleep(1e-4)
         if self.comm.rank == 0 and not last:
             self._receive()
         while self.sends:
             self.comm.check_alive()
             self.sends = [s for s in self.sends if not self.comm.test(s)]
+
+    def _answer(self, word: bytes) -> None:
+        self.sends.append(self.comm.isend(self.comm.size - 1, word, TAG_TOKEN_STOP, key="result"))
+        self.answered = True
 
     def _receive(self) -> None:
         while True:
@@ -233,9 +252,13 @@ class _TokenStream:
                 time.sleep(1e-4)
                 continue
             if not msg[1]:
+                if not self.answered:
+                    self._answer(b"done")
                 return
-            if self.on_token is not None:
-                self.on_token(torch.frombuffer(bytearray(msg[1]), dtype=torch.int64))
+            if self.answered:  # made before the last rank saw the stop: not wanted
+                continue
+            if self.on_token is not None and self.on_token(torch.frombuffer(bytearray(msg[1]), dtype=torch.int64)):
+                self._answer(b"stop")
 
 
 def request_head(req: Request, B: int, N: int, bounds) -> dict:

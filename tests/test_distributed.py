@@ -125,6 +125,21 @@ def test_generated_ids_equal_the_simulation(temperature):
         assert len(r["ids"][0]) == 7 and r["ids"] == r["ids_sim"]
 
 
+@pytest.mark.parametrize("ranks", [1, 2])
+def test_a_stream_stops_when_rank_0_says_so(ranks):
+    """on_token returning True stops the decoding rank within a few tokens (a stop sequence in
+    the service), its tokens so far come back, and the next request on the same ranks is whole:
+    nothing of the stop is left over."""
+    n, k = 200, 3
+    r = check_run(ranks, model="gpt2", tokens=31, segment_size=4, generate=n, stop_after=k)
+    (stopped,) = r["ids_stopped"]
+    # The last rank looks for the stop before each token: it made a few more on the way at most
+    # (on one rank, none), far fewer than the n asked for.
+    assert k <= len(stopped) < (k + 1 if ranks == 1 else n // 2), len(stopped)
+    assert stopped == r["ids"][0][:len(stopped)]  # greedy: the same tokens as the whole run
+    assert len(r["ids"][0]) == n
+
+
 # -- faults: the job ends non-zero within 30 s, never hangs ------------------------------------
 
 def alive(pid: int, grace_s: float = 5.0) -> bool:

@@ -59,7 +59,7 @@ def decode_tokens(model, h_last, cache, first_position, req, eos=None, progress=
 
     req carries the sampling settings (generate, temperature, top_k, top_p, seed): a
     `prism_ops.distributed.Request`. on_token(ids `[B]`), if given, sees each token as soon as it
-    is chosen."""
+    is chosen; when it returns True, decoding stops there (a stop sequence was reached)."""
     from tqdm import tqdm
     from transformers import LogitsProcessorList, TemperatureLogitsWarper, TopKLogitsWarper, TopPLogitsWarper
 
@@ -83,8 +83,8 @@ def decode_tokens(model, h_last, cache, first_position, req, eos=None, progress=
         else:
             nxt = logits.argmax(-1)
         out.append(nxt)
-        if on_token is not None:
-            on_token(nxt)
+        if on_token is not None and on_token(nxt):
+            break
         if eos is not None and bool((nxt == eos).all()):
             break
         if t == req.generate - 1:

@@ -229,8 +229,8 @@ class Engine:
 
     def _answer(self, job: Job, sink) -> None:
         """One completion. With stop sequences, the text ends before the first one and nothing
-        after it is streamed (a tail that could grow into one is held back); the last rank still
-        decodes up to max_tokens."""
+        after it is streamed (a tail that could grow into one is held back); on_token then tells
+        the last rank to stop decoding (`run_distributed`), so the ranks are free for the next job."""
         try:
             ids = job.ids[0]
             made, sent = [], [0]  # tokens so far; characters streamed
@@ -239,8 +239,10 @@ class Engine:
 
             def on_token(t):
                 tid = int(t[0])
-                if stopped_at[0] is not None or (eos is not None and tid == eos):
-                    return
+                if stopped_at[0] is not None:
+                    return True
+                if eos is not None and tid == eos:
+                    return False
                 made.append(tid)
                 with self.tok_lock:
                     new = self.tok.decode(made, skip_special_tokens=True)
@@ -251,6 +253,7 @@ class Engine:
                 if job.stream and upto > sent[0]:
                     sink(("delta", new[sent[0]:upto]))
                     sent[0] = upto
+                return hit  # True: enough, stop decoding
 
             req = Request(ids=torch.tensor([ids]), generate=job.max_tokens, temperature=job.temperature,
                           top_k=job.top_k, top_p=job.top_p, seed=job.seed, stream=True)

@@ -6,6 +6,9 @@ on rank 0 with the differences, the bytes counted and the bytes of the wire layo
 (`budgets.flip_one_code`): distributed and simulated sums differ in their last bits, which may
 round a value on a boundary to the other code. With generation, `margins_sim` is the gap between
 the two largest logits at each generated token of the simulated run (least over the batch).
+With `--stop-after K`, a streamed run whose on_token asks to stop after K tokens goes first
+(`ids_stopped`: what it returned), then the request itself on the same ranks: a stop message
+left over would show in it.
 
     mpiexec -n 3 python tests/mpi/check_run.py --model gpt2 --tokens 37 --segment-size 4
 """
@@ -79,6 +82,7 @@ def main():
     ap.add_argument("--temperature", type=float, default=0.0)
     ap.add_argument("--top-k", type=int, default=0)
     ap.add_argument("--levers", default="{}", help="JSON dict of levers")
+    ap.add_argument("--stop-after", type=int, default=0, help="first a streamed run stopped after this many tokens")
     args = ap.parse_args()
     levers = json.loads(args.levers)
 
@@ -86,6 +90,14 @@ def main():
     model = build(args.model)
     hf.configure(model, num_partitions=comm.size, segment_size=args.segment_size, comm=comm, **levers)
     req = request(model, args)
+    stopped = None
+    if args.stop_after:
+        seen = []
+        first = request(model, args)
+        first.stream = True
+        got = run_distributed(model, comm, first if comm.rank == 0 else None, progress=False,
+                              on_token=lambda t: seen.append(t) or len(seen) >= args.stop_after)
+        stopped = got.token_ids if comm.rank == 0 else None
     res = run_distributed(model, comm, req if comm.rank == 0 else None, progress=False)
     if comm.rank != 0:
         return
@@ -129,7 +141,7 @@ def main():
         err_exact=(res.output.float() - exact.output.float()).abs().max().item(),
         scale=sim.output.float().abs().max().item(),
         bytes=res.bytes_per_layer, expected_bytes=sum(lay.nbytes for lay in layouts), layer_bytes=layer_bytes,
-        ids=res.token_ids, ids_sim=sim.token_ids, ids_exact=exact.token_ids, err_step=err_step,
+        ids=res.token_ids, ids_sim=sim.token_ids, ids_stopped=stopped, ids_exact=exact.token_ids, err_step=err_step,
         margins_sim=None if top2 is None else (top2[..., 0] - top2[..., 1]).amin(-1).tolist(),
         logit_scale=None if top2 is None else sim_values.abs().max().item(),
     )
