@@ -50,18 +50,22 @@ def test_burst_by_hand_on_two_devices():
     assert simulate(inst, place, [(0.0, 0), (0.5, 0), (0.5, 0)]) == pytest.approx([1.5, 2.5, 4.0])
 
 
-def test_the_caller_dispatches_between_its_own_nodes():
-    """Device 0 is s2m3-serve's rank 0: a request that arrives while it computes goes out when the
-    node is done, and so does a result that comes back meanwhile."""
+def test_the_caller_dispatches_at_once_or_between_its_own_nodes():
+    """Device 0 is s2m3-serve's rank 0. Its dispatch thread sends a request out when it arrives
+    and takes its result in when it is back; a caller in one thread (caller_holds) does both only
+    when its running node is done."""
     devices = [Device("a", 10), Device("b", 10)]
     modules = {"e1": ModuleCost("e1", 1, 1.0), "e3": ModuleCost("e3", 1, 0.1)}
     tasks = [Task("A", {"e1": ("input:x",)}, {"x": 0}), Task("C", {"e3": ("input:x",)}, {"x": 0})]
     inst = Instance(devices, modules, tasks, default_link=Link(1e9, 0.1))
     place = {"e1": 0, "e3": 1}
     # C arrives at 0.5, leaves at 1.0, reaches b at 1.1, runs to 1.2, is back at 1.3.
-    assert simulate(inst, place, [(0.0, 0), (0.5, 1)]) == pytest.approx([1.0, 0.8])
+    assert simulate(inst, place, [(0.0, 0), (0.5, 1)], caller_holds=True) == pytest.approx([1.0, 0.8])
     # C at 0: out at once, back at 0.3, while a computes A until 1.0: taken in at 1.0.
-    assert simulate(inst, place, [(0.0, 0), (0.0, 1)]) == pytest.approx([1.0, 1.0])
+    assert simulate(inst, place, [(0.0, 0), (0.0, 1)], caller_holds=True) == pytest.approx([1.0, 1.0])
+    # With the dispatch thread C goes out at 0.5 and is back at 0.8, whatever a computes.
+    assert simulate(inst, place, [(0.0, 0), (0.5, 1)]) == pytest.approx([1.0, 0.3])
+    assert simulate(inst, place, [(0.0, 0), (0.0, 1)]) == pytest.approx([1.0, 0.3])
 
 
 @pytest.mark.parametrize("seed", range(6))
@@ -112,13 +116,16 @@ def test_mg1_counts_one_wait_per_device_a_request_visits():
 
 
 def test_device_0_holds_dispatch_in_the_estimate():
-    """Work on device 0 delays the requests it sends elsewhere by the rest of its running node."""
+    """A caller in one thread (caller_holds): work on device 0 delays the requests it sends
+    elsewhere by the rest of its running node."""
     inst, _ = two_devices()
     on = {"e1": 0, "e2": 1, "h": 1}
     # Device 1 (speed 2): A's h 0.25 s, B's e2 + h 1.25 s at 0.2/s each: rho 0.3, sum(rate S^2)
     # 0.325, W = 0.325 / 1.4. B alone: 0.1 in, 1.0 e2, 0.25 h, 0.1 back. Device 0 runs A's e1
     # (1 s at 0.2/s): a hold of 0.2 * 1 / 2 = 0.1 s on B's dispatch and again on its result.
-    assert steady_latencies(inst, on, (0.2, 0.2))[1] == pytest.approx(1.45 + 0.325 / 1.4 + 2 * 0.1)
+    assert steady_latencies(inst, on, (0.2, 0.2), caller_holds=True)[1] == pytest.approx(1.45 + 0.325 / 1.4 + 2 * 0.1)
+    # s2m3-serve's dispatch thread: no hold.
+    assert steady_latencies(inst, on, (0.2, 0.2))[1] == pytest.approx(1.45 + 0.325 / 1.4)
     # With nothing on device 0 there is no hold.
     off = {"e1": 1, "e2": 1, "h": 1}
     rho, second = 0.2 * 0.75 + 0.2 * 1.25, 0.2 * 0.75 ** 2 + 0.2 * 1.25 ** 2

@@ -6,7 +6,9 @@ s2m3-serve schedules it (`prism_ops.s2m3.server`): every device runs one node at
 ready nodes earliest request first (ties: the one that became ready first); inputs travel in
 parallel (links are not shared), a node starts when its last input is in, and at any instant a
 device sees everything that has arrived by then before it picks its next node. Device 0 is also
-the caller: it sends a request's inputs out and takes results in only between its own nodes.
+the caller, which s2m3-serve runs in a thread of its own: it sends a request's inputs out when
+the request arrives and takes a result in when it comes back. `caller_holds=True` models a
+caller that does both only between its own nodes (`Server(dispatch_thread=False)`).
 
 - A burst's requests are numbered round-robin over the tasks in their order (one of each task
   that still has requests left, then again); its objective is the mean latency of its requests,
@@ -17,8 +19,8 @@ the caller: it sends a request's inputs out and takes results in only between it
 - `steady_latencies` is a quick M/G/1 estimate, the planner's first guess: a request waits once
   at each device it visits, W_d = sum(rate * S^2) / (2 (1 - rho_d)) (Pollaczek-Khinchine; S is
   all of the request's run time on d, since earliest-request-first lets a request's later nodes
-  there go before newer requests), and device 0 holds a request's dispatch, and its result, for
-  the rest of the node it is running. A wait per node (the earlier estimate) counted a request
+  there go before newer requests), and with `caller_holds` device 0 holds a request's dispatch,
+  and its result, for the rest of the node it is running. A wait per node (the earlier estimate) counted a request
   with five nodes on one device as queueing five times: 3x the measured latency on one rank.
   The estimate knows nothing of a request's branches waiting on each other, so the simulation
   decides (bench/bench_s2m3_latency.py prints both against what the ranks measure).
@@ -71,15 +73,14 @@ def burst_order(counts) -> list[int]:
     return out
 
 
-def simulate(inst: Instance, place: dict, arrivals, caller_holds: bool = True) -> list[float]:
+def simulate(inst: Instance, place: dict, arrivals, caller_holds: bool = False) -> list[float]:
     """Latency of each request [(arrival time s, task index)] under `place`, in the given order
     (which is also the order a device serves them in).
 
-    Device 0 is also the caller (s2m3-serve's rank 0, one thread): it sends out a request's
-    inputs, and takes in a result, only between two of its own nodes, so a request that arrives
-    (or a result that comes back) while it computes waits until that node is done. With
-    `caller_holds=False` the caller acts at once (what a dispatcher off the compute path would
-    give: the figure that says whether one is worth having)."""
+    Device 0 is also the caller (s2m3-serve's rank 0): it sends out a request's inputs when it
+    arrives and takes in a result when it is back (its dispatch thread). With `caller_holds`
+    it does so only between two of its own nodes (one thread), so a request that arrives (or a
+    result that comes back) while it computes waits until that node is done."""
     tasks = inst.tasks
     readers = [{u: [v for v, srcs in t.inputs.items() if u in srcs] for u in t.inputs} for t in tasks]
     sinks = [t.sink() for t in tasks]
@@ -166,7 +167,7 @@ def _visits(inst: Instance, place: dict) -> list[dict]:
     return out
 
 
-def steady_latencies(inst: Instance, place: dict, rates) -> list[float]:
+def steady_latencies(inst: Instance, place: dict, rates, caller_holds: bool = False) -> list[float]:
     """Mean latency of each task under Poisson arrivals at `rates`, by the M/G/1 estimate (see the
     module's docstring); inf when a device is busy more than all the time."""
     visits = _visits(inst, place)
@@ -182,7 +183,7 @@ def steady_latencies(inst: Instance, place: dict, rates) -> list[float]:
     # Device 0 dispatches between its own nodes: the mean rest of the node it is running.
     node0 = sum(r * (inst.modules[v].compute / inst.devices[0].speed) ** 2
                 for t, r in zip(inst.tasks, rates) for v in t.inputs if place[v] == 0)
-    hold = node0 / 2
+    hold = node0 / 2 if caller_holds else 0.0
     out = []
     for t, on in zip(inst.tasks, visits):
         first = {}

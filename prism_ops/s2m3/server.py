@@ -8,6 +8,9 @@ encoder that reads it, and collects the results. A node runs once all its inputs
 its output goes to the rank of every node that reads it, or back to rank 0 from the task's last
 node. So the encoders of one request run in parallel on their ranks. Each rank runs its ready
 nodes earliest request first, so requests that share a module are served in arrival order.
+Rank 0 dispatches in a thread of its own: it sends a request's inputs out when the request
+arrives and takes results in when they come back, while its main thread computes (otherwise a
+request would wait for the node rank 0 is running; `prism_ops.s2m3.load` models both).
 Every message is point-to-point bytes (`Communicator.isend` / `poll`) in the layout of
 `prism_ops.s2m3.messages`. A plan may spread a transformer encoder over a group of ranks with
 PRISM attention (`prism_ops.hf.configure`, `prism_ops.distributed.run_distributed`).
@@ -19,6 +22,7 @@ import heapq
 import itertools
 import json
 import sys
+import threading
 import time
 
 import torch
@@ -39,16 +43,18 @@ from .suite import example_inputs
 class Server:
     """One rank's share of the plan: its modules, its inbox and its FIFO of ready nodes."""
 
-    def __init__(self, comm, plan: CheckedPlan, slowdown: float = 1.0, loaded: dict | None = None):
+    def __init__(self, comm, plan: CheckedPlan, slowdown: float = 1.0, loaded: dict | None = None,
+                 dispatch_thread: bool = True):
         """`slowdown` >= 1: after each node, sleep (slowdown - 1) times its run time, so this rank
         stands for a device that much slower (benchmarks of unequal devices). `loaded` ({part:
         Module}, optional): modules already built, used instead of building them again and
         filled with those built here (several plans in one process; spread encoders excepted, as
-        PRISM reconfigures them)."""
+        PRISM reconfigures them). `dispatch_thread=False`: rank 0 dispatches only between its own
+        nodes, in its one thread (`load.simulate(caller_holds=True)` models it)."""
         ok = isinstance(slowdown, (int, float)) and not isinstance(slowdown, bool)
         if not (ok and 1.0 <= slowdown < float("inf")):
             raise ValueError(f"slowdown must be a finite number >= 1, got {slowdown!r}")
-        self.comm, self.slowdown = comm, float(slowdown)
+        self.comm, self.slowdown, self.dispatch_thread = comm, float(slowdown), bool(dispatch_thread)
         self.model_size, self.models, self.rank_of, self.catalog = plan.model_size, plan.models, plan.rank, plan.catalog
         reg, self.modules = Registry(), {}
         loaded = {} if loaded is None else loaded
@@ -79,6 +85,10 @@ class Server:
         # they arrived, and a request's head runs as soon as its inputs are in.
         self.waiting, self.ready, self.sends = {}, [], []
         self._tie = itertools.count()
+        # Rank 0's dispatch thread and its main thread share the inbox, the ready queue, the
+        # pending sends and the results: each holds this lock while it touches them, never
+        # while a node computes.
+        self.mutex = threading.Lock()
 
     def dag(self, model):
         return self.catalog.dag(model)
@@ -100,8 +110,9 @@ class Server:
         (x,) = inputs.values()
         if sub.rank == 0:  # the lead hands the input to the group, in its own queue order
             for r in members:
-                self.sends.append(self.comm.isend(r, pack({"seq": seq, "req": req, "model": model, "node": node,
-                                                           "src": "member"}, x), TAG_WORK))
+                with self.mutex:
+                    self.sends.append(self.comm.isend(r, pack({"seq": seq, "req": req, "model": model, "node": node,
+                                                               "src": "member"}, x), TAG_WORK))
         kind = self.modules[part].kind
         ask = Request(pixel_values=x, output="hidden") if kind == "vision" else Request(ids=x, output="embedding")
         with torch.no_grad():
@@ -132,27 +143,39 @@ class Server:
         while self.sends and time.perf_counter() - t0 < limit_s:
             self.sends = [s for s in self.sends if not self.comm.test(s)]
 
-    def step(self) -> bool:
-        """Receive what has arrived and run one ready node; False when there was nothing to do."""
-        busy = False
+    def _receive(self) -> bool:
+        """Take in every node input that has arrived (hold the mutex)."""
+        got = False
         while (msg := self.comm.poll(TAG_WORK)) is not None:
             self.arrive(*unpack(msg[1]))
-            busy = True
-        if self.ready:
-            self._flush()
-            seq, req, model, node, inputs = heapq.heappop(self.ready)[2]
-            dag = self.dag(model)
-            part = self.part(model, node)
-            if part in self.groups:
-                out = self.run_spread(part, seq, req, model, node, inputs)
-                if out is None:  # a member of the group: the lead carries the output on
-                    return True
-            else:
-                t0 = time.perf_counter()
-                out = self.modules[part](*[inputs[s] for s in dag[node]])
-                if self.slowdown > 1.0:  # a slower device, emulated: idle for the extra time
-                    time.sleep((self.slowdown - 1.0) * (time.perf_counter() - t0))
-            readers = [n for n, srcs in dag.items() if node in srcs]
+            got = True
+        return got
+
+    def step(self) -> bool:
+        """Receive what has arrived and run one ready node; False when there was nothing to do."""
+        with self.mutex:
+            busy = self._receive()
+            item = None
+            if self.ready:
+                self._flush()
+                item = heapq.heappop(self.ready)[2]
+            self.sends = [s for s in self.sends if not self.comm.test(s)]
+        if item is None:
+            return busy
+        seq, req, model, node, inputs = item
+        dag = self.dag(model)
+        part = self.part(model, node)
+        if part in self.groups:
+            out = self.run_spread(part, seq, req, model, node, inputs)
+            if out is None:  # a member of the group: the lead carries the output on
+                return True
+        else:
+            t0 = time.perf_counter()
+            out = self.modules[part](*[inputs[s] for s in dag[node]])
+            if self.slowdown > 1.0:  # a slower device, emulated: idle for the extra time
+                time.sleep((self.slowdown - 1.0) * (time.perf_counter() - t0))
+        readers = [n for n, srcs in dag.items() if node in srcs]
+        with self.mutex:
             for n in readers:
                 self.deliver(seq, req, model, n, node, out)
             if not readers:  # the task's output goes back to rank 0
@@ -161,9 +184,8 @@ class Server:
                     self.results.append(unpack(data))
                 else:
                     self.sends.append(self.comm.isend(0, data, TAG_RESULT))
-            busy = True
-        self.sends = [s for s in self.sends if not self.comm.test(s)]
-        return busy
+            self.sends = [s for s in self.sends if not self.comm.test(s)]
+        return True
 
     def serve(self, requests: list[dict] | None, at: list[float] | None = None):
         """Rank 0: run all requests and return {id: (output, latency)}; other ranks: serve until told
@@ -194,10 +216,7 @@ class Server:
                             self.deliver(due, r["id"], r["model"], node, s, x[s[6:]])
                 due += 1
 
-        while len(done) < len(requests):
-            release(time.perf_counter())
-            if not self.step():
-                time.sleep(1e-4)
+        def collect():  # results that came back, and rank 0's own
             while (msg := self.comm.poll(TAG_RESULT)) is not None:
                 self.results.append(unpack(msg[1]))
             for head, out in self.results:
@@ -206,10 +225,50 @@ class Server:
                     raise RuntimeError(f"request {head['req']!r} was answered twice")
                 done[key] = (out, time.perf_counter() - start[key])
             self.results = []
+
+        def dispatch():  # what rank 0 does besides computing: requests out, inputs and results in
+            with self.mutex:
+                release(time.perf_counter())
+                self._receive()
+                collect()
+                self.sends = [s for s in self.sends if not self.comm.test(s)]
+
+        if self.dispatch_thread:
+            self._serve_threaded(dispatch, lambda: len(done) < len(requests))
+        else:
+            while len(done) < len(requests):
+                dispatch()
+                if not self.step():
+                    time.sleep(1e-4)
         for r in range(1, self.comm.size):
             self.sends.append(self.comm.isend(r, b"stop", TAG_STOP))
         self._drain_sends()
         return done
+
+    def _serve_threaded(self, dispatch, pending) -> None:
+        """Rank 0: `dispatch` in its own thread, every half millisecond, while this thread computes
+        ready nodes, until nothing is `pending`. An error in either ends both and is raised here."""
+        stop, failed = threading.Event(), []
+
+        def loop():
+            try:
+                while not stop.is_set():
+                    dispatch()
+                    time.sleep(5e-4)
+            except BaseException as e:  # noqa: BLE001 - handed to the main thread, which raises it
+                failed.append(e)
+
+        thread = threading.Thread(target=loop, name="s2m3-dispatch", daemon=True)
+        thread.start()
+        try:
+            while pending() and thread.is_alive():
+                if not self.step():
+                    time.sleep(1e-4)
+        finally:
+            stop.set()
+            thread.join()
+        if failed:
+            raise failed[0]
 
     def _drain_sends(self):
         """Wait until every pending send has left, as long as every rank is heard from."""
