@@ -14,7 +14,9 @@ Run it on a quiet machine: the ranks and the clients share its cores.
 --batching: MiniLM on 2 ranks, short texts (<= 32 tokens, of different lengths), one service
 with batching (`--batch-tokens 8192`, the default) and one without (`--batch-tokens 0`, one text
 per forward, as before batching), in the same run: req/s and p50/p95 latency at 1, 4 and 16
-concurrent clients. The figures that matter are the ratios within the run.
+concurrent clients. The figures that matter are the ratios within the run. Each row also gives
+the CPU the ranks and this process (the clients) used during it, as shares of one core (from
+/proc), which says whether the machine's cores were full.
 """
 
 from __future__ import annotations
@@ -84,6 +86,25 @@ def start(model, ranks, *extra):
     return proc, url, time.perf_counter() - t0
 
 
+def rank_pids(port) -> list[int]:
+    """The service's rank processes (their command lines name its port), in pid order."""
+    out = []
+    for d in Path("/proc").iterdir():
+        try:
+            cmd = (d / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if d.name.isdigit() and b"--serve" in cmd and str(port).encode() in cmd and any(b"python" in c for c in cmd[:1]):
+            out.append(int(d.name))
+    return sorted(out)
+
+
+def cpu_s(pid) -> float:
+    """User + system CPU seconds of a process so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def load(url, endpoint, bodies, n, clients):
     """n requests (bodies in turn) from `clients` concurrent clients: (latencies, wall seconds)."""
     lat, lock = [], threading.Lock()
@@ -124,14 +145,20 @@ def batching(args):
             for batch_tokens, (_, url, ready_s) in services.items():
                 h0 = httpx.get(url + "/health", timeout=10).json()
                 n = args.requests if clients > 1 else max(8, args.requests // 4)
+                pids = rank_pids(url.rsplit(":", 1)[1])
+                c0, m0 = [cpu_s(p) for p in pids], os.times()
                 lat, wall = load(url, "/v1/embeddings", bodies, n, clients)
+                c1, m1 = [cpu_s(p) for p in pids], os.times()
                 h1 = httpx.get(url + "/health", timeout=10).json()
                 rows.append(dict(batching=bool(batch_tokens), batch_tokens=batch_tokens, clients=clients,
                                  requests=len(lat), rps=len(lat) / wall, p50_s=pct(lat, 0.5), p95_s=pct(lat, 0.95),
-                                 forwards=h1["forwards"] - h0["forwards"], ready_s=ready_s))
+                                 forwards=h1["forwards"] - h0["forwards"], ready_s=ready_s,
+                                 rank_cpu=[(b - a) / wall for a, b in zip(c0, c1)],
+                                 client_cpu=(m1.user + m1.system - m0.user - m0.system) / wall))
                 r = rows[-1]
                 print(f"batching={r['batching']} clients={clients}: {r['rps']:.2f} req/s, p50 {r['p50_s']:.3f} s, "
-                      f"p95 {r['p95_s']:.3f} s, {r['forwards']} forwards for {r['requests']} requests", flush=True)
+                      f"p95 {r['p95_s']:.3f} s, {r['forwards']} forwards for {r['requests']} requests; CPU (cores): "
+                      f"ranks {' '.join(f'{c:.2f}' for c in r['rank_cpu'])}, clients {r['client_cpu']:.2f}", flush=True)
     finally:
         for proc, _, _ in services.values():
             proc.send_signal(signal.SIGINT)
