@@ -452,6 +452,48 @@ def test_stop_sequences_streamed_and_not(tiny):
     assert e.value.body["param"] == "model"
 
 
+def test_greedy_completions_of_one_length_run_together_and_equal_each_alone(tiny):
+    """Greedy completions whose prompts have one length, queued together, share a forward (one
+    prefill, one decoding for all); each answer, with its own max_tokens and stop, equals its
+    answer alone. Exact preset: batched and alone differ only in fp32 summation order."""
+    _, _, folder = tiny
+    svc = Service(2, "--model", folder, "--preset", "exact")
+    try:
+        prompts = ["w1 w2 w3 w4", "w5 w6 w7 w8", "w2 w4 w6 w8", "w9 w1 w9 w1"]
+        bodies = [{"prompt": p, "max_tokens": m, "temperature": 0} for p, m in zip(prompts, (3, 6, 9, 12))]
+        bodies.append({"prompt": prompts[3], "max_tokens": 12, "temperature": 0, "stream": False})
+        alone = [svc.post("/v1/completions", b).json() for b in bodies]
+        # A stop string from inside the last answer: it ends early there, alone and batched.
+        text = alone[-1]["choices"][0]["text"]
+        bodies[-1]["stop"] = text.split()[2] if len(text.split()) > 2 else "never"
+        alone[-1] = svc.post("/v1/completions", bodies[-1]).json()
+        before = svc.health()
+        got, lock = {}, threading.Lock()
+
+        def one(k):
+            r = svc.post("/v1/completions", bodies[k % len(bodies)])
+            with lock:
+                got[k] = r
+
+        threads = [threading.Thread(target=one, args=(k,)) for k in range(10)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        after = svc.health()
+        assert sorted(got) == list(range(10))
+        for k, r in got.items():
+            want = alone[k % len(bodies)]
+            assert r.status_code == 200, r.text
+            assert r.json()["choices"][0]["text"] == want["choices"][0]["text"], (k, r.json(), want)
+            assert r.json()["choices"][0]["finish_reason"] == want["choices"][0]["finish_reason"]
+            assert r.json()["usage"] == want["usage"]
+        assert after["served"] - before["served"] == 10
+        assert after["forwards"] - before["forwards"] < 10, (before, after)  # some ran together
+    finally:
+        svc.stop()
+
+
 def test_sigterm_on_rank_0_drains_and_stops_cleanly():
     svc = Service(2, "--model", "minilm", "--segment-size", "16")
     rank0 = svc.health()["pid"]

@@ -4,7 +4,10 @@ Rank 0 keeps a FIFO of checked jobs (`submit`, from the HTTP server's thread or 
 reader). Its main thread takes the next job; embedding jobs that queued while the ranks were
 busy are taken with it and their texts run as one padded batch of up to `batch_tokens` tokens
 (`batching`: every row split over the ranks as it would be alone; 0: one text per forward).
-Completions run one at a time. Per forward pass it tells the other ranks to join (`bcast_json`: {"op": "forward"} or {"op": "stop"}); every rank then runs
+Greedy completions whose prompts have the same number of tokens, queued together, run as one
+batch (their prefill in one forward, then the last rank decodes all of them at once, until each
+has what it asked for); other completions, and prompts of other lengths, run one at a time: a
+decoder's padded batch would leave padding inside the last rank's KV cache. Per forward pass it tells the other ranks to join (`bcast_json`: {"op": "forward"} or {"op": "stop"}); every rank then runs
 `run_distributed`. An idle service is healthy: the other ranks wait for the next command as long
 as rank 0 is heard from (`prism_ops.distributed.liveness`), and rank 0, idle, checks that they
 are; a rank silent past the communicator's timeout ends the service, idle or not.
@@ -144,7 +147,7 @@ class Engine:
                 if first[0].endpoint == "embeddings":
                     self._embed(batch)
                 else:
-                    self._answer(*first)
+                    self._complete(batch)
                 self._current = []
                 self.request_s += [time.perf_counter() - t0] * len(batch)
                 with self.lock:
@@ -161,9 +164,10 @@ class Engine:
         return self.jobs.get(timeout=timeout) if timeout is not None else self.jobs.get_nowait()
 
     def _gather(self, first) -> list:
-        """first, and the embedding jobs queued behind it that fit one batch of batch_tokens."""
+        """first, and the jobs queued behind it that can run with it within batch_tokens:
+        embeddings, or greedy completions with prompts of first's length (`_joins`)."""
         batch = [first]
-        if first[0].endpoint != "embeddings" or not self.batch_tokens:
+        if not self.batch_tokens or not (first[0].endpoint == "embeddings" or _greedy(first[0])):
             return batch
         rows, longest = len(first[0].ids), max(map(len, first[0].ids))
         deadline = time.perf_counter() + min(0.05, 0.5 * self._last_forward_s)
@@ -177,7 +181,7 @@ class Engine:
                 return batch
             job = nxt[0]
             new_long = max([longest, *map(len, job.ids)])
-            if job.endpoint != "embeddings" or (rows + len(job.ids)) * new_long > self.batch_tokens:
+            if not _joins(first[0], job) or (rows + len(job.ids)) * new_long > self.batch_tokens:
                 self._held = nxt
                 return batch
             batch.append(nxt)
@@ -227,51 +231,26 @@ class Engine:
         return {"bytes_sent": int(sum(res.bytes_per_layer)), "bytes_per_layer": res.bytes_per_layer,
                 "seconds": res.seconds, "partitions": self.comm.size}
 
-    def _answer(self, job: Job, sink) -> None:
-        """One completion. With stop sequences, the text ends before the first one and nothing
-        after it is streamed (a tail that could grow into one is held back); on_token then tells
-        the last rank to stop decoding (`run_distributed`), so the ranks are free for the next job."""
+    def _complete(self, batch: list) -> None:
+        """Completions, one prompt per row of one forward (a batch: greedy, prompts of one length;
+        else a single job). Each job's text ends before its first stop sequence, nothing after it
+        is streamed (a tail that could grow into one is held back), and once every row has what
+        it asked for (max_tokens, eos or a stop) on_token tells the last rank to stop decoding
+        (`run_distributed`), so the ranks are free for the next job."""
+        rows = [_Decoding(job, sink, self) for job, sink in batch]
+        first = batch[0][0]
         try:
-            ids = job.ids[0]
-            made, sent = [], [0]  # tokens so far; characters streamed
-            stopped_at = [None]  # tokens made when a stop sequence first appeared
-            eos = self.eos
-
-            def on_token(t):
-                tid = int(t[0])
-                if stopped_at[0] is not None:
-                    return True
-                if eos is not None and tid == eos:
-                    return False
-                made.append(tid)
-                with self.tok_lock:
-                    new = self.tok.decode(made, skip_special_tokens=True)
-                new, hit = cut_at_stop(new, job.stop)
-                if hit:
-                    stopped_at[0] = len(made)
-                upto = len(new) if hit else safe_length(new, job.stop)
-                if job.stream and upto > sent[0]:
-                    sink(("delta", new[sent[0]:upto]))
-                    sent[0] = upto
-                return hit  # True: enough, stop decoding
-
-            req = Request(ids=torch.tensor([ids]), generate=job.max_tokens, temperature=job.temperature,
-                          top_k=job.top_k, top_p=job.top_p, seed=job.seed, stream=True)
-            res = self._forward(req, on_token)
-            got = res.token_ids[0]
-            finish = "stop" if (eos is not None and got and got[-1] == eos) else "length"
-            completion = len(got) - (finish == "stop")
-            with self.tok_lock:
-                final = self.tok.decode([t for t in got if t != eos], skip_special_tokens=True)
-            final, hit = cut_at_stop(final, job.stop)
-            if hit:
-                finish = "stop"
-                completion = stopped_at[0] if stopped_at[0] is not None else completion
-            if job.stream and len(final) > sent[0]:
-                sink(("delta", final[sent[0]:]))
-            sink(("done", completion_body(self.served, job, final, len(ids), completion, finish, self._prism(res))))
+            req = Request(ids=torch.tensor([job.ids[0] for job, _ in batch]),
+                          generate=max(job.max_tokens for job, _ in batch), temperature=first.temperature,
+                          top_k=first.top_k, top_p=first.top_p, seed=first.seed, stream=True)
+            res = self._forward(req, lambda t: all([row.take(int(x)) for row, x in zip(rows, t.tolist())]))
         except RequestError as e:  # every rank raised it and goes on
-            sink(("error", ApiError(str(e))))
+            for job, sink in batch:
+                sink(("error", ApiError(str(e))))
+            return
+        prism = {**self._prism(res), "batch": len(batch)}
+        for row in rows:
+            row.close(prism)
 
     def _fail_all(self, err: BaseException, current=None) -> None:
         """A fault: answer every job in flight or queued with a 503 before the job ends."""
@@ -289,3 +268,57 @@ class Engine:
                 break
             sink(("error", e))
         time.sleep(1.0)  # let the HTTP thread send the 503s before the job is aborted
+
+
+def _greedy(job: Job) -> bool:
+    return job.endpoint != "embeddings" and job.temperature == 0
+
+
+def _joins(first: Job, job: Job) -> bool:
+    """Whether job may run in one forward with first: both embeddings, or both greedy
+    completions of prompts with the same number of tokens (one row each, no padding)."""
+    if first.endpoint == "embeddings":
+        return job.endpoint == "embeddings"
+    return _greedy(first) and _greedy(job) and len(job.ids[0]) == len(first.ids[0])
+
+
+class _Decoding:
+    """One completion's tokens as the last rank makes them: its text so far, what of it has been
+    streamed, and whether it is done (max_tokens, eos, or a stop sequence in its text)."""
+
+    def __init__(self, job: Job, sink, engine: Engine):
+        self.job, self.sink, self.engine = job, sink, engine
+        self.made, self.sent, self.finish = [], 0, None  # tokens; characters streamed; why it ended
+
+    def take(self, tid: int) -> bool:
+        """The next token of this row; True once the completion needs no more."""
+        if self.finish is not None:
+            return True
+        eng, job = self.engine, self.job
+        if eng.eos is not None and tid == eng.eos:
+            self.finish = "stop"
+            return True
+        self.made.append(tid)
+        with eng.tok_lock:
+            text = eng.tok.decode(self.made, skip_special_tokens=True)
+        text, hit = cut_at_stop(text, job.stop)
+        upto = len(text) if hit else safe_length(text, job.stop)
+        if job.stream and upto > self.sent:
+            self.sink(("delta", text[self.sent:upto]))
+            self.sent = upto
+        if hit:
+            self.finish = "stop"
+        elif len(self.made) >= job.max_tokens:
+            self.finish = "length"
+        return self.finish is not None
+
+    def close(self, prism: dict) -> None:
+        """The whole text (streamed: the rest of it) and the closing body."""
+        eng, job = self.engine, self.job
+        with eng.tok_lock:
+            text = eng.tok.decode(self.made, skip_special_tokens=True)
+        text, hit = cut_at_stop(text, job.stop)
+        finish = "stop" if hit else (self.finish or "length")
+        if job.stream and len(text) > self.sent:
+            self.sink(("delta", text[self.sent:]))
+        self.sink(("done", completion_body(eng.served, job, text, len(job.ids[0]), len(self.made), finish, prism)))
