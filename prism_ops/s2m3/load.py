@@ -180,7 +180,7 @@ def steady_latencies(inst: Instance, place: dict, rates, caller_holds: bool = Fa
     if any(p >= 1.0 for p in rho):
         return [math.inf] * len(inst.tasks)
     wait = [s / (2 * (1 - p)) for s, p in zip(second, rho)]
-    # Device 0 dispatches between its own nodes: the mean rest of the node it is running.
+    # With caller_holds, device 0 dispatches between its own nodes: the mean rest of the node it runs.
     node0 = sum(r * (inst.modules[v].compute / inst.devices[0].speed) ** 2
                 for t, r in zip(inst.tasks, rates) for v in t.inputs if place[v] == 0)
     hold = node0 / 2 if caller_holds else 0.0
