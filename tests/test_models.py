@@ -40,9 +40,31 @@ def test_smollm2_cache_holds_the_converted_model(tmp_path, monkeypatch):
     assert tok2.apply_chat_template(chat, tokenize=False) == tok.apply_chat_template(chat, tokenize=False)
 
 
-def test_cache_off_writes_nothing(tmp_path, monkeypatch):
+def test_cache_off_converts_every_load_and_writes_nothing(tmp_path, monkeypatch):
+    """PRISM_OPS_CACHE=off: no cache folder, the model comes from the GGUF file on every load, and
+    nothing is written (not under XDG_CACHE_HOME, not under HOME). transformers' loaders are
+    stood in for: this checks the cache's logic, not the conversion (the test above runs that)."""
+    import transformers
+
     monkeypatch.setenv("PRISM_OPS_CACHE", "off")
-    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
     assert models.smollm2_cache() is None
+    calls = []
+
+    class Loaded:
+        def eval(self):
+            return self
+
+    def loader(what):
+        return lambda folder, **kw: calls.append((what, kw.get("gguf_file"))) or Loaded()
+
+    monkeypatch.setattr(transformers.AutoTokenizer, "from_pretrained", loader("tokenizer"))
+    monkeypatch.setattr(transformers.AutoModelForCausalLM, "from_pretrained", loader("model"))
+    monkeypatch.setattr(models, "_keep", lambda *a: pytest.fail("PRISM_OPS_CACHE=off wrote a cache"))
+    for _ in range(2):
+        tok, model = models._load_smollm2(torch.float32, {})
+        assert isinstance(tok, Loaded) and isinstance(model, Loaded)
+    assert calls == [("tokenizer", models.SMOLLM2_FILE), ("model", models.SMOLLM2_FILE)] * 2
     assert list(tmp_path.iterdir()) == []
 
