@@ -10,8 +10,10 @@ Without any of them set it does nothing. The package itself never reads them.
 
     PRISM_PHASE_LOG=DIR          every phase change appends "pid phase" to DIR/rank<R>.log
     PRISM_PHASE_HOLD=P:S         the first phase that starts with P is held open for S seconds
-    PRISM_TEST_DECODE_SLEEP_S=S  the decoding rank sleeps S seconds at each token (its phase
-                                 "generation token T"), so a generation lasts
+    PRISM_TEST_DECODE_SLEEP_S=S  the decoding rank sleeps S seconds each time its phase becomes
+                                 "generation token T": as decoding starts and after each token,
+                                 n + 1 times for n tokens, so a generation of n tokens lasts at
+                                 least (n + 1) S
 
 Heartbeats go on while a phase is held or a token sleeps, so such a rank is alive, not silent.
 """
