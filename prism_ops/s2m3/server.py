@@ -293,9 +293,7 @@ def serve_requests(comm, plan_path: str, requests_path: str | None = None,
     if comm.rank != 0:  # the same checks of the same text: a failure here is a bug, which ends the job
         plan = check_plan(parse_text(checked["plan"], plan_path), comm.size, checked["devices"], plan_path)
     comm.phase = "loading"
-    # One thread: the fault matrix's stopped-last-rank case hung once with the dispatch thread
-    # (tests/test_fault_matrix.py, serve-serving-STOP-last); the thread stays a Server option.
-    server = Server(comm, plan, dispatch_thread=False)
+    server = Server(comm, plan)
     comm.barrier()  # latencies count from when every rank serves
     done = server.serve(reqs)
     if comm.rank != 0:
