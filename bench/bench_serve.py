@@ -90,11 +90,13 @@ def rank_pids(port) -> list[int]:
     """The service's rank processes (their command lines name its port), in pid order."""
     out = []
     for d in Path("/proc").iterdir():
+        if not d.name.isdigit():
+            continue
         try:
             cmd = (d / "cmdline").read_bytes().split(b"\0")
-        except OSError:
+        except OSError:  # the process has ended
             continue
-        if d.name.isdigit() and b"--serve" in cmd and str(port).encode() in cmd and any(b"python" in c for c in cmd[:1]):
+        if b"python" in cmd[0] and b"--serve" in cmd and str(port).encode() in cmd:
             out.append(int(d.name))
     return sorted(out)
 

@@ -14,11 +14,11 @@ from .placement import ModuleCost, Task
 from .suite import BUILTIN, Catalog, Model, example_inputs
 
 
-def _one_round(built, x, catalog) -> tuple[dict, dict]:
-    """Run every model's nodes once, in task order: ({module key: (part, module, seconds)},
-    {module key: output}). A shared module fed the very same tensors as in an earlier model is not run
-    again (its output is reused, its time is the first call's)."""
-    took, outputs, seen = {}, {}, {}
+def _one_round(built, x, catalog) -> dict:
+    """Run every model's nodes once, in task order: {module key: (part, module, seconds, output)}
+    of each module's first call. A shared module fed the very same tensors as in an earlier
+    model is not run again (its output is reused)."""
+    took, seen = {}, {}
     for model in built:
         outs = {}
         for node in model.task_order():
@@ -28,10 +28,10 @@ def _one_round(built, x, catalog) -> tuple[dict, dict]:
             if call not in seen:
                 t0 = time.perf_counter()
                 seen[call] = mod(*args)
-                took.setdefault(mod.hash[:12], (catalog.part(model.name, node), mod, time.perf_counter() - t0))
+                took.setdefault(mod.hash[:12], (catalog.part(model.name, node), mod, time.perf_counter() - t0,
+                                                seen[call]))
             outs[node] = seen[call]
-            outputs.setdefault(mod.hash[:12], outs[node])
-    return took, outputs
+    return took
 
 
 def profile_modules(models, size: str, given: dict, input_bytes: dict, catalog: Catalog = BUILTIN,
@@ -50,12 +50,10 @@ def profile_modules(models, size: str, given: dict, input_bytes: dict, catalog: 
     built = [Model(m, size, reg, catalog) for m in models]
     x = example_inputs(size)
     rounds = [_one_round(built, x, catalog) for _ in range(repeats + (repeats > 1))][repeats > 1:]
-    outputs = rounds[0][1]
     costs, part_of = {}, {}
-    for key, (part, mod, _) in rounds[0][0].items():
+    for key, (part, mod, _, out) in rounds[0].items():
         part_of[key] = part
-        took = statistics.median_low(r[0][key][2] for r in rounds)
-        out = outputs[key]
+        took = statistics.median_low(r[key][2] for r in rounds)
         costs[key] = ModuleCost(key, mod.nbytes, given.get(part, took), out.numel() * out.element_size())
     tasks = [m.task({k: float(v) for k, v in input_bytes.items()}) for m in built]
     return reg, costs, part_of, tasks

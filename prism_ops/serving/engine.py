@@ -288,7 +288,8 @@ class _Decoding:
 
     def __init__(self, job: Job, sink, engine: Engine):
         self.job, self.sink, self.engine = job, sink, engine
-        self.made, self.sent, self.finish = [], 0, None  # tokens; characters streamed; why it ended
+        self.made, self.text = [], ""  # tokens so far; their text, cut before a stop sequence
+        self.sent, self.finish = 0, None  # characters streamed; why it ended
 
     def take(self, tid: int) -> bool:
         """The next token of this row; True once the completion needs no more."""
@@ -301,10 +302,10 @@ class _Decoding:
         self.made.append(tid)
         with eng.tok_lock:
             text = eng.tok.decode(self.made, skip_special_tokens=True)
-        text, hit = cut_at_stop(text, job.stop)
-        upto = len(text) if hit else safe_length(text, job.stop)
+        self.text, hit = cut_at_stop(text, job.stop)
+        upto = len(self.text) if hit else safe_length(self.text, job.stop)
         if job.stream and upto > self.sent:
-            self.sink(("delta", text[self.sent:upto]))
+            self.sink(("delta", self.text[self.sent:upto]))
             self.sent = upto
         if hit:
             self.finish = "stop"
@@ -313,12 +314,9 @@ class _Decoding:
         return self.finish is not None
 
     def close(self, prism: dict) -> None:
-        """The whole text (streamed: the rest of it) and the closing body."""
-        eng, job = self.engine, self.job
-        with eng.tok_lock:
-            text = eng.tok.decode(self.made, skip_special_tokens=True)
-        text, hit = cut_at_stop(text, job.stop)
-        finish = "stop" if hit else (self.finish or "length")
-        if job.stream and len(text) > self.sent:
-            self.sink(("delta", text[self.sent:]))
-        self.sink(("done", completion_body(eng.served, job, text, len(job.ids[0]), len(self.made), finish, prism)))
+        """The whole text (streamed: the rest of it, held back until now) and the closing body."""
+        job = self.job
+        if job.stream and len(self.text) > self.sent:
+            self.sink(("delta", self.text[self.sent:]))
+        self.sink(("done", completion_body(self.engine.served, job, self.text, len(job.ids[0]), len(self.made),
+                                           self.finish or "length", prism)))
