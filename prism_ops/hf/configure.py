@@ -138,6 +138,10 @@ def configure(model, config: PrismConfig | None = None, *, comm=None, num_partit
         itself = f" ({', '.join(own)} computes attention itself)" if own else ""
         raise ValueError(f"model {type(model).__name__} has no attention module that calls transformers' attention "
                          f"interface (attn_implementation){itself}: prism attention cannot run it")
+    if getattr(model.config, "alibi", False) is True:  # Falcon-RW: the bias rides in the attention mask
+        raise NotImplementedError(f"model {type(model).__name__} uses an ALiBi position bias (config.alibi), which "
+                                  "prism attention does not implement; use attn_implementation='sdpa' or 'eager' "
+                                  "for this model")
     features = [_layer_features(model, m) for m in attention]
     windowed = [i for i, (w, c) in enumerate(features) if w is not None or c is not None]
     if windowed:

@@ -101,7 +101,10 @@ def kv_weight(module):
     Known layouts: BERT (`key`, `value`), ViT, CLIP, Whisper and Llama-style (`k_proj`, `v_proj`),
     DistilBERT (`k_lin`, `v_lin`), GPT-2 (`c_attn`, a Conv1D holding [q | k | v] as `[d, 3d]`) and
     the fused Linear layers: Phi-3 `qkv_proj` ([q | k | v] with Hkv key/value heads), ModernBERT
-    `Wqkv` ([q | k | v]), GPT-NeoX `query_key_value` ([q_h | k_h | v_h] per head h).
+    `Wqkv` ([q | k | v]), GPT-NeoX `query_key_value` ([q_h | k_h | v_h] per head h), and Falcon's
+    `query_key_value` in its three layouts: multi-query ([q | k | v], one key/value head),
+    grouped (`new_decoder_architecture`: [q_g... | k_g | v_g] per key/value group g), or per
+    head as GPT-NeoX.
     """
     return kv_params(module, "weight")
 
@@ -116,7 +119,8 @@ def _heads(module):
     cfg = getattr(module, "config", None)
     H = getattr(cfg, "num_attention_heads", None)
     D = getattr(module, "head_dim", None) or getattr(module, "head_size", None)
-    Hkv = getattr(module, "num_key_value_heads", None) or getattr(cfg, "num_key_value_heads", None) or H
+    Hkv = (getattr(module, "num_key_value_heads", None) or getattr(module, "num_kv_heads", None)
+           or getattr(cfg, "num_key_value_heads", None) or H)
     return H, Hkv, D
 
 
@@ -140,9 +144,13 @@ def kv_params(module, name):
         t = getattr(lin, name)
         if t is None:
             return None, None
-        if attr == "query_key_value":  # per head [q | k | v]: (H, 3, D, ...)
-            t = t.view(H, 3, D, *t.shape[1:])
-            return t[:, 1].reshape(H * D, *t.shape[3:]), t[:, 2].reshape(H * D, *t.shape[3:])
+        rest = t.shape[1:]
+        if attr == "query_key_value" and getattr(module, "new_decoder_architecture", False):
+            t = t.view(Hkv, H // Hkv + 2, D, *rest)  # Falcon, grouped: per group [its queries | k | v]
+            return t[:, -2].reshape(Hkv * D, *rest), t[:, -1].reshape(Hkv * D, *rest)
+        if attr == "query_key_value" and not getattr(module, "multi_query", False):
+            t = t.view(H, 3, D, *rest)  # GPT-NeoX, and Falcon without multi-query: per head [q | k | v]
+            return t[:, 1].reshape(H * D, *rest), t[:, 2].reshape(H * D, *rest)
         return t[H * D : (H + Hkv) * D], t[(H + Hkv) * D :]
     return None
 
