@@ -24,7 +24,9 @@ import time
 import torch
 
 from prism_ops import hf
-from prism_ops.distributed import Communicator, EmulatedLink, Request, run_distributed
+from prism_ops.distributed.comm import Communicator
+from prism_ops.distributed.link import EmulatedLink
+from prism_ops.distributed.runtime import Request, run_distributed
 from prism_ops.in_process import run_simulated
 from prism_ops.distributed.control import bcast_json
 

@@ -49,7 +49,9 @@ import torch
 from prism_ops import cost, hf, models
 from prism_ops.config import PrismConfig
 from prism_ops.link_profile import choose_setting, predict_seconds
-from prism_ops.distributed import Communicator, EmulatedLink, Request, run_distributed
+from prism_ops.distributed.comm import Communicator
+from prism_ops.distributed.link import EmulatedLink
+from prism_ops.distributed.runtime import Request, run_distributed
 from prism_ops.in_process import run_simulated
 from prism_ops.distributed.control import bcast_json
 from prism_ops.eval import tasks

@@ -38,7 +38,7 @@ import time
 
 import torch
 
-from prism_ops.distributed import Communicator
+from prism_ops.distributed.comm import Communicator
 from prism_ops.distributed.control import bcast_json
 from prism_ops.s2m3.load import Load, burst_order, load_objective, poisson_arrivals, simulate
 from prism_ops.s2m3.placement import Device, Instance, Link

@@ -16,12 +16,18 @@ Triton is imported only when a Triton backend is used, so this package imports o
 with no GPU and no Triton.
 """
 
-from .ops.merge_attention import merge_attention
-from .ops.partitioned_attention import partition_bounds, partitioned_attention
-from .ops.prism_attention import prism_attention
-from .ops.segment_means import num_summary_rows, segment_means
-from .config import PRESETS, PrismConfig
-from .strategy import RequestState, request_scope
+import sys as _sys
+
+from ._layout import use_checkout_folders as _use_checkout_folders
+
+_use_checkout_folders(_sys.modules[__name__])  # kernels/ and distributed/ beside prism_ops/ in a checkout
+
+from .ops.merge_attention import merge_attention  # noqa: E402
+from .ops.partitioned_attention import partition_bounds, partitioned_attention  # noqa: E402
+from .ops.prism_attention import prism_attention  # noqa: E402
+from .ops.segment_means import num_summary_rows, segment_means  # noqa: E402
+from .config import PRESETS, PrismConfig  # noqa: E402
+from .strategy import RequestState, request_scope  # noqa: E402
 
 __version__ = "0.1.0"
 

@@ -214,7 +214,7 @@ class NotAModel:
     (NotAModel(), None, None, r"model must be a Hugging Face transformers model .* got NotAModel"),
     (torch.nn.Linear(2, 2), None, None, r"model must be a Hugging Face transformers model .* got Linear"),
     ("gpt2", {"num_partitions": 2}, None, r"config must be a prism_ops.PrismConfig .* got dict"),
-    ("gpt2", PrismConfig(2, 4), "comm", r"comm must be a prism_ops.distributed.Communicator .* got str"),
+    ("gpt2", PrismConfig(2, 4), "comm", r"comm must be a prism_ops.distributed.comm.Communicator .* got str"),
 ])
 def test_hf_configure_refuses_what_it_cannot_configure(model, config, comm, message):
     transformers = pytest.importorskip("transformers")

@@ -194,7 +194,7 @@ class ByteTokenizer:
 def test_calibrate_writes_a_file_this_model_accepts(tmp_path, exchange, shape):
     pytest.importorskip("transformers")
     from prism_ops import calibrate
-    from prism_ops.distributed import Request
+    from prism_ops.distributed.runtime import Request
     from prism_ops.in_process import run_simulated
 
     model = tiny_gpt2()

@@ -36,6 +36,7 @@ LAZY_JOBS = "prism_ops.jobs."
 LAYERS = [
     ("prism_ops.eval.__main__", 6),  # `python -m prism_ops.eval` is a command line
     ("prism_ops.kernels", 0),
+    ("prism_ops._layout", 0),  # where kernels/ and distributed/ are found in a checkout
     ("prism_ops.ops", 1), ("prism_ops._checks", 1), ("prism_ops._backend", 1), ("prism_ops._files", 1),
     ("prism_ops.tags", 1),  # the one table of MPI message tags
     ("prism_ops.config", 2), ("prism_ops.wire", 2), ("prism_ops.cost", 2), ("prism_ops.strategy", 2),
@@ -60,9 +61,8 @@ def layer(module: str) -> int | None:
 
 
 def modules():
-    # os.walk follows the checkout's symlinks (prism_ops/distributed, prism_ops/kernels), which
-    # Path.rglob does not, so the checkout (PYTHONPATH=.) is checked as fully as an install.
-    found = [Path(d) / f for d, _, files in os.walk(ROOT, followlinks=True) for f in files if f.endswith(".py")]
+    # The installed package: kernels/ and distributed/ sit inside it there (pyproject's package-dir).
+    found = [Path(d) / f for d, _, files in os.walk(ROOT) for f in files if f.endswith(".py")]
     for path in sorted(found):
         rel = path.relative_to(ROOT.parent).with_suffix("")
         parts = list(rel.parts)

@@ -130,7 +130,7 @@ def test_refused_before_any_rank_serves(plan, tmp_path):
 RANK_CONFIGS = r"""
 import json, sys
 from prism_ops import hf
-from prism_ops.distributed import Communicator
+from prism_ops.distributed.comm import Communicator
 from prism_ops.s2m3.plan import check_plan
 from prism_ops.s2m3.server import Server
 comm = Communicator(timeout_s=60)

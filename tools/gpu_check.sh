@@ -3,7 +3,7 @@
 #   usage: tools/gpu_check.sh [--quick] OUT_DIR
 # Needs a python with a CUDA build of torch (>= 2.5) and Triton already installed, and pytest for
 # the tests (pytest-xdist, if present, runs them in parallel); installs nothing. The checkout is
-# used through PYTHONPATH (prism_ops/kernels and prism_ops/distributed are symlinks into it);
+# used through PYTHONPATH (prism_ops/_layout.py finds kernels/ and distributed/ beside prism_ops/);
 # PYTHON=... picks the interpreter (default python3). Exit status: 0 all passed, 1 a test failed,
 # 2 bad usage or no CUDA GPU, 3 a benchmark row failed, 4 a stage ran out of time.
 #

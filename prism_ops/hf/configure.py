@@ -100,8 +100,8 @@ def configure(model, config: PrismConfig | None = None, *, comm=None, num_partit
         config: a `PrismConfig`; or build one from num_partitions, segment_size, preset and the
             levers (`PrismConfig.from_preset`; explicit arguments override the preset).
         comm: None simulates all partitions in this process; a
-            `prism_ops.distributed.Communicator` makes this process one rank of
-            config.num_partitions (= comm.size); run it through `prism_ops.distributed.run_distributed`.
+            `prism_ops.distributed.comm.Communicator` makes this process one rank of
+            config.num_partitions (= comm.size); run it through `prism_ops.distributed.runtime.run_distributed`.
 
     Returns the model. `config_of(model)` gives the config in use, with `exchange` resolved to
     "kv" or "hidden" for this model.
@@ -127,7 +127,7 @@ def configure(model, config: PrismConfig | None = None, *, comm=None, num_partit
         raise ValueError("give configure either a PrismConfig or keyword settings, not both")
     size = getattr(comm, "size", None)
     if comm is not None and (isinstance(size, bool) or not isinstance(size, int)):
-        raise TypeError(f"comm must be a prism_ops.distributed.Communicator (or None to simulate), "
+        raise TypeError(f"comm must be a prism_ops.distributed.comm.Communicator (or None to simulate), "
                         f"got {type(comm).__name__}")
     if comm is not None and comm.size != config.num_partitions:
         raise ValueError(f"num_partitions must equal the number of ranks comm.size={comm.size}, "

@@ -58,7 +58,7 @@ def decode_tokens(model, h_last, cache, first_position, req, eos=None, progress=
     """Sample req.generate tokens after hidden state h_last `[B, d]`; returns ids `[B, n]`.
 
     req carries the sampling settings (generate, temperature, top_k, top_p, seed): a
-    `prism_ops.distributed.Request`. on_token(ids `[B]`), if given, sees each token as soon as it
+    `prism_ops.distributed.runtime.Request`. on_token(ids `[B]`), if given, sees each token as soon as it
     is chosen; when it returns True, decoding stops there (a stop sequence was reached)."""
     from tqdm import tqdm
     from transformers import LogitsProcessorList, TemperatureLogitsWarper, TopKLogitsWarper, TopPLogitsWarper

@@ -26,8 +26,9 @@ import torch
 
 from .. import hf
 from ..config import PrismConfig
-from ..distributed import Communicator, fingerprint, guarded, handshake
-from ..distributed.faults import agree, agree_rank0, leave_together
+from ..distributed.comm import Communicator
+from ..distributed.handshake import fingerprint, handshake
+from ..distributed.faults import agree, agree_rank0, guarded, leave_together
 from ..distributed.transport import describe, format_transport
 from ..models import pooling_for
 from ..pooling import Pooling

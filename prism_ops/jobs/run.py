@@ -12,7 +12,7 @@ generation token T (the decoding rank; the others: generation), gather.
 from __future__ import annotations
 
 from ..config import PrismConfig
-from ..distributed import run_distributed
+from ..distributed.runtime import run_distributed
 from ..distributed.faults import agree_rank0
 from ..hf import max_positions, model_kind
 from .base import Started, on_ranks, start

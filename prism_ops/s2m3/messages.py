@@ -2,7 +2,7 @@
 
     8 bytes little-endian header length | JSON header (+ dtype, shape) | the tensor's raw bytes
 
-Pure helpers over bytes; the transport (`prism_ops.distributed.Communicator`) knows nothing of
+Pure helpers over bytes; the transport (`prism_ops.distributed.comm.Communicator`) knows nothing of
 what it carries.
 """
 

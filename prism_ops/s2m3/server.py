@@ -13,7 +13,7 @@ arrives and takes results in when they come back, while its main thread computes
 request would wait for the node rank 0 is running; `prism_ops.s2m3.load` models both).
 Every message is point-to-point bytes (`Communicator.isend` / `poll`) in the layout of
 `prism_ops.s2m3.messages`. A plan may spread a transformer encoder over a group of ranks with
-PRISM attention (`prism_ops.hf.configure`, `prism_ops.distributed.run_distributed`).
+PRISM attention (`prism_ops.hf.configure`, `prism_ops.distributed.runtime.run_distributed`).
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ import time
 import torch
 
 from prism_ops import hf
-from prism_ops.distributed import Request, run_distributed
+from prism_ops.distributed.runtime import Request, run_distributed
 from prism_ops.distributed.control import bcast_json
 from prism_ops.distributed.faults import agree_rank0
 from prism_ops.tags import TAG_RESULT, TAG_STOP, TAG_WORK

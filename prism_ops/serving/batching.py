@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import torch
 
-from ..distributed import Request
+from ..distributed.runtime import Request
 from ..ops.partitioned_attention import partition_bounds
 
 

@@ -28,7 +28,7 @@ import time
 
 import torch
 
-from ..distributed import Request, RequestError, run_distributed
+from ..distributed.runtime import Request, RequestError, run_distributed
 from ..distributed.control import bcast_json
 from ..distributed.runtime import too_long
 from ..pooling import Pooling

@@ -19,7 +19,7 @@ attends on token positions (`prism_ops.ops.window_attention`), and a chunk wholl
 window of every query of a rank is neither sent to nor read by it. The bounds and the padding
 mask come from the request state that `prism_ops.distributed.runtime` scopes; the layer's
 projections come from its PrismLayer. The communicator is passed in (`comm`: the
-`prism_ops.distributed.Communicator` of this rank), so this module imports no MPI.
+`prism_ops.distributed.comm.Communicator` of this rank), so this module imports no MPI.
 """
 
 from __future__ import annotations
@@ -93,7 +93,7 @@ class RankPartition(PartitionStrategy):
         """This rank's attention output `[B, H, n_p, D]` for one layer, and the rows to cache
         for decoding (the last rank of a causal model) or None."""
         if state is None or state.bounds is None:
-            raise ValueError("a model configured with comm= runs through prism_ops.distributed.run_distributed "
+            raise ValueError("a model configured with comm= runs through prism_ops.distributed.runtime.run_distributed "
                              "(it sets the partition bounds)")
         cfg, comm = layer.config, self.comm
         p, P = comm.rank, comm.size

@@ -23,7 +23,9 @@ import torch  # noqa: E402
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 from budgets import flip_one_code  # noqa: E402
 from prism_ops import cost, hf, partition_bounds  # noqa: E402
-from prism_ops.distributed import Communicator, EmulatedLink, Request, run_distributed  # noqa: E402
+from prism_ops.distributed.comm import Communicator  # noqa: E402
+from prism_ops.distributed.link import EmulatedLink
+from prism_ops.distributed.runtime import Request, run_distributed
 from prism_ops.in_process import run_simulated  # noqa: E402
 from prism_ops.distributed.control import bcast_json  # noqa: E402
 from prism_ops.wire import payload_layouts  # noqa: E402

@@ -25,7 +25,8 @@ import torch  # noqa: E402
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 from budgets import flip_one_code  # noqa: E402
 from prism_ops import cost, hf, models, partition_bounds  # noqa: E402
-from prism_ops.distributed import Communicator, Request, run_distributed  # noqa: E402
+from prism_ops.distributed.comm import Communicator  # noqa: E402
+from prism_ops.distributed.runtime import Request, run_distributed
 from prism_ops.hf import model_kind  # noqa: E402
 from prism_ops.in_process import run_simulated  # noqa: E402
 from prism_ops.strategy import attached_layers  # noqa: E402

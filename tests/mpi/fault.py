@@ -16,7 +16,9 @@ import torch
 from transformers import GPT2Config, GPT2LMHeadModel
 
 from prism_ops import hf
-from prism_ops.distributed import Communicator, Request, guarded, run_distributed
+from prism_ops.distributed.comm import Communicator
+from prism_ops.distributed.runtime import Request, run_distributed
+from prism_ops.distributed.faults import guarded
 from prism_ops.strategy import RankPartition
 
 torch.set_num_threads(1)
