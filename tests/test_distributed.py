@@ -15,7 +15,6 @@ the same bound on the logits.
 import json
 import os
 import re
-import shutil
 import signal
 import subprocess
 import sys
@@ -27,20 +26,10 @@ import pytest
 pytest.importorskip("mpi4py")
 pytest.importorskip("transformers")
 
+from launch import BIN, ENV, MPIEXEC, mpirun  # noqa: E402
+
 HERE = Path(__file__).parent / "mpi"
-BIN = Path(sys.executable).parent
-MPIEXEC = str(BIN / "mpiexec") if (BIN / "mpiexec").exists() else shutil.which("mpiexec")
 pytestmark = pytest.mark.skipif(MPIEXEC is None, reason="needs mpiexec (pip install mpich)")
-ENV = dict(os.environ, HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false")
-
-
-def mpirun(n, *args, timeout=240, mpmd=None):
-    cmd = [MPIEXEC, "-n", str(n), *args]
-    if mpmd:
-        cmd += [":", "-n", str(mpmd[0]), *mpmd[1:]]
-    t0 = time.monotonic()
-    p = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=ENV)
-    return p, time.monotonic() - t0
 
 
 def check_run(n, **kw):
