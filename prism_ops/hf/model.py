@@ -51,7 +51,18 @@ def local_hidden(model, kind, c0, c1, ids=None, positions=None, mask=None, pixel
     if kind == "decoder":
         kw["use_cache"] = use_cache
     out = base(**kw)
-    return out.last_hidden_state, getattr(out, "past_key_values", None)
+    return out.last_hidden_state, cache_of(out)
+
+
+def cache_keyword(model) -> str:
+    """The KV cache argument of `model.forward`: transformers 5.25 names it `cache`, earlier
+    releases `past_key_values` (5.25 still takes that, deprecated until 5.40)."""
+    return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+
+
+def cache_of(out):
+    """The KV cache a forward returned (the output's `cache`, or `past_key_values` before 5.25)."""
+    return out.cache if "cache" in out.keys() else getattr(out, "past_key_values", None)
 
 
 def decode_tokens(model, h_last, cache, first_position, req, eos=None, progress=False, on_token=None):
@@ -72,8 +83,7 @@ def decode_tokens(model, h_last, cache, first_position, req, eos=None, progress=
             warpers.append(TopPLogitsWarper(req.top_p))
     gen = torch.Generator().manual_seed(req.seed)
     lm_head, base = model.get_output_embeddings(), model.base_model
-    # transformers 5 names the KV cache argument `cache`; earlier releases `past_key_values`.
-    cache_arg = "cache" if "cache" in inspect.signature(base.forward).parameters else "past_key_values"
+    cache_arg = cache_keyword(base)
     logits = lm_head(h_last).float()
     out = []
     for t in tqdm(range(req.generate), desc="generating", unit="tok", disable=not progress, file=sys.stderr):

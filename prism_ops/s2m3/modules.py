@@ -27,6 +27,8 @@ from dataclasses import dataclass, field
 
 import torch
 
+from ..hf.model import cache_keyword, cache_of
+
 KINDS = ("text", "vision", "audio", "projector", "classifier", "similarity", "decoder")
 DECODE_TOKENS = 8  # tokens a decoder head generates
 
@@ -85,10 +87,10 @@ class Module:
             return self.net(x).last_hidden_state.mean(1)
         if self.kind == "decoder":
             out = self.net(inputs_embeds=x[:, None], use_cache=True)
-            ids = []
+            ids, cache_arg = [], cache_keyword(self.net)
             for _ in range(DECODE_TOKENS):
                 ids.append(out.logits[:, -1].argmax(-1))
-                out = self.net(input_ids=ids[-1][:, None], past_key_values=out.past_key_values, use_cache=True)
+                out = self.net(input_ids=ids[-1][:, None], use_cache=True, **{cache_arg: cache_of(out)})
             return torch.stack(ids, 1)
         return self.net(x)  # projector, classifier
 
