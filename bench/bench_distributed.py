@@ -26,7 +26,8 @@ import torch
 from prism_ops import hf
 from prism_ops.distributed.comm import Communicator
 from prism_ops.distributed.link import EmulatedLink
-from prism_ops.distributed.runtime import Request, run_distributed
+from prism_ops.distributed.runtime import run_distributed
+from prism_ops.request_types import Request
 from prism_ops.in_process import run_simulated
 from prism_ops.distributed.control import bcast_json
 
@@ -75,15 +76,15 @@ def main():
             local = timed(lambda: run_simulated(model, req, 1), args.repeats)
         bcast_json(comm, "go")
         for segment_size in (16, 1):
-            hf.configure(model, num_partitions=P, segment_size=segment_size, comm=comm)
-            run_distributed(model, comm, req, progress=False)  # warm-up
+            runner = hf.configure(model, num_partitions=P, segment_size=segment_size, comm=comm)
+            run_distributed(runner, comm, req, progress=False)  # warm-up
             for link in links:
                 comm.link = None if link is None else EmulatedLink(link)
                 reps = args.repeats if link is None or link >= 100 else 1
                 box = {}
 
                 def once():
-                    box["res"] = run_distributed(model, comm, req if comm.rank == 0 else None, progress=False)
+                    box["res"] = run_distributed(runner, comm, req if comm.rank == 0 else None, progress=False)
 
                 t = timed(once, reps)
                 comm.link = None

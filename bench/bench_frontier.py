@@ -51,7 +51,8 @@ from prism_ops.config import PrismConfig
 from prism_ops.link_profile import choose_setting, predict_seconds
 from prism_ops.distributed.comm import Communicator
 from prism_ops.distributed.link import EmulatedLink
-from prism_ops.distributed.runtime import Request, run_distributed
+from prism_ops.distributed.runtime import run_distributed
+from prism_ops.request_types import Request
 from prism_ops.in_process import run_simulated
 from prism_ops.distributed.control import bcast_json
 from prism_ops.eval import tasks
@@ -177,11 +178,12 @@ class Bench:
             t = timed(lambda: run_simulated(self.model, req, 1), repeats)
         return bcast_json(self.comm, t)
 
-    def quality(self, n_windows):
-        """Quality of the configured setting over the windows, through the MPI runtime (rank 0)."""
+    def quality(self, runner, n_windows):
+        """Quality of the configured setting (runner: hf.configure's) over the windows, through the
+        MPI runtime (rank 0)."""
         outs, sent = [], None
         for i in range(n_windows):
-            res = run_distributed(self.model, self.comm, self.request(i, "hidden" if self.decoder else "embedding"),
+            res = run_distributed(runner, self.comm, self.request(i, "hidden" if self.decoder else "embedding"),
                                   progress=False)
             if self.comm.rank == 0:
                 outs.append(res.output)
@@ -218,16 +220,16 @@ def run_model(comm, key, args, rows, projections):
     done = set()
     for name in args.settings:
         try:
-            hf.configure(bench.model, config_of(name, P, key, args.codebook_dir), comm=comm)
+            runner = hf.configure(bench.model, config_of(name, P, key, args.codebook_dir), comm=comm)
         except ValueError as e:  # e.g. hidden exchange on a rotary-embedding model
             if comm.rank == 0:
                 print(f"  {name}: not run on {key} ({e})", flush=True)
             continue
-        config = hf.config_of(bench.model)  # exchange resolved for this model
+        config = runner.config  # exchange resolved for this model
         if config in done:  # e.g. edge-kv where edge already resolved to K/V exchange
             continue
         done.add(config)
-        quality, counted = bench.quality(W)
+        quality, counted = bench.quality(runner, W)
         predicted = cost.bytes_per_layer(shape, N, config, causal=causal)
         for link in args.links:
             wire_s = 0.0 if link is None else L * (args.latency_ms / 1e3 + max(
@@ -239,8 +241,8 @@ def run_model(comm, key, args, rows, projections):
             else:
                 comm.link = None if link is None else EmulatedLink(link, args.latency_ms)
                 req = bench.request(0, bench.timing_output())
-                run_distributed(bench.model, comm, req, progress=False)  # warm-up
-                t = timed(lambda: run_distributed(bench.model, comm, req, progress=False),
+                run_distributed(runner, comm, req, progress=False)  # warm-up
+                t = timed(lambda: run_distributed(runner, comm, req, progress=False),
                           args.repeats if link is None or link > 10 else 1)
                 comm.link = None
                 row.update(seconds=t, speedup=local / t)

@@ -92,7 +92,8 @@ def worker(args) -> None:
     from prism_ops.config import PrismConfig
     from prism_ops.distributed.comm import Communicator
     from prism_ops.distributed.link import EmulatedLink
-    from prism_ops.distributed.runtime import Request, run_distributed
+    from prism_ops.distributed.runtime import run_distributed
+    from prism_ops.request_types import Request
     from prism_ops.in_process import run_simulated
     from prism_ops.distributed.control import bcast_json
 
@@ -120,10 +121,10 @@ def worker(args) -> None:
     bcast_json(comm, "go")
     rows = []
     for name in args.settings:
-        hf.configure(model, PrismConfig.from_preset(comm.size, name), comm=comm)
-        run_distributed(model, comm, req, progress=False)  # warm-up (and the connections made)
+        runner = hf.configure(model, PrismConfig.from_preset(comm.size, name), comm=comm)
+        run_distributed(runner, comm, req, progress=False)  # warm-up (and the connections made)
         box = {}
-        t = timed(lambda: box.update(res=run_distributed(model, comm, req, progress=False)))
+        t = timed(lambda: box.update(res=run_distributed(runner, comm, req, progress=False)))
         if comm.rank == 0:
             rows.append(dict(setting=name, seconds=t, bytes=sum(box["res"].bytes_per_layer)))
     if comm.rank == 0:

@@ -18,6 +18,7 @@ import sys
 import time
 import traceback
 
+from prism_ops.errors import CollectiveError  # noqa: F401  (re-exported: the fault policy's base error)
 from .control import allgather_json, bcast_json
 
 
@@ -39,12 +40,6 @@ class SilentRank(TimeoutError):
                          f"last heard in: {its_phase}; rank {me} was in: {my_phase}")
         self.args = (str(self),)  # TimeoutError is an OSError: keep its errno fields out of the message
         self.rank, self.phase = rank, its_phase
-
-
-class CollectiveError(RuntimeError):
-    """Raised the same way on every rank at the same point, so all ranks stop together."""
-
-    exit_code = 1
 
 
 class HandshakeError(CollectiveError):

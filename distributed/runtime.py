@@ -17,8 +17,9 @@ runs the same model on its own tokens, its attention layers exchanging summaries
                  it also sends each new token to rank 0 as it comes (`on_token` there), and
                  stops early when rank 0's on_token says so (a stop sequence)
 
-The model runs only through the Hugging Face adapter (`prism_ops.hf`: its kind, positions, local
-forward and decoding), so this module knows no model family and imports no transformers.
+The model is handed in as a `ModelRunner` (`prism_ops.request_types`; the Hugging Face one is what
+`prism_ops.hf.configure` returns): its kind, positions, local forward, decoding and the partition
+its layers run. This module knows no model family and imports neither the adapter nor transformers.
 `prism_ops.in_process.run_simulated` gives the same results in one process with all partitions
 simulated (`prism_ops.hf.configure(..., comm=None)`), which the tests compare against. Both build the
 output through the same two steps (`local_output`: what a rank contributes; `assemble`: the
@@ -33,123 +34,34 @@ from dataclasses import dataclass, field
 
 import torch
 
-from prism_ops.hf import decode_tokens, local_hidden, max_positions, model_kind
 from prism_ops.ops.partitioned_attention import partition_bounds
 from prism_ops.pooling import Pooling, combine, local_part
-from prism_ops.strategy import RequestState, rank_partition, request_scope
+from prism_ops.request_types import ModelRunner, Request, RequestError, Result, check_request, default_positions
+from prism_ops.strategy import RequestState, request_scope
 from prism_ops.strategy.payload import as_bytes
 from prism_ops.tags import TAG_TOKEN, TAG_TOKEN_STOP
 
 from .control import allgather_json, bcast_json
-from .faults import CollectiveError
 
-OUTPUTS = ("embedding", "hidden", "logits")
-
-
-class RequestError(CollectiveError, ValueError):
-    """The request cannot run (empty, too long, fewer tokens than ranks); every rank raises it."""
-
-    exit_code = 2
-
-
-@dataclass
-class Request:
-    """What rank 0 was asked. ids `[B, N]` int64 (text models) or pixel_values `[B, 3, H, W]`."""
-
-    ids: torch.Tensor | None = None
-    mask: torch.Tensor | None = None  # [B, N], True/1 = real token; None = no padding
-    pixel_values: torch.Tensor | None = None
-    output: str = "embedding"
-    generate: int = 0
-    temperature: float = 0.0  # 0: greedy
-    top_k: int = 0
-    top_p: float = 1.0
-    seed: int = 0
-    stream: bool = False  # generate: hand each new token to rank 0's on_token as it is made
-    pooling: Pooling = field(default_factory=Pooling)  # output="embedding": how tokens become one vector
-    # A batch laid out by the caller (encoders): each token's absolute position `[B, N]` and the
-    # ranks' column bounds; None: positions 0..N-1 and bounds from the partition weights.
-    positions: torch.Tensor | None = None
-    bounds: list | None = None
-
-
-@dataclass
-class Result:
-    """On rank 0: the output and the report."""
-
-    output: object
-    token_ids: list | None = None
-    bytes_per_layer: list = field(default_factory=list)  # sent, summed over ranks
-    seconds: dict = field(default_factory=dict)
-    bounds: list = field(default_factory=list)
-
-
-CHARS_PER_POSITION = 64  # a token stands for a few characters: no text longer than this per position fits
-
-
-def too_long(limit: int | None, *, chars: int | None = None, tokens: int | None = None, generate: int = 0,
-             subject: str = "the input", generating: str = "{} to generate") -> str | None:
-    """Why a request does not fit a model of `limit` positions (None: it fits, or there is no
-    limit), as one sentence about `subject`. chars: a text's length, refused before the text is
-    tokenized whole when no text that long can fit; tokens + generate: the positions it needs
-    (`generating` words the generated part). Every path that takes a request asks this."""
-    if limit is None:
-        return None
-    if chars is not None and chars > CHARS_PER_POSITION * limit:
-        return f"{subject} has {chars:,} characters, far more than the model's {limit} positions"
-    if tokens is not None and tokens + generate > limit:
-        more = f" + {generating.format(generate)}" if generate else ""
-        return f"{subject} has {tokens} tokens{more}, more than the model's {limit} positions"
-    return None
-
-
-def check_request(model, req: Request, num_ranks: int) -> tuple[int, int]:
-    """(B, N) of a valid request, or RequestError naming what is wrong."""
-    kind = model_kind(model)
-    if req.output not in OUTPUTS:
-        raise RequestError(f"output must be one of {OUTPUTS}, got {req.output!r}")
-    if kind == "vision":
-        if req.pixel_values is None or req.pixel_values.dim() != 4:
-            raise RequestError("a vision model needs pixel_values [B, 3, H, W]")
-        emb = model.base_model.embeddings.patch_embeddings
-        B, N = req.pixel_values.shape[0], emb.num_patches + 1
-    else:
-        if req.ids is None or req.ids.dim() != 2:
-            raise RequestError("input ids must be a [B, N] tensor")
-        B, N = req.ids.shape
-        if N == 0:
-            raise RequestError("the input is empty (0 tokens)")
-        # A batch laid out by the caller needs as many positions as its longest row.
-        longest = N if req.positions is None else int(req.positions.max()) + 1
-        why = too_long(max_positions(model), tokens=longest, generate=req.generate)
-        if why:
-            raise RequestError(why)
-    if N < num_ranks:
-        raise RequestError(f"the input has {N} tokens, fewer than the {num_ranks} ranks (each rank needs one)")
-    if (req.generate or req.output == "logits") and kind != "decoder":
-        raise RequestError(f"generate and output='logits' need a decoder; this model is a {kind}")
-    return B, N
-
-
-def default_positions(B, N):
-    """Positions 0..N-1 of every row `[B, N]` (a request that lays out no batch)."""
-    return torch.arange(N).expand(B, N)
-
-
-def run_distributed(model, comm, req: Request | None, eos=None, progress=True, on_token=None) -> Result | None:
+def run_distributed(runner: ModelRunner, comm, req: Request | None, eos=None, progress=True,
+                    on_token=None) -> Result | None:
     """Serve one request over comm's ranks; req is read on rank 0 only (a RequestError there is
-    passed on). Returns the Result on rank 0, None elsewhere. Every rank raises RequestError
+    passed on). runner: the model as `prism_ops.hf.configure(model, ..., comm=comm)` returned it.
+    Returns the Result on rank 0, None elsewhere. Every rank raises RequestError
     for a bad request. Partition sizes follow the configured `weights` (relative device
     speeds), equal without them. With req.stream, rank 0's on_token(ids `[B]`) sees every new
     token while the last rank decodes; when it returns True, the last rank stops decoding at
     the next token it makes (tokens already made on the way are still returned)."""
-    strategy = rank_partition(model, comm)
-    kind = model_kind(model)
+    strategy = runner.partition
+    if getattr(strategy, "comm", None) is not comm:
+        raise ValueError("run_distributed needs the runner that prism_ops.hf.configure(model, ..., comm=comm) "
+                         "returned for this comm")
+    kind = runner.kind
     times = {}
     t0 = time.perf_counter()
     comm.phase = "request"
-    head, inputs, valid = _distribute(model, comm, req, kind, strategy.config.weights)
-    dev = next(model.parameters()).device
+    head, inputs, valid = _distribute(runner, comm, req, kind, strategy.config.weights)
+    dev = runner.device
     state = RequestState(bounds=head["bounds"], valid=valid.to(dev))
     comm.reset_counters()
     times["scatter"] = time.perf_counter() - t0
@@ -159,14 +71,14 @@ def run_distributed(model, comm, req: Request | None, eos=None, progress=True, o
     last = comm.rank == comm.size - 1
     comm.phase = "forward"
     with torch.no_grad(), request_scope(state):
-        h, cache = local_hidden(model, kind, c0, c1, **{k: v.to(dev) for k, v in inputs.items()},
-                                use_cache=bool(head["generate"] and last))
+        h, cache = runner.forward_local(c0, c1, **{k: v.to(dev) for k, v in inputs.items()},
+                                        use_cache=bool(head["generate"] and last))
         times["forward"] = time.perf_counter() - t1
         t2 = time.perf_counter()
         stream = _TokenStream(comm, head, on_token)
         if head["generate"]:
             comm.phase = "generation token 1" if last else "generation"
-        out = local_output(model, head, h, cache, valid[:, c0:c1], last, eos, progress, stream.emit if last else None,
+        out = local_output(runner, head, h, cache, valid[:, c0:c1], last, eos, progress, stream.emit if last else None,
                             c0=c0)
         stream.finish(last)
         if head["generate"]:
@@ -268,7 +180,7 @@ def request_head(req: Request, B: int, N: int, bounds) -> dict:
                 pooling=req.pooling.to_json())
 
 
-def _distribute(model, comm, req, kind, weights):
+def _distribute(runner, comm, req, kind, weights):
     """Rank 0 checks req and sends every rank what it needs: (head, inputs, valid `[B, N]`).
 
     head: the request's sizes, bounds and options (Bcast as JSON). inputs: this rank's
@@ -281,7 +193,7 @@ def _distribute(model, comm, req, kind, weights):
         try:
             if isinstance(req, RequestError):  # found while reading the input
                 raise req
-            B, N = check_request(model, req, P)
+            B, N = check_request(runner, req, P)
             bounds = [tuple(b) for b in req.bounds] if req.bounds is not None else partition_bounds(N, P, weights)
             if len(bounds) != P or bounds[0][0] != 0 or bounds[-1][1] != N or any(
                     a[1] != b[0] or a[0] >= a[1] for a, b in zip(bounds, bounds[1:] + [(N, N + 1)])):
@@ -316,7 +228,7 @@ def _distribute(model, comm, req, kind, weights):
     return head, inputs, valid
 
 
-def local_output(model, head, h, cache, valid_local, last, eos, progress, on_token=None, c0=0):
+def local_output(runner, head, h, cache, valid_local, last, eos, progress, on_token=None, c0=0):
     """The bytes this rank contributes to what rank 0 gathers (its tokens start at column c0)."""
     B = head["B"]
     if head["generate"]:
@@ -324,13 +236,13 @@ def local_output(model, head, h, cache, valid_local, last, eos, progress, on_tok
         if last:
             r = Request(generate=head["generate"], temperature=head["temperature"], top_k=head["top_k"],
                         top_p=head["top_p"], seed=head["seed"])
-            new = decode_tokens(model, h[:, -1], cache, head["N"], r, eos, progress, on_token).cpu()
+            new = runner.decode(h[:, -1], cache, head["N"], r, eos, progress, on_token).cpu()
         return as_bytes(new.long())
     if head["output"] == "embedding":
         return as_bytes(local_part(h, valid_local.to(h.device), c0, Pooling.from_json(head.get("pooling"))).cpu())
     if head["output"] == "hidden":
         return as_bytes(h.float().cpu())
-    return as_bytes(model.get_output_embeddings()(h[:, -1]).float().cpu() if last else torch.empty(0))
+    return as_bytes(runner.next_logits(h[:, -1]).float().cpu() if last else torch.empty(0))
 
 
 def assemble(head, got) -> Result:

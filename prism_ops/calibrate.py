@@ -13,7 +13,7 @@ import torch
 
 from .config import PrismConfig
 from .cost import ModelShape
-from .hf import attention_modules, config_of, configure, model_fingerprint
+from .hf import attention_modules, configure, model_fingerprint
 from .models import pydoc_text
 from .ops.codebook_rows import MAX_CENTROIDS, fit_codebook, save_codebooks
 
@@ -102,7 +102,7 @@ def check_geometry(model, exchange: str, group, centroids) -> None:
 
 def resolve_exchange(model, exchange: str) -> str:
     """"kv" or "hidden": what `prism_ops.hf.configure` makes of `exchange` for this model."""
-    return config_of(configure(model, PrismConfig(1, 1, exchange=exchange))).exchange
+    return configure(model, PrismConfig(1, 1, exchange=exchange)).config.exchange
 
 
 def calibration_rows(model, tokenizer, exchange: str) -> list[torch.Tensor]:

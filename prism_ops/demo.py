@@ -33,7 +33,7 @@ def run_demo(partitions: int = 4, tokens: int = 256, passages: int = 16) -> None
     print(f"{'segment_size':>12} {'levers':>24} {'exchange':>8} {'bytes vs full':>13} {'mean cos':>9} "
           f"{'min cos':>8}")
     for segment_size, levers in SETTINGS:
-        config = hf.config_of(hf.configure(task.model, num_partitions=partitions, segment_size=segment_size, **levers))
+        config = hf.configure(task.model, num_partitions=partitions, segment_size=segment_size, **levers).config
         m = task.evaluate()
         tasks.use_exact_attention(task.model)
         traffic = cost.traffic_ratio(shape, task.tokens, config)

@@ -12,26 +12,26 @@ import time
 
 import torch
 
-from .distributed.runtime import (Request, Result, assemble, check_request, default_positions, local_output,
-                                  request_head)
-from .hf import local_hidden, model_kind
+from .distributed.runtime import assemble, local_output, request_head
+from .hf import runner as runner_of
+from .request_types import Request, Result, check_request, default_positions
 from .strategy import request_scope
 
 
 def run_simulated(model, req: Request, num_partitions: int, eos=None, progress=False, on_token=None) -> Result:
     """The request in one process; the model must be configured with comm=None (or not at all,
     for the exact model)."""
-    kind = model_kind(model)
-    B, N = check_request(model, req, num_partitions)
+    runner = runner_of(model)
+    B, N = check_request(runner, req, num_partitions)
     head = request_head(req, B, N, [(0, N)])  # req.bounds (a laid-out batch) is for run_distributed
     valid = req.mask.bool() if req.mask is not None else torch.ones(B, N, dtype=torch.bool)
     t0 = time.perf_counter()
     with torch.no_grad(), request_scope():
         pos = default_positions(B, N) if req.positions is None else req.positions.long()
-        h, cache = local_hidden(model, kind, 0, N, ids=req.ids, positions=pos, mask=req.mask,
-                                pixel_values=req.pixel_values, use_cache=bool(req.generate))
+        h, cache = runner.forward_local(0, N, ids=req.ids, positions=pos, mask=req.mask,
+                                        pixel_values=req.pixel_values, use_cache=bool(req.generate))
         t1 = time.perf_counter()
-        out = local_output(model, head, h, cache, valid, True, eos, progress, on_token if req.stream else None, c0=0)
+        out = local_output(runner, head, h, cache, valid, True, eos, progress, on_token if req.stream else None, c0=0)
     seconds = {"forward": t1 - t0}
     if req.generate:
         seconds["decode"] = time.perf_counter() - t1

@@ -31,8 +31,9 @@ import torch
 from . import cost
 from .config import PRESET_ORDER, PrismConfig
 from .distributed.control import bcast_json
-from .distributed.runtime import Request, run_distributed
-from .hf import max_positions, model_kind
+from .distributed.runtime import run_distributed
+from .request_types import Request
+from .hf import model_kind
 from .in_process import run_simulated
 from .models import pydoc_text
 from .ops.chunk_summary import visible_chunks
@@ -46,17 +47,18 @@ def _text_ids(tok, n):
     return torch.tensor([ids[:n]])
 
 
-def measure_profile(model, tok, comm, path: str, *, model_name: str, config: PrismConfig, link_mbit=None,
+def measure_profile(runner, tok, comm, path: str, *, model_name: str, config: PrismConfig, link_mbit=None,
                     link_latency_ms: float = 0.0, repeats: int = 3) -> dict | None:
     """Time both modes at every length the model allows; rank 0 writes the profile to `path`."""
-    limit = max_positions(model) or max(LENGTHS)
+    model = runner.model
+    limit = runner.max_positions or max(LENGTHS)
     rows = []
     for n in [x for x in LENGTHS if comm.size <= x <= limit]:
         req = Request(ids=_text_ids(tok, n)) if comm.rank == 0 else None
         dist = []
         for _ in range(repeats):
             t0 = time.perf_counter()
-            run_distributed(model, comm, req, progress=False)
+            run_distributed(runner, comm, req, progress=False)
             dist.append(time.perf_counter() - t0)
         local = []
         if comm.rank == 0:

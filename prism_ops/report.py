@@ -14,7 +14,7 @@ import torch
 
 from . import cost
 from .config import PrismConfig
-from .distributed.runtime import Result
+from .request_types import Result
 from .hf import model_kind
 
 

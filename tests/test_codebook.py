@@ -194,7 +194,7 @@ class ByteTokenizer:
 def test_calibrate_writes_a_file_this_model_accepts(tmp_path, exchange, shape):
     pytest.importorskip("transformers")
     from prism_ops import calibrate
-    from prism_ops.distributed.runtime import Request
+    from prism_ops.request_types import Request
     from prism_ops.in_process import run_simulated
 
     model = tiny_gpt2()
@@ -235,9 +235,10 @@ def test_the_handshake_compares_the_codebook_files_bytes(tmp_path):
     model = tiny_gpt2()
     path, _ = _file(tmp_path, H=4, C=32, fingerprint=hf.model_fingerprint(model))
     cfg = PrismConfig(2, 1, summary_codebook=path)
-    first = fingerprint(model, cfg, model_name="gpt2", dtype="float32")["summary_codebook_digest"]
+    runner = hf.HFRunner(model, cfg)
+    first = fingerprint(runner, model_name="gpt2", dtype="float32")["summary_codebook_digest"]
     _file(tmp_path, H=4, C=32, fingerprint={"other": 1})  # another file at the same path
-    assert fingerprint(model, cfg, model_name="gpt2", dtype="float32")["summary_codebook_digest"] != first
+    assert fingerprint(runner, model_name="gpt2", dtype="float32")["summary_codebook_digest"] != first
 
 
 def test_the_model_fingerprint_is_stable_and_sees_other_weights():

@@ -108,8 +108,8 @@ def test_unknown_lever_and_impossible_exchange_are_refused():
                                    num_key_value_heads=2, intermediate_size=64)).eval()
     with pytest.raises(ValueError, match="exchange='hidden' is not possible here: the model uses rotary"):
         hf.configure(llama, num_partitions=2, segment_size=4, exchange="hidden")
-    assert hf.config_of(hf.configure(llama, num_partitions=2, preset="edge")).exchange == "kv"
-    assert hf.config_of(hf.configure(model, num_partitions=2, preset="edge")).exchange == "hidden"
+    assert hf.configure(llama, num_partitions=2, preset="edge").config.exchange == "kv"
+    assert hf.configure(model, num_partitions=2, preset="edge").config.exchange == "hidden"
 
 
 def test_gpt2_hidden_exchange_matches_kv_exchange_without_quantization():

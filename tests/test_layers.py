@@ -1,7 +1,8 @@
 """Layering of the installed package: imports only go down, no cycles, no hidden imports.
 
-    kernels  <-  ops (+ _checks, _backend, _files, tags)  <-  config, wire, cost, strategy, pooling  <-  hf
-             <-  distributed
+    kernels  <-  ops (+ _checks, _backend, _files, tags, errors)
+             <-  config, wire, cost, strategy, pooling, request_types
+             <-  hf | distributed     (side by side: neither imports the other)
              <-  in_process, jobs, report, link_profile, models, input_files, calibrate, eval, demo, s2m3,
                  serving
              <-  cli
@@ -39,10 +40,14 @@ LAYERS = [
     ("prism_ops._layout", 0),  # where kernels/ and distributed/ are found in a checkout
     ("prism_ops.ops", 1), ("prism_ops._checks", 1), ("prism_ops._backend", 1), ("prism_ops._files", 1),
     ("prism_ops.tags", 1),  # the one table of MPI message tags
+    ("prism_ops.errors", 1),  # the error every rank raises alike
     ("prism_ops.config", 2), ("prism_ops.wire", 2), ("prism_ops.cost", 2), ("prism_ops.strategy", 2),
     ("prism_ops.pooling", 2),  # pure torch: the ranks pool their own tokens with it
-    ("prism_ops.hf", 3),  # the Hugging Face adapter: the runtimes run a model through it
-    ("prism_ops.distributed", 4),
+    ("prism_ops.request_types", 2),  # Request, Result, their checks, ModelRunner: what every mode shares
+    # The MPI runtime and the Hugging Face adapter sit side by side: the runtime is handed a model
+    # runner (the adapter's HFRunner, or any ModelRunner) and imports nothing of the adapter.
+    ("prism_ops.hf", 3),
+    ("prism_ops.distributed", 3),
     ("prism_ops.in_process", 5),
     ("prism_ops.models", 5), ("prism_ops.report", 5), ("prism_ops.link_profile", 5), ("prism_ops.jobs", 5), ("prism_ops.input_files", 5),
     ("prism_ops.calibrate", 5),
@@ -126,6 +131,17 @@ def test_imports_only_go_down(name, path):
 def test_the_mpi_runtime_never_imports_transformers(name, path):
     assert not [m for m, _ in imports(name, path) if m.split(".")[0] == "transformers"], \
         f"{name} imports transformers: model-family knowledge belongs in prism_ops.hf"
+
+
+@pytest.mark.parametrize("mine,theirs", [("prism_ops.distributed", "prism_ops.hf"),
+                                         ("prism_ops.hf", "prism_ops.distributed")])
+def test_the_mpi_runtime_and_the_adapter_import_nothing_of_each_other(mine, theirs):
+    """The MPI layer runs whatever model runner it is handed (`request_types.ModelRunner`), so it
+    imports nothing of the Hugging Face adapter, not even inside a function; nor the reverse."""
+    for name, path in ALL:
+        if name == mine or name.startswith(mine + "."):
+            bad = [m for m, _ in imports(name, path) if m == theirs or m.startswith(theirs + ".")]
+            assert not bad, f"{name} imports {bad}"
 
 
 def test_kernels_import_nothing_of_prism_ops():

@@ -110,7 +110,7 @@ def _st():
 def _ours(name, texts, P=2):
     from prism_ops import hf
     from prism_ops.config import PrismConfig
-    from prism_ops.distributed.runtime import Request
+    from prism_ops.request_types import Request
     from prism_ops.in_process import run_simulated
     from prism_ops.models import load, pooling_for
 

@@ -21,12 +21,11 @@ def run_task(task, rows, progress) -> dict:
     results, skipped = [], []
     for s in rows:
         try:
-            hf.configure(task.model, s.config())
+            config = hf.configure(task.model, s.config()).config  # exchange "auto" resolved to "kv" or "hidden"
         except ValueError as e:  # e.g. hidden-feature exchange on a rotary-embedding model
             skipped.append(f"{s.method} ({e})")
             progress.update(1)
             continue
-        config = hf.config_of(task.model)  # exchange "auto" resolved to "kv" or "hidden"
         metrics = task.evaluate()
         tasks.use_exact_attention(task.model)
         traffic = cost.traffic_ratio(shape, task.tokens, config, causal=task.causal)

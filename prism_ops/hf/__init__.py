@@ -3,7 +3,7 @@ prism-ops knows of model families.
 
     prism_ops.hf.register()
     model = AutoModel.from_pretrained(path, attn_implementation="sdpa")
-    prism_ops.hf.configure(model, num_partitions=4, segment_size=16)
+    runner = prism_ops.hf.configure(model, num_partitions=4, segment_size=16)   # an HFRunner
 
 After `configure`, every attention module holds one `PrismLayer` (config, index, head dim,
 projections, partition strategy: `prism_ops.strategy`). Simulated, each layer runs
@@ -22,16 +22,19 @@ packed sequences and unknown keywords are refused, naming the feature and the mo
     forward.py          prism_attention_forward: the function transformers calls per layer
     attention_calls.py  the keywords an attention module passes, read from its source
     model.py            model kind, positions, the local forward, decoding, key/value
-                        projections, weight digest: what the runtimes call a model through
+                        projections, weight digest
+    runner.py           HFRunner: the model, its resolved config and partition, and model.py's
+                        functions as the runtimes call them (`prism_ops.request_types.ModelRunner`)
 
 transformers is imported only inside the functions that need it.
 """
 
 from .configure import NAME, attention_modules, config_of, configure, register
 from .forward import prism_attention_forward
+from .runner import HFRunner, runner
 from .model import (DECODER_SUFFIXES, decode_tokens, kv_bias, kv_weight, local_hidden, max_positions,
                     model_fingerprint, model_kind, sampled_weights_digest, transformers_version)
 
-__all__ = ["DECODER_SUFFIXES", "NAME", "attention_modules", "config_of", "configure", "decode_tokens", "kv_bias",
+__all__ = ["DECODER_SUFFIXES", "HFRunner", "NAME", "attention_modules", "config_of", "configure", "decode_tokens", "kv_bias",
            "kv_weight", "local_hidden", "max_positions", "model_fingerprint", "model_kind", "prism_attention_forward",
-           "register", "sampled_weights_digest", "transformers_version"]
+           "register", "runner", "sampled_weights_digest", "transformers_version"]

@@ -20,6 +20,7 @@ from prism_ops.strategy import LAYER_ATTR, PrismLayer, RankPartition, SimulatedP
 from .attention_calls import REFUSED, call_keywords, is_set, module_features
 from .forward import capture_hidden, prism_attention_forward
 from .model import kv_params, kv_weight, model_fingerprint
+from .runner import HFRunner
 
 log = logging.getLogger("prism_ops")
 
@@ -103,8 +104,9 @@ def configure(model, config: PrismConfig | None = None, *, comm=None, num_partit
             `prism_ops.distributed.comm.Communicator` makes this process one rank of
             config.num_partitions (= comm.size); run it through `prism_ops.distributed.runtime.run_distributed`.
 
-    Returns the model. `config_of(model)` gives the config in use, with `exchange` resolved to
-    "kv" or "hidden" for this model.
+    Returns the model's `HFRunner` (`.model`, `.config`: the config in use, with `exchange`
+    resolved to "kv" or "hidden" for this model; `.partition`: the strategy its layers run), what
+    `prism_ops.distributed.runtime.run_distributed` and `prism_ops.in_process` take.
 
     Raises TypeError for a model that is not a transformers model, a config that is not a
     PrismConfig or a comm without an int `size`; ValueError for bad settings (named by field), a
@@ -173,7 +175,7 @@ def configure(model, config: PrismConfig | None = None, *, comm=None, num_partit
             layer.hook = m.register_forward_pre_hook(capture_hidden(layer), with_kwargs=True)
         setattr(m, LAYER_ATTR, layer)
     model.set_attn_implementation(NAME)
-    return model
+    return HFRunner(model, config, strategy, len(attention))
 
 
 def _codebooks(model, config: PrismConfig) -> list:

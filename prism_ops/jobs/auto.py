@@ -16,7 +16,6 @@ from .. import hf
 from ..config import DEFAULT_PRESET, PrismConfig
 from ..distributed.control import bcast_json
 from ..distributed.faults import agree_rank0
-from ..hf import max_positions
 from ..in_process import run_simulated
 from ..input_files import read_profile
 from ..link_profile import auto_choice
@@ -37,21 +36,22 @@ def auto_on_rank(opts: AutoOptions, comm) -> None:
 
     def ask():  # rank 0: the request, and what the profile says is fastest for it
         prof, text = job.files
-        req = make_request(job.tok, opts, text, max_positions(job.model), job.pooling)
-        return req, auto_choice(prof, job.model, job.config, asked, req.ids.shape[1])
+        req = make_request(job.tok, opts, text, job.runner.max_positions, job.pooling)
+        return req, auto_choice(prof, job.runner.model, job.config, asked, req.ids.shape[1])
 
     req, pick = agree_rank0(comm, ask) or (None, None)
     pick = bcast_json(comm, pick)
-    config = job.config
+    runner, model = job.runner, job.runner.model
     if pick["preset"] is not None:  # a setting within the asked budget that is faster on this link
         new = PrismConfig.from_preset(comm.size, pick["preset"], exchange=pick["exchange"])
-        config = hf.config_of(hf.configure(job.model, new, comm=comm))
+        runner = hf.configure(model, new, comm=comm)
+    config = runner.config
     if pick["mode"] == "distributed":
-        distribute(opts, comm, job, req, config)
+        distribute(opts, comm, job, req, config, runner)
     elif comm.rank == 0:
         # One device is faster on this link: rank 0 runs the exact model, the others stand by.
-        job.model.set_attn_implementation("sdpa")
-        res = run_simulated(job.model, req, 1, eos=eos_for(opts, job), progress=True)
-        res.bytes_per_layer = [0] * job.model.config.num_hidden_layers
-        print_result(opts, job.model, job.tok, res, 1, config, {"load": job.seconds["load"], **res.seconds},
+        model.set_attn_implementation("sdpa")
+        res = run_simulated(model, req, 1, eos=eos_for(opts, job), progress=True)
+        res.bytes_per_layer = [0] * model.config.num_hidden_layers
+        print_result(opts, model, job.tok, res, 1, config, {"load": job.seconds["load"], **res.seconds},
                      simulated=False)

@@ -40,9 +40,9 @@ from .request import load_model
 class Started:
     """This rank's job once `start` has passed."""
 
-    model: object
+    runner: object  # the model as hf.configure returned it (prism_ops.hf.HFRunner)
     tok: object
-    config: PrismConfig  # as configured on the model
+    config: PrismConfig  # as configured on the model (runner.config)
     pooling: Pooling
     files: object  # what read_files returned on rank 0 (None on the other ranks)
     seconds: dict  # {"load": ..., "handshake": ...}
@@ -57,16 +57,16 @@ def start(opts: RankOptions, comm, read_files=lambda: None) -> Started:
     tok, model = agree(comm, lambda: load_model(opts))
     pooling = agree(comm, lambda: pooling_for(opts.model))  # a bad sentence-transformers config: the same
     load_s = time.perf_counter() - t0
-    config = hf.config_of(hf.configure(model, config, comm=comm))
+    runner = hf.configure(model, config, comm=comm)
     comm.phase = "handshake"
     t1 = time.perf_counter()
-    handshake(comm, fingerprint(model, config, model_name=opts.model, dtype=opts.dtype, mode=opts.mode))
+    handshake(comm, fingerprint(runner, model_name=opts.model, dtype=opts.dtype, mode=opts.mode))
     hand_s = time.perf_counter() - t1
     if opts.verbose:  # which library, transport and hosts (collective; rank 0 prints)
         info = describe(comm)
         if comm.rank == 0:
             print(format_transport(info, opts.link_mbit, opts.link_latency_ms), flush=True)
-    return Started(model, tok, config, pooling, files, {"load": load_s, "handshake": hand_s})
+    return Started(runner, tok, runner.config, pooling, files, {"load": load_s, "handshake": hand_s})
 
 
 def on_ranks(opts: RankOptions, job) -> int:

@@ -23,5 +23,5 @@ def profile_job(opts: ProfileOptions) -> int:
 def profile_on_rank(opts: ProfileOptions, comm) -> None:
     job = start(opts, comm, lambda: check_output_path(opts.profile, "--profile"))
     comm.phase = "profile"
-    measure_profile(job.model, job.tok, comm, opts.profile, model_name=opts.model, config=job.config,
+    measure_profile(job.runner, job.tok, comm, opts.profile, model_name=opts.model, config=job.config,
                     link_mbit=opts.link_mbit, link_latency_ms=opts.link_latency_ms)

@@ -13,7 +13,7 @@ import sys
 import torch
 
 from ..config import PrismConfig
-from ..distributed.runtime import Request, RequestError, Result, too_long
+from ..request_types import Request, RequestError, Result, too_long
 from ..input_files import read_text_file
 from ..models import load, pooling_for
 from ..pooling import Pooling

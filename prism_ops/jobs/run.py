@@ -14,7 +14,6 @@ from __future__ import annotations
 from ..config import PrismConfig
 from ..distributed.runtime import run_distributed
 from ..distributed.faults import agree_rank0
-from ..hf import max_positions, model_kind
 from .base import Started, on_ranks, start
 from .options import RunOptions
 from .request import make_request, print_result, read_text
@@ -27,18 +26,20 @@ def run_job(opts: RunOptions) -> int:
 
 def run_on_rank(opts: RunOptions, comm) -> None:
     job = start(opts, comm, lambda: read_text(opts))
-    req = agree_rank0(comm, lambda: make_request(job.tok, opts, job.files, max_positions(job.model), job.pooling))
+    req = agree_rank0(comm, lambda: make_request(job.tok, opts, job.files, job.runner.max_positions, job.pooling))
     distribute(opts, comm, job, req, job.config)
 
 
 def eos_for(opts: RunOptions, job: Started) -> int | None:
     """The token that ends generation early (decoders that generate), else None."""
-    return job.tok.eos_token_id if (opts.generate and model_kind(job.model) == "decoder") else None
+    return job.tok.eos_token_id if (opts.generate and job.runner.kind == "decoder") else None
 
 
-def distribute(opts: RunOptions, comm, job: Started, req, config: PrismConfig) -> None:
-    """req (on rank 0; None elsewhere) on every rank under config; rank 0 prints the report."""
-    res = run_distributed(job.model, comm, req, eos=eos_for(opts, job), progress=comm.rank == comm.size - 1)
+def distribute(opts: RunOptions, comm, job: Started, req, config: PrismConfig, runner=None) -> None:
+    """req (on rank 0; None elsewhere) on every rank under config (runner: the model as configured
+    with it; job.runner by default); rank 0 prints the report."""
+    runner = job.runner if runner is None else runner
+    res = run_distributed(runner, comm, req, eos=eos_for(opts, job), progress=comm.rank == comm.size - 1)
     if comm.rank == 0:
-        print_result(opts, job.model, job.tok, res, comm.size, config, {**job.seconds, **res.seconds},
+        print_result(opts, runner.model, job.tok, res, comm.size, config, {**job.seconds, **res.seconds},
                      simulated=False)

@@ -9,7 +9,6 @@ when HTTP is on. Phases: the shared start (`base.start`), then serving (idle) an
 
 from __future__ import annotations
 
-from ..hf import max_positions, model_kind
 from ..serving.engine import Engine
 from ..serving.openai_api import Served
 from ..serving.service import run_service
@@ -24,9 +23,9 @@ def serve_job(opts: ServeOptions) -> int:
 
 def serve_on_rank(opts: ServeOptions, comm) -> None:
     job = start(opts, comm)  # a service reads no files: its inputs come with the requests
-    model = job.model
-    served = Served(opts.model, model_kind(model) == "decoder", max_positions(model),
-                    width=model.config.hidden_size * len(job.pooling.modes), vocab_size=len(job.tok))
-    engine = Engine(model, job.tok, comm, served, load_s=job.seconds["load"], pooling=job.pooling,
+    runner = job.runner
+    served = Served(opts.model, runner.kind == "decoder", runner.max_positions,
+                    width=runner.model.config.hidden_size * len(job.pooling.modes), vocab_size=len(job.tok))
+    engine = Engine(runner, job.tok, comm, served, load_s=job.seconds["load"], pooling=job.pooling,
                     batch_tokens=opts.batch_tokens)
     run_service(engine, host=opts.host, port=opts.port, api_key=opts.api_key, http=opts.http)

@@ -60,7 +60,7 @@ def simulate(opts: SimulateOptions) -> None:
     t0 = time.perf_counter()
     tok, model = load_model(opts)
     load_s = time.perf_counter() - t0
-    config = hf.config_of(hf.configure(model, config))
+    config = hf.configure(model, config).config
     req = make_request(tok, opts, text, max_positions(model))
     res = run_simulated(model, req, P, eos=tok.eos_token_id if opts.generate else None, progress=True)
     N = req.ids.shape[1]

@@ -28,7 +28,8 @@ import time
 import torch
 
 from prism_ops import hf
-from prism_ops.distributed.runtime import Request, run_distributed
+from prism_ops.distributed.runtime import run_distributed
+from prism_ops.request_types import Request
 from prism_ops.distributed.control import bcast_json
 from prism_ops.distributed.faults import agree_rank0
 from prism_ops.tags import TAG_RESULT, TAG_STOP, TAG_WORK
@@ -79,8 +80,8 @@ class Server:
             model = next(m for m in self.models if any(p == part for p, _ in self.catalog.nodes(m).values()))
             mod = self.modules.get(part) or self.catalog.node_module(model, node, self.model_size)
             self.modules[part] = mod
-            hf.configure(mod.net, config, comm=sub)  # the plan's resolved setting (`plan.prism_config`)
-            self.groups[part] = (sub, [r for r in ranks if r != ranks[0]])
+            runner = hf.configure(mod.net, config, comm=sub)  # the plan's resolved setting (`plan.prism_config`)
+            self.groups[part] = (sub, [r for r in ranks if r != ranks[0]], runner)
         # Ready nodes run earliest request first: a shared module serves requests in the order
         # they arrived, and a request's head runs as soon as its inputs are in.
         self.waiting, self.ready, self.sends = {}, [], []
@@ -106,7 +107,7 @@ class Server:
 
     def run_spread(self, part, seq, req, model, node, inputs):
         """Run a spread encoder with its group; the lead returns its output, members None."""
-        sub, members = self.groups[part]
+        sub, members, runner = self.groups[part]
         (x,) = inputs.values()
         if sub.rank == 0:  # the lead hands the input to the group, in its own queue order
             for r in members:
@@ -116,7 +117,7 @@ class Server:
         kind = self.modules[part].kind
         ask = Request(pixel_values=x, output="hidden") if kind == "vision" else Request(ids=x, output="embedding")
         with torch.no_grad():
-            res = run_distributed(self.modules[part].net, sub, ask if sub.rank == 0 else None, progress=False)
+            res = run_distributed(runner, sub, ask if sub.rank == 0 else None, progress=False)
         if res is None:
             return None
         return res.output[:, 0] if kind == "vision" else res.output

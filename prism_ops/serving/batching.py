@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import torch
 
-from ..distributed.runtime import Request
+from ..request_types import Request
 from ..ops.partitioned_attention import partition_bounds
 
 

@@ -28,11 +28,11 @@ import time
 
 import torch
 
-from ..distributed.runtime import Request, RequestError, run_distributed
+from ..distributed.runtime import run_distributed
+
 from ..distributed.control import bcast_json
-from ..distributed.runtime import too_long
 from ..pooling import Pooling
-from ..strategy import rank_partition
+from ..request_types import Request, RequestError, too_long
 from .batching import batch_request, plan
 from .openai_api import ApiError, Job, Served, completion_body, cut_at_stop, embeddings_body, safe_length
 
@@ -40,9 +40,10 @@ from .openai_api import ApiError, Job, Served, completion_body, cut_at_stop, emb
 class Engine:
     """One rank's part of the service. `run()` returns when rank 0 has stopped the service."""
 
-    def __init__(self, model, tokenizer, comm, served: Served, *, load_s: float = 0.0, pooling: Pooling | None = None,
+    def __init__(self, runner, tokenizer, comm, served: Served, *, load_s: float = 0.0, pooling: Pooling | None = None,
                  batch_tokens: int = 8192):
-        self.model, self.tok, self.comm, self.served = model, tokenizer, comm, served
+        """runner: the model as `prism_ops.hf.configure(model, ..., comm=comm)` returned it."""
+        self.runner, self.tok, self.comm, self.served = runner, tokenizer, comm, served
         self.pooling = pooling or Pooling()
         self.batch_tokens = batch_tokens
         self._held = None  # a job taken from the queue that did not fit the batch: the next one
@@ -128,7 +129,7 @@ class Engine:
                 if bcast_json(self.comm, None, key="control")["op"] != "forward":
                     return
                 try:
-                    run_distributed(self.model, self.comm, None, eos=self.eos, progress=False)
+                    run_distributed(self.runner, self.comm, None, eos=self.eos, progress=False)
                 except RequestError:
                     pass  # rank 0 answers it; every rank raised the same and goes on
         try:
@@ -193,7 +194,7 @@ class Engine:
         rows = [ids for job, _ in batch for ids in job.ids]
         owner = [k for k, (job, _) in enumerate(batch) for _ in job.ids]
         if self.batch_tokens:
-            strategy = rank_partition(self.model, self.comm)
+            strategy = self.runner.partition
             groups = plan(rows, self.batch_tokens, aligned=strategy.config.halo == 0)
         else:
             strategy, groups = None, [[i] for i in range(len(rows))]
@@ -223,7 +224,7 @@ class Engine:
         bcast_json(self.comm, {"op": "forward"}, key="control")
         self.forwards += 1
         t0 = time.perf_counter()
-        res = run_distributed(self.model, self.comm, req, eos=self.eos, progress=False, on_token=on_token)
+        res = run_distributed(self.runner, self.comm, req, eos=self.eos, progress=False, on_token=on_token)
         self._last_forward_s = time.perf_counter() - t0
         return res
 

@@ -149,7 +149,7 @@ def sensitivity(names=None) -> dict:
             continue
         opts = parse_args(["--input-file", TEXT, *args])
         tok, model = loaded[opts.model] if opts.model in loaded else loaded.setdefault(opts.model, load(opts.model))
-        config = hf.config_of(hf.configure(model, opts.config_for(ranks or 4)))
+        config = hf.configure(model, opts.config_for(ranks or 4)).config
         req = make_request(tok, opts, None, max_positions(model))
         logits = []
         head = model.get_output_embeddings() if opts.generate else None

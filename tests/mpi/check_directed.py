@@ -25,7 +25,8 @@ from budgets import flip_one_code  # noqa: E402
 from prism_ops import cost, hf, partition_bounds  # noqa: E402
 from prism_ops.distributed.comm import Communicator  # noqa: E402
 from prism_ops.distributed.link import EmulatedLink
-from prism_ops.distributed.runtime import Request, run_distributed
+from prism_ops.distributed.runtime import run_distributed
+from prism_ops.request_types import Request
 from prism_ops.in_process import run_simulated  # noqa: E402
 from prism_ops.distributed.control import bcast_json  # noqa: E402
 from prism_ops.wire import payload_layouts  # noqa: E402
@@ -59,10 +60,10 @@ def decoder(comm):
     torch.manual_seed(0)
     cfg = GPT2Config(n_embd=64, n_layer=2, n_head=4, n_positions=256, vocab_size=300, bos_token_id=0, eos_token_id=0)
     model = GPT2LMHeadModel(cfg).eval()
-    hf.configure(model, num_partitions=comm.size, segment_size=1, summary_bits=4, comm=comm)
+    runner = hf.configure(model, num_partitions=comm.size, segment_size=1, summary_bits=4, comm=comm)
     req = Request(ids=torch.randint(0, 300, (1, 40), generator=torch.Generator().manual_seed(1)), output="hidden")
     comm.link = EmulatedLink(100.0, 1.0)
-    res = run_distributed(model, comm, req if comm.rank == 0 else None, progress=False)
+    res = run_distributed(runner, comm, req if comm.rank == 0 else None, progress=False)
     comm.link = None
     if comm.rank != 0:
         return None

@@ -26,7 +26,8 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 from budgets import flip_one_code  # noqa: E402
 from prism_ops import cost, hf, models, partition_bounds  # noqa: E402
 from prism_ops.distributed.comm import Communicator  # noqa: E402
-from prism_ops.distributed.runtime import Request, run_distributed
+from prism_ops.distributed.runtime import run_distributed
+from prism_ops.request_types import Request
 from prism_ops.hf import model_kind  # noqa: E402
 from prism_ops.in_process import run_simulated  # noqa: E402
 from prism_ops.strategy import attached_layers  # noqa: E402
@@ -89,17 +90,17 @@ def main():
 
     comm = Communicator(timeout_s=120)
     model = build(args.model)
-    hf.configure(model, num_partitions=comm.size, segment_size=args.segment_size, comm=comm, **levers)
+    runner = hf.configure(model, num_partitions=comm.size, segment_size=args.segment_size, comm=comm, **levers)
     req = request(model, args)
     stopped = None
     if args.stop_after:
         seen = []
         first = request(model, args)
         first.stream = True
-        got = run_distributed(model, comm, first if comm.rank == 0 else None, progress=False,
+        got = run_distributed(runner, comm, first if comm.rank == 0 else None, progress=False,
                               on_token=lambda t: seen.append(t) or len(seen) >= args.stop_after)
         stopped = got.token_ids if comm.rank == 0 else None
-    res = run_distributed(model, comm, req if comm.rank == 0 else None, progress=False)
+    res = run_distributed(runner, comm, req if comm.rank == 0 else None, progress=False)
     if comm.rank != 0:
         return
     config = hf.config_of(model)

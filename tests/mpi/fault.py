@@ -17,7 +17,8 @@ from transformers import GPT2Config, GPT2LMHeadModel
 
 from prism_ops import hf
 from prism_ops.distributed.comm import Communicator
-from prism_ops.distributed.runtime import Request, run_distributed
+from prism_ops.distributed.runtime import run_distributed
+from prism_ops.request_types import Request
 from prism_ops.distributed.faults import guarded
 from prism_ops.strategy import RankPartition
 
@@ -26,7 +27,7 @@ victim, how = int(sys.argv[1]), sys.argv[2]
 comm = Communicator(timeout_s=4)
 torch.manual_seed(0)
 model = GPT2LMHeadModel(GPT2Config(n_embd=32, n_layer=3, n_head=2, n_positions=64, vocab_size=100, bos_token_id=0, eos_token_id=0)).eval()
-hf.configure(model, num_partitions=comm.size, segment_size=4, comm=comm)
+runner = hf.configure(model, num_partitions=comm.size, segment_size=4, comm=comm)
 real = RankPartition.attend
 
 
@@ -45,7 +46,7 @@ def faulty(self, layer, q, k, v, **kw):
 
 RankPartition.attend = faulty
 req = Request(ids=torch.randint(0, 100, (1, 30)), output="hidden") if comm.rank == 0 else None
-code = guarded(comm, lambda: run_distributed(model, comm, req, progress=False), prog="fault")
+code = guarded(comm, lambda: run_distributed(runner, comm, req, progress=False), prog="fault")
 if code:
     sys.exit(code)
 print(f"rank {comm.rank} finished", flush=True)

@@ -1,0 +1,67 @@
+"""`HFRunner`: a Hugging Face model as the runtimes run it (`prism_ops.request_types.ModelRunner`).
+
+`prism_ops.hf.configure(model, ...)` returns one, holding the resolved PrismConfig and the
+partition strategy its attention layers run, so the MPI runtime is handed what it runs and
+never looks it up on the model. `runner(model)` makes one for a model as it is (configured or
+not), for the one-process paths.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from ..strategy import attached_layers
+from .model import decode_tokens, local_hidden, max_positions, model_kind, sampled_weights_digest, transformers_version
+
+
+@dataclass(frozen=True)
+class HFRunner:
+    """model: the transformers model; config: its resolved PrismConfig (None: unconfigured);
+    partition: the PartitionStrategy of its attention layers (RankPartition under MPI,
+    SimulatedPartitions in one process, None: unconfigured); num_layers: its attention layers."""
+
+    model: torch.nn.Module
+    config: object = None
+    partition: object = None
+    num_layers: int = 0
+
+    @property
+    def kind(self) -> str:
+        return model_kind(self.model)
+
+    @property
+    def max_positions(self) -> int | None:
+        return max_positions(self.model)
+
+    @property
+    def image_tokens(self) -> int | None:
+        if self.kind != "vision":
+            return None
+        return self.model.base_model.embeddings.patch_embeddings.num_patches + 1  # the patches and [CLS]
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    def forward_local(self, c0, c1, *, use_cache=False, **inputs):
+        return local_hidden(self.model, self.kind, c0, c1, use_cache=use_cache, **inputs)
+
+    def decode(self, h_last, cache, first_position, req, eos, progress, on_token=None):
+        return decode_tokens(self.model, h_last, cache, first_position, req, eos, progress, on_token)
+
+    def next_logits(self, h_last):
+        return self.model.get_output_embeddings()(h_last)
+
+    def identity(self) -> dict:
+        return {"transformers": transformers_version(), "weights": sampled_weights_digest(self.model)}
+
+
+def runner(model) -> HFRunner:
+    """The runner of `model` as it is: its config and strategy if configured, else unconfigured
+    (the exact model, for the one-process paths)."""
+    layers = attached_layers(model)
+    if not layers:
+        return HFRunner(model)
+    return HFRunner(model, layers[0].config, layers[0].strategy, len(layers))
