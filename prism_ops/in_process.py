@@ -12,6 +12,7 @@ import time
 
 import torch
 
+from . import cost
 from .distributed.runtime import assemble, local_output, request_head
 from .hf import runner as runner_of
 from .request_types import Request, Result, check_request, default_positions
@@ -20,7 +21,8 @@ from .strategy import request_scope
 
 def run_simulated(model, req: Request, num_partitions: int, eos=None, progress=False, on_token=None) -> Result:
     """The request in one process; the model must be configured with comm=None (or not at all,
-    for the exact model)."""
+    for the exact model). The Result's bytes_per_layer are the cost model's (zeros for the exact
+    model)."""
     runner = runner_of(model)
     B, N = check_request(runner, req, num_partitions)
     head = request_head(req, B, N, [(0, N)])  # req.bounds (a laid-out batch) is for run_distributed
@@ -37,4 +39,17 @@ def run_simulated(model, req: Request, num_partitions: int, eos=None, progress=F
         seconds["decode"] = time.perf_counter() - t1
     res = assemble(head, [out])
     res.seconds = seconds
+    res.bytes_per_layer = _bytes_per_layer(runner, N)
     return res
+
+
+def _bytes_per_layer(runner, N: int) -> list[int]:
+    """What the ranks would send per layer (summed over ranks; the cost model, which equals what the
+    MPI runtime counts on the wire), or zeros for the exact model (nothing is sent)."""
+    model = runner.model
+    shape = cost.ModelShape.from_config(model.config)
+    if runner.config is None or runner.config.num_partitions == 1:
+        return [0] * shape.num_layers
+    per_rank = cost.bytes_per_layer(shape, N, runner.config, causal=runner.kind == "decoder",
+                                    dtype=next(model.parameters()).dtype)
+    return [sum(per_rank)] * shape.num_layers

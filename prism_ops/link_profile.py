@@ -42,8 +42,7 @@ LENGTHS = (64, 128, 256, 512, 1024, 2048)
 
 
 def _text_ids(tok, n):
-    tok.model_max_length = 10**9
-    ids = tok(pydoc_text(), add_special_tokens=False)["input_ids"]
+    ids = tok(pydoc_text(), add_special_tokens=False, verbose=False)["input_ids"]
     return torch.tensor([ids[:n]])
 
 

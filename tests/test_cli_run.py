@@ -33,6 +33,7 @@ from prism_ops.jobs.options import AutoOptions, ProfileOptions, RunOptions, Serv
     (["--weights", "inf,1"], "--weights must be finite numbers > 0"),
     (["--weights", "0,1"], "--weights must be finite numbers > 0"),
     (["--serve", "--port", "0"], "--port must be in [1, 65535]"),
+    (["--profile", "p.json", "--auto", "q.json"], "--profile OUT measures a profile and --auto PROFILE runs by one"),
 ])
 def test_bad_flags_exit_2_naming_the_flag(argv, message, capsys):
     with pytest.raises(SystemExit) as e:
@@ -61,7 +62,6 @@ def test_defaults_give_the_default_preset():
     (["--input", "hi", "--simulate", "2"], SimulateOptions),
     (["--input", "hi", "--auto", "p.json"], AutoOptions),
     (["--profile", "p.json"], ProfileOptions),
-    (["--profile", "p.json", "--auto", "q.json"], ProfileOptions),  # profiling ignores a profile to choose by
     (["--serve"], ServeOptions),
 ])
 def test_each_mode_gets_its_own_options(argv, kind):
@@ -92,8 +92,8 @@ def test_a_one_shot_job_imports_only_its_own_mode(tmp_path):
 
     folder = write_tiny_gpt2(tmp_path / "gpt2")
     code = ("import sys\n"
-            "from prism_ops.cli.run import parse_args, run_job\n"
-            f"code = run_job(parse_args(['--simulate', '2', '--model', {str(folder)!r}, '--input', {TEXT!r}]))\n"
+            "from prism_ops.cli.run import parse_args, run_mode\n"
+            f"code = run_mode(parse_args(['--simulate', '2', '--model', {str(folder)!r}, '--input', {TEXT!r}]))\n"
             "print(sorted(m for m in sys.modules if m.startswith(('prism_ops.jobs', 'prism_ops.serving'))))\n"
             "sys.exit(code)\n")
     env = dict(os.environ, HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false")

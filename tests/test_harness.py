@@ -31,7 +31,8 @@ def test_the_harness_logs_holds_and_slows_the_phases(tmp_path):
     assert p.returncode == 0, p.stderr
     installed, seconds = p.stdout.split()
     assert installed == "True"
-    assert 1.0 <= float(seconds) < 3.0  # held once (0.4 s), then 2 tokens of 0.3 s
+    # Held once (0.4 s), then 2 tokens of 0.3 s: at least that long (a loaded machine takes longer).
+    assert float(seconds) >= 1.0
     lines = (tmp_path / "rank1.log").read_text().splitlines()
     assert [line.split(" ", 1)[1] for line in lines] == ["loading", "handshake", "handshake again",
                                                          "generation token 1", "generation token 2"]

@@ -29,7 +29,7 @@ OPTIONAL = {"triton", "transformers", "mpi4py", "yaml", "tqdm", "matplotlib", "g
 LAZY_KERNELS = "prism_ops.kernels"  # the ops import their Triton kernel only on the Triton path
 # The service imports its HTTP side (starlette, uvicorn) only when HTTP is on, so one-shot runs need neither.
 LAZY_HTTP = "prism_ops.serving.http"
-# prism-run imports only the job of the mode asked (prism_ops.cli.run.run_job).
+# prism-run imports only the job of the mode asked (prism_ops.cli.run.run_mode).
 LAZY_JOBS = "prism_ops.jobs."
 
 # Layer rank of each module prefix (lower = further down); a module may import only its own layer

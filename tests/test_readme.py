@@ -37,8 +37,15 @@ COMMANDS = [line.split("  #")[0].strip() for b in blocks("bash") for line in b.s
             and "--serve" not in line]
 
 
-def test_the_readme_has_examples():
-    assert len(PYTHON) >= 3 and any("prism-run" in c for c in COMMANDS) and any("s2m3-place" in c for c in COMMANDS)
+def test_the_readme_opens_with_the_two_commands_and_keeps_its_examples():
+    first = blocks("bash")[0].splitlines()
+    assert [line.split("#")[0].strip() for line in first] == ["bash tools/run.sh", "bash tools/test.sh"]
+    # The examples the README's sections promise are among those run below.
+    assert 'mpirun -n 4 prism-run --input "Edge devices share one transformer."' in COMMANDS
+    assert any(c.startswith("mpirun -n 2 prism-run --model smollm2") for c in COMMANDS)
+    assert any(c.startswith("s2m3-place") for c in COMMANDS)
+    assert any("hf.configure(" in b for b in PYTHON) and any("run_distributed" in b or "partitioned_attention" in b
+                                                             for b in PYTHON)
 
 
 @pytest.mark.parametrize("code", PYTHON, ids=[f"python-{i}" for i in range(len(PYTHON))])

@@ -15,7 +15,7 @@ fails takes the whole job down (rank 0 prints why) instead of leaving it hanging
 --profile OUT measured on the same machines and link.
 
 The flags become the options of one mode (`prism_ops.jobs.options`: run, simulate, profile,
-auto or serve), and `run_job` runs that mode's job (`prism_ops.jobs`), importing no other.
+auto or serve), and `run_mode` runs that mode's job (`prism_ops.jobs`), importing no other.
 """
 
 from __future__ import annotations
@@ -104,6 +104,9 @@ def parse_args(argv=None) -> JobOptions:
             ap.error("one of --input or --input-file is required")
         if args.simulate is not None and (args.profile or args.auto):
             ap.error("--profile and --auto measure and choose between real ranks; they do not go with --simulate")
+        if args.profile is not None and args.auto is not None:
+            ap.error("--profile OUT measures a profile and --auto PROFILE runs by one: run them as two jobs, "
+                     "--profile first")
         return _options(args, _levers(ap, args))
     except ValueError as e:  # 'top_p must be ...': the options name the field, the command line its flag
         name, sep, rest = str(e).partition(" must be ")
@@ -150,7 +153,7 @@ def _options(args, levers: dict) -> JobOptions:
     return RunOptions(**job, **ranks, **ask)
 
 
-def run_job(opts: JobOptions) -> int:
+def run_mode(opts: JobOptions) -> int:
     """The job of opts' mode, importing only that mode's module (only serve's loads the service)."""
     if opts.mode == "simulate":
         from ..jobs.simulate import simulate_job
@@ -169,7 +172,7 @@ def run_job(opts: JobOptions) -> int:
 
 
 def main(argv=None) -> None:
-    sys.exit(run_job(parse_args(argv)))
+    sys.exit(run_mode(parse_args(argv)))
 
 
 if __name__ == "__main__":

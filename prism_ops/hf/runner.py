@@ -62,6 +62,6 @@ def runner(model) -> HFRunner:
     """The runner of `model` as it is: its config and strategy if configured, else unconfigured
     (the exact model, for the one-process paths)."""
     layers = attached_layers(model)
-    if not layers:
+    if not layers or getattr(model.config, "_attn_implementation", None) != "prism":  # exact (e.g. back on sdpa)
         return HFRunner(model)
     return HFRunner(model, layers[0].config, layers[0].strategy, len(layers))

@@ -52,6 +52,5 @@ def auto_on_rank(opts: AutoOptions, comm) -> None:
         # One device is faster on this link: rank 0 runs the exact model, the others stand by.
         model.set_attn_implementation("sdpa")
         res = run_simulated(model, req, 1, eos=eos_for(opts, job), progress=True)
-        res.bytes_per_layer = [0] * model.config.num_hidden_layers
         print_result(opts, model, job.tok, res, 1, config, {"load": job.seconds["load"], **res.seconds},
                      simulated=False)

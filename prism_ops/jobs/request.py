@@ -51,8 +51,8 @@ def make_request(tok, opts: AskOptions, text: str | None = None, limit: int | No
     why = too_long(limit, chars=len(text))  # refused before it is tokenized whole
     if why:
         raise RequestError(why)
-    tok.model_max_length = 10**9  # the runtime checks the model's positions itself
-    ids = torch.tensor([tok(text)["input_ids"]], dtype=torch.long)
+    # verbose=False: no warning past the tokenizer's model_max_length; the length was checked above.
+    ids = torch.tensor([tok(text, verbose=False)["input_ids"]], dtype=torch.long)
     return Request(ids=ids, output=opts.output, generate=opts.generate, temperature=opts.temperature,
                    top_k=opts.top_k, top_p=opts.top_p, seed=opts.seed,
                    pooling=pooling_for(opts.model) if pooling is None else pooling)

@@ -16,8 +16,8 @@ import time
 
 import torch
 
-from .. import cost, hf
-from ..hf import max_positions, model_kind
+from .. import hf
+from ..hf import max_positions
 from ..in_process import run_simulated
 from .options import SimulateOptions
 from .request import load_model, make_request, print_result, read_text
@@ -63,8 +63,4 @@ def simulate(opts: SimulateOptions) -> None:
     config = hf.configure(model, config).config
     req = make_request(tok, opts, text, max_positions(model))
     res = run_simulated(model, req, P, eos=tok.eos_token_id if opts.generate else None, progress=True)
-    N = req.ids.shape[1]
-    per_layer = cost.bytes_per_layer(cost.ModelShape.from_config(model.config), N, config,
-                                     causal=model_kind(model) == "decoder", dtype=opts.torch_dtype)
-    res.bytes_per_layer = [sum(per_layer)] * model.config.num_hidden_layers
     print_result(opts, model, tok, res, P, config, {"load": load_s, **res.seconds}, simulated=True)

@@ -3,14 +3,14 @@
 The sequence is cut into contiguous chunks, one per rank (`partition_bounds`). Chunk c
 `[c0, c1)` is laid out by `chunk_layout` as
 
-    [c0, a)  exact rows: sink tokens (the first `sink_tokens` of the sequence) and, with halo,
+    [c0, a)  verbatim rows: sink tokens (the first `sink_tokens` of the sequence) and, with halo,
              its first `halo` tokens (for the previous rank; not when causal)
     [a, b)   summary rows: segment means on a grid starting at a (or key-cluster means)
-    [b, c1)  exact rows: with halo, its last `halo` tokens (for the next rank)
+    [b, c1)  verbatim rows: with halo, its last `halo` tokens (for the next rank)
 
 Every rank computes every chunk's layout from the bounds, so nothing but the rows travels.
 The all-gather delivers a chunk's whole payload to every rank, so every receiver that may see
-chunk c (all others; only earlier ones when causal) attends to all of its rows: exact rows with
+chunk c (all others; only earlier ones when causal) attends to all of its rows: verbatim rows with
 count 1, summary rows with their counts. Padding (`keep` False) gets count 0 and is ignored.
 
 The simulation (`partitioned_attention`) and the MPI runtime (`prism_ops.distributed`) both
@@ -29,7 +29,7 @@ from .token_clusters import cluster_means, token_clusters
 
 
 def chunk_layout(bounds, c: int, *, sink_tokens: int, halo: int, causal: bool) -> tuple[int, int]:
-    """(a, b) of chunk c: exact rows [c0, a) and [b, c1), summary rows over [a, b)."""
+    """(a, b) of chunk c: verbatim rows [c0, a) and [b, c1), summary rows over [a, b)."""
     c0, c1 = bounds[c]
     first = halo if (not causal and c > 0) else 0
     last = halo if c < len(bounds) - 1 else 0
@@ -39,7 +39,7 @@ def chunk_layout(bounds, c: int, *, sink_tokens: int, halo: int, causal: bool) -
 
 
 def summary_count(bounds, c: int, segment_size: int, *, window=None, **layout) -> tuple[int, int]:
-    """(exact rows, summary rows) chunk c sends (with a sliding window: those some reader sees)."""
+    """(verbatim rows, summary rows) chunk c sends (with a sliding window: those some reader sees)."""
     c0, c1 = bounds[c]
     a, b = chunk_layout(bounds, c, **layout)
     exact, summary = (a - c0) + (c1 - b), num_summary_rows(b - a, segment_size)

@@ -3,7 +3,7 @@
 T is cut into `num_partitions` contiguous chunks (`partition_bounds`). Chunk p attends exactly
 to its own tokens and to the rows the other chunks send (only earlier chunks when causal),
 built by `chunk_summary` exactly as each rank builds its all-gather payload: segment means on
-the chunk's own fixed grid, plus exact rows (count 1) from two levers:
+the chunk's own fixed grid, plus verbatim rows (count 1) from two levers:
 - sink_tokens: the first `sink_tokens` tokens of the sequence;
 - halo: each chunk's `halo` tokens next to its boundaries (only the last ones when causal:
   nobody earlier may see the first ones). They are left out of the chunk's segment means.
@@ -172,7 +172,7 @@ def partitioned_attention(
 def _sent_rows(bounds, c, k, kv, valid_bt, hidden, kv_weight, segment_size, cluster_iters, window, round_rows,
                backend, layout):
     """(K|V rows `[B, Hkv, R, 2D]`, counts `[B, R]`) chunk c sends, as its receivers decode them
-    (the same for every receiver): its exact rows, then its summary rows, rounded by round_rows.
+    (the same for every receiver): its verbatim rows, then its summary rows, rounded by round_rows.
     kv is k and v side by side, `[B, Hkv, T, 2D]`."""
     c0, c1 = bounds[c]
     a, b = chunk_layout(bounds, c, **layout)

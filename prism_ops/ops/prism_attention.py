@@ -48,7 +48,7 @@ def _padding_bias(k_valid, dtype):
 def _count_bias(sum_counts, log_count_bias, dtype):
     """Summary-row logit bias `[B|1, 1, 1, S]`: ln(count), or 0; count 0 gives -inf (row dropped)."""
     c = sum_counts.to(dtype).view(-1, 1, 1, sum_counts.shape[-1])
-    # log(0) = -inf drops empty rows; log(1) = 0 leaves exact rows unchanged.
+    # log(0) = -inf drops empty rows; log(1) = 0 leaves verbatim rows (count 1) unchanged.
     return torch.log(c) if log_count_bias else torch.zeros_like(c).masked_fill(c == 0, float("-inf"))
 
 
@@ -258,7 +258,7 @@ def prism_attention(
     return (out, lse) if return_lse else out
 
 
-def check_values() -> bool:
+def device_values_checked() -> bool:
     """PRISM_OPS_CHECK_VALUES=1: also check the values of device tensors (a host sync per call)."""
     return os.environ.get("PRISM_OPS_CHECK_VALUES", "0") not in ("", "0")
 
@@ -290,7 +290,7 @@ def _prism_attention_op(q, k, v, k_sum, v_sum, sum_counts, causal, scale, log_co
     """The op behind `prism_attention` (inputs already checked): (out, lse), lse empty `[0]`
     without return_lse. The check that reads tensor data runs here, not while tracing, and only
     where it costs no device sync (see `_check_count_values`)."""
-    if sum_counts is not None and sum_counts.numel() and (sum_counts.device.type == "cpu" or check_values()):
+    if sum_counts is not None and sum_counts.numel() and (sum_counts.device.type == "cpu" or device_values_checked()):
         _check_count_values(sum_counts)
     kwargs = dict(causal=causal, scale=scale, log_count_bias=log_count_bias, return_lse=return_lse, k_valid=k_valid)
     if _backend_for(q, backend) == "triton":

@@ -13,6 +13,17 @@ import json
 import torch
 
 
+def request_key(request_id) -> str:
+    """The one hashable key of an S2M3 request id (any JSON value: a number, a string, a list)."""
+    return json.dumps(request_id)
+
+
+def work_header(seq, req, model, node, src) -> dict:
+    """The header of a TAG_WORK message: a node's input for request `req` (queue order `seq`)
+    from `src` (a node, "input", or "member": a spread encoder's input from its group's lead)."""
+    return {"seq": seq, "req": req, "model": model, "node": node, "src": src}
+
+
 def pack(header: dict, tensor: torch.Tensor) -> bytes:
     """One message: the header (plus the tensor's dtype and shape) and the tensor's bytes."""
     t = tensor.detach().contiguous().cpu()

@@ -24,6 +24,7 @@ from ..config import PRESETS, PrismConfig
 from .checks import (MAX_REQUESTS_BYTES, check_readable, choice, fail, mapping, names, number, only, read_lines,
                      read_text, shown)
 from .files import MAX_DEVICES, parse_devices, parse_text, read_file
+from .messages import request_key
 from .placement import InputError, PlacementError
 from .suite import BUILTIN, SUITE_VERSION, Catalog, encoder_tokens
 
@@ -162,9 +163,9 @@ def read_requests(lines, models, source: str = "requests") -> list[dict]:
         if not isinstance(model, str) or model not in models:
             raise InputError(f"{at}: model {shown(model)} is not in the plan {models}")
         seed = number(r.get("seed", 0), f"{at}: seed", high=2**63 - 1, whole=True)
-        if json.dumps(rid) in ids:
+        if request_key(rid) in ids:
             raise InputError(f"{at}: id {shown(rid)} is used twice")
-        ids.add(json.dumps(rid))
+        ids.add(request_key(rid))
         reqs.append({"id": rid, "model": model, "seed": seed})
     return reqs
 

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import heapq
 import itertools
-import json
 import sys
 import threading
 import time
@@ -35,7 +34,7 @@ from prism_ops.distributed.faults import agree_rank0
 from prism_ops.tags import TAG_RESULT, TAG_STOP, TAG_WORK
 
 from .files import parse_text
-from .messages import pack, unpack
+from .messages import pack, request_key, unpack, work_header
 from .modules import Registry
 from .plan import CheckedPlan, check_plan, read_inputs
 from .suite import example_inputs
@@ -99,7 +98,7 @@ class Server:
 
     def deliver(self, seq, req, model, node, src, tensor):
         dest = self.rank_of[self.part(model, node)]
-        header = {"seq": seq, "req": req, "model": model, "node": node, "src": src}
+        header = work_header(seq, req, model, node, src)
         if dest == self.comm.rank:
             self.arrive(header, tensor)
         else:
@@ -112,8 +111,8 @@ class Server:
         if sub.rank == 0:  # the lead hands the input to the group, in its own queue order
             for r in members:
                 with self.mutex:
-                    self.sends.append(self.comm.isend(r, pack({"seq": seq, "req": req, "model": model, "node": node,
-                                                               "src": "member"}, x), TAG_WORK))
+                    self.sends.append(self.comm.isend(r, pack(work_header(seq, req, model, node, "member"), x),
+                                                      TAG_WORK))
         kind = self.modules[part].kind
         ask = Request(pixel_values=x, output="hidden") if kind == "vision" else Request(ids=x, output="embedding")
         with torch.no_grad():
@@ -126,7 +125,7 @@ class Server:
         if header["src"] == "member":  # a spread encoder's input, forwarded by its group's lead
             self._push(header, {"member": tensor})
             return
-        key = (json.dumps(header["req"]), header["model"], header["node"])
+        key = (request_key(header["req"]), header["model"], header["node"])
         got = self.waiting.setdefault(key, {})
         got[header["src"]] = tensor
         if len(got) == len(self.dag(header["model"])[header["node"]]):
@@ -210,7 +209,7 @@ class Server:
             while due < len(requests) and t0 + at[due] <= now:
                 r = requests[due]
                 x = example_inputs(self.model_size, seed=r["seed"])
-                start[json.dumps(r["id"])] = t0 + at[due]
+                start[request_key(r["id"])] = t0 + at[due]
                 for node, srcs in self.dag(r["model"]).items():
                     for s in srcs:
                         if s.startswith("input:"):
@@ -221,7 +220,7 @@ class Server:
             while (msg := self.comm.poll(TAG_RESULT)) is not None:
                 self.results.append(unpack(msg[1]))
             for head, out in self.results:
-                key = json.dumps(head["req"])
+                key = request_key(head["req"])
                 if key in done:
                     raise RuntimeError(f"request {head['req']!r} was answered twice")
                 done[key] = (out, time.perf_counter() - start[key])
@@ -301,6 +300,6 @@ def serve_requests(comm, plan_path: str, requests_path: str | None = None,
         return None
     out = []
     for r in reqs:
-        output, latency = done[json.dumps(r["id"])]
+        output, latency = done[request_key(r["id"])]
         out.append({"id": r["id"], "model": r["model"], "output": output.tolist(), "latency_s": latency})
     return out

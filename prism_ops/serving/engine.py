@@ -34,7 +34,7 @@ from ..distributed.control import bcast_json
 from ..pooling import Pooling
 from ..request_types import Request, RequestError, too_long
 from .batching import batch_request, plan
-from .openai_api import ApiError, Job, Served, completion_body, cut_at_stop, embeddings_body, safe_length
+from .openai_api import ApiError, ApiRequest, Served, completion_body, cut_at_stop, embeddings_body, safe_length
 
 
 class Engine:
@@ -67,7 +67,7 @@ class Engine:
 
     # -- rank 0: jobs in ------------------------------------------------------------------
 
-    def prepare(self, job: Job) -> Job:
+    def prepare(self, job: ApiRequest) -> ApiRequest:
         """Tokenize and check a job before it is queued (ApiError for what the model cannot take)."""
         limit = self.served.max_positions
         param = "input" if job.endpoint == "embeddings" else ("messages" if job.chat else "prompt")
@@ -88,17 +88,16 @@ class Engine:
                 raise ApiError(why, param)
         return job
 
-    def _tokenize(self, job: Job) -> None:
+    def _tokenize(self, job: ApiRequest) -> None:
         with self.tok_lock:
             if job.chat is not None:
                 if not getattr(self.tok, "chat_template", None):
                     raise ApiError(f"{self.served.model} has no chat template: use /v1/completions", "messages")
                 job.texts = [self.tok.apply_chat_template(job.chat, add_generation_prompt=True, tokenize=False)]
-            self.tok.model_max_length = 10**9  # checked here, against the model's positions
-            special = job.chat is None
-            job.ids = [self.tok(t, add_special_tokens=special)["input_ids"] for t in job.texts]
+            special = job.chat is None  # verbose=False: the length is checked here, against the model's positions
+            job.ids = [self.tok(t, add_special_tokens=special, verbose=False)["input_ids"] for t in job.texts]
 
-    def submit(self, job: Job, sink) -> None:
+    def submit(self, job: ApiRequest, sink) -> None:
         """Queue a prepared job; sink(event) receives its events (from the engine's thread)."""
         if self.stopping.is_set():
             raise ApiError("the service is shutting down", status=503, kind="service_unavailable")
@@ -271,11 +270,11 @@ class Engine:
         time.sleep(1.0)  # let the HTTP thread send the 503s before the job is aborted
 
 
-def _greedy(job: Job) -> bool:
+def _greedy(job: ApiRequest) -> bool:
     return job.endpoint != "embeddings" and job.temperature == 0
 
 
-def _joins(first: Job, job: Job) -> bool:
+def _joins(first: ApiRequest, job: ApiRequest) -> bool:
     """Whether job may run in one forward with first: both embeddings, or both greedy
     completions of prompts with the same number of tokens (one row each, no padding)."""
     if first.endpoint == "embeddings":
@@ -287,7 +286,7 @@ class _Decoding:
     """One completion's tokens as the last rank makes them: its text so far, what of it has been
     streamed, and whether it is done (max_tokens, eos, or a stop sequence in its text)."""
 
-    def __init__(self, job: Job, sink, engine: Engine):
+    def __init__(self, job: ApiRequest, sink, engine: Engine):
         self.job, self.sink, self.engine = job, sink, engine
         self.made, self.text = [], ""  # tokens so far; their text, cut before a stop sequence
         self.sent, self.finish = 0, None  # characters streamed; why it ended

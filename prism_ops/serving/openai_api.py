@@ -1,6 +1,6 @@
 """The OpenAI request and response shapes prism-run's service speaks, as pure functions.
 
-    job = parse(endpoint, body, served)     # a checked Job, or ApiError (400 with an OpenAI error body)
+    job = parse(endpoint, body, served)     # a checked ApiRequest, or ApiError (400 with an OpenAI error body)
     body = embeddings_body(served, results) / completion_body(...) / chunk_body(...)
 
 Endpoints: "embeddings" (encoders), "completions" and "chat" (decoders). Embeddings take input
@@ -61,7 +61,7 @@ class Served:
 
 
 @dataclass
-class Job:
+class ApiRequest:
     """One checked request. texts: the inputs to embed (embeddings) or the one prompt."""
 
     endpoint: str
@@ -93,8 +93,8 @@ def _number(body, name, default, lo, hi, integer=False):
     return value
 
 
-def parse(endpoint: str, body, served: Served) -> Job:
-    """A Job from a request body (already decoded JSON), or ApiError naming what is wrong."""
+def parse(endpoint: str, body, served: Served) -> ApiRequest:
+    """A ApiRequest from a request body (already decoded JSON), or ApiError naming what is wrong."""
     if not isinstance(body, dict):
         raise ApiError(f"the request body must be a JSON object, got {type(body).__name__}")
     model = body.get("model", served.model)
@@ -124,7 +124,7 @@ def parse(endpoint: str, body, served: Served) -> Job:
             raise ApiError(f"dimensions={dims!r} is not supported by this service: {served.model}'s embeddings have "
                            f"{served.width} dimensions (send that, or leave dimensions out)", "dimensions")
         texts, ids = _embedding_input(body.get("input"), served)
-        return Job("embeddings", texts, ids=ids, encoding_format=fmt)
+        return ApiRequest("embeddings", texts, ids=ids, encoding_format=fmt)
     if not served.decoder:
         raise ApiError(f"{served.model} is an encoder: use /v1/embeddings", "model")
     chat = None
@@ -163,7 +163,7 @@ def parse(endpoint: str, body, served: Served) -> Job:
             raise ApiError(f"stream_options must be {{\"include_usage\": true|false}}, got {options!r}",
                            "stream_options")
         include_usage = options.get("include_usage", False)
-    return Job(endpoint, texts, max_tokens=max_tokens, temperature=_number(body, "temperature", 1.0, 0, 2),
+    return ApiRequest(endpoint, texts, max_tokens=max_tokens, temperature=_number(body, "temperature", 1.0, 0, 2),
                top_p=_number(body, "top_p", 1.0, 0, 1), top_k=_number(body, "top_k", 0, 0, 10**6, integer=True),
                seed=_number(body, "seed", 0, 0, 2**63 - 1, integer=True), stream=stream, chat=chat,
                stop=_stop(body.get("stop")), include_usage=include_usage)
@@ -239,7 +239,7 @@ def _merge_prism(parts: list) -> dict:
             "partitions": parts[0]["partitions"]}
 
 
-def completion_body(served: Served, job: Job, text: str, prompt_tokens: int, completion_tokens: int,
+def completion_body(served: Served, job: ApiRequest, text: str, prompt_tokens: int, completion_tokens: int,
                     finish: str, prism: dict) -> dict:
     usage = {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
              "total_tokens": prompt_tokens + completion_tokens}
@@ -253,7 +253,7 @@ def completion_body(served: Served, job: Job, text: str, prompt_tokens: int, com
             "usage": usage, "prism": prism}
 
 
-def chunk_body(served: Served, job: Job, delta: str, finish: str | None = None, prism: dict | None = None,
+def chunk_body(served: Served, job: ApiRequest, delta: str, finish: str | None = None, prism: dict | None = None,
                usage: dict | None = None) -> dict:
     """One server-sent event of a streamed completion."""
     if job.endpoint == "chat":
@@ -272,7 +272,7 @@ def chunk_body(served: Served, job: Job, delta: str, finish: str | None = None, 
     return out
 
 
-def usage_chunk(served: Served, job: Job, usage: dict) -> dict:
+def usage_chunk(served: Served, job: ApiRequest, usage: dict) -> dict:
     """The last event of a stream with stream_options.include_usage: no choices, the usage."""
     obj, prefix = ("chat.completion.chunk", "chatcmpl-") if job.endpoint == "chat" else ("text_completion", "cmpl-")
     return {"id": prefix + job.id, "object": obj, "created": job.created, "model": served.model, "choices": [],

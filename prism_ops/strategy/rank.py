@@ -70,7 +70,7 @@ class RankPartition(PartitionStrategy):
 
     @staticmethod
     def _payload(layout, x, k, keep, ab, c0, cfg, codebook=None, trim=None) -> torch.Tensor:
-        """This rank's payload bytes: its chunk's exact rows and summaries (rounded if asked), cut
+        """This rank's payload bytes: its chunk's verbatim rows and summaries (rounded if asked), cut
         by `trim` (a function of the rows: a sliding window's `trim_rows`) before any rounding.
 
         A chunk no rank reads (the last of a causal model) has an empty layout: nothing is built.
