@@ -171,7 +171,7 @@ _GPU_TILES = {
     256: [(64, 32, 4, 2), (64, 64, 8, 2), (32, 32, 4, 2), (128, 32, 8, 2)],
 }
 # fp32 (TF32x3 dots: q and the K/V tiles are split into high and low TF32 parts): smaller tiles,
-# so the accumulator and the split operands fit in registers (tests/test_kernels_compile.py: a few
+# so the accumulator and the split operands fit in registers (tests/kernels/test_kernels_compile.py: a few
 # seconds of ptxas per tile and at most a few dozen bytes of spills, where IEEE fp32 dots took
 # 20-30 s and spilled tens of KB).
 _FP32_TILES = {
@@ -209,7 +209,7 @@ def shared_memory_estimate(tile, block_d: int, elem_size: int) -> int:
     """Bytes of shared memory a tile needs: the q tile (twice for fp32, whose TF32x3 dots keep a
     high and a low part) plus num_stages K and V tiles. What Triton allocates for the fp16/bf16
     tiles of 64 rows and more, an upper bound otherwise (smaller tiles keep q in registers);
-    tests/test_kernels_compile.py checks it against the compiler for sm_87 and sm_90."""
+    tests/kernels/test_kernels_compile.py checks it against the compiler for sm_87 and sm_90."""
     m, n, _, stages = tile
     q_tiles = 2 if elem_size == 4 else 1
     return elem_size * block_d * (q_tiles * m + 2 * n * stages)

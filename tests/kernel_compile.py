@@ -9,7 +9,7 @@ cubin (cuobjdump --dump-resource-usage) the registers per thread and the stack f
 where ptxas spills (these kernels have no local arrays, so a stack frame > 0 is spills).
 
 Must run without TRITON_INTERPRET (under the interpreter @triton.jit builds interpreter
-functions), so tests/test_kernels_compile.py runs it as a subprocess:
+functions), so tests/kernels/test_kernels_compile.py runs it as a subprocess:
 
     python tests/kernel_compile.py < jobs.json > results.json
     python tests/kernel_compile.py --table     # every job of `jobs()`, a markdown table

@@ -1,7 +1,9 @@
-"""How the tests launch MPI jobs: which launcher, with what environment.
+"""The one place the tests launch MPI jobs from: which launcher, with what environment, and the
+checks every MPI test shares.
 
-    from launch import MPIEXEC, ENV, mpirun
-    p, seconds = mpirun(2, sys.executable, "tests/mpi/check_run.py", ...)
+    from launch import MPIEXEC, ENV, mpirun, check_run, assert_matches_simulation
+    p, seconds = mpirun(2, sys.executable, str(MPI_SCRIPTS / "fault.py"), ...)
+    assert_matches_simulation(check_run(2, model="gpt2", tokens=37, segment_size=4), layers=2)
 
 MPIEXEC is the test venv's own `mpiexec` (the mpich wheel), else the one on PATH; the Open MPI
 tier (`tools/test_openmpi.sh`) sets PRISM_TEST_MPIEXEC to Open MPI's `mpirun`. Open MPI needs
@@ -13,6 +15,8 @@ OMPI_ALLOW_RUN_AS_ROOT=1 and OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 (MPICH ignores bot
 from __future__ import annotations
 
 import functools
+import importlib.util
+import json
 import os
 import shutil
 import subprocess
@@ -20,6 +24,9 @@ import sys
 import time
 from pathlib import Path
 
+TESTS = Path(__file__).resolve().parent
+ROOT = TESTS.parent  # the checkout
+MPI_SCRIPTS = TESTS / "mpi"  # the programs the tests run under mpiexec
 BIN = Path(sys.executable).parent
 MPIEXEC = (os.environ.get("PRISM_TEST_MPIEXEC")
            or (str(BIN / "mpiexec") if (BIN / "mpiexec").exists() else shutil.which("mpiexec")))
@@ -53,3 +60,43 @@ def mpirun(n, *args, timeout=240, mpmd=None, env=None):
     t0 = time.monotonic()
     p = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=ENV if env is None else env)
     return p, time.monotonic() - t0
+
+
+def has(module: str) -> bool:
+    return importlib.util.find_spec(module) is not None
+
+
+def check_run(n, **kw) -> dict:
+    """tests/mpi/check_run.py on n ranks: one request served over the ranks and, on rank 0, the same
+    request simulated in one process and unpartitioned; the differences and the bytes counted."""
+    args = []
+    for k, v in kw.items():
+        args += [f"--{k.replace('_', '-')}", json.dumps(v) if isinstance(v, dict) else str(v)]
+    p, _ = mpirun(n, sys.executable, str(MPI_SCRIPTS / "check_run.py"), *args)
+    assert p.returncode == 0, p.stderr[-3000:]
+    return json.loads(p.stdout.strip().splitlines()[-1])
+
+
+def assert_matches_simulation(r, layers):
+    """Distributed and simulated runs do the same float32 operations on the same rows, apart from
+    the order of some sums (per-token layers on n_p rows instead of N, two softmax blocks merged
+    by log-sum-exp instead of one), so they agree to a few float32 ulps per layer: the bound is
+    1e-5 of the output's scale per layer. With quantized summaries those last bits may round a
+    value on a boundary to the other code, so the bound adds `err_step`, the output's change under
+    one code step in every quantized exchange (measured by check_run.py on the simulation)."""
+    assert r["err_sim"] <= 1e-5 * max(1.0, r["scale"]) * layers + r["err_step"], r
+    assert r["bytes"] == [r["expected_bytes"]] * layers  # the cost model's formula, per layer
+
+
+def assert_ids_match_simulation(r, layers, n):
+    """Greedy ids: each equals the simulation's where the simulated top-2 logit margin exceeds
+    the logit budget (the bound above on logits of scale logit_scale); at a near-tie either token
+    is right, and from a differing one on the two runs continue different prefixes."""
+    assert len(r["ids"][0]) == n and len(r["margins_sim"]) == n, r
+    budget = 1e-5 * max(1.0, r["logit_scale"]) * layers + r["err_step"]
+    for i, (a, b, margin) in enumerate(zip(zip(*r["ids"]), zip(*r["ids_sim"]), r["margins_sim"])):
+        if margin > budget:
+            assert a == b, (i, margin, budget, r)
+        elif a != b:
+            return
+    assert r["bytes"] == [r["expected_bytes"]] * layers

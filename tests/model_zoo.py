@@ -4,7 +4,7 @@ Each `Family` builds a 2-layer model from transformers' own config class (hidden
 4 heads), in eval mode with seeded weights, and says whether `prism_ops.hf.configure` supports
 it or refuses it (with the message) on each transformers release: a family can move onto
 transformers' attention interface in a later release (ModernBERT in 5.1, Falcon in 5.25), and
-what the adapter does follows. `tests/test_model_zoo.py` runs them on the installed release (CI:
+what the adapter does follows. `tests/hf/test_model_zoo.py` runs them on the installed release (CI:
 the newest, and the floor that pyproject.toml names); README.md's family table is
 `readme_table()` of this list, one column per release in `RELEASES` (a test compares the two).
 

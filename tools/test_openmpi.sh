@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The Open MPI tier: Debian's Open MPI, mpi4py built from source against it in .venv-openmpi (a
-# venv without the mpich wheel), then tests/test_openmpi.py under Open MPI's mpirun: a MiniLM
+# venv without the mpich wheel), then tests/distributed/test_openmpi.py under Open MPI's mpirun: a MiniLM
 # embedding and a SmolLM2 generation equal to one process, a killed rank ending the job, and
 # --verbose's transport lines. The setup is README.md's Open MPI block, run as written (read out
 # of README.md, so the README's commands are the ones tested). Needs root and apt-get where Open
@@ -38,7 +38,7 @@ rm -rf build
 .venv-openmpi/bin/pip install -q --no-deps .
 .venv-openmpi/bin/pip install -q pytest
 rm -rf build
-echo "== tests/test_openmpi.py under $(command -v mpirun.openmpi)"
+echo "== tests/distributed/test_openmpi.py under $(command -v mpirun.openmpi)"
 cd "$(mktemp -d)"
 PRISM_TEST_MPIEXEC="$(command -v mpirun.openmpi)" \
-  exec "$repo/.venv-openmpi/bin/python" -m pytest "$repo/tests/test_openmpi.py" -p no:cacheprovider -q -rs "$@"
+  exec "$repo/.venv-openmpi/bin/python" -m pytest "$repo/tests/distributed/test_openmpi.py" -p no:cacheprovider -q -rs "$@"

@@ -1,4 +1,4 @@
-"""Run under mpiexec by tests/test_directed_exchange.py: the causal point-to-point exchange
+"""Run under mpiexec by tests/strategy/test_directed_exchange.py: the causal point-to-point exchange
 (`Communicator.isend_recv`) on an emulated link, raw and inside a decoder. Prints one JSON line
 on rank 0.
 

@@ -1,4 +1,4 @@
-"""Run under mpiexec by tests/test_distributed.py: one request through the MPI runtime, then
+"""Run under mpiexec by tests/distributed/test_distributed.py: one request through the MPI runtime, then
 (on rank 0) the same request simulated in one process and unpartitioned. Prints one JSON line
 on rank 0 with the differences, the bytes counted and the bytes of the wire layout
 (`prism_ops.wire`, what `prism_ops.cost` also counts). With quantized summaries it also reports

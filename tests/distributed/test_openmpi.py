@@ -4,7 +4,7 @@
 own (the README's Open MPI commands) and runs this file with PRISM_TEST_MPIEXEC set to Open
 MPI's `mpirun`; under MPICH (the main suite) every case here skips. The cases: a MiniLM
 embedding and a SmolLM2 generation over 2 ranks equal to the same request in one process within
-the fp32 budget (tests/test_distributed.py states it), a killed rank that ends a 3-rank job well
+the fp32 budget (tests/distributed/test_distributed.py states it), a killed rank that ends a 3-rank job well
 within the timeout, and `prism-run --verbose` naming Open MPI and its transport.
 """
 
@@ -15,9 +15,10 @@ import pytest
 pytest.importorskip("mpi4py")
 pytest.importorskip("transformers")
 
-from launch import BIN, launcher_name, mpirun  # noqa: E402
-from test_distributed import (HERE, TEXT, assert_ids_match_simulation, assert_matches_simulation,  # noqa: E402
-                              check_run, has)
+from launch import (BIN, MPI_SCRIPTS as HERE, assert_ids_match_simulation, assert_matches_simulation,  # noqa: E402
+                    check_run, has, launcher_name, mpirun)
+
+TEXT = "Edge boxes share one transformer: each owns a slice of the text and sends the others a summary."
 
 pytestmark = pytest.mark.skipif(launcher_name() != "Open MPI",
                                 reason="the Open MPI tier (tools/test_openmpi.sh) runs these under Open MPI's mpirun")

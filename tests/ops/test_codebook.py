@@ -20,8 +20,9 @@ from prism_ops.ops.codebook_rows import (codebook_codes, codebook_decode, codebo
 from prism_ops.ops.partitioned_attention import partitioned_attention
 from prism_ops.wire import payload_layouts
 
-sys.path.insert(0, str(Path(__file__).parent))
-sys.path.insert(0, str(Path(__file__).parent / "mpi"))
+from launch import MPI_SCRIPTS  # noqa: E402
+
+sys.path.insert(0, str(MPI_SCRIPTS))  # check_run.build: the models the MPI checks run
 
 
 def all_rows_codebook(x, group):
@@ -170,7 +171,7 @@ def test_calibrate_checks_its_arguments():
 @pytest.mark.parametrize("exchange,levers", [("kv", {}), ("hidden", {"sink_tokens": 2, "halo": 2})])
 def test_mpiexec_2_ranks_equal_the_simulation(tmp_path, exchange, levers):
     pytest.importorskip("mpi4py")
-    from test_distributed import MPIEXEC, assert_matches_simulation, check_run
+    from launch import MPIEXEC, assert_matches_simulation, check_run
 
     if MPIEXEC is None:
         pytest.skip("needs mpiexec (pip install mpich)")

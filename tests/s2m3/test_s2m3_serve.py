@@ -154,7 +154,7 @@ def test_every_rank_builds_the_plans_preset(tmp_path):
     budget 1e-5), not the one at segment size 16."""
     base = {"devices": ["a", "b"], "size": "tiny", "models": ["cifar10-vits16"], "suite_version": SUITE_VERSION,
             "plan": {"vit-s16": "a", "classifier:384x10:seed13": "b"}}
-    # (every preset's resolution without MPI: tests/test_s2m3_plan.py)
+    # (every preset's resolution without MPI: tests/s2m3/test_s2m3_plan.py)
     entries = {"edge": {"preset": "edge"}, "default": {}, "edge-8bit": {"preset": "edge", "summary_bits": 8}}
     plans = {k: {**base, "prism": {"vit-s16": {"devices": ["a", "b"], **e}}} for k, e in entries.items()}
     (tmp_path / "plans.json").write_text(json.dumps(plans))

@@ -25,13 +25,14 @@ from prism_ops import hf  # noqa: E402
 from prism_ops.hf.attention_calls import KNOWN, call_keywords, eager_parameters  # noqa: E402
 from prism_ops.hf.forward import _padding_from_mask  # noqa: E402
 
+from launch import ROOT  # noqa: E402
 from model_zoo import BY_ID, FAMILIES, FLOOR, inputs, readme_table, release  # noqa: E402
 
 INSTALLED = transformers.__version__  # what each family does depends on the release (model_zoo.Family.refusal)
 SUPPORTED = [f for f in FAMILIES if not f.refusal(INSTALLED)]
 REFUSED = [f for f in FAMILIES if f.refusal(INSTALLED)]
 DECODERS = [f for f in SUPPORTED if f.kind == "decoder"]
-README = Path(__file__).resolve().parent.parent / "README.md"
+README = ROOT / "README.md"
 
 
 def ids(families):
@@ -255,7 +256,7 @@ MPI_CASES = [
 
 @pytest.mark.parametrize("family_id,kw", MPI_CASES, ids=[c[0] for c in MPI_CASES])
 def test_under_real_mpiexec_2_ranks_equals_the_model(family_id, kw):
-    from test_distributed import MPIEXEC, check_run
+    from launch import MPIEXEC, check_run
 
     if MPIEXEC is None:
         pytest.skip("needs mpiexec (pip install mpich)")

@@ -1,15 +1,8 @@
 """The MPI runtime under real mpiexec (2, 3 and 4 ranks on this machine).
 
-Each case launches tests/mpi/check_run.py, which serves one request over the ranks and, on
-rank 0, runs the same request simulated in one process and unpartitioned; it prints the
-differences and the bytes counted. Distributed and simulated runs do the same float32
-operations on the same rows, apart from the order of some sums (per-token layers on n_p rows
-instead of N, two softmax blocks merged by log-sum-exp instead of one), so they agree to a few
-float32 ulps per layer: the bound below is 1e-5 of the output's scale per layer. With quantized
-summaries those last bits may round a value on a boundary to the other code, so the bound adds
-`err_step`, the output's change under one code step in every quantized exchange (measured by
-check_run.py on the simulation). Generated ids are compared where the top-2 logit margin exceeds
-the same bound on the logits.
+Each case launches tests/mpi/check_run.py (`launch.check_run`), which serves one request over the
+ranks and, on rank 0, runs the same request simulated in one process and unpartitioned; it prints
+the differences and the bytes counted. `launch.assert_matches_simulation` says the error budget.
 """
 
 import json
@@ -26,44 +19,10 @@ import pytest
 pytest.importorskip("mpi4py")
 pytest.importorskip("transformers")
 
-from launch import BIN, ENV, MPIEXEC, mpirun  # noqa: E402
+from launch import (BIN, ENV, MPI_SCRIPTS as HERE, MPIEXEC, assert_ids_match_simulation,  # noqa: E402
+                    assert_matches_simulation, check_run, has, mpirun)
 
-HERE = Path(__file__).parent / "mpi"
 pytestmark = pytest.mark.skipif(MPIEXEC is None, reason="needs mpiexec (pip install mpich)")
-
-
-def check_run(n, **kw):
-    args = []
-    for k, v in kw.items():
-        args += [f"--{k.replace('_', '-')}", json.dumps(v) if isinstance(v, dict) else str(v)]
-    p, _ = mpirun(n, sys.executable, str(HERE / "check_run.py"), *args)
-    assert p.returncode == 0, p.stderr[-3000:]
-    return json.loads(p.stdout.strip().splitlines()[-1])
-
-
-def has(module):
-    import importlib.util
-
-    return importlib.util.find_spec(module) is not None
-
-
-def assert_matches_simulation(r, layers):
-    assert r["err_sim"] <= 1e-5 * max(1.0, r["scale"]) * layers + r["err_step"], r
-    assert r["bytes"] == [r["expected_bytes"]] * layers  # the cost model's formula, per layer
-
-
-def assert_ids_match_simulation(r, layers, n):
-    """Greedy ids: each equals the simulation's where the simulated top-2 logit margin exceeds
-    the logit budget (the bound above on logits of scale logit_scale); at a near-tie either token
-    is right, and from a differing one on the two runs continue different prefixes."""
-    assert len(r["ids"][0]) == n and len(r["margins_sim"]) == n, r
-    budget = 1e-5 * max(1.0, r["logit_scale"]) * layers + r["err_step"]
-    for i, (a, b, margin) in enumerate(zip(zip(*r["ids"]), zip(*r["ids_sim"]), r["margins_sim"])):
-        if margin > budget:
-            assert a == b, (i, margin, budget, r)
-        elif a != b:
-            return
-    assert r["bytes"] == [r["expected_bytes"]] * layers
 
 
 # (model, ranks, extra arguments, layers): sequence lengths not divisible by the rank count.

@@ -4,7 +4,6 @@ other, and a decoder over it gives the simulated output with the cost model's by
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -14,11 +13,8 @@ import pytest
 pytest.importorskip("mpi4py")
 pytest.importorskip("transformers")
 
-HERE = Path(__file__).parent / "mpi"
-BIN = Path(sys.executable).parent
-MPIEXEC = str(BIN / "mpiexec") if (BIN / "mpiexec").exists() else shutil.which("mpiexec")
+from launch import BIN, ENV, MPI_SCRIPTS as HERE, MPIEXEC  # noqa: E402  (the one launcher setup)
 pytestmark = pytest.mark.skipif(MPIEXEC is None, reason="needs mpiexec (pip install mpich)")
-ENV = dict(os.environ, HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false")
 
 
 @pytest.fixture(scope="module")

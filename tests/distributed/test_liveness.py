@@ -13,7 +13,6 @@ by the test harness, `tests/harness`, which installs the package's test hook in 
 
 import os
 import re
-import shutil
 import signal
 import subprocess
 import sys
@@ -29,10 +28,8 @@ pytest.importorskip("transformers")
 from harness import with_hooks  # noqa: E402
 from tiny_model import TEXT, write_tiny_gpt2  # noqa: E402
 
-BIN = Path(sys.executable).parent
-MPIEXEC = str(BIN / "mpiexec") if (BIN / "mpiexec").exists() else shutil.which("mpiexec")
+from launch import BIN, ENV, MPIEXEC  # noqa: E402  (the one launcher setup)
 pytestmark = pytest.mark.skipif(MPIEXEC is None, reason="needs mpiexec (pip install mpich)")
-ENV = dict(os.environ, HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false")
 TIMEOUT = 3  # --timeout: seconds of silence
 
 

@@ -10,7 +10,6 @@ broadcast rank 0 had skipped until the timeout.
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 import time
@@ -26,9 +25,7 @@ from prism_ops.distributed.faults import guarded  # noqa: E402
 from prism_ops.input_files import MAX_INPUT_BYTES, MAX_PROFILE_BYTES  # noqa: E402
 from tiny_model import write_tiny_gpt2  # noqa: E402
 
-BIN = Path(sys.executable).parent
-MPIEXEC = str(BIN / "mpiexec") if (BIN / "mpiexec").exists() else shutil.which("mpiexec")
-ENV = dict(os.environ, HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false")
+from launch import BIN, ENV, MPIEXEC  # noqa: E402  (the one launcher setup)
 
 NUMBERS = ["", "x", "nan"]  # not numbers at all (nan: not an int; for floats, checked by range)
 # flag -> bad values; {name} is a file made by the `files` fixture.

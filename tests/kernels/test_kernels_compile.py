@@ -18,7 +18,7 @@ import pytest
 
 import kernel_compile as kc
 
-HERE = Path(__file__).parent
+from launch import TESTS as HERE  # noqa: E402  (tests/kernel_compile.py is there)
 JOBS = kc.jobs()
 # Over sm_90's 232,448 B: 2 B * 128 * (64 + 2 * 64 * 8) = 278,528 B of q and eight K/V stages (on
 # sm_90 the estimate of 64-row fp16 tiles is what Triton allocates, within 1%).

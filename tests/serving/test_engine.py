@@ -1,0 +1,85 @@
+"""The service engine (`serving/engine.py`) without MPI or HTTP: 2 ranks as threads on the in-memory
+communicator (tests/fake_comm.py), requests parsed as the HTTP side parses them and queued before
+the engine runs, so it batches them.
+
+Embeddings queued together run in fewer forwards than requests, and each equals the same text
+run alone in one process (`in_process.run_simulated`) within the runtime's fp32 budget
+(`launch.assert_matches_simulation`: 1e-5 of the scale per layer). Greedy completions of one
+prompt length run as one batch, each row to its own max_tokens, with the ids a single run gives.
+"""
+
+import copy
+
+import pytest
+import torch
+
+transformers = pytest.importorskip("transformers")
+
+from fake_comm import fake_comms, run_ranks  # noqa: E402
+
+from prism_ops import PrismConfig, hf  # noqa: E402
+from prism_ops.in_process import run_simulated  # noqa: E402
+from prism_ops.request_types import Request  # noqa: E402
+from prism_ops.serving.engine import Engine  # noqa: E402
+from prism_ops.serving.openai_api import Served, parse  # noqa: E402
+
+
+def serve(base, tok, served, bodies, endpoint, ranks=2, config=PrismConfig(2, 1)):
+    """Every body queued on rank 0's engine, then the engines run until the queue is empty; the
+    (kind, body) each request was answered with, and the engines."""
+    comms = fake_comms(ranks)
+    engines = [Engine(hf.configure(copy.deepcopy(base), config.replace(num_partitions=ranks), comm=c), tok, c, served)
+               for c in comms]
+    answers = [[] for _ in bodies]
+    for i, body in enumerate(bodies):
+        job = engines[0].prepare(parse(endpoint, body, served))
+        engines[0].submit(job, answers[i].append)
+    engines[0].stop_when_idle = True
+    run_ranks(comms, lambda c: engines[c.rank].run())
+    return answers, engines
+
+
+def bert():
+    from transformers import BertConfig, BertModel
+
+    torch.manual_seed(0)
+    return BertModel(BertConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
+                                vocab_size=100)).eval()
+
+
+def test_queued_embeddings_run_batched_and_each_equals_its_text_alone():
+    base = bert()
+    served = Served("tiny-bert", decoder=False, max_positions=512, width=32, vocab_size=100)
+    g = torch.Generator().manual_seed(4)
+    texts = [torch.randint(1, 100, (n,), generator=g).tolist() for n in (12, 9, 12, 17, 5)]
+    answers, engines = serve(base, None, served, [{"input": [ids]} for ids in texts], "embeddings")
+    assert all(len(a) == 1 and a[0][0] == "done" for a in answers), answers
+    assert engines[0].forwards < len(texts)  # batched
+    model = copy.deepcopy(base)
+    hf.configure(model, PrismConfig(2, 1))
+    for ids, a in zip(texts, answers):
+        got = torch.tensor(a[0][1]["data"][0]["embedding"])
+        ref = run_simulated(model, Request(ids=torch.tensor([ids])), 2).output[0].float()
+        assert (got - ref).abs().max().item() <= 1e-5 * max(1.0, ref.abs().max().item()) * 2
+
+
+def test_greedy_completions_of_one_length_decode_as_one_batch(tmp_path):
+    from tiny_model import WORDS, write_tiny_gpt2
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    folder = write_tiny_gpt2(tmp_path / "tiny")
+    tok, base = AutoTokenizer.from_pretrained(folder), AutoModelForCausalLM.from_pretrained(folder).eval()
+    served = Served("tiny", decoder=True, max_positions=64, vocab_size=len(tok))
+    prompt = " ".join(WORDS[:20])
+    bodies = [{"prompt": prompt, "max_tokens": n, "temperature": 0} for n in (3, 6)]
+    answers, engines = serve(base, tok, served, bodies, "completions")
+    assert engines[0].forwards == 1  # one prefill and one decoding for both
+    model = copy.deepcopy(base)
+    hf.configure(model, PrismConfig(2, 1))
+    ids = torch.tensor([tok(prompt)["input_ids"]])
+    ref = run_simulated(model, Request(ids=ids, generate=6), 2).token_ids[0]
+    for n, a in zip((3, 6), answers):
+        kind, body = a[-1]
+        assert kind == "done" and body["usage"]["completion_tokens"] == n
+        assert body["choices"][0]["text"] == tok.decode(ref[:n], skip_special_tokens=True)
+        assert body["choices"][0]["finish_reason"] == "length"

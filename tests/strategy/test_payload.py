@@ -1,0 +1,39 @@
+"""A rank's payload as bytes (prism_ops/wire.py, prism_ops/strategy/payload.py) and the --auto choice, without MPI."""
+
+import pytest
+import torch
+
+from prism_ops import PrismConfig, partition_bounds
+from prism_ops.strategy.payload import decode, encode, pack_codes, unpack_codes
+from prism_ops.ops.quantize_rows import quantize_codes, quantize_rows
+from prism_ops.wire import PayloadLayout, payload_layouts
+
+
+@pytest.mark.parametrize("bits", [2, 3, 4, 8])
+@pytest.mark.parametrize("n", [1, 7, 8, 13])
+def test_pack_unpack_round_trip(bits, n):
+    codes = torch.randint(0, 2**bits, (n,), dtype=torch.uint8)
+    packed = pack_codes(codes, bits)
+    assert packed.numel() == -(-n * bits // 8)
+    assert torch.equal(unpack_codes(packed, bits, n), codes)
+
+
+@pytest.mark.parametrize("bits", [0, 3, 4])
+@pytest.mark.parametrize("clusters", [False, True])
+def test_encode_decode_gives_what_the_simulation_uses(bits, clusters):
+    B, H, C, E, S = 2, 3, 8, 2, 5
+    exact, means = torch.randn(B, H, E, C), torch.randn(B, H, S, C)
+    counts = torch.randint(0, 4, (B, S), dtype=torch.int32)
+    lay = PayloadLayout(B, H, C, E, S, torch.float32, bits, clusters)
+    sent = (counts > 0)[:, None, :, None]
+    quant = {}
+    if bits:
+        codes, lo, step = quantize_codes(means, bits, sent)
+        quant = dict(codes=codes, lo=lo, step=step)
+    data = encode(lay, exact, means=means, counts=counts, **quant)
+    assert data.dtype == torch.uint8 and data.numel() == lay.nbytes
+    ex, got, cnt = decode(lay, data)
+    assert torch.equal(ex, exact)
+    want = quantize_rows(means, bits, sent)
+    assert torch.equal(torch.where(sent, got, want), want)  # bitwise, on the rows that count
+    assert (cnt is None) == (not clusters) and (cnt is None or torch.equal(cnt, counts))
