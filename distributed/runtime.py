@@ -36,7 +36,8 @@ import torch
 
 from prism_ops.ops.partitioned_attention import partition_bounds
 from prism_ops.pooling import Pooling, combine, local_part
-from prism_ops.request_types import ModelRunner, Request, RequestError, Result, check_request, default_positions
+from prism_ops.request_types import (ModelRunner, Request, RequestError, Result, Sampling, check_request,
+                                     default_positions)
 from prism_ops.strategy import RequestState, request_scope
 from prism_ops.strategy.payload import as_bytes
 from prism_ops.tags import TAG_TOKEN, TAG_TOKEN_STOP
@@ -94,10 +95,8 @@ def run_distributed(runner: ModelRunner, comm, req: Request | None, eos=None, pr
     every = allgather_json(comm, times)
     if comm.rank != 0:
         return None
-    res = assemble(head, got)
-    res.bytes_per_layer = torch.stack([s.view(torch.int64) for s in sent]).sum(0).tolist()
-    res.seconds = {k: max(t.get(k, 0.0) for t in every) for k in every[-1]}  # the slowest rank's
-    return res
+    return assemble(head, got, torch.stack([s.view(torch.int64) for s in sent]).sum(0).tolist(),
+                    {k: max(t.get(k, 0.0) for t in every) for k in every[-1]})  # the slowest rank's seconds
 
 
 class _TokenStream:
@@ -234,9 +233,7 @@ def local_output(runner, head, h, cache, valid_local, last, eos, progress, on_to
     if head["generate"]:
         new = torch.empty(B, 0, dtype=torch.long)
         if last:
-            r = Request(generate=head["generate"], temperature=head["temperature"], top_k=head["top_k"],
-                        top_p=head["top_p"], seed=head["seed"])
-            new = runner.decode(h[:, -1], cache, head["N"], r, eos, progress, on_token).cpu()
+            new = runner.decode(h[:, -1], cache, head["N"], Sampling.from_head(head), eos, progress, on_token).cpu()
         return as_bytes(new.long())
     if head["output"] == "embedding":
         return as_bytes(local_part(h, valid_local.to(h.device), c0, Pooling.from_json(head.get("pooling"))).cpu())
@@ -245,17 +242,17 @@ def local_output(runner, head, h, cache, valid_local, last, eos, progress, on_to
     return as_bytes(runner.next_logits(h[:, -1]).float().cpu() if last else torch.empty(0))
 
 
-def assemble(head, got) -> Result:
-    """Rank 0: the Result from every rank's bytes."""
+def assemble(head, got, bytes_per_layer: list, seconds: dict) -> Result:
+    """Rank 0: the Result from every rank's bytes, the bytes sent per layer and the seconds."""
     B, bounds = head["B"], head["bounds"]
-    res = Result(output=None, bounds=bounds)
+    ids = None
     if head["generate"]:
-        ids = got[-1].view(torch.int64).view(B, -1)
-        res.output, res.token_ids = ids, ids.tolist()
+        output = ids = got[-1].view(torch.int64).view(B, -1)
     elif head["output"] == "embedding":
-        res.output = combine([g.view(torch.float64).view(B, -1) for g in got], Pooling.from_json(head.get("pooling")))
+        output = combine([g.view(torch.float64).view(B, -1) for g in got], Pooling.from_json(head.get("pooling")))
     elif head["output"] == "hidden":
-        res.output = torch.cat([g.view(torch.float32).view(B, e - s, -1) for g, (s, e) in zip(got, bounds)], 1)
+        output = torch.cat([g.view(torch.float32).view(B, e - s, -1) for g, (s, e) in zip(got, bounds)], 1)
     else:
-        res.output = got[-1].view(torch.float32).view(B, -1)
-    return res
+        output = got[-1].view(torch.float32).view(B, -1)
+    return Result(output=output, token_ids=None if ids is None else ids.tolist(), bytes_per_layer=bytes_per_layer,
+                  seconds=seconds, bounds=bounds)

@@ -47,8 +47,9 @@ class ModelRunner(Protocol):
     def forward_local(self, c0: int, c1: int, *, use_cache: bool = False, **inputs):
         """(last hidden state `[B, c1 - c0, d]` of tokens [c0, c1), a decoder's KV cache or None)."""
 
-    def decode(self, h_last, cache, first_position: int, req, eos, progress: bool, on_token=None) -> torch.Tensor:
-        """New token ids `[B, n]` after h_last `[B, d]`, from the KV cache, as req says."""
+    def decode(self, h_last, cache, first_position: int, sampling, eos, progress: bool, on_token=None) -> torch.Tensor:
+        """New token ids `[B, n]` after h_last `[B, d]`, from the KV cache, as `sampling` (a Sampling,
+        or a Request: the same fields) says."""
 
     def next_logits(self, h_last) -> torch.Tensor:
         """A decoder's next-token logits `[B, V]` from the last hidden state `[B, d]`."""
@@ -85,6 +86,21 @@ class Request:
     # ranks' column bounds; None: positions 0..N-1 and bounds from the partition weights.
     positions: torch.Tensor | None = None
     bounds: list | None = None
+
+
+@dataclass(frozen=True)
+class Sampling:
+    """How a decoder picks its new tokens (the decoding rank reads them from the request's head)."""
+
+    generate: int = 0
+    temperature: float = 0.0  # 0: greedy
+    top_k: int = 0
+    top_p: float = 1.0
+    seed: int = 0
+
+    @classmethod
+    def from_head(cls, head: dict) -> "Sampling":
+        return cls(**{f: head[f] for f in cls.__dataclass_fields__})
 
 
 @dataclass

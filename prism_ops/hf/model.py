@@ -65,29 +65,29 @@ def cache_of(out):
     return out.cache if "cache" in out.keys() else getattr(out, "past_key_values", None)
 
 
-def decode_tokens(model, h_last, cache, first_position, req, eos=None, progress=False, on_token=None):
-    """Sample req.generate tokens after hidden state h_last `[B, d]`; returns ids `[B, n]`.
+def decode_tokens(model, h_last, cache, first_position, sampling, eos=None, progress=False, on_token=None):
+    """Sample sampling.generate tokens after hidden state h_last `[B, d]`; returns ids `[B, n]`.
 
-    req carries the sampling settings (generate, temperature, top_k, top_p, seed): a
-    `prism_ops.distributed.runtime.Request`. on_token(ids `[B]`), if given, sees each token as soon as it
+    sampling: generate, temperature, top_k, top_p, seed (a `prism_ops.request_types.Sampling`, or
+    a Request, which has the same fields). on_token(ids `[B]`), if given, sees each token as soon as it
     is chosen; when it returns True, decoding stops there (a stop sequence was reached)."""
     from tqdm import tqdm
     from transformers import LogitsProcessorList, TemperatureLogitsWarper, TopKLogitsWarper, TopPLogitsWarper
 
     warpers = LogitsProcessorList()
-    if req.temperature > 0:
-        warpers.append(TemperatureLogitsWarper(req.temperature))
-        if req.top_k:
-            warpers.append(TopKLogitsWarper(req.top_k))
-        if req.top_p < 1.0:
-            warpers.append(TopPLogitsWarper(req.top_p))
-    gen = torch.Generator().manual_seed(req.seed)
+    if sampling.temperature > 0:
+        warpers.append(TemperatureLogitsWarper(sampling.temperature))
+        if sampling.top_k:
+            warpers.append(TopKLogitsWarper(sampling.top_k))
+        if sampling.top_p < 1.0:
+            warpers.append(TopPLogitsWarper(sampling.top_p))
+    gen = torch.Generator().manual_seed(sampling.seed)
     lm_head, base = model.get_output_embeddings(), model.base_model
     cache_arg = cache_keyword(base)
     logits = lm_head(h_last).float()
     out = []
-    for t in tqdm(range(req.generate), desc="generating", unit="tok", disable=not progress, file=sys.stderr):
-        if req.temperature > 0:
+    for t in tqdm(range(sampling.generate), desc="generating", unit="tok", disable=not progress, file=sys.stderr):
+        if sampling.temperature > 0:
             probs = torch.softmax(warpers(None, logits), -1)
             nxt = torch.multinomial(probs.cpu(), 1, generator=gen)[:, 0].to(logits.device)
         else:
@@ -97,7 +97,7 @@ def decode_tokens(model, h_last, cache, first_position, req, eos=None, progress=
             break
         if eos is not None and bool((nxt == eos).all()):
             break
-        if t == req.generate - 1:
+        if t == sampling.generate - 1:
             break
         pos = torch.full_like(nxt[:, None], first_position + t)
         h = base(input_ids=nxt[:, None], position_ids=pos, use_cache=True, **{cache_arg: cache}).last_hidden_state

@@ -48,8 +48,8 @@ class HFRunner:
     def forward_local(self, c0, c1, *, use_cache=False, **inputs):
         return local_hidden(self.model, self.kind, c0, c1, use_cache=use_cache, **inputs)
 
-    def decode(self, h_last, cache, first_position, req, eos, progress, on_token=None):
-        return decode_tokens(self.model, h_last, cache, first_position, req, eos, progress, on_token)
+    def decode(self, h_last, cache, first_position, sampling, eos, progress, on_token=None):
+        return decode_tokens(self.model, h_last, cache, first_position, sampling, eos, progress, on_token)
 
     def next_logits(self, h_last):
         return self.model.get_output_embeddings()(h_last)

@@ -110,12 +110,12 @@ class SlowDecoding:
     def __getattr__(self, name):
         return getattr(self.runner, name)
 
-    def decode(self, h_last, cache, first_position, req, eos, progress, on_token=None):
+    def decode(self, h_last, cache, first_position, sampling, eos, progress, on_token=None):
         def slow(ids):
             time.sleep(self.pause_s)
             return on_token(ids)
 
-        return self.runner.decode(h_last, cache, first_position, req, eos, progress, slow if on_token else None)
+        return self.runner.decode(h_last, cache, first_position, sampling, eos, progress, slow if on_token else None)
 
 
 def test_rank_0_stops_the_stream_and_the_next_request_runs_whole():
