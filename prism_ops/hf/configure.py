@@ -114,6 +114,33 @@ def configure(model, config: PrismConfig | None = None, *, comm=None, num_partit
     NotImplementedError for an attention feature prism attention does not implement (attention
     sinks, position biases, an unknown keyword; `prism_ops.hf.attention_calls`). All before any model work.
     """
+    config = _checked_config(model, config, comm, num_partitions, segment_size, preset, levers)
+    attention = _attention_or_refuse(model)
+    features = [_layer_features(model, m) for m in attention]
+    _check_windowed(model, config, features)
+    config = config.replace(exchange=_resolve_exchange(model, config.exchange, attention))
+    register()
+    for old in attached_layers(model):
+        old.detach()
+    for m in model.modules():
+        if getattr(m, LAYER_ATTR, None) is not None:
+            delattr(m, LAYER_ATTR)
+    books = _codebooks(model, config) if config.summary_codebook else None
+    strategy = SimulatedPartitions() if comm is None else RankPartition(comm, config, num_layers=len(attention))
+    head_dim = ModelShape.from_config(model.config).head_dim
+    for index, m in enumerate(attention):
+        window, softcap = features[index]
+        layer = PrismLayer(m, config, index, head_dim, strategy, kv_params=kv_params, window=window, softcap=softcap)
+        layer.codebook = None if books is None else books[index]
+        if strategy.needs_hidden(config):
+            layer.hook = m.register_forward_pre_hook(capture_hidden(layer), with_kwargs=True)
+        setattr(m, LAYER_ATTR, layer)
+    model.set_attn_implementation(NAME)
+    return HFRunner(model, config, strategy, len(attention))
+
+
+def _checked_config(model, config, comm, num_partitions, segment_size, preset, levers) -> PrismConfig:
+    """configure's arguments checked (TypeError, ValueError naming them), as one PrismConfig."""
     if not isinstance(model, torch.nn.Module) or not hasattr(model, "set_attn_implementation") \
             or not hasattr(model, "config"):
         raise TypeError(f"model must be a Hugging Face transformers model (a PreTrainedModel, e.g. from "
@@ -134,6 +161,12 @@ def configure(model, config: PrismConfig | None = None, *, comm=None, num_partit
     if comm is not None and comm.size != config.num_partitions:
         raise ValueError(f"num_partitions must equal the number of ranks comm.size={comm.size}, "
                          f"got {config.num_partitions}")
+    return config
+
+
+def _attention_or_refuse(model) -> list:
+    """The model's attention modules that call transformers' attention interface, or ValueError /
+    NotImplementedError for a model prism attention cannot run (none, or an ALiBi bias)."""
     attention = attention_modules(model)
     if not attention:  # nothing would run as PRISM, and every forward would fail later
         own = sorted({type(m).__name__ for m in model.modules() if type(m).__name__.endswith("Attention")})
@@ -144,38 +177,24 @@ def configure(model, config: PrismConfig | None = None, *, comm=None, num_partit
         raise NotImplementedError(f"model {type(model).__name__} uses an ALiBi position bias (config.alibi), which "
                                   "prism attention does not implement; use attn_implementation='sdpa' or 'eager' "
                                   "for this model")
-    features = [_layer_features(model, m) for m in attention]
+    return attention
+
+
+def _check_windowed(model, config: PrismConfig, features: list) -> None:
+    """Levers that have no meaning, or no implementation, on sliding-window or soft-capped layers."""
     windowed = [i for i, (w, c) in enumerate(features) if w is not None or c is not None]
-    if windowed:
-        what = "sliding-window or soft-capped attention"
-        if config.cluster_iters:
-            raise ValueError(f"cluster_iters={config.cluster_iters}: model {type(model).__name__} has {what} "
-                             f"(layers {windowed}), where a key-cluster row has no span; use cluster_iters=0")
-        if config.summary_codebook:
-            raise NotImplementedError(f"summary_codebook with {what} (model {type(model).__name__}) is not "
-                                      "implemented; use summary_bits instead")
-        if config.backend == "triton":
-            raise ValueError(f"backend='triton' has no {what} (model {type(model).__name__}); use backend='auto' or "
-                             "'torch'")
-    config = config.replace(exchange=_resolve_exchange(model, config.exchange, attention))
-    register()
-    for old in attached_layers(model):
-        old.detach()
-    for m in model.modules():
-        if getattr(m, LAYER_ATTR, None) is not None:
-            delattr(m, LAYER_ATTR)
-    books = _codebooks(model, config) if config.summary_codebook else None
-    strategy = SimulatedPartitions() if comm is None else RankPartition(comm, config, num_layers=len(attention))
-    head_dim = ModelShape.from_config(model.config).head_dim
-    for index, m in enumerate(attention):
-        window, softcap = features[index]
-        layer = PrismLayer(m, config, index, head_dim, strategy, kv_params=kv_params, window=window, softcap=softcap)
-        layer.codebook = None if books is None else books[index]
-        if strategy.needs_hidden(config):
-            layer.hook = m.register_forward_pre_hook(capture_hidden(layer), with_kwargs=True)
-        setattr(m, LAYER_ATTR, layer)
-    model.set_attn_implementation(NAME)
-    return HFRunner(model, config, strategy, len(attention))
+    if not windowed:
+        return
+    what = "sliding-window or soft-capped attention"
+    if config.cluster_iters:
+        raise ValueError(f"cluster_iters={config.cluster_iters}: model {type(model).__name__} has {what} "
+                         f"(layers {windowed}), where a key-cluster row has no span; use cluster_iters=0")
+    if config.summary_codebook:
+        raise NotImplementedError(f"summary_codebook with {what} (model {type(model).__name__}) is not "
+                                  "implemented; use summary_bits instead")
+    if config.backend == "triton":
+        raise ValueError(f"backend='triton' has no {what} (model {type(model).__name__}); use backend='auto' or "
+                         "'torch'")
 
 
 def _codebooks(model, config: PrismConfig) -> list:

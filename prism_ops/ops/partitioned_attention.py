@@ -111,26 +111,13 @@ def partitioned_attention(
     T = q.shape[2]
     if k.shape[2] != T:
         raise ValueError(f"k must cover the same T={T} tokens as q (shape [B, Hkv, T, D]), got T={k.shape[2]}")
-    check_int(segment_size, "segment_size", 1)
-    check_int(sink_tokens, "sink_tokens", 0)
-    check_int(halo, "halo", 0)
-    check_cluster_iters(cluster_iters)
-    check_bits(summary_bits)
-    if summary_bits and round_rows is not None:
-        raise ValueError(f"summary_bits={summary_bits} and round_rows both round the summary rows; give one")
-    if summary_bits:
-        def round_rows(rows, sent):
-            return quantize_rows(rows, summary_bits, sent)
+    round_rows = _checked_levers(segment_size, sink_tokens, halo, cluster_iters, summary_bits, round_rows, window,
+                                 softcap)
     for name, flag in (("causal", causal), ("log_count_bias", log_count_bias), ("return_rows", return_rows)):
         check_bool(flag, name)
     if scale is not None:
         check_real(scale, "scale", "None (1/sqrt(D)) or a finite number > 0")
     check_backend(backend)
-    check_window(window)
-    check_softcap(softcap)
-    if window is not None and cluster_iters:
-        raise ValueError(f"cluster_iters={cluster_iters} with window={window}: a key-cluster row has no contiguous "
-                         "span to test against the window; use positional segments (cluster_iters=0)")
     bounds = partition_bounds(T, num_partitions, weights)
     B = q.shape[0]
     if valid is not None:
@@ -143,31 +130,56 @@ def partitioned_attention(
     rows = [_sent_rows(bounds, c, k, kv, valid_bt, hidden, kv_weight, segment_size, cluster_iters, window, round_rows,
                        backend, layout) for c in range(len(bounds))]
 
-    outs, seen = [], []
-    windowed = window is not None or softcap is not None
-    pos = torch.arange(T, device=q.device)
-    for p, (start, end) in enumerate(bounds):
-        k_sum, v_sum, sum_counts = visible_rows(rows, p, causal, bounds=bounds, window=window)
-        seen.append((k_sum, v_sum, sum_counts))
-        if windowed:
-            spans = visible_spans(bounds, p, segment_size, sink_tokens=sink_tokens, halo=halo, causal=causal,
-                                  window=window).to(q.device)
-            outs.append(windowed_prism_attention(
-                q[:, :, start:end], k[:, :, start:end], v[:, :, start:end], k_sum, v_sum, sum_counts,
-                q_pos=pos[start:end], k_pos=pos[start:end], sum_spans=spans if k_sum is not None else None,
-                causal=causal, window=window, softcap=softcap, scale=scale, log_count_bias=log_count_bias,
-                k_valid=None if valid is None else valid[:, start:end], backend=backend))
-            continue
-        outs.append(
-            prism_attention(
-                q[:, :, start:end], k[:, :, start:end], v[:, :, start:end], k_sum, v_sum, sum_counts,
-                causal=causal, scale=scale, log_count_bias=log_count_bias,
-                k_valid=None if valid is None else valid[:, start:end], backend=backend,
-            )
-        )
+    opts = dict(causal=causal, scale=scale, log_count_bias=log_count_bias, backend=backend)
+    outs, seen = _attend_chunks(q, k, v, rows, bounds, valid, window=window, softcap=softcap,
+                                spans=dict(segment_size=segment_size, sink_tokens=sink_tokens, halo=halo), **opts)
     out = torch.cat(outs, dim=2)
     return (out, seen) if return_rows else out
 
+
+def _checked_levers(segment_size, sink_tokens, halo, cluster_iters, summary_bits, round_rows, window, softcap):
+    """The levers checked (ValueError naming each); returns how summary rows are rounded (or None)."""
+    check_int(segment_size, "segment_size", 1)
+    check_int(sink_tokens, "sink_tokens", 0)
+    check_int(halo, "halo", 0)
+    check_cluster_iters(cluster_iters)
+    check_bits(summary_bits)
+    check_window(window)
+    check_softcap(softcap)
+    if window is not None and cluster_iters:
+        raise ValueError(f"cluster_iters={cluster_iters} with window={window}: a key-cluster row has no contiguous "
+                         "span to test against the window; use positional segments (cluster_iters=0)")
+    if summary_bits and round_rows is not None:
+        raise ValueError(f"summary_bits={summary_bits} and round_rows both round the summary rows; give one")
+    if summary_bits:
+        def round_rows(rows, sent):
+            return quantize_rows(rows, summary_bits, sent)
+    return round_rows
+
+
+def _attend_chunks(q, k, v, rows, bounds, valid, *, window, softcap, spans, causal, scale, log_count_bias, backend):
+    """Each chunk's queries against its own keys and the rows it sees: (outputs per chunk, the
+    (k_sum, v_sum, counts) each chunk saw). spans: segment_size, sink_tokens and halo (the spans
+    of summary rows, for a sliding window)."""
+    outs, seen = [], []
+    windowed = window is not None or softcap is not None
+    pos = torch.arange(q.shape[2], device=q.device)
+    for p, (start, end) in enumerate(bounds):
+        k_sum, v_sum, sum_counts = visible_rows(rows, p, causal, bounds=bounds, window=window)
+        seen.append((k_sum, v_sum, sum_counts))
+        mine = (q[:, :, start:end], k[:, :, start:end], v[:, :, start:end], k_sum, v_sum, sum_counts)
+        k_valid = None if valid is None else valid[:, start:end]
+        if windowed:
+            sum_spans = visible_spans(bounds, p, spans["segment_size"], sink_tokens=spans["sink_tokens"],
+                                      halo=spans["halo"], causal=causal, window=window).to(q.device)
+            outs.append(windowed_prism_attention(
+                *mine, q_pos=pos[start:end], k_pos=pos[start:end], sum_spans=sum_spans if k_sum is not None else None,
+                causal=causal, window=window, softcap=softcap, scale=scale, log_count_bias=log_count_bias,
+                k_valid=k_valid, backend=backend))
+        else:
+            outs.append(prism_attention(*mine, causal=causal, scale=scale, log_count_bias=log_count_bias,
+                                        k_valid=k_valid, backend=backend))
+    return outs, seen
 
 def _sent_rows(bounds, c, k, kv, valid_bt, hidden, kv_weight, segment_size, cluster_iters, window, round_rows,
                backend, layout):

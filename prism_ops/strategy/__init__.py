@@ -13,8 +13,8 @@ Nothing here imports transformers or mpi4py.
 
 from .base import (LAYER_ATTR, CachedRows, PartitionStrategy, PrismLayer, RequestState, attached_layers,
                    current_state, request_scope)
-from .rank import RankPartition, rank_partition
+from .rank import RankPartition
 from .simulated import SimulatedPartitions
 
 __all__ = ["LAYER_ATTR", "CachedRows", "PartitionStrategy", "PrismLayer", "RankPartition", "RequestState",
-           "SimulatedPartitions", "attached_layers", "current_state", "rank_partition", "request_scope"]
+           "SimulatedPartitions", "attached_layers", "current_state", "request_scope"]

@@ -112,19 +112,7 @@ class RankPartition(PartitionStrategy):
 
         # 1. This rank's payload, on its way while the local block is computed.
         keep = state.valid[:, c0:c1]
-        trim = None if window is None else partial(trim_rows, bounds=state.bounds, c=p, segment_size=segment_size,
-                                                   window=window, **opts)
-        payload = self._payload(layouts[p], x, k, keep, chunk_layout(state.bounds, p, **opts), c0, cfg,
-                                layer.codebook, trim)
-        counts = [lay.nbytes for lay in layouts]
-        comm.phase = f"forward layer {layer.index}"
-        if causal:
-            # Only later ranks read this chunk: send it to them alone, so this rank never waits
-            # for ranks it does not read (point to point, one tag per layer).
-            pending = comm.isend_recv(payload, readers(p, P, causal, **reach), visible_chunks(p, P, causal, **reach),
-                                      counts, tag=TAG_LAYERS + layer.index, key=layer.index)
-        else:
-            pending = comm.iallgatherv(payload, counts, key=layer.index)
+        pending = self._send(layer, x, k, keep, state, layouts, opts, causal, reach)
 
         # 2. The local block, exact.
         k_valid = None if bool(keep.all()) else keep
@@ -138,25 +126,7 @@ class RankPartition(PartitionStrategy):
                                        backend=cfg.backend, return_lse=True)
 
         # 3. The rows of the chunks this rank may see.
-        parts = pending.wait()
-        rows = [None] * P
-        for c in visible_chunks(p, P, causal, **reach):
-            d0, d1 = state.bounds[c]
-            ca, cb = chunk_layout(state.bounds, c, **opts)
-            ex_c, means_c, counts_c = decode(layouts[c], parts[c], layer.codebook)
-            valid_c = state.valid[:, d0:d1]
-            if counts_c is None:
-                # Segment counts are implied by the padding mask every rank has: the counts of
-                # the segment means of that chunk's summarised tokens.
-                keep_c = valid_c[:, None, ca - d0 : cb - d0, None]
-                counts_c = segment_means(keep_c.float(), segment_size, valid=keep_c[:, 0, :, 0], backend="torch")[1]
-            ex_counts = torch.cat([valid_c[:, : ca - d0], valid_c[:, cb - d0 :]], 1).to(torch.int32)
-            if window is not None:  # the rows chunk c sent: those some reader's window holds whole
-                sent = reached_rows(state.bounds, c, segment_size, window=window, **opts).to(ex_counts.device)
-                E = ex_counts.shape[1]
-                ex_counts, counts_c = ex_counts[:, sent[:E]], counts_c[:, sent[E:]]
-            r = torch.cat([ex_c, means_c], 2)
-            rows[c] = (_project(layer, r) if hidden_mode else r, torch.cat([ex_counts, counts_c], 1))
+        rows = self._received_rows(layer, pending.wait(), state, layouts, opts, causal, reach)
         k_sum, v_sum, sum_counts = visible_rows(rows, p, causal, **reach)
         spans = None
         if windowed:
@@ -174,10 +144,44 @@ class RankPartition(PartitionStrategy):
                                            log_count_bias=cfg.log_count_bias, backend=cfg.backend, return_lse=True)
         return merge_attention(out, lse, out_s, lse_s)[0], cached
 
+    def _send(self, layer, x, k, keep, state, layouts, opts, causal, reach):
+        """Start sending this rank's payload of one layer (to the later ranks alone when causal:
+        point to point, so this rank never waits for ranks it does not read; else an all-gather);
+        returns the pending exchange."""
+        cfg, comm = layer.config, self.comm
+        p, P = comm.rank, comm.size
+        c0 = state.bounds[p][0]
+        window = layer.window
+        trim = None if window is None else partial(trim_rows, bounds=state.bounds, c=p, segment_size=cfg.segment_size,
+                                                   window=window, **opts)
+        payload = self._payload(layouts[p], x, k, keep, chunk_layout(state.bounds, p, **opts), c0, cfg,
+                                layer.codebook, trim)
+        counts = [lay.nbytes for lay in layouts]
+        comm.phase = f"forward layer {layer.index}"
+        if causal:
+            return comm.isend_recv(payload, readers(p, P, causal, **reach), visible_chunks(p, P, causal, **reach),
+                                   counts, tag=TAG_LAYERS + layer.index, key=layer.index)
+        return comm.iallgatherv(payload, counts, key=layer.index)
 
-def rank_partition(model, comm) -> RankPartition:
-    """The RankPartition of a model configured with `prism_ops.hf.configure(model, ..., comm=comm)`."""
-    for layer in attached_layers(model):
-        if isinstance(layer.strategy, RankPartition) and layer.strategy.comm is comm:
-            return layer.strategy
-    raise ValueError("configure the model with prism_ops.hf.configure(model, ..., comm=comm) first")
+    def _received_rows(self, layer, parts, state, layouts, opts, causal, reach) -> list:
+        """(rows, counts) of every chunk this rank sees, decoded from what it received (None for
+        the others): verbatim rows with count 1 (0 for padding), then summary rows with their
+        segment counts (sent with key clusters, else implied by the padding mask every rank has)."""
+        cfg, p, P = layer.config, self.comm.rank, self.comm.size
+        rows = [None] * P
+        for c in visible_chunks(p, P, causal, **reach):
+            d0, d1 = state.bounds[c]
+            ca, cb = chunk_layout(state.bounds, c, **opts)
+            ex_c, means_c, counts_c = decode(layouts[c], parts[c], layer.codebook)
+            valid_c = state.valid[:, d0:d1]
+            if counts_c is None:
+                keep_c = valid_c[:, None, ca - d0 : cb - d0, None]
+                counts_c = segment_means(keep_c.float(), cfg.segment_size, valid=keep_c[:, 0, :, 0], backend="torch")[1]
+            ex_counts = torch.cat([valid_c[:, : ca - d0], valid_c[:, cb - d0 :]], 1).to(torch.int32)
+            if layer.window is not None:  # the rows chunk c sent: those some reader's window holds whole
+                sent = reached_rows(state.bounds, c, cfg.segment_size, window=layer.window, **opts).to(ex_counts.device)
+                E = ex_counts.shape[1]
+                ex_counts, counts_c = ex_counts[:, sent[:E]], counts_c[:, sent[E:]]
+            r = torch.cat([ex_c, means_c], 2)
+            rows[c] = (_project(layer, r) if cfg.exchange == "hidden" else r, torch.cat([ex_counts, counts_c], 1))
+        return rows
