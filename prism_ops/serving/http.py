@@ -71,10 +71,7 @@ def make_app(engine: Engine, api_key: str | None = None) -> Starlette:
     served = engine.served
 
     def authorized(request: Request) -> bool:
-        if not api_key:
-            return True
-        got = request.headers.get("authorization", "")
-        return hmac.compare_digest(got.encode(), f"Bearer {api_key}".encode())
+        return _authorized(request, api_key)
 
     async def read(request: Request, endpoint: str):
         if not authorized(request):
@@ -104,26 +101,7 @@ def make_app(engine: Engine, api_key: str | None = None) -> Starlette:
                 if kind == "error":
                     return _error(value)
 
-        async def events():
-            while True:
-                kind, value = await sink.queue.get()
-                if kind == "delta":
-                    yield f"data: {json.dumps(chunk_body(served, job, value))}\n\n"
-                elif kind == "done":
-                    finish = value["choices"][0]["finish_reason"]
-                    if job.include_usage:  # as OpenAI: the usage comes in a last chunk of its own
-                        last = chunk_body(served, job, "", finish, prism=value["prism"])
-                        yield f"data: {json.dumps(last)}\n\n"
-                        last = usage_chunk(served, job, value["usage"])
-                    else:
-                        last = chunk_body(served, job, "", finish, prism=value["prism"], usage=value["usage"])
-                    yield f"data: {json.dumps(last)}\n\ndata: [DONE]\n\n"
-                    return
-                else:
-                    yield f"data: {json.dumps(value.body())}\n\n"
-                    return
-
-        return StreamingResponse(events(), media_type="text/event-stream")
+        return StreamingResponse(_events(served, job, sink), media_type="text/event-stream")
 
     async def embeddings(request):
         return await answer(request, "embeddings")
@@ -151,6 +129,34 @@ def make_app(engine: Engine, api_key: str | None = None) -> Starlette:
         Route("/health", health, methods=["GET"]),
     ])
 
+
+def _authorized(request: Request, api_key: str | None) -> bool:
+    if not api_key:
+        return True
+    got = request.headers.get("authorization", "")
+    return hmac.compare_digest(got.encode(), f"Bearer {api_key}".encode())
+
+
+async def _events(served, job, sink):
+    """A streamed completion's server-sent events: its deltas as they come, then the closing chunk
+    (with the usage, or followed by a usage chunk of its own with include_usage, as OpenAI does)."""
+    while True:
+        kind, value = await sink.queue.get()
+        if kind == "delta":
+            yield f"data: {json.dumps(chunk_body(served, job, value))}\n\n"
+        elif kind == "done":
+            finish = value["choices"][0]["finish_reason"]
+            if job.include_usage:
+                last = chunk_body(served, job, "", finish, prism=value["prism"])
+                yield f"data: {json.dumps(last)}\n\n"
+                last = usage_chunk(served, job, value["usage"])
+            else:
+                last = chunk_body(served, job, "", finish, prism=value["prism"], usage=value["usage"])
+            yield f"data: {json.dumps(last)}\n\ndata: [DONE]\n\n"
+            return
+        else:
+            yield f"data: {json.dumps(value.body())}\n\n"
+            return
 
 class HttpThread:
     """uvicorn serving the app in a daemon thread (rank 0's main thread runs the engine)."""

@@ -94,12 +94,34 @@ def _number(body, name, default, lo, hi, integer=False):
 
 
 def parse(endpoint: str, body, served: Served) -> ApiRequest:
-    """A ApiRequest from a request body (already decoded JSON), or ApiError naming what is wrong."""
+    """An ApiRequest from a request body (already decoded JSON), or ApiError naming what is wrong."""
     if not isinstance(body, dict):
         raise ApiError(f"the request body must be a JSON object, got {type(body).__name__}")
     model = body.get("model", served.model)
     if model != served.model:
         raise ApiError(f"model {model!r} is not served here; this service runs {served.model!r}", "model")
+    _check_fields(endpoint, body)
+    user = body.get("user")
+    if user is not None and not isinstance(user, str):
+        raise ApiError(f"user must be a string, got {user!r}", "user")
+    if endpoint == "embeddings":
+        return _embeddings(body, served)
+    if not served.decoder:
+        raise ApiError(f"{served.model} is an encoder: use /v1/embeddings", "model")
+    chat, texts = _prompt(endpoint, body)
+    limit = served.max_positions or 10**6
+    max_tokens = _number(body, "max_tokens", MAX_TOKENS_DEFAULT, 1, limit, integer=True)
+    if endpoint == "chat":
+        max_tokens = _number(body, "max_completion_tokens", max_tokens, 1, limit, integer=True)
+    stream, include_usage = _streaming(body)
+    return ApiRequest(endpoint, texts, max_tokens=max_tokens, temperature=_number(body, "temperature", 1.0, 0, 2),
+                      top_p=_number(body, "top_p", 1.0, 0, 1), top_k=_number(body, "top_k", 0, 0, 10**6, integer=True),
+                      seed=_number(body, "seed", 0, 0, 2**63 - 1, integer=True), stream=stream, chat=chat,
+                      stop=_stop(body.get("stop")), include_usage=include_usage)
+
+
+def _check_fields(endpoint: str, body: dict) -> None:
+    """Every field is one this endpoint knows, or a harmless one at its harmless value."""
     for name, value in body.items():
         if name in KNOWN[endpoint]:
             continue
@@ -110,63 +132,57 @@ def parse(endpoint: str, body, served: Served) -> ApiRequest:
         if name in HARMLESS:
             raise ApiError(f"{name}={value!r} is not supported by this service", name)
         raise ApiError(f"unknown field {name!r} for this endpoint", name)
-    user = body.get("user")
-    if user is not None and not isinstance(user, str):
-        raise ApiError(f"user must be a string, got {user!r}", "user")
-    if endpoint == "embeddings":
-        if served.decoder:
-            raise ApiError(f"{served.model} is a decoder: use /v1/completions or /v1/chat/completions", "model")
-        fmt = body.get("encoding_format") or "float"
-        if fmt not in ("float", "base64"):
-            raise ApiError(f"encoding_format must be 'float' or 'base64', got {fmt!r}", "encoding_format")
-        dims = body.get("dimensions")
-        if dims is not None and (isinstance(dims, bool) or dims != served.width):
-            raise ApiError(f"dimensions={dims!r} is not supported by this service: {served.model}'s embeddings have "
-                           f"{served.width} dimensions (send that, or leave dimensions out)", "dimensions")
-        texts, ids = _embedding_input(body.get("input"), served)
-        return ApiRequest("embeddings", texts, ids=ids, encoding_format=fmt)
-    if not served.decoder:
-        raise ApiError(f"{served.model} is an encoder: use /v1/embeddings", "model")
-    chat = None
+
+
+def _embeddings(body: dict, served: Served) -> ApiRequest:
+    if served.decoder:
+        raise ApiError(f"{served.model} is a decoder: use /v1/completions or /v1/chat/completions", "model")
+    fmt = body.get("encoding_format") or "float"
+    if fmt not in ("float", "base64"):
+        raise ApiError(f"encoding_format must be 'float' or 'base64', got {fmt!r}", "encoding_format")
+    dims = body.get("dimensions")
+    if dims is not None and (isinstance(dims, bool) or dims != served.width):
+        raise ApiError(f"dimensions={dims!r} is not supported by this service: {served.model}'s embeddings have "
+                       f"{served.width} dimensions (send that, or leave dimensions out)", "dimensions")
+    texts, ids = _embedding_input(body.get("input"), served)
+    return ApiRequest("embeddings", texts, ids=ids, encoding_format=fmt)
+
+
+def _prompt(endpoint: str, body: dict) -> tuple:
+    """(chat messages or None, texts): a completion's one prompt, or a chat's messages."""
     if endpoint == "completions":
         prompt = body.get("prompt")
         if isinstance(prompt, list) and len(prompt) == 1 and isinstance(prompt[0], str):
             prompt = prompt[0]
         if not isinstance(prompt, str) or not prompt.strip():
             raise ApiError("prompt must be a non-empty string", "prompt")
-        texts = [prompt]
-    else:
-        chat = body.get("messages")
-        if not isinstance(chat, list) or not chat:
-            raise ApiError("messages must be a non-empty list of {role, content}", "messages")
-        for i, m in enumerate(chat):
-            if (not isinstance(m, dict) or m.get("role") not in ("system", "user", "assistant")
-                    or not isinstance(m.get("content"), str)):
-                raise ApiError(f"messages[{i}] must be {{role: system|user|assistant, content: string}}", "messages")
-        texts = []
-    limit = served.max_positions or 10**6
-    max_tokens = _number(body, "max_tokens", MAX_TOKENS_DEFAULT, 1, limit, integer=True)
-    if endpoint == "chat":
-        max_tokens = _number(body, "max_completion_tokens", max_tokens, 1, limit, integer=True)
+        return None, [prompt]
+    chat = body.get("messages")
+    if not isinstance(chat, list) or not chat:
+        raise ApiError("messages must be a non-empty list of {role, content}", "messages")
+    for i, m in enumerate(chat):
+        if (not isinstance(m, dict) or m.get("role") not in ("system", "user", "assistant")
+                or not isinstance(m.get("content"), str)):
+            raise ApiError(f"messages[{i}] must be {{role: system|user|assistant, content: string}}", "messages")
+    return chat, []
+
+
+def _streaming(body: dict) -> tuple[bool, bool]:
+    """(stream, include_usage) from stream and stream_options."""
     stream = body.get("stream", False)
     if stream is None:
         stream = False
     if not isinstance(stream, bool):
         raise ApiError(f"stream must be true or false, got {stream!r}", "stream")
-    include_usage = False
     options = body.get("stream_options")
-    if options is not None:
-        if not stream:
-            raise ApiError("stream_options is only allowed with stream: true", "stream_options")
-        if not isinstance(options, dict) or set(options) - {"include_usage"} or not isinstance(
-                options.get("include_usage", False), bool):
-            raise ApiError(f"stream_options must be {{\"include_usage\": true|false}}, got {options!r}",
-                           "stream_options")
-        include_usage = options.get("include_usage", False)
-    return ApiRequest(endpoint, texts, max_tokens=max_tokens, temperature=_number(body, "temperature", 1.0, 0, 2),
-               top_p=_number(body, "top_p", 1.0, 0, 1), top_k=_number(body, "top_k", 0, 0, 10**6, integer=True),
-               seed=_number(body, "seed", 0, 0, 2**63 - 1, integer=True), stream=stream, chat=chat,
-               stop=_stop(body.get("stop")), include_usage=include_usage)
+    if options is None:
+        return stream, False
+    if not stream:
+        raise ApiError("stream_options is only allowed with stream: true", "stream_options")
+    if not isinstance(options, dict) or set(options) - {"include_usage"} or not isinstance(
+            options.get("include_usage", False), bool):
+        raise ApiError(f"stream_options must be {{\"include_usage\": true|false}}, got {options!r}", "stream_options")
+    return stream, options.get("include_usage", False)
 
 
 def _stop(stop) -> list:
