@@ -53,15 +53,14 @@ def run_distributed(runner: ModelRunner, comm, req: Request | None, eos=None, pr
     speeds), equal without them. With req.stream, rank 0's on_token(ids `[B]`) sees every new
     token while the last rank decodes; when it returns True, the last rank stops decoding at
     the next token it makes (tokens already made on the way are still returned)."""
-    strategy = runner.partition
-    if getattr(strategy, "comm", None) is not comm:
+    if getattr(runner.partition, "comm", None) is not comm:
         raise ValueError("run_distributed needs the runner that prism_ops.hf.configure(model, ..., comm=comm) "
                          "returned for this comm")
     kind = runner.kind
     times = {}
     t0 = time.perf_counter()
     comm.phase = "request"
-    head, inputs, valid = _distribute(runner, comm, req, kind, strategy.config.weights)
+    head, inputs, valid = _distribute(runner, comm, req, kind, runner.config.weights)
     dev = runner.device
     state = RequestState(bounds=head["bounds"], valid=valid.to(dev))
     comm.reset_counters()
@@ -87,7 +86,7 @@ def run_distributed(runner: ModelRunner, comm, req: Request | None, eos=None, pr
     t3 = time.perf_counter()
     comm.phase = "gather"
     got = comm.gatherv(out, allgather_json(comm, int(out.numel())))
-    layers = strategy.num_layers
+    layers = runner.num_layers
     sent = comm.gatherv(as_bytes(torch.tensor(comm.bytes_sent(range(layers)), dtype=torch.int64)),
                         [8 * layers] * comm.size)
     times["gather"] = time.perf_counter() - t3

@@ -126,7 +126,7 @@ def configure(model, config: PrismConfig | None = None, *, comm=None, num_partit
         if getattr(m, LAYER_ATTR, None) is not None:
             delattr(m, LAYER_ATTR)
     books = _codebooks(model, config) if config.summary_codebook else None
-    strategy = SimulatedPartitions() if comm is None else RankPartition(comm, config, num_layers=len(attention))
+    strategy = SimulatedPartitions() if comm is None else RankPartition(comm)
     head_dim = ModelShape.from_config(model.config).head_dim
     for index, m in enumerate(attention):
         window, softcap = features[index]

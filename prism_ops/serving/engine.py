@@ -193,13 +193,12 @@ class Engine:
         rows = [ids for job, _ in batch for ids in job.ids]
         owner = [k for k, (job, _) in enumerate(batch) for _ in job.ids]
         if self.batch_tokens:
-            strategy = self.runner.partition
-            groups = plan(rows, self.batch_tokens, aligned=strategy.config.halo == 0)
+            groups = plan(rows, self.batch_tokens, aligned=self.runner.config.halo == 0)
         else:
-            strategy, groups = None, [[i] for i in range(len(rows))]
+            groups = [[i] for i in range(len(rows))]
         out, failed = [None] * len(rows), {}
         for g in groups:
-            weights = strategy.config.weights if strategy is not None else None
+            weights = self.runner.config.weights if self.batch_tokens else None
             req = batch_request([rows[i] for i in g], self.comm.size, weights, output="embedding",
                                 pooling=self.pooling)
             try:

@@ -62,8 +62,8 @@ class RankPartition(PartitionStrategy):
     the bytes each sends are counted under its index (`Communicator.sent`).
     """
 
-    def __init__(self, comm, config: PrismConfig, num_layers: int):
-        self.comm, self.config, self.num_layers = comm, config, num_layers
+    def __init__(self, comm):
+        self.comm = comm  # the settings are each layer's (`PrismLayer.config`), the same object on every layer
 
     def needs_hidden(self, config: PrismConfig) -> bool:
         return config.exchange == "hidden"  # a rank sends its hidden features
