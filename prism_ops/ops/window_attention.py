@@ -96,22 +96,9 @@ def windowed_prism_attention(
     scale = 1.0 / math.sqrt(D) if scale is None else check_real(scale, "scale", "None or a finite number > 0")
     acc = torch.float64 if q.dtype == torch.float64 else torch.float32
 
-    # Visibility [B|1, Tq, Tk + S] and the additive count bias [B|1, 1, S].
-    seen = span_visible(q_pos, k_pos, k_pos + 1, causal=causal, window=window)[None]
-    if k_valid is not None:
-        seen = seen & k_valid[:, None, :]
-    keys, vals, bias = k, v, None
-    if S:
-        counts = sum_counts.to(acc).view(-1, 1, S)
-        row_seen = span_visible(q_pos, sum_spans[:, 0], sum_spans[:, 1], causal=causal, window=window)[None]
-        row_seen = row_seen & (counts > 0)
-        seen = torch.cat([seen.expand(max(seen.shape[0], row_seen.shape[0]), -1, -1),
-                          row_seen.expand(max(seen.shape[0], row_seen.shape[0]), -1, -1)], 2)
-        c = counts.clamp(min=1)
-        row_bias = torch.log(c) if log_count_bias else torch.zeros_like(c)
-        bias = torch.cat([torch.zeros((row_bias.shape[0], 1, Tk), dtype=acc, device=q.device), row_bias], 2)
-        keys, vals = torch.cat([k, k_sum], 2), torch.cat([v, v_sum], 2)
-
+    seen, bias, keys, vals = _visible_keys(k, v, k_sum, v_sum, sum_counts, q_pos=q_pos, k_pos=k_pos,
+                                           sum_spans=sum_spans, causal=causal, window=window, k_valid=k_valid,
+                                           log_count_bias=log_count_bias, acc=acc)
     G = H // Hkv
     qg = q.to(acc).reshape(B, Hkv, G, Tq, D)
     kf, vf = keys.to(acc)[:, :, None], vals.to(acc)[:, :, None]  # (B, Hkv, 1, N, D)
@@ -132,3 +119,25 @@ def windowed_prism_attention(
         out[:, :, :, sl], lse[:, :, :, sl] = softmax_values(s, vf)
     out = out.reshape(B, H, Tq, -1).to(q.dtype)
     return (out, lse.reshape(B, H, Tq)) if return_lse else out
+
+
+def _visible_keys(k, v, k_sum, v_sum, sum_counts, *, q_pos, k_pos, sum_spans, causal, window, k_valid,
+                  log_count_bias, acc):
+    """(seen `[B|1, Tq, Tk + S]` bool, the additive count bias `[B|1, 1, Tk + S]` or None, keys,
+    values): local keys then summary rows, each row seen by a query whose window holds its whole span."""
+    Tk = k.shape[2]
+    S = 0 if k_sum is None else k_sum.shape[2]
+    seen = span_visible(q_pos, k_pos, k_pos + 1, causal=causal, window=window)[None]
+    if k_valid is not None:
+        seen = seen & k_valid[:, None, :]
+    if not S:
+        return seen, None, k, v
+    counts = sum_counts.to(acc).view(-1, 1, S)
+    row_seen = span_visible(q_pos, sum_spans[:, 0], sum_spans[:, 1], causal=causal, window=window)[None]
+    row_seen = row_seen & (counts > 0)
+    rows = max(seen.shape[0], row_seen.shape[0])
+    seen = torch.cat([seen.expand(rows, -1, -1), row_seen.expand(rows, -1, -1)], 2)
+    c = counts.clamp(min=1)
+    row_bias = torch.log(c) if log_count_bias else torch.zeros_like(c)
+    bias = torch.cat([torch.zeros((row_bias.shape[0], 1, Tk), dtype=acc, device=k.device), row_bias], 2)
+    return seen, bias, torch.cat([k, k_sum], 2), torch.cat([v, v_sum], 2)

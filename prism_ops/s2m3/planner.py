@@ -97,16 +97,7 @@ def make_plan(devices_path: str, tasks_path: str, with_branch_and_bound: bool = 
     if load is not None:
         plan[load.kind] = spec.burst if load.kind == "burst" else spec.rates
         plan["load_objective_s"] = load_objective(inst, where, load)
-        weights = load.counts or load.rates
-        if load.kind == "burst":
-            lat = burst_latencies(inst, where, load.counts)
-            per = [(m, sum(x for i, x in lat if i == ti) / n) for ti, (m, n) in enumerate(zip(spec.models, weights)) if n]
-            extra["burst_s"] = max(x for _, x in lat)
-        else:
-            per = [(m, x, g) for m, x, g, r in zip(spec.models, steady_simulated(inst, where, load.rates),
-                                                   steady_latencies(inst, where, load.rates), weights) if r]
-        extra.update(load=load.kind, load_latency=per, candidates=candidates, chosen=chosen,
-                     device_busy=list(zip([d.name for d in devices], busy(inst, where, weights))))
+        extra.update(_load_report(inst, where, load, spec, devices, candidates, chosen))
     return PlanReport(
         plan=plan, num_models=len(spec.models), devices=devices,
         modules=[(part_of[k], devices[where[k]].name, costs[k].memory, costs[k].compute) for k in inst.used_modules()],
@@ -114,3 +105,20 @@ def make_plan(devices_path: str, tasks_path: str, with_branch_and_bound: bool = 
                        for i, d in enumerate(devices)],
         memory=reg.memory_report(), latency=[(t.name, task_latency(inst, t, where)) for t in tasks],
         planner=planner, solve_s=solve_s, branch_and_bound_s=branch_and_bound_s, **extra)
+
+
+def _load_report(inst, where, load, spec, devices, candidates, chosen) -> dict:
+    """What a plan made for a load adds to its report: each model's latency under it (a burst's
+    mean, or the steady state simulated and estimated), the candidates weighed, and device use."""
+    weights = load.counts or load.rates
+    extra = {}
+    if load.kind == "burst":
+        lat = burst_latencies(inst, where, load.counts)
+        per = [(m, sum(x for i, x in lat if i == ti) / n) for ti, (m, n) in enumerate(zip(spec.models, weights)) if n]
+        extra["burst_s"] = max(x for _, x in lat)
+    else:
+        per = [(m, x, g) for m, x, g, r in zip(spec.models, steady_simulated(inst, where, load.rates),
+                                               steady_latencies(inst, where, load.rates), weights) if r]
+    extra.update(load=load.kind, load_latency=per, candidates=candidates, chosen=chosen,
+                 device_busy=list(zip([d.name for d in devices], busy(inst, where, weights))))
+    return extra
