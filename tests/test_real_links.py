@@ -199,3 +199,36 @@ def test_hosts_are_removed_even_when_the_job_fails():
     assert not any(n in listed for n in names)
     links = subprocess.run(["ip", "-o", "link"], capture_output=True, text=True).stdout
     assert hosts.prefix not in links
+
+
+BUSY = """
+import socket, time
+t0, c0 = time.perf_counter(), time.process_time()
+while time.perf_counter() - t0 < 1.5:
+    pass
+print(socket.gethostname(), round((time.process_time() - c0) / (time.perf_counter() - t0), 3), flush=True)
+"""
+
+
+def test_a_host_with_a_share_of_a_core_is_a_slower_device():
+    """--cpu 1,0.25: the second host's processes get a quarter of a core between them (a cgroup
+    quota), the first a whole one; the cgroups go with the hosts."""
+    why = netns_hosts.cpu_quota_available()
+    if why:
+        pytest.skip(why)
+    with netns_hosts.Hosts(2, cpu=[1.0, 0.25]) as hosts:
+        made = sorted(d.name for d in netns_hosts._cgroup("").glob(f"{hosts.prefix}*"))
+        p = hosts.run([sys.executable, "-c", BUSY], timeout=60)
+    assert p.returncode == 0, p.stderr[-2000:]
+    share = dict((line.split()[0], float(line.split()[1])) for line in p.stdout.strip().splitlines())
+    # A busy loop gets its CPU time over wall time: about 0.25 under the quota, close to 1 without
+    # (2 busy processes on this 2-core machine; a loaded machine gives less, never more than 0.25 + slack).
+    assert share["testhost1"] < 0.4 and share["testhost0"] > 2 * share["testhost1"], share
+    assert made == [f"{hosts.prefix}-h0", f"{hosts.prefix}-h1"]
+    assert not list(netns_hosts._cgroup("").glob(f"{hosts.prefix}*"))
+
+
+@pytest.mark.parametrize("cpu", [[1.0], [1.0, 0.0], [1.0, -1], [1.0, 999]])
+def test_a_bad_cpu_share_is_refused_naming_it(cpu):
+    with pytest.raises(ValueError, match="cpu must give each of the 2 hosts a share of a core"):
+        netns_hosts.Hosts(2, cpu=cpu)

@@ -10,6 +10,12 @@ it). With a rate, the host's uplink (its `eth0`) and downlink (the bridge-side p
 `tbf` qdisc at that rate: the kernel queues and paces the packets, TCP sees real backpressure.
 There is no added latency (`netem` is not available everywhere), only rate.
 
+A host can be a slower device: `cpu=[1, 0.5]` (`--cpu 1,0.5`) gives host i a share of one CPU core
+through a cgroup of its own (`<prefix>-h<i>`, CPU quota `share` x 100 ms per 100 ms; cgroup v2's
+`cpu.max` or v1's `cpu.cfs_quota_us`, whichever the machine has). The launcher puts the host's
+hydra proxy in that cgroup before it starts, so the proxy and every rank on that host share the
+quota. `cpu_quota_available()` says whether cgroups can be written here.
+
 A command runs under MPICH's own launcher across the hosts, exactly as on real machines:
 
     mpiexec -hosts 10.77.S.1,10.77.S.2 -n 2 -launcher ssh -launcher-exec LAUNCH -localhost 10.77.S.254 CMD
@@ -46,6 +52,61 @@ IFACE = "eth0"  # the interface inside every test host
 # OFI netmod with libfabric's tcp provider on the hosts' interface. (The pip mpich also has UCX:
 # MPICH_CH4_NETMOD=ucx UCX_TLS=tcp works too.)
 TCP_ENV = {"MPIR_CVAR_NOLOCAL": "1", "MPIR_CVAR_CH4_NETMOD": "ofi", "FI_PROVIDER": "tcp", "FI_TCP_IFACE": IFACE}
+
+
+CGROUP_ROOT = Path("/sys/fs/cgroup")
+CGROUP_V2 = (CGROUP_ROOT / "cgroup.controllers").exists()
+CPU_PERIOD_US = 100_000
+
+
+def _cgroup(name: str) -> Path:
+    """The folder of cgroup `name` under the CPU controller (v2: the unified tree; v1: cpu/)."""
+    return CGROUP_ROOT / name if CGROUP_V2 else CGROUP_ROOT / "cpu" / name
+
+
+def _make_cgroup(name: str, share: float) -> Path:
+    """A cgroup whose processes get `share` of one CPU core between them; returns its folder."""
+    if CGROUP_V2:  # the cpu controller must be on for the root's children
+        (CGROUP_ROOT / "cgroup.subtree_control").write_text("+cpu")
+    d = _cgroup(name)
+    d.mkdir(exist_ok=True)
+    quota = max(1000, int(share * CPU_PERIOD_US))
+    if CGROUP_V2:
+        (d / "cpu.max").write_text(f"{quota} {CPU_PERIOD_US}")
+    else:
+        (d / "cpu.cfs_period_us").write_text(str(CPU_PERIOD_US))
+        (d / "cpu.cfs_quota_us").write_text(str(quota))
+    return d
+
+
+def _remove_cgroups(prefix: str) -> list[str]:
+    """rmdir every cgroup named <prefix>* (their processes must be gone first)."""
+    gone = []
+    parent = _cgroup("")
+    for d in parent.glob(f"{prefix}*") if parent.is_dir() else []:
+        for _ in range(50):  # a killed process leaves its cgroup a moment later
+            try:
+                d.rmdir()
+                gone.append(f"cgroup {d.name}")
+                break
+            except OSError:
+                time.sleep(0.05)
+    return gone
+
+
+def cpu_quota_available() -> str | None:
+    """None when CPU quotas can be set here (cgroups writable), else why not."""
+    name = f"{PREFIX}cpu{os.getpid() % 100000}"
+    try:
+        _make_cgroup(name, 0.5)
+    except OSError as e:
+        return f"CPU quotas need a writable cgroup CPU controller ({'v2' if CGROUP_V2 else 'v1'}): {e}"
+    finally:
+        try:
+            _cgroup(name).rmdir()
+        except OSError:
+            pass
+    return None
 
 
 def _ip(*args, ns: str | None = None, check=True) -> subprocess.CompletedProcess:
@@ -89,8 +150,8 @@ def available() -> str | None:
 
 
 def cleanup(prefix: str = PREFIX) -> list[str]:
-    """Remove every namespace and link whose name starts with prefix, the processes in those
-    namespaces and the mpiexec that launched into them; returns what was removed."""
+    """Remove every namespace, link and cgroup whose name starts with prefix, the processes in
+    those namespaces and the mpiexec that launched into them; returns what was removed."""
     gone = []
     # mpiexec runs in the root namespace; it is known by its launcher, in this prefix's folder
     mark = os.path.join(tempfile.gettempdir(), prefix + ("-" if prefix != PREFIX else ""))
@@ -116,7 +177,7 @@ def cleanup(prefix: str = PREFIX) -> list[str]:
         if dev.startswith(prefix):
             _ip("link", "del", dev, check=False)
             gone.append(dev)
-    return gone
+    return gone + _remove_cgroups(prefix)
 
 
 def _tbf(dev: str, mbit: float, ns: str | None, verb: str = "add") -> None:
@@ -144,12 +205,16 @@ class Hosts:
     while a job runs.
     """
 
-    def __init__(self, k: int, mbit: float | None = None, tag: str | None = None):
+    def __init__(self, k: int, mbit: float | None = None, tag: str | None = None, cpu: list | None = None):
         if k < 1:
             raise ValueError(f"k (the number of hosts) must be >= 1, got {k}")
         if mbit is not None and not mbit > 0:
             raise ValueError(f"mbit must be a rate > 0 in Mbit/s or None (unshaped), got {mbit}")
-        self.k, self.mbit = k, mbit
+        if cpu is not None and (len(cpu) != k or not all(isinstance(c, (int, float)) and 0 < c <= os.cpu_count()
+                                                         for c in cpu)):
+            raise ValueError(f"cpu must give each of the {k} hosts a share of a core in (0, {os.cpu_count()}], "
+                             f"got {cpu}")
+        self.k, self.mbit, self.cpu = k, mbit, cpu
         self.prefix = f"{PREFIX}{tag or os.getpid() % 100000}"  # <= 8 chars: veth names stay < 16
         self.namespaces = [f"{self.prefix}-h{i}" for i in range(k)]
         self.hostnames = [f"testhost{i}" for i in range(k)]
@@ -196,9 +261,14 @@ class Hosts:
                 self.set_rate(i, self.mbit, verb="add")
         self._dir = tempfile.mkdtemp(prefix=f"{self.prefix}-")
         self.launcher = str(Path(self._dir) / "launch")
-        cases = "\n".join(f"  {ip}) exec ip netns exec {ns} unshare --uts sh -c 'hostname {h} && exec sh -c \"$1\"' "
+        # With a CPU share, the launcher joins the host's cgroup first: the proxy and its ranks inherit it.
+        join = [""] * self.k
+        for i, share in enumerate(self.cpu or []):
+            procs = _make_cgroup(self.namespaces[i], share) / "cgroup.procs"
+            join[i] = f"echo $$ > {procs} && "
+        cases = "\n".join(f"  {ip}) {j}exec ip netns exec {ns} unshare --uts sh -c 'hostname {h} && exec sh -c \"$1\"' "
                           f'launch "$cmd" ;;'
-                          for ip, ns, h in zip(self.ips, self.namespaces, self.hostnames))
+                          for ip, ns, h, j in zip(self.ips, self.namespaces, self.hostnames, join))
         # Called as ssh would be: `launch [-x ...] HOST "COMMAND"` (hydra passes the proxy's
         # command line as one string, for a remote shell to split).
         Path(self.launcher).write_text(f"""#!/bin/sh
@@ -303,6 +373,7 @@ def main(argv=None) -> int:
     ap.add_argument("--hosts", type=int, default=2, help="how many test hosts (default 2)")
     ap.add_argument("--mbit", type=float, help="shape every uplink and downlink to this rate (default: unshaped)")
     ap.add_argument("--per-host", type=int, default=1, help="ranks per host")
+    ap.add_argument("--cpu", help="each host's share of one CPU core, e.g. 1,0.5 (a cgroup quota; default: none)")
     ap.add_argument("--timeout", type=float, default=600)
     ap.add_argument("--check", action="store_true", help="say whether this machine can make test hosts")
     ap.add_argument("--cleanup", action="store_true", help=f"remove leftovers named {PREFIX}* and stop")
@@ -319,7 +390,21 @@ def main(argv=None) -> int:
     cmd = args.cmd[1:] if args.cmd[:1] == ["--"] else args.cmd
     if not cmd:
         ap.error("give the command to run after --")
-    with Hosts(args.hosts, args.mbit) as h:
+    cpu = None
+    if args.cpu:
+        try:
+            cpu = [float(x) for x in args.cpu.split(",")]
+        except ValueError:
+            ap.error(f"--cpu must be shares of a core separated by commas, e.g. 1,0.5; got {args.cpu!r}")
+        why = cpu_quota_available()
+        if why:
+            print(why)
+            return 1
+    try:
+        hosts = Hosts(args.hosts, args.mbit, cpu=cpu)
+    except ValueError as e:
+        ap.error(str(e).replace("cpu must", "--cpu must"))
+    with hosts as h:
         before = h.tx_bytes()
         p = h.run(cmd, args.per_host, timeout=args.timeout, stdout=None, stderr=None)
         sent = [a - b for a, b in zip(h.tx_bytes(), before)]
