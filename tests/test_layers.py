@@ -41,7 +41,7 @@ LAYERS = [
     ("prism_ops.ops", 1), ("prism_ops._checks", 1), ("prism_ops._backend", 1), ("prism_ops._files", 1),
     ("prism_ops.tags", 1),  # the one table of MPI message tags
     ("prism_ops.errors", 1),  # the error every rank raises alike
-    ("prism_ops.config", 2), ("prism_ops.wire", 2), ("prism_ops.cost", 2), ("prism_ops.strategy", 2),
+    ("prism_ops.config", 2), ("prism_ops.wire", 2), ("prism_ops.cost", 2), ("prism_ops.split", 2), ("prism_ops.strategy", 2),
     ("prism_ops.pooling", 2),  # pure torch: the ranks pool their own tokens with it
     ("prism_ops.request_types", 2),  # Request, Result, their checks, ModelRunner: what every mode shares
     # The MPI runtime and the Hugging Face adapter sit side by side: the runtime is handed a model

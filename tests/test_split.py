@@ -1,0 +1,82 @@
+"""balanced_split (`prism_ops/split.py`) on plain numbers: partition bounds from measured rates.
+
+SmolLM2's shape (30 layers, d 576, 9/3 heads, gated MLP 1536), N = 2048, the `edge` setting with
+K/V rows (what a rotary model exchanges). Rates are round numbers near one CPU core's; a free
+link is 1e15 bytes/s. Each case says what the split must do and checks it against the equal
+split's prediction, not against figures copied from a run.
+"""
+
+import pytest
+
+from prism_ops import PrismConfig
+from prism_ops.cost import ModelShape
+from prism_ops.ops.partitioned_attention import partition_bounds
+from prism_ops.split import Device, Link, balanced_split, predict, uniform_links
+
+SMOLLM2 = ModelShape(hidden_size=576, num_heads=9, num_kv_heads=3, head_dim=64, ffn_size=1536, mlp_matrices=3,
+                     num_layers=30)
+EDGE = PrismConfig.from_preset(2, "edge", exchange="kv")
+CORE = Device(linear_flops_s=4e10, attention_flops_s=2e10)
+FREE = uniform_links(2, 1e15)
+N = 2048
+
+
+def sizes(bounds):
+    return [e - s for s, e in bounds]
+
+
+def test_equal_devices_encoder_free_link_split_equally_and_near_2x():
+    plan = balanced_split(N, [CORE, CORE], FREE, SMOLLM2, EDGE, causal=False)
+    assert abs(sizes(plan.bounds)[0] - N // 2) <= 2
+    assert plan.distribute and 1.9 < plan.one_device_s / plan.seconds <= 2.0
+
+
+def test_causal_gives_the_earlier_rank_more_tokens_and_beats_the_equal_split():
+    plan = balanced_split(N, [CORE, CORE], FREE, SMOLLM2, EDGE, causal=True)
+    equal = max(predict(partition_bounds(N, 2), [CORE, CORE], FREE, SMOLLM2, EDGE, causal=True))
+    assert sizes(plan.bounds)[0] > N // 2 + 50  # the later rank attends to every earlier key
+    assert plan.seconds < equal
+    assert abs(plan.per_rank[0] - plan.per_rank[1]) < 0.02 * plan.seconds  # balanced
+
+
+def test_a_device_twice_as_fast_gets_about_two_thirds():
+    fast = Device(2 * CORE.linear_flops_s, 2 * CORE.attention_flops_s)
+    plan = balanced_split(N, [fast, CORE], FREE, SMOLLM2, EDGE, causal=False)
+    assert abs(sizes(plan.bounds)[0] - 2 * N / 3) < 0.03 * N
+    assert plan.fastest == 0
+    # Its prediction beats the equal split by the slow rank's lost half.
+    equal = max(predict(partition_bounds(N, 2), [fast, CORE], FREE, SMOLLM2, EDGE, causal=False))
+    assert plan.seconds < 0.8 * equal
+
+
+def test_a_slow_link_gives_the_sending_rank_fewer_tokens():
+    """Causal: rank 0 sends what it holds, so on a slow link it holds less than on a free one."""
+    free = balanced_split(N, [CORE, CORE], FREE, SMOLLM2, EDGE, causal=True)
+    # A link budget B = 3 MB: the bytes the link moves while one device computes the whole request
+    # (edge sends about 6 MB per forward at an equal split: the link binds).
+    slow = uniform_links(2, bytes_s=3e6 / free.one_device_s, latency_s=1e-3)
+    plan = balanced_split(N, [CORE, CORE], slow, SMOLLM2, EDGE, causal=True)
+    assert sizes(plan.bounds)[0] < sizes(free.bounds)[0] - 100
+    assert plan.seconds <= max(predict(free.bounds, [CORE, CORE], slow, SMOLLM2, EDGE, causal=True))
+
+
+def test_a_link_too_slow_keeps_the_request_on_the_fastest_device():
+    slow_device = Device(CORE.linear_flops_s / 4, CORE.attention_flops_s / 4)
+    crawl = uniform_links(2, bytes_s=1e3, latency_s=0.01)
+    plan = balanced_split(N, [slow_device, CORE], crawl, SMOLLM2, EDGE, causal=True)
+    assert not plan.distribute and plan.fastest == 1 and plan.seconds > plan.one_device_s
+
+
+@pytest.mark.parametrize("kw,message", [
+    (dict(N=1), r"N \(the request's tokens\) must be an int >= the 2 devices"),
+    (dict(devices=[CORE, Device(0, 1e10)]), r"devices\[1\].linear_flops_s must be a finite rate > 0"),
+    (dict(devices=[CORE, Device(1e10, float("nan"))]), r"devices\[1\].attention_flops_s must be a finite rate"),
+    (dict(links=[[None, Link(1e6)]]), r"links must be a \[2\]\[2\] table"),
+    (dict(links=[[None, Link(0)], [Link(1e6), None]]), r"links\[0\]\[1\] must be a Link with bytes_s > 0"),
+    (dict(config=PrismConfig(3, 1)), r"config.num_partitions=3 must equal the 2 devices"),
+])
+def test_bad_input_is_refused_naming_it(kw, message):
+    args = dict(N=N, devices=[CORE, CORE], links=FREE, shape=SMOLLM2, config=EDGE)
+    args.update(kw)
+    with pytest.raises(ValueError, match=message):
+        balanced_split(args["N"], args["devices"], args["links"], args["shape"], args["config"], causal=True)
