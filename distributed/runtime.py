@@ -91,11 +91,12 @@ def run_distributed(runner: ModelRunner, comm, req: Request | None, eos=None, pr
                         [8 * layers] * comm.size)
     times["gather"] = time.perf_counter() - t3
     times["total"] = time.perf_counter() - t0
-    every = allgather_json(comm, times)
+    every = allgather_json(comm, {**times, **{f"attention {k}": v for k, v in state.seconds.items()}})
     if comm.rank != 0:
         return None
     return assemble(head, got, torch.stack([s.view(torch.int64) for s in sent]).sum(0).tolist(),
-                    {k: max(t.get(k, 0.0) for t in every) for k in every[-1]})  # the slowest rank's seconds
+                    {k: max(t.get(k, 0.0) for t in every) for k in every[-1] if not k.startswith("attention ")},
+                    every)  # the slowest rank's seconds per phase, and every rank's
 
 
 class _TokenStream:
@@ -241,8 +242,9 @@ def local_output(runner, head, h, cache, valid_local, last, eos, progress, on_to
     return as_bytes(runner.next_logits(h[:, -1]).float().cpu() if last else torch.empty(0))
 
 
-def assemble(head, got, bytes_per_layer: list, seconds: dict) -> Result:
-    """Rank 0: the Result from every rank's bytes, the bytes sent per layer and the seconds."""
+def assemble(head, got, bytes_per_layer: list, seconds: dict, seconds_per_rank: list = ()) -> Result:
+    """Rank 0: the Result from every rank's bytes, the bytes sent per layer and the seconds (the
+    slowest rank's per phase, and every rank's)."""
     B, bounds = head["B"], head["bounds"]
     ids = None
     if head["generate"]:
@@ -254,4 +256,4 @@ def assemble(head, got, bytes_per_layer: list, seconds: dict) -> Result:
     else:
         output = got[-1].view(torch.float32).view(B, -1)
     return Result(output=output, token_ids=None if ids is None else ids.tolist(), bytes_per_layer=bytes_per_layer,
-                  seconds=seconds, bounds=bounds)
+                  seconds=seconds, bounds=bounds, seconds_per_rank=list(seconds_per_rank))

@@ -34,7 +34,8 @@ def build_report(res: Result, *, model_name: str, model, tokenizer, config: Pris
             "bytes": {"sent_per_layer": sent, "full_exchange_per_layer": [full] * len(sent)}, "seconds": seconds,
             "_kind": model_kind(model), "_exchange": config.exchange, "_tokens": N, "_simulated": simulated,
             "_output_name": output, "_vector": None if res.token_ids is not None else res.output[0].flatten(),
-            "_shape": None if res.token_ids is not None else list(res.output[0].shape)}
+            "_shape": None if res.token_ids is not None else list(res.output[0].shape),
+            "_seconds_per_rank": res.seconds_per_rank}
 
 
 def print_report(obj: dict, file=sys.stdout, json_line: bool = False, verbose: bool = False) -> None:
@@ -61,6 +62,23 @@ def print_report(obj: dict, file=sys.stdout, json_line: bool = False, verbose: b
               f"{sum(sent) / max(1, sum(full)):.2%} of full exchange's {sum(full):,} (--verbose: per layer)",
               file=file)
     print("seconds: " + "  ".join(f"{k} {v:.3f}" for k, v in obj["seconds"].items()), file=file)
+    if verbose and obj.get("_seconds_per_rank"):
+        print_seconds_per_rank(obj["_seconds_per_rank"], file)
     if json_line:
         print(json.dumps({k: v for k, v in obj.items() if not k.startswith("_")}), file=file)
     file.flush()
+
+
+PHASES = ("scatter", "forward", "attention payload", "attention local", "attention wait", "attention remote",
+          "decode", "gather", "total")
+
+
+def print_seconds_per_rank(every: list, file=sys.stdout) -> None:
+    """Each rank's seconds per phase (--verbose): where the time between the compute ceiling and
+    the run goes. The attention phases are part of forward; forward less them is the rest of the
+    model (projections, MLP, norms) and Python."""
+    cols = [k for k in PHASES if any(k in t for t in every)]
+    names = [k.removeprefix("attention ") for k in cols]
+    print("rank " + " ".join(f"{n:>9}" for n in names) + "   (payload, local, wait, remote: inside forward)", file=file)
+    for r, t in enumerate(every):
+        print(f"{r:>4} " + " ".join(f"{t.get(k, 0.0):>9.3f}" for k in cols), file=file)

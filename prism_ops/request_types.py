@@ -110,7 +110,10 @@ class Result:
     output: object
     token_ids: list | None = None
     bytes_per_layer: list = field(default_factory=list)  # sent, summed over ranks
-    seconds: dict = field(default_factory=dict)
+    seconds: dict = field(default_factory=dict)  # per phase, the slowest rank's
+    # Every rank's seconds per phase, with its attention layers' breakdown (payload, local, wait,
+    # remote: `strategy.RequestState.seconds`); empty when run in one process.
+    seconds_per_rank: list = field(default_factory=list)
     bounds: list = field(default_factory=list)
 
 

@@ -40,11 +40,19 @@ class RequestState:
     bounds: every rank's token range [start, end) (MPI ranks; None when simulated).
     valid: the padding mask of the whole sequence `[B, N]`, True = real token (MPI ranks).
     rows: layer index -> the `CachedRows` of the prefill, for decoding.
+    seconds: where this rank's attention layers spent their time, summed over layers (MPI ranks):
+        "payload" (building and encoding its rows, starting the send), "local" (its own block),
+        "wait" (for the rows it reads, beyond the local block), "remote" (decoding them, attending
+        to them, merging).
     """
 
     bounds: list | None = None
     valid: torch.Tensor | None = None
     rows: dict = field(default_factory=dict)
+    seconds: dict = field(default_factory=dict)
+
+    def add_seconds(self, phase: str, seconds: float) -> None:
+        self.seconds[phase] = self.seconds.get(phase, 0.0) + seconds
 
 
 @dataclass

@@ -24,6 +24,7 @@ projections come from its PrismLayer. The communicator is passed in (`comm`: the
 
 from __future__ import annotations
 
+import time
 from functools import partial
 
 import torch
@@ -111,11 +112,15 @@ class RankPartition(PartitionStrategy):
         opts = chunk_options(cfg, causal)
 
         # 1. This rank's payload, on its way while the local block is computed.
+        t0 = time.perf_counter()
         keep = state.valid[:, c0:c1]
         pending = self._send(layer, x, k, keep, state, layouts, opts, causal, reach)
+        t1 = time.perf_counter()
+        state.add_seconds("payload", t1 - t0)
 
-        # 2. The local block, exact.
+        # 2. The local block, exact. (On a GPU the clock sees launches; the wait then holds the rest.)
         k_valid = None if bool(keep.all()) else keep
+        win = pos = None
         if windowed:
             pos = torch.arange(c0, c1, device=q.device)
             win = dict(window=window, softcap=layer.softcap, scale=scale, log_count_bias=cfg.log_count_bias,
@@ -125,8 +130,25 @@ class RankPartition(PartitionStrategy):
             out, lse = prism_attention(q, k, v, None, None, None, causal=causal, scale=scale, k_valid=k_valid,
                                        backend=cfg.backend, return_lse=True)
 
+        t2 = time.perf_counter()
+        state.add_seconds("local", t2 - t1)
+
         # 3. The rows of the chunks this rank may see.
-        rows = self._received_rows(layer, pending.wait(), state, layouts, opts, causal, reach)
+        parts = pending.wait()
+        t3 = time.perf_counter()
+        state.add_seconds("wait", t3 - t2)
+        out, cached = self._attend_received(layer, q, k, v, out, lse, parts, state, layouts, opts, causal, reach,
+                                            scale=scale, windowed=windowed, win=win, pos=pos)
+        state.add_seconds("remote", time.perf_counter() - t3)
+        return out, cached
+
+    def _attend_received(self, layer, q, k, v, out, lse, parts, state, layouts, opts, causal, reach, *, scale,
+                         windowed, win, pos):
+        """Attend to the rows received and merge with the local block; (output, rows to cache)."""
+        cfg, p, P = layer.config, self.comm.rank, self.comm.size
+        c0, c1 = state.bounds[p]
+        segment_size, window = cfg.segment_size, layer.window
+        rows = self._received_rows(layer, parts, state, layouts, opts, causal, reach)
         k_sum, v_sum, sum_counts = visible_rows(rows, p, causal, **reach)
         spans = None
         if windowed:

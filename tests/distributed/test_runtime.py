@@ -169,3 +169,18 @@ def test_a_runner_configured_for_another_comm_is_refused():
     runner = hf.configure(copy.deepcopy(base), PrismConfig(2, 1))  # simulated: no comm
     with pytest.raises(ValueError, match="needs the runner that prism_ops.hf.configure"):
         run_distributed(runner, comms[0], Request(ids=torch.zeros(1, 8, dtype=torch.long)), progress=False)
+
+
+def test_every_ranks_time_is_broken_down_by_phase():
+    """Result.seconds_per_rank: each rank's scatter, forward (with its attention layers' payload,
+    local block, wait and remote rows inside it), gather and total; Result.seconds the slowest's."""
+    base, config = gpt2(), PrismConfig(2, 4)
+    req = Request(ids=torch.randint(0, 100, (1, 40), generator=torch.Generator().manual_seed(5)), output="hidden")
+    res, _ = distributed(base, config, req, 3)
+    assert len(res.seconds_per_rank) == 3
+    for t in res.seconds_per_rank:
+        parts = [t[f"attention {k}"] for k in ("payload", "local", "wait", "remote")]
+        assert all(x >= 0 for x in parts)
+        assert sum(parts) <= t["forward"] + 1e-6 <= t["total"] + 1e-6
+    assert set(res.seconds) == {"scatter", "forward", "gather", "total"}
+    assert res.seconds["total"] == max(t["total"] for t in res.seconds_per_rank)
