@@ -30,7 +30,6 @@ forward and its decoding steps: nothing per-request is left on the model.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
 
 import torch
 

@@ -33,7 +33,7 @@ from .config import PRESET_ORDER, PrismConfig
 from .distributed.control import bcast_json
 from .distributed.runtime import run_distributed
 from .request_types import Request
-from .hf import model_kind
+from .hf import NAME, model_kind
 from .in_process import run_simulated
 from .models import pydoc_text
 from .ops.chunk_summary import visible_chunks
@@ -66,7 +66,7 @@ def measure_profile(runner, tok, comm, path: str, *, model_name: str, config: Pr
                 t0 = time.perf_counter()
                 run_simulated(model, req, 1)
                 local.append(time.perf_counter() - t0)
-            model.set_attn_implementation("prism")
+            model.set_attn_implementation(NAME)
         bcast_json(comm, "next")  # the others wait here while rank 0 runs alone
         rows.append({"tokens": n, "local_s": statistics.median(local) if local else None,
                      "distributed_s": statistics.median(dist)})

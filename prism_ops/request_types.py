@@ -166,5 +166,3 @@ def check_request(runner: ModelRunner, req: Request, num_ranks: int) -> tuple[in
 def default_positions(B, N):
     """Positions 0..N-1 of every row `[B, N]` (a request that lays out no batch)."""
     return torch.arange(N).expand(B, N)
-
-

@@ -20,7 +20,6 @@ Checked over 2 and 3 hosts:
 """
 
 import json
-import os
 import subprocess
 import sys
 import time

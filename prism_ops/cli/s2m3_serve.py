@@ -33,10 +33,8 @@ import traceback
 
 import torch
 
-from prism_ops.distributed.comm import Communicator
-from prism_ops.distributed.faults import guarded
-from prism_ops.distributed.comm import DEFAULT_TIMEOUT_S
-from prism_ops.distributed.faults import BadInput
+from prism_ops.distributed.comm import DEFAULT_TIMEOUT_S, Communicator
+from prism_ops.distributed.faults import BadInput, guarded
 from prism_ops.s2m3.server import serve_requests
 
 

@@ -20,11 +20,9 @@ from prism_ops.strategy import LAYER_ATTR, PrismLayer, RankPartition, SimulatedP
 from .attention_calls import REFUSED, call_keywords, is_set, module_features
 from .forward import capture_hidden, prism_attention_forward
 from .model import kv_params, kv_weight, model_fingerprint
-from .runner import HFRunner
+from .runner import NAME, HFRunner
 
 log = logging.getLogger("prism_ops")
-
-NAME = "prism"  # the attn_implementation name
 
 
 def attention_modules(model) -> list:

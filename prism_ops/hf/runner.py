@@ -16,6 +16,9 @@ from ..strategy import attached_layers
 from .model import decode_tokens, local_hidden, max_positions, model_kind, sampled_weights_digest, transformers_version
 
 
+NAME = "prism"  # the attn_implementation name `configure` registers and sets
+
+
 @dataclass(frozen=True)
 class HFRunner:
     """model: the transformers model; config: its resolved PrismConfig (None: unconfigured);
@@ -62,6 +65,6 @@ def runner(model) -> HFRunner:
     """The runner of `model` as it is: its config and strategy if configured, else unconfigured
     (the exact model, for the one-process paths)."""
     layers = attached_layers(model)
-    if not layers or getattr(model.config, "_attn_implementation", None) != "prism":  # exact (e.g. back on sdpa)
+    if not layers or getattr(model.config, "_attn_implementation", None) != NAME:  # exact (e.g. back on sdpa)
         return HFRunner(model)
     return HFRunner(model, layers[0].config, layers[0].strategy, len(layers))

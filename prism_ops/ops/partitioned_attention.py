@@ -181,6 +181,7 @@ def _attend_chunks(q, k, v, rows, bounds, valid, *, window, softcap, spans, caus
                                         k_valid=k_valid, backend=backend))
     return outs, seen
 
+
 def _sent_rows(bounds, c, k, kv, valid_bt, hidden, kv_weight, segment_size, cluster_iters, window, round_rows,
                backend, layout):
     """(K|V rows `[B, Hkv, R, 2D]`, counts `[B, R]`) chunk c sends, as its receivers decode them

@@ -41,7 +41,7 @@ from prism_ops.ops.segment_means import segment_means
 from prism_ops.ops.window_attention import windowed_prism_attention
 from prism_ops.wire import chunk_options, payload_layouts, readers
 
-from .base import CachedRows, PartitionStrategy, attached_layers
+from .base import CachedRows, PartitionStrategy
 from .payload import decode, encode
 from ..tags import TAG_LAYERS
 
@@ -96,14 +96,12 @@ class RankPartition(PartitionStrategy):
         if state is None or state.bounds is None:
             raise ValueError("a model configured with comm= runs through prism_ops.distributed.runtime.run_distributed "
                              "(it sets the partition bounds)")
-        cfg, comm = layer.config, self.comm
-        p, P = comm.rank, comm.size
+        cfg, p = layer.config, self.comm.rank
         c0, c1 = state.bounds[p]
         if q.shape[2] != c1 - c0:
             raise ValueError(f"rank {p} owns tokens [{c0}, {c1}) but its layer got {q.shape[2]} queries")
         B = k.shape[0]
-        segment_size, hidden_mode = cfg.segment_size, cfg.exchange == "hidden"
-        x = hidden[:, None] if hidden_mode else torch.cat([k, v], -1)
+        x = hidden[:, None] if cfg.exchange == "hidden" else torch.cat([k, v], -1)
         window = layer.window
         windowed = window is not None or layer.softcap is not None
         reach = dict(bounds=state.bounds, window=window)

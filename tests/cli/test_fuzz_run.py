@@ -8,12 +8,9 @@ runs under real `mpiexec -n 2`: a missing --auto profile, which used to leave ra
 broadcast rank 0 had skipped until the timeout.
 """
 
-import json
 import os
 import subprocess
-import sys
 import time
-from pathlib import Path
 
 import pytest
 

@@ -13,7 +13,6 @@ is below 1e-5 of the output's scale. The bound is 1e-4 of the scale.
 """
 
 import re
-from pathlib import Path
 
 import pytest
 import torch

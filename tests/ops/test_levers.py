@@ -9,7 +9,6 @@ import torch
 import torch.nn.functional as F
 
 from prism_ops import PrismConfig, partitioned_attention, prism_attention, segment_means
-from prism_ops.ops.quantize_rows import quantize_rows
 from test_quantize_rows import loop_quantize
 
 

@@ -3,17 +3,15 @@ under real mpiexec: the sender never waits, the emulated link delivers one paylo
 other, and a decoder over it gives the simulated output with the cost model's bytes."""
 
 import json
-import os
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
 pytest.importorskip("mpi4py")
 pytest.importorskip("transformers")
 
-from launch import BIN, ENV, MPI_SCRIPTS as HERE, MPIEXEC  # noqa: E402  (the one launcher setup)
+from launch import ENV, MPI_SCRIPTS as HERE, MPIEXEC  # noqa: E402  (the one launcher setup)
 pytestmark = pytest.mark.skipif(MPIEXEC is None, reason="needs mpiexec (pip install mpich)")
 
 

@@ -3,10 +3,9 @@
 import pytest
 import torch
 
-from prism_ops import PrismConfig, partition_bounds
 from prism_ops.strategy.payload import decode, encode, pack_codes, unpack_codes
 from prism_ops.ops.quantize_rows import quantize_codes, quantize_rows
-from prism_ops.wire import PayloadLayout, payload_layouts
+from prism_ops.wire import PayloadLayout
 
 
 @pytest.mark.parametrize("bits", [2, 3, 4, 8])
