@@ -89,14 +89,37 @@ def assert_matches_simulation(r, layers):
 
 
 def assert_ids_match_simulation(r, layers, n):
-    """Greedy ids: each equals the simulation's where the simulated top-2 logit margin exceeds
-    the logit budget (the bound above on logits of scale logit_scale); at a near-tie either token
-    is right, and from a differing one on the two runs continue different prefixes."""
+    """Greedy ids of check_run.py's run against its simulation (`assert_greedy_ids_agree`), and
+    the bytes the cost model predicts."""
     assert len(r["ids"][0]) == n and len(r["margins_sim"]) == n, r
     budget = 1e-5 * max(1.0, r["logit_scale"]) * layers + r["err_step"]
-    for i, (a, b, margin) in enumerate(zip(zip(*r["ids"]), zip(*r["ids_sim"]), r["margins_sim"])):
+    assert_greedy_ids_agree(r["ids"], r["ids_sim"], r["margins_sim"], budget)
+    assert r["bytes"] == [r["expected_bytes"]] * layers
+
+
+def assert_greedy_ids_agree(ids, ids_sim, margins, budget):
+    """Greedy ids `[B][n]`: each token equals the simulation's where the simulated top-2 logit
+    margin (least over the batch) exceeds the logit budget; at a near-tie either token is right,
+    and from a differing one on the two runs continue different prefixes."""
+    for i, (a, b, margin) in enumerate(zip(zip(*ids), zip(*ids_sim), margins)):
         if margin > budget:
-            assert a == b, (i, margin, budget, r)
+            assert a == b, (i, margin, budget, ids, ids_sim)
         elif a != b:
             return
-    assert r["bytes"] == [r["expected_bytes"]] * layers
+
+
+def greedy_margins(model, run):
+    """(run()'s Result, the top-2 logit margin at each token it generated (least over the batch),
+    the largest logit): read at the model's LM head, which decoding calls once per token
+    (`hf.model.decode_tokens`: logits `[B, V]`)."""
+    logits = []
+    hook = model.get_output_embeddings().register_forward_hook(lambda m, i, o: logits.append(o.float()))
+    try:
+        res = run()
+    finally:
+        hook.remove()
+    import torch
+
+    values = torch.stack(logits[: len(res.token_ids[0])])  # [n, B, V]
+    top2 = values.topk(2, -1).values
+    return res, (top2[..., 0] - top2[..., 1]).amin(-1).tolist(), values.abs().max().item()

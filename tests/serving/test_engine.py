@@ -5,7 +5,8 @@ the engine runs, so it batches them.
 Embeddings queued together run in fewer forwards than requests, and each equals the same text
 run alone in one process (`in_process.run_simulated`) within the runtime's fp32 budget
 (`launch.assert_matches_simulation`: 1e-5 of the scale per layer). Greedy completions of one
-prompt length run as one batch, each row to its own max_tokens, with the ids a single run gives.
+prompt length run as one batch, each row to its own max_tokens, with the ids a single run gives
+(up to the first near-tie: a top-2 logit margin within that budget on the logits).
 """
 
 import copy
@@ -16,6 +17,7 @@ import torch
 transformers = pytest.importorskip("transformers")
 
 from fake_comm import fake_comms, run_ranks  # noqa: E402
+from launch import greedy_margins  # noqa: E402
 
 from prism_ops import PrismConfig, hf  # noqa: E402
 from prism_ops.in_process import run_simulated  # noqa: E402
@@ -77,9 +79,17 @@ def test_greedy_completions_of_one_length_decode_as_one_batch(tmp_path):
     model = copy.deepcopy(base)
     hf.configure(model, PrismConfig(2, 1))
     ids = torch.tensor([tok(prompt)["input_ids"]])
-    ref = run_simulated(model, Request(ids=ids, generate=6), 2).token_ids[0]
+    res, margins, scale = greedy_margins(model, lambda: run_simulated(model, Request(ids=ids, generate=6), 2))
+    ref, budget = res.token_ids[0], 1e-5 * max(1.0, scale) * 2
+    # The tokens before the first near-tie (top-2 margin within the logit budget) must be the same;
+    # from a near-tie on, either token is right and the two runs continue different prefixes.
+    sure = next((i for i, m in enumerate(margins) if m <= budget), len(margins))
     for n, a in zip((3, 6), answers):
         kind, body = a[-1]
-        assert kind == "done" and body["usage"]["completion_tokens"] == n
-        assert body["choices"][0]["text"] == tok.decode(ref[:n], skip_special_tokens=True)
-        assert body["choices"][0]["finish_reason"] == "length"
+        text, expected = body["choices"][0]["text"], tok.decode(ref[:min(n, sure)], skip_special_tokens=True)
+        assert kind == "done"
+        if sure >= n:
+            assert text == expected and body["usage"]["completion_tokens"] == n
+            assert body["choices"][0]["finish_reason"] == "length"
+        else:
+            assert text.startswith(expected)
