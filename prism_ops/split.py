@@ -3,30 +3,38 @@
     devices = [Device(linear_flops_s=2.1e10, attention_flops_s=1.4e10), Device(1.0e10, 0.7e10)]
     links = uniform_links(2, bytes_s=1.25e6, latency_s=1e-3)          # or a [P][P] table of Link
     plan = balanced_split(2048, devices, links, shape, config, causal=True)
-    plan.bounds, plan.seconds, plan.distribute, plan.one_device_s
+    plan.bounds, plan.order, plan.seconds, plan.distribute, plan.one_device_s
 
 A pure function of plain numbers (no MPI, no I/O): what a profile measured of each rank (its
-rates for linear and for attention work) and of each link (bytes per second and per-message
-latency, per direction), the model's shape, the PRISM setting and the request length.
+rates for linear and for attention work, `prism_ops.link_profile`) and of each link (bytes per
+second and per-message latency, per direction), the model's shape, the PRISM setting and the
+request length. Devices and links are indexed by rank; the split also picks which rank holds
+which chunk (`order[c]`: the rank of chunk c). For a decoder the last chunk's rank attends to
+every earlier key and decodes, so the fastest rank is tried there and the slowest first.
 
-The time model, per layer and rank p owning n_p tokens (FLOPs from `prism_ops.cost`'s counts):
+The time model (FLOPs from `prism_ops.cost`'s counts), layer by layer, each rank running ahead
+as far as the rows it reads allow (a causal model's payloads stream point to point):
 
-    compute_local_p = linear FLOPs of n_p tokens / linear rate_p + local attention FLOPs / attention rate_p
-    arrival_p       = max over the chunks c that p reads of: latency(c->p) + the bytes c has sent by the
-                      time its payload to p is through / rate(c->p)   (c sends to its readers in turn,
-                      as soon as the layer starts; the payload's bytes are the wire layout's)
-    t_p             = max(compute_local_p, arrival_p) + attention to the received rows / attention rate_p
+    local_c    = linear FLOPs of n_c tokens / linear rate + local attention FLOPs / attention rate
+    send       chunk c's payload leaves when c starts the layer, to its readers in turn, over the
+               sender's uplink (a queue: a payload waits for the one before it); it is through at
+               reader r after latency(c->r) + bytes / rate(c->r) (bytes: the wire layout's)
+    done_c[l]  = max(done_c[l-1] + local_c, the arrivals of the chunks c reads) + remote_c
+    remote_c   = attention to the received rows / attention rate (+ projecting hidden rows)
 
-and the forward takes num_layers x max_p t_p (each layer waits for the rows it reads). One device
-runs the exact model in num_layers x (its linear and attention FLOPs of all N tokens at its rates);
-`distribute` is False when the fastest device alone is predicted faster.
+and the forward takes max_c done_c[num_layers - 1]. One device runs the exact model in num_layers x
+(its linear and attention FLOPs of all N tokens at its rates); `distribute` is False when the
+fastest device alone is predicted faster.
 
 The search starts from sizes proportional to the devices' rates and moves tokens between
-neighbouring chunks, in steps halving from N/4P to 1, while the slowest rank's time falls.
+neighbouring chunks, in steps halving from N/4P to 1, while the slowest rank's time falls; it
+does so for each chunk order tried (every order up to 3 ranks; else rank order and slowest
+first; for a decoder only those that put a fastest device last, to decode) and keeps the best.
 """
 
 from __future__ import annotations
 
+import itertools
 import math
 from dataclasses import dataclass
 
@@ -57,16 +65,26 @@ class Link:
 
 @dataclass(frozen=True)
 class Split:
-    """bounds: each rank's [start, end); seconds: the predicted forward (the slowest rank's);
-    per_rank: each rank's predicted forward; one_device_s: the fastest device alone (exact model);
-    fastest: that device's rank; distribute: whether the split is predicted faster than it."""
+    """bounds: each chunk's [start, end), in sequence order; order: the rank that holds each chunk;
+    seconds: the predicted forward (the slowest rank's); per_rank: each chunk's predicted forward;
+    one_device_s: the fastest device alone (exact model); fastest: that device's rank;
+    distribute: whether the split is predicted faster than it."""
 
     bounds: list
+    order: list
     seconds: float
     per_rank: list
     one_device_s: float
     fastest: int
     distribute: bool
+
+    def rank_bounds(self) -> list:
+        """bounds[rank]: the [start, end) each rank holds (what the runtime takes as Request.bounds
+        on a communicator whose rank c is order[c])."""
+        out = [None] * len(self.order)
+        for c, r in enumerate(self.order):
+            out[r] = self.bounds[c]
+        return out
 
 
 def uniform_links(P: int, bytes_s: float, latency_s: float = 0.0) -> list:
@@ -95,34 +113,42 @@ def _check(N, devices, links, config):
 
 
 def predict(bounds, devices, links, shape: ModelShape, config: PrismConfig, *, causal: bool,
-            dtype: torch.dtype = torch.float32) -> list[float]:
-    """Each rank's predicted forward (seconds) with these bounds (see the module docstring); dtype:
-    the model's (the wire carries verbatim and full-precision rows in it)."""
+            dtype: torch.dtype = torch.float32, order=None) -> list[float]:
+    """Each chunk's predicted forward (seconds) with these bounds (see the module docstring);
+    order[c]: the rank (device, links) holding chunk c (default: chunk c on rank c); dtype: the
+    model's (the wire carries verbatim and full-precision rows in it)."""
     P = len(bounds)
+    order = list(range(P)) if order is None else list(order)
+    dev = [devices[r] for r in order]
     heads, channels = shape.row_shape(config.exchange)
     layouts = payload_layouts(config, bounds, causal=causal, batch=1, heads=heads, channels=channels, dtype=dtype)
     opts = chunk_options(config, causal)
     rows = [sum(summary_count(bounds, c, config.segment_size, **opts)) for c in range(P)]
-    arrive = [[0.0] * P for _ in range(P)]  # arrive[c][r]: when c's payload is through at r
-    for c in range(P):
-        sent = 0
-        for r in readers(c, P, causal, bounds=bounds):
-            sent += layouts[c].nbytes
-            arrive[c][r] = links[c][r].latency_s + sent / links[c][r].bytes_s
-    attn_per_pair = 2 * 2 * shape.num_heads * shape.head_dim  # FLOPs per (query, key) for scores and values
-    out = []
-    for p, (start, end) in enumerate(bounds):
-        n, dev = end - start, devices[p]
-        seen = visible_chunks(p, P, causal, bounds=bounds)
-        local_pairs = n * (n + 1) // 2 if causal else n * n
-        compute = 2 * n * shape.linear_macs_per_token() / dev.linear_flops_s + attn_per_pair * local_pairs / dev.attention_flops_s
-        received = sum(rows[c] for c in seen)
-        remote = attn_per_pair * n * received / dev.attention_flops_s
+    attn_per_pair = 2 * 2 * shape.num_heads * shape.head_dim  # FLOPs per (query, key): scores and values
+    local, remote, seen = [], [], []
+    for c, (start, end) in enumerate(bounds):
+        n = end - start
+        pairs = n * (n + 1) // 2 if causal else n * n
+        local.append(2 * n * shape.linear_macs_per_token() / dev[c].linear_flops_s
+                     + attn_per_pair * pairs / dev[c].attention_flops_s)
+        seen.append(visible_chunks(c, P, causal, bounds=bounds))
+        received = sum(rows[s] for s in seen[c])
+        t = attn_per_pair * n * received / dev[c].attention_flops_s
         if config.exchange == "hidden":  # the receiver projects each row to K and V
-            remote += 2 * received * 2 * shape.hidden_size * shape.num_kv_heads * shape.head_dim / dev.linear_flops_s
-        wait = max((arrive[c][p] for c in seen), default=0.0)
-        out.append(shape.num_layers * (max(compute, wait) + remote))
-    return out
+            t += 2 * received * 2 * shape.hidden_size * shape.num_kv_heads * shape.head_dim / dev[c].linear_flops_s
+        remote.append(t)
+    to = [readers(c, P, causal, bounds=bounds) for c in range(P)]
+    done = [0.0] * P
+    uplink = [0.0] * P  # when each sender's uplink is free again
+    for _ in range(shape.num_layers):
+        arrive = {}
+        for c in range(P):
+            for r in to[c]:  # c starts the layer at done[c] and sends to its readers in turn
+                link = links[order[c]][order[r]]
+                uplink[c] = max(uplink[c], done[c]) + layouts[c].nbytes / link.bytes_s
+                arrive[c, r] = uplink[c] + link.latency_s
+        done = [max([done[c] + local[c]] + [arrive[s, c] for s in seen[c]]) + remote[c] for c in range(P)]
+    return done
 
 
 def one_device_seconds(N: int, device: Device, shape: ModelShape, *, causal: bool) -> float:
@@ -140,18 +166,32 @@ def _bounds(sizes):
     return out
 
 
-def balanced_split(N: int, devices, links, shape: ModelShape, config: PrismConfig, *, causal: bool,
-                   dtype: torch.dtype = torch.float32) -> Split:
-    """The bounds that minimise the slowest rank's predicted time, and whether they beat one device."""
-    _check(N, devices, links, config)
+def _orders(devices, causal: bool) -> list:
+    """The chunk orders tried: every one up to 3 ranks (else rank order and slowest first); for
+    a decoder only those whose last chunk, the one that decodes, is on a fastest device."""
     P = len(devices)
-    speed = [d.linear_flops_s for d in devices]
+    if P <= 3:
+        out = [list(o) for o in itertools.permutations(range(P))]
+    else:
+        slow_first = sorted(range(P), key=lambda r: (devices[r].linear_flops_s, devices[r].attention_flops_s, -r))
+        out = [list(range(P))] + ([slow_first] if slow_first != list(range(P)) else [])
+    if not causal:
+        return out
+    top = max((d.linear_flops_s, d.attention_flops_s) for d in devices)
+    fast_last = [o for o in out if (devices[o[-1]].linear_flops_s, devices[o[-1]].attention_flops_s) == top]
+    return fast_last or [sorted(range(P), key=lambda r: (devices[r].linear_flops_s, devices[r].attention_flops_s))]
+
+
+def _search(N, devices, links, shape, config, causal, dtype, order):
+    """(slowest, total, per chunk, sizes): the best sizes found for one chunk order."""
+    P = len(devices)
+    speed = [devices[r].linear_flops_s for r in order]
     sizes = [max(1, int(N * s / sum(speed))) for s in speed]
-    sizes[max(range(P), key=lambda p: speed[p])] += N - sum(sizes)
+    sizes[max(range(P), key=lambda c: speed[c])] += N - sum(sizes)
 
     def cost(sz):
-        t = predict(_bounds(sz), devices, links, shape, config, causal=causal, dtype=dtype)
-        return max(t), sum(t), t
+        t = predict(_bounds(sz), devices, links, shape, config, causal=causal, dtype=dtype, order=order)
+        return max(t), sum(t), t, sz
 
     best = cost(sizes)
     step = max(1, N // (4 * P))
@@ -161,16 +201,36 @@ def balanced_split(N: int, devices, links, shape: ModelShape, config: PrismConfi
             improved = False
             for i in range(P - 1):
                 for a, b in ((i, i + 1), (i + 1, i)):  # move `step` tokens from chunk a to its neighbour b
-                    if sizes[a] - step < 1:
+                    if best[3][a] - step < 1:
                         continue
-                    trial = list(sizes)
+                    trial = list(best[3])
                     trial[a] -= step
                     trial[b] += step
                     got = cost(trial)
                     if got[:2] < best[:2]:
-                        sizes, best, improved = trial, got, True
+                        best, improved = got, True
         step //= 2
-    fastest = max(range(P), key=lambda p: (devices[p].linear_flops_s, devices[p].attention_flops_s))
+    return best
+
+
+def balanced_split(N: int, devices, links, shape: ModelShape, config: PrismConfig, *, causal: bool,
+                   dtype: torch.dtype = torch.float32, orders=None) -> Split:
+    """The bounds (and chunk order) that minimise the slowest rank's predicted time, and whether
+    they beat the fastest device alone. orders: the chunk orders to try (default: see the module
+    docstring; [[0, 1, ...]] keeps chunk c on rank c)."""
+    _check(N, devices, links, config)
+    P = len(devices)
+    tried = _orders(devices, causal) if orders is None else [list(o) for o in orders]
+    for o in tried:
+        if sorted(o) != list(range(P)):
+            raise ValueError(f"orders: each must be a permutation of the {P} ranks, got {o!r}")
+    best = None
+    for o in tried:
+        got = _search(N, devices, links, shape, config, causal, dtype, o)
+        if best is None or got[:2] < best[0][:2]:
+            best = (got, o)
+    (slowest, _, per_chunk, sizes), order = best
+    fastest = max(range(P), key=lambda r: (devices[r].linear_flops_s, devices[r].attention_flops_s))
     alone = one_device_seconds(N, devices[fastest], shape, causal=causal)
-    return Split(bounds=_bounds(sizes), seconds=best[0], per_rank=best[2], one_device_s=alone, fastest=fastest,
-                 distribute=best[0] < alone)
+    return Split(bounds=_bounds(sizes), order=order, seconds=slowest, per_rank=per_chunk, one_device_s=alone,
+                 fastest=fastest, distribute=slowest < alone)
