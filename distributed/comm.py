@@ -303,6 +303,15 @@ class Communicator:
             return None
         return Communicator(sub, link=self.link, timeout_s=self.watch.timeout_s, liveness=self.watch.heartbeats)
 
+    def reorder(self, order: list[int]) -> "Communicator":
+        """The same ranks in another order: the new communicator's rank c is this one's order[c]
+        (collective). It shares this communicator's heartbeats, as `split`'s does."""
+        if sorted(order) != list(range(self.size)):
+            raise ValueError(f"order must be a permutation of the {self.size} ranks, got {order!r}")
+        self.barrier()
+        sub = self.comm.Split(0, list(order).index(self.rank))
+        return Communicator(sub, link=self.link, timeout_s=self.watch.timeout_s, liveness=self.watch.heartbeats)
+
     def barrier(self) -> None:
         """Wait until every rank has come here (for timings)."""
         self._wait(self.comm.Ibarrier(), time.perf_counter(), 0)

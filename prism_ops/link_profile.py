@@ -1,27 +1,37 @@
-"""Local or distributed? A measured link profile for `prism-run --auto`.
+"""The measured profile of a launch (`prism-run --profile`), and what `prism-run --auto` runs by it.
 
-On slow links distributing a request can be slower than running it on one device (the
-authors' Jetson follow-up found exactly that for full exchange). `measure_profile` times, on
-the machines and link of the current launch, rank 0 running the exact model alone against all
-ranks running PRISM, at several input lengths, and writes
+    mpirun -n 2 prism-run --model smollm2 --profile p.json        # every rank and link, measured
+    mpirun -n 2 prism-run --model smollm2 --auto p.json --input-file story.txt
 
-    {"model", "partitions", "segment_size", "link_mbit", "rows": [{"tokens", "local_s", "distributed_s"}]}
+`measure_profile` measures, on the machines and links of the current launch:
+- each rank's own compute rates on this model, all ranks at once (`measure_device`): attention
+  (the package's attention op on the model's heads, the local causal block and as many received
+  rows) and linear work (the exact model's forward at a few lengths, less its attention);
+- the link between each pair of ranks, both directions, one pair at a time (`measure_link`):
+  per-message latency from a 1-byte round trip, rate from a round trip of a message large
+  enough to take a while,
+- what those rates miss when PRISM runs (`calibrate_overhead`: one request over every rank at an
+  equal split, each rank's computing seconds against the rates' prediction: its `prism_factor`),
+and rank 0 writes (format 2)
 
-`choose` takes it, as `input_files.read_profile` read and checked it (once, bounded), and picks
-the faster mode for an input of N tokens (linear interpolation between measured lengths, the
-nearest end outside them).
+    {"format": 2, "model", "shape": {ModelShape's fields}, "kind", "partitions", "hosts": [per rank],
+     "config": {the asked setting}, "devices": [{"linear_flops_s", "attention_flops_s", "prism_factor", ...}],
+     "links": [[null | {"bytes_s", "latency_s"}] per rank] per rank}
 
-`choose_setting` also picks the setting: among the asked preset and those at least as accurate
-(`config.PRESET_ORDER`: a switch never leaves the asked quality budget), each with either
-exchange the model allows, it predicts every candidate's time from the cost model
-(`predict_seconds`: per-layer FLOPs at the seconds per FLOP the profile measured on one device,
-plus the per-layer transfer on the profile's link rate and latency, scaled by how far the
-measured distributed time of the profiled setting is from its own prediction) and runs the
-fastest, or one device when that is faster still.
+`plan_request` takes it (as `input_files.read_profile` read and checked it, and `check_profile`
+matched it with this job's model and hosts) and picks, for one request of N tokens: among the
+asked preset and those at least as accurate (`config.PRESET_ORDER`: a switch never leaves the
+asked quality budget), each with either exchange the model allows, the partition bounds and
+chunk order that `split.balanced_split` predicts fastest; or the fastest device alone when that
+is faster still. `--weights` fixes the bounds by hand instead.
+
+`predict_seconds` is the older, uniform projection (every rank alike, one link rate), which
+bench_frontier uses to project 4 devices from one.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import statistics
 import time
@@ -30,15 +40,23 @@ import torch
 
 from . import cost
 from .config import PRESET_ORDER, PrismConfig
-from .distributed.control import bcast_json
-from .distributed.runtime import run_distributed
-from .request_types import Request
-from .hf import NAME, model_kind
+from .cost import ModelShape
+from .distributed.control import allgather_json
+from .hf import NAME
 from .in_process import run_simulated
 from .models import pydoc_text
 from .ops.chunk_summary import visible_chunks
+from .ops.partitioned_attention import partition_bounds
+from .ops.prism_attention import prism_attention
+from .request_types import Request
+from .distributed.runtime import run_distributed
+from .split import Device, Link, balanced_split, compute_seconds, one_device_seconds, predict
+from .tags import TAG_PROBE
 
-LENGTHS = (64, 128, 256, 512, 1024, 2048)
+FORMAT = 2
+LENGTHS = (256, 512, 1024)  # the exact model's forward is timed at these (capped at the model's positions)
+PROBE_SECONDS = 0.2  # a link's rate is read from a message that takes at least this long (or PROBE_MAX_BYTES)
+PROBE_MAX_BYTES = 16 * 2**20
 
 
 def _text_ids(tok, n):
@@ -46,67 +64,240 @@ def _text_ids(tok, n):
     return torch.tensor([ids[:n]])
 
 
-def measure_profile(runner, tok, comm, path: str, *, model_name: str, config: PrismConfig, link_mbit=None,
-                    link_latency_ms: float = 0.0, repeats: int = 3) -> dict | None:
-    """Time both modes at every length the model allows; rank 0 writes the profile to `path`."""
-    model = runner.model
+def _best_of(fn, repeats: int) -> float:
+    """The fastest of `repeats` timed calls (after one warm-up): what the device can do."""
+    fn()
+    out = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        out.append(time.perf_counter() - t0)
+    return min(out)
+
+
+def attention_flops(shape: ModelShape, pairs: int) -> float:
+    """FLOPs of one forward's attention over `pairs` (query, key) pairs per layer: scores and values."""
+    return shape.num_layers * 2 * 2 * shape.num_heads * shape.head_dim * pairs
+
+
+def linear_flops(shape: ModelShape, n: int) -> float:
+    """FLOPs of one forward's projections and MLP for n tokens."""
+    return shape.num_layers * 2 * n * shape.linear_macs_per_token()
+
+
+def measure_device(runner, tok, *, causal: bool, backend: str = "auto", repeats: int = 2) -> dict:
+    """This rank's rates on this model: {"linear_flops_s", "attention_flops_s", "lengths", "seconds"}."""
+    model, dev = runner.model, runner.device
+    shape = ModelShape.from_config(model.config)
+    dtype = next(model.parameters()).dtype
     limit = runner.max_positions or max(LENGTHS)
-    rows = []
-    for n in [x for x in LENGTHS if comm.size <= x <= limit]:
-        req = Request(ids=_text_ids(tok, n)) if comm.rank == 0 else None
-        dist = []
-        for _ in range(repeats):
-            t0 = time.perf_counter()
-            run_distributed(runner, comm, req, progress=False)
-            dist.append(time.perf_counter() - t0)
-        local = []
-        if comm.rank == 0:
-            model.set_attn_implementation("sdpa")
-            for _ in range(repeats):
-                t0 = time.perf_counter()
-                run_simulated(model, req, 1)
-                local.append(time.perf_counter() - t0)
-            model.set_attn_implementation(NAME)
-        bcast_json(comm, "next")  # the others wait here while rank 0 runs alone
-        rows.append({"tokens": n, "local_s": statistics.median(local) if local else None,
-                     "distributed_s": statistics.median(dist)})
+    lengths = sorted({min(n, limit) for n in LENGTHS})
+    # Attention: one layer's local block and as many received rows (what a middle rank attends to).
+    n = lengths[-1]
+    g = torch.Generator().manual_seed(0)
+
+    def rand(heads, rows):
+        return torch.randn(1, heads, rows, shape.head_dim, generator=g).to(dev, dtype)
+
+    q, k, v = rand(shape.num_heads, n), rand(shape.num_kv_heads, n), rand(shape.num_kv_heads, n)
+    k_sum, v_sum = rand(shape.num_kv_heads, n), rand(shape.num_kv_heads, n)
+    counts = torch.ones(1, n, dtype=torch.int32, device=dev)
+
+    def attend():
+        out, lse = prism_attention(q, k, v, causal=causal, return_lse=True, backend=backend)
+        prism_attention(q, k[:, :, :0], v[:, :, :0], k_sum, v_sum, counts, return_lse=True, backend=backend)
+        if dev.type == "cuda":
+            torch.cuda.synchronize(dev)
+
+    pairs = (n * (n + 1) // 2 if causal else n * n) + n * n
+    attention_s = _best_of(attend, 3 * repeats)
+    attention_flops_s = 2 * 2 * shape.num_heads * shape.head_dim * pairs / attention_s
+    # Linear work: the exact model at each length, less its attention at that rate.
+    model.set_attn_implementation("sdpa")
+    seconds = []
+    try:
+        for m in lengths:
+            req = Request(ids=_text_ids(tok, m))
+            seconds.append(_best_of(lambda: run_simulated(model, req, 1), repeats))
+    finally:
+        model.set_attn_implementation(NAME)
+    linear_s = [max(t - attention_flops(shape, m * (m + 1) // 2 if causal else m * m) / attention_flops_s, 1e-9)
+                for t, m in zip(seconds, lengths)]
+    per_token = sum(t * m for t, m in zip(linear_s, lengths)) / sum(m * m for m in lengths)  # least squares
+    return {"linear_flops_s": linear_flops(shape, 1) / per_token, "attention_flops_s": attention_flops_s,
+            "lengths": lengths, "seconds": seconds}
+
+
+def _round_trip(comm, a: int, b: int, nbytes: int) -> float | None:
+    """a sends b nbytes, b answers 1 byte (point to point, through the communicator's emulated
+    link if any); a's seconds for the round trip, None on the other ranks."""
+    counts = [0] * comm.size
+    if comm.rank == a:
+        counts[b] = 1
+        t0 = time.perf_counter()
+        comm.isend_recv(torch.zeros(nbytes, dtype=torch.uint8), [b], [b], counts, tag=TAG_PROBE, key="probe").wait()
+        return time.perf_counter() - t0
+    if comm.rank == b:
+        counts[a] = nbytes
+        comm.isend_recv(torch.empty(0, dtype=torch.uint8), [], [a], counts, tag=TAG_PROBE, key="probe").wait()
+        counts[a] = 0
+        comm.isend_recv(torch.zeros(1, dtype=torch.uint8), [a], [], counts, tag=TAG_PROBE, key="probe")
+    return None
+
+
+def measure_link(comm, a: int, b: int, repeats: int = 3) -> dict | None:
+    """The link from rank a to rank b: {"bytes_s", "latency_s"} on rank a (None elsewhere). Every
+    rank calls it; only a and b send. The message grows 8x until it takes PROBE_SECONDS."""
+    small = [_round_trip(comm, a, b, 1) for _ in range(repeats)]
+    rtt1 = min(small) if comm.rank == a else None
+    nbytes = 64 * 2**10
+    while True:
+        t = min(_round_trip(comm, a, b, nbytes) or 0.0 for _ in range(repeats)) if comm.rank in (a, b) else 0.0
+        grow = allgather_json(comm, comm.rank == a and t < PROBE_SECONDS and nbytes < PROBE_MAX_BYTES)[a]
+        if not grow:
+            break
+        nbytes *= 8
+    if comm.rank != a:
+        return None
+    return {"bytes_s": nbytes / max(t - rtt1, 1e-9), "latency_s": rtt1 / 2, "probe_bytes": nbytes}
+
+
+def calibrate_overhead(runner, tok, comm, config: PrismConfig, devices: list, num_tokens: int) -> list[float]:
+    """Each rank's PRISM forward against its prediction from the exact model's rates: one request
+    of num_tokens (capped at the model's positions) at an equal split, the asked setting; the
+    seconds a rank computed (its forward less its waits for rows) over the seconds predicted
+    (`split.compute_seconds`). What the rates miss (building and decoding payloads, merging,
+    Python) scales them in the plan. On every rank."""
+    shape = ModelShape.from_config(runner.model.config)
+    causal = runner.kind == "decoder"
+    N = min(num_tokens, runner.max_positions or num_tokens)
+    req = Request(ids=_text_ids(tok, N)) if comm.rank == 0 else None
+    run_distributed(runner, comm, req, progress=False)  # warm-up
+    res = run_distributed(runner, comm, req, progress=False)
+    t = allgather_json(comm, res.seconds_per_rank if comm.rank == 0 else None)[0]
+    rates = [Device(d["linear_flops_s"], d["attention_flops_s"]) for d in devices]
+    bounds = partition_bounds(N, comm.size)
+    local, remote = compute_seconds(bounds, rates, shape, runner.config, causal=causal)
+    return [max(1.0, (r["forward"] - r.get("attention wait", 0.0)) / (shape.num_layers * (lo + re)))
+            for r, lo, re in zip(t, local, remote)]
+
+
+def profile_dict(*, model: str, shape: ModelShape, kind: str, hosts: list, config: PrismConfig, devices: list,
+                 links: list) -> dict:
+    """The profile as `measure_profile` writes it (devices: dicts with at least the Device fields;
+    links: [P][P] of None or dicts with the Link fields)."""
+    return {"format": FORMAT, "model": model, "shape": dataclasses.asdict(shape), "kind": kind,
+            "partitions": len(devices), "hosts": list(hosts), "config": config.as_dict(), "devices": list(devices),
+            "links": links}
+
+
+def measure_profile(runner, tok, comm, path: str, *, model_name: str, config: PrismConfig,
+                    repeats: int = 2) -> dict | None:
+    """Measure every rank and link (see the module docstring); rank 0 writes the profile to `path`
+    and returns it (None on the other ranks)."""
+    if runner.kind == "vision":
+        raise ValueError("--profile measures text models (its lengths are token counts); a vision model's "
+                         "request has one length: run it with and without --simulate to compare")
+    causal = runner.kind == "decoder"
+    mine = measure_device(runner, tok, causal=causal, backend=config.backend, repeats=repeats)
+    devices = allgather_json(comm, mine)
+    hosts = allgather_json(comm, comm.MPI.Get_processor_name())
+    links = [[None] * comm.size for _ in range(comm.size)]
+    for a in range(comm.size):
+        for b in range(comm.size):
+            if a != b:
+                links[a][b] = allgather_json(comm, measure_link(comm, a, b))[a]
+    factors = calibrate_overhead(runner, tok, comm, config, devices, max(d["lengths"][-1] for d in devices) * comm.size)
+    for d, f in zip(devices, factors):
+        d["prism_factor"] = f
     if comm.rank != 0:
         return None
-    prof = {"model": model_name, "partitions": comm.size, "segment_size": config.segment_size,
-            "config": config.as_dict(), "link_mbit": link_mbit, "link_latency_ms": link_latency_ms, "rows": rows}
+    prof = profile_dict(model=model_name, shape=ModelShape.from_config(runner.model.config), kind=runner.kind,
+                        hosts=hosts, config=config, devices=devices, links=links)
     with open(path, "w") as f:
         json.dump(prof, f, indent=1)
-    print(f"prism-run: profile of {len(rows)} lengths written to {path}")
-    for r in rows:
-        print(f"  {r['tokens']:>5} tokens: local {r['local_s']:.3f} s, distributed {r['distributed_s']:.3f} s")
+    print(f"prism-run: profile of {comm.size} ranks written to {path}")
+    for r, (d, h) in enumerate(zip(devices, hosts)):
+        print(f"  rank {r} ({h}): linear {d['linear_flops_s'] / 1e9:.1f} GFLOP/s, "
+              f"attention {d['attention_flops_s'] / 1e9:.1f} GFLOP/s")
+    for a, row in enumerate(links):
+        for b, link in enumerate(row):
+            if link is not None:
+                print(f"  link {a} -> {b}: {link['bytes_s'] * 8 / 1e6:.1f} Mbit/s, {link['latency_s'] * 1e3:.2f} ms")
     return prof
 
 
-def _rows(prof: dict) -> list:
-    """The profile's rows by length."""
-    return sorted(prof["rows"], key=lambda r: r["tokens"])
+def check_profile(prof: dict, flag: str, *, model: str, shape: ModelShape, hosts: list) -> None:
+    """The profile must be of this model (name and shape) and these hosts, in rank order."""
+    if prof["model"] != model or prof["shape"] != dataclasses.asdict(shape):
+        raise ValueError(f"{flag}: the profile was measured for model {prof['model']!r} "
+                         f"({_shape_text(prof['shape'])}), this job runs {model!r} "
+                         f"({_shape_text(dataclasses.asdict(shape))}); measure it again with --profile")
+    if prof["hosts"] != list(hosts):
+        raise ValueError(f"{flag}: the profile was measured on hosts {prof['hosts']} (by rank), this job runs on "
+                         f"{list(hosts)}; measure it again with --profile")
 
 
-def _at(rows, num_tokens: int, key: str) -> float:
-    """A profile column at num_tokens: linear between measured lengths, the nearest end outside."""
-    if num_tokens <= rows[0]["tokens"]:
-        return rows[0][key]
-    for r0, r1 in zip(rows, rows[1:]):
-        if num_tokens <= r1["tokens"]:
-            w = (num_tokens - r0["tokens"]) / (r1["tokens"] - r0["tokens"])
-            return (1 - w) * r0[key] + w * r1[key]
-    return rows[-1][key]
+def _shape_text(shape: dict) -> str:
+    return f"{shape.get('num_layers')} layers, d={shape.get('hidden_size')}, {shape.get('num_heads')} heads"
 
 
-def choose(prof: dict, num_tokens: int) -> str:
-    """"local" or "distributed", whichever the profile `prof` predicts is faster."""
-    rows = _rows(prof)
-    return "local" if _at(rows, num_tokens, "local_s") <= _at(rows, num_tokens, "distributed_s") else "distributed"
+def devices_and_links(prof: dict) -> tuple[list, list, list]:
+    """The profile's rates: (as PRISM runs on each rank: the exact model's rates over its
+    `prism_factor`; the exact model's; the links), as `split.Device`s and `split.Link`s."""
+    exact = [Device(d["linear_flops_s"], d["attention_flops_s"]) for d in prof["devices"]]
+    prism = [Device(e.linear_flops_s / d.get("prism_factor", 1.0), e.attention_flops_s / d.get("prism_factor", 1.0))
+             for e, d in zip(exact, prof["devices"])]
+    links = [[None if x is None else Link(x["bytes_s"], x["latency_s"]) for x in row] for row in prof["links"]]
+    return prism, exact, links
+
+
+def auto_candidates(preset: str) -> list[str]:
+    """The presets --auto may run for `preset`: it and the more accurate ones (PRESET_ORDER)."""
+    if preset not in PRESET_ORDER:
+        raise ValueError(f"auto: preset must be one of {list(PRESET_ORDER)}, got {preset!r}")
+    return list(PRESET_ORDER[: PRESET_ORDER.index(preset) + 1])[::-1]
+
+
+def plan_request(prof: dict, num_tokens: int, config: PrismConfig, *, preset: str | None, causal: bool,
+                 exchanges=("kv",), dtype: torch.dtype = torch.float32) -> dict:
+    """What --auto runs for a request of num_tokens, JSON-ready:
+
+        {"mode": "local" | "distributed", "preset", "exchange", "bounds": per rank, "order": the
+         rank of each chunk, "predicted_s", "local_s", "fastest": the rank that runs alone}
+
+    preset: a budgeted preset (PRESET_ORDER) lets the setting change within its budget (each of
+    `exchanges`); None keeps `config` as asked. config.weights set: the bounds follow them in
+    rank order (`--weights` by hand), else `split.balanced_split` chooses bounds and order.
+    """
+    P = prof["partitions"]
+    shape = ModelShape(**prof["shape"])
+    devices, exact, links = devices_and_links(prof)
+    if preset is None:
+        configs = [(None, config)]
+    else:
+        configs = [(name, PrismConfig.from_preset(P, name, exchange=ex, backend=config.backend))
+                   for name in auto_candidates(preset) for ex in exchanges]
+    fastest = max(range(P), key=lambda r: (exact[r].linear_flops_s, exact[r].attention_flops_s))
+    local = one_device_seconds(num_tokens, exact[fastest], shape, causal=causal)
+    best = {"mode": "local", "preset": None, "exchange": None, "bounds": None, "order": None, "predicted_s": local,
+            "local_s": local, "fastest": fastest}
+    for name, cfg in configs:
+        if config.weights is not None:
+            bounds, order = partition_bounds(num_tokens, P, config.weights), list(range(P))
+            t = max(predict(bounds, devices, links, shape, cfg, causal=causal, dtype=dtype))
+        else:
+            plan = balanced_split(num_tokens, devices, links, shape, cfg, causal=causal, dtype=dtype)
+            bounds, order, t = plan.bounds, plan.order, plan.seconds
+        if t < best["predicted_s"]:
+            best = {**best, "mode": "distributed", "preset": name, "exchange": cfg.exchange,
+                    "bounds": [list(b) for b in bounds], "order": order, "predicted_s": t}
+    return best
 
 
 def predict_seconds(shape: cost.ModelShape, num_tokens: int, config: PrismConfig, *, causal: bool,
                     sec_per_flop: float, link_mbit: float | None, latency_ms: float = 0.0) -> float:
-    """Predicted seconds of one forward over config.num_partitions ranks (cost model).
+    """Predicted seconds of one forward over config.num_partitions equal ranks (uniform projection).
 
     Per layer a rank computes its FLOPs (`cost.flops_per_layer`) and receives the payloads of the
     chunks it reads at link_mbit (None: unlimited) plus latency_ms per layer. An encoder's rank
@@ -123,52 +314,3 @@ def predict_seconds(shape: cost.ModelShape, num_tokens: int, config: PrismConfig
         work = flops[p] * sec_per_flop
         worst = max(worst, max(work, wire) if causal else work + wire)
     return shape.num_layers * worst
-
-
-def auto_candidates(preset: str) -> list[str]:
-    """The presets --auto may run for `preset`: it and the more accurate ones (PRESET_ORDER)."""
-    if preset not in PRESET_ORDER:
-        raise ValueError(f"auto: preset must be one of {list(PRESET_ORDER)}, got {preset!r}")
-    return list(PRESET_ORDER[: PRESET_ORDER.index(preset) + 1])[::-1]
-
-
-def choose_setting(prof: dict, shape: cost.ModelShape, num_tokens: int, *, preset: str, causal: bool,
-                   exchanges=("kv",)) -> dict:
-    """{"mode": "local" | "distributed", "preset", "exchange", "predicted_s", "local_s"}: the
-    fastest of one device and every candidate setting (`auto_candidates(preset)` x exchanges)
-    on the link of the profile `prof` (as `measure_profile` writes it), predicted from the
-    profile and the cost model."""
-    num_partitions = prof["partitions"]
-    rows = _rows(prof)
-    local = _at(rows, num_tokens, "local_s")
-    sec_per_flop = local / (shape.num_layers * cost.one_device_flops_per_layer(shape, num_tokens, causal=causal))
-    link = dict(link_mbit=prof.get("link_mbit"), latency_ms=prof.get("link_latency_ms") or 0.0)
-    scale = 1.0
-    if prof.get("config"):  # how far the measured setting's time is from its prediction
-        measured = PrismConfig(**{**prof["config"], "weights": None if prof["config"]["weights"] is None
-                                  else tuple(prof["config"]["weights"])})
-        scale = _at(rows, num_tokens, "distributed_s") / predict_seconds(
-            shape, num_tokens, measured, causal=causal, sec_per_flop=sec_per_flop, **link)
-    best = {"mode": "local", "preset": None, "exchange": None, "predicted_s": local, "local_s": local}
-    for name in auto_candidates(preset):
-        for exchange in exchanges:
-            config = PrismConfig.from_preset(num_partitions, name, exchange=exchange)
-            t = scale * predict_seconds(shape, num_tokens, config, causal=causal, sec_per_flop=sec_per_flop, **link)
-            if t < best["predicted_s"]:
-                best = {**best, "mode": "distributed", "preset": name, "exchange": exchange, "predicted_s": t}
-    return best
-
-
-def auto_choice(prof: dict, model, config: PrismConfig, preset: str | None, num_tokens: int) -> dict:
-    """What `prism-run --auto` runs for a request of num_tokens: {"mode", "preset", "exchange"}.
-    prof: the profile as `input_files.read_profile` read and checked it (measured on this job's
-    ranks).
-
-    With a budgeted preset asked (PRESET_ORDER) the setting is chosen too (`choose_setting`;
-    hidden exchange is a candidate where the asked config resolved to it); with anything else
-    (the paper preset, explicit levers) only one device against the asked setting (`choose`).
-    """
-    if preset not in PRESET_ORDER:
-        return {"mode": choose(prof, num_tokens), "preset": None, "exchange": None}
-    return choose_setting(prof, cost.ModelShape.from_config(model.config), num_tokens, preset=preset,
-                          causal=model_kind(model) == "decoder", exchanges=tuple(dict.fromkeys(("kv", config.exchange))))

@@ -112,6 +112,28 @@ def _check(N, devices, links, config):
                                  f"got {links[a][b]!r}")
 
 
+def compute_seconds(bounds, devices, shape: ModelShape, config: PrismConfig, *, causal: bool, order=None):
+    """(local, remote): each chunk's seconds per layer for its own tokens (linear work and the
+    local attention block) and for attending to the rows it receives, at its rank's rates."""
+    P = len(bounds)
+    order = list(range(P)) if order is None else list(order)
+    opts = chunk_options(config, causal)
+    rows = [sum(summary_count(bounds, c, config.segment_size, **opts)) for c in range(P)]
+    attn_per_pair = 2 * 2 * shape.num_heads * shape.head_dim  # FLOPs per (query, key): scores and values
+    local, remote = [], []
+    for c, (start, end) in enumerate(bounds):
+        n, dev = end - start, devices[order[c]]
+        pairs = n * (n + 1) // 2 if causal else n * n
+        local.append(2 * n * shape.linear_macs_per_token() / dev.linear_flops_s
+                     + attn_per_pair * pairs / dev.attention_flops_s)
+        received = sum(rows[s] for s in visible_chunks(c, P, causal, bounds=bounds))
+        t = attn_per_pair * n * received / dev.attention_flops_s
+        if config.exchange == "hidden":  # the receiver projects each row to K and V
+            t += 2 * received * 2 * shape.hidden_size * shape.num_kv_heads * shape.head_dim / dev.linear_flops_s
+        remote.append(t)
+    return local, remote
+
+
 def predict(bounds, devices, links, shape: ModelShape, config: PrismConfig, *, causal: bool,
             dtype: torch.dtype = torch.float32, order=None) -> list[float]:
     """Each chunk's predicted forward (seconds) with these bounds (see the module docstring);
@@ -119,24 +141,10 @@ def predict(bounds, devices, links, shape: ModelShape, config: PrismConfig, *, c
     model's (the wire carries verbatim and full-precision rows in it)."""
     P = len(bounds)
     order = list(range(P)) if order is None else list(order)
-    dev = [devices[r] for r in order]
     heads, channels = shape.row_shape(config.exchange)
     layouts = payload_layouts(config, bounds, causal=causal, batch=1, heads=heads, channels=channels, dtype=dtype)
-    opts = chunk_options(config, causal)
-    rows = [sum(summary_count(bounds, c, config.segment_size, **opts)) for c in range(P)]
-    attn_per_pair = 2 * 2 * shape.num_heads * shape.head_dim  # FLOPs per (query, key): scores and values
-    local, remote, seen = [], [], []
-    for c, (start, end) in enumerate(bounds):
-        n = end - start
-        pairs = n * (n + 1) // 2 if causal else n * n
-        local.append(2 * n * shape.linear_macs_per_token() / dev[c].linear_flops_s
-                     + attn_per_pair * pairs / dev[c].attention_flops_s)
-        seen.append(visible_chunks(c, P, causal, bounds=bounds))
-        received = sum(rows[s] for s in seen[c])
-        t = attn_per_pair * n * received / dev[c].attention_flops_s
-        if config.exchange == "hidden":  # the receiver projects each row to K and V
-            t += 2 * received * 2 * shape.hidden_size * shape.num_kv_heads * shape.head_dim / dev[c].linear_flops_s
-        remote.append(t)
+    local, remote = compute_seconds(bounds, devices, shape, config, causal=causal, order=order)
+    seen = [visible_chunks(c, P, causal, bounds=bounds) for c in range(P)]
     to = [readers(c, P, causal, bounds=bounds) for c in range(P)]
     done = [0.0] * P
     uplink = [0.0] * P  # when each sender's uplink is free again

@@ -10,6 +10,7 @@ TAG_RESULT = 12  # s2m3-serve: a task's output, for rank 0
 TAG_STOP = 13  # s2m3-serve: rank 0 tells a rank to stop serving
 TAG_TOKEN = 21  # a generated token [B] int64 from the decoding (last) rank to rank 0; b"" ends the stream
 TAG_TOKEN_STOP = 22  # rank 0's one answer to a token stream: b"stop" (enough: stop decoding) or b"done"
+TAG_PROBE = 31  # prism-run --profile: a link probe's message and its 1-byte answer (`link_profile`)
 # The causal exchange, point to point: layer K's chunks go under TAG_LAYERS + K (one tag per
 # layer, so a rank that runs ahead never mixes two layers' chunks). Below TAG_FAULT for any
 # model of fewer than 6001 layers.

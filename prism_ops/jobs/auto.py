@@ -1,24 +1,31 @@
-"""prism-run's auto job: one request on rank 0 alone or on every rank, whichever a link profile
-says is faster.
+"""prism-run's auto job: one request run the way a measured profile predicts is fastest.
 
-    mpirun -n 2 prism-run --profile p.json               # the profile job measures the link
+    mpirun -n 2 prism-run --profile p.json               # the profile job measures ranks and links
     mpirun -n 2 prism-run --auto p.json --input "..."    # then every request is run the fastest way
 
-Rank 0 reads the profile once with the input (bounded and checked against this job's ranks,
-`input_files.read_profile`) and picks (`link_profile.auto_choice`): with a setting that is just
-a preset (no explicit segment size or levers), also the fastest setting within that preset's
-quality budget. Every rank then runs the pick.
+Rank 0 reads the profile once with the input (bounded and checked against this job's ranks and
+model, `input_files.read_profile`), matches it with the model's shape and every rank's host
+(`link_profile.check_profile`), and plans the request (`link_profile.plan_request`): the
+partition bounds and chunk order that the measured rates predict fastest (`split.balanced_split`;
+a decoder's last chunk, which decodes, on a fastest host), with a setting that is just a preset
+(no explicit segment size or levers) also the fastest setting within that preset's quality
+budget; or the fastest host alone, when that is faster. `--weights` fixes the bounds by hand.
+
+When the plan puts chunks on ranks out of rank order, the job runs on a reordered communicator
+(`Communicator.reorder`: its rank c holds chunk c), whose rank 0 makes the request from the text
+rank 0 sends it; that rank prints the report.
 """
 
 from __future__ import annotations
 
 from .. import hf
 from ..config import DEFAULT_PRESET, PrismConfig
-from ..distributed.control import bcast_json
+from ..cost import ModelShape
+from ..distributed.control import allgather_json, bcast_json
 from ..distributed.faults import agree_rank0
 from ..in_process import run_simulated
 from ..input_files import read_profile
-from ..link_profile import auto_choice
+from ..link_profile import check_profile, plan_request
 from .base import on_ranks, start
 from .options import AutoOptions
 from .request import make_request, print_result, read_text
@@ -31,26 +38,44 @@ def auto_job(opts: AutoOptions) -> int:
 
 
 def auto_on_rank(opts: AutoOptions, comm) -> None:
-    job = start(opts, comm, lambda: (read_profile(opts.auto, "--auto", comm.size), read_text(opts)))
+    job = start(opts, comm, lambda: (read_profile(opts.auto, "--auto", comm.size, opts.model), read_text(opts)))
     asked = None if (opts.segment_size is not None or opts.levers) else (opts.preset or DEFAULT_PRESET)
+    hosts = allgather_json(comm, comm.MPI.Get_processor_name())
+    runner, model = job.runner, job.runner.model
 
-    def ask():  # rank 0: the request, and what the profile says is fastest for it
+    def ask():  # rank 0: the request, and the plan the profile predicts fastest for it
         prof, text = job.files
-        req = make_request(job.tok, opts, text, job.runner.max_positions, job.pooling)
-        return req, auto_choice(prof, job.runner.model, job.config, asked, req.ids.shape[1])
+        check_profile(prof, "--auto", model=opts.model, shape=ModelShape.from_config(model.config), hosts=hosts)
+        req = make_request(job.tok, opts, text, runner.max_positions, job.pooling)
+        return req, plan_request(prof, req.ids.shape[1], job.config, preset=asked, causal=runner.kind == "decoder",
+                                 exchanges=tuple(dict.fromkeys(("kv", job.config.exchange))),
+                                 dtype=next(model.parameters()).dtype)
 
     req, pick = agree_rank0(comm, ask) or (None, None)
     pick = bcast_json(comm, pick)
-    runner, model = job.runner, job.runner.model
-    if pick["preset"] is not None:  # a setting within the asked budget that is faster on this link
-        new = PrismConfig.from_preset(comm.size, pick["preset"], exchange=pick["exchange"])
-        runner = hf.configure(model, new, comm=comm)
-    config = runner.config
-    if pick["mode"] == "distributed":
-        distribute(opts, comm, job, req, config, runner)
-    elif comm.rank == 0:
-        # One device is faster on this link: rank 0 runs the exact model, the others stand by.
-        model.set_attn_implementation("sdpa")
-        res = run_simulated(model, req, 1, eos=eos_for(opts, job), progress=True)
-        print_result(opts, model, job.tok, res, 1, config, {"load": job.seconds["load"], **res.seconds},
-                     simulated=False)
+    order = pick["order"] if pick["mode"] == "distributed" else [pick["fastest"]]
+    if order != list(range(len(order))):  # the request starts on another rank: it makes it from the text
+        text = comm.bcast_bytes(job.files[1].encode() if comm.rank == 0 else None).decode()
+        if comm.rank == order[0]:
+            req = make_request(job.tok, opts, text, runner.max_positions, job.pooling)
+    if pick["mode"] == "local":
+        if comm.rank == pick["fastest"]:
+            # One device is faster: the fastest rank runs the exact model, the others stand by.
+            model.set_attn_implementation("sdpa")
+            res = run_simulated(model, req, 1, eos=eos_for(opts, job), progress=True)
+            print_result(opts, model, job.tok, res, 1, job.config, {"load": job.seconds["load"], **res.seconds},
+                         simulated=False)
+        return
+    run_comm = comm if order == list(range(comm.size)) else comm.reorder(order)
+    config = job.config
+    if pick["preset"] is not None:  # a setting within the asked budget that is faster on these links
+        config = PrismConfig.from_preset(comm.size, pick["preset"], exchange=pick["exchange"], backend=config.backend)
+    if run_comm is not comm or config != job.config:
+        runner = hf.configure(model, config, comm=run_comm)
+    if run_comm.rank == 0:
+        req.bounds = [tuple(b) for b in pick["bounds"]]
+        if opts.verbose:
+            print(f"auto: {pick['preset'] or 'as asked'}, {config.exchange} exchange, chunks on ranks {order}, "
+                  f"bounds {req.bounds}; predicted {pick['predicted_s']:.3f} s (fastest rank alone "
+                  f"{pick['local_s']:.3f} s)", flush=True)
+    distribute(opts, run_comm, job, req, config, runner)

@@ -1,5 +1,5 @@
-"""prism-run's profile job: time rank 0 alone against every rank at a few input lengths, on the
-machines and link of this launch, into the file the auto job chooses by.
+"""prism-run's profile job: measure every rank's compute rates on this model and every link between
+two ranks, on the machines and links of this launch, into the file the auto job plans by.
 
     mpirun -n 2 prism-run --profile p.json
 
@@ -23,5 +23,4 @@ def profile_job(opts: ProfileOptions) -> int:
 def profile_on_rank(opts: ProfileOptions, comm) -> None:
     job = start(opts, comm, lambda: check_output_path(opts.profile, "--profile"))
     comm.phase = "profile"
-    measure_profile(job.runner, job.tok, comm, opts.profile, model_name=opts.model, config=job.config,
-                    link_mbit=opts.link_mbit, link_latency_ms=opts.link_latency_ms)
+    measure_profile(job.runner, job.tok, comm, opts.profile, model_name=opts.model, config=job.config)
