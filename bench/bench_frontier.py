@@ -28,8 +28,10 @@ A 4-device projection (`prism_ops.link_profile.predict_seconds`: the cost model'
 FLOPs at the seconds per FLOP measured here on one device, plus per-layer transfer; decoders
 stream, so the larger of the two) is printed and written, labelled as a projection.
 
-With `--real-links` (as root, plain python, no mpiexec) it runs bench/bench_real_links.py
-instead: edge and fast over real kernel-shaped TCP links between test hosts next to the
+With `--real-links --cells ...` it runs bench/bench_balanced.py instead: unequal hosts and link
+budgets B (the bytes a link moves while one host computes the request), the split `--profile`
+then `--auto` plans. With `--real-links` alone (as root, plain python, no mpiexec) it runs
+bench/bench_real_links.py instead: edge and fast over real kernel-shaped TCP links between test hosts next to the
 emulated link, into docs/FRONTIER.md's real-links block, which a run of this bench keeps.
 
 Writes `--out`.md (the table), `--out`.json (every row) and `--out`.png (quality against
@@ -48,7 +50,7 @@ import torch
 
 from prism_ops import cost, hf, models
 from prism_ops.config import PrismConfig
-from prism_ops.link_profile import choose_setting, predict_seconds
+from prism_ops.link_profile import plan_request, predict_seconds, profile_dict
 from prism_ops.distributed.comm import Communicator
 from prism_ops.distributed.link import EmulatedLink
 from prism_ops.distributed.runtime import run_distributed
@@ -82,7 +84,7 @@ SETTINGS = {
     "codebook": ("accurate", {"summary_bits": 0, "summary_codebook": CODEBOOK}),
 }
 DEFAULT_SETTINGS = "exact,exact-hidden,accurate,accurate-kv,edge,edge-kv,fast,codebook,paper s16"
-AUTO_PRESET = "edge"  # the auto row: prism-run --auto with the default preset (link_profile.choose_setting)
+AUTO_PRESET = "edge"  # the auto row: prism-run --auto with the default preset (link_profile.plan_request)
 # model -> (tokens, quality windows, quality label, budget): the issue's "within 1% of exact".
 MODELS = {
     "smollm2": dict(tokens=2048, windows=4, metric="ppl / exact", budget="<= 1.05"),
@@ -271,22 +273,25 @@ def run_model(comm, key, args, rows, projections):
 
 
 def auto_rows(rows, key, shape, causal, latency_ms):
-    """The `auto` row per link: what `prism-run --auto` runs for the default preset
-    (`link_profile.choose_setting`, from what `prism-run --profile` measures: one device and the
-    preset's own time on this link), with the chosen setting's time measured in this run."""
+    """The `auto` row per link: what `prism-run --auto` plans for the default preset
+    (`link_profile.plan_request`) from a profile of 2 equal devices at the rate measured here on
+    one device (linear and attention work alike) and this link, with the chosen setting's time
+    measured in this run at an equal split (the plan's bounds differ: bench_balanced.py times those)."""
     mine = [r for r in rows if r["model"] == key]
     out = []
     for link in dict.fromkeys(r["link_mbit"] for r in mine):
         at = [r for r in mine if r["link_mbit"] == link]
         first = at[0]
-        base = next((r for r in at if r["setting"] == AUTO_PRESET and r["seconds"]), None)
-        prof = {"partitions": first["ranks"], "link_mbit": link, "link_latency_ms": latency_ms,
-                "rows": [{"tokens": first["tokens"], "local_s": first["local_seconds"],
-                          "distributed_s": base["seconds"] if base else None}]}
-        if base:
-            prof["config"] = base["config"]  # calibrates the prediction on the measured preset
+        P, N = first["ranks"], first["tokens"]
+        rate = shape.num_layers * cost.one_device_flops_per_layer(shape, N, causal=causal) / first["local_seconds"]
+        wire = {"bytes_s": 1e12 if link is None else link * 1e6 / 8, "latency_s": latency_ms / 1e3}
+        prof = profile_dict(model=key, shape=shape, kind="decoder" if causal else "encoder", hosts=["here"] * P,
+                            config=PrismConfig.from_preset(P, AUTO_PRESET),
+                            devices=[{"linear_flops_s": rate, "attention_flops_s": rate}] * P,
+                            links=[[None if a == b else wire for b in range(P)] for a in range(P)])
         exchanges = ("kv", "hidden") if any(r["config"]["exchange"] == "hidden" for r in at) else ("kv",)
-        pick = choose_setting(prof, shape, first["tokens"], preset=AUTO_PRESET, causal=causal, exchanges=exchanges)
+        pick = plan_request(prof, N, PrismConfig.from_preset(P, AUTO_PRESET, exchange=exchanges[-1]),
+                            preset=AUTO_PRESET, causal=causal, exchanges=exchanges)
         if pick["mode"] == "local":
             row = {k: first[k] for k in ("model", "tokens", "ranks", "link_mbit", "latency_ms", "local_seconds")}
             row.update(config=None, seconds=first["local_seconds"], speedup=1.0, quality=1.0, cos_min=1.0,
@@ -376,6 +381,10 @@ def plot(rows, path):
 
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else list(argv)
+    if "--real-links" in argv and any(a.startswith("--cells") for a in argv):  # unequal hosts, link budgets B
+        from bench_balanced import main as balanced
+
+        return balanced([a for a in argv if a != "--real-links"])
     if "--real-links" in argv:  # over real TCP between test hosts, next to the emulated link (as root)
         return real_links([a for a in argv if a != "--real-links"])
     args = parse_args(argv)

@@ -22,8 +22,8 @@ and rank 0 writes (format 2)
 matched it with this job's model and hosts) and picks, for one request of N tokens: among the
 asked preset and those at least as accurate (`config.PRESET_ORDER`: a switch never leaves the
 asked quality budget), each with either exchange the model allows, the partition bounds and
-chunk order that `split.balanced_split` predicts fastest; or the fastest device alone when that
-is faster still. `--weights` fixes the bounds by hand instead.
+chunk order that `split.balanced_split` predicts fastest; or the fastest device alone unless a
+plan is predicted at least MIN_GAIN times faster. `--weights` fixes the bounds by hand instead.
 
 `predict_seconds` is the older, uniform projection (every rank alike, one link rate), which
 bench_frontier uses to project 4 devices from one.
@@ -57,6 +57,10 @@ FORMAT = 2
 LENGTHS = (256, 512, 1024)  # the exact model's forward is timed at these (capped at the model's positions)
 PROBE_SECONDS = 0.2  # a link's rate is read from a message that takes at least this long (or PROBE_MAX_BYTES)
 PROBE_MAX_BYTES = 16 * 2**20
+# Distribute only when the plan is predicted at least this much faster than the fastest rank alone:
+# the prediction leaves out each request's fixed costs (scatter, gather, messages), and a gain
+# within the noise of a shared machine is no gain.
+MIN_GAIN = 1.05
 
 
 def _text_ids(tok, n):
@@ -289,7 +293,7 @@ def plan_request(prof: dict, num_tokens: int, config: PrismConfig, *, preset: st
         else:
             plan = balanced_split(num_tokens, devices, links, shape, cfg, causal=causal, dtype=dtype)
             bounds, order, t = plan.bounds, plan.order, plan.seconds
-        if t < best["predicted_s"]:
+        if t * MIN_GAIN < local and (best["mode"] == "local" or t < best["predicted_s"]):
             best = {**best, "mode": "distributed", "preset": name, "exchange": cfg.exchange,
                     "bounds": [list(b) for b in bounds], "order": order, "predicted_s": t}
     return best

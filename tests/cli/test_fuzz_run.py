@@ -50,11 +50,17 @@ TABLE = {
     "--input": ["", "   \n\t"],
     "--input-file": ["{missing}", "{dir}", "{fifo}", "{binary}", "{latin1}", "{huge}", "{empty}", "/dev/zero"],
     "--auto": ["", "{missing}", "{dir}", "{fifo}", "{binary}", "{latin1}", "{huge_profile}", "{empty}", "{not_json}",
-               "{json_list}", "{no_rows}", "{nan_row}", "{bool_tokens}", "{other_ranks}"],
+               "{json_list}", "{old_format}", "{nan_rate}", "{bool_shape}", "{other_ranks}"],
     "--profile": ["", "{dir}", "{missing}/p.json"],
     "--model": ["", "{missing}", "{dir}", "{binary}", "{corrupt_model}"],
     "--port": ["", "x", "0", "70000"],
 }
+
+
+# A one-rank profile (format 2) that is fine but for what each case changes.
+PROFILE = (b'{"format": 2, "model": "minilm", "partitions": 1, "hosts": ["h"], "shape": {"hidden_size": 384, '
+           b'"num_heads": 12, "num_kv_heads": 12, "head_dim": 32, "ffn_size": 1536, "mlp_matrices": 2, "num_layers": 2}, '
+           b'"devices": [{"linear_flops_s": 1e10, "attention_flops_s": 1e10}], "links": [[null]]}')
 
 
 @pytest.fixture(scope="module")
@@ -66,10 +72,10 @@ def files(tmp_path_factory):
     f["fifo"] = str(d / "fifo")
     for name, data in [("binary", bytes(range(256)) * 4), ("latin1", "café au lait".encode("latin-1")),
                        ("empty", b""), ("not_json", b"{rows: oops"), ("json_list", b"[1, 2]"),
-                       ("no_rows", b'{"partitions": 1, "rows": []}'),
-                       ("nan_row", b'{"partitions": 1, "rows": [{"tokens": 8, "local_s": NaN, "distributed_s": 1}]}'),
-                       ("bool_tokens", b'{"partitions": 1, "rows": [{"tokens": true, "local_s": 1, "distributed_s": 1}]}'),
-                       ("other_ranks", b'{"partitions": 4, "rows": [{"tokens": 8, "local_s": 1, "distributed_s": 2}]}')]:
+                       ("old_format", b'{"partitions": 1, "rows": [{"tokens": 8, "local_s": 1, "distributed_s": 2}]}'),
+                       ("nan_rate", PROFILE.replace(b'"linear_flops_s": 1e10', b'"linear_flops_s": NaN')),
+                       ("bool_shape", PROFILE.replace(b'"num_layers": 2', b'"num_layers": true')),
+                       ("other_ranks", PROFILE.replace(b'"partitions": 1', b'"partitions": 4'))]:
         (d / name).write_bytes(data)
         f[name] = str(d / name)
     for name, size in [("huge", MAX_INPUT_BYTES + 1), ("huge_profile", MAX_PROFILE_BYTES + 1)]:

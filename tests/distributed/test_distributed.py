@@ -184,19 +184,32 @@ def test_prism_run_handshake_refuses_mismatched_ranks():
     assert "segment_size: rank 0 has 16, rank 1 has 8" in p.stderr
 
 
+TCP = {"MPIR_CVAR_NOLOCAL": "1", "MPIR_CVAR_CH4_NETMOD": "ofi", "FI_PROVIDER": "tcp"}  # the README's multi-host setting
+
+
 @needs_minilm
-def test_prism_run_profile_then_auto(tmp_path):
+@pytest.mark.parametrize("transport", ["shared memory", "tcp"])
+def test_prism_run_profile_then_auto(tmp_path, transport):
+    """--profile measures both ranks and both directions of their link; --auto plans by it. Over
+    MPICH's TCP netmod too, where an auto job that ran on one rank used to end in a segfault."""
+    env = dict(ENV, **TCP) if transport == "tcp" else ENV
     prof = tmp_path / "profile.json"
-    p = prism_run(2, "--segment-size", "16", "--profile", str(prof), timeout=180)
+    p = prism_run(2, "--profile", str(prof), timeout=240, env=env)
     assert p.returncode == 0, p.stderr[-2000:]
-    rows = json.loads(prof.read_text())["rows"]
-    assert [r["tokens"] for r in rows] == [64, 128, 256, 512]
-    assert all(r["local_s"] > 0 and r["distributed_s"] > 0 for r in rows)
-    p = prism_run(2, "--segment-size", "16", "--auto", str(prof), "--input", TEXT, "--json")
+    got = json.loads(prof.read_text())
+    assert got["format"] == 2 and got["model"] == "minilm" and got["partitions"] == 2 and len(got["hosts"]) == 2
+    assert got["shape"]["num_layers"] == 6 and got["kind"] == "encoder"
+    for d in got["devices"]:
+        assert d["linear_flops_s"] > 1e8 and d["attention_flops_s"] > 1e8 and d["prism_factor"] >= 1.0
+        assert d["lengths"] == [256, 512]  # capped at MiniLM's 512 positions
+    assert got["links"][0][0] is None and got["links"][1][1] is None
+    assert all(got["links"][a][b]["bytes_s"] > 1e6 and got["links"][a][b]["latency_s"] > 0 for a, b in ((0, 1), (1, 0)))
+    p = prism_run(2, "--auto", str(prof), "--input", TEXT, "--json", env=env)
     assert p.returncode == 0, p.stderr[-2000:]
-    # A profile where one device always wins: rank 0 runs the exact model alone, nothing is sent.
-    prof.write_text(json.dumps({"partitions": 2, "rows": [{"tokens": 8, "local_s": 0.1, "distributed_s": 1.0}]}))
-    p = prism_run(2, "--segment-size", "16", "--auto", str(prof), "--input", TEXT, "--json")
+    # Rank 0 a thousand times slower: rank 1 runs the exact model alone, nothing is sent.
+    got["devices"][0].update(linear_flops_s=1e6, attention_flops_s=1e6)
+    prof.write_text(json.dumps(got))
+    p = prism_run(2, "--auto", str(prof), "--input", TEXT, "--json", env=env)
     assert p.returncode == 0, p.stderr[-2000:]
     out = json.loads(p.stdout.strip().splitlines()[-1])
     assert out["partitions"] == 1 and sum(out["bytes"]["sent_per_layer"]) == 0
@@ -225,8 +238,20 @@ def test_a_bad_model_folder_on_rank_1_only_exits_2_on_every_rank(tiny):
 def test_the_mode_is_part_of_the_handshake(tiny, tmp_path):
     from tiny_model import TEXT as TINY_TEXT
 
+    import socket
+
+    from transformers import AutoConfig
+
+    from prism_ops import PrismConfig
+    from prism_ops.cost import ModelShape
+    from prism_ops.link_profile import profile_dict
+
     prof = tmp_path / "profile.json"
-    prof.write_text(json.dumps({"partitions": 2, "rows": [{"tokens": 8, "local_s": 0.1, "distributed_s": 1.0}]}))
+    link = {"bytes_s": 1e9, "latency_s": 1e-6}
+    prof.write_text(json.dumps(profile_dict(
+        model=str(tiny), shape=ModelShape.from_config(AutoConfig.from_pretrained(tiny)), kind="decoder",
+        hosts=[socket.gethostname()] * 2, config=PrismConfig(2, 4), devices=[{"linear_flops_s": 1e9,
+        "attention_flops_s": 1e9}] * 2, links=[[None, link], [link, None]])))
     run = [str(BIN / "prism-run"), "--threads", "1", "--model", str(tiny), "--segment-size", "4", "--input", TINY_TEXT]
     p, _ = mpirun(1, *run, "--auto", str(prof), mpmd=(1, *run), timeout=120)
     assert p.returncode == 3, p.stderr[-2000:]

@@ -1,5 +1,6 @@
-"""`--auto` choosing the setting: the cost-model prediction, the candidates within the asked budget,
-and the pick per link (prism_ops.link_profile)."""
+"""`--auto`: the uniform cost-model projection, the candidates within the asked budget, and
+prism-run --auto under mpiexec planning from a profile (prism_ops.link_profile; the plan itself on
+plain numbers: tests/test_link_profile.py)."""
 
 import json
 
@@ -7,7 +8,7 @@ import pytest
 
 from prism_ops import PrismConfig, cost
 from prism_ops.config import PRESET_ORDER, PRESETS
-from prism_ops.link_profile import auto_candidates, choose_setting, predict_seconds
+from prism_ops.link_profile import auto_candidates, predict_seconds
 
 # MiniLM's shape (MHA: a K/V row is twice a hidden row) and SmolLM2's (GQA: a K/V row is smaller).
 MINILM = cost.ModelShape(hidden_size=384, num_heads=12, num_kv_heads=12, head_dim=32, ffn_size=1536, num_layers=6)
@@ -56,47 +57,6 @@ def test_presets_reduce_to_their_levers():
         PrismConfig.from_preset(2, "fastest")
 
 
-def profile(link_mbit, local_s, distributed_s=None, config=None, latency_ms=2.0, tokens=512):
-    prof = {"partitions": 2, "link_mbit": link_mbit, "link_latency_ms": latency_ms,
-            "rows": [{"tokens": tokens, "local_s": local_s, "distributed_s": distributed_s}]}
-    if config is not None:
-        prof["config"] = config.as_dict()
-    return prof
-
-
-def test_the_pick_follows_the_link():
-    one = 6 * cost.one_device_flops_per_layer(MINILM, 512) * SPF  # one device at SPF
-    both = ("kv", "hidden")
-    # Unlimited: K/V exchange (no projection of received rows), edge first among equals.
-    fast = choose_setting(profile(None, one), MINILM, 512, preset="edge", causal=False, exchanges=both)
-    assert (fast["mode"], fast["preset"], fast["exchange"]) == ("distributed", "edge", "kv")
-    # 100 Mbit/s: hidden rows would save 3.9 ms of transfer per layer and cost 15 ms of projection.
-    mid = choose_setting(profile(100, one), MINILM, 512, preset="edge", causal=False, exchanges=both)
-    assert (mid["preset"], mid["exchange"]) == ("edge", "kv")
-    # 10 Mbit/s: now they save 39 ms per layer: hidden rows (half the bytes of K/V rows for MHA).
-    mid = choose_setting(profile(10, one), MINILM, 512, preset="edge", causal=False, exchanges=both)
-    assert (mid["mode"], mid["preset"], mid["exchange"]) == ("distributed", "edge", "hidden")
-    # 1 Mbit/s: one device.
-    slow = choose_setting(profile(1, one), MINILM, 512, preset="edge", causal=False, exchanges=both)
-    assert slow["mode"] == "local" and slow["predicted_s"] == one
-    # The exact budget never runs edge.
-    exact = choose_setting(profile(None, one), MINILM, 512, preset="exact", causal=False, exchanges=both)
-    assert exact["preset"] == "exact"
-
-
-def test_the_measured_setting_calibrates_the_prediction():
-    one = 6 * cost.one_device_flops_per_layer(MINILM, 512) * SPF
-    cfg = PrismConfig.from_preset(2, "edge", exchange="kv")
-    predicted = predict_seconds(MINILM, 512, cfg, causal=False, sec_per_flop=SPF, link_mbit=100, latency_ms=2)
-    # Measured 3x slower than predicted: every candidate is scaled alike, and one device wins.
-    pick = choose_setting(profile(100, one, 3 * predicted, cfg), MINILM, 512, preset="edge", causal=False)
-    assert 3 * predicted > one and pick["mode"] == "local"
-    # Measured as predicted: distributed, predicted time as measured.
-    pick = choose_setting(profile(100, one, predicted, cfg), MINILM, 512, preset="edge", causal=False)
-    assert pick["mode"] == "distributed" and pick["predicted_s"] == pytest.approx(predicted)
-    json.dumps(pick)  # broadcast as JSON to every rank
-
-
 # -- prism-run --auto under mpiexec ------------------------------------------------------------
 
 def _prism_run(*args):
@@ -119,17 +79,30 @@ def _prism_run(*args):
     return p.stdout, json.loads(p.stdout.strip().splitlines()[-1])
 
 
+def minilm_profile(path, devices, bytes_s=1.25e8):
+    """A 2-rank profile of MiniLM on this machine's host name (both ranks), written to path."""
+    import socket
+
+    from prism_ops.link_profile import profile_dict
+
+    shape = cost.ModelShape(hidden_size=384, num_heads=12, num_kv_heads=12, head_dim=32, ffn_size=1536, num_layers=6)
+    link = {"bytes_s": bytes_s, "latency_s": 1e-4}
+    path.write_text(json.dumps(profile_dict(
+        model="minilm", shape=shape, kind="encoder", hosts=[socket.gethostname()] * 2,
+        config=PrismConfig.from_preset(2, "edge"), devices=devices, links=[[None, link], [link, None]])))
+    return shape
+
+
 def test_prism_run_auto_picks_the_setting_within_the_presets_budget(tmp_path):
     prof = tmp_path / "p.json"
-    # One device is slow and the link fast: distributed; MiniLM allows hidden exchange, but at
-    # this compute price K/V exchange (no projection of received rows) is faster.
-    prof.write_text(json.dumps({"partitions": 2, "link_mbit": 1000, "link_latency_ms": 1,
-                                "rows": [{"tokens": 8, "local_s": 100.0, "distributed_s": 1.0}]}))
+    # Equal devices on a fast link: distributed; MiniLM allows hidden exchange, but at this link
+    # rate K/V exchange (no projection of received rows) is faster.
+    core = {"linear_flops_s": 1e10, "attention_flops_s": 1e10}
+    shape = minilm_profile(prof, [core, core])
     text, out = _prism_run("--auto", str(prof))  # the default preset, edge
     assert out["partitions"] == 2 and "kv exchange" in text
     assert len(out["output"]) == 384
     N = out["bytes"]["full_exchange_per_layer"][0] // (384 * 4)  # full exchange: N x d fp32 values
-    shape = cost.ModelShape(hidden_size=384, num_heads=12, num_kv_heads=12, head_dim=32, ffn_size=1536)
 
     def want(preset):
         return sum(cost.bytes_per_layer(shape, N, PrismConfig.from_preset(2, preset, exchange="kv")))
@@ -138,8 +111,50 @@ def test_prism_run_auto_picks_the_setting_within_the_presets_budget(tmp_path):
     text, exact = _prism_run("--preset", "exact", "--auto", str(prof))
     assert exact["output"] != out["output"] and "kv exchange" in text
     assert exact["bytes"]["sent_per_layer"] == [want("exact")] * 6
-    # A link so slow that one device wins: rank 0 alone, nothing sent.
-    prof.write_text(json.dumps({"partitions": 2, "link_mbit": 0.01, "link_latency_ms": 50,
-                                "rows": [{"tokens": 8, "local_s": 0.05, "distributed_s": 1.0}]}))
-    _, local = _prism_run("--auto", str(prof))
-    assert local["partitions"] == 1 and sum(local["bytes"]["sent_per_layer"]) == 0
+
+
+def test_prism_run_auto_runs_on_the_fastest_rank_alone_and_moves_a_slow_rank(tmp_path):
+    prof = tmp_path / "p.json"
+    fast, crawl = {"linear_flops_s": 1e10, "attention_flops_s": 1e10}, {"linear_flops_s": 1e7, "attention_flops_s": 1e7}
+    # Rank 0 is a thousand times slower: rank 1 runs the request alone (it made it from rank 0's text).
+    minilm_profile(prof, [crawl, fast])
+    _, alone = _prism_run("--auto", str(prof))
+    assert alone["partitions"] == 1 and sum(alone["bytes"]["sent_per_layer"]) == 0
+    # Both fast: distributed, the same embedding within the fp32 budget of the edge preset's rounding.
+    minilm_profile(prof, [fast, fast])
+    _, both = _prism_run("--auto", str(prof))
+    assert both["partitions"] == 2
+    cos = sum(a * b for a, b in zip(alone["output"], both["output"]))
+    assert cos > 0.99  # the exact model against edge on 2 ranks (MiniLM: mean cosine 0.9992 at N = 512)
+
+
+def test_prism_run_auto_puts_the_fast_rank_last_to_decode_on_a_reordered_communicator(tmp_path):
+    """A decoder whose rank 1 is slower: the plan puts rank 1's host first and rank 0's last (it
+    attends to every earlier key and decodes); with the exact setting the logits are the exact
+    model's, whatever the order."""
+    import socket
+
+    from transformers import AutoConfig
+
+    from prism_ops.link_profile import profile_dict
+    from tiny_model import TEXT, write_tiny_gpt2
+
+    model = write_tiny_gpt2(tmp_path / "tiny")
+    shape = cost.ModelShape.from_config(AutoConfig.from_pretrained(model))
+    fast, slow = {"linear_flops_s": 1e9, "attention_flops_s": 1e9}, {"linear_flops_s": 5e8, "attention_flops_s": 5e8}
+    link = {"bytes_s": 1e9, "latency_s": 1e-6}
+    prof = tmp_path / "p.json"
+    prof.write_text(json.dumps(profile_dict(
+        model=str(model), shape=shape, kind="decoder", hosts=[socket.gethostname()] * 2,
+        config=PrismConfig.from_preset(2, "exact"), devices=[fast, slow], links=[[None, link], [link, None]])))
+    text, auto = _prism_run("--auto", str(prof), "--verbose", "--model", str(model), "--preset", "exact",
+                            "--output", "logits", "--input", TEXT)  # (the last --input counts)
+    assert "chunks on ranks [1, 0]" in text and auto["partitions"] == 2
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    ids = AutoTokenizer.from_pretrained(model)(TEXT, return_tensors="pt")["input_ids"]
+    with torch.no_grad():
+        want = AutoModelForCausalLM.from_pretrained(model, attn_implementation="sdpa")(input_ids=ids).logits[0, -1]
+    got = torch.tensor(auto["output"])
+    assert (got - want).abs().max() < 1e-4 * want.abs().max()
