@@ -17,8 +17,8 @@ Mbit/s figure does not). Per cell, in order:
 4. one job times, each `--repeats` times (median): the fastest host alone (the baseline); the
    plan `link_profile.plan_request` makes from the profile for the `edge` budget (as `--auto`
    runs it: bounds, chunk order, or one host); `edge` at an equal split in rank order (before
-   this split existed); and, for a cell with unequal hosts, a sweep of hand-typed splits in the
-   plan's chunk order (what `--weights` would give);
+   this split existed); and, for a cell with unequal hosts, a sweep of hand-typed splits around the
+   plan's, in its chunk order (what `--weights` would give);
 5. `prism-run --auto` runs once on the hosts (the real command; it must exit 0).
 
 Speed-ups are the baseline's median over each run's median, from the same job. Writes `--out`.json
@@ -44,7 +44,7 @@ import netns_hosts  # noqa: E402
 BIN = Path(sys.executable).parent
 CELLS = "1,1@50;1,1@5;1,0.5@50;0.25,1@0.5"
 TARGETS = {"1,1@50": 1.85, "1,1@5": 1.25, "1,0.5@50": 1.35, "0.25,1@0.5": 0.95}
-SWEEP = (0.5, 0.55, 0.6, 0.65, 0.7, 0.75)  # the first chunk's share of the tokens, in the plan's order
+SWEEP = (-0.1, -0.05, -0.025, 0.025, 0.05, 0.1)  # the first chunk's share of the tokens, off the plan's
 
 
 def parse_args(argv=None):
@@ -140,8 +140,9 @@ def worker(args) -> None:
         out["equal"] = distributed(edge, partition_bounds(N, comm.size), list(range(comm.size)))
         if args.sweep and pick["mode"] == "distributed":
             out["sweep"] = []
-            for share in SWEEP:
-                cut = round(N * share)
+            planned = pick["bounds"][0][1] / N
+            for share in sorted({round(planned + d, 3) for d in SWEEP} - {round(planned, 3)}):
+                cut = min(N - 1, max(1, round(N * share)))
                 out["sweep"].append(dict(share=share, **distributed(edge, [[0, cut], [cut, N]], pick["order"])))
     if comm.rank == 0:
         print(json.dumps(out), flush=True)

@@ -18,6 +18,13 @@ def pack_codes(codes: torch.Tensor, bits: int) -> torch.Tensor:
     flat = codes.flatten().to(torch.uint8)
     if bits == 8:
         return flat
+    if 8 % bits == 0:  # 1, 2, 4 bits: whole codes per byte, code j of a byte at bit bits * j
+        per = 8 // bits
+        flat = torch.cat([flat, flat.new_zeros((-flat.numel()) % per)]).view(-1, per)
+        out = flat[:, 0].clone()
+        for j in range(1, per):  # an OR per code of a byte: cheaper than a sum over a short axis
+            out |= flat[:, j] << (bits * j)
+        return out
     shifts = torch.arange(bits, device=flat.device, dtype=torch.uint8)
     stream = ((flat[:, None] >> shifts) & 1).flatten()  # bits of each code, low bit first
     pad = (-stream.numel()) % 8
@@ -29,6 +36,9 @@ def unpack_codes(data: torch.Tensor, bits: int, n: int) -> torch.Tensor:
     """Inverse of pack_codes: n uint8 codes."""
     if bits == 8:
         return data[:n]
+    if 8 % bits == 0:
+        shifts = torch.arange(0, 8, bits, device=data.device, dtype=torch.uint8)
+        return ((data[:, None] >> shifts) & (2**bits - 1)).flatten()[:n]
     stream = ((data[:, None] >> torch.arange(8, device=data.device, dtype=torch.uint8)) & 1).flatten()
     stream = stream[: n * bits].view(n, bits)
     return (stream << torch.arange(bits, device=data.device, dtype=torch.uint8)).sum(1, dtype=torch.uint8)

@@ -17,6 +17,17 @@ def test_pack_unpack_round_trip(bits, n):
     assert torch.equal(unpack_codes(packed, bits, n), codes)
 
 
+@pytest.mark.parametrize("bits", [1, 2, 3, 4, 5, 6, 7])
+def test_packed_bits_are_the_codes_low_bit_first(bits):
+    """The wire's bit order, whichever path packs it: bit k of code i is bit (i * bits + k) of the
+    stream, bytes filled from their low bit."""
+    codes = torch.randint(0, 2**bits, (37,), generator=torch.Generator().manual_seed(bits), dtype=torch.uint8)
+    stream = [(int(c) >> k) & 1 for c in codes for k in range(bits)]
+    stream += [0] * (-len(stream) % 8)
+    want = [sum(stream[8 * i + j] << j for j in range(8)) for i in range(len(stream) // 8)]
+    assert pack_codes(codes, bits).tolist() == want
+
+
 @pytest.mark.parametrize("bits", [0, 3, 4])
 @pytest.mark.parametrize("clusters", [False, True])
 def test_encode_decode_gives_what_the_simulation_uses(bits, clusters):
