@@ -153,7 +153,9 @@ class Communicator:
         self.watch.check()
 
     def finalize(self) -> None:
-        """Stop the heartbeats and finalize MPI (at the very end of a process)."""
+        """Complete the sends in flight, stop the heartbeats and finalize MPI (at the very end of a
+        process; `faults.leave_together` first waits for every rank)."""
+        self._drain_sends()
         self.watch.close()
         if not self.MPI.Is_finalized():
             self.MPI.Finalize()

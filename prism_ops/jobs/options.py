@@ -4,7 +4,7 @@
     RankOptions       a job on MPI ranks: + the emulated link, the timeout, debug
     AskOptions        one request: the input, what to output, sampling, --json (mixed in)
     RunOptions        run:      RankOptions + AskOptions
-    AutoOptions       auto:     RunOptions + auto (the profile to choose by)
+    AutoOptions       auto:     RunOptions + auto (the profile to plan by)
     SimulateOptions   simulate: JobOptions + AskOptions + simulate (the partitions)
     ProfileOptions    profile:  RankOptions + profile (the file to write)
     ServeOptions      serve:    RankOptions + host, port, api_key, http, batch_tokens
@@ -125,10 +125,10 @@ class RunOptions(RankOptions, AskOptions):
 
 @dataclass(frozen=True, kw_only=True)
 class AutoOptions(RunOptions):
-    """auto: one request, on rank 0 alone or on every rank, whichever the profile says is faster."""
+    """auto: one request, planned from a profile: bounds and chunk order on every rank, or the fastest alone."""
 
     mode: ClassVar[str] = "auto"
-    auto: str  # a profile written by the profile job on the same machines and link
+    auto: str  # a profile written by the profile job on the same hosts and links
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -141,7 +141,7 @@ class SimulateOptions(JobOptions, AskOptions):
 
 @dataclass(frozen=True, kw_only=True)
 class ProfileOptions(RankOptions):
-    """profile: time one device against all ranks at a few lengths, into a file for auto."""
+    """profile: measure every rank's compute rates and every link, into a file for auto."""
 
     mode: ClassVar[str] = "profile"
     profile: str  # the file to write

@@ -215,6 +215,20 @@ def test_prism_run_profile_then_auto(tmp_path, transport):
     assert out["partitions"] == 1 and sum(out["bytes"]["sent_per_layer"]) == 0
 
 
+@needs_minilm
+def test_the_profile_reads_the_rate_and_latency_of_an_emulated_link(tmp_path):
+    """Both directions of a 20 Mbit/s link with 5 ms per message (the communicator's emulation):
+    the probe reads them back within what a shared machine's timing allows."""
+    prof = tmp_path / "profile.json"
+    p = prism_run(2, "--profile", str(prof), "--link-mbit", "20", "--link-latency-ms", "5", timeout=240)
+    assert p.returncode == 0, p.stderr[-2000:]
+    links = json.loads(prof.read_text())["links"]
+    for a, b in ((0, 1), (1, 0)):
+        assert 0.8 * 2.5e6 < links[a][b]["bytes_s"] < 1.25 * 2.5e6, links
+        assert 0.004 < links[a][b]["latency_s"] < 0.008, links
+    assert "link 0 -> 1: " in p.stdout and " Mbit/s, " in p.stdout
+
+
 # -- prism-run: errors found on one rank are agreed by all ----------------------------------------
 
 @pytest.fixture(scope="module")
