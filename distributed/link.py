@@ -72,5 +72,6 @@ class EmulatedLink:
     @staticmethod
     def unstamp(data: torch.Tensor) -> torch.Tensor:
         """The payload of a stamped message, once its arrival time has come (sleeps until then)."""
-        EmulatedLink.hold_until(float(data[-STAMP_BYTES:].cpu().view(torch.float64)[0]))
+        # A copy: the stamp follows a payload of any length, so it may not lie on an 8-byte boundary.
+        EmulatedLink.hold_until(float(data[-STAMP_BYTES:].cpu().clone().view(torch.float64)[0]))
         return data[:-STAMP_BYTES]

@@ -90,7 +90,8 @@ def read_profile(path: str, flag: str, partitions: int, model: str | None = None
     if not isinstance(devices, list) or len(devices) != partitions:
         raise ValueError(f"{what}: devices must be a list of {partitions} objects, got {devices!r:.60}")
     for r, d in enumerate(devices):
-        _check_rates(what, f"devices[{r}]", d, ("linear_flops_s", "attention_flops_s"))
+        _check_rates(what, f"devices[{r}]", d, ("linear_flops_s", "attention_flops_s")
+                     + tuple(k for k in ("causal_flops_s", "prism_factor") if k in d))
     links = prof.get("links")
     if not isinstance(links, list) or len(links) != partitions or not all(
             isinstance(row, list) and len(row) == partitions for row in links):

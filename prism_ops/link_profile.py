@@ -5,8 +5,8 @@
 
 `measure_profile` measures, on the machines and links of the current launch:
 - each rank's own compute rates on this model, all ranks at once (`measure_device`): attention
-  (the package's attention op on the model's heads, the local causal block and as many received
-  rows) and linear work (the exact model's forward at a few lengths, less its attention);
+  (the package's attention op on the model's heads: a block of received rows, and a decoder's
+  own causal block apart, which runs at a rate of its own) and linear work (the exact model's forward at a few lengths, less its attention);
 - the link between each pair of ranks, both directions, one pair at a time (`measure_link`):
   per-message latency from a 1-byte round trip, rate from a round trip of a message large
   enough to take a while,
@@ -15,7 +15,8 @@
 and rank 0 writes (format 2)
 
     {"format": 2, "model", "shape": {ModelShape's fields}, "kind", "partitions", "hosts": [per rank],
-     "config": {the asked setting}, "devices": [{"linear_flops_s", "attention_flops_s", "prism_factor", ...}],
+     "config": {the asked setting}, "devices": [{"linear_flops_s", "attention_flops_s", "causal_flops_s" (decoders),
+     "prism_factor", ...}],
      "links": [[null | {"bytes_s", "latency_s"}] per rank] per rank}
 
 `plan_request` takes it (as `input_files.read_profile` read and checked it, and `check_profile`
@@ -107,15 +108,21 @@ def measure_device(runner, tok, *, causal: bool, backend: str = "auto", repeats:
     k_sum, v_sum = rand(shape.num_kv_heads, n), rand(shape.num_kv_heads, n)
     counts = torch.ones(1, n, dtype=torch.int32, device=dev)
 
-    def attend():
-        out, lse = prism_attention(q, k, v, causal=causal, return_lse=True, backend=backend)
+    def local():
+        prism_attention(q, k, v, causal=causal, return_lse=True, backend=backend)
+        if dev.type == "cuda":
+            torch.cuda.synchronize(dev)
+
+    def remote():
         prism_attention(q, k[:, :, :0], v[:, :, :0], k_sum, v_sum, counts, return_lse=True, backend=backend)
         if dev.type == "cuda":
             torch.cuda.synchronize(dev)
 
-    pairs = (n * (n + 1) // 2 if causal else n * n) + n * n
-    attention_s = _best_of(attend, 3 * repeats)
-    attention_flops_s = 2 * 2 * shape.num_heads * shape.head_dim * pairs / attention_s
+    per_pair = 2 * 2 * shape.num_heads * shape.head_dim
+    attention_flops_s = per_pair * n * n / _best_of(remote, 3 * repeats)
+    own = (n * (n + 1) // 2 if causal else n * n)
+    causal_flops_s = per_pair * own / _best_of(local, 3 * repeats) if causal else None
+    rates = Device(1.0, attention_flops_s, causal_flops_s)  # (the linear rate is found below)
     # Linear work: the exact model at each length, less its attention at that rate.
     model.set_attn_implementation("sdpa")
     seconds = []
@@ -125,11 +132,15 @@ def measure_device(runner, tok, *, causal: bool, backend: str = "auto", repeats:
             seconds.append(_best_of(lambda: run_simulated(model, req, 1), repeats))
     finally:
         model.set_attn_implementation(NAME)
-    linear_s = [max(t - attention_flops(shape, m * (m + 1) // 2 if causal else m * m) / attention_flops_s, 1e-9)
+    own_rate = rates.causal_rate() if causal else attention_flops_s
+    linear_s = [max(t - attention_flops(shape, m * (m + 1) // 2 if causal else m * m) / own_rate, 1e-9)
                 for t, m in zip(seconds, lengths)]
     per_token = sum(t * m for t, m in zip(linear_s, lengths)) / sum(m * m for m in lengths)  # least squares
-    return {"linear_flops_s": linear_flops(shape, 1) / per_token, "attention_flops_s": attention_flops_s,
-            "lengths": lengths, "seconds": seconds}
+    out = {"linear_flops_s": linear_flops(shape, 1) / per_token, "attention_flops_s": attention_flops_s,
+           "lengths": lengths, "seconds": seconds}
+    if causal:
+        out["causal_flops_s"] = causal_flops_s
+    return out
 
 
 def _round_trip(comm, a: int, b: int, nbytes: int) -> float | None:
@@ -179,7 +190,7 @@ def calibrate_overhead(runner, tok, comm, config: PrismConfig, devices: list, nu
     run_distributed(runner, comm, req, progress=False)  # warm-up
     res = run_distributed(runner, comm, req, progress=False)
     t = allgather_json(comm, res.seconds_per_rank if comm.rank == 0 else None)[0]
-    rates = [Device(d["linear_flops_s"], d["attention_flops_s"]) for d in devices]
+    rates = [Device(d["linear_flops_s"], d["attention_flops_s"], d.get("causal_flops_s")) for d in devices]
     bounds = partition_bounds(N, comm.size)
     local, remote = compute_seconds(bounds, rates, shape, runner.config, causal=causal)
     return [max(1.0, (r["forward"] - r.get("attention wait", 0.0)) / (shape.num_layers * (lo + re)))
@@ -222,8 +233,9 @@ def measure_profile(runner, tok, comm, path: str, *, model_name: str, config: Pr
         json.dump(prof, f, indent=1)
     print(f"prism-run: profile of {comm.size} ranks written to {path}")
     for r, (d, h) in enumerate(zip(devices, hosts)):
+        own = f", causal block {d['causal_flops_s'] / 1e9:.1f}" if "causal_flops_s" in d else ""
         print(f"  rank {r} ({h}): linear {d['linear_flops_s'] / 1e9:.1f} GFLOP/s, "
-              f"attention {d['attention_flops_s'] / 1e9:.1f} GFLOP/s")
+              f"attention {d['attention_flops_s'] / 1e9:.1f}{own} GFLOP/s; PRISM x{d['prism_factor']:.3f}")
     for a, row in enumerate(links):
         for b, link in enumerate(row):
             if link is not None:
@@ -249,9 +261,11 @@ def _shape_text(shape: dict) -> str:
 def devices_and_links(prof: dict) -> tuple[list, list, list]:
     """The profile's rates: (as PRISM runs on each rank: the exact model's rates over its
     `prism_factor`; the exact model's; the links), as `split.Device`s and `split.Link`s."""
-    exact = [Device(d["linear_flops_s"], d["attention_flops_s"]) for d in prof["devices"]]
-    prism = [Device(e.linear_flops_s / d.get("prism_factor", 1.0), e.attention_flops_s / d.get("prism_factor", 1.0))
-             for e, d in zip(exact, prof["devices"])]
+    exact = [Device(d["linear_flops_s"], d["attention_flops_s"], d.get("causal_flops_s")) for d in prof["devices"]]
+    prism = []
+    for e, d in zip(exact, prof["devices"]):
+        f = d.get("prism_factor", 1.0)
+        prism.append(Device(e.linear_flops_s / f, e.attention_flops_s / f, e.causal_flops_s and e.causal_flops_s / f))
     links = [[None if x is None else Link(x["bytes_s"], x["latency_s"]) for x in row] for row in prof["links"]]
     return prism, exact, links
 
@@ -264,7 +278,7 @@ def auto_candidates(preset: str) -> list[str]:
 
 
 def plan_request(prof: dict, num_tokens: int, config: PrismConfig, *, preset: str | None, causal: bool,
-                 exchanges=("kv",), dtype: torch.dtype = torch.float32) -> dict:
+                 exchanges=("kv",), dtype: torch.dtype = torch.float32, result_bytes: int = 0) -> dict:
     """What --auto runs for a request of num_tokens, JSON-ready:
 
         {"mode": "local" | "distributed", "preset", "exchange", "bounds": per rank, "order": the
@@ -273,6 +287,7 @@ def plan_request(prof: dict, num_tokens: int, config: PrismConfig, *, preset: st
     preset: a budgeted preset (PRESET_ORDER) lets the setting change within its budget (each of
     `exchanges`); None keeps `config` as asked. config.weights set: the bounds follow them in
     rank order (`--weights` by hand), else `split.balanced_split` chooses bounds and order.
+    result_bytes: what the last chunk sends back at the end (a decoder's logits: vocabulary x 4).
     """
     P = prof["partitions"]
     shape = ModelShape(**prof["shape"])
@@ -289,9 +304,10 @@ def plan_request(prof: dict, num_tokens: int, config: PrismConfig, *, preset: st
     for name, cfg in configs:
         if config.weights is not None:
             bounds, order = partition_bounds(num_tokens, P, config.weights), list(range(P))
-            t = max(predict(bounds, devices, links, shape, cfg, causal=causal, dtype=dtype))
+            t = max(predict(bounds, devices, links, shape, cfg, causal=causal, dtype=dtype, result_bytes=result_bytes))
         else:
-            plan = balanced_split(num_tokens, devices, links, shape, cfg, causal=causal, dtype=dtype)
+            plan = balanced_split(num_tokens, devices, links, shape, cfg, causal=causal, dtype=dtype,
+                                  result_bytes=result_bytes)
             bounds, order, t = plan.bounds, plan.order, plan.seconds
         if t * MIN_GAIN < local and (best["mode"] == "local" or t < best["predicted_s"]):
             best = {**best, "mode": "distributed", "preset": name, "exchange": cfg.exchange,

@@ -15,7 +15,7 @@ every earlier key and decodes, so the fastest rank is tried there and the slowes
 The time model (FLOPs from `prism_ops.cost`'s counts), layer by layer, each rank running ahead
 as far as the rows it reads allow (a causal model's payloads stream point to point):
 
-    local_c    = linear FLOPs of n_c tokens / linear rate + local attention FLOPs / attention rate
+    local_c    = linear FLOPs of n_c tokens / linear rate + local attention FLOPs / its rate (causal or not)
     send       chunk c's payload leaves when c starts the layer, to its readers in turn, over the
                sender's uplink (a queue: a payload waits for the one before it); it is through at
                reader r after latency(c->r) + bytes / rate(c->r) (bytes: the wire layout's)
@@ -49,10 +49,16 @@ from .wire import chunk_options, payload_layouts, readers
 @dataclass(frozen=True)
 class Device:
     """One rank's measured rates, in FLOPs per second: matrix products per token (projections,
-    MLP) and attention (scores and weighted values)."""
+    MLP), attention to a full block of keys (scores and weighted values: received rows, an
+    encoder's own block) and, where it differs, a decoder's own causal block (its kernels skip
+    the masked half less efficiently; None: the attention rate)."""
 
     linear_flops_s: float
     attention_flops_s: float
+    causal_flops_s: float | None = None
+
+    def causal_rate(self) -> float:
+        return self.causal_flops_s or self.attention_flops_s
 
 
 @dataclass(frozen=True)
@@ -99,8 +105,10 @@ def _check(N, devices, links, config):
     if config.num_partitions != P:
         raise ValueError(f"config.num_partitions={config.num_partitions} must equal the {P} devices")
     for i, d in enumerate(devices):
-        for name in ("linear_flops_s", "attention_flops_s"):
+        for name in ("linear_flops_s", "attention_flops_s", "causal_flops_s"):
             x = getattr(d, name)
+            if name == "causal_flops_s" and x is None:
+                continue
             if not (isinstance(x, (int, float)) and math.isfinite(x) and x > 0):
                 raise ValueError(f"devices[{i}].{name} must be a finite rate > 0, got {x!r}")
     if len(links) != P or any(len(row) != P for row in links):
@@ -125,7 +133,7 @@ def compute_seconds(bounds, devices, shape: ModelShape, config: PrismConfig, *, 
         n, dev = end - start, devices[order[c]]
         pairs = n * (n + 1) // 2 if causal else n * n
         local.append(2 * n * shape.linear_macs_per_token() / dev.linear_flops_s
-                     + attn_per_pair * pairs / dev.attention_flops_s)
+                     + attn_per_pair * pairs / (dev.causal_rate() if causal else dev.attention_flops_s))
         received = sum(rows[s] for s in visible_chunks(c, P, causal, bounds=bounds))
         t = attn_per_pair * n * received / dev.attention_flops_s
         if config.exchange == "hidden":  # the receiver projects each row to K and V
@@ -135,10 +143,11 @@ def compute_seconds(bounds, devices, shape: ModelShape, config: PrismConfig, *, 
 
 
 def predict(bounds, devices, links, shape: ModelShape, config: PrismConfig, *, causal: bool,
-            dtype: torch.dtype = torch.float32, order=None) -> list[float]:
+            dtype: torch.dtype = torch.float32, order=None, result_bytes: int = 0) -> list[float]:
     """Each chunk's predicted forward (seconds) with these bounds (see the module docstring);
     order[c]: the rank (device, links) holding chunk c (default: chunk c on rank c); dtype: the
-    model's (the wire carries verbatim and full-precision rows in it)."""
+    model's (the wire carries verbatim and full-precision rows in it); result_bytes: what the
+    last chunk sends the first one's rank at the end (a decoder's next-token logits)."""
     P = len(bounds)
     order = list(range(P)) if order is None else list(order)
     heads, channels = shape.row_shape(config.exchange)
@@ -156,6 +165,9 @@ def predict(bounds, devices, links, shape: ModelShape, config: PrismConfig, *, c
                 uplink[c] = max(uplink[c], done[c]) + layouts[c].nbytes / link.bytes_s
                 arrive[c, r] = uplink[c] + link.latency_s
         done = [max([done[c] + local[c]] + [arrive[s, c] for s in seen[c]]) + remote[c] for c in range(P)]
+    if result_bytes and P > 1:
+        back = links[order[-1]][order[0]]
+        done[-1] += back.latency_s + result_bytes / back.bytes_s
     return done
 
 
@@ -163,7 +175,8 @@ def one_device_seconds(N: int, device: Device, shape: ModelShape, *, causal: boo
     """The exact model on one device, all N tokens."""
     pairs = N * (N + 1) // 2 if causal else N * N
     return shape.num_layers * (2 * N * shape.linear_macs_per_token() / device.linear_flops_s
-                               + 2 * 2 * shape.num_heads * shape.head_dim * pairs / device.attention_flops_s)
+                               + 2 * 2 * shape.num_heads * shape.head_dim * pairs
+                               / (device.causal_rate() if causal else device.attention_flops_s))
 
 
 def _bounds(sizes):
@@ -190,7 +203,7 @@ def _orders(devices, causal: bool) -> list:
     return fast_last or [sorted(range(P), key=lambda r: (devices[r].linear_flops_s, devices[r].attention_flops_s))]
 
 
-def _search(N, devices, links, shape, config, causal, dtype, order):
+def _search(N, devices, links, shape, config, causal, dtype, order, result_bytes):
     """(slowest, total, per chunk, sizes): the best sizes found for one chunk order."""
     P = len(devices)
     speed = [devices[r].linear_flops_s for r in order]
@@ -198,7 +211,8 @@ def _search(N, devices, links, shape, config, causal, dtype, order):
     sizes[max(range(P), key=lambda c: speed[c])] += N - sum(sizes)
 
     def cost(sz):
-        t = predict(_bounds(sz), devices, links, shape, config, causal=causal, dtype=dtype, order=order)
+        t = predict(_bounds(sz), devices, links, shape, config, causal=causal, dtype=dtype, order=order,
+                    result_bytes=result_bytes)
         return max(t), sum(t), t, sz
 
     best = cost(sizes)
@@ -222,10 +236,10 @@ def _search(N, devices, links, shape, config, causal, dtype, order):
 
 
 def balanced_split(N: int, devices, links, shape: ModelShape, config: PrismConfig, *, causal: bool,
-                   dtype: torch.dtype = torch.float32, orders=None) -> Split:
+                   dtype: torch.dtype = torch.float32, orders=None, result_bytes: int = 0) -> Split:
     """The bounds (and chunk order) that minimise the slowest rank's predicted time, and whether
     they beat the fastest device alone. orders: the chunk orders to try (default: see the module
-    docstring; [[0, 1, ...]] keeps chunk c on rank c)."""
+    docstring; [[0, 1, ...]] keeps chunk c on rank c); result_bytes: as `predict` takes it."""
     _check(N, devices, links, config)
     P = len(devices)
     tried = _orders(devices, causal) if orders is None else [list(o) for o in orders]
@@ -234,7 +248,7 @@ def balanced_split(N: int, devices, links, shape: ModelShape, config: PrismConfi
             raise ValueError(f"orders: each must be a permutation of the {P} ranks, got {o!r}")
     best = None
     for o in tried:
-        got = _search(N, devices, links, shape, config, causal, dtype, o)
+        got = _search(N, devices, links, shape, config, causal, dtype, o, result_bytes)
         if best is None or got[:2] < best[0][:2]:
             best = (got, o)
     (slowest, _, per_chunk, sizes), order = best

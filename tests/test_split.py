@@ -13,7 +13,7 @@ from prism_ops import PrismConfig
 from prism_ops.cost import ModelShape
 from prism_ops.ops.partitioned_attention import partition_bounds
 from prism_ops.wire import payload_layouts
-from prism_ops.split import Device, Link, balanced_split, predict, uniform_links
+from prism_ops.split import Device, Link, balanced_split, one_device_seconds, predict, uniform_links
 
 SMOLLM2 = ModelShape(hidden_size=576, num_heads=9, num_kv_heads=3, head_dim=64, ffn_size=1536, mlp_matrices=3,
                      num_layers=30)
@@ -108,3 +108,21 @@ def test_a_slow_uplink_queues_the_payloads_of_later_layers():
     assert slow[0] == pytest.approx(per_layer[0])  # the sender never waits
     remote_last = per_layer[1] / 30  # at most one layer's work after the last payload
     assert 30 * nbytes / rate < slow[1] <= 30 * nbytes / rate + remote_last + 1e-9
+
+
+def test_a_slower_causal_block_and_the_logits_sent_back_are_counted():
+    bounds = partition_bounds(N, 2)
+    base = predict(bounds, [CORE, CORE], FREE, SMOLLM2, EDGE, causal=True)
+    slow_causal = Device(CORE.linear_flops_s, CORE.attention_flops_s, causal_flops_s=CORE.attention_flops_s / 2)
+    got = predict(bounds, [slow_causal, slow_causal], FREE, SMOLLM2, EDGE, causal=True)
+    n = N // 2
+    extra = 30 * 4 * 9 * 64 * (n * (n + 1) // 2) / CORE.attention_flops_s  # the causal block's FLOPs at half the rate
+    assert got == pytest.approx([b + extra for b in base])
+    # An encoder has no causal block: the rate is not used.
+    assert predict(bounds, [slow_causal] * 2, FREE, SMOLLM2, EDGE, causal=False) == \
+        predict(bounds, [CORE] * 2, FREE, SMOLLM2, EDGE, causal=False)
+    link = uniform_links(2, 1e6, latency_s=0.01)
+    plain = predict(bounds, [CORE, CORE], link, SMOLLM2, EDGE, causal=True)
+    back = predict(bounds, [CORE, CORE], link, SMOLLM2, EDGE, causal=True, result_bytes=4 * 49152)
+    assert back[0] == plain[0] and back[1] == pytest.approx(plain[1] + 0.01 + 4 * 49152 / 1e6)
+    assert one_device_seconds(N, slow_causal, SMOLLM2, causal=True) > one_device_seconds(N, CORE, SMOLLM2, causal=True)

@@ -47,9 +47,12 @@ def auto_on_rank(opts: AutoOptions, comm) -> None:
         prof, text = job.files
         check_profile(prof, "--auto", model=opts.model, shape=ModelShape.from_config(model.config), hosts=hosts)
         req = make_request(job.tok, opts, text, runner.max_positions, job.pooling)
-        return req, plan_request(prof, req.ids.shape[1], job.config, preset=asked, causal=runner.kind == "decoder",
+        decoder = runner.kind == "decoder"
+        logits = decoder and req.output == "logits" and not req.generate  # the last chunk sends them back
+        return req, plan_request(prof, req.ids.shape[1], job.config, preset=asked, causal=decoder,
                                  exchanges=tuple(dict.fromkeys(("kv", job.config.exchange))),
-                                 dtype=next(model.parameters()).dtype)
+                                 dtype=next(model.parameters()).dtype,
+                                 result_bytes=4 * model.config.vocab_size if logits else 0)
 
     req, pick = agree_rank0(comm, ask) or (None, None)
     pick = bcast_json(comm, pick)

@@ -45,3 +45,12 @@ def test_a_stamped_payload_keeps_its_bytes_and_arrives_when_due():
     assert free == pytest.approx(t0 + 200 * 8 / 8e6, abs=0.01)
     assert torch.equal(EmulatedLink.unstamp(data), payload)
     assert time.monotonic() - t0 >= 0.03  # held until its arrival: the latency at least
+
+
+@pytest.mark.parametrize("nbytes", [0, 1, 7, 13])
+def test_a_payload_of_any_length_keeps_its_stamp(nbytes):
+    """The stamp follows the payload, on no particular byte boundary (a 1-byte probe answer)."""
+    link = EmulatedLink(1000.0, 0.0)
+    buf = torch.arange(nbytes, dtype=torch.uint8)
+    _, data = link.stamp(buf, 0.0)
+    assert torch.equal(EmulatedLink.unstamp(data[: nbytes + STAMP_BYTES]), buf)
