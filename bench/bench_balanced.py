@@ -226,6 +226,15 @@ def markdown(rows, args, command) -> str:
         lines.append(f"| {r['shares'][0]:g} / {r['shares'][1]:g} | {r['budget_mb']:g} MB | {r['one_host_s']:.2f} s | "
                      f"{r['mbit']:.1f} Mbit/s | {r['speedup']:.2f}x | {plan} | {r['equal_speedup']:.2f}x | "
                      f"{'' if target is None else f'>= {target}x'} | {r['prediction_error']:+.0%} |")
+    lines += ["", "Where each rank's time goes in the planned run (seconds, the last timed request; payload, local, "
+              "wait and remote are inside forward; rank = position in the plan's chunk order):", "",
+              "| cell | rank | scatter | forward | payload | local | wait | remote | gather | total |",
+              "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for r in rows:
+        for i, t in enumerate(r["auto"].get("seconds_per_rank", [])):
+            lines.append(f"| {r['cell']} | {i} | " + " | ".join(f"{t.get(k, 0.0):.3f}" for k in (
+                "scatter", "forward", "attention payload", "attention local", "attention wait", "attention remote",
+                "gather", "total")) + " |")
     for r in rows:
         if "sweep" in r:
             lines += ["", f"Sweep of hand-typed splits at {r['cell']} (first chunk's share, in the plan's order): "
