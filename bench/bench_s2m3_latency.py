@@ -159,7 +159,7 @@ def report(args, info, runs, t_start, load_start):
     rows = info["rows"]
     print(f"machine: {os.cpu_count()} cores, load average {load_start[0]:.1f} at the start, "
           f"{os.getloadavg()[0]:.1f} at the end; {time.time() - t_start:.0f} s in all")
-    print(f"profiled compute (s, speed 1): " + ", ".join(f"{p} {c:.3f}" for p, c in
+    print("profiled compute (s, speed 1): " + ", ".join(f"{p} {c:.3f}" for p, c in
                                                         sorted(info["compute"].items(), key=lambda x: -x[1]) if c > 1e-3))
     print(f"one request: {info['work']:.3f} s of compute on average; {args.repeats} runs per row, interleaved; "
           f"steady rows: {args.arrivals} Poisson arrivals per run, a fresh draw each run, the first "

@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import statistics
 import time
 
 import torch

@@ -20,7 +20,7 @@ import sys
 import threading
 
 from .engine import Engine
-from .openai_api import MAX_REQUEST_BYTES, ApiError, Served, parse
+from .openai_api import MAX_REQUEST_BYTES, ApiError, parse
 
 
 def _endpoint(line: dict) -> str:
