@@ -39,6 +39,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tools"))
 import netns_hosts  # noqa: E402
+from bench_real_links import last_json  # noqa: E402
 
 BIN = Path(sys.executable).parent
 CELLS = "1,1@50;1,1@5;1,0.5@50;0.25,1@0.5"
@@ -75,13 +76,10 @@ def parse_args(argv=None):
 # -- the jobs on the hosts -------------------------------------------------------------------------
 
 def _median_time(fn, repeats):
+    from bench_distributed import timed  # the benches' median of timed calls (imports torch: workers only)
+
     fn()  # warm-up (and the connections made)
-    out = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        out.append(time.perf_counter() - t0)
-    return statistics.median(out)
+    return timed(fn, repeats)
 
 
 def worker(args) -> None:
@@ -152,12 +150,6 @@ def worker(args) -> None:
 ENV = dict(os.environ, OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
 
 
-def _last_json(p, what):
-    if p.returncode != 0:
-        raise SystemExit(f"{what} failed ({p.returncode}):\n{p.stderr[-3000:]}")
-    return json.loads(p.stdout.strip().splitlines()[-1])
-
-
 def _worker_cmd(args, kind, fast, **extra):
     cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", kind, "--fast-rank", str(fast),
            "--tokens", str(args.tokens), "--repeats", str(args.repeats)]
@@ -169,7 +161,7 @@ def _worker_cmd(args, kind, fast, **extra):
 def measure_cell(args, shares, budget_mb, name, tmp) -> dict:
     fast = max(range(2), key=lambda r: shares[r])
     with netns_hosts.Hosts(2, None, cpu=shares) as hosts:
-        t1 = _last_json(hosts.run(_worker_cmd(args, "alone", fast), timeout=1800, env=ENV), f"{name}: one host")["alone_s"]
+        t1 = last_json(hosts.run(_worker_cmd(args, "alone", fast), timeout=1800, env=ENV), f"{name}: one host")["alone_s"]
         mbit = budget_mb * 8 / t1
         for i in range(2):
             hosts.set_rate(i, mbit)
@@ -179,7 +171,7 @@ def measure_cell(args, shares, budget_mb, name, tmp) -> dict:
         if p.returncode:
             raise SystemExit(f"{name}: prism-run --profile failed ({p.returncode}):\n{p.stderr[-3000:]}")
         sweep = {"sweep": True} if shares[0] != shares[1] else {}
-        got = _last_json(hosts.run(_worker_cmd(args, "plan", fast, profile_file=prof, **sweep), timeout=3600, env=ENV),
+        got = last_json(hosts.run(_worker_cmd(args, "plan", fast, profile_file=prof, **sweep), timeout=3600, env=ENV),
                          f"{name}: plan")
         text = Path(tmp) / "input.txt"
         if not text.exists():
@@ -209,6 +201,9 @@ def measure_cell(args, shares, budget_mb, name, tmp) -> dict:
 
 
 def markdown(rows, args, command) -> str:
+    from prism_ops.report import PHASES
+
+    phases = [k for k in PHASES if any(k in t for r in rows for t in r["auto"].get("seconds_per_rank", []))]
     lines = [f"## Balanced partitions on real TCP links (SmolLM2, real weights, N = {args.tokens})", "",
              f"Command: `{command}`", "",
              "2 test hosts x 1 thread, MPICH over TCP, links shaped to B / (one-host time); speed-ups against the "
@@ -227,13 +222,11 @@ def markdown(rows, args, command) -> str:
                      f"{'' if target is None else f'>= {target}x'} | {r['prediction_error']:+.0%} |")
     lines += ["", "Where each rank's time goes in the planned run (seconds, the last timed request; payload, local, "
               "wait and remote are inside forward; rank = position in the plan's chunk order):", "",
-              "| cell | rank | scatter | forward | payload | local | wait | remote | gather | total |",
-              "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+              "| cell | rank | " + " | ".join(k.removeprefix("attention ") for k in phases) + " |",
+              "| --- | --- | " + " | ".join("---" for _ in phases) + " |"]
     for r in rows:
         for i, t in enumerate(r["auto"].get("seconds_per_rank", [])):
-            lines.append(f"| {r['cell']} | {i} | " + " | ".join(f"{t.get(k, 0.0):.3f}" for k in (
-                "scatter", "forward", "attention payload", "attention local", "attention wait", "attention remote",
-                "gather", "total")) + " |")
+            lines.append(f"| {r['cell']} | {i} | " + " | ".join(f"{t.get(k, 0.0):.3f}" for k in phases) + " |")
     for r in rows:
         if "sweep" in r:
             lines += ["", f"Sweep of hand-typed splits at {r['cell']} (first chunk's share, in the plan's order): "

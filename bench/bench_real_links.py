@@ -139,7 +139,8 @@ def _job_args(args, mbit=None):
     return a + ([] if mbit is None else ["--link-mbit", f"{mbit:g}"])
 
 
-def _last_json(p, what):
+def last_json(p, what):
+    """The JSON object on the last line of a finished job's stdout (SystemExit with its stderr if it failed)."""
     if p.returncode != 0:
         raise SystemExit(f"{what} failed ({p.returncode}):\n{p.stderr[-3000:]}")
     return json.loads(p.stdout.strip().splitlines()[-1])
@@ -151,13 +152,13 @@ def measure(args) -> list[dict]:
     for mbit in args.links:
         with netns_hosts.Hosts(2, mbit) as hosts:
             before = hosts.tx_bytes()
-            real = _last_json(hosts.run(_job_args(args), timeout=3600, env=env), f"real link {mbit}")
+            real = last_json(hosts.run(_job_args(args), timeout=3600, env=env), f"real link {mbit}")
             kernel = sum(a - b for a, b in zip(hosts.tx_bytes(), before))
         if mbit is None:
-            emu = _last_json(subprocess.run([str(BIN / "mpiexec"), "-n", "2", *_job_args(args)], capture_output=True,
+            emu = last_json(subprocess.run([str(BIN / "mpiexec"), "-n", "2", *_job_args(args)], capture_output=True,
                                             text=True, env=env, timeout=3600), "unlimited, shared memory")
         else:
-            emu = _last_json(subprocess.run([str(BIN / "mpiexec"), "-n", "2", *_job_args(args, mbit)],
+            emu = last_json(subprocess.run([str(BIN / "mpiexec"), "-n", "2", *_job_args(args, mbit)],
                                             capture_output=True, text=True, env=env, timeout=3600),
                              f"emulated link {mbit}")
         for r, e in zip(real["rows"], emu["rows"]):

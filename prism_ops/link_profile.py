@@ -50,7 +50,7 @@ from .ops.partitioned_attention import partition_bounds
 from .ops.prism_attention import prism_attention
 from .request_types import Request
 from .distributed.runtime import run_distributed
-from .split import Device, Link, balanced_split, compute_seconds, one_device_seconds, predict
+from .split import Device, Link, balanced_split, block_pairs, compute_seconds, fastest, one_device_seconds, predict
 from .tags import TAG_PROBE
 
 FORMAT = 2
@@ -119,9 +119,7 @@ def measure_device(runner, tok, *, causal: bool, backend: str = "auto", repeats:
 
     per_pair = 2 * 2 * shape.num_heads * shape.head_dim
     attention_flops_s = per_pair * n * n / _best_of(remote, 3 * repeats)
-    own = (n * (n + 1) // 2 if causal else n * n)
-    causal_flops_s = per_pair * own / _best_of(local, 3 * repeats) if causal else None
-    rates = Device(1.0, attention_flops_s, causal_flops_s)  # (the linear rate is found below)
+    causal_flops_s = per_pair * block_pairs(n, True) / _best_of(local, 3 * repeats) if causal else None
     # Linear work: the exact model at each length, less its attention at that rate.
     model.set_attn_implementation("sdpa")
     seconds = []
@@ -131,8 +129,8 @@ def measure_device(runner, tok, *, causal: bool, backend: str = "auto", repeats:
             seconds.append(_best_of(lambda: run_simulated(model, req, 1), repeats))
     finally:
         model.set_attn_implementation(NAME)
-    own_rate = rates.causal_rate() if causal else attention_flops_s
-    linear_s = [max(t - attention_flops(shape, m * (m + 1) // 2 if causal else m * m) / own_rate, 1e-9)
+    own_rate = causal_flops_s if causal else attention_flops_s
+    linear_s = [max(t - attention_flops(shape, block_pairs(m, causal)) / own_rate, 1e-9)
                 for t, m in zip(seconds, lengths)]
     per_token = sum(t * m for t, m in zip(linear_s, lengths)) / sum(m * m for m in lengths)  # least squares
     out = {"linear_flops_s": linear_flops(shape, 1) / per_token, "attention_flops_s": attention_flops_s,
@@ -176,7 +174,7 @@ def measure_link(comm, a: int, b: int, repeats: int = 3) -> dict | None:
     return {"bytes_s": nbytes / max(t - rtt1, 1e-9), "latency_s": rtt1 / 2, "probe_bytes": nbytes}
 
 
-def calibrate_overhead(runner, tok, comm, config: PrismConfig, devices: list, num_tokens: int) -> list[float]:
+def calibrate_overhead(runner, tok, comm, devices: list, num_tokens: int) -> list[float]:
     """Each rank's PRISM forward against its prediction from the exact model's rates: one request
     of num_tokens (capped at the model's positions) at an equal split, the asked setting; the
     seconds a rank computed (its forward less its waits for rows) over the seconds predicted
@@ -189,7 +187,7 @@ def calibrate_overhead(runner, tok, comm, config: PrismConfig, devices: list, nu
     run_distributed(runner, comm, req, progress=False)  # warm-up
     res = run_distributed(runner, comm, req, progress=False)
     t = allgather_json(comm, res.seconds_per_rank if comm.rank == 0 else None)[0]
-    rates = [Device(d["linear_flops_s"], d["attention_flops_s"], d.get("causal_flops_s")) for d in devices]
+    rates = [_device(d) for d in devices]
     bounds = partition_bounds(N, comm.size)
     local, remote = compute_seconds(bounds, rates, shape, runner.config, causal=causal)
     return [max(1.0, (r["forward"] - r.get("attention wait", 0.0)) / (shape.num_layers * (lo + re)))
@@ -215,13 +213,13 @@ def measure_profile(runner, tok, comm, path: str, *, model_name: str, config: Pr
     causal = runner.kind == "decoder"
     mine = measure_device(runner, tok, causal=causal, backend=config.backend, repeats=repeats)
     devices = allgather_json(comm, mine)
-    hosts = allgather_json(comm, comm.MPI.Get_processor_name())
+    hosts = host_names(comm)
     links = [[None] * comm.size for _ in range(comm.size)]
     for a in range(comm.size):
         for b in range(comm.size):
             if a != b:
                 links[a][b] = allgather_json(comm, measure_link(comm, a, b))[a]
-    factors = calibrate_overhead(runner, tok, comm, config, devices, max(d["lengths"][-1] for d in devices) * comm.size)
+    factors = calibrate_overhead(runner, tok, comm, devices, max(d["lengths"][-1] for d in devices) * comm.size)
     for d, f in zip(devices, factors):
         d["prism_factor"] = f
     if comm.rank != 0:
@@ -257,10 +255,20 @@ def _shape_text(shape: dict) -> str:
     return f"{shape.get('num_layers')} layers, d={shape.get('hidden_size')}, {shape.get('num_heads')} heads"
 
 
+def host_names(comm) -> list[str]:
+    """Every rank's host name (MPI's processor name), in rank order (collective)."""
+    return allgather_json(comm, comm.MPI.Get_processor_name())
+
+
+def _device(d: dict) -> Device:
+    """A profile's device entry as the exact model runs on it."""
+    return Device(d["linear_flops_s"], d["attention_flops_s"], d.get("causal_flops_s"))
+
+
 def devices_and_links(prof: dict) -> tuple[list, list, list]:
     """The profile's rates: (as PRISM runs on each rank: the exact model's rates over its
     `prism_factor`; the exact model's; the links), as `split.Device`s and `split.Link`s."""
-    exact = [Device(d["linear_flops_s"], d["attention_flops_s"], d.get("causal_flops_s")) for d in prof["devices"]]
+    exact = [_device(d) for d in prof["devices"]]
     prism = []
     for e, d in zip(exact, prof["devices"]):
         f = d.get("prism_factor", 1.0)
@@ -296,10 +304,10 @@ def plan_request(prof: dict, num_tokens: int, config: PrismConfig, *, preset: st
     else:
         configs = [(name, PrismConfig.from_preset(P, name, exchange=ex, backend=config.backend))
                    for name in auto_candidates(preset) for ex in exchanges]
-    fastest = max(range(P), key=lambda r: (exact[r].linear_flops_s, exact[r].attention_flops_s))
-    local = one_device_seconds(num_tokens, exact[fastest], shape, causal=causal)
+    first = fastest(exact)
+    local = one_device_seconds(num_tokens, exact[first], shape, causal=causal)
     best = {"mode": "local", "preset": None, "exchange": None, "bounds": None, "order": None, "predicted_s": local,
-            "local_s": local, "fastest": fastest}
+            "local_s": local, "fastest": first}
     for name, cfg in configs:
         if config.weights is not None:
             bounds, order = partition_bounds(num_tokens, P, config.weights), list(range(P))

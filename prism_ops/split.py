@@ -57,8 +57,23 @@ class Device:
     attention_flops_s: float
     causal_flops_s: float | None = None
 
-    def causal_rate(self) -> float:
-        return self.causal_flops_s or self.attention_flops_s
+    def speed(self) -> tuple:
+        """What ranks devices by speed: linear rate first (most of the work), then attention."""
+        return self.linear_flops_s, self.attention_flops_s
+
+    def block_rate(self, causal: bool) -> float:
+        """The rate of a rank's attention to its own block (causal or full)."""
+        return (self.causal_flops_s or self.attention_flops_s) if causal else self.attention_flops_s
+
+
+def block_pairs(n: int, causal: bool) -> int:
+    """(query, key) pairs of n tokens attending to themselves (causally: each to itself and before)."""
+    return n * (n + 1) // 2 if causal else n * n
+
+
+def fastest(devices) -> int:
+    """The rank of a fastest device (`Device.speed`; the first of equals)."""
+    return max(range(len(devices)), key=lambda r: devices[r].speed())
 
 
 @dataclass(frozen=True)
@@ -131,9 +146,8 @@ def compute_seconds(bounds, devices, shape: ModelShape, config: PrismConfig, *, 
     local, remote = [], []
     for c, (start, end) in enumerate(bounds):
         n, dev = end - start, devices[order[c]]
-        pairs = n * (n + 1) // 2 if causal else n * n
         local.append(2 * n * shape.linear_macs_per_token() / dev.linear_flops_s
-                     + attn_per_pair * pairs / (dev.causal_rate() if causal else dev.attention_flops_s))
+                     + attn_per_pair * block_pairs(n, causal) / dev.block_rate(causal))
         received = sum(rows[s] for s in visible_chunks(c, P, causal, bounds=bounds))
         t = attn_per_pair * n * received / dev.attention_flops_s
         if config.exchange == "hidden":  # the receiver projects each row to K and V
@@ -173,10 +187,9 @@ def predict(bounds, devices, links, shape: ModelShape, config: PrismConfig, *, c
 
 def one_device_seconds(N: int, device: Device, shape: ModelShape, *, causal: bool) -> float:
     """The exact model on one device, all N tokens."""
-    pairs = N * (N + 1) // 2 if causal else N * N
     return shape.num_layers * (2 * N * shape.linear_macs_per_token() / device.linear_flops_s
-                               + 2 * 2 * shape.num_heads * shape.head_dim * pairs
-                               / (device.causal_rate() if causal else device.attention_flops_s))
+                               + 2 * 2 * shape.num_heads * shape.head_dim * block_pairs(N, causal)
+                               / device.block_rate(causal))
 
 
 def _bounds(sizes):
@@ -194,13 +207,13 @@ def _orders(devices, causal: bool) -> list:
     if P <= 3:
         out = [list(o) for o in itertools.permutations(range(P))]
     else:
-        slow_first = sorted(range(P), key=lambda r: (devices[r].linear_flops_s, devices[r].attention_flops_s, -r))
+        slow_first = sorted(range(P), key=lambda r: (devices[r].speed(), -r))
         out = [list(range(P))] + ([slow_first] if slow_first != list(range(P)) else [])
     if not causal:
         return out
-    top = max((d.linear_flops_s, d.attention_flops_s) for d in devices)
-    fast_last = [o for o in out if (devices[o[-1]].linear_flops_s, devices[o[-1]].attention_flops_s) == top]
-    return fast_last or [sorted(range(P), key=lambda r: (devices[r].linear_flops_s, devices[r].attention_flops_s))]
+    top = devices[fastest(devices)].speed()
+    fast_last = [o for o in out if devices[o[-1]].speed() == top]
+    return fast_last or [sorted(range(P), key=lambda r: devices[r].speed())]
 
 
 def _search(N, devices, links, shape, config, causal, dtype, order, result_bytes):
@@ -252,7 +265,7 @@ def balanced_split(N: int, devices, links, shape: ModelShape, config: PrismConfi
         if best is None or got[:2] < best[0][:2]:
             best = (got, o)
     (slowest, _, per_chunk, sizes), order = best
-    fastest = max(range(P), key=lambda r: (devices[r].linear_flops_s, devices[r].attention_flops_s))
-    alone = one_device_seconds(N, devices[fastest], shape, causal=causal)
+    first = fastest(devices)
+    alone = one_device_seconds(N, devices[first], shape, causal=causal)
     return Split(bounds=_bounds(sizes), order=order, seconds=slowest, per_rank=per_chunk, one_device_s=alone,
-                 fastest=fastest, distribute=slowest < alone)
+                 fastest=first, distribute=slowest < alone)

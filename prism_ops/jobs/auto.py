@@ -21,11 +21,11 @@ from __future__ import annotations
 from .. import hf
 from ..config import DEFAULT_PRESET, PrismConfig
 from ..cost import ModelShape
-from ..distributed.control import allgather_json, bcast_json
+from ..distributed.control import bcast_json
 from ..distributed.faults import agree_rank0
 from ..in_process import run_simulated
 from ..input_files import read_profile
-from ..link_profile import check_profile, plan_request
+from ..link_profile import check_profile, host_names, plan_request
 from .base import on_ranks, start
 from .options import AutoOptions
 from .request import make_request, print_result, read_text
@@ -40,7 +40,7 @@ def auto_job(opts: AutoOptions) -> int:
 def auto_on_rank(opts: AutoOptions, comm) -> None:
     job = start(opts, comm, lambda: (read_profile(opts.auto, "--auto", comm.size, opts.model), read_text(opts)))
     asked = None if (opts.segment_size is not None or opts.levers) else (opts.preset or DEFAULT_PRESET)
-    hosts = allgather_json(comm, comm.MPI.Get_processor_name())
+    hosts = host_names(comm)
     runner, model = job.runner, job.runner.model
 
     def ask():  # rank 0: the request, and the plan the profile predicts fastest for it
