@@ -13,6 +13,9 @@ with the +ln(count) bias):
     cluster_iters   summary rows from key clusters instead of positional segments (Lloyd
                     iterations, at most 100)
     summary_bits    summaries sent as 2/3/4/8-bit integers (per-channel scales)
+    heavy_fraction  this share of each chunk's summarised tokens sent as rows of their own: the
+                    ones its own queries attend to most (`ops.heavy_rows`); the rest averaged in
+                    segments of segment_size. 0 = off
     summary_codebook  the path of a calibration file (`prism-calibrate`): summaries sent as
                     product-quantization codes of its per-layer codebooks (`ops.codebook_rows`)
     exchange        "kv" (K/V means), "hidden" (the paper's hidden-feature means), or "auto"
@@ -35,6 +38,7 @@ from dataclasses import dataclass
 from ._backend import check_backend
 from ._checks import check_bool, check_int, check_weights
 from .ops.codebook_rows import codebook_geometry
+from .ops.heavy_rows import check_heavy_fraction
 from .ops.quantize_rows import check_bits
 from .ops.token_clusters import check_cluster_iters
 
@@ -58,11 +62,12 @@ PRESETS = {
     "accurate": {"segment_size": 1, "summary_bits": 4, "sink_tokens": 4, "exchange": "auto"},
     "edge": {"segment_size": 1, "summary_bits": 4, "exchange": "auto"},
     "fast": {"segment_size": 1, "summary_bits": 3, "sink_tokens": 4, "exchange": "auto"},
+    "lean": {"segment_size": 128, "summary_bits": 4, "sink_tokens": 4, "heavy_fraction": 0.2, "exchange": "auto"},
     "paper": {},
 }
 # The presets with a budget, from the most accurate: `prism-run --auto` may switch from one to any
 # before it (never leaving the asked budget). "paper" has none: --auto keeps it as asked.
-PRESET_ORDER = ("exact", "accurate", "edge", "fast")
+PRESET_ORDER = ("exact", "accurate", "edge", "fast", "lean")
 # What prism-run uses when neither --preset nor --segment-size is given: within 1% of exact on
 # MiniLM (mean cos 0.998) and 3% on SmolLM2 (perplexity 1.028x) at 4 partitions (docs/EVAL.md).
 DEFAULT_PRESET = "edge"
@@ -84,6 +89,7 @@ class PrismConfig:
     exchange: str = "kv"
     backend: str = "auto"
     summary_codebook: str | None = None
+    heavy_fraction: float = 0.0
 
     def __post_init__(self):
         check_int(self.num_partitions, "num_partitions", 1)
@@ -96,6 +102,11 @@ class PrismConfig:
         if not isinstance(self.exchange, str) or self.exchange not in EXCHANGE_SETTINGS:
             raise ValueError(f"exchange must be one of {EXCHANGE_SETTINGS}, got {self.exchange!r}")
         check_backend(self.backend)
+        object.__setattr__(self, "heavy_fraction", check_heavy_fraction(self.heavy_fraction))
+        if self.heavy_fraction and (self.cluster_iters or self.summary_codebook is not None):
+            other = f"cluster_iters={self.cluster_iters}" if self.cluster_iters else "summary_codebook"
+            raise ValueError(f"heavy_fraction={self.heavy_fraction} picks tokens on the segment grid; it does not "
+                             f"combine with {other}: set one of them")
         if self.summary_codebook is not None:
             if self.summary_bits:
                 raise ValueError(f"summary_codebook and summary_bits={self.summary_bits} both set how summaries are "

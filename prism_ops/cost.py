@@ -128,7 +128,7 @@ def flops_per_layer(shape: ModelShape, num_tokens: int, config: PrismConfig, *, 
     P = config.num_partitions
     bounds = partition_bounds(num_tokens, P, config.weights)
     opts = chunk_options(config, causal)
-    rows = [sum(summary_count(bounds, c, config.segment_size, window=window, **opts)) for c in range(P)]
+    rows = [sum(summary_count(bounds, c, config.segment_size, window=window, heavy=config.heavy_fraction, **opts)) for c in range(P)]
     H, Hkv, D, d = shape.num_heads, shape.num_kv_heads, shape.head_dim, shape.hidden_size
     out = []
     for p, (start, end) in enumerate(bounds):

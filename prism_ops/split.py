@@ -141,7 +141,7 @@ def compute_seconds(bounds, devices, shape: ModelShape, config: PrismConfig, *, 
     P = len(bounds)
     order = list(range(P)) if order is None else list(order)
     opts = chunk_options(config, causal)
-    rows = [sum(summary_count(bounds, c, config.segment_size, **opts)) for c in range(P)]
+    rows = [sum(summary_count(bounds, c, config.segment_size, heavy=config.heavy_fraction, **opts)) for c in range(P)]
     attn_per_pair = 2 * 2 * shape.num_heads * shape.head_dim  # FLOPs per (query, key): scores and values
     local, remote = [], []
     for c, (start, end) in enumerate(bounds):

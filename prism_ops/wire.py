@@ -3,6 +3,8 @@
 A chunk's payload (its rows are built by `prism_ops.ops.chunk_summary`) is, in this order:
 
     verbatim rows   [B, H, E, C]  model dtype
+    picks           ceil(B * m / 8) bytes, only with heavy_fraction: a bit per summarised token
+                    (m of them), set for those sent as their own rows (`ops.heavy_rows`)
     summary rows    [B, H, S, C]  model dtype, or with summary_bits:
                         codes     ceil(B*H*S*C * bits / 8) bytes, bit-packed
                         lo, step  [B, H, 1, C] float16 each
@@ -30,7 +32,7 @@ from dataclasses import dataclass
 import torch
 
 from .config import PrismConfig
-from .ops.chunk_summary import summary_count, visible_chunks
+from .ops.chunk_summary import chunk_layout, summary_count, visible_chunks
 from .ops.codebook_rows import codebook_geometry
 
 
@@ -48,12 +50,15 @@ class PayloadLayout:
     clusters: bool = False
     code_groups: int = 0  # with a codebook: M codes of code_bits each per head and row
     code_bits: int = 0
+    picks: int = 0  # with heavy_fraction: the summarised tokens the picks bitmap covers
 
     def parts(self) -> list[tuple[str, int]]:
         """(name, bytes) in wire order."""
         B, H, C, E, S = self.B, self.H, self.C, self.E, self.S
         size = torch.finfo(self.dtype).bits // 8
         out = [("verbatim", B * H * E * C * size)]
+        if self.picks:
+            out.append(("picks", math.ceil(B * self.picks / 8)))
         if self.code_bits and S:
             out.append(("codes", math.ceil(B * H * S * self.code_groups * self.code_bits / 8)))
         elif self.bits and S:
@@ -91,9 +96,12 @@ def payload_layouts(config: PrismConfig, bounds, *, causal: bool, batch: int, he
     groups, code_bits = codebook_geometry(config.summary_codebook) if config.summary_codebook else (0, 0)
     out = []
     for c in range(len(bounds)):
-        verbatim, summary = summary_count(bounds, c, config.segment_size, window=window, **opts)
+        verbatim, summary = summary_count(bounds, c, config.segment_size, window=window, heavy=config.heavy_fraction,
+                                          **opts)
+        a, b = chunk_layout(bounds, c, **opts)
+        picks = b - a if config.heavy_fraction and summary else 0
         if not readers(c, len(bounds), causal, bounds=bounds, window=window):
-            verbatim, summary = 0, 0
+            verbatim, summary, picks = 0, 0, 0
         out.append(PayloadLayout(batch, heads, channels, verbatim, summary, dtype, config.summary_bits,
-                                 bool(config.cluster_iters), groups, code_bits))
+                                 bool(config.cluster_iters), groups, code_bits, picks))
     return out

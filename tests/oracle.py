@@ -72,14 +72,45 @@ def oracle_prism_attention(q, k, v, k_sum=None, v_sum=None, counts=None, causal=
     return oracle_attention(q, keys, vals, bias, scale)
 
 
+def oracle_heavy_picks(q, k, start, end, a, b, fraction, causal, valid=None):
+    """The tokens of [a, b) (absolute positions) chunk [start, end) sends as rows of their own
+    under heavy_fraction, batch row 0: the ceil(fraction * (b - a)) that its scoring queries (its
+    last 64 when causal; else all, or the first and last 64) pay the most softmax weight over
+    the chunk's own keys, summed over heads; padding never scores."""
+    H, D, G = q.shape[1], q.shape[3], q.shape[1] // k.shape[1]
+    n = end - start
+    if causal:
+        queries = list(range(max(start, end - 64), end))
+    elif n <= 128:
+        queries = list(range(start, end))
+    else:
+        queries = list(range(start, start + 64)) + list(range(end - 64, end))
+    real = [j for j in range(start, end) if valid is None or bool(valid[0, j])]
+    score = {j: 0.0 for j in real}
+    for h in range(H):
+        for i in queries:
+            if valid is not None and not valid[0, i]:
+                continue
+            seen = [j for j in real if not causal or j <= i]
+            logits = [float(q[0, h, i].double() @ k[0, h // G, j].double()) / math.sqrt(D) for j in seen]
+            top = max(logits)
+            weights = [math.exp(x - top) for x in logits]
+            for j, w in zip(seen, weights):
+                score[j] += w / sum(weights)
+    count = min(b - a, math.ceil((b - a) * fraction))
+    ranked = sorted((j for j in range(a, b) if j in score), key=lambda j: -score[j])
+    return set(ranked[:count])
+
+
 def oracle_partitioned_attention(q, k, v, bounds, segment_size, causal=False, scale=None,
-                                 log_count_bias=True, sink_tokens=0, halo=0, valid=None):
+                                 log_count_bias=True, sink_tokens=0, halo=0, valid=None, heavy=()):
     """PRISM over the given chunk bounds, query chunk by query chunk, key token by key token.
 
     For chunk p every key token j is exactly one of: exact (own chunk, a sink, or one of the
     `halo` tokens at either end of its chunk: the last ones only, and none of the last chunk,
     when causal; none at the outer ends), part of a segment of its chunk's grid (which starts
     after those exact tokens), or invisible (padding, or in a later chunk when causal).
+    `heavy`: tokens of other chunks also sent exact (heavy_fraction's picks, batch of one).
     """
     B, H, T, D = q.shape
     P = len(bounds)
@@ -95,7 +126,7 @@ def oracle_partitioned_attention(q, k, v, bounds, segment_size, causal=False, sc
             grid0 = c0 + len(head)
             for j in range(c0, c1):
                 own = c == p
-                is_exact = own or j in head or j in tail
+                is_exact = own or j in head or j in tail or j in heavy
                 key = ("exact", j) if is_exact else ("seg", c, (j - grid0) // segment_size)
                 if key not in groups:
                     groups[key] = []

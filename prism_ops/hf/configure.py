@@ -187,6 +187,9 @@ def _check_windowed(model, config: PrismConfig, features: list) -> None:
     if config.cluster_iters:
         raise ValueError(f"cluster_iters={config.cluster_iters}: model {type(model).__name__} has {what} "
                          f"(layers {windowed}), where a key-cluster row has no span; use cluster_iters=0")
+    if config.heavy_fraction:
+        raise NotImplementedError(f"heavy_fraction (the lean preset) with {what} (model {type(model).__name__}, "
+                                  f"layers {windowed}) is not implemented; use the edge or fast preset")
     if config.summary_codebook:
         raise NotImplementedError(f"summary_codebook with {what} (model {type(model).__name__}) is not "
                                   "implemented; use summary_bits instead")

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import torch
 
+from .heavy_rows import heavy_rows_count, heavy_summary
 from .segment_means import num_summary_rows, segment_means
 from .token_clusters import cluster_means, token_clusters
 
@@ -38,13 +39,18 @@ def chunk_layout(bounds, c: int, *, sink_tokens: int, halo: int, causal: bool) -
     return a, b
 
 
-def summary_count(bounds, c: int, segment_size: int, *, window=None, **layout) -> tuple[int, int]:
-    """(verbatim rows, summary rows) chunk c sends (with a sliding window: those some reader sees)."""
+def summary_count(bounds, c: int, segment_size: int, *, window=None, heavy: float = 0.0,
+                  **layout) -> tuple[int, int]:
+    """(verbatim rows, summary rows) chunk c sends (with a sliding window: those some reader sees;
+    with `heavy`, the heavy_fraction lever: its picked tokens' rows, then the segments')."""
     c0, c1 = bounds[c]
     a, b = chunk_layout(bounds, c, **layout)
-    exact, summary = (a - c0) + (c1 - b), num_summary_rows(b - a, segment_size)
+    exact, summary = (a - c0) + (c1 - b), heavy_rows_count(b - a, segment_size, heavy)
     if window is None:
         return exact, summary
+    if heavy:
+        raise ValueError(f"heavy_fraction={heavy} with window={window}: picked tokens leave segments with gaps, "
+                         "which a sliding window cannot place; use heavy_fraction=0 on a windowed model")
     keep = reached_rows(bounds, c, segment_size, window=window, **layout)
     return int(keep[:exact].sum()), int(keep[exact:].sum())
 
@@ -62,12 +68,15 @@ def chunk_clusters(k, keep, a: int, b: int, segment_size: int, iters: int):
     return token_clusters(keys, S, keep[:, a:b], iters)
 
 
-def summary_rows(x, keep, a: int, b: int, segment_size: int, assign=None, backend="auto"):
+def summary_rows(x, keep, a: int, b: int, segment_size: int, assign=None, backend="auto", picked=None):
     """Chunk rows before any rounding: (exact `[B, H, E, C]`, exact counts `[B, E]`,
-    means `[B, H, S, C]`, counts `[B, S]`); a, b relative to the chunk."""
+    means `[B, H, S, C]`, counts `[B, S]`); a, b relative to the chunk. picked `[B, b - a]`
+    (the heavy_fraction lever, `heavy_rows`): those tokens' own rows lead the summary rows."""
     n = x.shape[2]
     ex = torch.cat([torch.arange(a), torch.arange(b, n)]).to(x.device)
     exact, exact_counts = x[:, :, ex], keep[:, ex].to(torch.int32)
+    if picked is not None:
+        return (exact, exact_counts, *heavy_summary(x[:, :, a:b], keep[:, a:b], picked, segment_size, backend))
     S = num_summary_rows(b - a, segment_size)
     if assign is not None:
         means, counts = cluster_means(x[:, :, a:b], assign, S, keep[:, a:b])

@@ -32,6 +32,7 @@ import torch
 from .._backend import check_backend
 from .._checks import check_bool, check_float, check_int, check_mask, check_qkv, check_real, check_same, check_tensor, check_weights
 from .prism_attention import prism_attention
+from .heavy_rows import check_heavy_fraction, heavy_scores, pick_heavy
 from .chunk_summary import chunk_clusters, chunk_layout, summary_rows, trim_rows, visible_rows, visible_spans
 from .token_clusters import check_cluster_iters
 from .quantize_rows import check_bits, quantize_rows
@@ -73,6 +74,7 @@ def partitioned_attention(
     q, k, v, *, num_partitions, segment_size, causal=False, scale=None, log_count_bias=True,
     sink_tokens=0, halo=0, valid=None, weights=None, cluster_iters=0, summary_bits=0, hidden=None,
     kv_weight=None, backend="auto", return_rows=False, window=None, softcap=None, round_rows=None,
+    heavy_fraction=0.0,
 ):
     """PRISM attention over `num_partitions` contiguous chunks of T, in one process.
 
@@ -102,6 +104,9 @@ def partitioned_attention(
         round_rows: None, or how summary rows are rounded on the wire instead of summary_bits:
             a function (rows `[B, Hr, S, C]`, sent `[B, 1, S, 1]` bool) -> the rows as the
             receiver decodes them (`codebook_attention` passes codebook coding).
+        heavy_fraction: 0, or this share of each chunk's summarised tokens sent as rows of their
+            own, picked by the attention of the chunk's own queries (`heavy_rows`); the rest
+            are averaged in segments. Not with key clusters or a window.
 
     Returns:
         `[B, H, T, D]`: what the P ranks would compute, concatenated along T (and the rows).
@@ -113,6 +118,11 @@ def partitioned_attention(
         raise ValueError(f"k must cover the same T={T} tokens as q (shape [B, Hkv, T, D]), got T={k.shape[2]}")
     round_rows = _checked_levers(segment_size, sink_tokens, halo, cluster_iters, summary_bits, round_rows, window,
                                  softcap)
+    heavy_fraction = check_heavy_fraction(heavy_fraction)
+    if heavy_fraction and (cluster_iters or window is not None):
+        other = f"cluster_iters={cluster_iters}" if cluster_iters else f"window={window}"
+        raise ValueError(f"heavy_fraction={heavy_fraction} does not combine with {other}: picked tokens leave gaps in "
+                         "the segment grid; set heavy_fraction=0")
     for name, flag in (("causal", causal), ("log_count_bias", log_count_bias), ("return_rows", return_rows)):
         check_bool(flag, name)
     if scale is not None:
@@ -127,8 +137,9 @@ def partitioned_attention(
     valid_bt = valid if valid is not None else torch.ones((B, T), dtype=torch.bool, device=q.device)
     kv = torch.cat([k, v], dim=-1)  # keys and values are averaged together
     layout = dict(sink_tokens=sink_tokens, halo=halo, causal=causal)
+    picks = [_picks(q, k, valid_bt, bounds, c, heavy_fraction, layout) for c in range(len(bounds))]
     rows = [_sent_rows(bounds, c, k, kv, valid_bt, hidden, kv_weight, segment_size, cluster_iters, window, round_rows,
-                       backend, layout) for c in range(len(bounds))]
+                       backend, layout, picks[c]) for c in range(len(bounds))]
 
     opts = dict(causal=causal, scale=scale, log_count_bias=log_count_bias, backend=backend)
     outs, seen = _attend_chunks(q, k, v, rows, bounds, valid, window=window, softcap=softcap,
@@ -182,8 +193,19 @@ def _attend_chunks(q, k, v, rows, bounds, valid, *, window, softcap, spans, caus
     return outs, seen
 
 
+def _picks(q, k, valid_bt, bounds, c, heavy_fraction, layout):
+    """Chunk c's picked tokens `[B, b - a]` (heavy_fraction), or None."""
+    if not heavy_fraction:
+        return None
+    c0, c1 = bounds[c]
+    a, b = chunk_layout(bounds, c, **layout)
+    keep = valid_bt[:, c0:c1]
+    scores = heavy_scores(q[:, :, c0:c1], k[:, :, c0:c1], keep, layout["causal"])
+    return pick_heavy(scores, a - c0, b - c0, heavy_fraction)
+
+
 def _sent_rows(bounds, c, k, kv, valid_bt, hidden, kv_weight, segment_size, cluster_iters, window, round_rows,
-               backend, layout):
+               backend, layout, picked=None):
     """(K|V rows `[B, Hkv, R, 2D]`, counts `[B, R]`) chunk c sends, as its receivers decode them
     (the same for every receiver): its verbatim rows, then its summary rows, rounded by round_rows.
     kv is k and v side by side, `[B, Hkv, T, 2D]`."""
@@ -192,14 +214,14 @@ def _sent_rows(bounds, c, k, kv, valid_bt, hidden, kv_weight, segment_size, clus
     a, b, keep = a - c0, b - c0, valid_bt[:, c0:c1]
     assign = chunk_clusters(k[:, :, c0:c1], keep, a, b, segment_size, cluster_iters)
     exact, exact_counts, means, counts = trim_rows(
-        summary_rows(kv[:, :, c0:c1], keep, a, b, segment_size, assign, backend), bounds, c, segment_size,
+        summary_rows(kv[:, :, c0:c1], keep, a, b, segment_size, assign, backend, picked), bounds, c, segment_size,
         window=window, **layout)
     if round_rows is not None:
         sent = (counts > 0)[:, None, :, None]
         if hidden is None:
             means = round_rows(means, sent)
         else:
-            h_rows = summary_rows(hidden[:, None, c0:c1], keep, a, b, segment_size, assign, backend)
+            h_rows = summary_rows(hidden[:, None, c0:c1], keep, a, b, segment_size, assign, backend, picked)
             h_means = trim_rows(h_rows, bounds, c, segment_size, window=window, **layout)[2]
             means = means + _projected_error(h_means, round_rows, sent, kv_weight, k.shape[1])
     return torch.cat([exact, means], 2), torch.cat([exact_counts, counts], 1)

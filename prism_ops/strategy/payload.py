@@ -49,9 +49,13 @@ def as_bytes(t: torch.Tensor) -> torch.Tensor:
     return t.contiguous().flatten().view(torch.uint8)
 
 
-def encode(layout: PayloadLayout, verbatim, means=None, codes=None, lo=None, step=None, counts=None) -> torch.Tensor:
-    """The payload's bytes (uint8, on the tensors' device)."""
+def encode(layout: PayloadLayout, verbatim, means=None, codes=None, lo=None, step=None, counts=None,
+           picks=None) -> torch.Tensor:
+    """The payload's bytes (uint8, on the tensors' device). picks `[B, m]` bool: the heavy_fraction
+    lever's bitmap."""
     pieces = {"verbatim": as_bytes(verbatim.to(layout.dtype))}
+    if layout.picks:
+        pieces["picks"] = pack_codes(picks, 1)
     if layout.code_bits and layout.S:
         pieces["codes"] = pack_codes(codes, layout.code_bits)
     elif layout.bits and layout.S:
@@ -64,6 +68,22 @@ def encode(layout: PayloadLayout, verbatim, means=None, codes=None, lo=None, ste
     if out.numel() != layout.nbytes:
         raise AssertionError(f"payload is {out.numel()} bytes, its layout says {layout.nbytes}")
     return out
+
+
+def _part(layout: PayloadLayout, data: torch.Tensor, name: str) -> torch.Tensor:
+    off = 0
+    for part, n in layout.parts():
+        if part == name:
+            return data[off : off + n]
+        off += n
+    raise KeyError(name)
+
+
+def decode_picks(layout: PayloadLayout, data: torch.Tensor) -> torch.Tensor | None:
+    """The heavy_fraction lever's picks `[B, m]` bool from a payload, or None without it."""
+    if not layout.picks:
+        return None
+    return unpack_codes(_part(layout, data, "picks"), 1, layout.B * layout.picks).view(layout.B, layout.picks).bool()
 
 
 def decode(layout: PayloadLayout, data: torch.Tensor, codebook=None):

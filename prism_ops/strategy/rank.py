@@ -34,6 +34,7 @@ from prism_ops.config import PrismConfig
 from prism_ops.ops.chunk_summary import (chunk_clusters, chunk_layout, reached_rows, summary_rows, trim_rows,
                                          visible_chunks, visible_rows, visible_spans)
 from prism_ops.ops.codebook_rows import codebook_codes
+from prism_ops.ops.heavy_rows import heavy_scores, pick_heavy, picked_counts
 from prism_ops.ops.merge_attention import merge_attention
 from prism_ops.ops.prism_attention import prism_attention
 from prism_ops.ops.quantize_rows import quantize_codes
@@ -42,7 +43,7 @@ from prism_ops.ops.window_attention import windowed_prism_attention
 from prism_ops.wire import chunk_options, payload_layouts, readers
 
 from .base import CachedRows, PartitionStrategy
-from .payload import decode, encode
+from .payload import decode, decode_picks, encode
 from ..tags import TAG_LAYERS
 
 
@@ -70,7 +71,7 @@ class RankPartition(PartitionStrategy):
         return config.exchange == "hidden"  # a rank sends its hidden features
 
     @staticmethod
-    def _payload(layout, x, k, keep, ab, c0, cfg, codebook=None, trim=None) -> torch.Tensor:
+    def _payload(layout, x, k, keep, ab, c0, cfg, codebook=None, trim=None, q=None, causal=False) -> torch.Tensor:
         """This rank's payload bytes: its chunk's verbatim rows and summaries (rounded if asked), cut
         by `trim` (a function of the rows: a sliding window's `trim_rows`) before any rounding.
 
@@ -80,7 +81,10 @@ class RankPartition(PartitionStrategy):
             return torch.empty(0, dtype=torch.uint8, device=x.device)
         a, b = (i - c0 for i in ab)
         assign = chunk_clusters(k, keep, a, b, cfg.segment_size, cfg.cluster_iters)
-        rows = summary_rows(x, keep, a, b, cfg.segment_size, assign, cfg.backend)
+        picked = None
+        if layout.picks:  # heavy_fraction: the tokens its own queries attend to most go as their own rows
+            picked = pick_heavy(heavy_scores(q, k, keep, causal), a, b, cfg.heavy_fraction)
+        rows = summary_rows(x, keep, a, b, cfg.segment_size, assign, cfg.backend, picked)
         exact, _, means, counts = rows if trim is None else trim(rows)
         quant = {}
         if cfg.summary_codebook and means.shape[2]:
@@ -88,7 +92,7 @@ class RankPartition(PartitionStrategy):
         elif cfg.summary_bits and means.shape[2]:
             codes, lo, step = quantize_codes(means, cfg.summary_bits, (counts > 0)[:, None, :, None])
             quant = dict(codes=codes, lo=lo, step=step)
-        return encode(layout, exact, means=means, counts=counts, **quant)
+        return encode(layout, exact, means=means, counts=counts, picks=picked, **quant)
 
     def attend(self, layer, q, k, v, *, valid, hidden, scale, causal, state):
         """This rank's attention output `[B, H, n_p, D]` for one layer, and the rows to cache
@@ -112,7 +116,7 @@ class RankPartition(PartitionStrategy):
         # 1. This rank's payload, on its way while the local block is computed.
         t0 = time.perf_counter()
         keep = state.valid[:, c0:c1]
-        pending = self._send(layer, x, k, keep, state, layouts, opts, causal, reach)
+        pending = self._send(layer, q, x, k, keep, state, layouts, opts, causal, reach)
         t1 = time.perf_counter()
         state.add_seconds("payload", t1 - t0)
 
@@ -164,7 +168,7 @@ class RankPartition(PartitionStrategy):
                                            log_count_bias=cfg.log_count_bias, backend=cfg.backend, return_lse=True)
         return merge_attention(out, lse, out_s, lse_s)[0], cached
 
-    def _send(self, layer, x, k, keep, state, layouts, opts, causal, reach):
+    def _send(self, layer, q, x, k, keep, state, layouts, opts, causal, reach):
         """Start sending this rank's payload of one layer (to the later ranks alone when causal:
         point to point, so this rank never waits for ranks it does not read; else an all-gather);
         returns the pending exchange."""
@@ -175,7 +179,7 @@ class RankPartition(PartitionStrategy):
         trim = None if window is None else partial(trim_rows, bounds=state.bounds, c=p, segment_size=cfg.segment_size,
                                                    window=window, **opts)
         payload = self._payload(layouts[p], x, k, keep, chunk_layout(state.bounds, p, **opts), c0, cfg,
-                                layer.codebook, trim)
+                                layer.codebook, trim, q, causal)
         counts = [lay.nbytes for lay in layouts]
         comm.phase = f"forward layer {layer.index}"
         if causal:
@@ -194,7 +198,10 @@ class RankPartition(PartitionStrategy):
             ca, cb = chunk_layout(state.bounds, c, **opts)
             ex_c, means_c, counts_c = decode(layouts[c], parts[c], layer.codebook)
             valid_c = state.valid[:, d0:d1]
-            if counts_c is None:
+            picks = decode_picks(layouts[c], parts[c])
+            if picks is not None:  # heavy_fraction: counts follow from the picks and the padding mask
+                counts_c = picked_counts(valid_c[:, ca - d0 : cb - d0], picks, cfg.segment_size)
+            elif counts_c is None:
                 keep_c = valid_c[:, None, ca - d0 : cb - d0, None]
                 counts_c = segment_means(keep_c.float(), cfg.segment_size, valid=keep_c[:, 0, :, 0], backend="torch")[1]
             ex_counts = torch.cat([valid_c[:, : ca - d0], valid_c[:, cb - d0 :]], 1).to(torch.int32)

@@ -31,7 +31,8 @@ class SimulatedPartitions(PartitionStrategy):
         common = dict(num_partitions=cfg.num_partitions, segment_size=cfg.segment_size,
                       causal=causal and q.shape[2] > 1, scale=scale, log_count_bias=cfg.log_count_bias,
                       sink_tokens=cfg.sink_tokens, halo=cfg.halo, valid=valid, weights=cfg.weights,
-                      cluster_iters=cfg.cluster_iters, backend=cfg.backend, return_rows=causal, **kw)
+                      cluster_iters=cfg.cluster_iters, backend=cfg.backend, return_rows=causal,
+                      heavy_fraction=cfg.heavy_fraction, **kw)
         windowed = layer.window is not None or layer.softcap is not None
         if cfg.summary_codebook:
             out = codebook_partitioned_attention(q, k, v, layer.codebook, **common)

@@ -36,11 +36,12 @@ def test_prediction_is_compute_plus_transfer_for_encoders_and_the_larger_for_dec
 
 
 def test_candidates_never_leave_the_asked_budget():
-    assert PRESET_ORDER == ("exact", "accurate", "edge", "fast") and set(PRESET_ORDER) <= set(PRESETS)
+    assert PRESET_ORDER == ("exact", "accurate", "edge", "fast", "lean") and set(PRESET_ORDER) <= set(PRESETS)
     assert auto_candidates("edge") == ["edge", "accurate", "exact"]
     assert auto_candidates("fast") == ["fast", "edge", "accurate", "exact"]
+    assert auto_candidates("lean") == ["lean", "fast", "edge", "accurate", "exact"]
     assert auto_candidates("exact") == ["exact"]
-    with pytest.raises(ValueError, match=r"auto: preset must be one of \['exact', 'accurate', 'edge', 'fast'\], "
+    with pytest.raises(ValueError, match=r"auto: preset must be one of \['exact', 'accurate', 'edge', 'fast', 'lean'\], "
                                          r"got 'paper'"):
         auto_candidates("paper")
 
@@ -52,7 +53,8 @@ def test_presets_reduce_to_their_levers():
     edge = PrismConfig.from_preset(2, "edge")
     assert PrismConfig.from_preset(2, "accurate") == edge.replace(sink_tokens=4)
     assert PrismConfig.from_preset(2, "fast") == edge.replace(sink_tokens=4, summary_bits=3)
-    with pytest.raises(ValueError, match=r"preset must be one of \['accurate', 'edge', 'exact', 'fast', 'paper'\], "
+    assert PrismConfig.from_preset(2, "lean") == edge.replace(sink_tokens=4, segment_size=128, heavy_fraction=0.2)
+    with pytest.raises(ValueError, match=r"preset must be one of \['accurate', 'edge', 'exact', 'fast', 'lean', 'paper'\], "
                                          r"got 'fastest'"):
         PrismConfig.from_preset(2, "fastest")
 

@@ -66,7 +66,7 @@ def test_check_plan():
      "plan: prism['minilm']: unknown lever(s) ['sink_token']"),
     ({**PLAN, "prism": {"minilm": {"devices": ["a", "b"], "summary_bits": 9}}}, 2, "plan: prism['minilm']: summary_bits"),
     ({**PLAN, "prism": {"minilm": {"devices": ["a", "b"], "preset": ["edge"]}}}, 2,
-     "plan: prism['minilm'].preset must be one of exact, accurate, edge, fast, paper, got ['edge']"),
+     "plan: prism['minilm'].preset must be one of exact, accurate, edge, fast, lean, paper, got ['edge']"),
     ({**PLAN, "prism": {"minilm": {"devices": ["a", "b"], "preset": None}}}, 2, "prism['minilm'].preset must be one of"),
     ({**PLAN, "prism": {"minilm": {"devices": ["a", "b"], "segment_size": None}}}, 2,
      "prism['minilm'].segment_size must be a whole number >= 1"),
