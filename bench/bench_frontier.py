@@ -77,13 +77,14 @@ SETTINGS = {
     "edge": ("edge", {}),
     "edge-kv": ("edge", {"exchange": "kv"}),
     "fast": ("fast", {}),
+    "lean": ("lean", {}),
     "fast-2bit": ("fast", {"summary_bits": 2}),
     "paper s16": ("paper", {"segment_size": 16}),
     # 2 bits per value as codes of channel groups from the model's own calibrated codebooks
     # (`prism-calibrate`; the file is --codebook-dir/<model>.codebook), first 4 tokens exact.
     "codebook": ("accurate", {"summary_bits": 0, "summary_codebook": CODEBOOK}),
 }
-DEFAULT_SETTINGS = "exact,exact-hidden,accurate,accurate-kv,edge,edge-kv,fast,codebook,paper s16"
+DEFAULT_SETTINGS = "exact,exact-hidden,accurate,accurate-kv,edge,edge-kv,fast,lean,codebook,paper s16"
 AUTO_PRESET = "edge"  # the auto row: prism-run --auto with the default preset (link_profile.plan_request)
 # model -> (tokens, quality windows, quality label, budget): the "within 1% of exact".
 MODELS = {

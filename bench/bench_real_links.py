@@ -3,6 +3,8 @@
     python bench/bench_real_links.py                      # as root: N = 2048, links inf,100,10
     python bench/bench_real_links.py --tokens 256 --repeats 1 --out /tmp/real   # a smoke run
     python bench/bench_frontier.py --real-links ...       # the same
+    python bench/bench_real_links.py --budgets 50,5,1.5 --settings edge,fast,lean --out docs/LEAN_LINKS
+                                                          # links at budgets B (MB), real links only
 
 SmolLM2-135M's shape with random weights (timing only), one prefill to the last token's logits
 (scatter and gather included), settings `edge` and `fast`, 2 ranks x 1 thread against one
@@ -22,6 +24,11 @@ per forward and (real) the bytes the kernel's interfaces sent during the whole j
 real-links markers; bench_frontier.py keeps that block when it rewrites the file).
 Timings on a shared machine are noisy: ratios are taken against the one-process time of the
 same job.
+
+With --budgets, links are given as budgets B (MB): the bytes a link moves while one device
+computes the whole request (rate x one-process time; B holds across machines, a Mbit/s figure
+does not). A first job on the unshaped hosts times one process (t1); each cell's links are then
+shaped to B / t1, and every cell prints B, the rate and t1. Real links only (no emulated run).
 """
 
 from __future__ import annotations
@@ -45,6 +52,7 @@ FRONTIER = ROOT / "docs" / "FRONTIER.md"
 BEGIN, END = "<!-- real-links -->", "<!-- /real-links -->"
 SETTINGS = ("edge", "fast")
 TARGETS = {100.0: 1.8, 10.0: 1.5}  # speed-up targets at these Mbit/s (SmolLM2, N = 2048)
+BUDGET_TARGETS = {5.0: 1.5, 1.5: 1.0}  # speed-up targets of the lean preset at these budgets B (MB)
 
 
 def parse_args(argv=None):
@@ -55,6 +63,7 @@ def parse_args(argv=None):
     ap.add_argument("--repeats", type=int, default=3, help="requests per measurement (median)")
     ap.add_argument("--out", default="docs/FRONTIER_REAL", help="path prefix of the .md and .json")
     ap.add_argument("--no-frontier", action="store_true", help="do not write the table into docs/FRONTIER.md")
+    ap.add_argument("--budgets", help="link budgets B in MB, comma-separated (replaces --links; real links only)")
     ap.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)  # one MPI job (run by the driver)
     ap.add_argument("--link-mbit", type=float, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
@@ -69,6 +78,13 @@ def parse_args(argv=None):
     if any(x is not None and not x > 0 for x in args.links):
         ap.error("--links: every rate must be > 0")
     args.settings = [s for s in args.settings.split(",") if s]
+    if args.budgets is not None:
+        try:
+            args.budgets = [float(x) for x in args.budgets.split(",") if x]
+        except ValueError:
+            ap.error(f"--budgets must be budgets in MB, comma-separated; got {args.budgets!r}")
+        if not args.budgets or any(not b > 0 for b in args.budgets):
+            ap.error("--budgets: every budget must be > 0 MB")
     return args
 
 
@@ -172,6 +188,51 @@ def measure(args) -> list[dict]:
     return out
 
 
+def measure_budgets(args) -> list[dict]:
+    """Real links only: t1 from a job on the unshaped hosts, then each budget's links at B / t1."""
+    env = dict(os.environ, OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
+    out = []
+    with netns_hosts.Hosts(2, None) as hosts:
+        first = last_json(hosts.run(_job_args(args), timeout=3600, env=env), "unshaped hosts")
+    t1 = first["local"]
+    for budget in [None, *args.budgets]:
+        mbit = None if budget is None else budget * 1e6 * 8 / t1 / 1e6
+        if budget is None:
+            real = first
+        else:
+            with netns_hosts.Hosts(2, mbit) as hosts:
+                real = last_json(hosts.run(_job_args(args), timeout=3600, env=env), f"budget {budget} MB")
+        for r in real["rows"]:
+            out.append(dict(budget_mb=budget, mbit=mbit, t1=t1, setting=r["setting"], real=real["local"] / r["seconds"],
+                            real_s=r["seconds"], local_real_s=real["local"], bytes=r["bytes"]))
+        print(f"[bench_real_links] B = {budget or 'unshaped'} MB ({mbit or 0:.2f} Mbit/s, t1 {t1:.2f} s): " + ", ".join(
+            f"{o['setting']} {o['real']:.2f}x" for o in out if o["budget_mb"] == budget), file=sys.stderr, flush=True)
+    return out
+
+
+def markdown_budgets(rows, args, command) -> str:
+    lines = [f"## Settings at link budgets B on real links (SmolLM2 shape, random weights, N = {args.tokens})", "",
+             f"Command: `{command}`", "",
+             "2 test hosts x 1 thread (network namespaces, MPICH over TCP, each direction shaped by the kernel's "
+             "tbf) at an equal split, against one process x 1 thread in the same job. B: the bytes a link moves "
+             "while one process computes the request (rate x t1, t1 timed on the unshaped hosts first). Bytes: "
+             "the payloads the package counted per forward.", "",
+             "| B | rate | t1 | setting | speed-up | seconds | one process | bytes per forward |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for r in rows:
+        b = "unshaped" if r["budget_mb"] is None else f"{r['budget_mb']:g} MB"
+        rate = "-" if r["mbit"] is None else f"{r['mbit']:.2f} Mbit/s"
+        lines.append(f"| {b} | {rate} | {r['t1']:.2f} s | {r['setting']} | {r['real']:.2f}x | {r['real_s']:.2f} s | "
+                     f"{r['local_real_s']:.2f} s | {r['bytes']:,} |")
+    lines.append("")
+    for budget, target in BUDGET_TARGETS.items():
+        got = [r for r in rows if r["budget_mb"] == budget and r["setting"] == "lean"]
+        if got:
+            lines.append(f"- B = {budget:g} MB, lean target >= {target}x: {got[0]['real']:.2f}x "
+                         f"({'met' if got[0]['real'] >= target else 'missed'})")
+    return "\n".join(lines) + "\n"
+
+
 def markdown(rows, args, command) -> str:
     lines = [f"## Real links against the emulated link (SmolLM2 shape, random weights, N = {args.tokens})", "",
              f"Command: `{command}`", "",
@@ -220,6 +281,16 @@ def main(argv=None) -> int:
         return 2
     netns_hosts.exit_on_signals()
     command = "python bench/bench_real_links.py" + "".join(f" {a}" for a in (argv if argv is not None else sys.argv[1:]))
+    if args.budgets:
+        rows = measure_budgets(args)
+        text = markdown_budgets(rows, args, command)
+        out = Path(args.out)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.with_suffix(".json").write_text(json.dumps(dict(tokens=args.tokens, repeats=args.repeats, rows=rows),
+                                                       indent=1) + "\n")
+        out.with_suffix(".md").write_text(text)
+        print(text)
+        return 0
     rows = measure(args)
     text = markdown(rows, args, command)
     out = Path(args.out)

@@ -55,6 +55,11 @@ EXCHANGE_SETTINGS = EXCHANGES + ("auto",)  # what a config may ask for; prism_op
 #             SmolLM2 (1.030x; 1.028x at 4 partitions N = 1024), at <= 15% of full-exchange traffic.
 #   fast      as accurate at 3 bits: within 0.2% on MiniLM (0.9990 / 0.9986), 5% on SmolLM2
 #             (1.041x), at about 3/4 of accurate's bytes.
+#   lean      a quarter of edge's bytes or less: the first 4 tokens exact, a fifth of each chunk's
+#             tokens (those its own last queries attend to most, `ops.heavy_rows`) as 4-bit rows of
+#             their own, the rest as 4-bit means of up to 128 tokens. SmolLM2 1.026x at N = 2048
+#             and 2 ranks (23% of edge's bytes); outside its 3% budget at 4 and 8 ranks and on
+#             MiniLM (docs/EVAL.md gives every cell). Not for sliding-window models.
 #   paper     the published method (segment means of 16): a large loss (MiniLM mean cos 0.85,
 #             SmolLM2 perplexity 1.65x at 4 partitions); for comparison.
 PRESETS = {
@@ -64,6 +69,15 @@ PRESETS = {
     "fast": {"segment_size": 1, "summary_bits": 3, "sink_tokens": 4, "exchange": "auto"},
     "lean": {"segment_size": 128, "summary_bits": 4, "sink_tokens": 4, "heavy_fraction": 0.2, "exchange": "auto"},
     "paper": {},
+}
+# Each budgeted preset's stated quality budget (`prism-eval --budgets` checks it in every cell of
+# N and P, docs/EVAL.md): perplexity over exact at most "ppl" (decoders), sentence-embedding
+# cosine to exact at least "cos_mean" on average and "cos_min" on every passage (encoders).
+PRESET_BUDGETS = {
+    "accurate": {"ppl": 1.01, "cos_mean": 0.99, "cos_min": 0.97},
+    "edge": {"ppl": 1.03, "cos_mean": 0.99, "cos_min": 0.97},
+    "fast": {"ppl": 1.05, "cos_mean": 0.99, "cos_min": 0.97},
+    "lean": {"ppl": 1.03, "cos_mean": 0.99, "cos_min": 0.97},
 }
 # The presets with a budget, from the most accurate: `prism-run --auto` may switch from one to any
 # before it (never leaving the asked budget). "paper" has none: --auto keeps it as asked.

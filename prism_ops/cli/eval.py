@@ -1,4 +1,6 @@
-"""prism-eval: run the quality grid on each model and write docs/EVAL.md, eval.json and the plots.
+"""prism-eval: run the quality grid on each model and write docs/EVAL.md, eval.json and the plots;
+with --budgets, every budgeted preset at every N and P against its stated budget (the table
+below the grid in docs/EVAL.md, and budgets.json).
 
 This file parses the arguments and checks every setting before any model loads; the work is
 `prism_ops.eval.evaluate.evaluate`.
@@ -13,7 +15,8 @@ from pathlib import Path
 
 import torch
 
-from ..eval import grid, tasks
+from ..config import PRESET_BUDGETS
+from ..eval import budgets, grid, tasks
 from ..eval.evaluate import evaluate
 
 
@@ -44,6 +47,13 @@ def parse(argv):
     ap.add_argument("--no-curves", action="store_true", help="only the paper's grid and the presets")
     ap.add_argument("--out", type=Path, default=Path("docs"), help="where EVAL.md, eval.json and the plots go")
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
+    ap.add_argument("--budgets", action="store_true",
+                    help="every budgeted preset at every --lengths and --partitions against its budget")
+    ap.add_argument("--lengths", type=_ints,
+                    help="--budgets: decoder sequence lengths (default 512,2048,4096,8192; tiny: 64,128); "
+                         "encoders run at --tokens")
+    ap.add_argument("--budget-tokens", type=int, default=8192,
+                    help="--budgets: decoder tokens per cell (windows of N tokens, at least one; default 8192)")
     args = ap.parse_args(argv)
     defaults = TINY if args.tiny else FULL
     for name, value in defaults.items():
@@ -53,7 +63,11 @@ def parse(argv):
     for m in args.models:
         if m not in tasks.LOADERS:
             ap.error(f"--models: unknown model {m!r}; choose from {sorted(tasks.LOADERS)}")
-    for name in ("passages", "tokens", "windows", "window_tokens"):
+    if args.lengths is None:
+        args.lengths = [64, 128] if args.tiny else [512, 2048, 4096, 8192]
+    if args.budgets and args.tiny and args.tokens == FULL["tokens"]:
+        args.tokens = TINY["tokens"]
+    for name in ("passages", "tokens", "windows", "window_tokens", "budget_tokens"):
         if getattr(args, name) < 1:
             ap.error(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
     return args
@@ -70,6 +84,9 @@ def run(argv=None) -> list[dict]:
     args = parse(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
+    command = "prism-eval " + " ".join(shlex.quote(a) for a in (sys.argv[1:] if argv is None else argv))
+    if args.budgets:
+        return _budgets(args, command)
     rows = grid.build(args.partitions, args.segment_sizes, curves=not args.no_curves)
     sizes = {m: _sizes(args, m) for m in args.models}
     # Every setting is checked before a model is loaded.
@@ -78,8 +95,22 @@ def run(argv=None) -> list[dict]:
             grid.check_all(rows, sizes[m][1])
     except ValueError as e:
         sys.exit(f"prism-eval: {e}")
-    command = "prism-eval " + " ".join(shlex.quote(a) for a in (sys.argv[1:] if argv is None else argv))
     return evaluate(sizes, rows, args.out, command)
+
+
+def _budgets(args, command) -> list[dict]:
+    encoders = ("minilm", "tiny-encoder")
+    lengths = {m: [args.tokens] if m in encoders else args.lengths for m in args.models}
+    for m, Ns in lengths.items():
+        for N in Ns:
+            if min(args.partitions) < 1 or max(args.partitions) > N:
+                sys.exit(f"prism-eval: --partitions must be between 1 and N = {N} tokens, got {args.partitions}")
+    rows = budgets.run(args.models, lengths, args.partitions, list(PRESET_BUDGETS), tokens=args.budget_tokens,
+                       passages=args.passages)
+    paths = budgets.write(rows, args.out, command)
+    missed = [r for r in rows if not r["within"]]
+    print(f"{len(rows)} runs, {len(missed)} outside their budget; wrote " + ", ".join(str(p) for p in paths))
+    return rows
 
 
 def main(argv=None) -> None:

@@ -99,6 +99,11 @@ def write(results: list[dict], out_dir: Path, command: str, stem: str = "EVAL") 
         plot(res, png)
         paths.append(png)
         text += f"\n![{res['model']}]({png.name})\n"
+    # The budgets table (`prism-eval --budgets`) lives below its marker in the same file: keep it.
+    from .budgets import MARKER
+    old = paths[0].read_text() if paths[0].exists() else ""
+    if MARKER in old:
+        text = text.rstrip() + "\n\n" + MARKER + old.split(MARKER, 1)[1]
     paths[0].write_text(text)
     paths[1].write_text(json.dumps({"command": command, "results": results}, indent=1))
     return paths

@@ -32,6 +32,7 @@ TABLE = {
     "--halo": NUMBERS + ["-1"],
     "--summary-bits": NUMBERS + ["1", "99"],
     "--cluster-iters": NUMBERS + ["-1"],
+    "--heavy-fraction": ["", "x", "nan", "inf", "-0.1", "1", "2"],
     "--exchange": ["", "bogus"],
     "--preset": ["", "bogus"],
     "--weights": ["", "x", "2,x", "nan,1", "inf", "-1", "0", "1,,2"],

@@ -100,3 +100,47 @@ def test_bad_settings_fail_before_any_model_loads(argv, message, monkeypatch, ca
 def test_unknown_lever_is_refused():
     with pytest.raises(ValueError, match=r"unknown lever\(s\) \['sink'\]"):
         grid.check_all([grid.Setting("typo", 4, 16, {"sink": 4})], 64)
+
+
+def test_budgets_table_end_to_end_on_tiny_models(tmp_path):
+    from prism_ops.config import PRESET_BUDGETS
+    from prism_ops.eval import budgets
+
+    (tmp_path / "EVAL.md").write_text("# the grid's report\n")
+    rows = cli.run(["--budgets", "--tiny", "--out", str(tmp_path), "--budget-tokens", "256", "--passages", "4"])
+    # tiny-encoder at --tokens (64), tiny-decoder at 64 and 128; P = 2, 4; every budgeted preset.
+    assert len(rows) == (1 + 2) * 2 * len(PRESET_BUDGETS)
+    assert {r["preset"] for r in rows} == set(PRESET_BUDGETS) == {"accurate", "edge", "fast", "lean"}
+    for r in rows:
+        assert r["within"] == budgets.within(r["metrics"], r["budget"])
+        if r["preset"] == "edge":
+            assert r["of_edge"] == 1.0
+        shape = tasks.shape_of(tasks.LOADERS[r["key"]](1, 64))
+        config = PrismConfig.from_preset(r["partitions"], r["preset"], exchange=r["exchange"])
+        causal = r["key"] == "tiny-decoder"
+        assert r["bytes"] == sum(cost.bytes_per_layer(shape, r["tokens"], config, causal=causal, dtype=torch.float16))
+    assert {r["sequences"] for r in rows if r["key"] == "tiny-decoder"} == {4, 2}  # 256 tokens in windows of N
+    text = (tmp_path / "EVAL.md").read_text()
+    assert text.startswith("# the grid's report") and budgets.MARKER in text
+    assert "| lean | 128 | 4 |" in text and "Outside the budget:" in text
+    saved = json.loads((tmp_path / "budgets.json").read_text())
+    assert saved["command"].startswith("prism-eval --budgets --tiny") and len(saved["rows"]) == len(rows)
+    # The grid's report, written again, keeps the budgets table below its marker.
+    report.write([], tmp_path, "prism-eval --tiny")
+    again = (tmp_path / "EVAL.md").read_text()
+    assert again.count(budgets.MARKER) == 1 and "| lean | 128 | 4 |" in again
+
+
+def test_within_reads_the_budget_of_each_kind():
+    from prism_ops.eval.budgets import within
+
+    budget = {"ppl": 1.03, "cos_mean": 0.99, "cos_min": 0.97}
+    assert within({"quality": 1.03, "ppl": 9.0}, budget) and not within({"quality": 1.031, "ppl": 9.0}, budget)
+    assert within({"quality": 0.99, "cos_mean": 0.99, "cos_min": 0.97}, budget)
+    assert not within({"quality": 0.995, "cos_mean": 0.995, "cos_min": 0.96}, budget)
+
+
+def test_budgets_refuse_more_ranks_than_tokens(capsys):
+    with pytest.raises(SystemExit) as e:
+        cli.main(["--budgets", "--tiny", "--partitions", "2,100"])
+    assert "--partitions must be between 1 and N = 64 tokens, got [2, 100]" in str(e.value.code)
