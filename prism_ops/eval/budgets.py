@@ -7,7 +7,7 @@ passages of N tokens (N at most 512, its context) and reports the mean and least
 sentence embeddings to exact. Bytes are what all ranks send per layer with an fp16 model
 (`prism_ops.cost`), also as a share of `edge`'s in the same cell.
 
-The table goes into docs/EVAL.md after `MARKER` (the grid's report keeps it), the rows into
+The table goes into docs/EVAL.md after `report.MARKER` (the grid's report keeps it), the rows into
 budgets.json.
 """
 
@@ -24,8 +24,8 @@ from tqdm import tqdm
 from .. import cost, hf
 from ..config import PRESET_BUDGETS, PrismConfig
 from . import tasks
+from .report import MARKER
 
-MARKER = "<!-- prism-eval --budgets writes below this line -->"
 
 
 def within(metrics: dict, budget: dict) -> bool:
