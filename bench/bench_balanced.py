@@ -29,17 +29,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import statistics
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tools"))
 import netns_hosts  # noqa: E402
-from bench_real_links import last_json  # noqa: E402
+from bench_real_links import job_env, last_json, write_outputs  # noqa: E402
 
 BIN = Path(sys.executable).parent
 CELLS = "1,1@50;1,1@5;1,0.5@50;0.25,1@0.5"
@@ -147,7 +144,7 @@ def worker(args) -> None:
 
 # -- the driver ---------------------------------------------------------------------------------
 
-ENV = dict(os.environ, OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
+ENV = job_env()
 
 
 def _worker_cmd(args, kind, fast, **extra):
@@ -249,11 +246,7 @@ def main(argv=None) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         rows = [measure_cell(args, shares, budget, name, tmp) for shares, budget, name in args.cells]
     text = markdown(rows, args, command)
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.with_suffix(".json").write_text(json.dumps(dict(tokens=args.tokens, repeats=args.repeats, rows=rows),
-                                                   indent=1) + "\n")
-    out.with_suffix(".md").write_text(text)
+    write_outputs(Path(args.out), args, rows, text)
     print(text)
     return 0
 

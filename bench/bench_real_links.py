@@ -162,8 +162,21 @@ def last_json(p, what):
     return json.loads(p.stdout.strip().splitlines()[-1])
 
 
+def job_env() -> dict:
+    """The environment of every job: one thread per rank, no hub, quiet tokenizers."""
+    return dict(os.environ, OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
+
+
+def write_outputs(out: Path, args, rows: list, text: str) -> None:
+    """A bench's `--out`.json (tokens, repeats, rows) and `--out`.md (its table)."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.with_suffix(".json").write_text(json.dumps(dict(tokens=args.tokens, repeats=args.repeats, rows=rows),
+                                                   indent=1) + "\n")
+    out.with_suffix(".md").write_text(text)
+
+
 def measure(args) -> list[dict]:
-    env = dict(os.environ, OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
+    env = job_env()
     out = []
     for mbit in args.links:
         with netns_hosts.Hosts(2, mbit) as hosts:
@@ -190,7 +203,7 @@ def measure(args) -> list[dict]:
 
 def measure_budgets(args) -> list[dict]:
     """Real links only: t1 from a job on the unshaped hosts, then each budget's links at B / t1."""
-    env = dict(os.environ, OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
+    env = job_env()
     out = []
     with netns_hosts.Hosts(2, None) as hosts:
         first = last_json(hosts.run(_job_args(args), timeout=3600, env=env), "unshaped hosts")
@@ -284,20 +297,12 @@ def main(argv=None) -> int:
     if args.budgets:
         rows = measure_budgets(args)
         text = markdown_budgets(rows, args, command)
-        out = Path(args.out)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.with_suffix(".json").write_text(json.dumps(dict(tokens=args.tokens, repeats=args.repeats, rows=rows),
-                                                       indent=1) + "\n")
-        out.with_suffix(".md").write_text(text)
+        write_outputs(Path(args.out), args, rows, text)
         print(text)
         return 0
     rows = measure(args)
     text = markdown(rows, args, command)
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.with_suffix(".json").write_text(json.dumps(dict(tokens=args.tokens, repeats=args.repeats, rows=rows),
-                                                   indent=1) + "\n")
-    out.with_suffix(".md").write_text(text)
+    write_outputs(Path(args.out), args, rows, text)
     if not args.no_frontier:
         put_in_frontier(text)
     print(text)
