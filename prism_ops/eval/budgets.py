@@ -50,24 +50,24 @@ def run(models, lengths, partitions, presets, *, tokens: int, passages: int, pro
         task = _task(model, N, tokens, passages)
         shape = tasks.shape_of(task)
         for P in partitions:
-            edge = None
+            cell = []
             for preset in presets:
                 t0 = time.perf_counter()
                 config = hf.configure(task.model, PrismConfig.from_preset(P, preset)).config
                 metrics = task.evaluate()
                 tasks.use_exact_attention(task.model)
                 sent = sum(cost.bytes_per_layer(shape, N, config, causal=task.causal, dtype=torch.float16))
-                if preset == "edge":
-                    edge = sent
-                rows.append({"model": task.name, "key": model, "tokens": N, "partitions": P, "preset": preset,
+                cell.append({"model": task.name, "key": model, "tokens": N, "partitions": P, "preset": preset,
                              "exchange": config.exchange, "metrics": metrics, "budget": PRESET_BUDGETS[preset],
                              "within": within(metrics, PRESET_BUDGETS[preset]), "bytes": sent,
                              "sequences": len(task.windows) if hasattr(task, "windows") else len(task.docs),
                              "seconds": time.perf_counter() - t0})
                 bar.update(1)
-            for r in rows:
-                if r["key"] == model and r["tokens"] == N and r["partitions"] == P and edge:
+            edge = next((r["bytes"] for r in cell if r["preset"] == "edge"), None)
+            for r in cell:
+                if edge:
                     r["of_edge"] = r["bytes"] / edge
+            rows += cell
     bar.close()
     return rows
 

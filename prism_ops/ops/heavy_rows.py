@@ -87,13 +87,19 @@ def pick_heavy(scores, a: int, b: int, fraction: float):
     return picked
 
 
+def _picked_index(picked):
+    """`[B, K]` positions of the picked tokens, in order (every batch row picks the same count K)."""
+    B = picked.shape[0]
+    K = int(picked[0].sum()) if B else 0
+    return picked.nonzero()[:, 1].view(B, K)
+
+
 def heavy_summary(x, keep, picked, segment_size: int, backend="auto"):
     """(rows `[B, Hr, K + S, C]`, counts `[B, K + S]` int32) of summarised tokens x `[B, Hr, m, C]`:
     the K picked tokens in order, then the light tokens' segment means (S segments)."""
     B, Hr, m, C = x.shape
-    K = int(picked[0].sum()) if B else 0
-    idx = picked.nonzero()[:, 1].view(B, K)  # every batch row picks the same count
-    heavy = x.gather(2, idx[:, None, :, None].expand(B, Hr, K, C))
+    idx = _picked_index(picked)
+    heavy = x.gather(2, idx[:, None, :, None].expand(B, Hr, idx.shape[1], C))
     light = keep & ~picked
     means, counts = segment_means(x, segment_size, valid=light, backend=backend)
     return torch.cat([heavy, means], 2), torch.cat([keep.gather(1, idx).to(torch.int32), counts], 1)
@@ -102,9 +108,7 @@ def heavy_summary(x, keep, picked, segment_size: int, backend="auto"):
 def picked_counts(keep, picked, segment_size: int):
     """`[B, K + S]` int32: the counts of `heavy_summary`'s rows, from the picks and the padding
     mask alone (what a receiver knows)."""
-    B = keep.shape[0]
-    K = int(picked[0].sum()) if B else 0
-    idx = picked.nonzero()[:, 1].view(B, K)
-    light = (keep & ~picked)
+    idx = _picked_index(picked)
+    light = keep & ~picked
     counts = segment_means(light[:, None, :, None].float(), segment_size, valid=light, backend="torch")[1]
     return torch.cat([keep.gather(1, idx).to(torch.int32), counts], 1)
