@@ -65,8 +65,6 @@ def parse(argv):
             ap.error(f"--models: unknown model {m!r}; choose from {sorted(tasks.LOADERS)}")
     if args.lengths is None:
         args.lengths = [64, 128] if args.tiny else [512, 2048, 4096, 8192]
-    if args.budgets and args.tiny and args.tokens == FULL["tokens"]:
-        args.tokens = TINY["tokens"]
     for name in ("passages", "tokens", "windows", "window_tokens", "budget_tokens"):
         if getattr(args, name) < 1:
             ap.error(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
