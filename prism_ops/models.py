@@ -154,6 +154,23 @@ def pydoc_text() -> str:
     return " ".join(topics[k] for k in sorted(topics))
 
 
+def load_tokenizer(name: str):
+    """The tokenizer `load(name)` gives, without the weights (a supervising front end's: it
+    tokenizes for the ranks). SmolLM2's comes from the converted checkpoint when it is cached."""
+    quiet_transformers()
+    from transformers import AutoTokenizer
+
+    if name == "minilm":
+        return AutoTokenizer.from_pretrained(minilm_path(), local_files_only=True)
+    if name == "smollm2":
+        cache = smollm2_cache()
+        if cache is not None and (cache / "config.json").is_file():
+            return AutoTokenizer.from_pretrained(cache, local_files_only=True)
+        with contextlib.redirect_stderr(io.StringIO()):
+            return AutoTokenizer.from_pretrained(smollm2_folder(), gguf_file=SMOLLM2_FILE)
+    return AutoTokenizer.from_pretrained(name, local_files_only=True)
+
+
 def load(name: str, dtype: torch.dtype = torch.float32):
     """(tokenizer, model) for a name in NAMES or a local folder; raises ValueError for a bad folder."""
     quiet_transformers()

@@ -53,6 +53,11 @@ IFACE = "eth0"  # the interface inside every test host
 TCP_ENV = {"MPIR_CVAR_NOLOCAL": "1", "MPIR_CVAR_CH4_NETMOD": "ofi", "FI_PROVIDER": "tcp", "FI_TCP_IFACE": IFACE}
 
 
+# The launcher's reachability check (a one-line Python program, as ssh's connection would be).
+REACH = ("import socket,sys; s=socket.socket(); s.settimeout(1.5); "
+         "exec('try: s.connect((sys.argv[1], 9))\\nexcept ConnectionRefusedError: pass\\n"
+         "except OSError: sys.exit(1)')")
+
 CGROUP_ROOT = Path("/sys/fs/cgroup")
 CGROUP_V2 = (CGROUP_ROOT / "cgroup.controllers").exists()
 CPU_PERIOD_US = 100_000
@@ -269,10 +274,13 @@ class Hosts:
                           f'launch "$cmd" ;;'
                           for ip, ns, h, j in zip(self.ips, self.namespaces, self.hostnames, join))
         # Called as ssh would be: `launch [-x ...] HOST "COMMAND"` (hydra passes the proxy's
-        # command line as one string, for a remote shell to split).
+        # command line as one string, for a remote shell to split). Like ssh, it needs the
+        # network: a host whose link is down does not answer a TCP connection attempt (a refused
+        # one is an answer) and the launch fails with ssh's code, 255.
         Path(self.launcher).write_text(f"""#!/bin/sh
 while [ "${{1#-}}" != "$1" ]; do shift; done
 host="$1"; shift; cmd="$*"
+{sys.executable} -c "{REACH}" "$host" || {{ echo "launch: $host cannot be reached" >&2; exit 255; }}
 case "$host" in
 {cases}
   *) echo "launch: $host is not a test host" >&2; exit 255 ;;

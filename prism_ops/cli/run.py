@@ -24,13 +24,20 @@ from __future__ import annotations
 import argparse
 import math
 import os
+import shlex
+from dataclasses import fields
 import sys
 
 from ..config import DEFAULT_PRESET, EXCHANGE_SETTINGS, PRESETS
 from ..distributed.comm import DEFAULT_TIMEOUT_S
 from ..distributed.link import check_link
 from ..jobs.options import (AutoOptions, JobOptions, ProfileOptions, RunOptions, ServeOptions, SimulateOptions,
-                            check_values)
+                            SuperviseOptions, check_values)
+
+SUPERVISED_TIMEOUT_S = 5.0  # --hosts: a rank silent this long ends the job, which then re-forms
+# The front end's own flags: the ranks it launches get every other flag given.
+FRONT_END_FLAGS = {"--hosts": 1, "--hostfile": 1, "--mpiexec-args": 1, "--queue-limit": 1, "--host": 1, "--port": 1,
+                   "--api-key": 1, "--timeout": 1}
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -66,9 +73,10 @@ def _parser() -> argparse.ArgumentParser:
     ap.add_argument("--threads", type=int, default=0, help="torch threads per rank (0: torch's default)")
     ap.add_argument("--link-mbit", type=float, help="emulate a link of this many Mbit/s between ranks")
     ap.add_argument("--link-latency-ms", type=float, default=0.0)
-    ap.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT_S,
+    ap.add_argument("--timeout", type=float,
                     help=f"seconds a rank may go unheard (every rank sends a heartbeat about once a second) before "
-                         f"the job ends, naming it (default {DEFAULT_TIMEOUT_S:g}); long work never times out")
+                         f"the job ends, naming it (default {DEFAULT_TIMEOUT_S:g}; {SUPERVISED_TIMEOUT_S:g} with "
+                         f"--hosts, where the job then re-forms); long work never times out")
     ap.add_argument("--auto", metavar="PROFILE", help="plan each request from PROFILE: bounds, which host holds which chunk, the setting, or one host")
     ap.add_argument("--profile", metavar="OUT", help="measure every rank's compute rates and every link into OUT (for --auto)")
     ap.add_argument("--verbose", action="store_true",
@@ -86,13 +94,28 @@ def _parser() -> argparse.ArgumentParser:
     srv.add_argument("--batch-tokens", type=int, default=8192,
                      help="embedding requests that queue while the ranks are busy run as one padded batch of up "
                           "to this many tokens (default 8192; 0: one request at a time)")
+    sup = ap.add_argument_group("supervised service (--serve --hosts, started without mpirun)")
+    sup.add_argument("--hosts", help="serve across these hosts (comma-separated): a front end here serves HTTP, "
+                                     "launches the ranks with mpiexec, one per healthy host, re-forms the job "
+                                     "without a lost host, replays what was accepted and takes hosts back")
+    sup.add_argument("--hostfile", help="the hosts, one per line (# comments), instead of --hosts")
+    sup.add_argument("--mpiexec-args", default="",
+                     help="options for mpiexec, e.g. \"-launcher ssh -launcher-exec /usr/bin/ssh\"")
+    sup.add_argument("--queue-limit", type=int, default=64,
+                     help="requests held while the job re-forms (default 64); past it: 503 with Retry-After")
+    sup.add_argument("--frontend", metavar="ADDR:PORT", help=argparse.SUPPRESS)  # set by the front end
+    sup.add_argument("--frontend-job", help=argparse.SUPPRESS)
     return ap
 
 
 def parse_args(argv=None) -> JobOptions:
     """The options of the job the flags ask for; a bad flag exits 2 with one line naming it."""
     ap = _parser()
+    argv = sys.argv[1:] if argv is None else list(argv)
     args = ap.parse_args(argv)
+    hosts = _hosts(ap, args)
+    if args.timeout is None:
+        args.timeout = SUPERVISED_TIMEOUT_S if hosts else DEFAULT_TIMEOUT_S
     try:
         # Every flag given is checked, whatever the mode; the options check their own fields again.
         check_values(threads=args.threads, timeout=args.timeout)
@@ -103,6 +126,11 @@ def parse_args(argv=None) -> JobOptions:
             if args.input is not None or args.input_file is not None or args.profile or args.auto or args.simulate:
                 ap.error("--serve takes its inputs from requests; it does not go with --input, --input-file, "
                          "--profile, --auto or --simulate")
+            if hosts and (args.no_http or args.frontend):
+                ap.error("--hosts runs the front end, which serves HTTP and launches the ranks itself: it does "
+                         "not go with --no-http or --frontend")
+        elif hosts:
+            ap.error("--hosts and --hostfile go with --serve (the supervised service)")
         elif args.input is None and args.input_file is None and args.profile is None:
             ap.error("one of --input or --input-file is required")
         if args.simulate is not None and (args.profile or args.auto):
@@ -110,10 +138,52 @@ def parse_args(argv=None) -> JobOptions:
         if args.profile is not None and args.auto is not None:
             ap.error("--profile OUT measures a profile and --auto PROFILE runs by one: run them as two jobs, "
                      "--profile first")
-        return _options(args, _levers(ap, args))
+        opts = _options(args, _levers(ap, args))
+        if hosts:
+            return SuperviseOptions(**{f.name: getattr(opts, f.name) for f in fields(opts)}, hosts=hosts,
+                                    mpiexec_args=tuple(shlex.split(args.mpiexec_args)),
+                                    queue_limit=args.queue_limit, rank_args=rank_args(argv, args.timeout))
+        return opts
     except ValueError as e:  # 'top_p must be ...': the options name the field, the command line its flag
         name, sep, rest = str(e).partition(" must be ")
         ap.error(f"--{name.replace('_', '-')}{sep}{rest}" if sep else str(e))
+
+
+def _hosts(ap, args) -> tuple:
+    """The hosts of --hosts or --hostfile (empty: not supervised)."""
+    if args.hosts is not None and args.hostfile is not None:
+        ap.error("give the hosts with --hosts or --hostfile, not both")
+    if args.hostfile is not None:
+        try:
+            lines = open(args.hostfile, encoding="utf-8").read().splitlines()
+        except OSError as e:
+            ap.error(f"--hostfile {args.hostfile!r} cannot be read: {e.strerror}")
+        hosts = [line.split("#")[0].strip().split(":")[0] for line in lines]
+        hosts = [h for h in hosts if h]
+        if not hosts:
+            ap.error(f"--hostfile {args.hostfile!r} names no host")
+        return tuple(hosts)
+    if args.hosts is None:
+        return ()
+    hosts = tuple(h.strip() for h in args.hosts.split(","))
+    if not all(hosts):
+        ap.error(f"--hosts must be host names separated by commas, got {args.hosts!r}")
+    return hosts
+
+
+def rank_args(argv: list, timeout: float) -> tuple:
+    """The ranks' flags: argv without the front end's own (FRONT_END_FLAGS), with the timeout."""
+    out, skip = [], 0
+    for a in argv:
+        if skip:
+            skip -= 1
+            continue
+        name = a.split("=", 1)[0]
+        if name in FRONT_END_FLAGS:
+            skip = 0 if "=" in a else FRONT_END_FLAGS[name]
+            continue
+        out.append(a)
+    return (*out, "--timeout", f"{timeout:g}")
 
 
 def _levers(ap, args) -> dict:
@@ -149,7 +219,8 @@ def _options(args, levers: dict) -> JobOptions:
                  debug=args.debug)
     if args.serve:
         return ServeOptions(**job, **ranks, host=args.host, port=args.port, api_key=args.api_key or None,
-                            http=not args.no_http, batch_tokens=args.batch_tokens)
+                            http=not args.no_http, batch_tokens=args.batch_tokens, frontend=args.frontend,
+                            frontend_job=args.frontend_job)
     if args.profile is not None:
         return ProfileOptions(**job, **ranks, profile=args.profile)
     if args.auto is not None:
@@ -162,6 +233,9 @@ def run_mode(opts: JobOptions) -> int:
     if opts.mode == "simulate":
         from ..jobs.simulate import simulate_job
         return simulate_job(opts)
+    if opts.mode == "supervise":
+        from ..serving.frontend import supervise
+        return supervise(opts)
     if opts.mode == "serve":
         from ..jobs.serve import serve_job
         return serve_job(opts)

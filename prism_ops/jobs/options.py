@@ -158,3 +158,26 @@ class ServeOptions(RankOptions):
     http: bool = True  # HTTP on host:port (JSON lines on stdin are always answered)
     batch_tokens: int = 8192  # embedding requests queued together run as one padded batch of up to
     # this many tokens; 0 runs them one at a time
+    frontend: str | None = None  # ADDR:PORT of the front end that launched this job (rank 0 dials it)
+    frontend_job: str | None = None  # the token this job says hello with
+
+
+@dataclass(frozen=True, kw_only=True)
+class SuperviseOptions(ServeOptions):
+    """serve --hosts: the front end outside MPI (`prism_ops.serving.frontend`). It serves HTTP and
+    launches the ranks itself with mpiexec on the healthy hosts, with rank_args as their flags."""
+
+    mode: ClassVar[str] = "supervise"
+    hosts: tuple = ()
+    mpiexec_args: tuple = ()  # launcher options for mpiexec, e.g. ("-launcher-exec", "/path/ssh")
+    queue_limit: int = 64  # requests held while the job re-forms; past it: 503 with Retry-After
+    rank_args: tuple = ()  # the ranks' prism-run flags (model, preset, threads, ...)
+
+    def __post_init__(self):
+        super().__post_init__()
+        if not self.hosts or not all(isinstance(h, str) and h and "," not in h for h in self.hosts):
+            raise ValueError(f"hosts must be one or more host names, got {self.hosts!r}")
+        if len(set(self.hosts)) != len(self.hosts):
+            raise ValueError(f"hosts must not repeat a host, got {','.join(self.hosts)}")
+        if not isinstance(self.queue_limit, int) or self.queue_limit < 0:
+            raise ValueError(f"queue_limit must be an integer >= 0, got {self.queue_limit!r}")

@@ -2,6 +2,7 @@
 stopped (`prism_ops.serving`: OpenAI-style HTTP on rank 0, JSON lines on stdin).
 
     mpirun -n 2 prism-run --serve --port 8000
+    prism-run --serve --hosts H1,H2,H3          # supervised: `serving.frontend`, outside MPI
 
 The only job that imports `prism_ops.serving`; its HTTP side (starlette, uvicorn) loads only
 when HTTP is on. Phases: the shared start (`base.start`), then serving (idle) and serving.
@@ -9,6 +10,7 @@ when HTTP is on. Phases: the shared start (`base.start`), then serving (idle) an
 
 from __future__ import annotations
 
+from ..serving.bridge import run_supervised
 from ..serving.engine import Engine
 from ..serving.openai_api import Served
 from ..serving.service import run_service
@@ -27,5 +29,8 @@ def serve_on_rank(opts: ServeOptions, comm) -> None:
     served = Served(opts.model, runner.kind == "decoder", runner.max_positions,
                     width=runner.model.config.hidden_size * len(job.pooling.modes), vocab_size=len(job.tok))
     engine = Engine(runner, job.tok, comm, served, load_s=job.seconds["load"], pooling=job.pooling,
-                    batch_tokens=opts.batch_tokens)
+                    batch_tokens=opts.batch_tokens, raw=opts.frontend is not None)
+    if opts.frontend is not None:  # launched by a front end: answer it (rank 0 dials it back)
+        run_supervised(engine, opts.frontend, opts.frontend_job or "", opts.timeout)
+        return
     run_service(engine, host=opts.host, port=opts.port, api_key=opts.api_key, http=opts.http)

@@ -41,11 +41,16 @@ class Engine:
     """One rank's part of the service. `run()` returns when rank 0 has stopped the service."""
 
     def __init__(self, runner, tokenizer, comm, served: Served, *, load_s: float = 0.0, pooling: Pooling | None = None,
-                 batch_tokens: int = 8192):
-        """runner: the model as `prism_ops.hf.configure(model, ..., comm=comm)` returned it."""
+                 batch_tokens: int = 8192, raw: bool = False):
+        """runner: the model as `prism_ops.hf.configure(model, ..., comm=comm)` returned it.
+        raw: answer in token ids and vectors, for a supervising front end that writes the text
+        and the JSON itself (`bridge.py`): ("vectors", [(float32 array, tokens, prism)]) for
+        embeddings; ("token", id) per generated token, then ("done", {"finish", "prism"})."""
         self.runner, self.tok, self.comm, self.served = runner, tokenizer, comm, served
         self.pooling = pooling or Pooling()
         self.batch_tokens = batch_tokens
+        self.raw = raw
+        self.cancelled: set = set()  # raw: ids of completions the front end needs no more of (a stop hit)
         self._held = None  # a job taken from the queue that did not fit the batch: the next one
         # Requests the HTTP side is reading and checking now: a batch waits a little for them
         # (never longer than half the last forward), so clients that answered at once join it;
@@ -69,33 +74,7 @@ class Engine:
 
     def prepare(self, job: ApiRequest) -> ApiRequest:
         """Tokenize and check a job before it is queued (ApiError for what the model cannot take)."""
-        limit = self.served.max_positions
-        param = "input" if job.endpoint == "embeddings" else ("messages" if job.chat else "prompt")
-        for text in job.texts + [m["content"] for m in job.chat or []]:  # before it is tokenized whole
-            why = too_long(limit, chars=len(text), subject=param)
-            if why:
-                raise ApiError(why, param)
-        if job.endpoint == "embeddings" and job.ids:  # token ids: checked against the vocabulary in parse
-            job.texts = [""] * len(job.ids)
-        else:
-            self._tokenize(job)
-        for i, ids in enumerate(job.ids):
-            if len(ids) < self.comm.size:
-                raise ApiError(f"{param}{f'[{i}]' if len(job.ids) > 1 else ''} has {len(ids)} tokens, fewer than "
-                               f"the {self.comm.size} ranks (each rank needs one)", param)
-            why = too_long(limit, tokens=len(ids), generate=job.max_tokens, subject=param, generating="max_tokens {}")
-            if why:
-                raise ApiError(why, param)
-        return job
-
-    def _tokenize(self, job: ApiRequest) -> None:
-        with self.tok_lock:
-            if job.chat is not None:
-                if not getattr(self.tok, "chat_template", None):
-                    raise ApiError(f"{self.served.model} has no chat template: use /v1/completions", "messages")
-                job.texts = [self.tok.apply_chat_template(job.chat, add_generation_prompt=True, tokenize=False)]
-            special = job.chat is None  # verbose=False: the length is checked here, against the model's positions
-            job.ids = [self.tok(t, add_special_tokens=special, verbose=False)["input_ids"] for t in job.texts]
+        return prepare(job, self.tok, self.served, self.comm.size, self.tok_lock)
 
     def submit(self, job: ApiRequest, sink) -> None:
         """Queue a prepared job; sink(event) receives its events (from the engine's thread)."""
@@ -144,6 +123,9 @@ class Engine:
                 t0 = time.perf_counter()
                 batch = self._gather(first)
                 self._current = [sink for _, sink in batch]
+                if self.raw:  # the front end counts a fault against the requests running, not those queued
+                    for sink in self._current:
+                        sink(("start", None))
                 if first[0].endpoint == "embeddings":
                     self._embed(batch)
                 else:
@@ -209,12 +191,15 @@ class Engine:
                 continue
             prism = {**self._prism(res), "batch": len(g)}
             for j, i in enumerate(g):
-                out[i] = (res.output[j].tolist(), len(rows[i]), prism)
+                vector = res.output[j].float().numpy() if self.raw else res.output[j].tolist()
+                out[i] = (vector, len(rows[i]), prism)
         at = 0
         for k, (job, sink) in enumerate(batch):
             mine, at = out[at:at + len(job.ids)], at + len(job.ids)
             if k in failed:
                 sink(("error", failed[k]))
+            elif self.raw:
+                sink(("vectors", mine))
             else:
                 sink(("done", embeddings_body(self.served, mine, job.encoding_format)))
 
@@ -236,7 +221,7 @@ class Engine:
         is streamed (a tail that could grow into one is held back), and once every row has what
         it asked for (max_tokens, eos or a stop) on_token tells the last rank to stop decoding
         (`run_distributed`), so the ranks are free for the next job."""
-        rows = [_Decoding(job, sink, self) for job, sink in batch]
+        rows = [(_RawDecoding if self.raw else _Decoding)(job, sink, self) for job, sink in batch]
         first = batch[0][0]
         try:
             req = Request(ids=torch.tensor([job.ids[0] for job, _ in batch]),
@@ -269,6 +254,36 @@ class Engine:
         time.sleep(1.0)  # let the HTTP thread send the 503s before the job is aborted
 
 
+
+def prepare(job: ApiRequest, tok, served: Served, ranks: int, tok_lock) -> ApiRequest:
+    """Tokenize and check a job before it is queued (ApiError for what the model cannot take):
+    every text within the model's positions and at least one token per rank. Used by rank 0's
+    engine and by the supervising front end (`frontend.py`), which does this work for rank 0."""
+    limit = served.max_positions
+    param = "input" if job.endpoint == "embeddings" else ("messages" if job.chat else "prompt")
+    for text in job.texts + [m["content"] for m in job.chat or []]:  # before it is tokenized whole
+        why = too_long(limit, chars=len(text), subject=param)
+        if why:
+            raise ApiError(why, param)
+    if job.endpoint == "embeddings" and job.ids:  # token ids: checked against the vocabulary in parse
+        job.texts = [""] * len(job.ids)
+    else:
+        with tok_lock:
+            if job.chat is not None:
+                if not getattr(tok, "chat_template", None):
+                    raise ApiError(f"{served.model} has no chat template: use /v1/completions", "messages")
+                job.texts = [tok.apply_chat_template(job.chat, add_generation_prompt=True, tokenize=False)]
+            special = job.chat is None  # verbose=False: the length is checked here, against the model's positions
+            job.ids = [tok(t, add_special_tokens=special, verbose=False)["input_ids"] for t in job.texts]
+    for i, ids in enumerate(job.ids):
+        if len(ids) < ranks:
+            raise ApiError(f"{param}{f'[{i}]' if len(job.ids) > 1 else ''} has {len(ids)} tokens, fewer than "
+                           f"the {ranks} ranks (each rank needs one)", param)
+        why = too_long(limit, tokens=len(ids), generate=job.max_tokens, subject=param, generating="max_tokens {}")
+        if why:
+            raise ApiError(why, param)
+    return job
+
 def _greedy(job: ApiRequest) -> bool:
     return job.endpoint != "embeddings" and job.temperature == 0
 
@@ -281,11 +296,41 @@ def _joins(first: ApiRequest, job: ApiRequest) -> bool:
     return _greedy(first) and _greedy(job) and len(job.ids[0]) == len(first.ids[0])
 
 
-class _Decoding:
-    """One completion's tokens as the last rank makes them: its text so far, what of it has been
-    streamed, and whether it is done (max_tokens, eos, or a stop sequence in its text)."""
+class _RawDecoding:
+    """A completion for a front end: each token id as it comes, done at eos, max_tokens or when
+    the front end cancels it (it found a stop sequence in the text)."""
 
     def __init__(self, job: ApiRequest, sink, engine: Engine):
+        self.job, self.sink, self.engine = job, sink, engine
+        self.made, self.finish = 0, None
+
+    def take(self, tid: int) -> bool:
+        if self.finish is not None:
+            return True
+        if self.job.id in self.engine.cancelled:
+            self.finish = "stop"
+            return True
+        if self.engine.eos is not None and tid == self.engine.eos:
+            self.finish = "stop"
+            return True
+        self.made += 1
+        self.sink(("token", tid))
+        if self.made >= self.job.max_tokens:
+            self.finish = "length"
+        return self.finish is not None
+
+    def close(self, prism: dict) -> None:
+        self.engine.cancelled.discard(self.job.id)
+        self.sink(("done", {"finish": self.finish or "length", "prism": prism}))
+
+
+class _Decoding:
+    """One completion's tokens as the last rank makes them: its text so far, what of it has been
+    streamed, and whether it is done (max_tokens, eos, or a stop sequence in its text).
+    engine: whatever has the tokenizer (`tok`, `tok_lock`), `eos` and `served`: rank 0's Engine,
+    or the front end decoding what rank 0 sends it."""
+
+    def __init__(self, job: ApiRequest, sink, engine):
         self.job, self.sink, self.engine = job, sink, engine
         self.made, self.text = [], ""  # tokens so far; their text, cut before a stop sequence
         self.sent, self.finish = 0, None  # characters streamed; why it ended

@@ -41,7 +41,8 @@ class _Sink:
 
 
 def _error(e: ApiError) -> JSONResponse:
-    return JSONResponse(e.body(), status_code=e.status)
+    headers = None if e.retry_after is None else {"Retry-After": str(e.retry_after)}
+    return JSONResponse(e.body(), status_code=e.status, headers=headers)
 
 
 def _unauthorized() -> ApiError:

@@ -41,9 +41,11 @@ MAX_REQUEST_BYTES = 8 * 2**20  # an HTTP body or a stdin line longer than this i
 class ApiError(ValueError):
     """A request the service refuses: HTTP `status` with an OpenAI-style error body."""
 
-    def __init__(self, message: str, param: str | None = None, status: int = 400, kind: str = "invalid_request_error"):
+    def __init__(self, message: str, param: str | None = None, status: int = 400, kind: str = "invalid_request_error",
+                 retry_after: int | None = None):
         super().__init__(message)
         self.param, self.status, self.kind = param, status, kind
+        self.retry_after = retry_after  # seconds, sent as a Retry-After header (a 503 while the job re-forms)
 
     def body(self) -> dict:
         return {"error": {"message": str(self), "type": self.kind, "param": self.param, "code": None}}
