@@ -31,6 +31,8 @@ network namespaces over TCP) and the decoding host's link fails while the job is
           equals the unfaulted run's
     slow  the rate drops to 1 Mbit/s: the job either goes on to the unfaulted answer or ends
           as for down; never hangs
+The supervised service (`prism-run --serve --hosts`, which re-forms its job instead of ending):
+`--supervised [--models ...] [--cases down,kill,two,flap,frontend]` runs tools/supervised_faults.py.
 Phases: prefill (the forward; held open 3 s so the cut lands in it), generation (the last
 rank decoding alone), and in a service (prism-run --serve) while a request generates. Programs:
 minilm (prefill only), smollm2 (real weights), tiny (a tiny GPT-2, for quick checks; decoding
@@ -468,6 +470,10 @@ def links_main(args) -> int:
 
 
 def main(argv=None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if "--supervised" in argv:  # the supervised service's faults on 3 test hosts (its own driver)
+        import supervised_faults
+        return supervised_faults.main([a for a in argv if a != "--supervised"])
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--programs", default="minilm,smollm2,serve")
     ap.add_argument("--signals", default=",".join(SIGNALS))
@@ -482,6 +488,7 @@ def main(argv=None) -> int:
     ap.add_argument("--timeout", type=float, help="pass --timeout (silence, s) to the programs; default: theirs (30 s)")
     ap.add_argument("--json", help="also write every outcome (with stderr tails) to this file")
     ap.add_argument("--table-from", metavar="JSON", help="print the table of an earlier run's --json and stop")
+    ap.add_argument("--supervised", action="store_true", help="the supervised service's faults (see above)")
     args = ap.parse_args(argv)
     if args.links:
         return links_main(args)
