@@ -172,13 +172,14 @@ def test_no_import_cycles():
 
 
 def test_only_the_serve_job_imports_the_service():
-    """The one-shot jobs (run, simulate, profile, auto) never load prism_ops.serving, nor so its HTTP stack."""
+    """The one-shot jobs (run, simulate, profile, auto) never load prism_ops.serving, nor so its HTTP stack
+    (serve and the supervised serve job do)."""
     jobs = [(n, p) for n, p in ALL if n.startswith("prism_ops.jobs.")]
     assert {"prism_ops.jobs.run", "prism_ops.jobs.simulate", "prism_ops.jobs.profile", "prism_ops.jobs.auto",
             "prism_ops.jobs.serve"} <= {n for n, _ in jobs}
     for name, path in jobs:
         serving = [m for m, _ in imports(name, path) if m == "prism_ops.serving" or m.startswith("prism_ops.serving.")]
-        assert name == "prism_ops.jobs.serve" or not serving, f"{name} imports {serving}"
+        assert name in ("prism_ops.jobs.serve", "prism_ops.jobs.supervise") or not serving, f"{name} imports {serving}"
 
 
 TAG_TABLE = "prism_ops.tags"

@@ -25,8 +25,8 @@ import argparse
 import math
 import os
 import shlex
-from dataclasses import fields
 import sys
+from dataclasses import fields
 
 from ..config import DEFAULT_PRESET, EXCHANGE_SETTINGS, PRESETS
 from ..distributed.comm import DEFAULT_TIMEOUT_S
@@ -234,8 +234,8 @@ def run_mode(opts: JobOptions) -> int:
         from ..jobs.simulate import simulate_job
         return simulate_job(opts)
     if opts.mode == "supervise":
-        from ..serving.frontend import supervise
-        return supervise(opts)
+        from ..jobs.supervise import supervise_job
+        return supervise_job(opts)
     if opts.mode == "serve":
         from ..jobs.serve import serve_job
         return serve_job(opts)
