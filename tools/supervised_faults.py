@@ -45,6 +45,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 import netns_hosts  # noqa: E402
+from fault_matrix import _phase_pids, _wait_phase  # noqa: E402  (the ranks' phase logs)
 from harness import with_hooks  # noqa: E402
 
 BIN = Path(sys.executable).parent
@@ -98,7 +99,8 @@ def _model_arg(model: str, d: Path) -> str:
 
 
 class Service:
-    """The front end on the test hosts, with its log; `health()`, `client()`."""
+    """The front end on the test hosts, with its log; `health()`, `client()`; `served` (the
+    model's name in the API) and `chat` (whether it takes chats) for `_ask`."""
 
     def __init__(self, hosts, model: str, d: Path, env_extra=None):
         self.hosts, self.d = hosts, d
@@ -108,8 +110,10 @@ class Service:
                                         TOKENIZERS_PARALLELISM="false", PRISM_PHASE_LOG=str(self.log),
                                         **(env_extra or {}))))
         launcher = f"-launcher ssh -launcher-exec {hosts.launcher} -localhost {hosts.own_ip}"
+        self.served = _model_arg(model, d)  # the model's name in the API is its --model
+        self.chat = model != "tiny"  # the tiny model has no chat template: completions
         cmd = [str(BIN / "prism-run"), "--serve", "--hosts", ",".join(hosts.ips), "--mpiexec-args", launcher,
-               "--host", hosts.own_ip, "--port", str(PORT), "--model", _model_arg(model, d), "--preset", "exact",
+               "--host", hosts.own_ip, "--port", str(PORT), "--model", self.served, "--preset", "exact",
                "--threads", "1", "--timeout", f"{TIMEOUT_S:g}"]
         self.out = open(d / "frontend.log", "w")
         self.proc = subprocess.Popen(cmd, env=env, stdout=self.out, stderr=subprocess.STDOUT,
@@ -160,27 +164,28 @@ def _requests(model: str) -> list:
     return out + [("stream", "Write two sentences about edge devices.")]
 
 
-def _ask(client, model: str, kind: str, text: str):
-    """(status, answer): the vector, the text, or (the stream's deltas, its finish_reason)."""
+def _ask(client, served: str, kind: str, text: str, chat: bool = True):
+    """(status, answer): the vector, the text, or (the stream's deltas, its finish_reason).
+    chat=False: completions (a model without a chat template)."""
     import openai
     try:
         if kind == "embed":
-            return 200, client.embeddings.create(model=model, input=text).data[0].embedding
-        if model == "tiny":  # no chat template: completions
+            return 200, client.embeddings.create(model=served, input=text).data[0].embedding
+        if not chat:
             if kind == "stream":
-                chunks = list(client.completions.create(model=_served(client), prompt=text, max_tokens=12,
-                                                        temperature=0, stream=True))
+                chunks = list(client.completions.create(model=served, prompt=text, max_tokens=12, temperature=0,
+                                                        stream=True))
                 return 200, ([c.choices[0].text for c in chunks if c.choices],
                              [c.choices[0].finish_reason for c in chunks if c.choices and c.choices[0].finish_reason])
-            r = client.completions.create(model=_served(client), prompt=text, max_tokens=12, temperature=0)
+            r = client.completions.create(model=served, prompt=text, max_tokens=12, temperature=0)
             return 200, r.choices[0].text
         msgs = [{"role": "user", "content": text}]
         if kind == "stream":
-            chunks = list(client.chat.completions.create(model=model, messages=msgs, max_tokens=24, temperature=0,
+            chunks = list(client.chat.completions.create(model=served, messages=msgs, max_tokens=24, temperature=0,
                                                          stream=True))
             return 200, ([c.choices[0].delta.content or "" for c in chunks if c.choices],
                          [c.choices[0].finish_reason for c in chunks if c.choices and c.choices[0].finish_reason])
-        r = client.chat.completions.create(model=model, messages=msgs, max_tokens=12, temperature=0)
+        r = client.chat.completions.create(model=served, messages=msgs, max_tokens=12, temperature=0)
         return 200, r.choices[0].message.content
     except openai.APIStatusError as e:
         return e.status_code, str(e)
@@ -188,11 +193,8 @@ def _ask(client, model: str, kind: str, text: str):
         return None, str(e)
 
 
-def _served(client) -> str:
-    return client.models.list().data[0].id
-
-
 def _same(model: str, kind: str, a, b) -> bool:
+    """Equal answers: embeddings within the fp32 budget, the same text, the same streamed text."""
     if kind == "embed":  # the fp32 budget over MiniLM's 6 layers (as fault_matrix._same)
         return max(abs(x - y) for x, y in zip(a, b)) <= 1e-5 * 6
     if kind == "stream":
@@ -200,13 +202,12 @@ def _same(model: str, kind: str, a, b) -> bool:
     return a == b
 
 
-def _burst(svc: Service, model: str, reqs: list) -> tuple[list, list, list]:
-    """All of reqs at once: (statuses, answers, seconds each finished, monotonic)."""
-    client, served = svc.client(), model if model != "tiny" else None
-    done = []
+def _burst(svc: Service, reqs: list) -> tuple[list, list, list]:
+    """All of reqs at once: (statuses, answers, when each finished, monotonic)."""
+    client, done = svc.client(), []
 
     def one(kr):
-        out = _ask(client, served or model, *kr)
+        out = _ask(client, svc.served, *kr, chat=svc.chat)
         done.append(time.monotonic())
         return out
 
@@ -215,25 +216,26 @@ def _burst(svc: Service, model: str, reqs: list) -> tuple[list, list, list]:
     return [c for c, _ in res], [a for _, a in res], done
 
 
-def _wait_phase(log: Path, rank: int, prefix: str, after: int, limit_s: float = 120.0) -> bool:
-    t0 = time.monotonic()
-    while time.monotonic() - t0 < limit_s:
-        f = log / f"rank{rank}.log"
-        rows = f.read_text().splitlines() if f.exists() else []
-        if sum(r.split(None, 1)[1].startswith(prefix) for r in rows if " " in r) > after:
-            return True
-        time.sleep(0.01)
-    return False
+class Burst:
+    """_burst in a thread; `collect` adds its statuses to the outcome and checks its answers."""
+
+    def __init__(self, svc: Service, reqs: list):
+        self.reqs, self.result = reqs, None
+        self.thread = threading.Thread(target=lambda: setattr(self, "result", _burst(svc, reqs)))
+        self.thread.start()
+
+    def collect(self, o: "Outcome", ref: list, model: str) -> None:
+        self.thread.join()
+        codes, answers, self.done = self.result
+        o.codes += codes
+        o.same = o.same and all(c == 200 and _same(model, k, a, b)
+                                for (k, _), c, a, b in zip(self.reqs, codes, answers, ref))
+        self.answers = answers
 
 
 def _phase_count(log: Path, rank: int, prefix: str) -> int:
-    f = log / f"rank{rank}.log"
-    rows = f.read_text().splitlines() if f.exists() else []
-    return sum(r.split(None, 1)[1].startswith(prefix) for r in rows if " " in r)
-
-
-def _rank_pid(log: Path, rank: int) -> int:
-    return int((log / f"rank{rank}.log").read_text().split()[0])
+    """How many times rank has entered a phase starting with prefix (its phase log)."""
+    return sum(ph.startswith(prefix) for _, ph in _phase_pids(log).get(rank, []))
 
 
 def _job_processes(hosts) -> dict:
@@ -257,7 +259,7 @@ def _rejoin(svc: Service, model: str, host: str, t_up: float, o: Outcome) -> Non
     def keep_asking():
         client = svc.client()
         while not stop.is_set():
-            o.rejoin_codes.append(_ask(client, model, kind, text)[0])
+            o.rejoin_codes.append(_ask(client, svc.served, kind, text, chat=svc.chat)[0])
             time.sleep(0.2)
 
     t = threading.Thread(target=keep_asking)
@@ -283,21 +285,18 @@ def run_case(model: str, case: str) -> Outcome:
         svc = Service(hosts, model, d, extra)
         try:
             reqs = _requests(model)
-            codes, ref, _ = _burst(svc, model, reqs)  # the unfaulted answers, from the same service
+            codes, ref, _ = _burst(svc, reqs)  # the unfaulted answers, from the same service
             if set(codes) != {200}:
                 raise RuntimeError(f"unfaulted requests failed: {codes} {ref[:2]}")
             if case == "frontend":
                 return _frontend_lost(svc, hosts, o)
             seen = _phase_count(svc.log, 1, "forward")
-            result = {}
-            burst = threading.Thread(target=lambda: result.update(zip(("codes", "answers", "done"),
-                                                                      _burst(svc, model, reqs))))
-            burst.start()
-            if not _wait_phase(svc.log, 1, "forward", seen):
+            burst = Burst(svc, reqs)
+            if not _wait_phase(svc.log, 1, "forward", seen, svc.proc, 120.0):
                 raise RuntimeError("host 1's rank never entered the prefill")
-            t_fault, o.fault_at = time.monotonic(), time.time()
+            t_fault, o.fault_at, o.same = time.monotonic(), time.time(), True
             if case == "kill":
-                os.kill(_rank_pid(svc.log, 1), signal.SIGKILL)
+                os.kill(_phase_pids(svc.log)[1][-1][0], signal.SIGKILL)
             elif case in ("down", "two"):
                 hosts.link_down(1)
                 if case == "two":
@@ -309,21 +308,13 @@ def run_case(model: str, case: str) -> Outcome:
                     (hosts.link_down if flaps % 2 == 0 else hosts.link_up)(2)
                     flaps += 1
                     time.sleep(2.0)
-                    if not burst.is_alive():  # keep requests coming for the whole 30 s
-                        burst.join()
-                        o.codes += result["codes"]
-                        o.same = all(_same(model, k, a, b) for (k, _), a, b in zip(reqs, result["answers"], ref))
-                        burst = threading.Thread(target=lambda: result.update(
-                            zip(("codes", "answers", "done"), _burst(svc, model, reqs))))
-                        burst.start()
+                    if not burst.thread.is_alive():  # keep requests coming for the whole 30 s
+                        burst.collect(o, ref, model)
+                        burst = Burst(svc, reqs)
                 hosts.link_up(2)
-            burst.join()
-            o.codes += result["codes"]
-            same = all(_same(model, k, a, b) if c == 200 else False
-                       for (k, _), c, a, b in zip(reqs, result["codes"], result["answers"], ref))
-            o.same = same if case != "flap" else (o.same if o.codes[:-len(reqs)] else True) and same
-            o.answered_s = max(result["done"]) - t_fault
-            streams = [a for (k, _), a in zip(reqs, result["answers"]) if k == "stream"]
+            burst.collect(o, ref, model)
+            o.answered_s = max(burst.done) - t_fault
+            streams = [a for (k, _), a in zip(reqs, burst.answers) if k == "stream"]
             if streams:
                 deltas, finishes = streams[0] if isinstance(streams[0], tuple) else ([], [])
                 ref_deltas = [a for (k, _), a in zip(reqs, ref) if k == "stream"][0][0]
