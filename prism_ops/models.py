@@ -174,20 +174,18 @@ def load_tokenizer(name: str):
 def load(name: str, dtype: torch.dtype = torch.float32):
     """(tokenizer, model) for a name in NAMES or a local folder; raises ValueError for a bad folder."""
     quiet_transformers()
-    from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoConfig, AutoModel, AutoModelForCausalLM
 
     kw = dict(attn_implementation="sdpa", dtype=dtype)
     if name == "minilm":
-        path = minilm_path()
-        tok = AutoTokenizer.from_pretrained(path, local_files_only=True)
-        return tok, AutoModel.from_pretrained(path, local_files_only=True, **kw).eval()
+        return load_tokenizer(name), AutoModel.from_pretrained(minilm_path(), local_files_only=True, **kw).eval()
     if name == "smollm2":
         return _load_smollm2(dtype, kw)
     if not os.path.isdir(name):
         raise ValueError(f"model must be one of {NAMES} or a local Hugging Face folder; {name!r} is neither")
     try:
         config = AutoConfig.from_pretrained(name, local_files_only=True)
-        tok = AutoTokenizer.from_pretrained(name, local_files_only=True)
+        tok = load_tokenizer(name)
         cls = AutoModelForCausalLM if is_decoder(config) else AutoModel
         model = cls.from_pretrained(name, local_files_only=True, **kw).eval()
     except Exception as e:  # noqa: BLE001 - a corrupt weights file raises safetensors' own error, among others

@@ -35,9 +35,9 @@ from ..jobs.options import (AutoOptions, JobOptions, ProfileOptions, RunOptions,
                             SuperviseOptions, check_values)
 
 SUPERVISED_TIMEOUT_S = 5.0  # --hosts: a rank silent this long ends the job, which then re-forms
-# The front end's own flags: the ranks it launches get every other flag given.
-FRONT_END_FLAGS = {"--hosts": 1, "--hostfile": 1, "--mpiexec-args": 1, "--queue-limit": 1, "--host": 1, "--port": 1,
-                   "--api-key": 1, "--timeout": 1}
+# The front end's own flags (each takes one value): the ranks it launches get every other flag given.
+FRONT_END_FLAGS = frozenset({"--hosts", "--hostfile", "--mpiexec-args", "--queue-limit", "--host", "--port",
+                             "--api-key", "--timeout"})
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -173,14 +173,13 @@ def _hosts(ap, args) -> tuple:
 
 def rank_args(argv: list, timeout: float) -> tuple:
     """The ranks' flags: argv without the front end's own (FRONT_END_FLAGS), with the timeout."""
-    out, skip = [], 0
+    out, skip = [], False
     for a in argv:
-        if skip:
-            skip -= 1
+        if skip:  # the value of the flag before
+            skip = False
             continue
-        name = a.split("=", 1)[0]
-        if name in FRONT_END_FLAGS:
-            skip = 0 if "=" in a else FRONT_END_FLAGS[name]
+        if a.split("=", 1)[0] in FRONT_END_FLAGS:
+            skip = "=" not in a
             continue
         out.append(a)
     return (*out, "--timeout", f"{timeout:g}")

@@ -254,7 +254,6 @@ class Engine:
         time.sleep(1.0)  # let the HTTP thread send the 503s before the job is aborted
 
 
-
 def prepare(job: ApiRequest, tok, served: Served, ranks: int, tok_lock) -> ApiRequest:
     """Tokenize and check a job before it is queued (ApiError for what the model cannot take):
     every text within the model's positions and at least one token per rank. Used by rank 0's
@@ -283,6 +282,7 @@ def prepare(job: ApiRequest, tok, served: Served, ranks: int, tok_lock) -> ApiRe
         if why:
             raise ApiError(why, param)
     return job
+
 
 def _greedy(job: ApiRequest) -> bool:
     return job.endpoint != "embeddings" and job.temperature == 0

@@ -10,7 +10,6 @@
 """
 
 import importlib.util
-import os
 import socket
 import sys
 from pathlib import Path
