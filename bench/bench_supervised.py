@@ -1,16 +1,23 @@
 """The supervised front end against the service inside MPI: batched embeddings at 1, 4 and 16 clients.
 
     .venv-test/bin/python bench/bench_supervised.py [--requests 320] [--json bench/out/bench_supervised.json]
+    .venv-test/bin/python bench/bench_supervised.py --crossover    # one client, one text of 11 to 446 tokens
 
-As root (test hosts). Both services run on the same 2 test hosts (`tools/netns_hosts.py`, links
+As root (test hosts). The services run on the same 2 test hosts (`tools/netns_hosts.py`, links
 unshaped, MPICH over TCP), MiniLM on 2 ranks, batching on (`--batch-tokens 8192`):
 - inside MPI: `mpiexec ... prism-run --serve`, HTTP, checks, tokenizing and JSON on rank 0;
 - supervised: `prism-run --serve --hosts H0,H1`, all of that in the front end, rank 0 gets token
-  ids and sends float32 vectors back.
+  ids and sends float32 vectors back;
+- supervised, split: the same with `--split-min-tokens 0`, every text split over the 2 ranks (as
+  before texts under 128 tokens, all of these, ran whole on one rank each).
 They take turns row by row (1, 4, 16 clients; `bench_serve.load`: each client one request after
-another, short texts of different lengths), so a busy spell of the machine falls on both alike.
+another, short texts of 5 to 21 tokens), so a busy spell of the machine falls on all alike.
 The figures that matter: the front end's req/s at 16 clients over its own at 1 client (target
 >= 4x), and its p95 at 1 client over the service inside MPI's (target: no worse).
+
+--crossover: the supervised service with every text split against every text whole, one client,
+one text at a time, median latency per text length: where splitting a text starts to pay
+(`--split-min-tokens`'s default).
 """
 
 from __future__ import annotations
@@ -31,7 +38,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tools"))
 from bench_serve import BIN, ENV, SHORT, load, pct  # noqa: E402
 import netns_hosts  # noqa: E402
 
-PORTS = {"mpi": 8041, "frontend": 8042}
+PORTS = {"mpi": 8041, "frontend": 8042, "frontend-split": 8043}
+LABEL = {"mpi": "inside MPI", "frontend": "supervised", "frontend-split": "supervised, every text split"}
 
 
 def _wait(url: str, proc) -> float:
@@ -47,26 +55,108 @@ def _wait(url: str, proc) -> float:
         time.sleep(0.3)
 
 
-def start(hosts, kind: str):
-    """(process, url) of one service on the test hosts."""
-    common = ["--serve", "--model", "minilm", "--threads", "1", "--port", str(PORTS[kind])]
+def start(hosts, kind: str, port: int | None = None, *extra):
+    """(process, url) of one service on the test hosts (kind "frontend-split": every text split)."""
+    port = port or PORTS[kind]
+    common = ["--serve", "--model", "minilm", "--threads", "1", "--port", str(port), *extra]
+    if kind == "frontend-split":
+        common += ["--split-min-tokens", "0"]
     if kind == "mpi":
         cmd = hosts.mpiexec([str(BIN / "prism-run"), *common, "--host", hosts.ips[0]])
-        url = f"http://{hosts.ips[0]}:{PORTS[kind]}"
+        url = f"http://{hosts.ips[0]}:{port}"
     else:
         launcher = f"-launcher ssh -launcher-exec {hosts.launcher} -localhost {hosts.own_ip}"
         cmd = [str(BIN / "prism-run"), *common, "--hosts", ",".join(hosts.ips), "--mpiexec-args", launcher,
                "--host", hosts.own_ip]
-        url = f"http://{hosts.own_ip}:{PORTS[kind]}"
+        url = f"http://{hosts.own_ip}:{port}"
     proc = subprocess.Popen(cmd, env=hosts.env(ENV), stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL, start_new_session=True)
     _wait(url, proc)
     return proc, url
 
 
+def _stop(services: dict) -> None:
+    for proc, _ in services.values():
+        proc.send_signal(signal.SIGINT)
+        try:
+            proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+
+
+def throughput(hosts, requests: int) -> dict:
+    """Every service at 1, 4 and 16 clients, taking turns row by row."""
+    bodies = [{"input": t} for t in SHORT]
+    rows, services = [], {}
+    try:
+        for kind in PORTS:
+            services[kind] = start(hosts, kind)
+            load(services[kind][1], "/v1/embeddings", bodies, 16, 4)  # warm-up
+        for clients in (1, 4, 16):
+            for kind, (_, url) in services.items():
+                n = requests if clients > 1 else max(8, requests // 4)
+                lat, wall = load(url, "/v1/embeddings", bodies, n, clients)
+                rows.append(dict(service=kind, clients=clients, requests=len(lat), rps=len(lat) / wall,
+                                 p50_s=pct(lat, 0.5), p95_s=pct(lat, 0.95)))
+                r = rows[-1]
+                print(f"{kind} clients={clients}: {r['rps']:.2f} req/s, p50 {r['p50_s']:.3f} s, "
+                      f"p95 {r['p95_s']:.3f} s", flush=True)
+    finally:
+        _stop(services)
+    by = {(r["service"], r["clients"]): r for r in rows}
+    print("\n| clients | " + " | ".join(f"{LABEL[k]}: req/s | p50 (s) | p95 (s)" for k in PORTS) + " |")
+    print("| --- |" + " --- | --- | --- |" * len(PORTS))
+    for c in (1, 4, 16):
+        print(f"| {c} | " + " | ".join(f"{by[(k, c)]['rps']:.2f} | {by[(k, c)]['p50_s']:.3f} | {by[(k, c)]['p95_s']:.3f}"
+                                      for k in PORTS) + " |")
+    gain = {k: by[(k, 16)]["rps"] / by[(k, 1)]["rps"] for k in PORTS}
+    p95 = {k: by[("frontend", 1)]["p95_s"] / by[(k, 1)]["p95_s"] for k in ("mpi", "frontend-split")}
+    print(f"\n16 clients over 1: supervised {gain['frontend']:.2f}x (target >= 4x), inside MPI {gain['mpi']:.2f}x, "
+          f"every text split {gain['frontend-split']:.2f}x; p95 at 1 client, supervised over inside MPI "
+          f"{p95['mpi']:.2f}x, over every text split {p95['frontend-split']:.2f}x (target <= 1x)")
+    return {"rows": rows, "gain_16_over_1": gain, "p95_ratio_1_client": p95}
+
+
+def crossover(hosts, repeats: int = 12) -> dict:
+    """One client, one text at a time: median latency with every text split against every text
+    whole, per length (MiniLM takes 512 tokens, so --split-min-tokens 513 runs all whole)."""
+    words = ("edge devices share one transformer and each sends only compact summaries of its keys and values "
+             "to the others " * 40).split()
+    services = {}
+    rows = []
+    try:
+        services["split"] = start(hosts, "frontend-split")
+        services["whole"] = start(hosts, "frontend", None, "--split-min-tokens", "513")
+        with httpx.Client(timeout=60) as c:
+            for n in (8, 16, 32, 64, 96, 128, 192, 256, 384):
+                body = {"input": " ".join(words[:n])}
+                for _, url in services.values():  # warm-up
+                    for _ in range(3):
+                        c.post(url + "/v1/embeddings", json=body).raise_for_status()
+                lat = {k: [] for k in services}
+                for _ in range(repeats):  # taking turns
+                    for k, (_, url) in services.items():
+                        t = time.perf_counter()
+                        r = c.post(url + "/v1/embeddings", json=body)
+                        r.raise_for_status()
+                        lat[k].append(time.perf_counter() - t)
+                row = dict(tokens=r.json()["usage"]["prompt_tokens"], split_s=pct(lat["split"], 0.5),
+                           whole_s=pct(lat["whole"], 0.5))
+                rows.append(row)
+                print(f"{row['tokens']} tokens: split {1000 * row['split_s']:.1f} ms, whole {1000 * row['whole_s']:.1f} "
+                      f"ms, whole / split {row['whole_s'] / row['split_s']:.2f}", flush=True)
+    finally:
+        _stop(services)
+    print("\n| tokens | every text split (ms) | whole on one rank (ms) | whole / split |\n| --- | --- | --- | --- |")
+    for r in rows:
+        print(f"| {r['tokens']} | {1000 * r['split_s']:.1f} | {1000 * r['whole_s']:.1f} | {r['whole_s'] / r['split_s']:.2f} |")
+    return {"crossover": rows}
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--requests", type=int, default=320, help="requests per row at 4 and 16 clients (a quarter at 1)")
+    ap.add_argument("--crossover", action="store_true", help="one client: split against whole per text length")
     ap.add_argument("--json", help="write the rows here")
     args = ap.parse_args()
     why = netns_hosts.available()
@@ -74,45 +164,11 @@ def main() -> int:
         print(f"bench_supervised: {why}", file=sys.stderr)
         return 2
     netns_hosts.exit_on_signals()
-    bodies = [{"input": t} for t in SHORT]
-    rows = []
     with netns_hosts.Hosts(2) as hosts:
-        services = {}
-        try:
-            for kind in PORTS:
-                services[kind] = start(hosts, kind)
-                load(services[kind][1], "/v1/embeddings", bodies, 16, 4)  # warm-up
-            for clients in (1, 4, 16):
-                for kind, (_, url) in services.items():
-                    n = args.requests if clients > 1 else max(8, args.requests // 4)
-                    lat, wall = load(url, "/v1/embeddings", bodies, n, clients)
-                    rows.append(dict(service=kind, clients=clients, requests=len(lat), rps=len(lat) / wall,
-                                     p50_s=pct(lat, 0.5), p95_s=pct(lat, 0.95)))
-                    r = rows[-1]
-                    print(f"{kind} clients={clients}: {r['rps']:.2f} req/s, p50 {r['p50_s']:.3f} s, "
-                          f"p95 {r['p95_s']:.3f} s", flush=True)
-        finally:
-            for proc, _ in services.values():
-                proc.send_signal(signal.SIGINT)
-                try:
-                    proc.wait(timeout=60)
-                except subprocess.TimeoutExpired:
-                    os.killpg(proc.pid, signal.SIGKILL)
-    by = {(r["service"], r["clients"]): r for r in rows}
-    print("\n| clients | inside MPI: req/s | p50 (s) | p95 (s) | supervised: req/s | p50 (s) | p95 (s) |")
-    print("| --- | --- | --- | --- | --- | --- | --- |")
-    for c in (1, 4, 16):
-        m, f = by[("mpi", c)], by[("frontend", c)]
-        print(f"| {c} | {m['rps']:.2f} | {m['p50_s']:.3f} | {m['p95_s']:.3f} | {f['rps']:.2f} | {f['p50_s']:.3f} | "
-              f"{f['p95_s']:.3f} |")
-    gain = {k: by[(k, 16)]["rps"] / by[(k, 1)]["rps"] for k in PORTS}
-    p95 = by[("frontend", 1)]["p95_s"] / by[("mpi", 1)]["p95_s"]
-    print(f"\n16 clients over 1: supervised {gain['frontend']:.2f}x (target >= 4x), inside MPI {gain['mpi']:.2f}x; "
-          f"p95 at 1 client, supervised over inside MPI: {p95:.2f}x (target <= 1x)")
+        out = crossover(hosts) if args.crossover else throughput(hosts, args.requests)
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps({"rows": rows, "gain_16_over_1": gain, "p95_ratio_1_client": p95},
-                                              indent=1))
+        Path(args.json).write_text(json.dumps(out, indent=1))
     return 0
 
 

@@ -6,7 +6,8 @@
 
 The front end runs here (the root namespace, at the test hosts' gateway address); its job runs on
 3 test hosts (`netns_hosts.Hosts`, 100 Mbit/s links, MPICH over TCP, the `exact` preset, so an
-answer after re-forming on fewer ranks must equal the unfaulted one within fp32 rounding). The
+answer after re-forming on fewer ranks must equal the unfaulted one within fp32 rounding;
+`--split-min-tokens 0`, so every text is split and a fault lands between ranks mid-forward). The
 clients are the official `openai` client with max_retries=0: they see exactly what the service
 does. Each case first answers the requests unfaulted (the reference), then again with the fault:
 
@@ -15,6 +16,10 @@ does. Each case first answers the requests unfaulted (the reference), then again
               then the link comes back: the host must be in /health again within 60 s, while a
               client keeps sending requests, none of which may fail
     kill      the same, with host 1's rank SIGKILLed mid-prefill instead
+    gen       a decoder only: the link of host 2, whose rank decodes, goes down mid-generation
+              (once the stream has had some of its tokens; the tiny model, whose random tokens
+              stream no text: once that rank makes a third token); the stream resumes where it stopped;
+              then the link comes back, as in down
     two       the links of hosts 1 and 2 go down, one after the other: the job ends on one host
     flap      host 2's link goes down and up every 2 s for 30 s while requests keep coming
     frontend  the front end and its mpiexec stop (SIGSTOP: its host is gone, silent): every rank
@@ -49,7 +54,8 @@ from fault_matrix import _phase_pids, _wait_phase  # noqa: E402  (the ranks' pha
 from harness import with_hooks  # noqa: E402
 
 BIN = Path(sys.executable).parent
-CASES = ("down", "kill", "two", "flap", "frontend")
+CASES = ("down", "kill", "gen", "two", "flap", "frontend")
+DECODER_CASES = {"gen"}  # cases that need a decoder
 LIMIT_S = {"minilm": 20.0, "smollm2": 60.0, "tiny": 60.0}  # every answer within this of the fault
 BACK_S = 60.0  # a host whose link is back is in /health within this
 TIMEOUT_S = 5.0  # the ranks' silence timeout (the supervised default)
@@ -57,6 +63,7 @@ FLAP_S = 30.0  # flap: down and up every 2 s for this long
 MBIT = 100
 PORT = 8031
 REQUESTS = 20
+STREAM_MIDWAY = 4  # gen: the link goes down once the stream has had this many chunks (a few tokens in)
 TEXTS = ["Edge devices share one transformer, and each sends only compact summaries to the others. " * 6,
          "A short query about the weather in Paris today?", "The quick brown fox jumps over the lazy dog. " * 10,
          "Sentence embeddings for retrieval on small boards. " * 4]
@@ -86,7 +93,7 @@ class Outcome:
         limit = LIMIT_S[self.model] + {"flap": FLAP_S, "two": TIMEOUT_S + 3}.get(self.case, 0)
         good = (bool(self.codes) and set(self.codes) == {200} and self.same and self.stream_ok is not False
                 and not self.left and self.answered_s is not None and self.answered_s <= limit)
-        if self.case in ("down", "kill"):
+        if self.case in ("down", "kill", "gen"):
             good = good and self.back_s is not None and self.back_s <= BACK_S and set(self.rejoin_codes) <= {200}
         return good
 
@@ -114,7 +121,8 @@ class Service:
         self.chat = model != "tiny"  # the tiny model has no chat template: completions
         cmd = [str(BIN / "prism-run"), "--serve", "--hosts", ",".join(hosts.ips), "--mpiexec-args", launcher,
                "--host", hosts.own_ip, "--port", str(PORT), "--model", self.served, "--preset", "exact",
-               "--threads", "1", "--timeout", f"{TIMEOUT_S:g}"]
+               "--threads", "1", "--timeout", f"{TIMEOUT_S:g}",
+               "--split-min-tokens", "0"]  # every text split: the fault lands inside a forward between ranks
         self.out = open(d / "frontend.log", "w")
         self.proc = subprocess.Popen(cmd, env=env, stdout=self.out, stderr=subprocess.STDOUT,
                                      stdin=subprocess.DEVNULL, start_new_session=True)
@@ -164,27 +172,37 @@ def _requests(model: str) -> list:
     return out + [("stream", "Write two sentences about edge devices.")]
 
 
-def _ask(client, served: str, kind: str, text: str, chat: bool = True):
+def _ask(client, served: str, kind: str, text: str, chat: bool = True, midway: threading.Event | None = None):
     """(status, answer): the vector, the text, or (the stream's deltas, its finish_reason).
-    chat=False: completions (a model without a chat template)."""
+    chat=False: completions (a model without a chat template). midway: set once a stream has
+    had STREAM_MIDWAY chunks (the gen case takes the link down then)."""
     import openai
+
+    def chunks(stream):
+        out = []
+        for c in stream:
+            out.append(c)
+            if midway is not None and len(out) == STREAM_MIDWAY:
+                midway.set()
+        return out
+
     try:
         if kind == "embed":
             return 200, client.embeddings.create(model=served, input=text).data[0].embedding
         if not chat:
             if kind == "stream":
-                chunks = list(client.completions.create(model=served, prompt=text, max_tokens=12, temperature=0,
-                                                        stream=True))
-                return 200, ([c.choices[0].text for c in chunks if c.choices],
-                             [c.choices[0].finish_reason for c in chunks if c.choices and c.choices[0].finish_reason])
+                got = chunks(client.completions.create(model=served, prompt=text, max_tokens=12, temperature=0,
+                                                       stream=True))
+                return 200, ([c.choices[0].text for c in got if c.choices],
+                             [c.choices[0].finish_reason for c in got if c.choices and c.choices[0].finish_reason])
             r = client.completions.create(model=served, prompt=text, max_tokens=12, temperature=0)
             return 200, r.choices[0].text
         msgs = [{"role": "user", "content": text}]
         if kind == "stream":
-            chunks = list(client.chat.completions.create(model=served, messages=msgs, max_tokens=24, temperature=0,
-                                                         stream=True))
-            return 200, ([c.choices[0].delta.content or "" for c in chunks if c.choices],
-                         [c.choices[0].finish_reason for c in chunks if c.choices and c.choices[0].finish_reason])
+            got = chunks(client.chat.completions.create(model=served, messages=msgs, max_tokens=24, temperature=0,
+                                                        stream=True))
+            return 200, ([c.choices[0].delta.content or "" for c in got if c.choices],
+                         [c.choices[0].finish_reason for c in got if c.choices and c.choices[0].finish_reason])
         r = client.chat.completions.create(model=served, messages=msgs, max_tokens=12, temperature=0)
         return 200, r.choices[0].message.content
     except openai.APIStatusError as e:
@@ -202,12 +220,12 @@ def _same(model: str, kind: str, a, b) -> bool:
     return a == b
 
 
-def _burst(svc: Service, reqs: list) -> tuple[list, list, list]:
+def _burst(svc: Service, reqs: list, midway: threading.Event | None = None) -> tuple[list, list, list]:
     """All of reqs at once: (statuses, answers, when each finished, monotonic)."""
     client, done = svc.client(), []
 
     def one(kr):
-        out = _ask(client, svc.served, *kr, chat=svc.chat)
+        out = _ask(client, svc.served, *kr, chat=svc.chat, midway=midway)
         done.append(time.monotonic())
         return out
 
@@ -221,7 +239,8 @@ class Burst:
 
     def __init__(self, svc: Service, reqs: list):
         self.reqs, self.result = reqs, None
-        self.thread = threading.Thread(target=lambda: setattr(self, "result", _burst(svc, reqs)))
+        self.midway = threading.Event()  # the stream is half-way (`_ask`)
+        self.thread = threading.Thread(target=lambda: setattr(self, "result", _burst(svc, reqs, self.midway)))
         self.thread.start()
 
     def collect(self, o: "Outcome", ref: list, model: str) -> None:
@@ -290,15 +309,21 @@ def run_case(model: str, case: str) -> Outcome:
                 raise RuntimeError(f"unfaulted requests failed: {codes} {ref[:2]}")
             if case == "frontend":
                 return _frontend_lost(svc, hosts, o)
-            seen = _phase_count(svc.log, 1, "forward")
+            victim = 2 if case == "gen" else 1  # gen: the last rank's host, it decodes
+            phase = "generation token 3" if case == "gen" else "forward"
+            seen = _phase_count(svc.log, victim, phase)
             burst = Burst(svc, reqs)
-            if not _wait_phase(svc.log, 1, "forward", seen, svc.proc, 120.0):
-                raise RuntimeError("host 1's rank never entered the prefill")
+            if case == "gen" and model != "tiny":  # mid-generation: the stream has had some of its tokens
+                if not burst.midway.wait(120.0):
+                    raise RuntimeError(f"the stream never had {STREAM_MIDWAY} chunks")
+            # else the victim's phase log (the tiny model's random tokens stream no text)
+            elif not _wait_phase(svc.log, victim, phase, seen, svc.proc, 120.0):
+                raise RuntimeError(f"host {victim}'s rank never entered {phase!r}")
             t_fault, o.fault_at, o.same = time.monotonic(), time.time(), True
             if case == "kill":
                 os.kill(_phase_pids(svc.log)[1][-1][0], signal.SIGKILL)
-            elif case in ("down", "two"):
-                hosts.link_down(1)
+            elif case in ("down", "two", "gen"):
+                hosts.link_down(victim)
                 if case == "two":
                     time.sleep(TIMEOUT_S + 3)
                     hosts.link_down(2)
@@ -319,13 +344,13 @@ def run_case(model: str, case: str) -> Outcome:
                 deltas, finishes = streams[0] if isinstance(streams[0], tuple) else ([], [])
                 ref_deltas = [a for (k, _), a in zip(reqs, ref) if k == "stream"][0][0]
                 o.stream_ok = "".join(deltas) == "".join(ref_deltas) and len(finishes) == 1
-            if case in ("down", "kill", "two"):
+            if case in ("down", "kill", "two", "gen"):
                 t_up = time.monotonic()
                 if case != "kill":
-                    hosts.link_up(1)
+                    hosts.link_up(victim)
                     if case == "two":
                         hosts.link_up(2)
-                _rejoin(svc, model, hosts.ips[1], t_up, o)
+                _rejoin(svc, model, hosts.ips[victim], t_up, o)
             h = svc.health()
             o.restarts = h["restart_log"]
             now = _job_processes(hosts)
@@ -405,6 +430,9 @@ def main(argv=None) -> int:
     outcomes = []
     for model in args.models.split(","):
         for case in args.cases.split(","):
+            if case in DECODER_CASES and model == "minilm":
+                print(f"{model} {case}: skipped (an encoder does not generate)", file=sys.stderr, flush=True)
+                continue
             o = run_case(model, case)
             outcomes.append(o)
             print(f"{model} {case}: {'ok' if o.ok else 'FAILED'} codes={o.codes} same={o.same} "

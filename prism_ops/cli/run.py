@@ -32,7 +32,7 @@ from ..config import DEFAULT_PRESET, EXCHANGE_SETTINGS, PRESETS
 from ..distributed.comm import DEFAULT_TIMEOUT_S
 from ..distributed.link import check_link
 from ..jobs.options import (AutoOptions, JobOptions, ProfileOptions, RunOptions, ServeOptions, SimulateOptions,
-                            SuperviseOptions, check_values)
+                            SPLIT_MIN_TOKENS, SuperviseOptions, check_values)
 
 SUPERVISED_TIMEOUT_S = 5.0  # --hosts: a rank silent this long ends the job, which then re-forms
 # The front end's own flags (each takes one value): the ranks it launches get every other flag given.
@@ -94,6 +94,10 @@ def _parser() -> argparse.ArgumentParser:
     srv.add_argument("--batch-tokens", type=int, default=8192,
                      help="embedding requests that queue while the ranks are busy run as one padded batch of up "
                           "to this many tokens (default 8192; 0: one request at a time)")
+    srv.add_argument("--split-min-tokens", type=int, default=SPLIT_MIN_TOKENS,
+                     help="an embedding text shorter than this runs whole on one rank with the exact model (it "
+                          "would gain nothing from splitting); under load the ranks run such texts side by side "
+                          f"(default {SPLIT_MIN_TOKENS}; 0: split every text over the ranks)")
     sup = ap.add_argument_group("supervised service (--serve --hosts, started without mpirun)")
     sup.add_argument("--hosts", help="serve across these hosts (comma-separated): a front end here serves HTTP, "
                                      "launches the ranks with mpiexec, one per healthy host, re-forms the job "
@@ -121,7 +125,8 @@ def parse_args(argv=None) -> JobOptions:
         check_values(threads=args.threads, timeout=args.timeout)
         check_link(args.link_mbit, args.link_latency_ms)
         check_values(temperature=args.temperature, top_p=args.top_p, top_k=args.top_k, seed=args.seed,
-                     generate=args.generate, simulate=args.simulate, batch_tokens=args.batch_tokens)
+                     generate=args.generate, simulate=args.simulate, batch_tokens=args.batch_tokens,
+                     split_min_tokens=args.split_min_tokens)
         if args.serve:
             if args.input is not None or args.input_file is not None or args.profile or args.auto or args.simulate:
                 ap.error("--serve takes its inputs from requests; it does not go with --input, --input-file, "
@@ -218,7 +223,8 @@ def _options(args, levers: dict) -> JobOptions:
                  debug=args.debug)
     if args.serve:
         return ServeOptions(**job, **ranks, host=args.host, port=args.port, api_key=args.api_key or None,
-                            http=not args.no_http, batch_tokens=args.batch_tokens, frontend=args.frontend,
+                            http=not args.no_http, batch_tokens=args.batch_tokens,
+                            split_min_tokens=args.split_min_tokens, frontend=args.frontend,
                             frontend_job=args.frontend_job)
     if args.profile is not None:
         return ProfileOptions(**job, **ranks, profile=args.profile)

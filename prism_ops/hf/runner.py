@@ -8,6 +8,7 @@ not), for the one-process paths.
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
@@ -56,6 +57,17 @@ class HFRunner:
 
     def next_logits(self, h_last):
         return self.model.get_output_embeddings()(h_last)
+
+    @contextmanager
+    def exact(self):
+        """The model on transformers' SDPA attention inside the block: the exact model, no
+        summaries and no messages (a rank running texts whole); back on prism attention after it,
+        its layers configured as before."""
+        self.model.set_attn_implementation("sdpa")
+        try:
+            yield self.model
+        finally:
+            self.model.set_attn_implementation(NAME)
 
     def identity(self) -> dict:
         return {"transformers": transformers_version(), "weights": sampled_weights_digest(self.model)}

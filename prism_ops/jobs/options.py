@@ -29,6 +29,7 @@ from ..distributed.comm import DEFAULT_TIMEOUT_S
 from ..distributed.link import EmulatedLink, check_link
 
 MAX_THREADS = 1024
+SPLIT_MIN_TOKENS = 128  # the service's default: shorter embedding texts run whole (docs/RESULTS.md, issue 35)
 
 # field: (is the value allowed?, what is allowed). None is always allowed (not given).
 LIMITS = {
@@ -41,6 +42,7 @@ LIMITS = {
     "generate": (lambda v: v >= 0, ">= 0"),
     "simulate": (lambda v: v >= 1, ">= 1"),
     "batch_tokens": (lambda v: v >= 0, ">= 0 (0: one request at a time)"),
+    "split_min_tokens": (lambda v: v >= 0, ">= 0 (0: split every text over the ranks)"),
     "port": (lambda v: 0 < v < 65536, "in [1, 65535]"),
 }
 
@@ -158,6 +160,8 @@ class ServeOptions(RankOptions):
     http: bool = True  # HTTP on host:port (JSON lines on stdin are always answered)
     batch_tokens: int = 8192  # embedding requests queued together run as one padded batch of up to
     # this many tokens; 0 runs them one at a time
+    split_min_tokens: int = SPLIT_MIN_TOKENS  # an embedding text shorter than this runs whole on one rank
+    # (exact; under load the ranks run such texts side by side); 0 splits every text
     frontend: str | None = None  # ADDR:PORT of the front end that launched this job (rank 0 dials it)
     frontend_job: str | None = None  # the token this job says hello with
 

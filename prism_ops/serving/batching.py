@@ -3,6 +3,8 @@ every row is split over the ranks exactly as it would be alone.
 
     req = batch_request(rows, num_ranks, weights)   # rows: token ids per text (lists of int)
     groups = plan(rows, budget, aligned)            # which rows run in which forward
+    dealt = deal(lengths, num_ranks)                # texts run whole: which rank runs which
+    req = padded_request(rows)                      # those texts on one rank, right-padded
 
 Alone, a text of n tokens gives rank p its tokens [a_p, b_p) = `partition_bounds(n, P, weights)`.
 In the batch, rank p owns columns [o_p, o_p + w_p), with w_p the widest of the rows' chunks p;
@@ -43,6 +45,36 @@ def batch_request(rows: list, num_ranks: int, weights=None, **kw) -> Request:
             at += widths[p]
     starts = [sum(widths[:p]) for p in range(num_ranks)]
     return Request(ids=ids, mask=mask, positions=pos, bounds=[(s, s + w) for s, w in zip(starts, widths)], **kw)
+
+
+def padded_request(rows: list, **kw) -> Request:
+    """One Request for rows laid out whole, right-padded to the longest (a mask unless one row)."""
+    if len(rows) == 1:
+        return Request(ids=torch.tensor(rows), **kw)
+    N = max(map(len, rows))
+    ids = torch.zeros(len(rows), N, dtype=torch.long)
+    mask = torch.zeros(len(rows), N, dtype=torch.bool)
+    for r, row in enumerate(rows):
+        ids[r, :len(row)] = torch.tensor(row)
+        mask[r, :len(row)] = True
+    return Request(ids=ids, mask=mask, **kw)
+
+
+def deal(lengths: list, num_ranks: int) -> list:
+    """Texts run whole, shared out: per rank, the indices of its texts (some empty with fewer
+    texts than ranks). Sorted shortest first and cut into runs of about equal tokens, one run per
+    rank, so each rank's padded batch wastes little; rank 0, which also serves, gets the shortest."""
+    n = len(lengths)
+    order = sorted(range(n), key=lengths.__getitem__)
+    P, total = min(num_ranks, n), max(sum(lengths), 1)
+    out, before, prev = [[] for _ in range(num_ranks)], 0, -1
+    for k, i in enumerate(order):
+        p = (2 * before + lengths[i]) * P // (2 * total)  # the run its middle token falls in
+        # runs in order with none skipped, and enough texts left for every run after this one
+        p = max(min(p, prev + 1, P - 1), P - (n - k), prev, 0)
+        out[p].append(i)
+        before, prev = before + lengths[i], p
+    return out
 
 
 def plan(rows: list, budget: int, aligned: bool = True) -> list:

@@ -31,9 +31,11 @@ import torch
 from ..distributed.runtime import run_distributed
 
 from ..distributed.control import bcast_json
+from ..in_process import run_simulated
 from ..pooling import Pooling
 from ..request_types import Request, RequestError, too_long
-from .batching import batch_request, plan
+from ..strategy.payload import as_bytes
+from .batching import batch_request, deal, padded_request, plan
 from .openai_api import ApiError, ApiRequest, Served, completion_body, cut_at_stop, embeddings_body, safe_length
 
 
@@ -41,14 +43,17 @@ class Engine:
     """One rank's part of the service. `run()` returns when rank 0 has stopped the service."""
 
     def __init__(self, runner, tokenizer, comm, served: Served, *, load_s: float = 0.0, pooling: Pooling | None = None,
-                 batch_tokens: int = 8192, raw: bool = False):
+                 batch_tokens: int = 8192, split_min_tokens: int = 0, raw: bool = False):
         """runner: the model as `prism_ops.hf.configure(model, ..., comm=comm)` returned it.
+        split_min_tokens: an embedding text shorter than this runs whole on one rank with the
+        exact model (`_embed_whole`); 0: every text is split over the ranks.
         raw: answer in token ids and vectors, for a supervising front end that writes the text
         and the JSON itself (`bridge.py`): ("vectors", [(float32 array, tokens, prism)]) for
         embeddings; ("token", id) per generated token, then ("done", {"finish", "prism"})."""
         self.runner, self.tok, self.comm, self.served = runner, tokenizer, comm, served
         self.pooling = pooling or Pooling()
         self.batch_tokens = batch_tokens
+        self.split_min_tokens = split_min_tokens
         self.raw = raw
         self.cancelled: set = set()  # raw: ids of completions the front end needs no more of (a stop hit)
         self._held = None  # a job taken from the queue that did not fit the batch: the next one
@@ -104,7 +109,12 @@ class Engine:
         if self.comm.rank != 0:
             while True:
                 self.comm.phase = "serving (idle)"
-                if bcast_json(self.comm, None, key="control")["op"] != "forward":
+                order = bcast_json(self.comm, None, key="control")
+                if order["op"] == "whole":
+                    self.comm.phase = "serving (whole texts)"
+                    self._send_whole(order["rows"])
+                    continue
+                if order["op"] != "forward":
                     return
                 try:
                     run_distributed(self.runner, self.comm, None, eos=self.eos, progress=False)
@@ -174,11 +184,16 @@ class Engine:
         tokens (one text per forward without batching); each job answered once."""
         rows = [ids for job, _ in batch for ids in job.ids]
         owner = [k for k, (job, _) in enumerate(batch) for _ in job.ids]
-        if self.batch_tokens:
-            groups = plan(rows, self.batch_tokens, aligned=self.runner.config.halo == 0)
-        else:
-            groups = [[i] for i in range(len(rows))]
         out, failed = [None] * len(rows), {}
+        short = [i for i, r in enumerate(rows) if len(r) < self.split_min_tokens] if self.comm.size > 1 else []
+        if short:
+            self._embed_whole(rows, short, out)
+        split = [i for i in range(len(rows)) if out[i] is None]
+        if self.batch_tokens:
+            groups = [[split[j] for j in g] for g in plan([rows[i] for i in split], self.batch_tokens,
+                                                          aligned=self.runner.config.halo == 0)]
+        else:
+            groups = [[i] for i in split]
         for g in groups:
             weights = self.runner.config.weights if self.batch_tokens else None
             req = batch_request([rows[i] for i in g], self.comm.size, weights, output="embedding",
@@ -202,6 +217,47 @@ class Engine:
                 sink(("vectors", mine))
             else:
                 sink(("done", embeddings_body(self.served, mine, job.encoding_format)))
+
+    def _embed_whole(self, rows: list, short: list, out: list) -> None:
+        """Texts too short to gain from splitting (rows[i] for i in short), each run whole by
+        one rank with the exact model: one text stays on rank 0, more are dealt out (`deal`) and
+        every rank runs its own at once, no message between layers; out[i] gets their answers."""
+        lengths = [len(rows[i]) for i in short]
+        dealt = deal(lengths, self.comm.size if len(short) > 1 else 1)
+        mine = [rows[short[j]] for j in dealt[0]]
+        t0 = time.perf_counter()
+        if len(dealt) > 1:
+            bcast_json(self.comm, {"op": "whole", "rows": [[rows[short[j]] for j in d] for d in dealt]}, key="control")
+            got = self.comm.gatherv(as_bytes(self._whole(mine)), [4 * self.served.width * len(d) for d in dealt])
+            vectors = [g.view(torch.float32).view(len(d), self.served.width) for g, d in zip(got, dealt)]
+        else:
+            vectors = [self._whole(mine)]
+        self.forwards += 1
+        seconds = {"total": time.perf_counter() - t0}
+        for d, v in zip(dealt, vectors):
+            prism = {"bytes_sent": 0, "bytes_per_layer": [0] * self.runner.num_layers, "seconds": seconds,
+                     "partitions": 1, "whole": True, "batch": len(d)}
+            for j, vec in zip(d, v):
+                out[short[j]] = (vec.numpy() if self.raw else vec.tolist(), lengths[j], prism)
+
+    def _send_whole(self, dealt: list) -> None:
+        """A rank other than 0: its texts of `_embed_whole` (dealt: every rank's), run and sent to rank 0."""
+        self.comm.gatherv(as_bytes(self._whole(dealt[self.comm.rank])),
+                          [4 * self.served.width * len(d) for d in dealt])
+
+    def _whole(self, rows: list) -> torch.Tensor:
+        """`[len(rows), width]` float32: each text through the exact model, in padded batches of
+        up to batch_tokens tokens (one text a forward without batching)."""
+        groups = plan(rows, self.batch_tokens) if self.batch_tokens else [[i] for i in range(len(rows))]
+        out = torch.empty(len(rows), self.served.width, dtype=torch.float32)
+        if not rows:  # fewer texts than ranks: this one has none
+            return out
+        with self.runner.exact() as model:
+            for g in groups:
+                res = run_simulated(model, padded_request([rows[i] for i in g], output="embedding",
+                                                          pooling=self.pooling), 1)
+                out[g] = res.output.float()
+        return out
 
     def _forward(self, req: Request, on_token=None):
         bcast_json(self.comm, {"op": "forward"}, key="control")

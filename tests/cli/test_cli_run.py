@@ -33,6 +33,7 @@ from prism_ops.jobs.options import AutoOptions, ProfileOptions, RunOptions, Serv
     (["--weights", "inf,1"], "--weights must be finite numbers > 0"),
     (["--weights", "0,1"], "--weights must be finite numbers > 0"),
     (["--serve", "--port", "0"], "--port must be in [1, 65535]"),
+    (["--serve", "--split-min-tokens", "-1"], "--split-min-tokens must be >= 0 (0: split every text over the ranks)"),
     (["--profile", "p.json", "--auto", "q.json"], "--profile OUT measures a profile and --auto PROFILE runs by one"),
 ])
 def test_bad_flags_exit_2_naming_the_flag(argv, message, capsys):
@@ -83,6 +84,13 @@ def test_the_options_check_their_values_as_the_command_line_does():
         EmulatedLink(10.0, -1)
     with pytest.raises(ValueError, match=r"^port must be in \[1, 65535\], got 0$"):
         ServeOptions(port=0)
+    with pytest.raises(ValueError, match=r"^split_min_tokens must be >= 0 \(0: split every text over the ranks\), got -2$"):
+        ServeOptions(split_min_tokens=-2)
+
+
+def test_the_service_runs_short_texts_whole_by_default():
+    assert parse_args(["--serve"]).split_min_tokens == 128
+    assert parse_args(["--serve", "--split-min-tokens", "0"]).split_min_tokens == 0
 
 
 def test_a_one_shot_job_imports_only_its_own_mode(tmp_path):

@@ -26,12 +26,12 @@ from prism_ops.serving.engine import Engine  # noqa: E402
 from prism_ops.serving.openai_api import Served, parse  # noqa: E402
 
 
-def serve(base, tok, served, bodies, endpoint, ranks=2, config=PrismConfig(2, 1)):
+def serve(base, tok, served, bodies, endpoint, ranks=2, config=PrismConfig(2, 1), **engine_kw):
     """Every body queued on rank 0's engine, then the engines run until the queue is empty; the
     (kind, body) each request was answered with, and the engines."""
     comms = fake_comms(ranks)
-    engines = [Engine(hf.configure(copy.deepcopy(base), config.replace(num_partitions=ranks), comm=c), tok, c, served)
-               for c in comms]
+    engines = [Engine(hf.configure(copy.deepcopy(base), config.replace(num_partitions=ranks), comm=c), tok, c, served,
+                      **engine_kw) for c in comms]
     answers = [[] for _ in bodies]
     for i, body in enumerate(bodies):
         job = engines[0].prepare(parse(endpoint, body, served))
@@ -63,6 +63,49 @@ def test_queued_embeddings_run_batched_and_each_equals_its_text_alone():
         got = torch.tensor(a[0][1]["data"][0]["embedding"])
         ref = run_simulated(model, Request(ids=torch.tensor([ids])), 2).output[0].float()
         assert (got - ref).abs().max().item() <= 1e-5 * max(1.0, ref.abs().max().item()) * 2
+
+
+@pytest.mark.parametrize("ranks,lengths", [(2, (12, 9, 12, 17, 5, 30, 3)), (3, (12, 5, 40)), (2, (7, 20))])
+def test_short_texts_run_whole_on_one_rank_each_and_equal_the_exact_model(ranks, lengths):
+    """Texts under split_min_tokens are dealt to the ranks whole (two or more: every rank runs its
+    own; one: rank 0 alone) and answer as the exact model; longer ones are still split, as alone."""
+    base = bert()
+    served = Served("tiny-bert", decoder=False, max_positions=512, width=32, vocab_size=100)
+    g = torch.Generator().manual_seed(5)
+    texts = [torch.randint(1, 100, (n,), generator=g).tolist() for n in lengths]
+    answers, engines = serve(base, None, served, [{"input": [ids]} for ids in texts], "embeddings", ranks=ranks,
+                             split_min_tokens=16)
+    assert all(len(a) == 1 and a[0][0] == "done" for a in answers), answers
+    prism_model = copy.deepcopy(base)
+    hf.configure(prism_model, PrismConfig(ranks, 1))
+    for ids, a in zip(texts, answers):
+        body = a[0][1]
+        got = torch.tensor(body["data"][0]["embedding"])
+        whole = len(ids) < 16
+        ref = run_simulated(base if whole else prism_model, Request(ids=torch.tensor([ids])), 1 if whole else ranks)
+        ref = ref.output[0].float()
+        assert (got - ref).abs().max().item() <= 1e-5 * max(1.0, ref.abs().max().item()) * 2, (len(ids), whole)
+        assert body["prism"]["partitions"] == (1 if whole else ranks)
+        assert body["prism"].get("whole", False) == whole and (body["prism"]["bytes_sent"] == 0) == whole
+    for e in engines:  # every rank's model is back on prism attention
+        assert e.runner.model.config._attn_implementation == hf.NAME
+
+
+def test_deal_cuts_texts_sorted_into_runs_of_about_equal_tokens():
+    from prism_ops.serving.batching import deal
+
+    g = torch.Generator().manual_seed(6)
+    for n, P in [(1, 2), (2, 2), (3, 4), (8, 2), (8, 3), (40, 4), (5, 5)]:
+        lengths = torch.randint(1, 60, (n,), generator=g).tolist()
+        dealt = deal(lengths, P)
+        assert len(dealt) == P and sorted(i for d in dealt for i in d) == list(range(n))
+        runs = [[lengths[i] for i in d] for d in dealt if d]
+        assert len(runs) == min(n, P) and all(d for d in dealt[:min(n, P)])  # no rank idles while texts remain
+        assert all(max(a) <= min(b) for a, b in zip(runs, runs[1:]))  # shortest to rank 0, in order
+        if n >= P:  # no run over its share by more than one text
+            assert max(map(sum, runs)) <= sum(lengths) / P + max(lengths)
+    assert deal([100, 1, 1, 1], 2) == [[1, 2, 3], [0]]
+    assert deal([5], 3) == [[0], [], []]
 
 
 def test_greedy_completions_of_one_length_decode_as_one_batch(tmp_path):

@@ -5,8 +5,9 @@
 - the fleet: a lost host needs GOOD_PROBES good probes and its hold, a flapping host's hold
   doubles, an unreachable host is not re-admitted (a real launcher program that fails);
 - on 3 test hosts (as root; `tools/supervised_faults.py`, skipped with the reason elsewhere)
-  through the official openai client with max_retries=0: a host's link down mid-prefill (tiny
-  decoder: completions and a stream), a rank killed (MiniLM), the front end lost.
+  through the official openai client with max_retries=0: a host's link down mid-prefill and the
+  decoding host's link down mid-generation (tiny decoder: completions and a stream), a rank
+  killed (MiniLM), the front end lost.
 """
 
 import importlib.util
@@ -136,7 +137,7 @@ if REASON is None and not (BIN / "mpiexec").exists():
 
 
 @pytest.mark.skipif(REASON is not None, reason=f"no test hosts here: {REASON}")
-@pytest.mark.parametrize("model,case", [("tiny", "down"), ("minilm", "kill"), ("minilm", "frontend")])
+@pytest.mark.parametrize("model,case", [("tiny", "down"), ("tiny", "gen"), ("minilm", "kill"), ("minilm", "frontend")])
 def test_supervised_service_survives(model, case):
     pytest.importorskip("openai")
     o = supervised_faults.run_case(model, case)

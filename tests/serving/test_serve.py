@@ -126,22 +126,35 @@ def client(minilm):
 
 
 def test_embeddings_equal_prism_run(minilm):
-    r = minilm.post("/v1/embeddings", {"model": "minilm", "input": TEXT})
-    assert r.status_code == 200, r.text
-    body = r.json()
-    assert body["object"] == "list" and body["data"][0]["object"] == "embedding"
-    assert body["prism"]["bytes_sent"] > 0 and "forward" in body["prism"]["seconds"]
-    p = subprocess.run([MPIEXEC, "-n", "2", str(BIN / "prism-run"), "--model", "minilm", "--preset", "exact",
-                        "--threads", "1", "--input", TEXT, "--json"], capture_output=True, text=True, timeout=240,
-                       env=ENV)
-    assert p.returncode == 0, p.stderr[-2000:]
-    ref = json.loads(p.stdout.strip().splitlines()[-1])
-    # Another process (and, batched, other shapes): within fp32 rounding over MiniLM's depth plus
-    # one code step of the edge preset's 4-bit summaries (tests/budgets.py), not bit for bit.
-    budget = fp32_budget(*DEPTH["minilm"], max(map(abs, ref["output"]))) + one_step("minilm-mpi2-edge")
-    assert max_diff(body["data"][0]["embedding"], ref["output"]) <= budget
-    assert body["prism"]["bytes_per_layer"] == ref["bytes"]["sent_per_layer"]
-    assert abs(sum(x * x for x in ref["output"]) - 1) < 1e-5  # MiniLM's modules.json ends in Normalize
+    """A text of 128 tokens or more is split over the 2 ranks and equals `prism-run` on 2 ranks,
+    bytes per layer too; a shorter one runs whole on one rank (no bytes) and equals it as well,
+    since the exact preset's split is the exact model within fp32 rounding."""
+    long_text = " ".join([TEXT] * 8)
+    refs = {}
+    for text in (TEXT, long_text):
+        p = subprocess.run([MPIEXEC, "-n", "2", str(BIN / "prism-run"), "--model", "minilm", "--preset", "exact",
+                            "--threads", "1", "--input", text, "--json"], capture_output=True, text=True, timeout=240,
+                           env=ENV)
+        assert p.returncode == 0, p.stderr[-2000:]
+        refs[text] = json.loads(p.stdout.strip().splitlines()[-1])
+    for text, whole in ((TEXT, True), (long_text, False)):
+        r = minilm.post("/v1/embeddings", {"model": "minilm", "input": text})
+        assert r.status_code == 200, r.text
+        body, ref = r.json(), refs[text]
+        assert body["object"] == "list" and body["data"][0]["object"] == "embedding"
+        assert (body["usage"]["prompt_tokens"] < 128) == whole
+        assert body["prism"].get("whole", False) == whole and body["prism"]["partitions"] == (1 if whole else 2)
+        # Another process (and, batched, other shapes): within fp32 rounding over MiniLM's depth plus
+        # one code step of the edge preset's 4-bit summaries (tests/budgets.py), not bit for bit.
+        budget = fp32_budget(*DEPTH["minilm"], max(map(abs, ref["output"]))) + one_step("minilm-mpi2-edge")
+        assert max_diff(body["data"][0]["embedding"], ref["output"]) <= budget
+        if whole:
+            assert body["prism"]["bytes_sent"] == 0
+        else:
+            assert body["prism"]["bytes_sent"] > 0 and "forward" in body["prism"]["seconds"]
+            assert body["prism"]["bytes_per_layer"] == ref["bytes"]["sent_per_layer"]
+        assert abs(sum(x * x for x in ref["output"]) - 1) < 1e-5  # MiniLM's modules.json ends in Normalize
+    ref = refs[TEXT]
     two = minilm.post("/v1/embeddings", {"input": [TEXT, "A second sentence for the same batch."]}).json()
     assert [d["index"] for d in two["data"]] == [0, 1] and close(two["data"][0]["embedding"], ref["output"])
 
@@ -282,7 +295,7 @@ def test_requests_that_queue_together_run_as_one_batch_and_equal_each_alone():
     """With segment summaries (segment size 4, full precision): 16 concurrent clients, texts of
     different lengths; fewer forwards than requests, and every answer equals the text's answer
     alone, so each row of a padded batch meets the same segments as alone."""
-    svc = Service(2, "--model", "minilm", "--segment-size", "4")
+    svc = Service(2, "--model", "minilm", "--segment-size", "4", "--split-min-tokens", "0")
     try:
         alone = {t: svc.post("/v1/embeddings", {"input": t}).json()["data"][0]["embedding"] for t in TEXTS}
         listed = svc.post("/v1/embeddings", {"input": TEXTS}).json()  # one request, one padded batch
@@ -515,7 +528,7 @@ def test_sigterm_on_rank_0_drains_and_stops_cleanly():
 
 
 def test_a_killed_rank_ends_the_service_non_zero_within_30_s():
-    svc = Service(2, "--model", "minilm", "--segment-size", "16", "--timeout", "10")
+    svc = Service(2, "--model", "minilm", "--segment-size", "16", "--timeout", "10", "--split-min-tokens", "0")
     victim = svc.worker_pid()
     t0 = time.monotonic()
     os.kill(victim, signal.SIGKILL)
@@ -529,7 +542,7 @@ def test_a_killed_rank_ends_the_service_non_zero_within_30_s():
 
 
 def test_a_stalled_rank_gets_waiting_clients_a_503_and_ends_the_job():
-    svc = Service(2, "--model", "minilm", "--segment-size", "16", "--timeout", "5")
+    svc = Service(2, "--model", "minilm", "--segment-size", "16", "--timeout", "5", "--split-min-tokens", "0")
     victim = svc.worker_pid()
     os.kill(victim, signal.SIGSTOP)
     t0 = time.monotonic()
