@@ -13,7 +13,9 @@ unshaped, MPICH over TCP), MiniLM on 2 ranks, batching on (`--batch-tokens 8192`
 They take turns row by row (1, 4, 16 clients; `bench_serve.load`: each client one request after
 another, short texts of 5 to 21 tokens), so a busy spell of the machine falls on all alike.
 The figures that matter: the front end's req/s at 16 clients over its own at 1 client (target
->= 4x), and its p95 at 1 client over the service inside MPI's (target: no worse).
+>= 4x), and its p95 at 1 client over the service inside MPI's (target: no worse). A second table
+gives each row's CPU time per request by process group (ranks, front end, the client threads
+here, launcher), read from /proc: where the 2 cores go.
 
 --crossover: the supervised service with every text split against every text whole, one client,
 one text at a time, median latency per text length: where splitting a text starts to pay
@@ -35,7 +37,7 @@ import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tools"))
-from bench_serve import BIN, ENV, SHORT, load, pct  # noqa: E402
+from bench_serve import BIN, ENV, SHORT, cpu_s, load, pct  # noqa: E402
 import netns_hosts  # noqa: E402
 
 PORTS = {"mpi": 8041, "frontend": 8042, "frontend-split": 8043}
@@ -75,6 +77,43 @@ def start(hosts, kind: str, port: int | None = None, *extra):
     return proc, url
 
 
+def _tree(root: int) -> dict:
+    """pid -> "ranks", "front end" or "launcher" for root's process and all below it (the ranks run
+    under mpiexec and the hosts' launcher; the front end's service is root itself)."""
+    parent = {}
+    for d in Path("/proc").iterdir():
+        if d.name.isdigit():
+            try:
+                parent[int(d.name)] = int((d / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, ValueError):
+                pass
+    out, todo = {}, [root]
+    while todo:
+        pid = todo.pop()
+        try:
+            cmd = Path(f"/proc/{pid}/cmdline").read_bytes()
+        except OSError:
+            continue
+        out[pid] = "ranks" if b"--serve" in cmd and pid != root else ("front end" if pid == root else "launcher")
+        todo += [c for c, pp in parent.items() if pp == pid]
+    if not any(k == "ranks" for k in out.values()):  # inside MPI: mpiexec is root, rank 0 serves
+        out = {pid: "ranks" if k == "ranks" else "launcher" for pid, k in out.items()}
+    return out
+
+
+def _cpu(pids: dict) -> dict:
+    """CPU seconds so far per group of _tree, and this process's (the client threads)."""
+    out = {}
+    for pid, group in pids.items():
+        try:
+            out[group] = out.get(group, 0.0) + cpu_s(pid)
+        except OSError:  # ended
+            pass
+    t = os.times()
+    out["clients"] = t.user + t.system
+    return out
+
+
 def _stop(services: dict) -> None:
     for proc, _ in services.values():
         proc.send_signal(signal.SIGINT)
@@ -95,9 +134,13 @@ def throughput(hosts, requests: int) -> dict:
         for clients in (1, 4, 16):
             for kind, (_, url) in services.items():
                 n = requests if clients > 1 else max(8, requests // 4)
+                pids = _tree(services[kind][0].pid)
+                c0 = _cpu(pids)
                 lat, wall = load(url, "/v1/embeddings", bodies, n, clients)
+                c1 = _cpu(pids)
+                cpu_ms = {k: 1000 * (c1[k] - c0[k]) / len(lat) for k in c1 if k in c0}
                 rows.append(dict(service=kind, clients=clients, requests=len(lat), rps=len(lat) / wall,
-                                 p50_s=pct(lat, 0.5), p95_s=pct(lat, 0.95)))
+                                 p50_s=pct(lat, 0.5), p95_s=pct(lat, 0.95), cpu_ms_per_request=cpu_ms))
                 r = rows[-1]
                 print(f"{kind} clients={clients}: {r['rps']:.2f} req/s, p50 {r['p50_s']:.3f} s, "
                       f"p95 {r['p95_s']:.3f} s", flush=True)
@@ -109,6 +152,13 @@ def throughput(hosts, requests: int) -> dict:
     for c in (1, 4, 16):
         print(f"| {c} | " + " | ".join(f"{by[(k, c)]['rps']:.2f} | {by[(k, c)]['p50_s']:.3f} | {by[(k, c)]['p95_s']:.3f}"
                                       for k in PORTS) + " |")
+    groups = ("ranks", "front end", "clients", "launcher")
+    print("\nCPU ms per request (2 cores: at most 2000 ms of CPU per second of wall time)\n\n| service | clients | "
+          + " | ".join(groups) + " | all |\n| --- | --- |" + " --- |" * (len(groups) + 1))
+    for r in rows:
+        cpu = r["cpu_ms_per_request"]
+        print(f"| {LABEL[r['service']]} | {r['clients']} | " + " | ".join(f"{cpu.get(g, 0.0):.2f}" for g in groups)
+              + f" | {sum(cpu.values()):.2f} |")
     gain = {k: by[(k, 16)]["rps"] / by[(k, 1)]["rps"] for k in PORTS}
     p95 = {k: by[("frontend", 1)]["p95_s"] / by[(k, 1)]["p95_s"] for k in ("mpi", "frontend-split")}
     print(f"\n16 clients over 1: supervised {gain['frontend']:.2f}x (target >= 4x), inside MPI {gain['mpi']:.2f}x, "
