@@ -79,7 +79,7 @@ class Engine:
 
     def prepare(self, job: ApiRequest) -> ApiRequest:
         """Tokenize and check a job before it is queued (ApiError for what the model cannot take)."""
-        return prepare(job, self.tok, self.served, self.comm.size, self.tok_lock)
+        return prepare(job, self.tok, self.served, self.comm.size, self.tok_lock, self.split_min_tokens)
 
     def submit(self, job: ApiRequest, sink) -> None:
         """Queue a prepared job; sink(event) receives its events (from the engine's thread)."""
@@ -310,10 +310,11 @@ class Engine:
         time.sleep(1.0)  # let the HTTP thread send the 503s before the job is aborted
 
 
-def prepare(job: ApiRequest, tok, served: Served, ranks: int, tok_lock) -> ApiRequest:
+def prepare(job: ApiRequest, tok, served: Served, ranks: int, tok_lock, split_min_tokens: int = 0) -> ApiRequest:
     """Tokenize and check a job before it is queued (ApiError for what the model cannot take):
-    every text within the model's positions and at least one token per rank. Used by rank 0's
-    engine and by the supervising front end (`frontend.py`), which does this work for rank 0."""
+    every text within the model's positions and at least one token per rank, unless it is an
+    embedding text under split_min_tokens (it runs whole on one rank). Used by rank 0's engine and
+    by the supervising front end (`frontend.py`), which does this work for rank 0."""
     limit = served.max_positions
     param = "input" if job.endpoint == "embeddings" else ("messages" if job.chat else "prompt")
     for text in job.texts + [m["content"] for m in job.chat or []]:  # before it is tokenized whole
@@ -331,7 +332,8 @@ def prepare(job: ApiRequest, tok, served: Served, ranks: int, tok_lock) -> ApiRe
             special = job.chat is None  # verbose=False: the length is checked here, against the model's positions
             job.ids = [tok(t, add_special_tokens=special, verbose=False)["input_ids"] for t in job.texts]
     for i, ids in enumerate(job.ids):
-        if len(ids) < ranks:
+        whole = job.endpoint == "embeddings" and len(ids) < split_min_tokens
+        if len(ids) < ranks and not whole:
             raise ApiError(f"{param}{f'[{i}]' if len(job.ids) > 1 else ''} has {len(ids)} tokens, fewer than "
                            f"the {ranks} ranks (each rank needs one)", param)
         why = too_long(limit, tokens=len(ids), generate=job.max_tokens, subject=param, generating="max_tokens {}")

@@ -123,7 +123,7 @@ class FrontEnd:
     # -- the engine's face to the HTTP side ----------------------------------------------------
 
     def prepare(self, job: ApiRequest) -> ApiRequest:
-        return prepare(job, self.tok, self.served, max(1, self.ranks), self.tok_lock)
+        return prepare(job, self.tok, self.served, max(1, self.ranks), self.tok_lock, self.opts.split_min_tokens)
 
     def note_arrival(self, n: int) -> None:
         pass  # rank 0 batches what is queued there; the front end forwards each request at once

@@ -91,6 +91,21 @@ def test_short_texts_run_whole_on_one_rank_each_and_equal_the_exact_model(ranks,
         assert e.runner.model.config._attn_implementation == hf.NAME
 
 
+def test_a_text_with_fewer_tokens_than_ranks_is_taken_when_it_runs_whole():
+    from prism_ops.serving.openai_api import ApiError
+
+    base = bert()
+    served = Served("tiny-bert", decoder=False, max_positions=512, width=32, vocab_size=100)
+    answers, _ = serve(base, None, served, [{"input": [[7, 8]]}], "embeddings", ranks=3, split_min_tokens=16)
+    got = torch.tensor(answers[0][0][1]["data"][0]["embedding"])
+    ref = run_simulated(base, Request(ids=torch.tensor([[7, 8]])), 1).output[0].float()
+    assert (got - ref).abs().max().item() <= 2e-5 * max(1.0, ref.abs().max().item())
+    comm = fake_comms(3)[0]
+    split = Engine(hf.configure(copy.deepcopy(base), PrismConfig(3, 1), comm=comm), None, comm, served)
+    with pytest.raises(ApiError, match=r"input has 2 tokens, fewer than the 3 ranks \(each rank needs one\)"):
+        split.prepare(parse("embeddings", {"input": [[7, 8]]}, served))
+
+
 def test_deal_cuts_texts_sorted_into_runs_of_about_equal_tokens():
     from prism_ops.serving.batching import deal
 
