@@ -32,7 +32,7 @@ network namespaces over TCP) and the decoding host's link fails while the job is
     slow  the rate drops to 1 Mbit/s: the job either goes on to the unfaulted answer or ends
           as for down; never hangs
 The supervised service (`prism-run --serve --hosts`, which re-forms its job instead of ending):
-`--supervised [--models ...] [--cases down,kill,gen,two,flap,frontend]` runs tools/supervised_faults.py.
+`--supervised [--models ...] [--cases down,kill,gen,two,flap,slowflap,frontend]` runs tools/supervised_faults.py.
 Phases: prefill (the forward; held open 3 s so the cut lands in it), generation (the last
 rank decoding alone), and in a service (prism-run --serve) while a request generates. Programs:
 minilm (prefill only), smollm2 (real weights), tiny (a tiny GPT-2, for quick checks; decoding

@@ -22,6 +22,9 @@ does. Each case first answers the requests unfaulted (the reference), then again
               then the link comes back, as in down
     two       the links of hosts 1 and 2 go down, one after the other: the job ends on one host
     flap      host 2's link goes down and up every 2 s for 30 s while requests keep coming
+    slowflap  host 2's link goes down for 8 s (past the timeout) and up for 12 s, 3 times, while
+              requests keep coming: each outage ends the job; the host, lost again within a
+              minute of coming back, is held out longer each time; relaunches at most 2 an outage
     frontend  the front end and its mpiexec stop (SIGSTOP: its host is gone, silent): every rank
               and hydra proxy on the hosts must end within the timeout + 10 s, rank 0 saying why
 
@@ -54,12 +57,13 @@ from fault_matrix import _phase_pids, _wait_phase  # noqa: E402  (the ranks' pha
 from harness import with_hooks  # noqa: E402
 
 BIN = Path(sys.executable).parent
-CASES = ("down", "kill", "gen", "two", "flap", "frontend")
+CASES = ("down", "kill", "gen", "two", "flap", "slowflap", "frontend")
 DECODER_CASES = {"gen"}  # cases that need a decoder
 LIMIT_S = {"minilm": 20.0, "smollm2": 60.0, "tiny": 60.0}  # every answer within this of the fault
 BACK_S = 60.0  # a host whose link is back is in /health within this
 TIMEOUT_S = 5.0  # the ranks' silence timeout (the supervised default)
 FLAP_S = 30.0  # flap: down and up every 2 s for this long
+SLOW_FLAP = [(False, 8.0), (True, 12.0)] * 3  # slowflap: (link up?, seconds), in turn
 MBIT = 100
 PORT = 8031
 REQUESTS = 20
@@ -83,16 +87,27 @@ class Outcome:
     left: list = field(default_factory=list)  # processes of an old job (or any, after the front end stopped)
     ends_s: float | None = None  # frontend: fault -> no process left on any host
     fault_at: float | None = None  # the fault's wall-clock time (the restart log's "at" is the detection's)
+    held_s: float = 0.0  # slowflap: the longest hold /health gave the flapping host
     said: str = ""
+
+    @property
+    def relaunches(self) -> int:
+        """Jobs started after the first (after a fault, to take a host back, or on the hosts left
+        when a launch failed): each job's rank 0 says it is serving the front end (in its log)."""
+        return max(0, self.said.count(" for the front end at ") - 1)
 
     @property
     def ok(self) -> bool:
         if self.case == "frontend":
             return self.ends_s is not None and self.ends_s <= TIMEOUT_S + 10 and not self.left
         # flap: requests keep coming for the 30 s it lasts; two: the second link goes 8 s after the first
-        limit = LIMIT_S[self.model] + {"flap": FLAP_S, "two": TIMEOUT_S + 3}.get(self.case, 0)
+        limit = LIMIT_S[self.model] + {"flap": FLAP_S, "two": TIMEOUT_S + 3,
+                                       "slowflap": sum(s for _, s in SLOW_FLAP)}.get(self.case, 0)
         good = (bool(self.codes) and set(self.codes) == {200} and self.same and self.stream_ok is not False
                 and not self.left and self.answered_s is not None and self.answered_s <= limit)
+        if self.case == "slowflap":  # bounded relaunches, and a hold that grew past the first one (5 s)
+            outages = sum(not up for up, _ in SLOW_FLAP)
+            good = good and 1 <= self.relaunches <= 2 * outages and self.held_s > 5.0
         if self.case in ("down", "kill", "gen"):
             good = good and self.back_s is not None and self.back_s <= BACK_S and set(self.rejoin_codes) <= {200}
         return good
@@ -337,6 +352,19 @@ def run_case(model: str, case: str) -> Outcome:
                         burst.collect(o, ref, model)
                         burst = Burst(svc, reqs)
                 hosts.link_up(2)
+            if case == "slowflap":
+                for up, seconds in SLOW_FLAP:
+                    (hosts.link_up if up else hosts.link_down)(2)
+                    t_end = time.monotonic() + seconds
+                    while time.monotonic() < t_end:
+                        time.sleep(0.5)
+                        for lost in svc.health()["hosts"]["lost"]:
+                            if lost["host"] == hosts.ips[2]:
+                                o.held_s = max(o.held_s, lost["held_s"])
+                        if not burst.thread.is_alive():  # keep requests coming throughout
+                            burst.collect(o, ref, model)
+                            burst = Burst(svc, reqs)
+                hosts.link_up(2)
             burst.collect(o, ref, model)
             o.answered_s = max(burst.done) - t_fault
             streams = [a for (k, _), a in zip(reqs, burst.answers) if k == "stream"]
@@ -396,9 +424,9 @@ def _ppid(proc: Path) -> int | None:
 
 def table(outcomes: list) -> str:
     rows = ["| model | case | requests 200 | answers as unfaulted | stream | last answer after fault (s) | "
-            "host back (s) | restarts | first restart: detection, relaunch, reload, replay (s) | ranks end (s) | "
-            "old processes left | ok |",
-            "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+            "host back (s) | relaunches (after faults) | longest hold (s) | first restart: detection, relaunch, "
+            "reload, replay (s) | ranks end (s) | old processes left | ok |",
+            "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     nan = float("nan")
     for o in outcomes:
         times = ""
@@ -411,7 +439,8 @@ def table(outcomes: list) -> str:
         rows.append(f"| {o.model} | {o.case} | {n200} | {'yes' if o.same else 'no'} | "
                     f"{ {None: '-', True: 'ok', False: 'NO'}[o.stream_ok]} | "
                     f"{'-' if o.answered_s is None else f'{o.answered_s:.1f}'} | "
-                    f"{'-' if o.back_s is None else f'{o.back_s:.1f}'} | {len(o.restarts)} | {times or '-'} | "
+                    f"{'-' if o.back_s is None else f'{o.back_s:.1f}'} | {o.relaunches} ({len(o.restarts)}) | "
+                    f"{f'{o.held_s:g}' if o.held_s else '-'} | {times or '-'} | "
                     f"{'-' if o.ends_s is None else f'{o.ends_s:.1f}'} | {len(o.left)} | {'yes' if o.ok else 'NO'} |")
     return "\n".join(rows)
 
