@@ -197,6 +197,8 @@ def test_embeddings_of_token_ids_and_base64_raw_bodies(minilm):
         assert close(a["embedding"], b["embedding"])
     flat = minilm.post("/v1/embeddings", {"input": ids[0]}).json()  # one list of token ids
     assert len(flat["data"]) == 1 and close(flat["data"][0]["embedding"], by_text["data"][0]["embedding"])
+    one = minilm.post("/v1/embeddings", {"input": [101]})  # fewer tokens than ranks: it runs whole
+    assert one.status_code == 200 and one.json()["prism"]["whole"], one.text
     raw = minilm.post("/v1/embeddings", {"input": TEXTS[0], "encoding_format": "base64"}).json()
     import numpy as np
 
@@ -215,10 +217,9 @@ def test_embeddings_of_token_ids_and_base64_raw_bodies(minilm):
     ({"input": "hi", "dimensions": 128}, "dimensions"),
     ({"input": [101, 10**6]}, "input"),                  # a token id outside the vocabulary
     ({"input": [[101, 102], []]}, "input"),
-    ({"input": [101]}, "input"),                         # fewer tokens than ranks
     ({"input": "hi", "encoding_format": "int8"}, "encoding_format"),
 ], ids=["empty", "empty-list", "wrong-type", "too-long", "unknown-model", "n2", "unknown-field", "dimensions",
-        "id-outside-vocab", "empty-ids", "one-id", "format"])
+        "id-outside-vocab", "empty-ids", "format"])
 def test_bad_requests_get_400_and_the_service_goes_on(minilm, body, param):
     r = minilm.post("/v1/embeddings", body)
     assert r.status_code == 400, r.text
@@ -527,13 +528,18 @@ def test_sigterm_on_rank_0_drains_and_stops_cleanly():
     assert len(codes) == 6 and set(codes) <= {200, 503} and codes[0] == 200, codes
 
 
-def test_a_killed_rank_ends_the_service_non_zero_within_30_s():
-    svc = Service(2, "--model", "minilm", "--segment-size", "16", "--timeout", "10", "--split-min-tokens", "0")
+# Split: every text over both ranks; whole: two short texts, dealt one to each rank.
+PATHS = {"split": ("--split-min-tokens", "0"), "whole": ()}
+
+
+@pytest.mark.parametrize("path", PATHS)
+def test_a_killed_rank_ends_the_service_non_zero_within_30_s(path):
+    svc = Service(2, "--model", "minilm", "--segment-size", "16", "--timeout", "10", *PATHS[path])
     victim = svc.worker_pid()
     t0 = time.monotonic()
     os.kill(victim, signal.SIGKILL)
     try:
-        r = svc.post("/v1/embeddings", {"input": TEXT}, timeout=30)
+        r = svc.post("/v1/embeddings", {"input": [TEXT, "A second text for the other rank."]}, timeout=30)
         assert r.status_code == 503  # answered, if rank 0 got to it before the job ended
     except httpx.TransportError:
         pass  # or the connection closed with the job: never a hang
@@ -541,13 +547,14 @@ def test_a_killed_rank_ends_the_service_non_zero_within_30_s():
     assert code != 0 and time.monotonic() - t0 < 30
 
 
-def test_a_stalled_rank_gets_waiting_clients_a_503_and_ends_the_job():
-    svc = Service(2, "--model", "minilm", "--segment-size", "16", "--timeout", "5", "--split-min-tokens", "0")
+@pytest.mark.parametrize("path", PATHS)
+def test_a_stalled_rank_gets_waiting_clients_a_503_and_ends_the_job(path):
+    svc = Service(2, "--model", "minilm", "--segment-size", "16", "--timeout", "5", *PATHS[path])
     victim = svc.worker_pid()
     os.kill(victim, signal.SIGSTOP)
     t0 = time.monotonic()
     try:
-        r = svc.post("/v1/embeddings", {"input": TEXT}, timeout=30)
+        r = svc.post("/v1/embeddings", {"input": [TEXT, "A second text for the other rank."]}, timeout=30)
         assert r.status_code == 503 and r.json()["error"]["type"] == "service_unavailable", r.text
         assert "SilentRank: rank 1 has been silent" in r.json()["error"]["message"], r.text
         code, _, err = svc.stop(timeout=30)
