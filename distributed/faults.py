@@ -130,12 +130,18 @@ def leave_together(comm) -> None:
     a job's other ranks as soon as one exits non-zero before MPI_Finalize; ranks still shutting
     down, freeing a model can take seconds, would die by its signal, exit 9), and no rank's
     heartbeat travels to one that has finalized (over MPICH's TCP netmod the sender then crashed
-    at its own exit, exit 11, when one rank had run a request alone while another was done)."""
+    at its own exit, exit 11, when one rank had run a request alone while another was done).
+    A rank silent at either wait (`comm.barrier` raises after the timeout) ends the job non-zero
+    (`abort`) rather than hang in MPI_Finalize."""
     for stop_heartbeats in (True, False):
         try:
             comm.barrier()
-        except (TimeoutError, RemoteFailure):
-            pass  # a rank gone meanwhile: leave anyway
+        except (TimeoutError, RemoteFailure) as e:
+            # A rank gone meanwhile (its work done, say, before anyone waited for it): MPI_Finalize
+            # would wait for it forever, so the job ends as a fault instead, saying why.
+            print(f"prism: rank {comm.rank}/{comm.size}: a rank is gone at the job's end, so it ends as a "
+                  f"fault: {e}", file=sys.stderr, flush=True)
+            abort(comm, 1)
         if stop_heartbeats:
             comm.watch.close()
     sys.stdout.flush()

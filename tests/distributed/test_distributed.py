@@ -103,6 +103,19 @@ def alive(pid: int, grace_s: float = 5.0) -> bool:
     return True
 
 
+def test_a_rank_gone_silent_after_the_work_ends_the_job_instead_of_hanging_in_finalize():
+    """The others are done and leave together while the last rank is stopped: MPI_Finalize would
+    wait for it forever; the job ends non-zero, saying why."""
+    p, seconds = mpirun(3, sys.executable, str(HERE / "leave.py"), timeout=90)
+    try:
+        assert p.returncode != 0 and "a rank is gone at the job's end, so it ends as a fault" in p.stderr, p.stderr[-2000:]
+        assert "rank 2 has been silent" in p.stderr and seconds < 30, (seconds, p.stderr[-2000:])
+    finally:
+        pid = int(p.stdout.split("rank 2 stopping, pid ")[1].split()[0])
+        if alive(pid):
+            os.kill(pid, signal.SIGKILL)
+
+
 @pytest.mark.parametrize("rank,how", [(1, "raise"), (0, "raise"), (2, "kill"), (1, "stop")])
 def test_a_failing_rank_ends_the_job(rank, how):
     p, seconds = mpirun(3, sys.executable, str(HERE / "fault.py"), str(rank), how, timeout=60)
