@@ -60,10 +60,13 @@ class HFRunner:
 
     @contextmanager
     def exact(self):
-        """The model on transformers' SDPA attention inside the block: the exact model, no
+        """The model on transformers' SDPA (else eager) attention inside the block: the exact model, no
         summaries and no messages (a rank running texts whole); back on prism attention after it,
         its layers configured as before."""
-        self.model.set_attn_implementation("sdpa")
+        try:
+            self.model.set_attn_implementation("sdpa")
+        except ValueError:  # a model transformers has no SDPA path for
+            self.model.set_attn_implementation("eager")
         try:
             yield self.model
         finally:
