@@ -9,7 +9,9 @@ the same run:
   load, handshake, the request), `--oneshot` times;
 - service: `mpiexec -n R prism-run --serve`, started once (its load time reported apart), then
   `--requests` requests from `--clients` concurrent HTTP clients (httpx), after 2 warm-up ones.
-Run it on a quiet machine: the ranks and the clients share its cores.
+Run it on a quiet machine: the ranks and the clients share its cores. Every service here splits
+every text over its ranks (`--split-min-tokens 0`), as these figures were first taken: the
+service's default runs short texts whole on one rank (bench_supervised.py measures that).
 
 --batching: MiniLM on 2 ranks, short texts (<= 32 tokens, of different lengths), one service
 with batching (`--batch-tokens 8192`, the default) and one without (`--batch-tokens 0`, one text
@@ -70,8 +72,8 @@ def start(model, ranks, *extra):
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     t0 = time.perf_counter()
-    proc = subprocess.Popen([MPIEXEC, "-n", str(ranks), str(BIN / "prism-run"), "--serve", "--model", model,
-                             "--port", str(port), "--threads", "1", *extra], stdin=subprocess.DEVNULL,
+    proc = subprocess.Popen([MPIEXEC, "-n", str(ranks), str(BIN / "prism-run"), "--serve", "--split-min-tokens", "0",
+                             "--model", model, "--port", str(port), "--threads", "1", *extra], stdin=subprocess.DEVNULL,
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=ENV)
     url = f"http://127.0.0.1:{port}"
     while True:
