@@ -128,15 +128,8 @@ class Bridge:
         self.lost.set()
         print(f"prism-run: the front end at {self.address[0]}:{self.address[1]} is lost ({why}): dropping the "
               "queued requests and stopping every rank", file=self.log, flush=True)
-        eng = self.engine
-        eng.stopping.set()
-        while not eng.jobs.empty():  # nobody is left to answer
-            try:
-                eng.jobs.get_nowait()
-                with eng.lock:
-                    eng.pending -= 1
-            except Exception:
-                break
+        self.engine.stopping.set()
+        self.engine.drop_queued()  # nobody is left to answer them
 
     def _sink(self, jid: str):
         def sink(event):

@@ -228,7 +228,7 @@ class Engine:
         t0 = time.perf_counter()
         if len(dealt) > 1:
             bcast_json(self.comm, {"op": "whole", "rows": [[rows[short[j]] for j in d] for d in dealt]}, key="control")
-            got = self.comm.gatherv(as_bytes(self._whole(mine)), [4 * self.served.width * len(d) for d in dealt])
+            got = self.comm.gatherv(as_bytes(self._whole(mine)), self._whole_bytes(dealt))
             vectors = [g.view(torch.float32).view(len(d), self.served.width) for g, d in zip(got, dealt)]
         else:
             vectors = [self._whole(mine)]
@@ -242,16 +242,19 @@ class Engine:
 
     def _send_whole(self, dealt: list) -> None:
         """A rank other than 0: its texts of `_embed_whole` (dealt: every rank's), run and sent to rank 0."""
-        self.comm.gatherv(as_bytes(self._whole(dealt[self.comm.rank])),
-                          [4 * self.served.width * len(d) for d in dealt])
+        self.comm.gatherv(as_bytes(self._whole(dealt[self.comm.rank])), self._whole_bytes(dealt))
+
+    def _whole_bytes(self, dealt: list) -> list:
+        """The bytes each rank sends rank 0 for its dealt texts: one float32 vector a text."""
+        return [4 * self.served.width * len(d) for d in dealt]
 
     def _whole(self, rows: list) -> torch.Tensor:
         """`[len(rows), width]` float32: each text through the exact model, in padded batches of
         up to batch_tokens tokens (one text a forward without batching)."""
-        groups = plan(rows, self.batch_tokens) if self.batch_tokens else [[i] for i in range(len(rows))]
         out = torch.empty(len(rows), self.served.width, dtype=torch.float32)
         if not rows:  # fewer texts than ranks: this one has none
             return out
+        groups = plan(rows, self.batch_tokens) if self.batch_tokens else [[i] for i in range(len(rows))]
         with self.runner.exact() as model:
             for g in groups:
                 res = run_simulated(model, padded_request([rows[i] for i in g], output="embedding",
@@ -301,13 +304,21 @@ class Engine:
         if self._held is not None:
             self._held[1](("error", e))
             self._held = None
-        while True:
-            try:
-                _, sink = self.jobs.get_nowait()
-            except queue.Empty:
-                break
+        for _, sink in self.drop_queued():
             sink(("error", e))
         time.sleep(1.0)  # let the HTTP thread send the 503s before the job is aborted
+
+    def drop_queued(self) -> list:
+        """Take every queued job off the queue (not those running or held): their (job, sink) pairs."""
+        dropped = []
+        while True:
+            try:
+                dropped.append(self.jobs.get_nowait())
+            except queue.Empty:
+                break
+        with self.lock:
+            self.pending -= len(dropped)
+        return dropped
 
 
 def prepare(job: ApiRequest, tok, served: Served, ranks: int, tok_lock, split_min_tokens: int = 0) -> ApiRequest:
