@@ -29,7 +29,8 @@ def serve_on_rank(opts: ServeOptions, comm) -> None:
     served = Served(opts.model, runner.kind == "decoder", runner.max_positions,
                     width=runner.model.config.hidden_size * len(job.pooling.modes), vocab_size=len(job.tok))
     engine = Engine(runner, job.tok, comm, served, load_s=job.seconds["load"], pooling=job.pooling,
-                    batch_tokens=opts.batch_tokens, split_min_tokens=opts.split_min_tokens, raw=opts.frontend is not None)
+                    batch_tokens=opts.batch_tokens, split_min_tokens=opts.split_min_tokens,
+                    raw=opts.frontend is not None)
     if opts.frontend is not None:  # launched by a front end: answer it (rank 0 dials it back)
         run_supervised(engine, opts.frontend, opts.frontend_job or "", opts.timeout)
         return

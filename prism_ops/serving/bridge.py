@@ -8,8 +8,8 @@ tokenized jobs from it and answers in token ids and float32 vectors (`Engine(raw
 front end writes the text and the JSON. Messages (`channel.Channel` frames):
 
     front end -> rank 0   {"job": {...ApiRequest fields}}, {"cancel": id}, {"stop": true}, {"ping": t}
-    rank 0 -> front end   {"hello": token, ...}, {"beat": phase}, {"id", "start": 1}, {"id", "vectors": [[tokens, prism]..]} + float32,
-                          {"id", "token": t}, {"id", "done": {...}}, {"id", "error": body, "status": s},
+    rank 0 -> front end   {"hello": token, ...}, {"beat": phase}, {"id", "start": 1},
+                          {"id", "vectors": [[tokens, prism]..]} + float32, {"id", "token": t}, {"id", "done": {...}}, {"id", "error": body, "status": s},
                           {"id", "lost": why} (the job failed under it: the front end replays it),
                           {"fault": {"message", "rank", "phase"}} (the whole job is ending)
 

@@ -132,7 +132,7 @@ class FrontEnd:
         with self.lock:
             if self.stopping.is_set():
                 raise _unavailable("the service is shutting down", retry=False)
-            waiting = sum(p.dispatched is None for p in self.journal.values())
+            waiting = self._held()
             if self.state != "up" and waiting >= self.opts.queue_limit:
                 raise _unavailable(f"the service is re-forming its job ({self.state}) and already holds "
                                    f"{waiting} requests, its limit; retry shortly")
@@ -143,15 +143,19 @@ class FrontEnd:
 
     def health(self) -> dict:
         with self.lock:
-            job = self.job
+            job, held = self.job, self._held()
             return {"status": "stopping" if self.stopping.is_set() else self.state,
                     "model": self.served.model if self.served else self.opts.model, "pid": os.getpid(),
                     "ranks": self.ranks if self.state == "up" else 0, "hosts": self.fleet.describe(),
-                    "job": int(job.token.split("-")[0]) if job else None, "job_hosts": job.hosts if job else [], "queued": sum(p.dispatched is None for p in self.journal.values()),
-                    "in_flight": sum(p.dispatched is not None for p in self.journal.values()), "served": self.served_n,
+                    "job": int(job.token.split("-")[0]) if job else None, "job_hosts": job.hosts if job else [],
+                    "queued": held, "in_flight": len(self.journal) - held, "served": self.served_n,
                     "restarts": len(self.restarts),
-                    "restart_log": [{k: v for k, v in r.items() if not k.startswith("_")} for r in self.restarts[-20:]], "last_fault": self.last_fault,
-                    "load_s": job.hello.get("load_s") if job and job.hello else None}
+                    "restart_log": [{k: v for k, v in r.items() if not k.startswith("_")} for r in self.restarts[-20:]],
+                    "last_fault": self.last_fault, "load_s": job.hello.get("load_s") if job and job.hello else None}
+
+    def _held(self) -> int:
+        """Accepted requests not sent to any job (hold the lock)."""
+        return sum(p.dispatched is None for p in self.journal.values())
 
     # -- to and from rank 0 --------------------------------------------------------------------
 
