@@ -62,8 +62,10 @@ DECODER_CASES = {"gen"}  # cases that need a decoder
 LIMIT_S = {"minilm": 20.0, "smollm2": 60.0, "tiny": 60.0}  # every answer within this of the fault
 BACK_S = 60.0  # a host whose link is back is in /health within this
 TIMEOUT_S = 5.0  # the ranks' silence timeout (the supervised default)
-FLAP_S = 30.0  # flap: down and up every 2 s for this long
-SLOW_FLAP = [(False, 8.0), (True, 12.0)] * 3  # slowflap: (link up?, seconds), in turn
+# Host 2's link, step by step: (up?, seconds), then up for good. flap: down and up every 2 s for
+# 30 s; slowflap: down 8 s (past the timeout), up 12 s, three times.
+FLAPS = {"flap": [(False, 2.0), (True, 2.0)] * 7 + [(False, 2.0)], "slowflap": [(False, 8.0), (True, 12.0)] * 3}
+POLL_S = 0.5  # while flapping: how often a finished burst is followed by the next, and /health read
 MBIT = 100
 PORT = 8031
 REQUESTS = 20
@@ -100,13 +102,13 @@ class Outcome:
     def ok(self) -> bool:
         if self.case == "frontend":
             return self.ends_s is not None and self.ends_s <= TIMEOUT_S + 10 and not self.left
-        # flap: requests keep coming for the 30 s it lasts; two: the second link goes 8 s after the first
-        limit = LIMIT_S[self.model] + {"flap": FLAP_S, "two": TIMEOUT_S + 3,
-                                       "slowflap": sum(s for _, s in SLOW_FLAP)}.get(self.case, 0)
+        # flapping: requests keep coming while it lasts; two: the second link goes 8 s after the first
+        limit = LIMIT_S[self.model] + (sum(s for _, s in FLAPS[self.case]) if self.case in FLAPS
+                                       else {"two": TIMEOUT_S + 3}.get(self.case, 0))
         good = (bool(self.codes) and set(self.codes) == {200} and self.same and self.stream_ok is not False
                 and not self.left and self.answered_s is not None and self.answered_s <= limit)
         if self.case == "slowflap":  # bounded relaunches, and a hold that grew past the first one (5 s)
-            outages = sum(not up for up, _ in SLOW_FLAP)
+            outages = sum(not up for up, _ in FLAPS["slowflap"])
             good = good and 1 <= self.relaunches <= 2 * outages and self.held_s > 5.0
         if self.case in ("down", "kill", "gen"):
             good = good and self.back_s is not None and self.back_s <= BACK_S and set(self.rejoin_codes) <= {200}
@@ -342,28 +344,18 @@ def run_case(model: str, case: str) -> Outcome:
                 if case == "two":
                     time.sleep(TIMEOUT_S + 3)
                     hosts.link_down(2)
-            flaps = 0
-            if case == "flap":
-                while time.monotonic() - t_fault < FLAP_S:
-                    (hosts.link_down if flaps % 2 == 0 else hosts.link_up)(2)
-                    flaps += 1
-                    time.sleep(2.0)
-                    if not burst.thread.is_alive():  # keep requests coming for the whole 30 s
+            for up, seconds in FLAPS.get(case, []):
+                (hosts.link_up if up else hosts.link_down)(2)
+                t_end = time.monotonic() + seconds
+                while time.monotonic() < t_end:
+                    time.sleep(min(POLL_S, max(0.0, t_end - time.monotonic())))
+                    for lost in svc.health()["hosts"]["lost"]:
+                        if lost["host"] == hosts.ips[2]:
+                            o.held_s = max(o.held_s, lost["held_s"])
+                    if not burst.thread.is_alive():  # keep requests coming throughout
                         burst.collect(o, ref, model)
                         burst = Burst(svc, reqs)
-                hosts.link_up(2)
-            if case == "slowflap":
-                for up, seconds in SLOW_FLAP:
-                    (hosts.link_up if up else hosts.link_down)(2)
-                    t_end = time.monotonic() + seconds
-                    while time.monotonic() < t_end:
-                        time.sleep(0.5)
-                        for lost in svc.health()["hosts"]["lost"]:
-                            if lost["host"] == hosts.ips[2]:
-                                o.held_s = max(o.held_s, lost["held_s"])
-                        if not burst.thread.is_alive():  # keep requests coming throughout
-                            burst.collect(o, ref, model)
-                            burst = Burst(svc, reqs)
+            if case in FLAPS:
                 hosts.link_up(2)
             burst.collect(o, ref, model)
             o.answered_s = max(burst.done) - t_fault
