@@ -111,7 +111,7 @@ def worker(args) -> None:
     if args.worker == "plan":
         prof = read_profile(args.profile_file, "--auto", comm.size, "smollm2")
         edge = PrismConfig.from_preset(comm.size, "edge", exchange="kv")
-        pick = plan_request(prof, N, edge, preset="edge", causal=True, result_bytes=4 * model.config.vocab_size)
+        pick = plan_request(prof, N, edge, preset="edge", causal=True, result_bytes=4 * model.config.hidden_size)
         out["plan"] = pick
 
         def distributed(config, bounds, order):

@@ -37,7 +37,7 @@ def run_simulated(model, req: Request, num_partitions: int, eos=None, progress=F
     seconds = {"forward": t1 - t0}
     if req.generate:
         seconds["decode"] = time.perf_counter() - t1
-    return assemble(head, [out], _bytes_per_layer(runner, N), seconds)
+    return assemble(runner, head, [out], _bytes_per_layer(runner, N), seconds)
 
 
 def _bytes_per_layer(runner, N: int) -> list[int]:

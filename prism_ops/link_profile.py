@@ -294,7 +294,8 @@ def plan_request(prof: dict, num_tokens: int, config: PrismConfig, *, preset: st
     preset: a budgeted preset (PRESET_ORDER) lets the setting change within its budget (each of
     `exchanges`); None keeps `config` as asked. config.weights set: the bounds follow them in
     rank order (`--weights` by hand), else `split.balanced_split` chooses bounds and order.
-    result_bytes: what the last chunk sends back at the end (a decoder's logits: vocabulary x 4).
+    result_bytes: what the last chunk sends back at the end (for a decoder's logits, its last hidden
+    row: hidden size x 4).
     """
     P = prof["partitions"]
     shape = ModelShape(**prof["shape"])

@@ -161,7 +161,8 @@ def predict(bounds, devices, links, shape: ModelShape, config: PrismConfig, *, c
     """Each chunk's predicted forward (seconds) with these bounds (see the module docstring);
     order[c]: the rank (device, links) holding chunk c (default: chunk c on rank c); dtype: the
     model's (the wire carries verbatim and full-precision rows in it); result_bytes: what the
-    last chunk sends the first one's rank at the end (a decoder's next-token logits)."""
+    last chunk sends the first one's rank at the end (for a decoder's next-token logits, its last
+    hidden row)."""
     P = len(bounds)
     order = list(range(P)) if order is None else list(order)
     heads, channels = shape.row_shape(config.exchange)

@@ -56,7 +56,8 @@ class HFRunner:
         return decode_tokens(self.model, h_last, cache, first_position, sampling, eos, progress, on_token)
 
     def next_logits(self, h_last):
-        return self.model.get_output_embeddings()(h_last)
+        head = self.model.get_output_embeddings()
+        return head(h_last.to(head.weight.dtype))  # a row sent as float32 back in the model's dtype
 
     @contextmanager
     def exact(self):

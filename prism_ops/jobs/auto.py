@@ -48,11 +48,11 @@ def auto_on_rank(opts: AutoOptions, comm) -> None:
         check_profile(prof, "--auto", model=opts.model, shape=ModelShape.from_config(model.config), hosts=hosts)
         req = make_request(job.tok, opts, text, runner.max_positions, job.pooling)
         decoder = runner.kind == "decoder"
-        logits = decoder and req.output == "logits" and not req.generate  # the last chunk sends them back
+        logits = decoder and req.output == "logits" and not req.generate  # the last chunk sends its last row back
         return req, plan_request(prof, req.ids.shape[1], job.config, preset=asked, causal=decoder,
                                  exchanges=tuple(dict.fromkeys(("kv", job.config.exchange))),
                                  dtype=next(model.parameters()).dtype,
-                                 result_bytes=4 * model.config.vocab_size if logits else 0)
+                                 result_bytes=4 * model.config.hidden_size if logits else 0)
 
     req, pick = agree_rank0(comm, ask) or (None, None)
     pick = bcast_json(comm, pick)

@@ -233,6 +233,7 @@ class Engine:
         else:
             vectors = [self._whole(mine)]
         self.forwards += 1
+        self._last_forward_s = time.perf_counter() - t0
         seconds = {"total": time.perf_counter() - t0}
         for d, v in zip(dealt, vectors):
             prism = {"bytes_sent": 0, "bytes_per_layer": [0] * self.runner.num_layers, "seconds": seconds,

@@ -87,6 +87,19 @@ def test_hidden_states_are_scattered_and_gathered_as_one_process_computes_them(r
     assert res.bytes_per_layer == [sum(per_rank)] * 2 == ref.bytes_per_layer
 
 
+@pytest.mark.parametrize("ranks", [2, 3])
+def test_logits_cross_the_link_as_the_last_hidden_row_and_rank_0_applies_the_head(ranks):
+    base, config = gpt2(), PrismConfig(2, 4, sink_tokens=2)
+    req = Request(ids=torch.randint(0, 100, (2, 29), generator=torch.Generator().manual_seed(4)), output="logits")
+    res, comms = distributed(base, config, req, ranks)
+    ref = simulated(base, config, req, ranks)
+    assert res.output.shape == (2, 100) and res.output.dtype == torch.float32
+    assert_close(res.output, ref.output, 2)
+    # The last rank sent 2 rows of d = 32 floats (and its 2 layers' byte counts), not 2 x V = 100 logits.
+    assert comms[-1].sent["result"] == 4 * 32 * 2 + 8 * 2
+    assert all(c.sent["result"] == 8 * 2 for c in comms[1:-1])
+
+
 def test_a_padded_batch_is_pooled_from_each_ranks_partial_sums():
     base, config = bert(), PrismConfig(2, 1, summary_bits=4)
     ids = torch.randint(1, 100, (2, 20), generator=torch.Generator().manual_seed(2))
