@@ -25,7 +25,7 @@ from prism_ops.config import PrismConfig
 from prism_ops.eval import tasks
 from prism_ops.ops import heavy_rows
 
-LEAN = dict(segment_size=128, summary_bits=4, sink_tokens=4, heavy_fraction=0.2, exchange="auto")
+LEAN = dict(segment_size=128, summary_bits=4, sink_tokens=4, heavy_fraction=0.2, verbatim_bits=16, exchange="auto")
 # label, levers, score queries (None: the default)
 SETTINGS = [
     ("edge (reference)", dict(segment_size=1, summary_bits=4, exchange="auto"), None),

@@ -16,6 +16,8 @@ with the +ln(count) bias):
     heavy_fraction  this share of each chunk's summarised tokens sent as rows of their own: the
                     ones its own queries attend to most (`ops.heavy_rows`); the rest averaged in
                     segments of segment_size. 0 = off
+    verbatim_bits   0: verbatim rows (sinks, halo) travel in the model's dtype; 16: as float16
+                    when the model is wider (`quantize_rows.round_verbatim`)
     summary_codebook  the path of a calibration file (`prism-calibrate`): summaries sent as
                     product-quantization codes of its per-layer codebooks (`ops.codebook_rows`)
     exchange        "kv" (K/V means), "hidden" (the paper's hidden-feature means), or "auto"
@@ -39,7 +41,7 @@ from ._backend import check_backend
 from ._checks import check_bool, check_int, check_weights
 from .ops.codebook_rows import codebook_geometry
 from .ops.heavy_rows import check_heavy_fraction
-from .ops.quantize_rows import check_bits
+from .ops.quantize_rows import check_bits, check_verbatim_bits
 from .ops.token_clusters import check_cluster_iters
 
 EXCHANGES = ("kv", "hidden")  # what travels: K/V rows or the hidden features that feed them
@@ -57,9 +59,10 @@ EXCHANGE_SETTINGS = EXCHANGES + ("auto",)  # what a config may ask for; prism_op
 #             (1.041x), at about 3/4 of accurate's bytes.
 #   lean      a quarter of edge's bytes or less: the first 4 tokens exact, a fifth of each chunk's
 #             tokens (those its own last queries attend to most, `ops.heavy_rows`) as 4-bit rows of
-#             their own, the rest as 4-bit means of up to 128 tokens. SmolLM2 1.026x at N = 2048
-#             and 2 ranks (23% of edge's bytes); outside its 3% budget at 4 and 8 ranks and on
-#             MiniLM (docs/EVAL.md gives every cell). Not for sliding-window models.
+#             their own, the rest as 4-bit means of up to 128 tokens; the sinks as float16 for a
+#             float32 model. SmolLM2 1.026x at N = 2048 and 2 ranks (23% of edge's bytes); outside
+#             its 3% budget at 4 and 8 ranks and on MiniLM (docs/EVAL.md gives every cell). Not for
+#             sliding-window models.
 #   paper     the published method (segment means of 16): a large loss (MiniLM mean cos 0.85,
 #             SmolLM2 perplexity 1.65x at 4 partitions); for comparison.
 PRESETS = {
@@ -67,7 +70,8 @@ PRESETS = {
     "accurate": {"segment_size": 1, "summary_bits": 4, "sink_tokens": 4, "exchange": "auto"},
     "edge": {"segment_size": 1, "summary_bits": 4, "exchange": "auto"},
     "fast": {"segment_size": 1, "summary_bits": 3, "sink_tokens": 4, "exchange": "auto"},
-    "lean": {"segment_size": 128, "summary_bits": 4, "sink_tokens": 4, "heavy_fraction": 0.2, "exchange": "auto"},
+    "lean": {"segment_size": 128, "summary_bits": 4, "sink_tokens": 4, "heavy_fraction": 0.2, "verbatim_bits": 16,
+             "exchange": "auto"},
     "paper": {},
 }
 # Each budgeted preset's stated quality budget (`prism-eval --budgets` checks it in every cell of
@@ -104,6 +108,7 @@ class PrismConfig:
     backend: str = "auto"
     summary_codebook: str | None = None
     heavy_fraction: float = 0.0
+    verbatim_bits: int = 0
 
     def __post_init__(self):
         check_int(self.num_partitions, "num_partitions", 1)
@@ -112,6 +117,7 @@ class PrismConfig:
         check_int(self.halo, "halo", 0)
         check_cluster_iters(self.cluster_iters)
         check_bits(self.summary_bits)
+        check_verbatim_bits(self.verbatim_bits)
         check_bool(self.log_count_bias, "log_count_bias")
         if not isinstance(self.exchange, str) or self.exchange not in EXCHANGE_SETTINGS:
             raise ValueError(f"exchange must be one of {EXCHANGE_SETTINGS}, got {self.exchange!r}")

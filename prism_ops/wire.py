@@ -2,7 +2,7 @@
 
 A chunk's payload (its rows are built by `prism_ops.ops.chunk_summary`) is, in this order:
 
-    verbatim rows   [B, H, E, C]  model dtype
+    verbatim rows   [B, H, E, C]  model dtype, or float16 with verbatim_bits=16 (a wider model)
     picks           ceil(B * m / 8) bytes, only with heavy_fraction: a bit per summarised token
                     (m of them), set for those sent as their own rows (`ops.heavy_rows`)
     summary rows    [B, H, S, C]  model dtype, or with summary_bits:
@@ -34,6 +34,7 @@ import torch
 from .config import PrismConfig
 from .ops.chunk_summary import chunk_layout, summary_count, visible_chunks
 from .ops.codebook_rows import codebook_geometry
+from .ops.quantize_rows import verbatim_wire_dtype
 
 
 @dataclass(frozen=True)
@@ -51,12 +52,17 @@ class PayloadLayout:
     code_groups: int = 0  # with a codebook: M codes of code_bits each per head and row
     code_bits: int = 0
     picks: int = 0  # with heavy_fraction: the summarised tokens the picks bitmap covers
+    verbatim_dtype: torch.dtype | None = None  # the verbatim rows' dtype on the wire (None: dtype)
+
+    @property
+    def wire_verbatim_dtype(self) -> torch.dtype:
+        return self.verbatim_dtype or self.dtype
 
     def parts(self) -> list[tuple[str, int]]:
         """(name, bytes) in wire order."""
         B, H, C, E, S = self.B, self.H, self.C, self.E, self.S
         size = torch.finfo(self.dtype).bits // 8
-        out = [("verbatim", B * H * E * C * size)]
+        out = [("verbatim", B * H * E * C * torch.finfo(self.wire_verbatim_dtype).bits // 8)]
         if self.picks:
             out.append(("picks", math.ceil(B * self.picks / 8)))
         if self.code_bits and S:
@@ -103,5 +109,6 @@ def payload_layouts(config: PrismConfig, bounds, *, causal: bool, batch: int, he
         if not readers(c, len(bounds), causal, bounds=bounds, window=window):
             verbatim, summary, picks = 0, 0, 0
         out.append(PayloadLayout(batch, heads, channels, verbatim, summary, dtype, config.summary_bits,
-                                 bool(config.cluster_iters), groups, code_bits, picks))
+                                 bool(config.cluster_iters), groups, code_bits, picks,
+                                 verbatim_wire_dtype(config.verbatim_bits, dtype)))
     return out

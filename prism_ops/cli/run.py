@@ -58,6 +58,8 @@ def _parser() -> argparse.ArgumentParser:
     ap.add_argument("--exchange", choices=EXCHANGE_SETTINGS)
     ap.add_argument("--heavy-fraction", type=float, help="this share of each chunk's summarised tokens sent as rows "
                                                           "of their own (the most attended; the lean preset: 0.2)")
+    ap.add_argument("--verbatim-bits", type=int, choices=(0, 16), help="16: sink and halo rows as float16 for a "
+                                                                       "wider model (the lean preset's)")
     ap.add_argument("--cluster-iters", type=int)
     ap.add_argument("--no-log-count-bias", action="store_true", help="ablation: drop the +ln(count) logit bias")
     ap.add_argument("--weights", help="relative partition sizes, e.g. 2,1 for a device twice as fast")
@@ -194,7 +196,8 @@ def _levers(ap, args) -> dict:
     """The PRISM levers given as flags (the preset's own otherwise)."""
     levers = {k: v for k, v in dict(sink_tokens=args.sink_tokens, halo=args.halo, summary_bits=args.summary_bits,
                                     exchange=args.exchange, cluster_iters=args.cluster_iters,
-                                    heavy_fraction=args.heavy_fraction).items() if v is not None}
+                                    heavy_fraction=args.heavy_fraction, verbatim_bits=args.verbatim_bits).items()
+              if v is not None}
     if args.no_log_count_bias:
         levers["log_count_bias"] = False
     if args.summary_codebook is not None:

@@ -35,7 +35,7 @@ from .prism_attention import prism_attention
 from .heavy_rows import check_heavy_fraction, heavy_scores, pick_heavy
 from .chunk_summary import chunk_clusters, chunk_layout, summary_rows, trim_rows, visible_rows, visible_spans
 from .token_clusters import check_cluster_iters
-from .quantize_rows import check_bits, quantize_rows
+from .quantize_rows import check_bits, quantize_rows, round_verbatim
 from .window_attention import check_softcap, check_window, windowed_prism_attention
 
 
@@ -74,7 +74,7 @@ def partitioned_attention(
     q, k, v, *, num_partitions, segment_size, causal=False, scale=None, log_count_bias=True,
     sink_tokens=0, halo=0, valid=None, weights=None, cluster_iters=0, summary_bits=0, hidden=None,
     kv_weight=None, backend="auto", return_rows=False, window=None, softcap=None, round_rows=None,
-    heavy_fraction=0.0,
+    heavy_fraction=0.0, verbatim_dtype=None,
 ):
     """PRISM attention over `num_partitions` contiguous chunks of T, in one process.
 
@@ -107,6 +107,8 @@ def partitioned_attention(
         heavy_fraction: 0, or this share of each chunk's summarised tokens sent as rows of their
             own, picked by the attention of the chunk's own queries (`heavy_rows`); the rest
             are averaged in segments. Not with key clusters or a window.
+        verbatim_dtype: None, or the dtype the verbatim rows (sinks, halo) travel in
+            (`quantize_rows.verbatim_wire_dtype`): they are rounded to it (`round_verbatim`).
 
     Returns:
         `[B, H, T, D]`: what the P ranks would compute, concatenated along T (and the rows).
@@ -139,7 +141,7 @@ def partitioned_attention(
     layout = dict(sink_tokens=sink_tokens, halo=halo, causal=causal)
     picks = [_picks(q, k, valid_bt, bounds, c, heavy_fraction, layout) for c in range(len(bounds))]
     rows = [_sent_rows(bounds, c, k, kv, valid_bt, hidden, kv_weight, segment_size, cluster_iters, window, round_rows,
-                       backend, layout, picks[c]) for c in range(len(bounds))]
+                       backend, layout, picks[c], verbatim_dtype) for c in range(len(bounds))]
 
     opts = dict(causal=causal, scale=scale, log_count_bias=log_count_bias, backend=backend)
     outs, seen = _attend_chunks(q, k, v, rows, bounds, valid, window=window, softcap=softcap,
@@ -205,10 +207,11 @@ def _picks(q, k, valid_bt, bounds, c, heavy_fraction, layout):
 
 
 def _sent_rows(bounds, c, k, kv, valid_bt, hidden, kv_weight, segment_size, cluster_iters, window, round_rows,
-               backend, layout, picked=None):
+               backend, layout, picked=None, verbatim_dtype=None):
     """(K|V rows `[B, Hkv, R, 2D]`, counts `[B, R]`) chunk c sends, as its receivers decode them
-    (the same for every receiver): its verbatim rows, then its summary rows, rounded by round_rows.
-    kv is k and v side by side, `[B, Hkv, T, 2D]`."""
+    (the same for every receiver): its verbatim rows (rounded to verbatim_dtype if given), then
+    its summary rows, rounded by round_rows. kv is k and v side by side, `[B, Hkv, T, 2D]`.
+    With hidden, the rounding is the hidden rows' (what travels), projected onto K|V."""
     c0, c1 = bounds[c]
     a, b = chunk_layout(bounds, c, **layout)
     a, b, keep = a - c0, b - c0, valid_bt[:, c0:c1]
@@ -216,14 +219,23 @@ def _sent_rows(bounds, c, k, kv, valid_bt, hidden, kv_weight, segment_size, clus
     exact, exact_counts, means, counts = trim_rows(
         summary_rows(kv[:, :, c0:c1], keep, a, b, segment_size, assign, backend, picked), bounds, c, segment_size,
         window=window, **layout)
+    rounds_exact = verbatim_dtype is not None and verbatim_dtype != kv.dtype and exact.shape[2] > 0
+    h_exact = h_means = None
+    if hidden is not None and (round_rows is not None or rounds_exact):
+        h_rows = summary_rows(hidden[:, None, c0:c1], keep, a, b, segment_size, assign, backend, picked)
+        h_exact, _, h_means, _ = trim_rows(h_rows, bounds, c, segment_size, window=window, **layout)
     if round_rows is not None:
         sent = (counts > 0)[:, None, :, None]
         if hidden is None:
             means = round_rows(means, sent)
         else:
-            h_rows = summary_rows(hidden[:, None, c0:c1], keep, a, b, segment_size, assign, backend, picked)
-            h_means = trim_rows(h_rows, bounds, c, segment_size, window=window, **layout)[2]
             means = means + _projected_error(h_means, round_rows, sent, kv_weight, k.shape[1])
+    if rounds_exact:
+        def to_wire(rows, sent=None):
+            return round_verbatim(rows, verbatim_dtype).to(rows.dtype)
+
+        exact = to_wire(exact) if hidden is None else exact + _projected_error(h_exact, to_wire, None, kv_weight,
+                                                                                 k.shape[1])
     return torch.cat([exact, means], 2), torch.cat([exact_counts, counts], 1)
 
 

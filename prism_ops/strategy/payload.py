@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 
 from prism_ops.ops.codebook_rows import codebook_decode
-from prism_ops.ops.quantize_rows import dequantize_codes
+from prism_ops.ops.quantize_rows import dequantize_codes, round_verbatim
 from prism_ops.wire import PayloadLayout
 
 
@@ -53,7 +53,7 @@ def encode(layout: PayloadLayout, verbatim, means=None, codes=None, lo=None, ste
            picks=None) -> torch.Tensor:
     """The payload's bytes (uint8, on the tensors' device). picks `[B, m]` bool: the heavy_fraction
     lever's bitmap."""
-    pieces = {"verbatim": as_bytes(verbatim.to(layout.dtype))}
+    pieces = {"verbatim": as_bytes(round_verbatim(verbatim.to(layout.dtype), layout.wire_verbatim_dtype))}
     if layout.picks:
         pieces["picks"] = pack_codes(picks, 1)
     if layout.code_bits and layout.S:
@@ -99,7 +99,7 @@ def decode(layout: PayloadLayout, data: torch.Tensor, codebook=None):
     def view(name, dtype, shape):
         return got[name].clone().view(dtype).view(shape)
 
-    verbatim = view("verbatim", layout.dtype, (B, H, E, C))
+    verbatim = view("verbatim", layout.wire_verbatim_dtype, (B, H, E, C)).to(layout.dtype)
     if layout.code_bits and S:
         M = layout.code_groups
         codes = unpack_codes(got["codes"], layout.code_bits, B * H * S * M).view(B, H, S, M)

@@ -12,6 +12,7 @@ from prism_ops.config import PrismConfig
 from prism_ops.ops.chunk_summary import visible_spans
 from prism_ops.ops.codebook_attention import codebook_partitioned_attention
 from prism_ops.ops.partitioned_attention import partition_bounds, partitioned_attention
+from prism_ops.ops.quantize_rows import verbatim_wire_dtype
 
 from .base import CachedRows, PartitionStrategy
 
@@ -21,7 +22,8 @@ class SimulatedPartitions(PartitionStrategy):
 
     def needs_hidden(self, config: PrismConfig) -> bool:
         # Averaging commutes with the projection; only rounding needs the hidden features.
-        return config.exchange == "hidden" and bool(config.summary_bits or config.summary_codebook)
+        return config.exchange == "hidden" and bool(config.summary_bits or config.summary_codebook
+                                                    or config.verbatim_bits)
 
     def attend(self, layer, q, k, v, *, valid, hidden, scale, causal, state):
         cfg = layer.config
@@ -32,7 +34,8 @@ class SimulatedPartitions(PartitionStrategy):
                       causal=causal and q.shape[2] > 1, scale=scale, log_count_bias=cfg.log_count_bias,
                       sink_tokens=cfg.sink_tokens, halo=cfg.halo, valid=valid, weights=cfg.weights,
                       cluster_iters=cfg.cluster_iters, backend=cfg.backend, return_rows=causal,
-                      heavy_fraction=cfg.heavy_fraction, **kw)
+                      heavy_fraction=cfg.heavy_fraction,
+                      verbatim_dtype=None, **kw)
         windowed = layer.window is not None or layer.softcap is not None
         if cfg.summary_codebook:
             out = codebook_partitioned_attention(q, k, v, layer.codebook, **common)
