@@ -3,7 +3,10 @@ models and real text, in the cells the issue names: SmolLM2-135M at N = 2048, P 
 N = 8192, P = 4 (perplexity over exact), all-MiniLM-L6-v2 at N = 512, P = 4 (mean / least
 cosine of sentence embeddings to exact).
 
-    python bench/bench_lean.py [--windows 2] [--passages 16] [--out docs/LEAN.md]
+    python bench/bench_lean.py [--windows 2] [--passages 16] [--only tuned,lean:] [--out docs/LEAN.md]
+
+The tuned rows use each model's calibrated dense layers (`prism-calibrate --dense-layers`),
+calibrated here first when the cache has none.
 
 Every setting is a `PrismConfig` of the package (simulated partitions: the rows the MPI runtime
 sends); bytes are what all ranks send per layer with an fp16 model (`prism_ops.cost`), also as a
@@ -20,9 +23,10 @@ from pathlib import Path
 
 import torch
 
-from prism_ops import cost, hf
+from prism_ops import calibrate, cost, hf, models
 from prism_ops.config import PrismConfig
 from prism_ops.eval import tasks
+from prism_ops.hf.dense_layers import load_dense_layers
 from prism_ops.ops import heavy_rows
 
 LEAN = dict(segment_size=128, summary_bits=4, sink_tokens=4, heavy_fraction=0.2, verbatim_bits=16, exchange="auto")
@@ -40,6 +44,8 @@ SETTINGS = [
     ("lean, no sinks", dict(LEAN, sink_tokens=0), None),
     ("lean, 16 score queries", LEAN, 16),
     ("lean, 256 score queries", LEAN, 256),
+    ("tuned: heavy 0.135, calibrated dense layers", dict(LEAN, heavy_fraction=0.135, dense_layers="auto"), None),
+    ("lean with tuned's dense layers", dict(LEAN, dense_layers="auto"), None),
 ]
 CELLS = [("smollm2", 2048, 2), ("smollm2", 8192, 4), ("minilm", 512, 4)]
 
@@ -47,6 +53,12 @@ CELLS = [("smollm2", 2048, 2), ("smollm2", 8192, 4), ("minilm", 512, 4)]
 def run_cell(model, N, P, count, settings):
     task = tasks.LOADERS[model](count, N)
     shape = tasks.shape_of(task)
+    if any(levers.get("dense_layers") == "auto" for _, levers, _ in settings):
+        try:
+            load_dense_layers(task.model)
+        except ValueError:  # not calibrated yet: once, as prism-calibrate --dense-layers does
+            calibrate.dense_layers(task.model, models.load(model)[0])
+            tasks.use_exact_attention(task.model)
     rows, edge = [], None
     default = heavy_rows.SCORE_QUERIES
     for label, levers, queries in settings:
@@ -61,7 +73,7 @@ def run_cell(model, N, P, count, settings):
         sent = sum(cost.bytes_per_layer(shape, N, config, causal=task.causal, dtype=torch.float16))
         edge = edge or (sent if label.startswith("edge") else None)
         rows.append(dict(setting=label, bytes=sent, of_edge=sent / edge if edge else None, metrics=metrics))
-        print(f"  {model} N={N} P={P} {label}: {sent:,} B {metrics['quality']:.4f} ({time.perf_counter() - t0:.0f}s)",
+        print(f"  {model} N={N} P={P} {label}: {sent:,.0f} B {metrics['quality']:.4f} ({time.perf_counter() - t0:.0f}s)",
               file=sys.stderr)
     return task, rows
 
@@ -69,11 +81,11 @@ def run_cell(model, N, P, count, settings):
 def table(task, rows) -> str:
     if task.causal:
         out = ["| setting | bytes/layer | of edge | ppl / exact |", "| --- | --- | --- | --- |"]
-        out += [f"| {r['setting']} | {r['bytes']:,} | {100 * r['of_edge']:.1f}% | {r['metrics']['quality']:.4f} |"
+        out += [f"| {r['setting']} | {r['bytes']:,.0f} | {100 * r['of_edge']:.1f}% | {r['metrics']['quality']:.4f} |"
                 for r in rows]
     else:
         out = ["| setting | bytes/layer | of edge | mean cos | min cos |", "| --- | --- | --- | --- | --- |"]
-        out += [f"| {r['setting']} | {r['bytes']:,} | {100 * r['of_edge']:.1f}% | {r['metrics']['cos_mean']:.4f} | "
+        out += [f"| {r['setting']} | {r['bytes']:,.0f} | {100 * r['of_edge']:.1f}% | {r['metrics']['cos_mean']:.4f} | "
                 f"{r['metrics']['cos_min']:.4f} |" for r in rows]
     return "\n".join(out)
 
@@ -83,13 +95,18 @@ def main(argv=None):
     ap.add_argument("--windows", type=int, default=2, help="SmolLM2 windows per cell (at N = 8192: half, at least 1)")
     ap.add_argument("--passages", type=int, default=16, help="MiniLM passages of 512 tokens")
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--only", help="comma-separated label prefixes: only those settings (and edge, the reference)")
     ap.add_argument("--out", type=Path, default=None, help="write the tables (markdown) here")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
+    settings = SETTINGS
+    if args.only:
+        prefixes = tuple(x for x in args.only.split(",") if x)
+        settings = [s for s in SETTINGS if s[0].startswith(("edge",) + prefixes)]
     parts = []
     for model, N, P in CELLS:
         count = args.passages if model == "minilm" else max(1, args.windows * 2048 // N)
-        task, rows = run_cell(model, N, P, count, SETTINGS)
+        task, rows = run_cell(model, N, P, count, settings)
         what = (f"{count} windows of {N} tokens, exact perplexity {task.ref['ppl']:.3f}" if task.causal else
                 f"{count} passages of {N} tokens")
         parts.append(f"### {task.name}, N = {N}, P = {P}\n\n{what}\n\n{table(task, rows)}\n")

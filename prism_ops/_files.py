@@ -16,6 +16,15 @@ import os
 import stat
 
 
+def cache_root() -> str | None:
+    """Where the package keeps what it makes once per model (a converted checkpoint, a
+    calibration): $PRISM_OPS_CACHE, else $XDG_CACHE_HOME/prism-ops or ~/.cache/prism-ops; None
+    when PRISM_OPS_CACHE=off."""
+    root = os.environ.get("PRISM_OPS_CACHE") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache"), "prism-ops")
+    return None if root == "off" else root
+
+
 class FileRefused(Exception):
     """Why a path cannot be read: `reason` is "unreadable" (`detail`: the system's strerror),
     "directory", "special" (a FIFO, socket or device) or "too_large"."""

@@ -1,10 +1,18 @@
-"""Offline calibration of summary codebooks (`prism_ops.ops.codebook_rows`) on shipped text.
+"""Offline calibration on shipped text: summary codebooks (`prism_ops.ops.codebook_rows`) and a
+model's dense layers (`PrismConfig.dense_layers`, the `tuned` preset).
 
 The exact model runs over `calibration_ids`: the last CALIBRATION_CHARS characters of
 `prism_ops.models.pydoc_text()`, a slice the evaluation must leave out (`evaluation_text`). Every
 attention layer's exchanged rows are recorded as they would travel: K|V rows after rotary
 embeddings (`[Hkv, N, 2D]`) for K/V exchange, the attention input (`[1, N, d]`) for hidden
 exchange. One k-means per layer, head and channel group then gives the layer's codebook.
+
+Dense layers (`dense_layers`): the exact model runs over DENSE_TOKENS tokens of the same text,
+and in every attention layer the preset's PRISM attention (`partitioned_attention` on DENSE_PARTITIONS
+simulated partitions) is set against exact attention on the same q, k, v. The layers where it
+moves the output most, relatively, a tenth of them (at least one), send every token as its own row.
+Measured on SmolLM2 (`bench/bench_lean.py`): its three are the layers whose own full rows lower
+perplexity most, one at a time, at N = 8192 and 4 ranks.
 """
 
 from __future__ import annotations
@@ -13,10 +21,16 @@ import torch
 
 from .config import PrismConfig
 from .cost import ModelShape
-from .hf import attention_modules, configure, model_fingerprint
+from .hf import attention_modules, configure, max_positions, model_fingerprint, model_kind
+from .hf.dense_layers import save_dense_layers
 from .models import pydoc_text
 from .ops.codebook_rows import MAX_CENTROIDS, fit_codebook, save_codebooks
+from .ops.partitioned_attention import partitioned_attention
+from .ops.quantize_rows import verbatim_wire_dtype
 
+DENSE_TOKENS = 8192  # calibration tokens for dense layers (fewer if the model's context or the text is shorter)
+DENSE_PARTITIONS = 4
+DENSE_SHARE = 0.1  # the share of a model's layers that run dense
 CALIBRATION_CHARS = 40_000  # about 9,000 tokens of the ~465,000-character text
 CALIBRATION_ROWS = 2048  # token rows per layer the codebooks are fitted on
 RECORDER = "prism_calibrate"  # the attention implementation that records K/V rows
@@ -128,3 +142,59 @@ def calibrate(model, tokenizer, out, *, group: int = 4, centroids: int = 256, ex
     save_codebooks(out, books, exchange, fingerprint)
     return {"exchange": exchange, "group": group, "centroids": centroids, "rows": rows[0].shape[1],
             "layers": len(books), "fingerprint": fingerprint}
+
+
+def layer_errors(model, tokenizer, config: PrismConfig) -> list[float]:
+    """Per attention layer, ||PRISM - exact|| / ||exact|| of the layer's attention output under
+    config (no dense layers; picks, segments, sinks and rounding of K/V rows) on the calibration
+    text, each layer given the exact model's own q, k, v."""
+    from transformers import AttentionInterface
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+    from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
+
+    if config.dense_layers:
+        raise ValueError("layer_errors takes the setting without dense layers")
+    text = len(tokenizer(calibration_text(), add_special_tokens=False)["input_ids"])
+    ids = calibration_windows(tokenizer, 1, min(DENSE_TOKENS, max_positions(model) or DENSE_TOKENS, text))
+    attention = attention_modules(model)
+    index = {id(m): i for i, m in enumerate(attention)}
+    causal = model_kind(model) == "decoder"
+    errors = [0.0] * len(attention)
+
+    def measure(module, query, key, value, *args, **kwargs):
+        out = sdpa_attention_forward(module, query, key, value, *args, **kwargs)
+        exact = partitioned_attention(query, key, value, num_partitions=1, segment_size=1, causal=causal,
+                                      scale=kwargs.get("scaling"))
+        got = partitioned_attention(query, key, value, num_partitions=config.num_partitions,
+                                    segment_size=config.segment_size, causal=causal, scale=kwargs.get("scaling"),
+                                    sink_tokens=config.sink_tokens, halo=config.halo,
+                                    summary_bits=config.summary_bits, heavy_fraction=config.heavy_fraction,
+                                    verbatim_dtype=verbatim_wire_dtype(config.verbatim_bits, key.dtype))
+        errors[index[id(module)]] = ((got - exact).norm() / exact.norm()).item()
+        return out
+
+    AttentionInterface.register(RECORDER, measure)
+    AttentionMaskInterface.register(RECORDER, sdpa_mask)
+    model.set_attn_implementation(RECORDER)
+    try:
+        with torch.no_grad():
+            model(input_ids=ids)
+    finally:
+        model.set_attn_implementation("sdpa")
+    return errors
+
+
+def dense_layers(model, tokenizer, preset: str = "tuned", count: int | None = None) -> dict:
+    """The model's dense layers for preset (a tenth of its layers, at least one, unless count),
+    found by `layer_errors` at DENSE_PARTITIONS partitions, and written to the cache
+    (`hf.dense_layers`) where dense_layers="auto" finds them. Returns what was written."""
+    config = PrismConfig.from_preset(DENSE_PARTITIONS, preset).replace(dense_layers=(), exchange="kv")
+    errors = layer_errors(model, tokenizer, config)
+    if count is None:
+        count = max(1, round(DENSE_SHARE * len(errors)))
+    if isinstance(count, bool) or not isinstance(count, int) or not 1 <= count <= len(errors):
+        raise ValueError(f"count must be an int in [1, {len(errors)}] (the model's layers), got {count!r}")
+    layers = sorted(sorted(range(len(errors)), key=lambda i: -errors[i])[:count])
+    info = {"preset": preset, "partitions": DENSE_PARTITIONS, "errors": [round(e, 5) for e in errors]}
+    path = save_dense_layers(model, layers, info)
+    return {"dense_layers": layers, "path": str(path), **info}

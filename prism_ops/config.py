@@ -18,6 +18,10 @@ with the +ln(count) bias):
                     segments of segment_size. 0 = off
     verbatim_bits   0: verbatim rows (sinks, halo) travel in the model's dtype; 16: as float16
                     when the model is wider (`quantize_rows.round_verbatim`)
+    dense_layers    attention layers (indices from 0) that send every summarised token as its own
+                    row (segment size 1, no picks): the few a calibration finds most hurt by
+                    summarising (`calibrate.dense_layers`); "auto": this model's calibrated ones,
+                    resolved by `prism_ops.hf.configure`
     summary_codebook  the path of a calibration file (`prism-calibrate`): summaries sent as
                     product-quantization codes of its per-layer codebooks (`ops.codebook_rows`)
     exchange        "kv" (K/V means), "hidden" (the paper's hidden-feature means), or "auto"
@@ -72,6 +76,8 @@ PRESETS = {
     "fast": {"segment_size": 1, "summary_bits": 3, "sink_tokens": 4, "exchange": "auto"},
     "lean": {"segment_size": 128, "summary_bits": 4, "sink_tokens": 4, "heavy_fraction": 0.2, "verbatim_bits": 16,
              "exchange": "auto"},
+    "tuned": {"segment_size": 128, "summary_bits": 4, "sink_tokens": 4, "heavy_fraction": 0.135, "verbatim_bits": 16,
+              "dense_layers": "auto", "exchange": "auto"},
     "paper": {},
 }
 # Each budgeted preset's stated quality budget (`prism-eval --budgets` checks it in every cell of
@@ -109,6 +115,7 @@ class PrismConfig:
     summary_codebook: str | None = None
     heavy_fraction: float = 0.0
     verbatim_bits: int = 0
+    dense_layers: tuple[int, ...] | str = ()
 
     def __post_init__(self):
         check_int(self.num_partitions, "num_partitions", 1)
@@ -133,6 +140,7 @@ class PrismConfig:
                                  "rounded; set summary_bits=0 with a codebook")
             codebook_geometry(self.summary_codebook)  # the file must exist and be well formed
             object.__setattr__(self, "summary_codebook", os.fspath(self.summary_codebook))  # JSON-ready
+        object.__setattr__(self, "dense_layers", _checked_dense_layers(self.dense_layers))
         if self.weights is not None:
             # A tuple of floats, so the config stays hashable and prints the same everywhere.
             object.__setattr__(self, "weights", tuple(check_weights(self.weights, self.num_partitions)))
@@ -156,6 +164,15 @@ class PrismConfig:
             raise ValueError("segment_size is required (an int >= 1) unless the preset sets it")
         return cls(num_partitions=num_partitions, **(base | levers))
 
+    def for_layer(self, index: int) -> "PrismConfig":
+        """The setting attention layer `index` runs: every summarised token its own row in a dense
+        layer (segment size 1, no picks), this config elsewhere."""
+        if isinstance(self.dense_layers, str):
+            raise ValueError("dense_layers='auto' is resolved by prism_ops.hf.configure for a model first")
+        if index not in self.dense_layers:
+            return self
+        return self.replace(segment_size=1, heavy_fraction=0.0, dense_layers=())
+
     def replace(self, **changes) -> "PrismConfig":
         """A copy with some fields changed, checked again."""
         return dataclasses.replace(self, **changes)
@@ -164,4 +181,17 @@ class PrismConfig:
         """Every field, JSON-ready (the handshake compares these, the report prints them)."""
         out = dataclasses.asdict(self)
         out["weights"] = None if self.weights is None else list(self.weights)
+        out["dense_layers"] = self.dense_layers if isinstance(self.dense_layers, str) else list(self.dense_layers)
         return out
+
+
+def _checked_dense_layers(value) -> tuple[int, ...] | str:
+    """"auto", or distinct layer indices >= 0 as a sorted tuple (hashable, printed the same everywhere)."""
+    if value == "auto":
+        return value
+    if isinstance(value, (str, bytes)) or not hasattr(value, "__iter__"):
+        raise ValueError(f"dense_layers must be 'auto' or layer indices (ints >= 0), got {value!r}")
+    out = tuple(value)
+    if any(isinstance(i, bool) or not isinstance(i, int) or i < 0 for i in out) or len(set(out)) != len(out):
+        raise ValueError(f"dense_layers must be 'auto' or distinct layer indices (ints >= 0), got {value!r}")
+    return tuple(sorted(out))

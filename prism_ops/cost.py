@@ -94,14 +94,29 @@ BERT_BASE = ModelShape(hidden_size=768, num_heads=12, num_kv_heads=12, head_dim=
 
 
 def bytes_per_layer(shape: ModelShape, num_tokens: int, config: PrismConfig, *, causal: bool = False,
-                    dtype: torch.dtype = torch.float32, window: int | None = None) -> list[int]:
+                    dtype: torch.dtype = torch.float32, window: int | None = None, layer: int | None = None) -> list:
     """Bytes each rank sends per layer: the `nbytes` of its payload layout (`prism_ops.wire`), batch 1
-    (for a sliding-window layer, `window`: a chunk no other rank's query reaches sends 0)."""
+    (for a sliding-window layer, `window`: a chunk no other rank's query reaches sends 0). With
+    dense layers (`PrismConfig.dense_layers`), layer `layer`'s, or without one the mean over the
+    model's layers (floats)."""
+    if config.dense_layers and layer is None:
+        every = [bytes_per_layer(shape, num_tokens, config, causal=causal, dtype=dtype, window=window, layer=i)
+                 for i in range(shape.num_layers)]
+        return [sum(col) / shape.num_layers for col in zip(*every)]
+    if layer is not None:
+        config = config.for_layer(layer)
     heads, channels = shape.row_shape(config.exchange)
     bounds = partition_bounds(num_tokens, config.num_partitions, config.weights)
     layouts = payload_layouts(config, bounds, causal=causal, batch=1, heads=heads, channels=channels, dtype=dtype,
                               window=window)
     return [lay.nbytes for lay in layouts]
+
+
+def layer_bytes(shape: ModelShape, num_tokens: int, config: PrismConfig, *, causal: bool = False,
+                dtype: torch.dtype = torch.float32) -> list[int]:
+    """Bytes all ranks send in each of the model's layers (dense layers their own)."""
+    return [sum(bytes_per_layer(shape, num_tokens, config, causal=causal, dtype=dtype, layer=i))
+            for i in range(shape.num_layers)]
 
 
 def full_exchange_bytes_per_layer(shape: ModelShape, num_tokens: int, num_partitions: int, *,

@@ -47,6 +47,5 @@ def _bytes_per_layer(runner, N: int) -> list[int]:
     shape = cost.ModelShape.from_config(model.config)
     if runner.config is None or runner.config.num_partitions == 1:
         return [0] * shape.num_layers
-    per_rank = cost.bytes_per_layer(shape, N, runner.config, causal=runner.kind == "decoder",
-                                    dtype=next(model.parameters()).dtype)
-    return [sum(per_rank)] * shape.num_layers
+    return cost.layer_bytes(shape, N, runner.config, causal=runner.kind == "decoder",
+                            dtype=next(model.parameters()).dtype)

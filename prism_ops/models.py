@@ -31,6 +31,7 @@ from pathlib import Path
 import torch
 from pydoc_data.topics import topics
 
+from ._files import cache_root
 from .hf import DECODER_SUFFIXES
 from .pooling import Pooling, read_folder
 
@@ -70,9 +71,8 @@ def smollm2_cache(dtype: torch.dtype = torch.float32) -> Path | None:
     one folder per GGUF file, transformers version and dtype. None when PRISM_OPS_CACHE=off."""
     import transformers
 
-    root = os.environ.get("PRISM_OPS_CACHE") or os.path.join(
-        os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache"), "prism-ops")
-    if root == "off":
+    root = cache_root()
+    if root is None:
         return None
     gguf = os.stat(os.path.join(smollm2_folder(), SMOLLM2_FILE))
     # A new wheel (size, mtime) or a new transformers (its conversion may change) is a new folder.

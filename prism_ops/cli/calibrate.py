@@ -1,10 +1,13 @@
-"""prism-calibrate: fit a model's summary codebooks on the shipped calibration text.
+"""prism-calibrate: fit a model's summary codebooks, or find its dense layers, on the shipped calibration text.
 
     prism-calibrate --model smollm2 --out smollm2.codebook [--group 4 --centroids 256]
     prism-run --model smollm2 --summary-codebook smollm2.codebook ...
 
-The file (`prism_ops.calibrate`) records the model's fingerprint; PrismConfig(summary_codebook=...)
-refuses it for any other model. Bad arguments exit with code 2 and a message.
+    prism-calibrate --model smollm2 --dense-layers [--count 3]   # once per model, cached
+    prism-run --model smollm2 --preset tuned ...                  # (prism-run also does it on first use)
+
+The files (`prism_ops.calibrate`) record the model's fingerprint; PrismConfig(summary_codebook=...)
+and dense_layers="auto" refuse them for any other model. Bad arguments exit with code 2 and a message.
 """
 
 from __future__ import annotations
@@ -20,7 +23,10 @@ from .. import calibrate, models
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="prism-calibrate", description=__doc__.splitlines()[0])
     ap.add_argument("--model", default="minilm", help="minilm, smollm2 or a local Hugging Face folder")
-    ap.add_argument("--out", required=True, help="the calibration file to write")
+    ap.add_argument("--out", help="the codebook file to write")
+    ap.add_argument("--dense-layers", action="store_true",
+                    help="instead of codebooks: the layers the tuned preset sends in full, into the cache")
+    ap.add_argument("--count", type=int, help="with --dense-layers: how many (default a tenth of the layers)")
     ap.add_argument("--group", type=int, default=4, help="channels per code (default 4)")
     ap.add_argument("--centroids", type=int, default=256, help="centroids per group, a power of two <= 256")
     ap.add_argument("--exchange", choices=("kv", "hidden", "auto"), default="auto")
@@ -28,7 +34,21 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     if args.iters < 0:
         ap.error(f"--iters must be >= 0, got {args.iters}")
+    if args.dense_layers == (args.out is not None):
+        ap.error("give --out FILE (codebooks) or --dense-layers, one of them")
+    if args.count is not None and not args.dense_layers:
+        ap.error("--count goes with --dense-layers")
     torch.manual_seed(0)
+    if args.dense_layers:
+        try:
+            tok, model = models.load(args.model)
+            info = calibrate.dense_layers(model, tok, count=args.count)
+        except ValueError as e:
+            print(f"prism-calibrate: error: {e}", file=sys.stderr)
+            return 2
+        print(f"wrote {info['path']}: dense layers {info['dense_layers']} of {len(info['errors'])} (relative attention "
+              f"error of the tuned preset per layer: {info['errors']})")
+        return 0
     try:
         tok, model = models.load(args.model)
         info = calibrate.calibrate(model, tok, args.out, group=args.group, centroids=args.centroids,

@@ -18,6 +18,7 @@ from prism_ops.ops.codebook_rows import load_codebooks
 from prism_ops.strategy import LAYER_ATTR, PrismLayer, RankPartition, SimulatedPartitions, attached_layers
 
 from .attention_calls import REFUSED, call_keywords, is_set, module_features
+from .dense_layers import load_dense_layers
 from .forward import capture_hidden, prism_attention_forward
 from .model import kv_params, kv_weight, model_fingerprint
 from .runner import NAME, HFRunner
@@ -116,7 +117,8 @@ def configure(model, config: PrismConfig | None = None, *, comm=None, num_partit
     attention = _attention_or_refuse(model)
     features = [_layer_features(model, m) for m in attention]
     _check_windowed(model, config, features)
-    config = config.replace(exchange=_resolve_exchange(model, config.exchange, attention))
+    config = config.replace(exchange=_resolve_exchange(model, config.exchange, attention),
+                            dense_layers=_resolve_dense_layers(model, config.dense_layers, len(attention)))
     register()
     for old in attached_layers(model):
         old.detach()
@@ -128,7 +130,10 @@ def configure(model, config: PrismConfig | None = None, *, comm=None, num_partit
     head_dim = ModelShape.from_config(model.config).head_dim
     for index, m in enumerate(attention):
         window, softcap = features[index]
-        layer = PrismLayer(m, config, index, head_dim, strategy, kv_params=kv_params, window=window, softcap=softcap)
+        # A dense layer runs its own setting (`PrismConfig.for_layer`); the model's stays on model_config.
+        layer = PrismLayer(m, config.for_layer(index), index, head_dim, strategy, kv_params=kv_params, window=window,
+                           softcap=softcap)
+        layer.model_config = config
         layer.codebook = None if books is None else books[index]
         if strategy.needs_hidden(config):
             layer.hook = m.register_forward_pre_hook(capture_hidden(layer), with_kwargs=True)
@@ -216,9 +221,21 @@ def _codebooks(model, config: PrismConfig) -> list:
     return data["codebooks"]
 
 
+def _resolve_dense_layers(model, dense_layers, num_layers: int) -> tuple:
+    """The layer indices dense_layers names, checked against the model's attention layers; "auto":
+    this model's calibrated ones (`calibrate.load_dense_layers`: a clear error when missing)."""
+    if dense_layers == "auto":
+        dense_layers = load_dense_layers(model)
+    bad = [i for i in dense_layers if i >= num_layers]
+    if bad:
+        raise ValueError(f"dense_layers {bad} are not among model {type(model).__name__}'s {num_layers} attention "
+                         f"layers (0 to {num_layers - 1})")
+    return dense_layers
+
+
 def config_of(model) -> PrismConfig:
     """The PrismConfig a model was configured with (exchange resolved)."""
     layers = attached_layers(model)
     if not layers:
         raise ValueError("the model is not configured: call prism_ops.hf.configure(model, ...) first")
-    return layers[0].config
+    return layers[0].model_config

@@ -83,4 +83,4 @@ def runner(model) -> HFRunner:
     layers = attached_layers(model)
     if not layers or getattr(model.config, "_attn_implementation", None) != NAME:  # exact (e.g. back on sdpa)
         return HFRunner(model)
-    return HFRunner(model, layers[0].config, layers[0].strategy, len(layers))
+    return HFRunner(model, layers[0].model_config, layers[0].strategy, len(layers))

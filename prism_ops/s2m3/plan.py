@@ -134,9 +134,13 @@ def prism_config(num_partitions: int, spec: dict, at: str = "prism") -> PrismCon
     elif preset is None:
         segment = DEFAULT_SEGMENT_SIZE
     try:
-        return PrismConfig.from_preset(num_partitions, preset, segment, **levers)
+        config = PrismConfig.from_preset(num_partitions, preset, segment, **levers)
     except (ValueError, TypeError) as e:
         raise PlacementError(f"{at}: {e}") from None
+    if config.dense_layers == "auto":
+        raise PlacementError(f"{at}: dense_layers 'auto' (the tuned preset) are a model's calibrated layers, which "
+                             "placement does not load; give them as dense_layers: [...] or use another preset")
+    return config
 
 
 def read_requests(lines, models, source: str = "requests") -> list[dict]:

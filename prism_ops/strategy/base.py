@@ -147,6 +147,7 @@ class PrismLayer:
     def __init__(self, module, config: PrismConfig, index: int, head_dim: int, strategy: PartitionStrategy, *,
                  kv_params, window=None, softcap=None):
         self.config, self.index, self.head_dim, self.strategy = config, index, head_dim, strategy
+        self.model_config = config  # the model's whole setting (config: this layer's, `PrismConfig.for_layer`)
         self.window, self.softcap = window, softcap  # the layer's sliding window and logit cap, or None
         self._module = weakref.ref(module)
         self._kv_params = kv_params

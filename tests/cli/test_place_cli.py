@@ -241,8 +241,10 @@ def test_prism_entries_are_printed_resolved(tmp_path, capsys):
 
 @pytest.mark.parametrize("prism,message", [
     ({"minilm": {"devices": ["a", "b"], "preset": "edgy"}},
-     "t.json: prism['minilm'].preset must be one of exact, accurate, edge, fast, lean, paper, got 'edgy'"),
+     "t.json: prism['minilm'].preset must be one of exact, accurate, edge, fast, lean, tuned, paper, got 'edgy'"),
     ({"minilm": {"devices": ["a", "b"], "preset": "paper"}}, "t.json: prism['minilm']: segment_size is required"),
+    ({"minilm": {"devices": ["a", "b"], "preset": "tuned"}},
+     "t.json: prism['minilm']: dense_layers 'auto' (the tuned preset) are a model's calibrated layers"),
     ({"minilm": {"devices": ["a"]}}, "t.json: prism['minilm'].devices: prism 'minilm' needs 2 or more"),
     (["minilm"], "t.json: prism must be a mapping"),
 ])

@@ -132,8 +132,9 @@ def main():
     bounds = partition_bounds(N, comm.size, config.weights)
     layouts = payload_layouts(config, bounds, causal=causal, batch=B, heads=heads, channels=channels,
                               dtype=torch.float32)
-    # Per layer: a sliding-window layer leaves out the rows and chunks no reader's window reaches.
-    layer_bytes = [sum(lay.nbytes for lay in payload_layouts(config, bounds, causal=causal, batch=B, heads=heads,
+    # Per layer: a sliding-window layer leaves out the rows and chunks no reader's window reaches; a
+    # dense layer (dense_layers) runs its own config.
+    layer_bytes = [sum(lay.nbytes for lay in payload_layouts(layer.config, bounds, causal=causal, batch=B, heads=heads,
                                                              channels=channels, dtype=torch.float32,
                                                              window=layer.window))
                    for layer in attached_layers(model)]

@@ -66,7 +66,7 @@ def test_check_plan():
      "plan: prism['minilm']: unknown lever(s) ['sink_token']"),
     ({**PLAN, "prism": {"minilm": {"devices": ["a", "b"], "summary_bits": 9}}}, 2, "plan: prism['minilm']: summary_bits"),
     ({**PLAN, "prism": {"minilm": {"devices": ["a", "b"], "preset": ["edge"]}}}, 2,
-     "plan: prism['minilm'].preset must be one of exact, accurate, edge, fast, lean, paper, got ['edge']"),
+     "plan: prism['minilm'].preset must be one of exact, accurate, edge, fast, lean, tuned, paper, got ['edge']"),
     ({**PLAN, "prism": {"minilm": {"devices": ["a", "b"], "preset": None}}}, 2, "prism['minilm'].preset must be one of"),
     ({**PLAN, "prism": {"minilm": {"devices": ["a", "b"], "segment_size": None}}}, 2,
      "prism['minilm'].segment_size must be a whole number >= 1"),
@@ -91,9 +91,14 @@ def test_bad_plans(plan, ranks, message):
 
 @pytest.mark.parametrize("preset", sorted(set(PRESETS) - {"paper"}))
 def test_a_plans_preset_means_what_from_preset_gives(preset):
-    """The preset alone: exactly `from_preset` (edge is segment size 1 with 4-bit means, not 16)."""
-    p = check_plan({**PLAN, "prism": {"minilm": {"devices": ["a", "b"], "preset": preset}}}, 2)
-    assert p.spread["minilm"] == ([0, 1], PrismConfig.from_preset(2, preset))
+    """The preset alone: exactly `from_preset` (edge is segment size 1 with 4-bit means, not 16);
+    tuned's calibrated dense layers given by hand (placement loads no model to read them for)."""
+    entry = {"devices": ["a", "b"], "preset": preset}
+    want = PrismConfig.from_preset(2, preset)
+    if want.dense_layers == "auto":
+        entry["dense_layers"], want = [2, 0], want.replace(dense_layers=(0, 2))
+    p = check_plan({**PLAN, "prism": {"minilm": entry}}, 2)
+    assert p.spread["minilm"] == ([0, 1], want)
     assert p.spread["minilm"][1].segment_size == PRESETS[preset]["segment_size"]
 
 
