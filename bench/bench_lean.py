@@ -44,7 +44,7 @@ SETTINGS = [
     ("lean, no sinks", dict(LEAN, sink_tokens=0), None),
     ("lean, 16 score queries", LEAN, 16),
     ("lean, 256 score queries", LEAN, 256),
-    ("tuned: heavy 0.135, calibrated dense layers", dict(LEAN, heavy_fraction=0.135, dense_layers="auto"), None),
+    ("tuned: heavy 0.1, calibrated dense layers", dict(LEAN, heavy_fraction=0.1, dense_layers="auto"), None),
     ("lean with tuned's dense layers", dict(LEAN, dense_layers="auto"), None),
 ]
 CELLS = [("smollm2", 2048, 2), ("smollm2", 8192, 4), ("minilm", 512, 4)]

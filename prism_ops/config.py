@@ -76,7 +76,7 @@ PRESETS = {
     "fast": {"segment_size": 1, "summary_bits": 3, "sink_tokens": 4, "exchange": "auto"},
     "lean": {"segment_size": 128, "summary_bits": 4, "sink_tokens": 4, "heavy_fraction": 0.2, "verbatim_bits": 16,
              "exchange": "auto"},
-    "tuned": {"segment_size": 128, "summary_bits": 4, "sink_tokens": 4, "heavy_fraction": 0.135, "verbatim_bits": 16,
+    "tuned": {"segment_size": 128, "summary_bits": 4, "sink_tokens": 4, "heavy_fraction": 0.1, "verbatim_bits": 16,
               "dense_layers": "auto", "exchange": "auto"},
     "paper": {},
 }

@@ -172,3 +172,27 @@ def test_prism_calibrate_takes_out_or_dense_layers(capsys):
         with pytest.raises(SystemExit) as e:
             main(argv)
         assert e.value.code == 2 and message in capsys.readouterr().err
+
+
+def test_prism_run_calibrates_on_first_use_then_reads_the_cache(tmp_path):
+    """--preset tuned: the first run finds the model's dense layers (and says so), the next reads them."""
+    import os
+    import subprocess
+
+    from tiny_model import TEXT, write_tiny_gpt2
+
+    folder = write_tiny_gpt2(tmp_path / "gpt2")
+    env = dict(os.environ, HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1", PRISM_OPS_CACHE=str(tmp_path / "cache"))
+    cmd = [str(Path(sys.executable).parent / "prism-run"), "--simulate", "2", "--model", str(folder), "--preset",
+           "tuned", "--output", "hidden", "--input", TEXT]
+    first = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
+    assert first.returncode == 0, first.stderr[-3000:]
+    assert "finding" in first.stderr and "dense layers for the tuned preset, once" in first.stderr
+    files = list((tmp_path / "cache" / "dense-layers").glob("*.json"))
+    assert len(files) == 1 and len(json.loads(files[0].read_text())["dense_layers"]) == 1  # a tenth of 2 layers
+    again = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
+    assert again.returncode == 0 and "finding" not in again.stderr, again.stderr[-3000:]
+    def answer(out):  # the report without its timings
+        return [line for line in out.splitlines() if not line.startswith("seconds:")]
+
+    assert answer(again.stdout) == answer(first.stdout)

@@ -26,6 +26,7 @@ import torch
 
 from .. import hf
 from ..config import PrismConfig
+from ..distributed.control import bcast_json
 from ..distributed.comm import Communicator
 from ..distributed.handshake import fingerprint, handshake
 from ..distributed.faults import agree, agree_rank0, guarded, leave_together
@@ -33,7 +34,7 @@ from ..distributed.transport import describe, format_transport
 from ..models import pooling_for
 from ..pooling import Pooling
 from .options import RankOptions
-from .request import load_model
+from .request import dense_layers_of, load_model
 
 
 @dataclass
@@ -57,6 +58,9 @@ def start(opts: RankOptions, comm, read_files=lambda: None) -> Started:
     tok, model = agree(comm, lambda: load_model(opts))
     pooling = agree(comm, lambda: pooling_for(opts.model))  # a bad sentence-transformers config: the same
     load_s = time.perf_counter() - t0
+    if config.dense_layers == "auto":  # the tuned preset: rank 0's calibration, on every rank
+        layers = agree_rank0(comm, lambda: dense_layers_of(model, tok, opts.model))
+        config = config.replace(dense_layers=bcast_json(comm, layers))
     runner = hf.configure(model, config, comm=comm)
     comm.phase = "handshake"
     t1 = time.perf_counter()

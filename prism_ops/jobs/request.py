@@ -12,7 +12,9 @@ import sys
 
 import torch
 
+from .. import calibrate
 from ..config import PrismConfig
+from ..hf.dense_layers import load_dense_layers
 from ..request_types import Request, RequestError, Result, too_long
 from ..input_files import read_text_file
 from ..models import load, pooling_for
@@ -65,3 +67,13 @@ def print_result(opts, model, tok, res: Result, num_partitions: int, config: Pri
                        num_partitions=num_partitions, output=opts.output, dtype=opts.torch_dtype, seconds=seconds,
                        simulated=simulated)
     print_report(obj, file=sys.stdout, json_line=opts.json, verbose=opts.verbose)
+
+
+def dense_layers_of(model, tok, name: str) -> list:
+    """The model's calibrated dense layers (`hf.dense_layers`), calibrated now on first use."""
+    try:
+        return list(load_dense_layers(model))
+    except ValueError:
+        print(f"prism-run: finding {name}'s dense layers for the tuned preset, once (prism-calibrate --model {name} "
+              "--dense-layers; cached)", file=sys.stderr, flush=True)
+        return calibrate.dense_layers(model, tok)["dense_layers"]

@@ -20,7 +20,7 @@ from .. import hf
 from ..hf import max_positions
 from ..in_process import run_simulated
 from .options import SimulateOptions
-from .request import load_model, make_request, print_result, read_text
+from .request import dense_layers_of, load_model, make_request, print_result, read_text
 
 EXIT_BAD_INPUT = 2
 
@@ -60,6 +60,8 @@ def simulate(opts: SimulateOptions) -> None:
     t0 = time.perf_counter()
     tok, model = load_model(opts)
     load_s = time.perf_counter() - t0
+    if config.dense_layers == "auto":  # the tuned preset: calibrated on first use
+        config = config.replace(dense_layers=dense_layers_of(model, tok, opts.model))
     config = hf.configure(model, config).config
     req = make_request(tok, opts, text, max_positions(model))
     res = run_simulated(model, req, P, eos=tok.eos_token_id if opts.generate else None, progress=True)
