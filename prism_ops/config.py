@@ -67,6 +67,11 @@ EXCHANGE_SETTINGS = EXCHANGES + ("auto",)  # what a config may ask for; prism_op
 #             float32 model. SmolLM2 1.026x at N = 2048 and 2 ranks (23% of edge's bytes); outside
 #             its 3% budget at 4 and 8 ranks and on MiniLM (docs/EVAL.md gives every cell). Not for
 #             sliding-window models.
+#   tuned     lean with a tenth of each chunk's tokens picked, and the model's dense layers (a tenth
+#             of its layers, the ones a calibration finds summaries move most: `calibrate.dense_layers`,
+#             once per model, cached) sending every token as a 4-bit row. SmolLM2 1.016x at N = 2048,
+#             P = 2 (22% of edge's bytes) and 1.026x at N = 8192, P = 4 (20%); MiniLM 0.967 / 0.954
+#             at P = 4 (outside). Measured in those cells only (bench/bench_lean.py).
 #   paper     the published method (segment means of 16): a large loss (MiniLM mean cos 0.85,
 #             SmolLM2 perplexity 1.65x at 4 partitions); for comparison.
 PRESETS = {
