@@ -73,8 +73,8 @@ def run_cell(model, N, P, count, settings):
         sent = sum(cost.bytes_per_layer(shape, N, config, causal=task.causal, dtype=torch.float16))
         edge = edge or (sent if label.startswith("edge") else None)
         rows.append(dict(setting=label, bytes=sent, of_edge=sent / edge if edge else None, metrics=metrics))
-        print(f"  {model} N={N} P={P} {label}: {sent:,.0f} B {metrics['quality']:.4f} ({time.perf_counter() - t0:.0f}s)",
-              file=sys.stderr)
+        print(f"  {model} N={N} P={P} {label}: {sent:,.0f} B {metrics['quality']:.4f} "
+              f"({time.perf_counter() - t0:.0f}s)", file=sys.stderr)
     return task, rows
 
 

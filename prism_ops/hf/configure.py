@@ -223,7 +223,7 @@ def _codebooks(model, config: PrismConfig) -> list:
 
 def _resolve_dense_layers(model, dense_layers, num_layers: int) -> tuple:
     """The layer indices dense_layers names, checked against the model's attention layers; "auto":
-    this model's calibrated ones (`calibrate.load_dense_layers`: a clear error when missing)."""
+    this model's calibrated ones (`dense_layers.load_dense_layers`: a clear error when missing)."""
     if dense_layers == "auto":
         dense_layers = load_dense_layers(model)
     bad = [i for i in dense_layers if i >= num_layers]
