@@ -54,7 +54,9 @@ def build(partitions, segment_sizes, curves=True, presets=True) -> list[Setting]
                 rows.append(Setting(name, CURVE_PARTITIONS, segment_size, dict(levers)))
     if presets:
         for name, preset in PRESETS.items():
-            if name == "paper":
+            # tuned's dense layers are a model's calibration, which the grid does not run
+            # (bench/bench_lean.py measures tuned).
+            if name == "paper" or preset.get("dense_layers") == "auto":
                 continue
             levers = {k: v for k, v in preset.items() if k != "segment_size"}
             for P in partitions:

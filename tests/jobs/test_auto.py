@@ -53,8 +53,11 @@ def test_presets_reduce_to_their_levers():
     edge = PrismConfig.from_preset(2, "edge")
     assert PrismConfig.from_preset(2, "accurate") == edge.replace(sink_tokens=4)
     assert PrismConfig.from_preset(2, "fast") == edge.replace(sink_tokens=4, summary_bits=3)
-    assert PrismConfig.from_preset(2, "lean") == edge.replace(sink_tokens=4, segment_size=128, heavy_fraction=0.2)
-    with pytest.raises(ValueError, match=r"preset must be one of \['accurate', 'edge', 'exact', 'fast', 'lean', 'paper'\], "
+    lean = PrismConfig.from_preset(2, "lean")
+    assert lean == edge.replace(sink_tokens=4, segment_size=128, heavy_fraction=0.2, verbatim_bits=16)
+    assert PrismConfig.from_preset(2, "tuned") == lean.replace(heavy_fraction=0.1, dense_layers="auto")
+    with pytest.raises(ValueError, match=r"preset must be one of \['accurate', 'edge', 'exact', 'fast', 'lean', 'paper', "
+                                         r"'tuned'\], "
                                          r"got 'fastest'"):
         PrismConfig.from_preset(2, "fastest")
 
