@@ -35,7 +35,7 @@ class SimulatedPartitions(PartitionStrategy):
                       sink_tokens=cfg.sink_tokens, halo=cfg.halo, valid=valid, weights=cfg.weights,
                       cluster_iters=cfg.cluster_iters, backend=cfg.backend, return_rows=causal,
                       heavy_fraction=cfg.heavy_fraction,
-                      verbatim_dtype=None, **kw)
+                      verbatim_dtype=verbatim_wire_dtype(cfg.verbatim_bits, k.dtype), **kw)
         windowed = layer.window is not None or layer.softcap is not None
         if cfg.summary_codebook:
             out = codebook_partitioned_attention(q, k, v, layer.codebook, **common)

@@ -51,6 +51,28 @@ def test_readers_see_the_sinks_rounded_to_float16_and_the_sender_keeps_them_exac
         assert not torch.allclose(got[:, :, s:e], plain[:, :, s:e], atol=1e-5)  # the rounding is visible
 
 
+def test_a_configured_model_rounds_its_sinks_for_the_readers_only():
+    """The simulation (hf.configure without comm) rounds the verbatim rows as the ranks' wire does:
+    a decoder's first chunk, which reads no other, is unchanged; the chunks after it are not."""
+    pytest.importorskip("transformers")
+    from prism_ops import hf
+    from prism_ops.in_process import run_simulated
+    from prism_ops.request_types import Request
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    torch.manual_seed(0)
+    model = GPT2LMHeadModel(GPT2Config(n_embd=32, n_layer=2, n_head=2, n_positions=64, vocab_size=100)).eval()
+    req = Request(ids=torch.randint(0, 100, (1, 40), generator=torch.Generator().manual_seed(3)), output="hidden")
+    out = {}
+    for bits in (0, 16):
+        hf.configure(model, PrismConfig(3, 4, sink_tokens=3, verbatim_bits=bits))
+        out[bits] = run_simulated(model, req, 3).output
+    end0 = partition_bounds(40, 3)[0][1]
+    assert torch.equal(out[16][:, :end0], out[0][:, :end0])
+    assert not torch.equal(out[16][:, end0:], out[0][:, end0:])
+    assert torch.allclose(out[16], out[0], atol=1e-2)  # float16's rounding: small
+
+
 def test_a_float16_model_is_unchanged_and_bfloat16_keeps_its_own_dtype():
     assert verbatim_wire_dtype(16, torch.float32) == torch.float16
     assert verbatim_wire_dtype(16, torch.float16) == torch.float16
