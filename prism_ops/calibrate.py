@@ -48,9 +48,12 @@ def calibration_text() -> str:
     return text[len(text) - CALIBRATION_CHARS:]
 
 
-def calibration_windows(tokenizer, num_windows: int, tokens: int) -> torch.Tensor:
-    """`[num_windows, tokens]` consecutive token ids of the calibration text (no special tokens)."""
+def calibration_windows(tokenizer, num_windows: int, tokens: int | None) -> torch.Tensor:
+    """`[num_windows, tokens]` consecutive token ids of the calibration text (no special tokens);
+    tokens=None: one window of the whole text."""
     ids = tokenizer(calibration_text(), add_special_tokens=False)["input_ids"]
+    if tokens is None:
+        num_windows, tokens = 1, len(ids)
     if len(ids) < num_windows * tokens:
         raise ValueError(f"the calibration text has {len(ids)} tokens, fewer than {num_windows} x {tokens}")
     return torch.tensor(ids[: num_windows * tokens]).view(num_windows, tokens)
@@ -154,8 +157,7 @@ def layer_errors(model, tokenizer, config: PrismConfig) -> list[float]:
 
     if config.dense_layers:
         raise ValueError("layer_errors takes the setting without dense layers")
-    text = len(tokenizer(calibration_text(), add_special_tokens=False)["input_ids"])
-    ids = calibration_windows(tokenizer, 1, min(DENSE_TOKENS, max_positions(model) or DENSE_TOKENS, text))
+    ids = calibration_windows(tokenizer, 1, None)[:, :min(DENSE_TOKENS, max_positions(model) or DENSE_TOKENS)]
     attention = attention_modules(model)
     index = {id(m): i for i, m in enumerate(attention)}
     causal = model_kind(model) == "decoder"
@@ -163,8 +165,7 @@ def layer_errors(model, tokenizer, config: PrismConfig) -> list[float]:
 
     def measure(module, query, key, value, *args, **kwargs):
         out = sdpa_attention_forward(module, query, key, value, *args, **kwargs)
-        exact = partitioned_attention(query, key, value, num_partitions=1, segment_size=1, causal=causal,
-                                      scale=kwargs.get("scaling"))
+        exact = out[0].transpose(1, 2)  # [B, H, T, D], as partitioned_attention returns it
         got = partitioned_attention(query, key, value, num_partitions=config.num_partitions,
                                     segment_size=config.segment_size, causal=causal, scale=kwargs.get("scaling"),
                                     sink_tokens=config.sink_tokens, halo=config.halo,

@@ -94,17 +94,16 @@ BERT_BASE = ModelShape(hidden_size=768, num_heads=12, num_kv_heads=12, head_dim=
 
 
 def bytes_per_layer(shape: ModelShape, num_tokens: int, config: PrismConfig, *, causal: bool = False,
-                    dtype: torch.dtype = torch.float32, window: int | None = None, layer: int | None = None) -> list:
+                    dtype: torch.dtype = torch.float32, window: int | None = None) -> list:
     """Bytes each rank sends per layer: the `nbytes` of its payload layout (`prism_ops.wire`), batch 1
     (for a sliding-window layer, `window`: a chunk no other rank's query reaches sends 0). With
-    dense layers (`PrismConfig.dense_layers`), layer `layer`'s, or without one the mean over the
-    model's layers (floats)."""
-    if config.dense_layers and layer is None:
-        every = [bytes_per_layer(shape, num_tokens, config, causal=causal, dtype=dtype, window=window, layer=i)
-                 for i in range(shape.num_layers)]
-        return [sum(col) / shape.num_layers for col in zip(*every)]
-    if layer is not None:
-        config = config.for_layer(layer)
+    dense layers (`PrismConfig.dense_layers`), the mean over the model's layers (floats;
+    `layer_bytes` gives each layer's)."""
+    if config.dense_layers:  # two settings: the dense layers' and the others'
+        L, n = shape.num_layers, len(config.dense_layers)
+        dense, rest = (bytes_per_layer(shape, num_tokens, c, causal=causal, dtype=dtype, window=window)
+                       for c in (config.for_layer(config.dense_layers[0]), config.replace(dense_layers=())))
+        return [(n * d + (L - n) * r) / L for d, r in zip(dense, rest)]
     heads, channels = shape.row_shape(config.exchange)
     bounds = partition_bounds(num_tokens, config.num_partitions, config.weights)
     layouts = payload_layouts(config, bounds, causal=causal, batch=1, heads=heads, channels=channels, dtype=dtype,
@@ -115,8 +114,10 @@ def bytes_per_layer(shape: ModelShape, num_tokens: int, config: PrismConfig, *, 
 def layer_bytes(shape: ModelShape, num_tokens: int, config: PrismConfig, *, causal: bool = False,
                 dtype: torch.dtype = torch.float32) -> list[int]:
     """Bytes all ranks send in each of the model's layers (dense layers their own)."""
-    return [sum(bytes_per_layer(shape, num_tokens, config, causal=causal, dtype=dtype, layer=i))
-            for i in range(shape.num_layers)]
+    rest = sum(bytes_per_layer(shape, num_tokens, config.replace(dense_layers=()), causal=causal, dtype=dtype))
+    dense = sum(bytes_per_layer(shape, num_tokens, config.for_layer(config.dense_layers[0]), causal=causal,
+                                dtype=dtype)) if config.dense_layers else rest
+    return [dense if i in config.dense_layers else rest for i in range(shape.num_layers)]
 
 
 def full_exchange_bytes_per_layer(shape: ModelShape, num_tokens: int, num_partitions: int, *,

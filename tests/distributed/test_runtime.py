@@ -73,26 +73,30 @@ def assert_close(got, ref, layers):
     assert (got - ref).abs().max().item() <= 1e-5 * max(1.0, scale) * layers
 
 
+def gpt2_both_ways(req, ranks, config=PrismConfig(2, 4, sink_tokens=2)):
+    """req through gpt2() on `ranks` threads and simulated: (rank 0's Result, the comms, the simulation's)."""
+    base = gpt2()
+    res, comms = distributed(base, config, req, ranks)
+    return res, comms, simulated(base, config, req, ranks)
+
+
 @pytest.mark.parametrize("ranks", [2, 3])
 def test_hidden_states_are_scattered_and_gathered_as_one_process_computes_them(ranks):
-    base, config = gpt2(), PrismConfig(2, 4, sink_tokens=2)
+    config = PrismConfig(2, 4, sink_tokens=2)
     req = Request(ids=torch.randint(0, 100, (1, 37), generator=torch.Generator().manual_seed(1)), output="hidden")
-    res, comms = distributed(base, config, req, ranks)
-    ref = simulated(base, config, req, ranks)
+    res, _, ref = gpt2_both_ways(req, ranks, config)
     assert res.output.shape == (1, 37, 32)
     assert_close(res.output, ref.output, 2)
     assert res.bounds == [tuple(b) for b in partition_bounds(37, ranks)]
-    shape = cost.ModelShape.from_config(base.config)
+    shape = cost.ModelShape.from_config(gpt2().config)
     per_rank = cost.bytes_per_layer(shape, 37, config.replace(num_partitions=ranks), causal=True)
     assert res.bytes_per_layer == [sum(per_rank)] * 2 == ref.bytes_per_layer
 
 
 @pytest.mark.parametrize("ranks", [2, 3])
 def test_logits_cross_the_link_as_the_last_hidden_row_and_rank_0_applies_the_head(ranks):
-    base, config = gpt2(), PrismConfig(2, 4, sink_tokens=2)
     req = Request(ids=torch.randint(0, 100, (2, 29), generator=torch.Generator().manual_seed(4)), output="logits")
-    res, comms = distributed(base, config, req, ranks)
-    ref = simulated(base, config, req, ranks)
+    res, comms, ref = gpt2_both_ways(req, ranks)
     assert res.output.shape == (2, 100) and res.output.dtype == torch.float32
     assert_close(res.output, ref.output, 2)
     # The last rank sent 2 rows of d = 32 floats (and its 2 layers' byte counts), not 2 x V = 100 logits.
