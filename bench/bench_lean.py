@@ -23,10 +23,9 @@ from pathlib import Path
 
 import torch
 
-from prism_ops import calibrate, cost, hf, models
+from prism_ops import cost, hf
 from prism_ops.config import PrismConfig
 from prism_ops.eval import tasks
-from prism_ops.hf.dense_layers import load_dense_layers
 from prism_ops.ops import heavy_rows
 
 LEAN = dict(segment_size=128, summary_bits=4, sink_tokens=4, heavy_fraction=0.2, verbatim_bits=16, exchange="auto")
@@ -54,11 +53,7 @@ def run_cell(model, N, P, count, settings):
     task = tasks.LOADERS[model](count, N)
     shape = tasks.shape_of(task)
     if any(levers.get("dense_layers") == "auto" for _, levers, _ in settings):
-        try:
-            load_dense_layers(task.model)
-        except ValueError:  # not calibrated yet: once, as prism-calibrate --dense-layers does
-            calibrate.dense_layers(task.model, models.load(model)[0])
-            tasks.use_exact_attention(task.model)
+        tasks.calibrated_dense_layers(task, model)  # once, as prism-calibrate --dense-layers does
     rows, edge = [], None
     default = heavy_rows.SCORE_QUERIES
     for label, levers, queries in settings:

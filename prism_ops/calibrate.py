@@ -17,12 +17,14 @@ perplexity most, one at a time, at N = 8192 and 4 ranks.
 
 from __future__ import annotations
 
+import sys
+
 import torch
 
 from .config import PrismConfig
 from .cost import ModelShape
 from .hf import attention_modules, configure, max_positions, model_fingerprint, model_kind
-from .hf.dense_layers import save_dense_layers
+from .hf.dense_layers import load_dense_layers, save_dense_layers
 from .models import pydoc_text
 from .ops.codebook_rows import MAX_CENTROIDS, fit_codebook, save_codebooks
 from .ops.partitioned_attention import partitioned_attention
@@ -199,3 +201,14 @@ def dense_layers(model, tokenizer, preset: str = "tuned", count: int | None = No
     info = {"preset": preset, "partitions": DENSE_PARTITIONS, "errors": [round(e, 5) for e in errors]}
     path = save_dense_layers(model, layers, info)
     return {"dense_layers": layers, "path": str(path), **info}
+
+
+def dense_layers_on_first_use(model, tokenizer, name: str) -> tuple[int, ...]:
+    """The model's calibrated dense layers (`hf.dense_layers`), calibrated now (once, then cached) when
+    the cache has none for it: what `dense_layers="auto"` finds afterwards."""
+    try:
+        return load_dense_layers(model)
+    except ValueError:
+        print(f"finding {name}'s dense layers for the tuned preset, once (prism-calibrate --model {name} "
+              "--dense-layers; cached)", file=sys.stderr, flush=True)
+        return tuple(dense_layers(model, tokenizer)["dense_layers"])

@@ -93,6 +93,7 @@ PRESET_BUDGETS = {
     "edge": {"ppl": 1.03, "cos_mean": 0.99, "cos_min": 0.97},
     "fast": {"ppl": 1.05, "cos_mean": 0.99, "cos_min": 0.97},
     "lean": {"ppl": 1.03, "cos_mean": 0.99, "cos_min": 0.97},
+    "tuned": {"ppl": 1.03, "cos_mean": 0.99, "cos_min": 0.97},
 }
 # The presets with a budget, from the most accurate: `prism-run --auto` may switch from one to any
 # before it (never leaving the asked budget). "paper" has none: --auto keeps it as asked.

@@ -22,7 +22,7 @@ import torch
 from tqdm import tqdm
 
 from .. import cost, hf
-from ..config import PRESET_BUDGETS, PrismConfig
+from ..config import PRESET_BUDGETS, PRESETS, PrismConfig
 from . import tasks
 from .report import MARKER
 
@@ -49,6 +49,8 @@ def run(models, lengths, partitions, presets, *, tokens: int, passages: int, pro
     for model, N in cells:
         task = _task(model, N, tokens, passages)
         shape = tasks.shape_of(task)
+        if any(PRESETS[p].get("dense_layers") == "auto" for p in presets):
+            tasks.calibrated_dense_layers(task, model)  # tuned's layers: calibrated once per model, cached
         for P in partitions:
             cell = []
             for preset in presets:
@@ -58,7 +60,8 @@ def run(models, lengths, partitions, presets, *, tokens: int, passages: int, pro
                 tasks.use_exact_attention(task.model)
                 sent = sum(cost.bytes_per_layer(shape, N, config, causal=task.causal, dtype=torch.float16))
                 cell.append({"model": task.name, "key": model, "tokens": N, "partitions": P, "preset": preset,
-                             "exchange": config.exchange, "metrics": metrics, "budget": PRESET_BUDGETS[preset],
+                             "exchange": config.exchange, "dense_layers": list(config.dense_layers),
+                             "metrics": metrics, "budget": PRESET_BUDGETS[preset],
                              "within": within(metrics, PRESET_BUDGETS[preset]), "bytes": sent,
                              "sequences": len(task.windows) if hasattr(task, "windows") else len(task.docs),
                              "seconds": time.perf_counter() - t0})
@@ -86,6 +89,9 @@ def markdown(rows: list[dict], command: str) -> str:
                 f"{'windows' if ppl else 'passages'} per cell: " + ", ".join(
                     f"N = {N}: {next(r['sequences'] for r in mine if r['tokens'] == N)}"
                     for N in dict.fromkeys(r["tokens"] for r in mine)), ""]
+        dense = next((r["dense_layers"] for r in mine if r["dense_layers"]), None)
+        if dense:
+            out += [f"Dense layers (calibrated, `prism-calibrate --dense-layers`): {', '.join(map(str, dense))}.", ""]
         head = "ppl / exact | budget" if ppl else "mean cos | min cos | budget"
         out += [f"| preset | N | P | {head} | within | bytes/layer | of edge |",
                 "|" + " --- |" * (8 if ppl else 9)]
@@ -94,7 +100,7 @@ def markdown(rows: list[dict], command: str) -> str:
             q = (f"{m['quality']:.4f} | <= {b['ppl']}" if ppl else
                  f"{m['cos_mean']:.4f} | {m['cos_min']:.4f} | >= {b['cos_mean']} / {b['cos_min']}")
             out.append(f"| {r['preset']} | {r['tokens']} | {r['partitions']} | {q} | "
-                       f"{'yes' if r['within'] else '**no**'} | {r['bytes']:,} | {100 * r.get('of_edge', 0):.1f}% |")
+                       f"{'yes' if r['within'] else '**no**'} | {r['bytes']:,.0f} | {100 * r.get('of_edge', 0):.1f}% |")
         missed = [r for r in mine if not r["within"]]
         out += ["", "Outside the budget: " + ("; ".join(f"{r['preset']} at N = {r['tokens']}, P = {r['partitions']}"
                                                       for r in missed) if missed else "none") + ".", ""]

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from ..calibrate import dense_layers_on_first_use
 from ..cost import ModelShape
 from ..models import load, pydoc_text
 from .metrics import cosine_stats, mean_pool, next_token_nll, perplexity, recall_at_1, top1_agreement
@@ -49,6 +50,7 @@ class EmbeddingTask:
     causal: bool = False
     metric: str = "mean cos"
     ref: dict = field(default_factory=dict)
+    tokenizer: object = None  # what made the ids (a calibration needs it: `calibrated_dense_layers`)
 
     def __post_init__(self):
         use_exact_attention(self.model)
@@ -86,6 +88,7 @@ class PerplexityTask:
     causal: bool = True
     metric: str = "ppl / exact"
     ref: dict = field(default_factory=dict)
+    tokenizer: object = None  # what made the ids (a calibration needs it: `calibrated_dense_layers`)
 
     def __post_init__(self):
         use_exact_attention(self.model)
@@ -117,18 +120,22 @@ def minilm(passages: int, tokens: int) -> EmbeddingTask:
     wins = windows(ids, passages, body, QUERY_TOKENS)
     docs = torch.tensor([[cls] + w[:body] + [sep] for w in wins])
     queries = torch.tensor([[cls] + w[body:] + [sep] for w in wins])
-    return EmbeddingTask("all-MiniLM-L6-v2", model, docs, queries)
+    return EmbeddingTask("all-MiniLM-L6-v2", model, docs, queries, tokenizer=tok)
 
 
 def smollm2(num_windows: int, tokens: int) -> PerplexityTask:
     tok, model = load("smollm2")
     ids = tok(pydoc_text(), add_special_tokens=False)["input_ids"]
-    return PerplexityTask("SmolLM2-135M", model, torch.tensor(windows(ids, num_windows, tokens)))
+    return PerplexityTask("SmolLM2-135M", model, torch.tensor(windows(ids, num_windows, tokens)), tokenizer=tok)
+
+
+def byte_tokenizer(text: str, add_special_tokens: bool = False) -> dict:
+    """Tiny models' tokenizer: the text's UTF-8 bytes (vocab 256), called as a Hugging Face one is."""
+    return {"input_ids": list(text.encode())}
 
 
 def _byte_ids(n, length, extra=0):
-    """Tiny models' 'tokenizer': the text's UTF-8 bytes (vocab 256)."""
-    return windows(list(pydoc_text().encode()), n, length, extra)
+    return windows(byte_tokenizer(pydoc_text())["input_ids"], n, length, extra)
 
 
 def tiny_encoder(passages: int, tokens: int) -> EmbeddingTask:
@@ -140,7 +147,7 @@ def tiny_encoder(passages: int, tokens: int) -> EmbeddingTask:
     model = BertModel(cfg, add_pooling_layer=False).eval()
     wins = _byte_ids(passages, tokens, QUERY_TOKENS)
     return EmbeddingTask("tiny-encoder (random)", model, torch.tensor([w[:tokens] for w in wins]),
-                         torch.tensor([w[tokens:] for w in wins]))
+                         torch.tensor([w[tokens:] for w in wins]), tokenizer=byte_tokenizer)
 
 
 def tiny_decoder(num_windows: int, tokens: int) -> PerplexityTask:
@@ -150,10 +157,20 @@ def tiny_decoder(num_windows: int, tokens: int) -> PerplexityTask:
     cfg = LlamaConfig(vocab_size=256, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
                       num_key_value_heads=2, intermediate_size=64, max_position_embeddings=max(512, tokens))
     model = LlamaForCausalLM(cfg).eval()
-    return PerplexityTask("tiny-decoder (random)", model, torch.tensor(_byte_ids(num_windows, tokens)))
+    return PerplexityTask("tiny-decoder (random)", model, torch.tensor(_byte_ids(num_windows, tokens)),
+                          tokenizer=byte_tokenizer)
 
 
 LOADERS = {"minilm": minilm, "smollm2": smollm2, "tiny-encoder": tiny_encoder, "tiny-decoder": tiny_decoder}
+
+
+def calibrated_dense_layers(task, key: str) -> tuple[int, ...]:
+    """The task's model's dense layers (what `dense_layers="auto"`, the tuned preset, runs), calibrated
+    first when the cache has none (`calibrate.dense_layers`, once per model); exact attention after.
+    key: the model's name in LOADERS."""
+    layers = dense_layers_on_first_use(task.model, task.tokenizer, key)
+    use_exact_attention(task.model)
+    return layers
 
 
 def shape_of(task) -> ModelShape:

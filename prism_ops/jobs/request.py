@@ -14,7 +14,6 @@ import torch
 
 from .. import calibrate
 from ..config import PrismConfig
-from ..hf.dense_layers import load_dense_layers
 from ..request_types import Request, RequestError, Result, too_long
 from ..input_files import read_text_file
 from ..models import load, pooling_for
@@ -71,9 +70,4 @@ def print_result(opts, model, tok, res: Result, num_partitions: int, config: Pri
 
 def dense_layers_of(model, tok, name: str) -> list:
     """The model's calibrated dense layers (`hf.dense_layers`), calibrated now on first use."""
-    try:
-        return list(load_dense_layers(model))
-    except ValueError:
-        print(f"prism-run: finding {name}'s dense layers for the tuned preset, once (prism-calibrate --model {name} "
-              "--dense-layers; cached)", file=sys.stderr, flush=True)
-        return calibrate.dense_layers(model, tok)["dense_layers"]
+    return list(calibrate.dense_layers_on_first_use(model, tok, name))

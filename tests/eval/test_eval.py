@@ -102,27 +102,36 @@ def test_unknown_lever_is_refused():
         grid.check_all([grid.Setting("typo", 4, 16, {"sink": 4})], 64)
 
 
-def test_budgets_table_end_to_end_on_tiny_models(tmp_path):
+def test_budgets_table_end_to_end_on_tiny_models(tmp_path, monkeypatch):
     from prism_ops.config import PRESET_BUDGETS
     from prism_ops.eval import budgets
+    from prism_ops.hf.dense_layers import load_dense_layers
 
+    monkeypatch.setenv("PRISM_OPS_CACHE", str(tmp_path / "cache"))  # tuned calibrates each model on first use
     (tmp_path / "EVAL.md").write_text("# the grid's report\n")
     rows = cli.run(["--budgets", "--tiny", "--out", str(tmp_path), "--budget-tokens", "256", "--passages", "4"])
     # tiny-encoder at --tokens (64), tiny-decoder at 64 and 128; P = 2, 4; every budgeted preset.
     assert len(rows) == (1 + 2) * 2 * len(PRESET_BUDGETS)
-    assert {r["preset"] for r in rows} == set(PRESET_BUDGETS) == {"accurate", "edge", "fast", "lean"}
+    assert {r["preset"] for r in rows} == set(PRESET_BUDGETS) == {"accurate", "edge", "fast", "lean", "tuned"}
+    for key in ("tiny-encoder", "tiny-decoder"):  # the calibration each model's tuned rows ran with, now cached
+        layers = load_dense_layers(tasks.LOADERS[key](1, 64).model)
+        assert len(layers) == 1 and [r["dense_layers"] for r in rows if r["key"] == key and r["preset"] == "tuned"] \
+            == [list(layers)] * (4 if key == "tiny-decoder" else 2)
+        assert all(r["dense_layers"] == [] for r in rows if r["key"] == key and r["preset"] != "tuned")
     for r in rows:
         assert r["within"] == budgets.within(r["metrics"], r["budget"])
         if r["preset"] == "edge":
             assert r["of_edge"] == 1.0
         shape = tasks.shape_of(tasks.LOADERS[r["key"]](1, 64))
-        config = PrismConfig.from_preset(r["partitions"], r["preset"], exchange=r["exchange"])
+        config = PrismConfig.from_preset(r["partitions"], r["preset"], exchange=r["exchange"],
+                                         dense_layers=r["dense_layers"])
         causal = r["key"] == "tiny-decoder"
         assert r["bytes"] == sum(cost.bytes_per_layer(shape, r["tokens"], config, causal=causal, dtype=torch.float16))
     assert {r["sequences"] for r in rows if r["key"] == "tiny-decoder"} == {4, 2}  # 256 tokens in windows of N
     text = (tmp_path / "EVAL.md").read_text()
     assert text.startswith("# the grid's report") and budgets.MARKER in text
-    assert "| lean | 128 | 4 |" in text and "Outside the budget:" in text
+    assert "| lean | 128 | 4 |" in text and "| tuned | 128 | 4 |" in text and "Outside the budget:" in text
+    assert text.count("Dense layers (calibrated, `prism-calibrate --dense-layers`): ") == 2
     saved = json.loads((tmp_path / "budgets.json").read_text())
     assert saved["command"].startswith("prism-eval --budgets --tiny") and len(saved["rows"]) == len(rows)
     # The grid's report, written again, keeps the budgets table below its marker.
