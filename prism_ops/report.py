@@ -30,7 +30,8 @@ def build_report(res: Result, *, model_name: str, model, tokenizer, config: Pris
         out = {"text": tokenizer.decode(res.token_ids[0], skip_special_tokens=True), "token_ids": res.token_ids[0]}
     else:
         out = res.output[0].tolist()
-    return {"model": model_name, "partitions": num_partitions, "segment_size": config.segment_size, "output": out,
+    return {"model": model_name, "partitions": num_partitions, "segment_size": config.segment_size,
+            "dense_layers": list(config.dense_layers), "output": out,
             "bytes": {"sent_per_layer": sent, "full_exchange_per_layer": [full] * len(sent)}, "seconds": seconds,
             "_kind": model_kind(model), "_exchange": config.exchange, "_tokens": N, "_simulated": simulated,
             "_output_name": output, "_vector": None if res.token_ids is not None else res.output[0].flatten(),
@@ -41,8 +42,9 @@ def build_report(res: Result, *, model_name: str, model, tokenizer, config: Pris
 def print_report(obj: dict, file=sys.stdout, json_line: bool = False, verbose: bool = False) -> None:
     """The human report; the per-layer byte table only with verbose (else one summary line)."""
     where = "simulated in one process" if obj["_simulated"] else "MPI ranks"
+    dense = f" (dense layers {', '.join(map(str, obj['dense_layers']))}: segment size 1)" if obj["dense_layers"] else ""
     print(f"prism-run: {obj['model']} ({obj['_kind']}), {obj['partitions']} partitions ({where}), "
-          f"segment size {obj['segment_size']}, {obj['_exchange']} exchange, {obj['_tokens']} tokens", file=file)
+          f"segment size {obj['segment_size']}{dense}, {obj['_exchange']} exchange, {obj['_tokens']} tokens", file=file)
     vec = obj["_vector"]
     if vec is None:
         out = obj["output"]

@@ -189,7 +189,9 @@ def test_prism_run_calibrates_on_first_use_then_reads_the_cache(tmp_path):
     assert first.returncode == 0, first.stderr[-3000:]
     assert "finding" in first.stderr and "dense layers for the tuned preset, once" in first.stderr
     files = list((tmp_path / "cache" / "dense-layers").glob("*.json"))
-    assert len(files) == 1 and len(json.loads(files[0].read_text())["dense_layers"]) == 1  # a tenth of 2 layers
+    layers = json.loads(files[0].read_text())["dense_layers"]
+    assert len(layers) == 1  # a tenth of 2 layers
+    assert f"segment size 128 (dense layers {layers[0]}: segment size 1)," in first.stdout  # the report names them
     again = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
     assert again.returncode == 0 and "finding" not in again.stderr, again.stderr[-3000:]
     def answer(out):  # the report without its timings

@@ -155,8 +155,9 @@ def test_prism_run_json_equals_simulate():
     assert p.returncode == 0, p.stderr[-2000:]
     lines = p.stdout.strip().splitlines()
     out = json.loads(lines[-1])
-    assert set(out) == {"model", "partitions", "segment_size", "output", "bytes", "seconds"}
+    assert set(out) == {"model", "partitions", "segment_size", "dense_layers", "output", "bytes", "seconds"}
     assert out["model"] == "minilm" and out["partitions"] == 2 and out["segment_size"] == 4
+    assert out["dense_layers"] == []
     assert len(out["output"]) == 384 and len(out["bytes"]["sent_per_layer"]) == 6
     assert any(line.startswith("bytes (counted): ") for line in lines)  # the human report came first
     sim = subprocess.run([str(BIN / "prism-run"), "--simulate", "2", "--segment-size", "4", "--sink-tokens", "2",
