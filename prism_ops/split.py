@@ -166,13 +166,17 @@ def predict(bounds, devices, links, shape: ModelShape, config: PrismConfig, *, c
     P = len(bounds)
     order = list(range(P)) if order is None else list(order)
     heads, channels = shape.row_shape(config.exchange)
-    layouts = payload_layouts(config, bounds, causal=causal, batch=1, heads=heads, channels=channels, dtype=dtype)
-    local, remote = compute_seconds(bounds, devices, shape, config, causal=causal, order=order)
+    per_layer = [config.for_layer(i) for i in range(shape.num_layers)]  # dense layers send and read more rows
+    costs = {}
+    for cfg in dict.fromkeys(per_layer):  # at most two settings: the config and its dense layers'
+        costs[cfg] = (payload_layouts(cfg, bounds, causal=causal, batch=1, heads=heads, channels=channels, dtype=dtype),
+                      *compute_seconds(bounds, devices, shape, cfg, causal=causal, order=order))
     seen = [visible_chunks(c, P, causal, bounds=bounds) for c in range(P)]
     to = [readers(c, P, causal, bounds=bounds) for c in range(P)]
     done = [0.0] * P
     uplink = [0.0] * P  # when each sender's uplink is free again
-    for _ in range(shape.num_layers):
+    for cfg in per_layer:
+        layouts, local, remote = costs[cfg]
         arrive = {}
         for c in range(P):
             for r in to[c]:  # c starts the layer at done[c] and sends to its readers in turn

@@ -126,3 +126,22 @@ def test_a_slower_causal_block_and_the_logits_sent_back_are_counted():
     back = predict(bounds, [CORE, CORE], link, SMOLLM2, EDGE, causal=True, result_bytes=4 * 49152)
     assert back[0] == plain[0] and back[1] == pytest.approx(plain[1] + 0.01 + 4 * 49152 / 1e6)
     assert one_device_seconds(N, slow_causal, SMOLLM2, causal=True) > one_device_seconds(N, CORE, SMOLLM2, causal=True)
+
+
+def test_dense_layers_are_timed_with_their_own_rows_and_bytes():
+    """A dense layer (`PrismConfig.dense_layers`) sends and reads every token as a row: predict
+    times it with that setting, the other layers with the config's own."""
+    lean = PrismConfig.from_preset(2, "lean", exchange="kv")
+    bounds = partition_bounds(N, 2)
+    link = uniform_links(2, 2e7, latency_s=0.001)
+
+    def times(config):
+        return predict(bounds, [CORE, CORE], link, SMOLLM2, config, causal=True)
+
+    every = lean.replace(dense_layers=tuple(range(30)))
+    assert times(every) == times(lean.replace(segment_size=1, heavy_fraction=0.0))  # every layer dense
+    assert times(lean.replace(dense_layers=())) == times(lean)
+    some = times(lean.replace(dense_layers=(7, 18, 20)))
+    assert times(lean)[1] < some[1] < times(every)[1]  # the reader waits on more bytes in 3 layers of 30
+    with pytest.raises(ValueError, match="dense_layers='auto' is resolved by prism_ops.hf.configure"):
+        times(lean.replace(dense_layers="auto"))
