@@ -70,8 +70,9 @@ EXCHANGE_SETTINGS = EXCHANGES + ("auto",)  # what a config may ask for; prism_op
 #   tuned     lean with a tenth of each chunk's tokens picked, and the model's dense layers (a tenth
 #             of its layers, the ones a calibration finds summaries move most: `calibrate.dense_layers`,
 #             once per model, cached) sending every token as a 4-bit row. SmolLM2 1.016x at N = 2048,
-#             P = 2 (22% of edge's bytes) and 1.026x at N = 8192, P = 4 (20%); MiniLM 0.967 / 0.954
-#             at P = 4 (outside). Measured in those cells only (bench/bench_lean.py).
+#             P = 2 (22% of edge's bytes) and 1.026x at N = 8192, P = 4 (20%); within its 3% at 2 ranks
+#             for N = 2048-8192, outside it with shorter chunks at 4 and 8 ranks, at N = 512 and on
+#             MiniLM (0.970 / 0.939 at P = 4; docs/EVAL.md).
 #   paper     the published method (segment means of 16): a large loss (MiniLM mean cos 0.85,
 #             SmolLM2 perplexity 1.65x at 4 partitions); for comparison.
 PRESETS = {
