@@ -22,6 +22,9 @@ with the +ln(count) bias):
                     row (segment size 1, no picks): the few a calibration finds most hurt by
                     summarising (`calibrate.dense_layers`); "auto": this model's calibrated ones,
                     resolved by `prism_ops.hf.configure`
+    min_chunk_tokens  summarise only where a rank's mean share of a request (N / P) has at least this
+                    many tokens; a shorter request sends every token as its own row, as a dense layer
+                    does (`PrismConfig.for_tokens`): there summaries save few bytes and lose most. 0 = off
     summary_codebook  the path of a calibration file (`prism-calibrate`): summaries sent as
                     product-quantization codes of its per-layer codebooks (`ops.codebook_rows`)
     exchange        "kv" (K/V means), "hidden" (the paper's hidden-feature means), or "auto"
@@ -83,7 +86,7 @@ PRESETS = {
     "lean": {"segment_size": 128, "summary_bits": 4, "sink_tokens": 4, "heavy_fraction": 0.2, "verbatim_bits": 16,
              "exchange": "auto"},
     "tuned": {"segment_size": 128, "summary_bits": 4, "sink_tokens": 4, "heavy_fraction": 0.1, "verbatim_bits": 16,
-              "dense_layers": "auto", "exchange": "auto"},
+              "dense_layers": "auto", "min_chunk_tokens": 1024, "exchange": "auto"},
     "paper": {},
 }
 # Each budgeted preset's stated quality budget (`prism-eval --budgets` checks it in every cell of
@@ -123,9 +126,11 @@ class PrismConfig:
     heavy_fraction: float = 0.0
     verbatim_bits: int = 0
     dense_layers: tuple[int, ...] | str = ()
+    min_chunk_tokens: int = 0
 
     def __post_init__(self):
         check_int(self.num_partitions, "num_partitions", 1)
+        check_int(self.min_chunk_tokens, "min_chunk_tokens", 0)
         check_int(self.segment_size, "segment_size", 1)
         check_int(self.sink_tokens, "sink_tokens", 0)
         check_int(self.halo, "halo", 0)
@@ -179,6 +184,15 @@ class PrismConfig:
         if index not in self.dense_layers:
             return self
         return self.replace(segment_size=1, heavy_fraction=0.0, dense_layers=())
+
+    def for_tokens(self, num_tokens: int) -> "PrismConfig":
+        """The setting a request of num_tokens (padding included) runs: every summarised token its own
+        row (segment size 1, no picks, no dense layers to tell apart) when its mean share per rank is
+        under min_chunk_tokens, this config otherwise. The ranks, the simulation, the wire layouts
+        and the cost model all resolve it from N and P alike."""
+        if not self.min_chunk_tokens or num_tokens >= self.min_chunk_tokens * self.num_partitions:
+            return self
+        return self.replace(segment_size=1, heavy_fraction=0.0, dense_layers=(), min_chunk_tokens=0)
 
     def replace(self, **changes) -> "PrismConfig":
         """A copy with some fields changed, checked again."""

@@ -98,7 +98,9 @@ def bytes_per_layer(shape: ModelShape, num_tokens: int, config: PrismConfig, *, 
     """Bytes each rank sends per layer: the `nbytes` of its payload layout (`prism_ops.wire`), batch 1
     (for a sliding-window layer, `window`: a chunk no other rank's query reaches sends 0). With
     dense layers (`PrismConfig.dense_layers`), the mean over the model's layers (floats;
-    `layer_bytes` gives each layer's)."""
+    `layer_bytes` gives each layer's). A request under config.min_chunk_tokens per rank sends every
+    token (`PrismConfig.for_tokens`)."""
+    config = config.for_tokens(num_tokens)
     if config.dense_layers:  # two settings: the dense layers' and the others'
         L, n = shape.num_layers, len(config.dense_layers)
         dense, rest = (bytes_per_layer(shape, num_tokens, c, causal=causal, dtype=dtype, window=window)
@@ -114,6 +116,7 @@ def bytes_per_layer(shape: ModelShape, num_tokens: int, config: PrismConfig, *, 
 def layer_bytes(shape: ModelShape, num_tokens: int, config: PrismConfig, *, causal: bool = False,
                 dtype: torch.dtype = torch.float32) -> list[int]:
     """Bytes all ranks send in each of the model's layers (dense layers their own)."""
+    config = config.for_tokens(num_tokens)
     rest = sum(bytes_per_layer(shape, num_tokens, config.replace(dense_layers=()), causal=causal, dtype=dtype))
     dense = sum(bytes_per_layer(shape, num_tokens, config.for_layer(config.dense_layers[0]), causal=causal,
                                 dtype=dtype)) if config.dense_layers else rest
@@ -140,6 +143,7 @@ def flops_per_layer(shape: ModelShape, num_tokens: int, config: PrismConfig, *, 
                     window: int | None = None) -> list[int]:
     """FLOPs each rank spends per layer (matrix products only; see the module docstring). With a
     sliding `window` only the chunks within reach are received (the local block is counted whole)."""
+    config = config.for_tokens(num_tokens)
     shape.row_shape(config.exchange)
     P = config.num_partitions
     bounds = partition_bounds(num_tokens, P, config.weights)

@@ -23,6 +23,7 @@ def build_report(res: Result, *, model_name: str, model, tokenizer, config: Pris
     """The JSON object of one request (`output`, `bytes`, `seconds`, ...) plus what the human
     report prints (under keys starting with an underscore, dropped from the JSON line)."""
     N = res.bounds[-1][1]
+    config = config.for_tokens(N)  # what this request ran: every token a row under min_chunk_tokens per rank
     shape = cost.ModelShape.from_config(model.config)
     full = sum(cost.full_exchange_bytes_per_layer(shape, N, num_partitions, dtype=dtype))
     sent = res.bytes_per_layer

@@ -140,6 +140,7 @@ def compute_seconds(bounds, devices, shape: ModelShape, config: PrismConfig, *, 
     local attention block) and for attending to the rows it receives, at its rank's rates."""
     P = len(bounds)
     order = list(range(P)) if order is None else list(order)
+    config = config.for_tokens(bounds[-1][1])
     opts = chunk_options(config, causal)
     rows = [sum(summary_count(bounds, c, config.segment_size, heavy=config.heavy_fraction, **opts)) for c in range(P)]
     attn_per_pair = 2 * 2 * shape.num_heads * shape.head_dim  # FLOPs per (query, key): scores and values
@@ -166,6 +167,7 @@ def predict(bounds, devices, links, shape: ModelShape, config: PrismConfig, *, c
     P = len(bounds)
     order = list(range(P)) if order is None else list(order)
     heads, channels = shape.row_shape(config.exchange)
+    config = config.for_tokens(bounds[-1][1])
     per_layer = [config.for_layer(i) for i in range(shape.num_layers)]  # dense layers send and read more rows
     costs = {}
     for cfg in dict.fromkeys(per_layer):  # at most two settings: the config and its dense layers'

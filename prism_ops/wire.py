@@ -96,8 +96,10 @@ def payload_layouts(config: PrismConfig, bounds, *, causal: bool, batch: int, he
     """The layout of every chunk's payload for one layer, in rank order.
 
     A chunk no rank reads (the last one of a causal model, or one outside a sliding `window` of
-    every other rank's queries) sends nothing: its layout has no rows.
+    every other rank's queries) sends nothing: its layout has no rows. A request under
+    config.min_chunk_tokens per rank sends every token (`PrismConfig.for_tokens`).
     """
+    config = config.for_tokens(bounds[-1][1])
     opts = chunk_options(config, causal)
     groups, code_bits = codebook_geometry(config.summary_codebook) if config.summary_codebook else (0, 0)
     out = []

@@ -47,6 +47,12 @@ from .payload import decode, decode_picks, encode
 from ..tags import TAG_LAYERS
 
 
+def _setting(layer, state):
+    """The layer's setting for this request (`PrismConfig.for_tokens`: every token a row when the
+    request's share per rank is under min_chunk_tokens), the same on every rank."""
+    return layer.config.for_tokens(state.bounds[-1][1])
+
+
 def _project(layer, h):
     """K|V rows `[B, Hkv, R, 2D]` from hidden-feature rows h `[B, 1, R, d]` (the receiver's projection)."""
     B, _, R, _ = h.shape
@@ -100,7 +106,7 @@ class RankPartition(PartitionStrategy):
         if state is None or state.bounds is None:
             raise ValueError("a model configured with comm= runs through prism_ops.distributed.runtime.run_distributed "
                              "(it sets the partition bounds)")
-        cfg, p = layer.config, self.comm.rank
+        cfg, p = _setting(layer, state), self.comm.rank
         c0, c1 = state.bounds[p]
         if q.shape[2] != c1 - c0:
             raise ValueError(f"rank {p} owns tokens [{c0}, {c1}) but its layer got {q.shape[2]} queries")
@@ -147,7 +153,7 @@ class RankPartition(PartitionStrategy):
     def _attend_received(self, layer, q, k, v, out, lse, parts, state, layouts, opts, causal, reach, *, scale,
                          windowed, win, pos):
         """Attend to the rows received and merge with the local block; (output, rows to cache)."""
-        cfg, p, P = layer.config, self.comm.rank, self.comm.size
+        cfg, p, P = _setting(layer, state), self.comm.rank, self.comm.size
         c0, c1 = state.bounds[p]
         segment_size, window = cfg.segment_size, layer.window
         rows = self._received_rows(layer, parts, state, layouts, opts, causal, reach)
@@ -172,7 +178,7 @@ class RankPartition(PartitionStrategy):
         """Start sending this rank's payload of one layer (to the later ranks alone when causal:
         point to point, so this rank never waits for ranks it does not read; else an all-gather);
         returns the pending exchange."""
-        cfg, comm = layer.config, self.comm
+        cfg, comm = _setting(layer, state), self.comm
         p, P = comm.rank, comm.size
         c0 = state.bounds[p][0]
         window = layer.window
@@ -191,7 +197,7 @@ class RankPartition(PartitionStrategy):
         """(rows, counts) of every chunk this rank sees, decoded from what it received (None for
         the others): verbatim rows with count 1 (0 for padding), then summary rows with their
         segment counts (sent with key clusters, else implied by the padding mask every rank has)."""
-        cfg, p, P = layer.config, self.comm.rank, self.comm.size
+        cfg, p, P = _setting(layer, state), self.comm.rank, self.comm.size
         rows = [None] * P
         for c in visible_chunks(p, P, causal, **reach):
             d0, d1 = state.bounds[c]

@@ -26,7 +26,7 @@ class SimulatedPartitions(PartitionStrategy):
                                                     or config.verbatim_bits)
 
     def attend(self, layer, q, k, v, *, valid, hidden, scale, causal, state):
-        cfg = layer.config
+        cfg = layer.config.for_tokens(q.shape[2])  # every token a row under min_chunk_tokens per partition
         kw = {}
         if self.needs_hidden(cfg):
             kw.update(hidden=hidden, kv_weight=layer.kv_weight())
