@@ -106,3 +106,24 @@ def test_mpiexec_2_ranks_send_the_resolved_settings_bytes_and_equal_the_simulati
                            heavy_fraction=0.25 if segment > 1 else 0.0)
         assert r["bytes"] == [sum(cost.bytes_per_layer(shape, tokens, want, causal=True))] * 2, r
         assert r["err_sim"] <= 1e-5 * max(1.0, r["scale"]) * 2 + r["err_step"], r  # as assert_matches_simulation
+
+
+def test_prism_run_reports_the_setting_the_request_ran(tmp_path):
+    import os
+    import subprocess
+
+    from tiny_model import TEXT, write_tiny_gpt2
+
+    folder = write_tiny_gpt2(tmp_path / "gpt2")
+    env = dict(os.environ, HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1")
+    base = [str(Path(sys.executable).parent / "prism-run"), "--simulate", "2", "--model", str(folder), "--preset",
+            "lean", "--output", "hidden", "--json", "--input", TEXT]
+    seen = {}
+    for threshold in ("100000", "0"):  # the short text under the threshold, and the lever off
+        p = subprocess.run(base + ["--min-chunk-tokens", threshold], capture_output=True, text=True, timeout=300,
+                           env=env)
+        assert p.returncode == 0, p.stderr[-3000:]
+        seen[threshold] = json.loads(p.stdout.strip().splitlines()[-1])
+        assert f"segment size {seen[threshold]['segment_size']}, " in p.stdout
+    assert seen["100000"]["segment_size"] == 1 and seen["0"]["segment_size"] == 128
+    assert sum(seen["100000"]["bytes"]["sent_per_layer"]) > sum(seen["0"]["bytes"]["sent_per_layer"])

@@ -60,8 +60,9 @@ def _parser() -> argparse.ArgumentParser:
                                                           "of their own (the most attended; the lean preset: 0.2)")
     ap.add_argument("--verbatim-bits", type=int, choices=(0, 16), help="16: sink and halo rows as float16 for a "
                                                                        "wider model (the lean preset's)")
-    ap.add_argument("--min-chunk-tokens", type=int, help="summarise only requests of at least this many tokens per "
-                                                           "rank; shorter ones send every token (the tuned preset: 1024)")
+    ap.add_argument("--min-chunk-tokens", type=int,
+                    help="summarise only requests of at least this many tokens per rank; shorter ones send every "
+                         "token (the tuned preset: 1024)")
     ap.add_argument("--cluster-iters", type=int)
     ap.add_argument("--no-log-count-bias", action="store_true", help="ablation: drop the +ln(count) logit bias")
     ap.add_argument("--weights", help="relative partition sizes, e.g. 2,1 for a device twice as fast")
