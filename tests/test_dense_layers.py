@@ -23,6 +23,7 @@ from prism_ops.config import PRESETS
 transformers = pytest.importorskip("transformers")
 
 from prism_ops import calibrate, hf  # noqa: E402
+from prism_ops.eval.tasks import byte_tokenizer  # noqa: E402
 from prism_ops.hf.dense_layers import dense_layers_path, load_dense_layers, save_dense_layers  # noqa: E402
 from prism_ops.in_process import run_simulated  # noqa: E402
 from prism_ops.ops.partitioned_attention import partitioned_attention  # noqa: E402
@@ -33,13 +34,6 @@ sys.path.insert(0, str(Path(__file__).parent / "mpi"))
 from check_run import build  # noqa: E402
 
 LEAN = dict(segment_size=8, summary_bits=4, sink_tokens=2, heavy_fraction=0.25)
-
-
-class ByteTokenizer:
-    """The calibration text as UTF-8 bytes, for the tiny 300-token model."""
-
-    def __call__(self, text, add_special_tokens=False):
-        return {"input_ids": list(text.encode())}
 
 
 @pytest.fixture
@@ -133,19 +127,19 @@ def _errors_here(model, config, tokens):
 def test_the_calibration_picks_the_layers_prism_moves_most_and_caches_them(cache):
     model = build("gpt2")
     config = PrismConfig.from_preset(calibrate.DENSE_PARTITIONS, "tuned").replace(dense_layers=(), exchange="kv")
-    errors = calibrate.layer_errors(model, ByteTokenizer(), config)
+    errors = calibrate.layer_errors(model, byte_tokenizer, config)
     want = _errors_here(model, config, 256)  # the tiny model's context
     assert errors == pytest.approx(want, rel=1e-3) and errors[0] != errors[1]
-    info = calibrate.dense_layers(model, ByteTokenizer())
+    info = calibrate.dense_layers(model, byte_tokenizer)
     assert info["dense_layers"] == [max(range(2), key=errors.__getitem__)]  # a tenth of 2 layers: 1
     assert Path(info["path"]) == dense_layers_path(model) and dense_layers_path(model).parent.parent == cache
     assert load_dense_layers(model) == tuple(info["dense_layers"])
     runner = hf.configure(model, PrismConfig.from_preset(2, "tuned"))
     assert runner.config.dense_layers == tuple(info["dense_layers"])
-    assert calibrate.dense_layers(model, ByteTokenizer(), count=2)["dense_layers"] == [0, 1]
+    assert calibrate.dense_layers(model, byte_tokenizer, count=2)["dense_layers"] == [0, 1]
     for bad in (0, 3, 1.5, True):
         with pytest.raises(ValueError, match=r"count must be an int in \[1, 2\]"):
-            calibrate.dense_layers(model, ByteTokenizer(), count=bad)
+            calibrate.dense_layers(model, byte_tokenizer, count=bad)
 
 
 def test_a_missing_or_foreign_calibration_is_a_clear_error(cache, monkeypatch):

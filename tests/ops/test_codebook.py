@@ -184,22 +184,16 @@ def test_mpiexec_2_ranks_equal_the_simulation(tmp_path, exchange, levers):
     assert r["err_exact"] > 1e-4  # the codes did change the rows
 
 
-class ByteTokenizer:
-    """The calibration text as UTF-8 bytes, for the tiny 300-token model."""
-
-    def __call__(self, text, add_special_tokens=False):
-        return {"input_ids": list(text.encode())}
-
-
 @pytest.mark.parametrize("exchange,shape", [("kv", [4, 2048, 32]), ("hidden", [1, 2048, 64])])
 def test_calibrate_writes_a_file_this_model_accepts(tmp_path, exchange, shape):
     pytest.importorskip("transformers")
     from prism_ops import calibrate
+    from prism_ops.eval.tasks import byte_tokenizer
     from prism_ops.request_types import Request
     from prism_ops.in_process import run_simulated
 
     model = tiny_gpt2()
-    rows = calibrate.calibration_rows(model, ByteTokenizer(), exchange)
+    rows = calibrate.calibration_rows(model, byte_tokenizer, exchange)
     assert [list(r.shape) for r in rows] == [shape, shape]
     if exchange == "kv":  # GPT-2 has no rotary embedding: the recorded K|V is the projection of its input
         h = model.transformer.h[0]
@@ -209,7 +203,7 @@ def test_calibrate_writes_a_file_this_model_accepts(tmp_path, exchange, shape):
         want = torch.cat([kv[:, 0], kv[:, 1]], -1).transpose(0, 1)  # [head, T, 2D]
         torch.testing.assert_close(rows[0][:, :256], want, rtol=1e-5, atol=1e-5)
     out = tmp_path / "tiny.codebook"
-    info = calibrate.calibrate(model, ByteTokenizer(), out, group=4, centroids=16, exchange=exchange, iters=3,
+    info = calibrate.calibrate(model, byte_tokenizer, out, group=4, centroids=16, exchange=exchange, iters=3,
                                rows=rows)
     assert info["exchange"] == exchange and info["layers"] == 2
     hf.configure(model, PrismConfig(2, 1, summary_codebook=str(out), exchange=exchange))
