@@ -73,9 +73,10 @@ EXCHANGE_SETTINGS = EXCHANGES + ("auto",)  # what a config may ask for; prism_op
 #   tuned     lean with a tenth of each chunk's tokens picked, and the model's dense layers (a tenth
 #             of its layers, the ones a calibration finds summaries move most: `calibrate.dense_layers`,
 #             once per model, cached) sending every token as a 4-bit row. SmolLM2 1.016x at N = 2048,
-#             P = 2 (22% of edge's bytes) and 1.026x at N = 8192, P = 4 (20%); within its 3% at 2 ranks
-#             for N = 2048-8192, outside it with shorter chunks at 4 and 8 ranks, at N = 512 and on
-#             MiniLM (0.970 / 0.939 at P = 4; docs/EVAL.md).
+#             P = 2 (22% of edge's bytes) and 1.026x at N = 8192, P = 4 (20%). A request under 1024
+#             tokens per rank sends every token (accurate's rows, sinks as float16: min_chunk_tokens),
+#             where summaries lose most and save least. Within 3% in every cell of docs/EVAL.md but
+#             N = 4096, P = 4 (1.037x) and N = 8192, P = 8 (1.071x); MiniLM 0.9997 / 0.9996 at P = 4.
 #   paper     the published method (segment means of 16): a large loss (MiniLM mean cos 0.85,
 #             SmolLM2 perplexity 1.65x at 4 partitions); for comparison.
 PRESETS = {
