@@ -6,7 +6,8 @@ cosine of sentence embeddings to exact).
     python bench/bench_lean.py [--windows 2] [--passages 16] [--only tuned,lean:] [--out docs/LEAN.md]
 
 The tuned rows use each model's calibrated dense layers (`prism-calibrate --dense-layers`),
-calibrated here first when the cache has none.
+calibrated here first when the cache has none; the preset sends every token for a request under
+1024 tokens per rank (`min_chunk_tokens`: every MiniLM cell), the row after it summarises anyway.
 
 Every setting is a `PrismConfig` of the package (simulated partitions: the rows the MPI runtime
 sends); bytes are what all ranks send per layer with an fp16 model (`prism_ops.cost`), also as a
@@ -24,7 +25,7 @@ from pathlib import Path
 import torch
 
 from prism_ops import cost, hf
-from prism_ops.config import PrismConfig
+from prism_ops.config import PRESETS, PrismConfig
 from prism_ops.eval import tasks
 from prism_ops.ops import heavy_rows
 
@@ -43,7 +44,8 @@ SETTINGS = [
     ("lean, no sinks", dict(LEAN, sink_tokens=0), None),
     ("lean, 16 score queries", LEAN, 16),
     ("lean, 256 score queries", LEAN, 256),
-    ("tuned: heavy 0.1, calibrated dense layers", dict(LEAN, heavy_fraction=0.1, dense_layers="auto"), None),
+    ("tuned (the preset): heavy 0.1, calibrated dense layers, every token under 1024 a rank", PRESETS["tuned"], None),
+    ("tuned, summarising every request (min_chunk_tokens 0)", dict(PRESETS["tuned"], min_chunk_tokens=0), None),
     ("lean with tuned's dense layers", dict(LEAN, dense_layers="auto"), None),
 ]
 CELLS = [("smollm2", 2048, 2), ("smollm2", 8192, 4), ("minilm", 512, 4)]
