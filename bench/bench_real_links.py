@@ -107,10 +107,10 @@ def smollm2_shape(tokens):
 def smollm2_dense_layers() -> list[int]:
     """The real SmolLM2's calibrated dense layers (the tuned preset; calibrated now if not yet)."""
     from prism_ops import models
-    from prism_ops.jobs.request import dense_layers_of
+    from prism_ops.calibrate import dense_layers_on_first_use
 
     tok, model = models.load("smollm2")
-    return dense_layers_of(model, tok, "smollm2")
+    return list(dense_layers_on_first_use(model, tok, "smollm2"))
 
 
 def worker(args) -> None:

@@ -25,6 +25,7 @@ from dataclasses import dataclass
 import torch
 
 from .. import hf
+from ..calibrate import dense_layers_on_first_use
 from ..config import PrismConfig
 from ..distributed.control import bcast_json
 from ..distributed.comm import Communicator
@@ -34,7 +35,7 @@ from ..distributed.transport import describe, format_transport
 from ..models import pooling_for
 from ..pooling import Pooling
 from .options import RankOptions
-from .request import dense_layers_of, load_model
+from .request import load_model
 
 
 @dataclass
@@ -59,7 +60,7 @@ def start(opts: RankOptions, comm, read_files=lambda: None) -> Started:
     pooling = agree(comm, lambda: pooling_for(opts.model))  # a bad sentence-transformers config: the same
     load_s = time.perf_counter() - t0
     if config.dense_layers == "auto":  # the tuned preset: rank 0's calibration, on every rank
-        layers = agree_rank0(comm, lambda: dense_layers_of(model, tok, opts.model))
+        layers = agree_rank0(comm, lambda: dense_layers_on_first_use(model, tok, opts.model))
         config = config.replace(dense_layers=bcast_json(comm, layers))
     runner = hf.configure(model, config, comm=comm)
     comm.phase = "handshake"

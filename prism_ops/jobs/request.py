@@ -12,7 +12,6 @@ import sys
 
 import torch
 
-from .. import calibrate
 from ..config import PrismConfig
 from ..request_types import Request, RequestError, Result, too_long
 from ..input_files import read_text_file
@@ -66,8 +65,3 @@ def print_result(opts, model, tok, res: Result, num_partitions: int, config: Pri
                        num_partitions=num_partitions, output=opts.output, dtype=opts.torch_dtype, seconds=seconds,
                        simulated=simulated)
     print_report(obj, file=sys.stdout, json_line=opts.json, verbose=opts.verbose)
-
-
-def dense_layers_of(model, tok, name: str) -> list:
-    """The model's calibrated dense layers (`hf.dense_layers`), calibrated now on first use."""
-    return list(calibrate.dense_layers_on_first_use(model, tok, name))

@@ -17,10 +17,11 @@ import time
 import torch
 
 from .. import hf
+from ..calibrate import dense_layers_on_first_use
 from ..hf import max_positions
 from ..in_process import run_simulated
 from .options import SimulateOptions
-from .request import dense_layers_of, load_model, make_request, print_result, read_text
+from .request import load_model, make_request, print_result, read_text
 
 EXIT_BAD_INPUT = 2
 
@@ -61,7 +62,7 @@ def simulate(opts: SimulateOptions) -> None:
     tok, model = load_model(opts)
     load_s = time.perf_counter() - t0
     if config.dense_layers == "auto":  # the tuned preset: calibrated on first use
-        config = config.replace(dense_layers=dense_layers_of(model, tok, opts.model))
+        config = config.replace(dense_layers=dense_layers_on_first_use(model, tok, opts.model))
     config = hf.configure(model, config).config
     req = make_request(tok, opts, text, max_positions(model))
     res = run_simulated(model, req, P, eos=tok.eos_token_id if opts.generate else None, progress=True)
