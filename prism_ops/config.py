@@ -184,7 +184,7 @@ class PrismConfig:
             raise ValueError("dense_layers='auto' is resolved by prism_ops.hf.configure for a model first")
         if index not in self.dense_layers:
             return self
-        return self.replace(segment_size=1, heavy_fraction=0.0, dense_layers=())
+        return self._every_token()
 
     def for_tokens(self, num_tokens: int) -> "PrismConfig":
         """The setting a request of num_tokens (padding included) runs: every summarised token its own
@@ -193,6 +193,11 @@ class PrismConfig:
         and the cost model all resolve it from N and P alike."""
         if not self.min_chunk_tokens or num_tokens >= self.min_chunk_tokens * self.num_partitions:
             return self
+        return self._every_token()
+
+    def _every_token(self) -> "PrismConfig":
+        """This config with every summarised token sent as its own row (segment size 1, no picks), in
+        every layer and at any length: what a dense layer and a short request run."""
         return self.replace(segment_size=1, heavy_fraction=0.0, dense_layers=(), min_chunk_tokens=0)
 
     def replace(self, **changes) -> "PrismConfig":
