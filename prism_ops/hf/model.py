@@ -31,7 +31,19 @@ def model_kind(model) -> str:
 def max_positions(model) -> int | None:
     """The most positions (prompt + generated tokens) the model takes, or None if it does not say."""
     c = model.config
-    return getattr(c, "max_position_embeddings", None) or getattr(c, "n_positions", None)
+    n = getattr(c, "max_position_embeddings", None) or getattr(c, "n_positions", None)
+    return None if n is None else n - position_offset(model)
+
+
+def position_offset(model) -> int:
+    """The first position id of a text: RoBERTa-style embeddings (RoBERTa, XLM-R, CamemBERT, MPNet,
+    ...) number a text's tokens from padding_idx + 1 when left to themselves, so the runtimes'
+    0-based positions are shifted by that much (their table holds max_position_embeddings -
+    padding_idx - 1 usable positions); 0 for every other family."""
+    emb = getattr(model.base_model, "embeddings", None)
+    if hasattr(emb, "create_position_ids_from_input_ids") and isinstance(getattr(emb, "padding_idx", None), int):
+        return emb.padding_idx + 1
+    return 0
 
 
 def local_hidden(model, kind, c0, c1, ids=None, positions=None, mask=None, pixel_values=None, use_cache=False):
@@ -47,6 +59,8 @@ def local_hidden(model, kind, c0, c1, ids=None, positions=None, mask=None, pixel
             h = layer(h, None)
             h = h[0] if isinstance(h, tuple) else h
         return base.layernorm(h), None
+    if positions is not None:
+        positions = positions + position_offset(model)
     kw = dict(input_ids=ids, position_ids=positions, attention_mask=mask)
     if kind == "decoder":
         kw["use_cache"] = use_cache

@@ -266,3 +266,41 @@ def test_under_real_mpiexec_2_ranks_equals_the_model(family_id, kw):
     assert r["bytes"] == r["layer_bytes"], r  # what the wire layout (and so the cost model) says
     if kw.get("generate"):
         assert r["ids"] == r["ids_exact"] == r["ids_sim"] and len(r["ids"][0]) == kw["generate"]
+
+
+TEXT = [f for f in SUPPORTED if f.kind in ("encoder", "decoder")]
+
+
+@pytest.mark.parametrize("family", TEXT, ids=ids(TEXT))
+def test_the_runtimes_forward_equals_the_model(family):
+    """What prism-run and the service run (`run_simulated`, which hands the model explicit
+    positions) equals the model left to number its positions itself: RoBERTa-style embeddings
+    count from padding_idx + 1, not 0."""
+    from prism_ops.in_process import run_simulated
+    from prism_ops.request_types import Request
+
+    model = family.build()
+    pad = getattr(model.config, "pad_token_id", None)
+    ids = inputs(family, batch=1, pad=0)["input_ids"]
+    if pad is not None:  # the model's own positions skip a padding id
+        ids = torch.where(ids == pad, torch.full_like(ids, 3 if pad != 3 else 4), ids)
+    with torch.no_grad():
+        ref = model.base_model(input_ids=ids).last_hidden_state
+    got = run_simulated(model, Request(ids=ids, output="hidden"), 1).output
+    assert_close_to(got, ref, None)
+
+
+def test_roberta_positions_start_after_the_padding_index():
+    from prism_ops.hf.model import max_positions, position_offset
+    from prism_ops.in_process import run_simulated
+    from prism_ops.request_types import Request
+
+    model = BY_ID["roberta"].build()
+    pad = model.config.pad_token_id
+    assert position_offset(model) == pad + 1 and position_offset(BY_ID["bert"].build()) == 0
+    n = max_positions(model)
+    assert n == model.config.max_position_embeddings - pad - 1
+    ids = torch.arange(n)[None] % 100 + pad + 1  # the longest text it takes, no padding id inside
+    with torch.no_grad():
+        ref = model(input_ids=ids).last_hidden_state
+    assert_close_to(run_simulated(model, Request(ids=ids, output="hidden"), 1).output, ref, None)
