@@ -47,6 +47,14 @@ class ModelRunner(Protocol):
     def forward_local(self, c0: int, c1: int, *, use_cache: bool = False, **inputs):
         """(last hidden state `[B, c1 - c0, d]` of tokens [c0, c1), a decoder's KV cache or None)."""
 
+    @property
+    def packs(self) -> bool:
+        """Whether forward_packed runs this model (texts packed end to end in one sequence)."""
+
+    def forward_packed(self, rows: list):
+        """Texts run whole on the exact model, packed into one sequence: (last hidden states
+        `[B, L, d]`, valid `[B, L]` bool), laid out as a right-padded batch of the B texts."""
+
     def decode(self, h_last, cache, first_position: int, sampling, eos, progress: bool, on_token=None) -> torch.Tensor:
         """New token ids `[B, n]` after h_last `[B, d]`, from the KV cache, as `sampling` (a Sampling,
         or a Request: the same fields) says."""

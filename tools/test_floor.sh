@@ -11,5 +11,5 @@ bash "$repo/tools/setup.sh" "$repo/.venv-floor" test "transformers==$floor.*"
 py="$repo/.venv-floor/bin/python"
 cd "$(mktemp -d)"
 "$py" -c "import transformers; print('transformers', transformers.__version__, '(the floor, $floor)')"
-exec "$py" -m pytest "$repo/tests/hf/test_model_zoo.py" "$repo/tests/hf/test_hf.py" "$repo/tests/test_models.py" \
+exec "$py" -m pytest "$repo/tests/hf/test_model_zoo.py" "$repo/tests/hf/test_hf.py" "$repo/tests/hf/test_packing.py" "$repo/tests/test_models.py" \
   "$repo/tests/ops/test_api_errors.py" "$repo/tests/test_package.py" -p no:cacheprovider -q "$@"

@@ -68,6 +68,53 @@ def local_hidden(model, kind, c0, c1, ids=None, positions=None, mask=None, pixel
     return out.last_hidden_state, cache_of(out)
 
 
+def packs(model) -> bool:
+    """Whether `packed_hidden` gives model's answers: an encoder whose forward takes position_ids
+    (DistilBERT's does not: its positions would run on from one text into the next), checked
+    once on two short texts against each run alone, since a family may build its own mask from
+    the one it is given (sliding windows) or be causal (CLIP's text encoder). The model must be
+    on SDPA or eager attention."""
+    if model_kind(model) != "encoder" or "position_ids" not in inspect.signature(model.base_model.forward).parameters:
+        return False
+    # Two texts long enough to cross a local window (up to 150 tokens), within the positions.
+    n = min(150, (max_positions(model) or 300) // 2)
+    vocab = getattr(model.config, "vocab_size", 0) or 0
+    rows = [[5 + (37 * i + 11 * r) % max(1, vocab - 5) for i in range(n - 7 * r)] for r in range(2)]
+    try:
+        with torch.no_grad():
+            h, _ = packed_hidden(model, rows)
+            for r, row in enumerate(rows):
+                alone = model.base_model(input_ids=torch.tensor([row])).last_hidden_state[0]
+                scale = max(1.0, alone.abs().max().item())
+                if not (h[r, :len(row)] - alone).abs().max().item() <= 1e-4 * scale:
+                    return False
+    except Exception:  # noqa: BLE001 - a family that refuses a 4-D mask runs its texts padded
+        return False
+    return True
+
+
+def packed_hidden(model, rows: list) -> tuple[torch.Tensor, torch.Tensor]:
+    """Texts run as one sequence: (last hidden states `[B, L, d]`, valid `[B, L]` bool) of rows
+    (B lists of token ids, L the longest), right-padded as a padded batch lays them out.
+
+    The texts go end to end in one row of sum(lengths) tokens, each with positions from 0, under
+    a block-diagonal 4-D mask so that no token sees another text's: the same answer as each text
+    alone, but the layers' matrix products run on the real tokens only, where a padded batch runs
+    every row to the longest. For a model `packs` accepts, on SDPA or eager attention (prism
+    attention refuses such a mask); the caller keeps sum(lengths) within max_positions."""
+    lengths = [len(r) for r in rows]
+    ids = torch.tensor([[t for r in rows for t in r]])
+    positions = torch.cat([torch.arange(n) for n in lengths])[None]
+    text = torch.repeat_interleave(torch.arange(len(rows)), torch.tensor(lengths))
+    mask = (text[:, None] == text[None, :])[None, None]  # [1, 1, T, T], True: attends
+    h = local_hidden(model, "encoder", 0, ids.shape[1], ids=ids, positions=positions, mask=mask)[0][0]
+    L = max(lengths)
+    valid = torch.arange(L)[None, :] < torch.tensor(lengths)[:, None]
+    out = h.new_zeros(len(rows), L, h.shape[-1])
+    out[valid] = h
+    return out, valid
+
+
 def cache_keyword(model) -> str:
     """The KV cache argument of `model.forward`: transformers 5.25 names it `cache`, earlier
     releases `past_key_values` (5.25 still takes that, deprecated until 5.40)."""

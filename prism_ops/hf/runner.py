@@ -10,11 +10,13 @@ from __future__ import annotations
 
 from contextlib import contextmanager
 from dataclasses import dataclass
+from functools import cached_property
 
 import torch
 
 from ..strategy import attached_layers
-from .model import decode_tokens, local_hidden, max_positions, model_kind, sampled_weights_digest, transformers_version
+from .model import (decode_tokens, local_hidden, max_positions, model_kind, packed_hidden, packs, sampled_weights_digest,
+                    transformers_version)
 
 
 NAME = "prism"  # the attn_implementation name `configure` registers and sets
@@ -51,6 +53,18 @@ class HFRunner:
 
     def forward_local(self, c0, c1, *, use_cache=False, **inputs):
         return local_hidden(self.model, self.kind, c0, c1, use_cache=use_cache, **inputs)
+
+    @cached_property  # checked once per runner (a frozen dataclass: cached_property writes its __dict__)
+    def packs(self) -> bool:
+        """Whether forward_packed runs this model (`prism_ops.hf.model.packs`)."""
+        with self.exact() as model:
+            return packs(model)
+
+    def forward_packed(self, rows: list):
+        """(last hidden states `[B, L, d]`, valid `[B, L]`) of texts run whole, packed into one
+        sequence on the exact model (`packed_hidden`; only where `packs`)."""
+        with self.exact() as model:
+            return packed_hidden(model, rows)
 
     def decode(self, h_last, cache, first_position, sampling, eos, progress, on_token=None):
         return decode_tokens(self.model, h_last, cache, first_position, sampling, eos, progress, on_token)

@@ -5,6 +5,7 @@ every row is split over the ranks exactly as it would be alone.
     groups = plan(rows, budget, aligned)            # which rows run in which forward
     dealt = deal(lengths, num_ranks)                # texts run whole: which rank runs which
     req = padded_request(rows)                      # those texts on one rank, right-padded
+    groups = pack(rows, budget)                     # or packed end to end (`hf.model.packed_hidden`)
 
 Alone, a text of n tokens gives rank p its tokens [a_p, b_p) = `partition_bounds(n, P, weights)`.
 In the batch, rank p owns columns [o_p, o_p + w_p), with w_p the widest of the rows' chunks p;
@@ -75,6 +76,21 @@ def deal(lengths: list, num_ranks: int) -> list:
         out[p].append(i)
         before, prev = before + lengths[i], p
     return out
+
+
+def pack(rows: list, budget: int) -> list:
+    """Groups of row indices, each one packed forward (texts end to end in one sequence): in
+    order, while the group's tokens stay within budget (a longer row runs alone)."""
+    groups, cur, total = [], [], 0
+    for i, r in enumerate(rows):
+        if cur and total + len(r) > budget:
+            groups.append(cur)
+            cur, total = [], 0
+        cur.append(i)
+        total += len(r)
+    if cur:
+        groups.append(cur)
+    return groups
 
 
 def plan(rows: list, budget: int, aligned: bool = True) -> list:

@@ -3,7 +3,9 @@
 Rank 0 keeps a FIFO of checked jobs (`submit`, from the HTTP server's thread or the stdin
 reader). Its main thread takes the next job; embedding jobs that queued while the ranks were
 busy are taken with it and their texts run as one padded batch of up to `batch_tokens` tokens
-(`batching`: every row split over the ranks as it would be alone; 0: one text per forward).
+(`batching`: every row split over the ranks as it would be alone; 0: one text per forward);
+texts under `split_min_tokens` are dealt to the ranks whole instead and each rank runs its own,
+packed end to end in one sequence where the model allows it (`_whole`).
 Greedy completions whose prompts have the same number of tokens, queued together, run as one
 batch (their prefill in one forward, then the last rank decodes all of them at once, until each
 has what it asked for); other completions, and prompts of other lengths, run one at a time: a
@@ -32,11 +34,16 @@ from ..distributed.runtime import run_distributed
 
 from ..distributed.control import bcast_json
 from ..in_process import run_simulated
-from ..pooling import Pooling
+from ..pooling import Pooling, combine, local_part
 from ..request_types import Request, RequestError, too_long
 from ..strategy.payload import as_bytes
-from .batching import batch_request, deal, padded_request, plan
+from .batching import batch_request, deal, pack, padded_request, plan
 from .openai_api import ApiError, ApiRequest, Served, completion_body, cut_at_stop, embeddings_body, safe_length
+
+# The most tokens one packed forward of whole texts holds: its attention is one dense T x T
+# product under a block-diagonal mask, which past a few hundred tokens costs more than the
+# padding packing saves.
+PACK_TOKENS = 256
 
 
 class Engine:
@@ -54,6 +61,9 @@ class Engine:
         self.pooling = pooling or Pooling()
         self.batch_tokens = batch_tokens
         self.split_min_tokens = split_min_tokens
+        # Whole texts run packed (`_whole`) where the model packs: checked here, with the model's
+        # load, rather than in the first request.
+        self.packs = bool(split_min_tokens and batch_tokens and comm.size > 1 and runner.packs)
         self.raw = raw
         self.cancelled: set = set()  # raw: ids of completions the front end needs no more of (a stop hit)
         self._held = None  # a job taken from the queue that did not fit the batch: the next one
@@ -250,10 +260,19 @@ class Engine:
         return [4 * self.served.width * len(d) for d in dealt]
 
     def _whole(self, rows: list) -> torch.Tensor:
-        """`[len(rows), width]` float32: each text through the exact model, in padded batches of
-        up to batch_tokens tokens (one text a forward without batching)."""
+        """`[len(rows), width]` float32: each text through the exact model, packed end to end in
+        forwards of up to PACK_TOKENS tokens where the model allows it (`self.packs`: the
+        matrix products then skip the padding a padded batch would run), else in padded batches
+        of up to batch_tokens tokens (one text a forward without batching)."""
         out = torch.empty(len(rows), self.served.width, dtype=torch.float32)
         if not rows:  # fewer texts than ranks: this one has none
+            return out
+        if self.packs:
+            budget = min(self.batch_tokens, PACK_TOKENS, self.runner.max_positions or PACK_TOKENS)
+            with torch.no_grad():
+                for g in pack(rows, budget):
+                    h, valid = self.runner.forward_packed([rows[i] for i in g])
+                    out[g] = combine([local_part(h, valid, 0, self.pooling)], self.pooling)
             return out
         groups = plan(rows, self.batch_tokens) if self.batch_tokens else [[i] for i in range(len(rows))]
         with self.runner.exact() as model:

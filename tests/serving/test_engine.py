@@ -65,10 +65,20 @@ def test_queued_embeddings_run_batched_and_each_equals_its_text_alone():
         assert (got - ref).abs().max().item() <= 1e-5 * max(1.0, ref.abs().max().item()) * 2
 
 
+@pytest.mark.parametrize("packed", [True, False], ids=["packed", "padded"])
 @pytest.mark.parametrize("ranks,lengths", [(2, (12, 9, 12, 17, 5, 30, 3)), (3, (12, 5, 40)), (2, (7, 20))])
-def test_short_texts_run_whole_on_one_rank_each_and_equal_the_exact_model(ranks, lengths):
+def test_short_texts_run_whole_on_one_rank_each_and_equal_the_exact_model(ranks, lengths, packed, monkeypatch):
     """Texts under split_min_tokens are dealt to the ranks whole (two or more: every rank runs its
-    own; one: rank 0 alone) and answer as the exact model; longer ones are still split, as alone."""
+    own; one: rank 0 alone) and answer as the exact model; longer ones are still split, as alone.
+    A rank's whole texts run packed end to end where the model packs (BERT does), else padded."""
+    from prism_ops.hf.runner import HFRunner
+
+    calls = []
+    if packed:
+        real = HFRunner.forward_packed
+        monkeypatch.setattr(HFRunner, "forward_packed", lambda self, rows: calls.append(len(rows)) or real(self, rows))
+    else:
+        monkeypatch.setattr(HFRunner, "packs", property(lambda self: False))
     base = bert()
     served = Served("tiny-bert", decoder=False, max_positions=512, width=32, vocab_size=100)
     g = torch.Generator().manual_seed(5)
@@ -89,6 +99,7 @@ def test_short_texts_run_whole_on_one_rank_each_and_equal_the_exact_model(ranks,
         assert body["prism"].get("whole", False) == whole and (body["prism"]["bytes_sent"] == 0) == whole
     for e in engines:  # every rank's model is back on prism attention
         assert e.runner.model.config._attn_implementation == hf.NAME
+    assert sum(calls) == (sum(n < 16 for n in lengths) if packed else 0)  # every whole text packed, or none
 
 
 def test_a_text_with_fewer_tokens_than_ranks_is_taken_when_it_runs_whole():
@@ -151,3 +162,4 @@ def test_greedy_completions_of_one_length_decode_as_one_batch(tmp_path):
             assert body["choices"][0]["finish_reason"] == "length"
         else:
             assert text.startswith(expected)
+
