@@ -44,6 +44,8 @@ from .openai_api import ApiError, ApiRequest, Served, completion_body, cut_at_st
 # product under a block-diagonal mask, which past a few hundred tokens costs more than the
 # padding packing saves.
 PACK_TOKENS = 256
+# Under load, the batch closes once no job has come for this long (or at half the last forward).
+LINGER_GAP_S = 0.002
 
 
 class Engine:
@@ -72,6 +74,7 @@ class Engine:
         # with none arriving (one client) nothing waits.
         self.arriving = 0
         self._last_forward_s = 0.0
+        self._last_batch = 1  # jobs in the last batch `_gather` made: more than one means load
         self.eos = tokenizer.eos_token_id if served.decoder else None
         self.jobs: queue.Queue = queue.Queue()
         self.stopping = threading.Event()  # no new jobs; finish the queued ones, then stop
@@ -172,19 +175,29 @@ class Engine:
         if not self.batch_tokens or not (first[0].endpoint == "embeddings" or _greedy(first[0])):
             return batch
         rows, longest = len(first[0].ids), max(map(len, first[0].ids))
-        deadline = time.perf_counter() + min(0.05, 0.5 * self._last_forward_s)
+        now = time.perf_counter()
+        deadline, last_job = now + min(0.05, 0.5 * self._last_forward_s), now
+        under_load = self._last_batch > 1
         while True:
             try:
                 nxt = self._next()
             except queue.Empty:
-                if self.arriving > 0 and time.perf_counter() < deadline:
+                now = time.perf_counter()
+                # Linger while requests are being read (inside MPI: `arriving`), or, under load (the
+                # last batch held several jobs), while jobs keep coming: the clients answered by the
+                # last forward are sending their next. A bigger batch costs less CPU a text, and a
+                # lone client (a batch of one) never waits.
+                if now < deadline and (self.arriving > 0 or (under_load and now - last_job < LINGER_GAP_S)):
                     time.sleep(0.0005)
                     continue
+                self._last_batch = len(batch)
                 return batch
+            last_job = time.perf_counter()
             job = nxt[0]
             new_long = max([longest, *map(len, job.ids)])
             if not _joins(first[0], job) or (rows + len(job.ids)) * new_long > self.batch_tokens:
                 self._held = nxt
+                self._last_batch = len(batch)
                 return batch
             batch.append(nxt)
             rows, longest = rows + len(job.ids), new_long

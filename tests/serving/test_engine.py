@@ -163,3 +163,30 @@ def test_greedy_completions_of_one_length_decode_as_one_batch(tmp_path):
         else:
             assert text.startswith(expected)
 
+
+@pytest.mark.parametrize("last_batch", [1, 5])
+def test_under_load_a_batch_waits_for_the_jobs_still_coming(last_batch, monkeypatch):
+    """After a batch of several jobs (load: the clients it answered are sending their next), rank
+    0 lingers while jobs keep coming, so the next batch is bigger; after a batch of one (a lone
+    client) it never waits. The engine's sleep is where a job arrives here."""
+    from prism_ops.serving import engine as engine_module
+
+    comm = fake_comms(2)[0]
+    served = Served("tiny-bert", decoder=False, max_positions=512, width=32, vocab_size=100)
+    e = Engine(hf.configure(bert(), PrismConfig(2, 1), comm=comm), None, comm, served)
+    e._last_batch, e._last_forward_s = last_batch, 1.0  # the linger's cap: 50 ms
+    later = [e.prepare(parse("embeddings", {"input": [[5, 6, 7, i]]}, served)) for i in range(2)]
+    slept = []
+
+    def arrive(s):
+        slept.append(s)
+        if later:
+            e.submit(later.pop(0), lambda _: None)
+
+    monkeypatch.setattr(engine_module.time, "sleep", arrive)
+    e.submit(e.prepare(parse("embeddings", {"input": [[5, 6, 7]]}, served)), lambda _: None)
+    batch = e._gather(e._next(timeout=1))
+    if last_batch == 1:
+        assert len(batch) == 1 and not slept and e._last_batch == 1
+    else:
+        assert len(batch) == 3 and e._last_batch == 3  # both later jobs joined; then no job for 2 ms closed it
