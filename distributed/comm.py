@@ -138,9 +138,10 @@ class Communicator:
             self.faults.check()
             spins += 1
             if spins > 200:
-                # Do not starve the compute threads of a small board; idle waits (a service's workers
-                # waiting for the next request) back off to 1 ms.
-                time.sleep(50e-6 if time.perf_counter() - t0 < 1.0 else 1e-3)
+                # Do not starve the compute threads of a small board (or a busy service's other
+                # processes): the sleep grows with the wait, from 50 us to 1 ms, so a wake-up comes at
+                # most a twentieth of the time already waited late.
+                time.sleep(min(1e-3, max(50e-6, (time.perf_counter() - t0) / 20)))
             self.watch.check(t0)
         self.faults.check()
         if self.link is not None and recv_bytes is not None:
