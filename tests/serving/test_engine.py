@@ -164,29 +164,36 @@ def test_greedy_completions_of_one_length_decode_as_one_batch(tmp_path):
             assert text.startswith(expected)
 
 
-@pytest.mark.parametrize("last_batch", [1, 5])
-def test_under_load_a_batch_waits_for_the_jobs_still_coming(last_batch, monkeypatch):
+@pytest.mark.parametrize("last_batch,arrivals", [(1, 2), (5, 2), (5, 1000)])
+def test_under_load_a_batch_waits_for_the_jobs_still_coming(last_batch, arrivals, monkeypatch):
     """After a batch of several jobs (load: the clients it answered are sending their next), rank
-    0 lingers while jobs keep coming, so the next batch is bigger; after a batch of one (a lone
-    client) it never waits. The engine's sleep is where a job arrives here."""
+    0 lingers while jobs keep coming and closes the batch once none has come for LINGER_GAP_S, or
+    at half the last forward (at most 50 ms); after a batch of one (a lone client) it never waits.
+    The engine's clock is a fake one that its sleeps advance, and a job arrives in each of its
+    first `arrivals` sleeps."""
+    from types import SimpleNamespace
+
     from prism_ops.serving import engine as engine_module
 
     comm = fake_comms(2)[0]
     served = Served("tiny-bert", decoder=False, max_positions=512, width=32, vocab_size=100)
     e = Engine(hf.configure(bert(), PrismConfig(2, 1), comm=comm), None, comm, served)
     e._last_batch, e._last_forward_s = last_batch, 1.0  # the linger's cap: 50 ms
-    later = [e.prepare(parse("embeddings", {"input": [[5, 6, 7, i]]}, served)) for i in range(2)]
-    slept = []
+    clock = SimpleNamespace(t=100.0, slept=0)
 
-    def arrive(s):
-        slept.append(s)
-        if later:
-            e.submit(later.pop(0), lambda _: None)
+    def sleep(s):
+        clock.t += s
+        clock.slept += 1
+        if clock.slept <= arrivals:
+            e.submit(e.prepare(parse("embeddings", {"input": [[5, 6, 7, clock.slept % 90]]}, served)), lambda _: None)
 
-    monkeypatch.setattr(engine_module.time, "sleep", arrive)
+    monkeypatch.setattr(engine_module, "time", SimpleNamespace(perf_counter=lambda: clock.t, sleep=sleep))
     e.submit(e.prepare(parse("embeddings", {"input": [[5, 6, 7]]}, served)), lambda _: None)
     batch = e._gather(e._next(timeout=1))
     if last_batch == 1:
-        assert len(batch) == 1 and not slept and e._last_batch == 1
-    else:
-        assert len(batch) == 3 and e._last_batch == 3  # both later jobs joined; then no job for 2 ms closed it
+        assert len(batch) == 1 and clock.slept == 0 and e._last_batch == 1
+    elif arrivals == 2:  # both later jobs joined; the batch closed LINGER_GAP_S after the last
+        assert len(batch) == 3 and e._last_batch == 3
+        assert clock.t - 100.0 == pytest.approx(2 * 0.0005 + engine_module.LINGER_GAP_S)
+    else:  # jobs kept coming: it closed at the cap
+        assert 0.05 <= clock.t - 100.0 < 0.05 + 0.001 and len(batch) == 1 + clock.slept  # every job that came
