@@ -84,7 +84,7 @@ def packs(model) -> bool:
         with torch.no_grad():
             h, _ = packed_hidden(model, rows)
             for r, row in enumerate(rows):
-                alone = model.base_model(input_ids=torch.tensor([row])).last_hidden_state[0]
+                alone = model.base_model(input_ids=torch.tensor([row], device=h.device)).last_hidden_state[0]
                 scale = max(1.0, alone.abs().max().item())
                 if not (h[r, :len(row)] - alone).abs().max().item() <= 1e-4 * scale:
                     return False
@@ -102,14 +102,15 @@ def packed_hidden(model, rows: list) -> tuple[torch.Tensor, torch.Tensor]:
     alone, but the layers' matrix products run on the real tokens only, where a padded batch runs
     every row to the longest. For a model `packs` accepts, on SDPA or eager attention (prism
     attention refuses such a mask); the caller keeps sum(lengths) within max_positions."""
+    dev = next(model.parameters()).device
     lengths = [len(r) for r in rows]
-    ids = torch.tensor([[t for r in rows for t in r]])
-    positions = torch.cat([torch.arange(n) for n in lengths])[None]
-    text = torch.repeat_interleave(torch.arange(len(rows)), torch.tensor(lengths))
+    ids = torch.tensor([[t for r in rows for t in r]], device=dev)
+    positions = torch.cat([torch.arange(n, device=dev) for n in lengths])[None]
+    text = torch.repeat_interleave(torch.arange(len(rows), device=dev), torch.tensor(lengths, device=dev))
     mask = (text[:, None] == text[None, :])[None, None]  # [1, 1, T, T], True: attends
     h = local_hidden(model, "encoder", 0, ids.shape[1], ids=ids, positions=positions, mask=mask)[0][0]
     L = max(lengths)
-    valid = torch.arange(L)[None, :] < torch.tensor(lengths)[:, None]
+    valid = torch.arange(L, device=dev)[None, :] < torch.tensor(lengths, device=dev)[:, None]
     out = h.new_zeros(len(rows), L, h.shape[-1])
     out[valid] = h
     return out, valid

@@ -285,7 +285,7 @@ class Engine:
             with torch.no_grad():
                 for g in pack(rows, budget):
                     h, valid = self.runner.forward_packed([rows[i] for i in g])
-                    out[g] = combine([local_part(h, valid, 0, self.pooling)], self.pooling)
+                    out[g] = combine([local_part(h, valid, 0, self.pooling)], self.pooling).cpu()
             return out
         groups = plan(rows, self.batch_tokens) if self.batch_tokens else [[i] for i in range(len(rows))]
         with self.runner.exact() as model:
