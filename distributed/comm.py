@@ -133,7 +133,7 @@ class Communicator:
         """Complete req, started at t0, checking on every spin for a fault report and a silent
         rank (no bound on the wait itself while every rank is heard from); then hold it as long
         as the emulated link, if set, takes for recv_bytes (None: the caller holds, `unstamp`)."""
-        spins = 0
+        spins, w0 = 0, time.perf_counter()  # w0: this wait's start (t0 may be an overlapped gather's)
         while not req.Test():
             self.faults.check()
             spins += 1
@@ -141,7 +141,7 @@ class Communicator:
                 # Do not starve the compute threads of a small board (or a busy service's other
                 # processes): the sleep grows with the wait, from 50 us to 1 ms, so a wake-up comes at
                 # most a twentieth of the time already waited late.
-                time.sleep(min(1e-3, max(50e-6, (time.perf_counter() - t0) / 20)))
+                time.sleep(min(1e-3, max(50e-6, (time.perf_counter() - w0) / 20)))
             self.watch.check(t0)
         self.faults.check()
         if self.link is not None and recv_bytes is not None:
