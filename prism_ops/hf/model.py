@@ -10,11 +10,14 @@ from __future__ import annotations
 
 import hashlib
 import inspect
+import logging
 import sys
 
 import torch
 
 from prism_ops.cost import ModelShape
+
+log = logging.getLogger("prism_ops")
 
 DECODER_SUFFIXES = ("ForCausalLM", "LMHeadModel")  # class names of decoders with their LM head
 
@@ -36,12 +39,16 @@ def max_positions(model) -> int | None:
 
 
 def position_offset(model) -> int:
-    """The first position id of a text: RoBERTa-style embeddings (RoBERTa, XLM-R, CamemBERT, MPNet,
+    """The first position id of a text: RoBERTa-style embeddings (RoBERTa, XLM-R, CamemBERT, ESM,
     ...) number a text's tokens from padding_idx + 1 when left to themselves, so the runtimes'
     0-based positions are shifted by that much (their table holds max_position_embeddings -
-    padding_idx - 1 usable positions); 0 for every other family."""
+    padding_idx - 1 usable positions); 0 for every other family. transformers keeps the
+    numbering function on the embeddings class (RoBERTa) or beside it in its module (ESM)."""
     emb = getattr(model.base_model, "embeddings", None)
-    if hasattr(emb, "create_position_ids_from_input_ids") and isinstance(getattr(emb, "padding_idx", None), int):
+    numbering = "create_position_ids_from_input_ids"
+    if emb is None or not isinstance(getattr(emb, "padding_idx", None), int):
+        return 0
+    if hasattr(emb, numbering) or hasattr(sys.modules.get(type(emb).__module__), numbering):
         return emb.padding_idx + 1
     return 0
 
@@ -70,11 +77,14 @@ def local_hidden(model, kind, c0, c1, ids=None, positions=None, mask=None, pixel
 
 def packs(model) -> bool:
     """Whether `packed_hidden` gives model's answers: an encoder whose forward takes position_ids
-    (DistilBERT's does not: its positions would run on from one text into the next), checked
-    once on two short texts against each run alone, since a family may build its own mask from
+    (without them the positions would run on from one text into the next), checked once on two
+    texts of up to 150 tokens against each run alone, since a family may build its own mask from
     the one it is given (sliding windows) or be causal (CLIP's text encoder). The model must be
-    on SDPA or eager attention."""
+    on SDPA or eager attention. Why not, when not, goes to the "prism_ops" log (info)."""
+    name = type(model).__name__
     if model_kind(model) != "encoder" or "position_ids" not in inspect.signature(model.base_model.forward).parameters:
+        log.info("prism_ops: %s runs whole texts padded (packing needs an encoder whose forward takes "
+                 "position_ids)", name)
         return False
     # Two texts long enough to cross a local window (up to 150 tokens), within the positions.
     n = min(150, (max_positions(model) or 300) // 2)
@@ -86,9 +96,13 @@ def packs(model) -> bool:
             for r, row in enumerate(rows):
                 alone = model.base_model(input_ids=torch.tensor([row], device=h.device)).last_hidden_state[0]
                 scale = max(1.0, alone.abs().max().item())
-                if not (h[r, :len(row)] - alone).abs().max().item() <= 1e-4 * scale:
+                err = (h[r, :len(row)] - alone).abs().max().item()
+                if not err <= 1e-4 * scale:
+                    log.info("prism_ops: %s runs whole texts padded (packed, a text differs from its answer alone "
+                             "by %.3g of its scale)", name, err / scale)
                     return False
-    except Exception:  # noqa: BLE001 - a family that refuses a 4-D mask runs its texts padded
+    except Exception as e:  # noqa: BLE001 - a family that refuses a 4-D mask runs its texts padded
+        log.info("prism_ops: %s runs whole texts padded (packed, it raised %s: %s)", name, type(e).__name__, e)
         return False
     return True
 

@@ -304,3 +304,23 @@ def test_roberta_positions_start_after_the_padding_index():
     with torch.no_grad():
         ref = model(input_ids=ids).last_hidden_state
     assert_close_to(run_simulated(model, Request(ids=ids, output="hidden"), 1).output, ref, None)
+
+
+@pytest.mark.parametrize("name,extra", [("Bert", {}), ("Electra", {}), ("Roberta", {}), ("XLMRoberta", {}),
+                                        ("Camembert", {}), ("MPNet", {}), ("IBert", {}), ("Data2VecText", {}),
+                                        ("Esm", dict(position_embedding_type="absolute", pad_token_id=1))])
+def test_position_offset_matches_each_familys_own_numbering(name, extra):
+    """Explicit positions 0.. shifted by `position_offset` give what the model numbers itself,
+    whether transformers keeps the numbering on the embeddings class (RoBERTa) or in its module
+    (MPNet, ESM); 0 where it numbers from 0 (BERT, ELECTRA)."""
+    from prism_ops.hf.model import position_offset
+
+    config = getattr(transformers, f"{name}Config")(hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+                                                    intermediate_size=64, vocab_size=64, **extra)
+    model = getattr(transformers, f"{name}Model")(config).eval()
+    ids = torch.arange(5, 17)[None]
+    with torch.no_grad():
+        ref = model(input_ids=ids).last_hidden_state
+        got = model(input_ids=ids, position_ids=torch.arange(12)[None] + position_offset(model)).last_hidden_state
+    assert_close_to(got, ref, None)
+    assert (position_offset(model) == 0) == (name in ("Bert", "Electra"))
