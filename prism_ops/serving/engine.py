@@ -112,6 +112,7 @@ class Engine:
         return {"status": "stopping" if self.stopping.is_set() else "ok", "model": self.served.model, "pid": os.getpid(),
                 "ranks": self.comm.size, "queued": self.jobs.qsize(), "served": len(self.request_s),
                 "forwards": self.forwards, "batch_tokens": self.batch_tokens, "pooling": self.pooling.describe(),
+                "whole_texts_packed": self.packs,
                 "load_s": self.load_s, "first_request_s": self.request_s[0] if self.request_s else None,
                 "steady_mean_s": sum(steady) / len(steady) if steady else None,
                 "max_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
@@ -178,29 +179,30 @@ class Engine:
         now = time.perf_counter()
         deadline, last_job = now + min(0.05, 0.5 * self._last_forward_s), now
         under_load = self._last_batch > 1
-        while True:
-            try:
-                nxt = self._next()
-            except queue.Empty:
-                now = time.perf_counter()
-                # Linger while requests are being read (inside MPI: `arriving`), or, under load (the
-                # last batch held several jobs), while jobs keep coming: the clients answered by the
-                # last forward are sending their next. A bigger batch costs less CPU a text, and a
-                # lone client (a batch of one) never waits.
-                if now < deadline and (self.arriving > 0 or (under_load and now - last_job < LINGER_GAP_S)):
-                    time.sleep(0.0005)
-                    continue
-                self._last_batch = len(batch)
-                return batch
-            last_job = time.perf_counter()
-            job = nxt[0]
-            new_long = max([longest, *map(len, job.ids)])
-            if not _joins(first[0], job) or (rows + len(job.ids)) * new_long > self.batch_tokens:
-                self._held = nxt
-                self._last_batch = len(batch)
-                return batch
-            batch.append(nxt)
-            rows, longest = rows + len(job.ids), new_long
+        try:
+            while True:
+                try:
+                    nxt = self._next()
+                except queue.Empty:
+                    now = time.perf_counter()
+                    # Linger while requests are being read (inside MPI: `arriving`), or, under load (the
+                    # last batch held several jobs), while jobs keep coming: the clients answered by the
+                    # last forward are sending their next. A bigger batch costs less CPU a text; after
+                    # a batch of one (a lone client) nothing waits.
+                    if now < deadline and (self.arriving > 0 or (under_load and now - last_job < LINGER_GAP_S)):
+                        time.sleep(0.0005)
+                        continue
+                    return batch
+                last_job = time.perf_counter()
+                job = nxt[0]
+                new_long = max([longest, *map(len, job.ids)])
+                if not _joins(first[0], job) or (rows + len(job.ids)) * new_long > self.batch_tokens:
+                    self._held = nxt
+                    return batch
+                batch.append(nxt)
+                rows, longest = rows + len(job.ids), new_long
+        finally:
+            self._last_batch = len(batch)
 
     def _embed(self, batch: list) -> None:
         """The texts of the embedding jobs in batch, in padded forwards of up to batch_tokens
@@ -285,7 +287,7 @@ class Engine:
             with torch.no_grad():
                 for g in pack(rows, budget):
                     h, valid = self.runner.forward_packed([rows[i] for i in g])
-                    out[g] = combine([local_part(h, valid, 0, self.pooling)], self.pooling).cpu()
+                    out[g] = combine([local_part(h.cpu(), valid.cpu(), 0, self.pooling)], self.pooling)
             return out
         groups = plan(rows, self.batch_tokens) if self.batch_tokens else [[i] for i in range(len(rows))]
         with self.runner.exact() as model:
