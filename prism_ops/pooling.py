@@ -128,20 +128,21 @@ def local_part(h: torch.Tensor, valid: torch.Tensor, c0: int, pooling: Pooling) 
     (True = real token) and c0, the column its chunk starts at; on h's device."""
     B, n, d = h.shape
     dev = h.device
-    hd, w = h.double(), valid.to(device=dev, dtype=torch.float64)[..., None]
+    valid = valid.to(dev).bool()  # once, on h's device: every piece below reads it there
+    hd, w = h.double(), valid.to(torch.float64)[..., None]
     pieces = {"count": w.sum((1, 2))[:, None]}
     lay = _layout(pooling, d)
     if "sum" in lay:
         pieces["sum"] = (hd * w).sum(1)
     if "max" in lay:
         # No real token here: -inf, which the max over ranks drops.
-        pieces["max"] = hd.masked_fill(~valid.bool()[..., None], float("-inf")).amax(1) if n else \
+        pieces["max"] = hd.masked_fill(~valid[..., None], float("-inf")).amax(1) if n else \
             torch.full((B, d), float("-inf"), dtype=torch.float64, device=dev)
     if "cls" in lay:
         pieces["cls"] = hd[:, 0] if c0 == 0 and n else torch.zeros(B, d, dtype=torch.float64, device=dev)
     if "last" in lay:
         cols = torch.arange(n, dtype=torch.float64, device=dev).expand(B, n)
-        cols = torch.where(valid.to(dev).bool(), cols, torch.full_like(cols, -1.0))
+        cols = torch.where(valid, cols, torch.full_like(cols, -1.0))
         j = cols.argmax(1) if n else torch.zeros(B, dtype=torch.long, device=dev)
         has = cols.amax(1) >= 0 if n else torch.zeros(B, dtype=torch.bool, device=dev)
         pieces["last_col"] = torch.where(has, c0 + j.double(), torch.full_like(j, -1, dtype=torch.float64))[:, None]
