@@ -44,8 +44,6 @@ from .openai_api import ApiError, ApiRequest, Served, completion_body, cut_at_st
 # product under a block-diagonal mask, which past a few hundred tokens costs more than the
 # padding packing saves.
 PACK_TOKENS = 256
-# Under load, the batch closes once no job has come for this long (or at half the last forward).
-LINGER_GAP_S = 0.002
 
 
 class Engine:
@@ -176,24 +174,23 @@ class Engine:
         if not self.batch_tokens or not (first[0].endpoint == "embeddings" or _greedy(first[0])):
             return batch
         rows, longest = len(first[0].ids), max(map(len, first[0].ids))
-        now = time.perf_counter()
-        deadline, last_job = now + min(0.05, 0.5 * self._last_forward_s), now
+        deadline = time.perf_counter() + min(0.05, 0.5 * self._last_forward_s)
         under_load = self._last_batch > 1
         try:
             while True:
                 try:
                     nxt = self._next()
                 except queue.Empty:
-                    now = time.perf_counter()
                     # Linger while requests are being read (inside MPI: `arriving`), or, under load (the
-                    # last batch held several jobs), while jobs keep coming: the clients answered by the
-                    # last forward are sending their next. A bigger batch costs less CPU a text; after
-                    # a batch of one (a lone client) nothing waits.
-                    if now < deadline and (self.arriving > 0 or (under_load and now - last_job < LINGER_GAP_S)):
+                    # last batch held several jobs), until this batch holds as many: the clients the
+                    # last batch answered are sending their next. A forward's fixed cost (its weights
+                    # read once) is shared by every text in it, so a batch that closed on the first
+                    # arrival would cost about a forward of its own. It closes as soon as it is full,
+                    # or at the deadline (load that fell); after a batch of one nothing waits.
+                    if time.perf_counter() < deadline and (self.arriving > 0 or (under_load and len(batch) < self._last_batch)):
                         time.sleep(0.0005)
                         continue
                     return batch
-                last_job = time.perf_counter()
                 job = nxt[0]
                 new_long = max([longest, *map(len, job.ids)])
                 if not _joins(first[0], job) or (rows + len(job.ids)) * new_long > self.batch_tokens:

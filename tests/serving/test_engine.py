@@ -165,13 +165,13 @@ def test_greedy_completions_of_one_length_decode_as_one_batch(tmp_path):
             assert text.startswith(expected)
 
 
-@pytest.mark.parametrize("last_batch,arrivals", [(1, 2), (5, 2), (5, 1000)])
-def test_under_load_a_batch_waits_for_the_jobs_still_coming(last_batch, arrivals, monkeypatch):
+@pytest.mark.parametrize("last_batch,arrivals", [(1, 2), (5, 2), (3, 2), (5, 1000)])
+def test_under_load_a_batch_waits_for_as_many_jobs_as_the_last(last_batch, arrivals, monkeypatch):
     """After a batch of several jobs (load: the clients it answered are sending their next), rank
-    0 lingers while jobs keep coming and closes the batch once none has come for LINGER_GAP_S, or
-    at half the last forward (at most 50 ms); after a batch of one (a lone client) it never waits.
-    The engine's clock is a fake one that its sleeps advance, and a job arrives in each of its
-    first `arrivals` sleeps."""
+    0 lingers until the batch holds as many jobs as the last one and closes it at once, or at half
+    the last forward (at most 50 ms) if fewer come; after a batch of one (a lone client) it never
+    waits. The engine's clock is a fake one that its sleeps advance, and a job arrives in each of
+    its first `arrivals` sleeps."""
     from types import SimpleNamespace
 
     from prism_ops.serving import engine as engine_module
@@ -191,11 +191,13 @@ def test_under_load_a_batch_waits_for_the_jobs_still_coming(last_batch, arrivals
     monkeypatch.setattr(engine_module, "time", SimpleNamespace(perf_counter=lambda: clock.t, sleep=sleep))
     e.submit(e.prepare(parse("embeddings", {"input": [[5, 6, 7]]}, served)), lambda _: None)
     batch = e._gather(e._next(timeout=1))
+    waited = clock.t - 100.0
     if last_batch == 1:
         assert len(batch) == 1 and clock.slept == 0 and e._last_batch == 1
-    elif arrivals == 2:  # both later jobs joined; the batch closed LINGER_GAP_S after the last
-        assert len(batch) == 3 and e._last_batch == 3
-        closed = clock.t - 100.0 - 2 * 0.0005  # after the last job came
-        assert engine_module.LINGER_GAP_S <= closed + 1e-9 and closed < engine_module.LINGER_GAP_S + 0.0005 + 1e-9
-    else:  # jobs kept coming: it closed at the cap
-        assert 0.05 <= clock.t - 100.0 < 0.05 + 0.001 and len(batch) == 1 + clock.slept  # every job that came
+    elif arrivals < last_batch - 1:  # fewer came than the last batch held: every one joined, closed at the cap
+        assert len(batch) == 1 + arrivals and e._last_batch == 1 + arrivals
+        assert 0.05 <= waited < 0.05 + 0.001
+    else:  # full: closed right after the job that filled it, none of the later ones taken
+        assert len(batch) == last_batch and e._last_batch == last_batch
+        assert clock.slept == last_batch - 1 and waited == pytest.approx(0.0005 * (last_batch - 1))
+        assert e.jobs.qsize() == 0
