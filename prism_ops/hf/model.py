@@ -8,6 +8,7 @@ family, and transformers is imported here, inside the functions that need it.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import inspect
 import logging
@@ -80,7 +81,10 @@ def packs(model) -> bool:
     (without them the positions would run on from one text into the next), checked once on two
     texts of up to 150 tokens against each run alone, since a family may build its own mask from
     the one it is given (sliding windows) or be causal (CLIP's text encoder). The model must be
-    on SDPA or eager attention. Why not, when not, goes to the "prism_ops" log (info)."""
+    on SDPA or eager attention. A model in half precision (a Jetson's fp16) is checked in float32
+    and put back exactly as it was: whether packing keeps each text's answer is a matter of the
+    masks and positions, which fp16 rounding (as large as a short window's reach) would hide.
+    Why not, when not, goes to the "prism_ops" log (info)."""
     name = type(model).__name__
     if model_kind(model) != "encoder" or "position_ids" not in inspect.signature(model.base_model.forward).parameters:
         log.info("prism_ops: %s runs whole texts padded (packing needs an encoder whose forward takes "
@@ -91,7 +95,7 @@ def packs(model) -> bool:
     vocab = getattr(model.config, "vocab_size", 0) or 0
     rows = [[5 + (37 * i + 11 * r) % max(1, vocab - 5) for i in range(n - 7 * r)] for r in range(2)]
     try:
-        with torch.no_grad():
+        with torch.no_grad(), _in_float32(model):
             h, _ = packed_hidden(model, rows)
             for r, row in enumerate(rows):
                 alone = model.base_model(input_ids=torch.tensor([row], device=h.device)).last_hidden_state[0]
@@ -105,6 +109,24 @@ def packs(model) -> bool:
         log.info("prism_ops: %s runs whole texts padded (packed, it raised %s: %s)", name, type(e).__name__, e)
         return False
     return True
+
+
+@contextlib.contextmanager
+def _in_float32(model):
+    """model with every floating parameter and buffer in float32 for the block, then each back
+    to its own dtype (from fp16 or bf16 and back is exact; a module kept in float32 stays so)."""
+    tensors = [t for _, t in [*model.named_parameters(), *model.named_buffers()] if t.is_floating_point()]
+    dtypes = [t.dtype for t in tensors]
+    if all(d == torch.float32 for d in dtypes):
+        yield
+        return
+    for t in tensors:
+        t.data = t.data.float()
+    try:
+        yield
+    finally:
+        for t, d in zip(tensors, dtypes):
+            t.data = t.data.to(d)
 
 
 def packed_hidden(model, rows: list) -> tuple[torch.Tensor, torch.Tensor]:

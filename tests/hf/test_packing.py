@@ -3,7 +3,8 @@ runs short embedding texts whole: each text's hidden states equal that text run 
 the model, within fp32 (the same products summed in another order, a few ulps per layer; the
 bound is 1e-4 of the output's scale, as tests/hf/test_model_zoo.py's). `packs` says where that
 holds, checked on the model itself, and refuses the families where it does not: a causal text
-tower, a local attention window the packed mask would not carry, a decoder.
+tower, a local attention window the packed mask would not carry, a decoder. A half-precision
+model packs as exactly as the padded batch it replaces (against a float64 oracle).
 """
 
 import inspect
@@ -13,7 +14,7 @@ import torch
 
 transformers = pytest.importorskip("transformers")
 
-from prism_ops.hf.model import packed_hidden, packs  # noqa: E402
+from prism_ops.hf.model import _in_float32, packed_hidden, packs  # noqa: E402
 from prism_ops.serving.batching import pack  # noqa: E402
 
 from model_zoo import BY_ID  # noqa: E402
@@ -53,10 +54,46 @@ def test_packed_texts_equal_each_text_alone(family_id, lengths):
             assert not h[r, len(row):].any()  # right padding is zeros, never another text's states
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("family_id,why", [("modernbert", "a local window of 16 the packed mask does not carry"),
                                           ("clip-text", "a causal text tower"), ("gpt2", "a decoder")])
-def test_families_packing_would_change_are_refused(family_id, why):
-    assert not packs(on_sdpa(BY_ID[family_id].build())), why
+def test_families_packing_would_change_are_refused(family_id, why, dtype):
+    """In half precision too (checked in float32: bf16 rounding is as large as the tiny window's
+    reach), and the model is left as it was."""
+    model = on_sdpa(BY_ID[family_id].build()).to(dtype)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    assert not packs(model), why
+    after = model.state_dict()
+    assert all(after[k].dtype == v.dtype and torch.equal(after[k], v) for k, v in before.items())
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_a_half_precision_model_packs_as_exactly_as_a_padded_batch(dtype):
+    """A model in fp16 or bf16 (a Jetson's) packs: against each text alone through the model in
+    float64 (the oracle), the packed texts err no more than the padded batch packing replaces,
+    within a factor of 2 (both are the dtype's rounding, the products in other shapes; the
+    same for every text, 1 to 40 tokens)."""
+    model = on_sdpa(BY_ID["bert"].build())
+    oracle = {}
+    rows = texts(model, (40, 1, 7, 33, 19, 2))
+    with torch.no_grad():
+        model64 = model.to(torch.float64)
+        for r, row in enumerate(rows):
+            oracle[r] = model64.base_model(input_ids=torch.tensor([row])).last_hidden_state[0]
+        model = model64.to(dtype)
+        before = {k: v.clone() for k, v in model.state_dict().items()}
+        assert packs(model)  # checked in float32, then put back exactly
+        assert all(torch.equal(model.state_dict()[k], v) and model.state_dict()[k].dtype == dtype
+                   for k, v in before.items() if v.is_floating_point())
+        h, _ = packed_hidden(model, rows)
+        L = max(map(len, rows))
+        padded = model.base_model(input_ids=torch.tensor([r + [0] * (L - len(r)) for r in rows]),
+                                  attention_mask=torch.tensor([[1] * len(r) + [0] * (L - len(r)) for r in rows])
+                                  ).last_hidden_state
+    assert h.dtype == dtype
+    packed_err = max((h[r, :len(row)].double() - oracle[r]).abs().max().item() for r, row in enumerate(rows))
+    padded_err = max((padded[r, :len(row)].double() - oracle[r]).abs().max().item() for r, row in enumerate(rows))
+    assert 0 < padded_err and packed_err <= 2 * padded_err, (packed_err, padded_err)
 
 
 def test_pack_keeps_order_and_the_budget():
@@ -70,3 +107,17 @@ def test_pack_keeps_order_and_the_budget():
         for a, b in zip(groups, groups[1:]):  # a group closes only when the next text would not fit
             assert sum(len(rows[i]) for i in a) + len(rows[b[0]]) > budget
     assert pack([], 8) == []
+
+
+def test_the_float32_check_puts_every_tensor_back_in_its_own_dtype():
+    """A half-precision model may keep some modules in float32 on purpose (transformers'
+    _keep_in_fp32_modules): after the check each tensor has its own dtype and values again."""
+    model = torch.nn.Sequential(torch.nn.Linear(4, 4).to(torch.float16), torch.nn.LayerNorm(4))
+    model.register_buffer("table", torch.arange(3, dtype=torch.bfloat16))
+    model.register_buffer("steps", torch.arange(3))  # not floating: untouched
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    with _in_float32(model):
+        assert all(t.dtype == torch.float32 for t in model.state_dict().values() if t.is_floating_point())
+    after = model.state_dict()
+    assert {k: v.dtype for k, v in after.items()} == {k: v.dtype for k, v in before.items()}
+    assert all(torch.equal(after[k], v) for k, v in before.items())
