@@ -187,7 +187,8 @@ class Engine:
                     # read once) is shared by every text in it, so a batch that closed on the first
                     # arrival would cost about a forward of its own. It closes as soon as it is full,
                     # or at the deadline (load that fell); after a batch of one nothing waits.
-                    if time.perf_counter() < deadline and (self.arriving > 0 or (under_load and len(batch) < self._last_batch)):
+                    waiting = self.arriving > 0 or (under_load and len(batch) < self._last_batch)
+                    if waiting and time.perf_counter() < deadline:
                         time.sleep(0.0005)
                         continue
                     return batch
