@@ -108,45 +108,54 @@ def cpu_s(pid) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def load(url, endpoint, bodies, n, clients):
+def load(url, endpoint, bodies, n, clients, on_start=None):
     """n requests (bodies in turn) from `clients` concurrent clients: (latencies, wall seconds).
 
     Each client is a thread with its own connection, made and opened (GET /v1/models) before the
     clock starts, as a load generator does: an httpx.Client costs about 20 ms of CPU to make (its
-    TLS context), which, counted in the row, took 16 clients' share of the 2 cores from the service.
+    TLS context), which, counted in the row, took 16 clients' share of the 2 cores from the
+    service. on_start(): called as the clock starts (a caller's own counters, read from there).
+    A failed request fails the row.
     """
     lat, errors, lock = [], [], threading.Lock()
-    conns = [httpx.Client(timeout=600) for _ in range(clients)]
-    for c in conns:
-        c.get(url + "/v1/models").raise_for_status()
     start = threading.Barrier(clients + 1)
 
     def client(c, ks):
-        start.wait()
         try:
+            start.wait()
             for k in ks:
                 t = time.perf_counter()
                 c.post(url + endpoint, json=bodies[k % len(bodies)]).raise_for_status()
                 with lock:
                     lat.append(time.perf_counter() - t)
-        except httpx.HTTPError as e:  # a failed request fails the row, not just its thread
+        except Exception as e:  # noqa: BLE001  (any failure fails the row, below)
             errors.append(e)
 
-    threads = [threading.Thread(target=client, args=(conns[i], range(i, n, clients))) for i in range(clients)]
-    for t in threads:
-        t.start()
+    conns, threads = [], []
     try:
+        for _ in range(clients):
+            conns.append(httpx.Client(timeout=600))
+            conns[-1].get(url + "/v1/models").raise_for_status()
+        threads = [threading.Thread(target=client, args=(conns[i], range(i, n, clients)), daemon=True)
+                   for i in range(clients)]
+        for t in threads:
+            t.start()
         start.wait()
         t1 = time.perf_counter()
+        if on_start is not None:
+            on_start()
         for t in threads:
             t.join()
         wall = time.perf_counter() - t1
-        if errors:
-            raise RuntimeError(f"{len(errors)} of {clients} clients failed; the first: {errors[0]!r}")
-        return lat, wall
     finally:
+        start.abort()  # a client still at the barrier (the row failed before it) stops waiting
+        for t in threads:
+            t.join()
         for c in conns:
             c.close()
+    if errors:
+        raise RuntimeError(f"{len(errors)} of {clients} clients failed; the first: {errors[0]!r}")
+    return lat, wall
 
 
 SHORT = ["Edge devices share one transformer.", "Summaries cross the link.", "Hello there.",
@@ -169,8 +178,10 @@ def batching(args):
                 h0 = httpx.get(url + "/health", timeout=10).json()
                 n = args.requests if clients > 1 else max(8, args.requests // 4)
                 pids = rank_pids(url.rsplit(":", 1)[1])
-                c0, m0 = [cpu_s(p) for p in pids], os.times()
-                lat, wall = load(url, "/v1/embeddings", bodies, n, clients)
+                at = {}  # the CPU times as the clock starts: the clients' set-up is not counted
+                lat, wall = load(url, "/v1/embeddings", bodies, n, clients,
+                                 lambda pids=pids, at=at: at.update(c0=[cpu_s(p) for p in pids], m0=os.times()))
+                c0, m0 = at["c0"], at["m0"]
                 c1, m1 = [cpu_s(p) for p in pids], os.times()
                 h1 = httpx.get(url + "/health", timeout=10).json()
                 rows.append(dict(batching=bool(batch_tokens), batch_tokens=batch_tokens, clients=clients,

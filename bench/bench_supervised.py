@@ -148,8 +148,10 @@ def throughput(hosts, requests: int, rounds: int) -> dict:
                     n = requests if clients > 1 else max(8, requests // 4)
                     pids = _tree(services[kind][0].pid)
                     f0 = _forwards(url)
-                    c0 = _cpu(pids)
-                    lat, wall = load(url, "/v1/embeddings", bodies, n, clients)
+                    at = {}  # the CPU times as the clock starts: the clients' set-up is not counted
+                    lat, wall = load(url, "/v1/embeddings", bodies, n, clients,
+                                     lambda pids=pids, at=at: at.update(cpu=_cpu(pids)))
+                    c0 = at["cpu"]
                     c1 = _cpu(pids)
                     f1 = _forwards(url)
                     cpu_ms = {k: 1000 * (c1[k] - c0[k]) / len(lat) for k in c1 if k in c0}
@@ -236,6 +238,8 @@ def main() -> int:
     ap.add_argument("--crossover", action="store_true", help="one client: split against whole per text length")
     ap.add_argument("--json", help="write the rows here")
     args = ap.parse_args()
+    if args.rounds < 1 or args.requests < 16:
+        ap.error(f"--rounds must be at least 1 and --requests at least 16, got {args.rounds} and {args.requests}")
     why = netns_hosts.available()
     if why:
         print(f"bench_supervised: {why}", file=sys.stderr)

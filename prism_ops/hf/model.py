@@ -113,20 +113,22 @@ def packs(model) -> bool:
 
 @contextlib.contextmanager
 def _in_float32(model):
-    """model with every floating parameter and buffer in float32 for the block, then each back
-    to its own dtype (from fp16 or bf16 and back is exact; a module kept in float32 stays so)."""
-    tensors = [t for _, t in [*model.named_parameters(), *model.named_buffers()] if t.is_floating_point()]
-    dtypes = [t.dtype for t in tensors]
-    if all(d == torch.float32 for d in dtypes):
-        yield
-        return
-    for t in tensors:
-        t.data = t.data.float()
+    """model with its float16 and bfloat16 parameters and buffers in float32 for the block, then
+    each back to its own dtype: to float32 and back is exact for both, and every other tensor
+    (a module kept in float32, a float64 one) is left alone. Put back however the block ends,
+    or a conversion fails (out of memory: it briefly takes twice the half tensors' memory)."""
+    half = [t for _, t in [*model.named_parameters(), *model.named_buffers()]
+            if t.dtype in (torch.float16, torch.bfloat16)]
+    done = []
     try:
+        for t in half:
+            dtype = t.dtype
+            t.data = t.data.float()
+            done.append((t, dtype))
         yield
     finally:
-        for t, d in zip(tensors, dtypes):
-            t.data = t.data.to(d)
+        for t, dtype in done:
+            t.data = t.data.to(dtype)
 
 
 def packed_hidden(model, rows: list) -> tuple[torch.Tensor, torch.Tensor]:

@@ -140,6 +140,7 @@ class Engine:
                 except queue.Empty:
                     if self.stopping.is_set() or (self.stop_when_idle and self.pending == 0):
                         break
+                    self._last_batch = 1  # idle for a while: the load has gone, the next batch waits for none
                     self.comm.check_alive()  # a worker stopped while the service is idle ends it too
                     continue
                 t0 = time.perf_counter()
@@ -172,6 +173,7 @@ class Engine:
         embeddings, or greedy completions with prompts of first's length (`_joins`)."""
         batch = [first]
         if not self.batch_tokens or not (first[0].endpoint == "embeddings" or _greedy(first[0])):
+            self._last_batch = 1
             return batch
         rows, longest = len(first[0].ids), max(map(len, first[0].ids))
         deadline = time.perf_counter() + min(0.05, 0.5 * self._last_forward_s)
@@ -185,8 +187,9 @@ class Engine:
                     # last batch held several jobs), until this batch holds as many: the clients the
                     # last batch answered are sending their next. A forward's fixed cost (its weights
                     # read once) is shared by every text in it, so a batch that closed on the first
-                    # arrival would cost about a forward of its own. It closes as soon as it is full,
-                    # or at the deadline (load that fell); after a batch of one nothing waits.
+                    # arrival would cost about a forward of its own. It stops waiting as soon as it is
+                    # full (jobs queued by then still join), or at the deadline (load that fell); after
+                    # a batch of one, or a spell with no job, nothing waits.
                     waiting = self.arriving > 0 or (under_load and len(batch) < self._last_batch)
                     if waiting and time.perf_counter() < deadline:
                         time.sleep(0.0005)

@@ -14,6 +14,7 @@ import torch
 
 transformers = pytest.importorskip("transformers")
 
+from prism_ops.hf import model as model_module  # noqa: E402
 from prism_ops.hf.model import _in_float32, packed_hidden, packs  # noqa: E402
 from prism_ops.serving.batching import pack  # noqa: E402
 
@@ -58,8 +59,9 @@ def test_packed_texts_equal_each_text_alone(family_id, lengths):
 @pytest.mark.parametrize("family_id,why", [("modernbert", "a local window of 16 the packed mask does not carry"),
                                           ("clip-text", "a causal text tower"), ("gpt2", "a decoder")])
 def test_families_packing_would_change_are_refused(family_id, why, dtype):
-    """In half precision too (checked in float32: bf16 rounding is as large as the tiny window's
-    reach), and the model is left as it was."""
+    """In half precision too, and the model is left as it was. (In bf16 these would be refused
+    even by a check in bf16, whose rounding alone exceeds the float32 tolerance: that the check
+    runs in float32 is the next test's.)"""
     model = on_sdpa(BY_ID[family_id].build()).to(dtype)
     before = {k: v.clone() for k, v in model.state_dict().items()}
     assert not packs(model), why
@@ -82,7 +84,17 @@ def test_a_half_precision_model_packs_as_exactly_as_a_padded_batch(dtype):
             oracle[r] = model64.base_model(input_ids=torch.tensor([row])).last_hidden_state[0]
         model = model64.to(dtype)
         before = {k: v.clone() for k, v in model.state_dict().items()}
-        assert packs(model)  # checked in float32, then put back exactly
+        seen = []  # the dtype of the model's weights while packs runs its packed forward
+        real = model_module.packed_hidden
+
+        def spy(m, rs):
+            seen.append(next(m.parameters()).dtype)
+            return real(m, rs)
+
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setattr(model_module, "packed_hidden", spy)
+            assert packs(model)  # checked in float32, then put back exactly
+        assert seen == [torch.float32]
         assert all(torch.equal(model.state_dict()[k], v) and model.state_dict()[k].dtype == dtype
                    for k, v in before.items() if v.is_floating_point())
         h, _ = packed_hidden(model, rows)
@@ -111,7 +123,8 @@ def test_pack_keeps_order_and_the_budget():
 
 def test_the_float32_check_puts_every_tensor_back_in_its_own_dtype():
     """A half-precision model may keep some modules in float32 on purpose (transformers'
-    _keep_in_fp32_modules): after the check each tensor has its own dtype and values again."""
+    _keep_in_fp32_modules): after the check each tensor has its own dtype and values again,
+    however the block ended, and only float16 and bfloat16 tensors were touched."""
     model = torch.nn.Sequential(torch.nn.Linear(4, 4).to(torch.float16), torch.nn.LayerNorm(4))
     model.register_buffer("table", torch.arange(3, dtype=torch.bfloat16))
     model.register_buffer("steps", torch.arange(3))  # not floating: untouched
@@ -121,3 +134,8 @@ def test_the_float32_check_puts_every_tensor_back_in_its_own_dtype():
     after = model.state_dict()
     assert {k: v.dtype for k, v in after.items()} == {k: v.dtype for k, v in before.items()}
     assert all(torch.equal(after[k], v) for k, v in before.items())
+    model.register_buffer("wide", torch.arange(3, dtype=torch.float64))  # not half: left alone
+    with pytest.raises(RuntimeError, match="in the block"), _in_float32(model):
+        assert model.wide.dtype == torch.float64 and model.table.dtype == torch.float32
+        raise RuntimeError("in the block")
+    assert model[0].weight.dtype == torch.float16 and model.table.dtype == torch.bfloat16  # put back all the same

@@ -10,6 +10,7 @@ prompt length run as one batch, each row to its own max_tokens, with the ids a s
 """
 
 import copy
+import queue
 
 import pytest
 import torch
@@ -165,13 +166,14 @@ def test_greedy_completions_of_one_length_decode_as_one_batch(tmp_path):
             assert text.startswith(expected)
 
 
-@pytest.mark.parametrize("last_batch,arrivals", [(1, 2), (5, 2), (3, 2), (5, 1000)])
-def test_under_load_a_batch_waits_for_as_many_jobs_as_the_last(last_batch, arrivals, monkeypatch):
+@pytest.mark.parametrize("last_batch,queued,arrivals", [(1, 0, 2), (5, 0, 2), (3, 0, 2), (5, 0, 1000), (3, 4, 1000)])
+def test_under_load_a_batch_waits_for_as_many_jobs_as_the_last(last_batch, queued, arrivals, monkeypatch):
     """After a batch of several jobs (load: the clients it answered are sending their next), rank
-    0 lingers until the batch holds as many jobs as the last one and closes it at once, or at half
-    the last forward (at most 50 ms) if fewer come; after a batch of one (a lone client) it never
-    waits. The engine's clock is a fake one that its sleeps advance, and a job arrives in each of
-    its first `arrivals` sleeps."""
+    0 lingers until the batch holds as many jobs as the last one and stops waiting then (jobs
+    already queued still join), or at half the last forward (at most 50 ms) if fewer come; after
+    a batch of one (a lone client) it never waits. The engine's clock is a fake one that its
+    sleeps advance; `queued` jobs wait behind the first, and a job arrives in each of its first
+    `arrivals` sleeps."""
     from types import SimpleNamespace
 
     from prism_ops.serving import engine as engine_module
@@ -189,15 +191,43 @@ def test_under_load_a_batch_waits_for_as_many_jobs_as_the_last(last_batch, arriv
             e.submit(e.prepare(parse("embeddings", {"input": [[5, 6, 7, clock.slept % 90]]}, served)), lambda _: None)
 
     monkeypatch.setattr(engine_module, "time", SimpleNamespace(perf_counter=lambda: clock.t, sleep=sleep))
-    e.submit(e.prepare(parse("embeddings", {"input": [[5, 6, 7]]}, served)), lambda _: None)
+    for k in range(1 + queued):
+        e.submit(e.prepare(parse("embeddings", {"input": [[5, 6, 7, 90 + k]]}, served)), lambda _: None)
     batch = e._gather(e._next(timeout=1))
     waited = clock.t - 100.0
-    if last_batch == 1:
+    if queued:  # more than the last batch already queued: every one joined, no wait
+        assert len(batch) == 1 + queued and clock.slept == 0 and e._last_batch == 1 + queued
+    elif last_batch == 1:
         assert len(batch) == 1 and clock.slept == 0 and e._last_batch == 1
     elif arrivals < last_batch - 1:  # fewer came than the last batch held: every one joined, closed at the cap
         assert len(batch) == 1 + arrivals and e._last_batch == 1 + arrivals
         assert 0.05 <= waited < 0.05 + 0.001
-    else:  # full: closed right after the job that filled it, none of the later ones taken
+    else:  # full: it stopped waiting right after the job that filled it (more were still coming)
         assert len(batch) == last_batch and e._last_batch == last_batch
         assert clock.slept == last_batch - 1 and waited == pytest.approx(0.0005 * (last_batch - 1))
-        assert e.jobs.qsize() == 0
+
+
+def test_a_spell_without_jobs_ends_the_load(monkeypatch):
+    """Rank 0's loop, idle past its 0.1 s poll, takes the load as gone: the next lone request
+    does not wait for the last burst's size (at most half a forward) but runs at once."""
+    from types import SimpleNamespace
+
+    comm = fake_comms(2)[0]
+    served = Served("tiny-bert", decoder=False, max_positions=512, width=32, vocab_size=100)
+    e = Engine(hf.configure(bert(), PrismConfig(2, 1), comm=comm), None, comm, served)
+    e._last_batch, e._last_forward_s = 16, 1.0
+    polls = SimpleNamespace(n=0)
+
+    def next_job(timeout=None):
+        polls.n += 1
+        if polls.n == 1:
+            raise queue.Empty  # an idle poll
+        e.stopping.set()
+        raise queue.Empty
+
+    from prism_ops.serving import engine as engine_module
+
+    monkeypatch.setattr(e, "_next", next_job)
+    monkeypatch.setattr(engine_module, "bcast_json", lambda *a, **k: None)  # the stop order: no rank 1 here
+    e.run()
+    assert e._last_batch == 1
