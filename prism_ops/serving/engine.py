@@ -172,13 +172,12 @@ class Engine:
         """first, and the jobs queued behind it that can run with it within batch_tokens:
         embeddings, or greedy completions with prompts of first's length (`_joins`)."""
         batch = [first]
-        if not self.batch_tokens or not (first[0].endpoint == "embeddings" or _greedy(first[0])):
-            self._last_batch = 1
-            return batch
         rows, longest = len(first[0].ids), max(map(len, first[0].ids))
         deadline = time.perf_counter() + min(0.05, 0.5 * self._last_forward_s)
         under_load = self._last_batch > 1
         try:
+            if not self.batch_tokens or not (first[0].endpoint == "embeddings" or _greedy(first[0])):
+                return batch  # runs alone (and ends the load: `finally`)
             while True:
                 try:
                     nxt = self._next()

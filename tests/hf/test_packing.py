@@ -16,7 +16,7 @@ transformers = pytest.importorskip("transformers")
 
 from prism_ops.hf import model as model_module  # noqa: E402
 from prism_ops.hf.model import _in_float32, packed_hidden, packs  # noqa: E402
-from prism_ops.serving.batching import pack  # noqa: E402
+from prism_ops.serving.batching import pack, padded_request  # noqa: E402
 
 from model_zoo import BY_ID  # noqa: E402
 
@@ -98,10 +98,8 @@ def test_a_half_precision_model_packs_as_exactly_as_a_padded_batch(dtype):
         assert all(torch.equal(model.state_dict()[k], v) and model.state_dict()[k].dtype == dtype
                    for k, v in before.items() if v.is_floating_point())
         h, _ = packed_hidden(model, rows)
-        L = max(map(len, rows))
-        padded = model.base_model(input_ids=torch.tensor([r + [0] * (L - len(r)) for r in rows]),
-                                  attention_mask=torch.tensor([[1] * len(r) + [0] * (L - len(r)) for r in rows])
-                                  ).last_hidden_state
+        batch = padded_request(rows)  # the service's padded layout
+        padded = model.base_model(input_ids=batch.ids, attention_mask=batch.mask).last_hidden_state
     assert h.dtype == dtype
     packed_err = max((h[r, :len(row)].double() - oracle[r]).abs().max().item() for r, row in enumerate(rows))
     padded_err = max((padded[r, :len(row)].double() - oracle[r]).abs().max().item() for r, row in enumerate(rows))
