@@ -27,6 +27,7 @@ from .hf import attention_modules, configure, max_positions, model_fingerprint, 
 from .hf.dense_layers import load_dense_layers, save_dense_layers
 from .models import pydoc_text
 from .ops.codebook_rows import MAX_CENTROIDS, fit_codebook, save_codebooks
+from .ops.delta_rows import fit_delta_codes, save_delta_codes
 from .ops.partitioned_attention import partitioned_attention
 from .ops.quantize_rows import verbatim_wire_dtype
 
@@ -35,6 +36,7 @@ DENSE_PARTITIONS = 4
 DENSE_SHARE = 0.1  # the share of a model's layers that run dense
 CALIBRATION_CHARS = 40_000  # about 9,000 tokens of the ~465,000-character text
 CALIBRATION_ROWS = 2048  # token rows per layer the codebooks are fitted on
+DELTA_ROWS = 8192  # token rows per layer delta codes are fitted on (1024 centroids need many more than 256)
 RECORDER = "prism_calibrate"  # the attention implementation that records K/V rows
 
 
@@ -109,7 +111,7 @@ def fit_codebooks(rows: list[torch.Tensor], group: int, centroids: int, iters: i
 
 def check_geometry(model, exchange: str, group, centroids) -> None:
     """group must divide the head dim (K/V rows; a group never mixes K and V) or the hidden
-    size; centroids a power of two in [2, 256]. Raises ValueError naming the argument."""
+    size; centroids a power of two in [2, MAX_CENTROIDS]. Raises ValueError naming the argument."""
     shape = ModelShape.from_config(model.config)
     width, what = (shape.head_dim, "head dim") if exchange == "kv" else (shape.hidden_size, "hidden size")
     if isinstance(group, bool) or not isinstance(group, int) or group < 1 or width % group:
@@ -146,6 +148,26 @@ def calibrate(model, tokenizer, out, *, group: int = 4, centroids: int = 256, ex
     fingerprint = model_fingerprint(model)
     save_codebooks(out, books, exchange, fingerprint)
     return {"exchange": exchange, "group": group, "centroids": centroids, "rows": rows[0].shape[1],
+            "layers": len(books), "fingerprint": fingerprint}
+
+
+def calibrate_delta(model, tokenizer, out, *, group: int = 8, centroids: int = 1024, iters: int = 20,
+                    seed: int = 0) -> dict:
+    """Fit and write the model's delta codes (`ops.delta_rows`: a predictor and a residual codebook
+    per layer, the `delta_codebook` lever) to `out`, from DELTA_ROWS rows of the calibration text
+    per layer; returns what was written (no tensors). Hidden-feature exchange only."""
+    if resolve_exchange(model, "auto") != "hidden":
+        raise ValueError(f"delta codes code hidden-feature rows, but model {type(model).__name__} exchanges K/V rows "
+                         "(rotary embeddings): calibrate a summary codebook instead")
+    check_geometry(model, "hidden", group, centroids)
+    tokens = min(DELTA_ROWS, getattr(model.config, "max_position_embeddings", None) or DELTA_ROWS)
+    # Plain text windows, no special tokens: fitted with [CLS] and [SEP] rows, MiniLM's codes did worse
+    # (a throwaway comparison on the bench_delta cell).
+    rows = record_rows(model, calibration_windows(tokenizer, DELTA_ROWS // tokens, tokens), "hidden")
+    predictors, books = fit_delta_codes([r[0] for r in rows], group, centroids, iters, seed)
+    fingerprint = model_fingerprint(model)
+    save_delta_codes(out, predictors, books, model.config.vocab_size, fingerprint)
+    return {"exchange": "hidden", "group": group, "centroids": centroids, "rows": rows[0].shape[1],
             "layers": len(books), "fingerprint": fingerprint}
 
 

@@ -27,6 +27,10 @@ with the +ln(count) bias):
                     does (`PrismConfig.for_tokens`): there summaries save few bytes and lose most. 0 = off
     summary_codebook  the path of a calibration file (`prism-calibrate`): summaries sent as
                     product-quantization codes of its per-layer codebooks (`ops.codebook_rows`)
+    delta_codebook  the path of a delta calibration file (`prism-calibrate --delta-codes`): every token
+                    its own row, sent as codes of its change from a prediction made from the row its
+                    readers decoded at the layer before; layer 0's rows as token ids
+                    (`ops.delta_rows`). Hidden-feature exchange, simulated partitions only for now
     exchange        "kv" (K/V means), "hidden" (the paper's hidden-feature means), or "auto"
                     (hidden where the model allows it; `prism_ops.hf.configure` resolves it)
     backend         "auto", "torch" or "triton" for the ops
@@ -47,6 +51,7 @@ from dataclasses import dataclass
 from ._backend import check_backend
 from ._checks import check_bool, check_int, check_weights
 from .ops.codebook_rows import codebook_geometry
+from .ops.delta_rows import delta_geometry
 from .ops.heavy_rows import check_heavy_fraction
 from .ops.quantize_rows import check_bits, check_verbatim_bits
 from .ops.token_clusters import check_cluster_iters
@@ -128,6 +133,7 @@ class PrismConfig:
     verbatim_bits: int = 0
     dense_layers: tuple[int, ...] | str = ()
     min_chunk_tokens: int = 0
+    delta_codebook: str | None = None
 
     def __post_init__(self):
         check_int(self.num_partitions, "num_partitions", 1)
@@ -154,9 +160,27 @@ class PrismConfig:
             codebook_geometry(self.summary_codebook)  # the file must exist and be well formed
             object.__setattr__(self, "summary_codebook", os.fspath(self.summary_codebook))  # JSON-ready
         object.__setattr__(self, "dense_layers", _checked_dense_layers(self.dense_layers))
+        if self.delta_codebook is not None:
+            self._check_delta()
         if self.weights is not None:
             # A tuple of floats, so the config stays hashable and prints the same everywhere.
             object.__setattr__(self, "weights", tuple(check_weights(self.weights, self.num_partitions)))
+
+    def _check_delta(self) -> None:
+        """delta_codebook codes every token's hidden row in every layer, and nothing else."""
+        if self.exchange == "kv":
+            raise ValueError("delta_codebook codes hidden-feature rows: set exchange='hidden' or 'auto', not 'kv'")
+        others = {"segment_size": (self.segment_size, 1), "sink_tokens": (self.sink_tokens, 0),
+                  "halo": (self.halo, 0), "cluster_iters": (self.cluster_iters, 0),
+                  "summary_bits": (self.summary_bits, 0), "summary_codebook": (self.summary_codebook, None),
+                  "heavy_fraction": (self.heavy_fraction, 0.0), "verbatim_bits": (self.verbatim_bits, 0),
+                  "dense_layers": (self.dense_layers, ()), "min_chunk_tokens": (self.min_chunk_tokens, 0)}
+        bad = [f"{name}={got!r} (needs {want!r})" for name, (got, want) in others.items() if got != want]
+        if bad:
+            raise ValueError(f"delta_codebook sends every token of every layer as its own coded row; it does not "
+                             f"combine with {', '.join(bad)}")
+        delta_geometry(self.delta_codebook)  # the file must exist and be well formed
+        object.__setattr__(self, "delta_codebook", os.fspath(self.delta_codebook))  # JSON-ready
 
     @classmethod
     def from_preset(cls, num_partitions: int, preset: str | None = None, segment_size: int | None = None,

@@ -13,6 +13,9 @@ A chunk's payload (its rows are built by `prism_ops.ops.chunk_summary`) is, in t
     counts          [B, S] uint16, only for key clusters (segment counts follow from the
                     padding mask every rank has)
 
+With delta_codebook (`ops.delta_rows`) every token is a summary row: its codes, M of log2(K)
+bits each; in layer 0 its token id instead (`ids`, B * S ids of 2 or 4 bytes).
+
 Verbatim rows are the chunk's sink and halo tokens, sent as they are (count 1, not summarised;
 "exact" names a preset). H, C are (Hkv, 2D) for K/V exchange and (1, d) for hidden-feature exchange. Every rank derives
 every chunk's layout from the bounds and the config, so sizes never travel. A chunk that no
@@ -34,6 +37,7 @@ import torch
 from .config import PrismConfig
 from .ops.chunk_summary import chunk_layout, summary_count, visible_chunks
 from .ops.codebook_rows import codebook_geometry
+from .ops.delta_rows import delta_geometry
 from .ops.quantize_rows import verbatim_wire_dtype
 
 
@@ -53,6 +57,7 @@ class PayloadLayout:
     code_bits: int = 0
     picks: int = 0  # with heavy_fraction: the summarised tokens the picks bitmap covers
     verbatim_dtype: torch.dtype | None = None  # the verbatim rows' dtype on the wire (None: dtype)
+    id_bytes: int = 0  # delta codes' layer 0: the rows travel as token ids of this many bytes
 
     @property
     def wire_verbatim_dtype(self) -> torch.dtype:
@@ -65,7 +70,9 @@ class PayloadLayout:
         out = [("verbatim", B * H * E * C * torch.finfo(self.wire_verbatim_dtype).bits // 8)]
         if self.picks:
             out.append(("picks", math.ceil(B * self.picks / 8)))
-        if self.code_bits and S:
+        if self.id_bytes and S:
+            out.append(("ids", B * S * self.id_bytes))
+        elif self.code_bits and S:
             out.append(("codes", math.ceil(B * H * S * self.code_groups * self.code_bits / 8)))
         elif self.bits and S:
             out += [("codes", math.ceil(B * H * S * C * self.bits / 8)), ("lo", B * H * C * 2), ("step", B * H * C * 2)]
@@ -92,8 +99,11 @@ def readers(c: int, num_chunks: int, causal: bool, *, bounds=None, window=None) 
 
 
 def payload_layouts(config: PrismConfig, bounds, *, causal: bool, batch: int, heads: int, channels: int,
-                    dtype: torch.dtype, window=None) -> list[PayloadLayout]:
+                    dtype: torch.dtype, window=None, layer: int | None = None) -> list[PayloadLayout]:
     """The layout of every chunk's payload for one layer, in rank order.
+
+    layer: the attention layer's index, which matters only with delta_codebook (layer 0 sends
+    token ids; None: any later layer).
 
     A chunk no rank reads (the last one of a causal model, or one outside a sliding `window` of
     every other rank's queries) sends nothing: its layout has no rows. A request under
@@ -101,7 +111,12 @@ def payload_layouts(config: PrismConfig, bounds, *, causal: bool, batch: int, he
     """
     config = config.for_tokens(bounds[-1][1])
     opts = chunk_options(config, causal)
-    groups, code_bits = codebook_geometry(config.summary_codebook) if config.summary_codebook else (0, 0)
+    groups, code_bits, ids = 0, 0, 0
+    if config.summary_codebook:
+        groups, code_bits = codebook_geometry(config.summary_codebook)
+    elif config.delta_codebook:
+        groups, code_bits, ids = delta_geometry(config.delta_codebook)
+        groups, code_bits, ids = (0, 0, ids) if layer == 0 else (groups, code_bits, 0)
     out = []
     for c in range(len(bounds)):
         verbatim, summary = summary_count(bounds, c, config.segment_size, window=window, heavy=config.heavy_fraction,
@@ -112,5 +127,5 @@ def payload_layouts(config: PrismConfig, bounds, *, causal: bool, batch: int, he
             verbatim, summary, picks = 0, 0, 0
         out.append(PayloadLayout(batch, heads, channels, verbatim, summary, dtype, config.summary_bits,
                                  bool(config.cluster_iters), groups, code_bits, picks,
-                                 verbatim_wire_dtype(config.verbatim_bits, dtype)))
+                                 verbatim_wire_dtype(config.verbatim_bits, dtype), ids))
     return out

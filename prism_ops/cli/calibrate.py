@@ -3,11 +3,14 @@
     prism-calibrate --model smollm2 --out smollm2.codebook [--group 4 --centroids 256]
     prism-run --model smollm2 --summary-codebook smollm2.codebook ...
 
+    prism-calibrate --model minilm --delta-codes --out minilm.delta [--group 8 --centroids 1024]
+    (PrismConfig(..., exchange="auto", delta_codebook="minilm.delta"): simulated partitions for now)
+
     prism-calibrate --model smollm2 --dense-layers [--count 3]   # once per model, cached
     prism-run --model smollm2 --preset tuned ...                  # (prism-run also does it on first use)
 
 The files (`prism_ops.calibrate`) record the model's fingerprint; PrismConfig(summary_codebook=...)
-and dense_layers="auto" refuse them for any other model. Bad arguments exit with code 2 and a message.
+, PrismConfig(delta_codebook=...) and dense_layers="auto" refuse them for any other model. Bad arguments exit with code 2 and a message.
 """
 
 from __future__ import annotations
@@ -27,11 +30,21 @@ def main(argv=None) -> int:
     ap.add_argument("--dense-layers", action="store_true",
                     help="instead of codebooks: the layers the tuned preset sends in full, into the cache")
     ap.add_argument("--count", type=int, help="with --dense-layers: how many (default a tenth of the layers)")
-    ap.add_argument("--group", type=int, default=4, help="channels per code (default 4)")
-    ap.add_argument("--centroids", type=int, default=256, help="centroids per group, a power of two <= 256")
+    ap.add_argument("--delta-codes", action="store_true",
+                    help="with --out: a predictor and a residual codebook per layer (delta_codebook) instead of codebooks")
+    ap.add_argument("--group", type=int, help="channels per code (default 4; 8 with --delta-codes)")
+    ap.add_argument("--centroids", type=int,
+                    help=f"centroids per group, a power of two <= {calibrate.MAX_CENTROIDS} (default 256; 1024 with "
+                         "--delta-codes)")
     ap.add_argument("--exchange", choices=("kv", "hidden", "auto"), default="auto")
-    ap.add_argument("--iters", type=int, default=8, help="k-means iterations (default 8)")
+    ap.add_argument("--iters", type=int, help="k-means iterations (default 8; 20 with --delta-codes)")
     args = ap.parse_args(argv)
+    defaults = (8, 1024, 20) if args.delta_codes else (4, 256, 8)
+    for name, value in zip(("group", "centroids", "iters"), defaults):
+        if getattr(args, name) is None:
+            setattr(args, name, value)
+    if args.delta_codes and (args.dense_layers or args.out is None):
+        ap.error("--delta-codes writes --out FILE (and is not --dense-layers)")
     if args.iters < 0:
         ap.error(f"--iters must be >= 0, got {args.iters}")
     if args.dense_layers == (args.out is not None):
@@ -51,13 +64,18 @@ def main(argv=None) -> int:
         return 0
     try:
         tok, model = models.load(args.model)
-        info = calibrate.calibrate(model, tok, args.out, group=args.group, centroids=args.centroids,
-                                   exchange=args.exchange, iters=args.iters)
+        if args.delta_codes:
+            info = calibrate.calibrate_delta(model, tok, args.out, group=args.group, centroids=args.centroids,
+                                             iters=args.iters)
+        else:
+            info = calibrate.calibrate(model, tok, args.out, group=args.group, centroids=args.centroids,
+                                       exchange=args.exchange, iters=args.iters)
     except ValueError as e:
         print(f"prism-calibrate: error: {e}", file=sys.stderr)
         return 2
     bits = info["centroids"].bit_length() - 1
-    print(f"wrote {args.out}: {info['layers']} layers, {info['exchange']} rows, {info['group']} channels per "
+    kind = "delta codes: " if args.delta_codes else ""
+    print(f"wrote {args.out}: {kind}{info['layers']} layers, {info['exchange']} rows, {info['group']} channels per "
           f"{bits}-bit code ({bits / info['group']:g} bits per value), fitted on {info['rows']} rows per layer")
     return 0
 

@@ -111,10 +111,12 @@ class PerplexityTask:
         return {"quality": ppl / self.ref["ppl"], "ppl": ppl, "ppl_exact": self.ref["ppl"]}
 
 
-def minilm(passages: int, tokens: int) -> EmbeddingTask:
+def minilm(passages: int, tokens: int, text: str | None = None) -> EmbeddingTask:
+    """text: where the passages come from (default the whole shipped text; a calibrated lever is
+    measured on `calibrate.evaluation_text()`, which leaves its calibration slice out)."""
     tok, model = load("minilm")
     # The whole text is tokenized once, then cut into windows (verbose=False: no length warning).
-    ids = tok(pydoc_text(), add_special_tokens=False, verbose=False)["input_ids"]
+    ids = tok(pydoc_text() if text is None else text, add_special_tokens=False, verbose=False)["input_ids"]
     body = tokens - 2
     cls, sep = tok.cls_token_id, tok.sep_token_id
     wins = windows(ids, passages, body, QUERY_TOKENS)

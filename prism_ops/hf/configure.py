@@ -15,6 +15,7 @@ import torch
 from prism_ops.config import PrismConfig
 from prism_ops.cost import ModelShape
 from prism_ops.ops.codebook_rows import load_codebooks
+from prism_ops.ops.delta_rows import load_delta_codes
 from prism_ops.strategy import LAYER_ATTR, PrismLayer, RankPartition, SimulatedPartitions, attached_layers
 
 from .attention_calls import REFUSED, call_keywords, is_set, module_features
@@ -117,7 +118,12 @@ def configure(model, config: PrismConfig | None = None, *, comm=None, num_partit
     attention = _attention_or_refuse(model)
     features = [_layer_features(model, m) for m in attention]
     _check_windowed(model, config, features)
-    config = config.replace(exchange=_resolve_exchange(model, config.exchange, attention),
+    exchange = _resolve_exchange(model, config.exchange, attention)
+    if config.delta_codebook and exchange != "hidden":
+        raise ValueError(f"delta_codebook={config.delta_codebook!r} codes hidden-feature rows, but model "
+                         f"{type(model).__name__} exchanges {exchange} rows (rotary embeddings or another position "
+                         "scheme that needs K/V rows): use summary_bits or summary_codebook")
+    config = config.replace(exchange=exchange,
                             dense_layers=_resolve_dense_layers(model, config.dense_layers, len(attention)))
     register()
     for old in attached_layers(model):
@@ -126,6 +132,7 @@ def configure(model, config: PrismConfig | None = None, *, comm=None, num_partit
         if getattr(m, LAYER_ATTR, None) is not None:
             delattr(m, LAYER_ATTR)
     books = _codebooks(model, config) if config.summary_codebook else None
+    deltas = _delta_codes(model, config, len(attention), comm) if config.delta_codebook else None
     strategy = SimulatedPartitions() if comm is None else RankPartition(comm)
     head_dim = ModelShape.from_config(model.config).head_dim
     for index, m in enumerate(attention):
@@ -135,6 +142,8 @@ def configure(model, config: PrismConfig | None = None, *, comm=None, num_partit
                            softcap=softcap)
         layer.model_config = config
         layer.codebook = None if books is None else books[index]
+        if deltas is not None:
+            layer.delta, layer.delta_last = deltas[index], index == len(attention) - 1
         if strategy.needs_hidden(config):
             layer.hook = m.register_forward_pre_hook(capture_hidden(layer), with_kwargs=True)
         setattr(m, LAYER_ATTR, layer)
@@ -198,6 +207,8 @@ def _check_windowed(model, config: PrismConfig, features: list) -> None:
     if config.summary_codebook:
         raise NotImplementedError(f"summary_codebook with {what} (model {type(model).__name__}) is not "
                                   "implemented; use summary_bits instead")
+    if config.delta_codebook:
+        raise NotImplementedError(f"delta_codebook with {what} (model {type(model).__name__}) is not implemented")
     if config.backend == "triton":
         raise ValueError(f"backend='triton' has no {what} (model {type(model).__name__}); use backend='auto' or "
                          "'torch'")
@@ -208,17 +219,38 @@ def _codebooks(model, config: PrismConfig) -> list:
     and this exchange (before any forward)."""
     path = config.summary_codebook
     data = load_codebooks(path)
-    mine, theirs = model_fingerprint(model), data["fingerprint"]
-    differ = sorted(k for k in mine if theirs.get(k) != mine[k])
-    if differ:
-        got = ", ".join(f"{k} {theirs.get(k)!r} (this model: {mine[k]!r})" for k in differ)
-        raise ValueError(f"summary_codebook={path!r} was calibrated for another model: {got}; "
-                         "calibrate this one with prism-calibrate")
+    _check_fingerprint(model, data, f"summary_codebook={path!r}", "prism-calibrate")
     if data["exchange"] != config.exchange:
         raise ValueError(f"summary_codebook={path!r} codes {data['exchange']} rows but this model exchanges "
                          f"{config.exchange} rows; calibrate with --exchange {config.exchange} or set "
                          f"exchange={data['exchange']!r}")
     return data["codebooks"]
+
+
+def _check_fingerprint(model, data: dict, what: str, command: str) -> None:
+    """ValueError unless the calibration file's fingerprint is this model's."""
+    mine, theirs = model_fingerprint(model), data["fingerprint"]
+    differ = sorted(k for k in mine if theirs.get(k) != mine[k])
+    if differ:
+        got = ", ".join(f"{k} {theirs.get(k)!r} (this model: {mine[k]!r})" for k in differ)
+        raise ValueError(f"{what} was calibrated for another model: {got}; calibrate this one with {command}")
+
+
+def _delta_codes(model, config: PrismConfig, num_layers: int, comm) -> list:
+    """(predictor, codebook) of each attention layer from config.delta_codebook, refused unless made
+    for this model and its layers (before any forward; its exchange is checked before)."""
+    path = config.delta_codebook
+    if comm is not None:
+        raise NotImplementedError(f"delta_codebook={path!r} runs in simulated partitions only so far (configure "
+                                  "without comm=); MPI ranks do not send delta codes yet")
+    data = load_delta_codes(path)
+    _check_fingerprint(model, data, f"delta_codebook={path!r}", "prism-calibrate --delta-codes")
+    if len(data["predictors"]) != num_layers or data["vocab_size"] != getattr(model.config, "vocab_size", None):
+        raise ValueError(f"delta_codebook={path!r} has {len(data['predictors'])} layers and a vocabulary of "
+                         f"{data['vocab_size']}; model {type(model).__name__} has {num_layers} attention layers and "
+                         f"{getattr(model.config, 'vocab_size', None)}: calibrate this one with prism-calibrate "
+                         "--delta-codes")
+    return list(zip(data["predictors"], data["codebooks"]))
 
 
 def _resolve_dense_layers(model, dense_layers, num_layers: int) -> tuple:

@@ -8,7 +8,8 @@ value, and nothing per chunk (the receiver holds the same codebook). With g divi
 dim D, no group straddles K and V in a K|V row, so keys and values have codebooks of their own.
 
 Shapes: rows x `[B, H, S, C]` (H heads of C channels: (Hkv, 2D) for K/V exchange, (1, d) for
-hidden features); codebook `[H, M, K, g]` (one per layer); codes `[B, H, S, M]` uint8 (K <= 256).
+hidden features); codebook `[H, M, K, g]` (one per layer); codes `[B, H, S, M]`, uint8 for K <= 256,
+int16 above (`code_dtype`).
 
 `kmeans` builds a codebook (plain Lloyd iterations, no training); `codebook_codes` and
 `codebook_decode` are the two ends of the wire; `codebook_rows` is the round trip the simulation
@@ -29,11 +30,16 @@ import torch
 
 from .._checks import check_int, check_tensor
 
-MAX_CENTROIDS = 256  # codes travel in at most 8 bits
+MAX_CENTROIDS = 4096  # codes travel in at most 12 bits (bit-packed: `strategy.payload.pack_codes`)
+
+
+def code_dtype(K: int) -> torch.dtype:
+    """The dtype codes of a K-centroid codebook are held in: uint8 up to 256 centroids, else int16."""
+    return torch.uint8 if K <= 256 else torch.int16
 
 
 def check_codebook(codebook: torch.Tensor, name: str = "codebook") -> tuple[int, int, int, int]:
-    """(H, M, K, g) of a `[H, M, K, g]` float codebook with 2 <= K <= 256, K a power of two."""
+    """(H, M, K, g) of a `[H, M, K, g]` float codebook with 2 <= K <= MAX_CENTROIDS, K a power of two."""
     check_tensor(codebook, name, "[H, M, K, g]", 4)
     if not codebook.is_floating_point():
         raise ValueError(f"{name} must be a float tensor, got {codebook.dtype}")
@@ -59,8 +65,9 @@ def _groups(x: torch.Tensor, codebook: torch.Tensor) -> torch.Tensor:
 
 
 def codebook_codes(x: torch.Tensor, codebook: torch.Tensor, rows_per_step: int = 256) -> torch.Tensor:
-    """What travels: the nearest centroid of every channel group, uint8 `[B, H, S, M]`."""
+    """What travels: the nearest centroid of every channel group, `[B, H, S, M]` (`code_dtype`)."""
     xg = _groups(x, codebook).float()
+    dtype = code_dtype(codebook.shape[2])
     cb = codebook.to(device=x.device, dtype=torch.float32)  # [H, M, K, g]
     c2 = (cb * cb).sum(-1)  # [H, M, K]
     out = []
@@ -68,8 +75,8 @@ def codebook_codes(x: torch.Tensor, codebook: torch.Tensor, rows_per_step: int =
     # bound the [B, H, s, M, K] distance tensor.
     for part in xg.split(rows_per_step, dim=2):
         dist = c2[None, :, None] - 2 * torch.einsum("bhsmg,hmkg->bhsmk", part, cb)
-        out.append(dist.argmin(-1).to(torch.uint8))
-    return torch.cat(out, 2) if out else xg.new_zeros((*xg.shape[:4],), dtype=torch.uint8)
+        out.append(dist.argmin(-1).to(dtype))
+    return torch.cat(out, 2) if out else xg.new_zeros((*xg.shape[:4],), dtype=dtype)
 
 
 def codebook_decode(codes: torch.Tensor, codebook: torch.Tensor, dtype=torch.float32) -> torch.Tensor:

@@ -74,7 +74,7 @@ def partitioned_attention(
     q, k, v, *, num_partitions, segment_size, causal=False, scale=None, log_count_bias=True,
     sink_tokens=0, halo=0, valid=None, weights=None, cluster_iters=0, summary_bits=0, hidden=None,
     kv_weight=None, backend="auto", return_rows=False, window=None, softcap=None, round_rows=None,
-    heavy_fraction=0.0, verbatim_dtype=None,
+    heavy_fraction=0.0, verbatim_dtype=None, hidden_sent=None,
 ):
     """PRISM attention over `num_partitions` contiguous chunks of T, in one process.
 
@@ -109,6 +109,9 @@ def partitioned_attention(
             are averaged in segments. Not with key clusters or a window.
         verbatim_dtype: None, or the dtype the verbatim rows (sinks, halo) travel in
             (`quantize_rows.verbatim_wire_dtype`): they are rounded to it (`round_verbatim`).
+        hidden_sent: None, or `[B, T, d]`: every token's hidden row as its readers decode it (delta
+            codes, `delta_rows`; made across layers, so the caller keeps the chain). With hidden
+            and kv_weight, segment_size 1 and no other rounding, sinks, halo or picks.
 
     Returns:
         `[B, H, T, D]`: what the P ranks would compute, concatenated along T (and the rows).
@@ -136,11 +139,14 @@ def partitioned_attention(
         check_mask(valid, "valid", B, T, q.device)
     if hidden is not None:
         _check_hidden(hidden, kv_weight, k)
+    if hidden_sent is not None:
+        _check_sent(hidden_sent, hidden, segment_size, sink_tokens, halo, round_rows, heavy_fraction)
     valid_bt = valid if valid is not None else torch.ones((B, T), dtype=torch.bool, device=q.device)
     kv = torch.cat([k, v], dim=-1)  # keys and values are averaged together
     layout = dict(sink_tokens=sink_tokens, halo=halo, causal=causal)
     picks = [_picks(q, k, valid_bt, bounds, c, heavy_fraction, layout) for c in range(len(bounds))]
-    rows = [_sent_rows(bounds, c, k, kv, valid_bt, hidden, kv_weight, segment_size, cluster_iters, window, round_rows,
+    rows = [_sent_rows(bounds, c, k, kv, valid_bt, hidden, kv_weight, segment_size, cluster_iters, window,
+                       round_rows if hidden_sent is None else _decoded_as(hidden_sent, bounds[c]),
                        backend, layout, picks[c], verbatim_dtype) for c in range(len(bounds))]
 
     opts = dict(causal=causal, scale=scale, log_count_bias=log_count_bias, backend=backend)
@@ -167,6 +173,32 @@ def _checked_levers(segment_size, sink_tokens, halo, cluster_iters, summary_bits
     if summary_bits:
         def round_rows(rows, sent):
             return quantize_rows(rows, summary_bits, sent)
+    return round_rows
+
+
+def _check_sent(hidden_sent, hidden, segment_size, sink_tokens, halo, round_rows, heavy_fraction):
+    if hidden is None:
+        raise ValueError("hidden_sent needs hidden and kv_weight (hidden-feature exchange)")
+    if not isinstance(hidden_sent, torch.Tensor) or hidden_sent.shape != hidden.shape:
+        got = list(hidden_sent.shape) if isinstance(hidden_sent, torch.Tensor) else type(hidden_sent).__name__
+        raise ValueError(f"hidden_sent must have the shape of hidden {list(hidden.shape)}, got {got}")
+    levers = dict(segment_size=(segment_size, 1), sink_tokens=(sink_tokens, 0), halo=(halo, 0),
+                  heavy_fraction=(heavy_fraction, 0.0))
+    bad = [f"{n}={got!r}" for n, (got, want) in levers.items() if got != want]
+    if round_rows is not None:
+        bad.append("summary_bits or round_rows")
+    if bad:
+        raise ValueError(f"hidden_sent gives every token's row as decoded; it does not combine with {', '.join(bad)}")
+
+
+def _decoded_as(hidden_sent, bound):
+    """round_rows for delta codes: chunk [c0, c1)'s rows, with segment size 1 its tokens' hidden
+    rows `[B, 1, c1 - c0, d]` in order, as hidden_sent decodes them (padding rows stay)."""
+    c0, c1 = bound
+
+    def round_rows(rows, sent):
+        return torch.where(sent, hidden_sent[:, None, c0:c1].to(rows.dtype), rows)
+
     return round_rows
 
 

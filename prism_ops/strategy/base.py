@@ -153,6 +153,8 @@ class PrismLayer:
         self._kv_params = kv_params
         self.hook = None  # the forward pre-hook that captures the attention input (hidden exchange)
         self.codebook = None  # this layer's [H, M, K, g] codebook with summary_codebook
+        self.delta = None  # with delta_codebook: this layer's (predictor [d + 1, d], codebook [1, M, K, g])
+        self.delta_last = False  # with delta_codebook: the model's last attention layer (ends the chain)
 
     def kv_weight(self):
         """(w_k, w_v), each `[Hkv * D, d]`."""

@@ -14,8 +14,10 @@ from prism_ops.wire import PayloadLayout
 
 
 def pack_codes(codes: torch.Tensor, bits: int) -> torch.Tensor:
-    """uint8 codes < 2**bits, any shape -> ceil(n * bits / 8) bytes (little-endian bit order)."""
-    flat = codes.flatten().to(torch.uint8)
+    """Codes < 2**bits (bits <= 15; uint8, or int16 above 8 bits), any shape -> ceil(n * bits / 8)
+    bytes (little-endian bit order)."""
+    wide = bits > 8
+    flat = codes.flatten().to(torch.int32 if wide else torch.uint8)
     if bits == 8:
         return flat
     if 8 % bits == 0:  # 1, 2, 4 bits: whole codes per byte, code j of a byte at bit bits * j
@@ -25,23 +27,25 @@ def pack_codes(codes: torch.Tensor, bits: int) -> torch.Tensor:
         for j in range(1, per):  # an OR per code of a byte: cheaper than a sum over a short axis
             out |= flat[:, j] << (bits * j)
         return out
-    shifts = torch.arange(bits, device=flat.device, dtype=torch.uint8)
-    stream = ((flat[:, None] >> shifts) & 1).flatten()  # bits of each code, low bit first
+    shifts = torch.arange(bits, device=flat.device, dtype=flat.dtype)
+    stream = ((flat[:, None] >> shifts) & 1).flatten().to(torch.uint8)  # bits of each code, low bit first
     pad = (-stream.numel()) % 8
     stream = torch.cat([stream, stream.new_zeros(pad)]).view(-1, 8)
     return (stream << torch.arange(8, device=flat.device, dtype=torch.uint8)).sum(1, dtype=torch.uint8)
 
 
 def unpack_codes(data: torch.Tensor, bits: int, n: int) -> torch.Tensor:
-    """Inverse of pack_codes: n uint8 codes."""
+    """Inverse of pack_codes: n codes, uint8 (int16 above 8 bits)."""
     if bits == 8:
         return data[:n]
     if 8 % bits == 0:
         shifts = torch.arange(0, 8, bits, device=data.device, dtype=torch.uint8)
         return ((data[:, None] >> shifts) & (2**bits - 1)).flatten()[:n]
     stream = ((data[:, None] >> torch.arange(8, device=data.device, dtype=torch.uint8)) & 1).flatten()
-    stream = stream[: n * bits].view(n, bits)
-    return (stream << torch.arange(bits, device=data.device, dtype=torch.uint8)).sum(1, dtype=torch.uint8)
+    dtype = torch.int32 if bits > 8 else torch.uint8
+    stream = stream[: n * bits].view(n, bits).to(dtype)
+    out = (stream << torch.arange(bits, device=data.device, dtype=dtype)).sum(1, dtype=dtype)
+    return out.to(torch.int16) if bits > 8 else out
 
 
 def as_bytes(t: torch.Tensor) -> torch.Tensor:
