@@ -156,6 +156,8 @@ def calibrate_delta(model, tokenizer, out, *, group: int = 8, centroids: int = 1
     """Fit and write the model's delta codes (`ops.delta_rows`: a predictor and a residual codebook
     per layer, the `delta_codebook` lever) to `out`, from DELTA_ROWS rows of the calibration text
     per layer; returns what was written (no tensors). Hidden-feature exchange only."""
+    if model_kind(model) != "encoder":
+        raise ValueError(f"delta codes are for encoders so far; model {type(model).__name__} is a {model_kind(model)}")
     if resolve_exchange(model, "auto") != "hidden":
         raise ValueError(f"delta codes code hidden-feature rows, but model {type(model).__name__} exchanges K/V rows "
                          "(rotary embeddings): calibrate a summary codebook instead")

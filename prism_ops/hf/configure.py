@@ -21,7 +21,7 @@ from prism_ops.strategy import LAYER_ATTR, PrismLayer, RankPartition, SimulatedP
 from .attention_calls import REFUSED, call_keywords, is_set, module_features
 from .dense_layers import load_dense_layers
 from .forward import capture_hidden, prism_attention_forward
-from .model import kv_params, kv_weight, model_fingerprint
+from .model import kv_params, kv_weight, model_fingerprint, model_kind
 from .runner import NAME, HFRunner
 
 log = logging.getLogger("prism_ops")
@@ -243,6 +243,9 @@ def _delta_codes(model, config: PrismConfig, num_layers: int, comm) -> list:
     if comm is not None:
         raise NotImplementedError(f"delta_codebook={path!r} runs in simulated partitions only so far (configure "
                                   "without comm=); MPI ranks do not send delta codes yet")
+    if model_kind(model) != "encoder":
+        raise NotImplementedError(f"delta_codebook={path!r} is for encoders so far; model {type(model).__name__} is a "
+                                  f"{model_kind(model)}")
     data = load_delta_codes(path)
     _check_fingerprint(model, data, f"delta_codebook={path!r}", "prism-calibrate --delta-codes")
     if len(data["predictors"]) != num_layers or data["vocab_size"] != getattr(model.config, "vocab_size", None):

@@ -136,3 +136,22 @@ def test_a_layer_run_out_of_order_is_refused(encoder_and_codes):
             model.encoder.layer[1](h)
     finally:
         model.set_attn_implementation("sdpa")
+
+
+def test_prism_calibrate_delta_codes_bad_arguments_exit_2(capsys, tmp_path):
+    from prism_ops.cli.calibrate import main
+
+    with pytest.raises(SystemExit) as e:
+        main(["--delta-codes"])
+    assert e.value.code == 2 and "--delta-codes writes --out FILE" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as e:
+        main(["--delta-codes", "--out", str(tmp_path / "x"), "--dense-layers"])
+    assert e.value.code == 2
+    # delta codes are for encoders: a decoder is refused with the reason, before any fitting
+    from tiny_model import write_tiny_gpt2
+
+    folder = write_tiny_gpt2(tmp_path / "tiny")
+    capsys.readouterr()
+    assert main(["--model", str(folder), "--delta-codes", "--out", str(tmp_path / "g.delta")]) == 2
+    assert "delta codes are for encoders so far" in capsys.readouterr().err
+    assert not (tmp_path / "g.delta").exists()

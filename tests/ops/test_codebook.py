@@ -163,8 +163,10 @@ def test_calibrate_checks_its_arguments():
     model = tiny_gpt2()
     with pytest.raises(ValueError, match="group must be an int that divides the model's head dim 16, got 3"):
         calibrate.check_geometry(model, "kv", 3, 16)
-    with pytest.raises(ValueError, match=r"centroids must be a power of two in \[2, 256\], got 300"):
+    with pytest.raises(ValueError, match=r"centroids must be a power of two in \[2, 4096\], got 300"):
         calibrate.check_geometry(model, "kv", 4, 300)
+    with pytest.raises(ValueError, match=r"centroids must be a power of two in \[2, 4096\], got 8192"):
+        calibrate.check_geometry(model, "kv", 4, 8192)
     assert calibrate.evaluation_text() + calibrate.calibration_text() == calibrate.pydoc_text()
 
 
