@@ -25,9 +25,11 @@ def fingerprint(runner, *, model_name: str, dtype: str, **extra) -> dict:
     config = runner.config
     out = {"prism_ops": __version__, "torch": torch.__version__, **runner.identity(),
            "model": model_name, "dtype": dtype, **config.as_dict(), **extra}
-    if config.summary_codebook:  # the same path may hold different files on different machines
-        with open(config.summary_codebook, "rb") as f:
-            out["summary_codebook_digest"] = hashlib.sha256(f.read()).hexdigest()[:16]
+    for lever in ("summary_codebook", "delta_codebook"):  # the same path may hold different files on different machines
+        path = getattr(config, lever)
+        if path:
+            with open(path, "rb") as f:
+                out[f"{lever}_digest"] = hashlib.sha256(f.read()).hexdigest()[:16]
     return out
 
 

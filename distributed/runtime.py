@@ -63,7 +63,8 @@ def run_distributed(runner: ModelRunner, comm, req: Request | None, eos=None, pr
     comm.phase = "request"
     head, inputs, valid = _distribute(runner, comm, req, kind, runner.config.weights)
     dev = runner.device
-    state = RequestState(bounds=head["bounds"], valid=valid.to(dev))
+    state = RequestState(bounds=head["bounds"], valid=valid.to(dev), ids=inputs.get("ids"),
+                         positions=inputs.get("positions"))
     comm.reset_counters()
     times["scatter"] = time.perf_counter() - t0
 

@@ -162,7 +162,7 @@ def calibrate_delta(model, tokenizer, out, *, group: int = 8, centroids: int = 1
         raise ValueError(f"delta codes code hidden-feature rows, but model {type(model).__name__} exchanges K/V rows "
                          "(rotary embeddings): calibrate a summary codebook instead")
     check_geometry(model, "hidden", group, centroids)
-    tokens = min(DELTA_ROWS, getattr(model.config, "max_position_embeddings", None) or DELTA_ROWS)
+    tokens = min(DELTA_ROWS, max_positions(model) or DELTA_ROWS)
     # Plain text windows, no special tokens: fitted with [CLS] and [SEP] rows, MiniLM's codes did worse
     # (a throwaway comparison on the bench_delta cell).
     rows = record_rows(model, calibration_windows(tokenizer, DELTA_ROWS // tokens, tokens), "hidden")

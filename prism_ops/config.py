@@ -30,8 +30,7 @@ with the +ln(count) bias):
     delta_codebook  the path of a delta calibration file (`prism-calibrate --delta-codes`): every token
                     its own row, sent as codes of its change from a prediction made from the row its
                     readers decoded at the layer before; layer 0's rows as token ids
-                    (`ops.delta_rows`). Encoders with hidden-feature exchange, simulated partitions only
-                    for now
+                    and positions (`ops.delta_rows`). Encoders with hidden-feature exchange
     exchange        "kv" (K/V means), "hidden" (the paper's hidden-feature means), or "auto"
                     (hidden where the model allows it; `prism_ops.hf.configure` resolves it)
     backend         "auto", "torch" or "triton" for the ops

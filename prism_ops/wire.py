@@ -14,7 +14,8 @@ A chunk's payload (its rows are built by `prism_ops.ops.chunk_summary`) is, in t
                     padding mask every rank has)
 
 With delta_codebook (`ops.delta_rows`) every token is a summary row: its codes, M of log2(K)
-bits each; in layer 0 its token id instead (`ids`, B * S ids of 2 or 4 bytes).
+bits each; in layer 0 its token id and position instead (`ids`: B * S ids, then B * S
+positions, 2 bytes each for a vocabulary of at most 65,536, else 4).
 
 Verbatim rows are the chunk's sink and halo tokens, sent as they are (count 1, not summarised;
 "exact" names a preset). H, C are (Hkv, 2D) for K/V exchange and (1, d) for hidden-feature exchange. Every rank derives
@@ -57,7 +58,7 @@ class PayloadLayout:
     code_bits: int = 0
     picks: int = 0  # with heavy_fraction: the summarised tokens the picks bitmap covers
     verbatim_dtype: torch.dtype | None = None  # the verbatim rows' dtype on the wire (None: dtype)
-    id_bytes: int = 0  # delta codes' layer 0: the rows travel as token ids of this many bytes
+    id_bytes: int = 0  # delta codes' layer 0: the rows travel as token ids and positions of this many bytes
 
     @property
     def wire_verbatim_dtype(self) -> torch.dtype:
@@ -71,7 +72,7 @@ class PayloadLayout:
         if self.picks:
             out.append(("picks", math.ceil(B * self.picks / 8)))
         if self.id_bytes and S:
-            out.append(("ids", B * S * self.id_bytes))
+            out.append(("ids", 2 * B * S * self.id_bytes))
         elif self.code_bits and S:
             out.append(("codes", math.ceil(B * H * S * self.code_groups * self.code_bits / 8)))
         elif self.bits and S:

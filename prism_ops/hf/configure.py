@@ -9,6 +9,7 @@ one `PrismLayer` (`prism_ops.strategy`) with the partition strategy: `SimulatedP
 from __future__ import annotations
 
 import logging
+import weakref
 
 import torch
 
@@ -21,7 +22,7 @@ from prism_ops.strategy import LAYER_ATTR, PrismLayer, RankPartition, SimulatedP
 from .attention_calls import REFUSED, call_keywords, is_set, module_features
 from .dense_layers import load_dense_layers
 from .forward import capture_hidden, prism_attention_forward
-from .model import kv_params, kv_weight, model_fingerprint, model_kind
+from .model import embed_tokens, kv_params, kv_weight, model_fingerprint, model_kind
 from .runner import NAME, HFRunner
 
 log = logging.getLogger("prism_ops")
@@ -132,7 +133,7 @@ def configure(model, config: PrismConfig | None = None, *, comm=None, num_partit
         if getattr(m, LAYER_ATTR, None) is not None:
             delattr(m, LAYER_ATTR)
     books = _codebooks(model, config) if config.summary_codebook else None
-    deltas = _delta_codes(model, config, len(attention), comm) if config.delta_codebook else None
+    deltas = _delta_codes(model, config, len(attention)) if config.delta_codebook else None
     strategy = SimulatedPartitions() if comm is None else RankPartition(comm)
     head_dim = ModelShape.from_config(model.config).head_dim
     for index, m in enumerate(attention):
@@ -144,6 +145,7 @@ def configure(model, config: PrismConfig | None = None, *, comm=None, num_partit
         layer.codebook = None if books is None else books[index]
         if deltas is not None:
             layer.delta, layer.delta_last = deltas[index], index == len(attention) - 1
+            layer.embed = _Embedder(model) if index == 0 else None
         if strategy.needs_hidden(config):
             layer.hook = m.register_forward_pre_hook(capture_hidden(layer), with_kwargs=True)
         setattr(m, LAYER_ATTR, layer)
@@ -227,6 +229,19 @@ def _codebooks(model, config: PrismConfig) -> list:
     return data["codebooks"]
 
 
+class _Embedder:
+    """Delta codes' layer 0 on a rank: the embeddings of other ranks' token ids (`embed_tokens`), on
+    the model's device. Holds the model weakly (the model holds its layers)."""
+
+    def __init__(self, model):
+        self._model = weakref.ref(model)
+
+    def __call__(self, ids, positions):
+        model = self._model()
+        dev = next(model.parameters()).device
+        return embed_tokens(model, ids.to(dev), positions.to(dev))
+
+
 def _check_fingerprint(model, data: dict, what: str, command: str) -> None:
     """ValueError unless the calibration file's fingerprint is this model's."""
     mine, theirs = model_fingerprint(model), data["fingerprint"]
@@ -236,13 +251,10 @@ def _check_fingerprint(model, data: dict, what: str, command: str) -> None:
         raise ValueError(f"{what} was calibrated for another model: {got}; calibrate this one with {command}")
 
 
-def _delta_codes(model, config: PrismConfig, num_layers: int, comm) -> list:
+def _delta_codes(model, config: PrismConfig, num_layers: int) -> list:
     """(predictor, codebook) of each attention layer from config.delta_codebook, refused unless made
     for this model and its layers (before any forward; its exchange is checked before)."""
     path = config.delta_codebook
-    if comm is not None:
-        raise NotImplementedError(f"delta_codebook={path!r} runs in simulated partitions only so far (configure "
-                                  "without comm=); MPI ranks do not send delta codes yet")
     if model_kind(model) != "encoder":
         raise NotImplementedError(f"delta_codebook={path!r} is for encoders so far; model {type(model).__name__} is a "
                                   f"{model_kind(model)}")

@@ -76,6 +76,14 @@ def local_hidden(model, kind, c0, c1, ids=None, positions=None, mask=None, pixel
     return out.last_hidden_state, cache_of(out)
 
 
+def embed_tokens(model, ids, positions):
+    """The embeddings `[B, n, d]` of token ids at their 0-based positions `[B, n]`, as `local_hidden`
+    makes them (the position offset of RoBERTa-style tables added): what delta codes' readers
+    make of layer 0's token ids."""
+    emb = model.base_model.embeddings
+    return emb(input_ids=ids, position_ids=positions + position_offset(model))
+
+
 def packs(model) -> bool:
     """Whether `packed_hidden` gives model's answers: an encoder whose forward takes position_ids
     (without them the positions would run on from one text into the next), checked once on two

@@ -40,6 +40,10 @@ class RequestState:
     bounds: every rank's token range [start, end) (MPI ranks; None when simulated).
     valid: the padding mask of the whole sequence `[B, N]`, True = real token (MPI ranks).
     rows: layer index -> the `CachedRows` of the prefill, for decoding.
+    ids, positions: this rank's token ids and positions `[B, n_p]` (MPI ranks; what delta codes
+        send in layer 0).
+    chain: delta codes' rows as their readers decoded them at the last layer: "own" `(layer,
+        [B, n_p, d])` and "others" `(layer, {chunk: [B, n_c, d]})` (MPI ranks).
     seconds: where this rank's attention layers spent their time, summed over layers (MPI ranks):
         "payload" (building and encoding its rows, starting the send), "local" (its own block),
         "wait" (for the rows it reads, beyond the local block), "remote" (decoding them, attending
@@ -50,6 +54,9 @@ class RequestState:
     valid: torch.Tensor | None = None
     rows: dict = field(default_factory=dict)
     seconds: dict = field(default_factory=dict)
+    ids: torch.Tensor | None = None
+    positions: torch.Tensor | None = None
+    chain: dict = field(default_factory=dict)
 
     def add_seconds(self, phase: str, seconds: float) -> None:
         self.seconds[phase] = self.seconds.get(phase, 0.0) + seconds
@@ -155,6 +162,7 @@ class PrismLayer:
         self.codebook = None  # this layer's [H, M, K, g] codebook with summary_codebook
         self.delta = None  # with delta_codebook: this layer's (predictor [d + 1, d], codebook [1, M, K, g])
         self.delta_last = False  # with delta_codebook: the model's last attention layer (ends the chain)
+        self.embed = None  # with delta_codebook, layer 0 on a rank: (ids, positions) `[B, n]` -> embeddings `[B, n, d]`
 
     def kv_weight(self):
         """(w_k, w_v), each `[Hkv * D, d]`."""

@@ -74,6 +74,44 @@ def encode(layout: PayloadLayout, verbatim, means=None, codes=None, lo=None, ste
     return out
 
 
+def pack_ints(x: torch.Tensor, nbytes: int) -> torch.Tensor:
+    """Non-negative ints < 256**nbytes, any shape -> their nbytes low bytes each (little-endian)."""
+    flat = x.flatten().to(torch.int64)
+    if bool((flat < 0).any()) or bool((flat >= 256**nbytes).any()):
+        raise ValueError(f"ints must be in [0, {256**nbytes}) to travel in {nbytes} bytes, got "
+                         f"[{int(flat.min())}, {int(flat.max())}]")
+    shifts = 8 * torch.arange(nbytes, device=x.device)
+    return ((flat[:, None] >> shifts) & 255).to(torch.uint8).flatten()
+
+
+def unpack_ints(data: torch.Tensor, nbytes: int, n: int) -> torch.Tensor:
+    """Inverse of pack_ints: n int64."""
+    parts = data[: n * nbytes].view(n, nbytes).to(torch.int64)
+    return (parts << (8 * torch.arange(nbytes, device=data.device))).sum(1)
+
+
+def encode_delta(layout: PayloadLayout, codes=None, ids=None, positions=None) -> torch.Tensor:
+    """Delta codes' payload (`ops.delta_rows`): codes `[B, 1, S, M]`, or in layer 0 ids and positions `[B, S]`."""
+    if layout.id_bytes:
+        out = torch.cat([pack_ints(ids, layout.id_bytes), pack_ints(positions, layout.id_bytes)])
+    else:
+        out = pack_codes(codes, layout.code_bits)
+    if out.numel() != layout.nbytes:
+        raise AssertionError(f"payload is {out.numel()} bytes, its layout says {layout.nbytes}")
+    return out
+
+
+def decode_delta(layout: PayloadLayout, data: torch.Tensor):
+    """(codes `[B, 1, S, M]`, None, None), or in layer 0 (None, ids `[B, S]`, positions `[B, S]`)."""
+    B, S = layout.B, layout.S
+    if layout.id_bytes:
+        n = B * S
+        ints = unpack_ints(data, layout.id_bytes, 2 * n)
+        return None, ints[:n].view(B, S), ints[n:].view(B, S)
+    codes = unpack_codes(data, layout.code_bits, B * S * layout.code_groups)
+    return codes.view(B, 1, S, layout.code_groups), None, None
+
+
 def _part(layout: PayloadLayout, data: torch.Tensor, name: str) -> torch.Tensor:
     off = 0
     for part, n in layout.parts():

@@ -34,6 +34,7 @@ from prism_ops.config import PrismConfig
 from prism_ops.ops.chunk_summary import (chunk_clusters, chunk_layout, reached_rows, summary_rows, trim_rows,
                                          visible_chunks, visible_rows, visible_spans)
 from prism_ops.ops.codebook_rows import codebook_codes
+from prism_ops.ops.delta_rows import delta_codes, delta_decode
 from prism_ops.ops.heavy_rows import heavy_scores, pick_heavy, picked_counts
 from prism_ops.ops.merge_attention import merge_attention
 from prism_ops.ops.prism_attention import prism_attention
@@ -43,7 +44,7 @@ from prism_ops.ops.window_attention import windowed_prism_attention
 from prism_ops.wire import chunk_options, payload_layouts, readers
 
 from .base import CachedRows, PartitionStrategy
-from .payload import decode, decode_picks, encode
+from .payload import decode, decode_delta, decode_picks, encode, encode_delta
 from ..tags import TAG_LAYERS
 
 
@@ -116,7 +117,7 @@ class RankPartition(PartitionStrategy):
         windowed = window is not None or layer.softcap is not None
         reach = dict(bounds=state.bounds, window=window)
         layouts = payload_layouts(cfg, state.bounds, causal=causal, batch=B, heads=x.shape[1], channels=x.shape[3],
-                                  dtype=x.dtype, window=window)
+                                  dtype=x.dtype, window=window, layer=layer.index)
         opts = chunk_options(cfg, causal)
 
         # 1. This rank's payload, on its way while the local block is computed.
@@ -184,8 +185,11 @@ class RankPartition(PartitionStrategy):
         window = layer.window
         trim = None if window is None else partial(trim_rows, bounds=state.bounds, c=p, segment_size=cfg.segment_size,
                                                    window=window, **opts)
-        payload = self._payload(layouts[p], x, k, keep, chunk_layout(state.bounds, p, **opts), c0, cfg,
-                                layer.codebook, trim, q, causal)
+        if cfg.delta_codebook:
+            payload = _delta_payload(layer, x[:, 0], state, layouts[p])
+        else:
+            payload = self._payload(layouts[p], x, k, keep, chunk_layout(state.bounds, p, **opts), c0, cfg,
+                                    layer.codebook, trim, q, causal)
         counts = [lay.nbytes for lay in layouts]
         comm.phase = f"forward layer {layer.index}"
         if causal:
@@ -198,6 +202,8 @@ class RankPartition(PartitionStrategy):
         the others): verbatim rows with count 1 (0 for padding), then summary rows with their
         segment counts (sent with key clusters, else implied by the padding mask every rank has)."""
         cfg, p, P = _setting(layer, state), self.comm.rank, self.comm.size
+        if cfg.delta_codebook:
+            return _delta_received(layer, parts, state, layouts, visible_chunks(p, P, causal, **reach), P)
         rows = [None] * P
         for c in visible_chunks(p, P, causal, **reach):
             d0, d1 = state.bounds[c]
@@ -218,3 +224,50 @@ class RankPartition(PartitionStrategy):
             r = torch.cat([ex_c, means_c], 2)
             rows[c] = (_project(layer, r) if cfg.exchange == "hidden" else r, torch.cat([ex_counts, counts_c], 1))
         return rows
+
+
+def _chained(state, key: str, layer) -> object:
+    """What delta codes decoded at the layer before this one (state.chain[key]), or ValueError."""
+    got = state.chain.get(key)
+    if got is None or got[0] != layer.index - 1:
+        ran = "no layer" if got is None else f"layer {got[0]}"
+        raise ValueError(f"delta codes code layer {layer.index} from the rows of layer {layer.index - 1} of the same "
+                         f"forward, but {ran} ran before it: run the model's layers in order")
+    return got[1]
+
+
+def _delta_payload(layer, hidden, state, layout) -> torch.Tensor:
+    """This rank's delta-code payload (`ops.delta_rows`): in layer 0 its token ids and positions,
+    after it the codes of its rows `[B, n_p, d]` against the prediction from what its readers
+    decoded at the layer before (kept in state.chain["own"])."""
+    if layer.index == 0:
+        # The readers rebuild these rows from the ids: that holds only where they are the embeddings.
+        rebuilt = layer.embed(state.ids.to(hidden.device), state.positions.to(hidden.device)).to(hidden.dtype)
+        tol = 1e-5 if hidden.dtype == torch.float32 else 1e-2
+        if rebuilt.shape != hidden.shape or not torch.allclose(rebuilt, hidden, rtol=tol, atol=tol):
+            raise NotImplementedError("delta codes send layer 0 as token ids, but this model's first attention layer "
+                                      "does not take the tokens' embeddings as they are; use summary_bits")
+        sent, payload = hidden, encode_delta(layout, ids=state.ids, positions=state.positions)
+    else:
+        codes, sent = delta_codes(hidden, _chained(state, "own", layer), *layer.delta)
+        payload = encode_delta(layout, codes=codes)
+    state.chain["own"] = (layer.index, sent)
+    return payload.to(hidden.device)
+
+
+def _delta_received(layer, parts, state, layouts, chunks, P) -> list:
+    """(K|V rows, counts) of every chunk this rank sees under delta codes: layer 0's rows embedded
+    from the ids, a later layer's decoded from its codes and the rows of the layer before."""
+    before = _chained(state, "others", layer) if layer.index else None
+    rows, decoded = [None] * P, {}
+    for c in chunks:
+        d0, d1 = state.bounds[c]
+        codes, ids, positions = decode_delta(layouts[c], parts[c])
+        if layer.index == 0:
+            h = layer.embed(ids, positions)
+        else:
+            h = delta_decode(codes, before[c], *layer.delta)
+        decoded[c] = h
+        rows[c] = (_project(layer, h[:, None]), state.valid[:, d0:d1].to(torch.int32))
+    state.chain["others"] = (layer.index, decoded)
+    return rows

@@ -9,7 +9,7 @@ op by op); the bytes against the layouts; every refusal before any forward, by n
 
 import copy
 import math
-import types
+import sys
 
 import pytest
 import torch
@@ -22,6 +22,8 @@ from prism_ops.eval.tasks import byte_tokenizer
 from prism_ops.hf.model import model_fingerprint
 from prism_ops.ops.delta_rows import delta_codes, save_delta_codes
 from prism_ops.strategy import simulated
+
+from launch import MPI_SCRIPTS  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -97,7 +99,7 @@ def test_bytes_are_token_ids_in_layer_0_and_codes_after(encoder_and_codes):
     shape, N = ModelShape.from_config(model.config), 130
     sizes = [c1 - c0 for c0, c1 in partition_bounds(N, 4)]
     per_layer = cost.layer_bytes(shape, N, config, dtype=torch.float16)
-    assert per_layer[0] == sum(2 * n for n in sizes)  # a vocabulary of 256: 2-byte ids
+    assert per_layer[0] == sum(2 * 2 * n for n in sizes)  # a vocabulary of 256: 2-byte ids and positions
     assert per_layer[1:] == [sum(math.ceil(n * 4 * 6 / 8) for n in sizes)] * 2  # 4 groups of 6-bit codes
     assert sum(cost.bytes_per_layer(shape, N, config)) == pytest.approx(sum(per_layer) / 3)
 
@@ -112,9 +114,6 @@ def test_settings_that_do_not_fit_are_refused_by_name(encoder_and_codes, tmp_pat
         PrismConfig(2, 1, delta_codebook=path)
     with pytest.raises(ValueError, match="no readable calibration file"):
         PrismConfig(2, 1, exchange="auto", delta_codebook=tmp_path / "missing")
-    with pytest.raises(NotImplementedError, match="simulated partitions only"):
-        hf.configure(model, PrismConfig(2, 1, exchange="auto", delta_codebook=path),
-                     comm=types.SimpleNamespace(size=2, rank=0))
     torch.manual_seed(1)
     other = BertModel(model.config, add_pooling_layer=False).eval()
     with pytest.raises(ValueError, match="calibrated for another model.*prism-calibrate --delta-codes"):
@@ -155,3 +154,28 @@ def test_prism_calibrate_delta_codes_bad_arguments_exit_2(capsys, tmp_path):
     assert main(["--model", str(folder), "--delta-codes", "--out", str(tmp_path / "g.delta")]) == 2
     assert "delta codes are for encoders so far" in capsys.readouterr().err
     assert not (tmp_path / "g.delta").exists()
+
+
+@pytest.mark.parametrize("family,P,pad", [("bert", 2, 0), ("roberta", 3, 5)])
+def test_mpiexec_ranks_equal_the_simulation_and_send_what_the_layouts_say(tmp_path, family, P, pad):
+    pytest.importorskip("mpi4py")
+    sys.path.insert(0, str(MPI_SCRIPTS))
+    from check_run import build
+    from launch import MPIEXEC, check_run
+
+    if MPIEXEC is None:
+        pytest.skip("needs mpiexec (pip install mpich)")
+    model = build(family)  # the seeded model every rank of check_run.py builds
+    path = tmp_path / f"{family}.delta"
+    vocab = model.config.vocab_size
+
+    def tokenizer(text, add_special_tokens=False):  # bytes folded into the small model's vocabulary
+        return {"input_ids": [b % vocab for b in byte_tokenizer(text)["input_ids"]]}
+
+    calibrate_delta(model, tokenizer, path, group=8, centroids=32, iters=4)
+    r = check_run(P, model=family, tokens=41, batch=2, pad=pad, segment_size=1,
+                  levers={"exchange": "auto", "delta_codebook": str(path)})
+    assert r["exchange"] == "hidden"
+    assert r["err_sim"] <= 1e-5 * max(1.0, r["scale"]) * 2, r  # see launch.assert_matches_simulation
+    assert r["err_exact"] > 1e-4  # the codes did change the rows
+    assert r["bytes"] == r["layer_bytes"] and r["bytes"][0] < r["bytes"][1]  # layer 0: ids and positions

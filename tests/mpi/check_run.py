@@ -136,7 +136,7 @@ def main():
     # dense layer (dense_layers) runs its own config.
     layer_bytes = [sum(lay.nbytes for lay in payload_layouts(layer.config, bounds, causal=causal, batch=B, heads=heads,
                                                              channels=channels, dtype=torch.float32,
-                                                             window=layer.window))
+                                                             window=layer.window, layer=layer.index))
                    for layer in attached_layers(model)]
     out = dict(
         kind=model_kind(model), exchange=config.exchange, bounds=res.bounds,
