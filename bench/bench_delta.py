@@ -2,19 +2,19 @@
 all-MiniLM-L6-v2: mean / least cosine of sentence embeddings to exact, and bytes against `edge`,
 at N = 512 and P = 2, 4, 8, on passages of the evaluation text (the calibration slice left out).
 
-    python bench/bench_delta.py [--codes bench/out/minilm.delta] [--passages 16] [--json FILE]
+    python bench/bench_delta.py [--passages 16] [--json FILE]
 
-The codes are calibrated first when the file is missing (`prism-calibrate --model minilm
---delta-codes --out FILE`, about 2 minutes on 2 cores). Simulated partitions (the MPI ranks do
-not send delta codes yet); bytes are all ranks' payloads per layer, averaged over the layers,
-with an fp16 model (`prism_ops.cost`), as a share of `edge`'s in the same cell.
+Rows: `edge`; every token as delta codes (the model's cached codes, fitted first when the cache
+has none: `prism-calibrate --model minilm --delta-codes`, about 2 minutes on 2 cores); and the
+`tuned` preset, which takes them up to 4 partitions. Simulated partitions (the MPI ranks send the
+same rows: tests/hf/test_delta_codes.py); bytes are all ranks' payloads per layer, averaged over
+the layers, with an fp16 model (`prism_ops.cost`), as a share of `edge`'s in the same cell.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
 
 import torch
@@ -26,7 +26,6 @@ from prism_ops.eval import tasks
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--codes", type=Path, default=Path("bench/out/minilm.delta"))
     ap.add_argument("--passages", type=int, default=16)
     ap.add_argument("--partitions", default="2,4,8")
     ap.add_argument("--threads", type=int, default=2)
@@ -34,18 +33,16 @@ def main(argv=None):
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     task = tasks.minilm(args.passages, 512, calibrate.evaluation_text())
-    if not args.codes.is_file():
-        args.codes.parent.mkdir(parents=True, exist_ok=True)
-        print(f"calibrating {args.codes} (prism-calibrate --model minilm --delta-codes)", file=sys.stderr)
-        calibrate.calibrate_delta(task.model, task.tokenizer, args.codes)
-        tasks.use_exact_attention(task.model)
+    codes = tasks.calibrated_delta_codes(task, "minilm")
+    tasks.calibrated_dense_layers(task, "minilm")  # tuned's (its short requests send every layer alike)
     shape = tasks.shape_of(task)
     rows = []
     print("| P | setting | bytes/layer | of edge | mean cos | min cos |\n| --- | --- | --- | --- | --- | --- |")
     for P in (int(p) for p in args.partitions.split(",")):
         edge = None
         for label, config in [("edge", PrismConfig.from_preset(P, "edge")),
-                              ("delta codes", PrismConfig(P, 1, exchange="auto", delta_codebook=args.codes))]:
+                              ("delta codes", PrismConfig(P, 1, exchange="auto", delta_codebook=codes)),
+                              ("tuned", PrismConfig.from_preset(P, "tuned"))]:
             config = hf.configure(task.model, config).config
             try:
                 m = task.evaluate()

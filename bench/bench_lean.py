@@ -56,6 +56,8 @@ def run_cell(model, N, P, count, settings):
     shape = tasks.shape_of(task)
     if any(levers.get("dense_layers") == "auto" for _, levers, _ in settings):
         tasks.calibrated_dense_layers(task, model)  # once, as prism-calibrate --dense-layers does
+    if any(levers.get("delta_codebook") == "auto" for _, levers, _ in settings):
+        tasks.calibrated_delta_codes(task, model)  # once, as prism-calibrate --delta-codes does
     rows, edge = [], None
     default = heavy_rows.SCORE_QUERIES
     for label, levers, queries in settings:

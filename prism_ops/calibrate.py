@@ -17,6 +17,7 @@ perplexity most, one at a time, at N = 8192 and 4 ranks.
 
 from __future__ import annotations
 
+import os
 import sys
 
 import torch
@@ -24,6 +25,7 @@ import torch
 from .config import PrismConfig
 from .cost import ModelShape
 from .hf import attention_modules, configure, max_positions, model_fingerprint, model_kind
+from .hf.delta_cache import cached_delta_codes, delta_codes_path
 from .hf.dense_layers import load_dense_layers, save_dense_layers
 from .models import pydoc_text
 from .ops.codebook_rows import MAX_CENTROIDS, fit_codebook, save_codebooks
@@ -225,6 +227,33 @@ def dense_layers(model, tokenizer, preset: str = "tuned", count: int | None = No
     info = {"preset": preset, "partitions": DENSE_PARTITIONS, "errors": [round(e, 5) for e in errors]}
     path = save_dense_layers(model, layers, info)
     return {"dense_layers": layers, "path": str(path), **info}
+
+
+def takes_delta_codes(model) -> bool:
+    """Whether delta_codebook="auto" (the tuned preset) gives this model delta codes: an encoder with
+    hidden-feature exchange (`prism_ops.hf.configure` decides the same)."""
+    return model_kind(model) == "encoder" and resolve_exchange(model, "auto") == "hidden"
+
+
+def delta_codes_on_first_use(model, tokenizer, name: str) -> str | None:
+    """The path of the model's cached delta codes (`hf.delta_cache`), calibrated now (once, then
+    cached) when there are none: what `delta_codebook="auto"` finds afterwards. None for a model
+    that takes none (`takes_delta_codes`)."""
+    if not takes_delta_codes(model):
+        return None
+    try:
+        return cached_delta_codes(model)
+    except ValueError:
+        path = delta_codes_path(model)
+        if path is None:
+            raise
+        print(f"fitting {name}'s delta codes for the tuned preset, once (prism-calibrate --model {name} "
+              "--delta-codes; cached)", file=sys.stderr, flush=True)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(f".{os.getpid()}.tmp")
+        calibrate_delta(model, tokenizer, tmp)
+        os.replace(tmp, path)  # whole or not at all
+        return str(path)
 
 
 def dense_layers_on_first_use(model, tokenizer, name: str) -> tuple[int, ...]:

@@ -27,10 +27,16 @@ with the +ln(count) bias):
                     does (`PrismConfig.for_tokens`): there summaries save few bytes and lose most. 0 = off
     summary_codebook  the path of a calibration file (`prism-calibrate`): summaries sent as
                     product-quantization codes of its per-layer codebooks (`ops.codebook_rows`)
-    delta_codebook  the path of a delta calibration file (`prism-calibrate --delta-codes`): every token
-                    its own row, sent as codes of its change from a prediction made from the row its
-                    readers decoded at the layer before; layer 0's rows as token ids
-                    and positions (`ops.delta_rows`). Encoders with hidden-feature exchange
+    delta_codebook  the path of a delta calibration file (`prism-calibrate --delta-codes`), or "auto":
+                    this model's, from the cache (resolved by `prism_ops.hf.configure`; None for a
+                    decoder or a model with K/V exchange). Every token its own row, sent as codes of
+                    its change from a prediction made from the row its readers decoded at the layer
+                    before; layer 0's rows as token ids and positions (`ops.delta_rows`). Encoders with
+                    hidden-feature exchange. With min_chunk_tokens, only the short requests that send
+                    every token use it (`PrismConfig.for_tokens`); else it is the whole setting
+    delta_max_partitions  with min_chunk_tokens: delta codes only up to this many partitions (0: any);
+                    beyond, short requests send accurate's rows (most of a rank's keys are remote there,
+                    where the codes lose most)
     exchange        "kv" (K/V means), "hidden" (the paper's hidden-feature means), or "auto"
                     (hidden where the model allows it; `prism_ops.hf.configure` resolves it)
     backend         "auto", "torch" or "triton" for the ops
@@ -80,8 +86,12 @@ EXCHANGE_SETTINGS = EXCHANGES + ("auto",)  # what a config may ask for; prism_op
 #             once per model, cached) sending every token as a 4-bit row. SmolLM2 1.016x at N = 2048,
 #             P = 2 (22% of edge's bytes) and 1.026x at N = 8192, P = 4 (20%). A request under 1024
 #             tokens per rank sends every token (accurate's rows, sinks as float16: min_chunk_tokens),
-#             where summaries lose most and save least. Within 3% in every cell of docs/EVAL.md but
-#             N = 4096, P = 4 (1.037x) and N = 8192, P = 8 (1.071x); MiniLM 0.9997 / 0.9996 at P = 4.
+#             where summaries lose most and save least; on an encoder with hidden exchange (MiniLM)
+#             up to 4 partitions as delta codes instead (`delta_codebook="auto"`: 10-bit codes of each
+#             row's change from a prediction made from the layer before, layer 0 as token ids; the
+#             model's codes fitted once, cached): MiniLM 0.9919 / 0.9879 at P = 4, 25% of edge's bytes
+#             (bench/bench_delta.py). Within 3% in every cell of docs/EVAL.md but N = 4096, P = 4
+#             (1.037x) and N = 8192, P = 8 (1.071x).
 #   paper     the published method (segment means of 16): a large loss (MiniLM mean cos 0.85,
 #             SmolLM2 perplexity 1.65x at 4 partitions); for comparison.
 PRESETS = {
@@ -92,7 +102,8 @@ PRESETS = {
     "lean": {"segment_size": 128, "summary_bits": 4, "sink_tokens": 4, "heavy_fraction": 0.2, "verbatim_bits": 16,
              "exchange": "auto"},
     "tuned": {"segment_size": 128, "summary_bits": 4, "sink_tokens": 4, "heavy_fraction": 0.1, "verbatim_bits": 16,
-              "dense_layers": "auto", "min_chunk_tokens": 1024, "exchange": "auto"},
+              "dense_layers": "auto", "min_chunk_tokens": 1024, "exchange": "auto", "delta_codebook": "auto",
+              "delta_max_partitions": 4},
     "paper": {},
 }
 # Each budgeted preset's stated quality budget (`prism-eval --budgets` checks it in every cell of
@@ -134,6 +145,7 @@ class PrismConfig:
     dense_layers: tuple[int, ...] | str = ()
     min_chunk_tokens: int = 0
     delta_codebook: str | None = None
+    delta_max_partitions: int = 0
 
     def __post_init__(self):
         check_int(self.num_partitions, "num_partitions", 1)
@@ -160,6 +172,7 @@ class PrismConfig:
             codebook_geometry(self.summary_codebook)  # the file must exist and be well formed
             object.__setattr__(self, "summary_codebook", os.fspath(self.summary_codebook))  # JSON-ready
         object.__setattr__(self, "dense_layers", _checked_dense_layers(self.dense_layers))
+        check_int(self.delta_max_partitions, "delta_max_partitions", 0)
         if self.delta_codebook is not None:
             self._check_delta()
         if self.weights is not None:
@@ -167,9 +180,17 @@ class PrismConfig:
             object.__setattr__(self, "weights", tuple(check_weights(self.weights, self.num_partitions)))
 
     def _check_delta(self) -> None:
-        """delta_codebook codes every token's hidden row in every layer, and nothing else."""
+        """delta_codebook codes every token's hidden row in every layer, and nothing else (with
+        min_chunk_tokens: in the short requests, the other levers being the long ones')."""
         if self.exchange == "kv":
             raise ValueError("delta_codebook codes hidden-feature rows: set exchange='hidden' or 'auto', not 'kv'")
+        if self.min_chunk_tokens:
+            if self.delta_codebook != "auto":
+                delta_geometry(self.delta_codebook)
+                object.__setattr__(self, "delta_codebook", os.fspath(self.delta_codebook))
+            return
+        if self.delta_codebook == "auto":
+            raise ValueError("delta_codebook='auto' is resolved by prism_ops.hf.configure for a model first")
         others = {"segment_size": (self.segment_size, 1), "sink_tokens": (self.sink_tokens, 0),
                   "halo": (self.halo, 0), "cluster_iters": (self.cluster_iters, 0),
                   "summary_bits": (self.summary_bits, 0), "summary_codebook": (self.summary_codebook, None),
@@ -208,7 +229,9 @@ class PrismConfig:
             raise ValueError("dense_layers='auto' is resolved by prism_ops.hf.configure for a model first")
         if index not in self.dense_layers:
             return self
-        return self._every_token()
+        # Every token a row; min_chunk_tokens stays, so a short request resolves this layer (for_tokens)
+        # exactly as every other layer: delta codes need every layer of the forward in the chain.
+        return self.replace(segment_size=1, heavy_fraction=0.0, dense_layers=())
 
     def for_tokens(self, num_tokens: int) -> "PrismConfig":
         """The setting a request of num_tokens (padding included) runs: every summarised token its own
@@ -217,12 +240,26 @@ class PrismConfig:
         and the cost model all resolve it from N and P alike."""
         if not self.min_chunk_tokens or num_tokens >= self.min_chunk_tokens * self.num_partitions:
             return self
-        return self._every_token()
+        return self._every_token(delta=True)
 
-    def _every_token(self) -> "PrismConfig":
+    @property
+    def delta_rows(self) -> str | None:
+        """The delta calibration file this setting's rows are coded with, or None: delta_codebook where
+        it is the whole setting (no min_chunk_tokens; a short request's `for_tokens`)."""
+        return None if self.min_chunk_tokens else self.delta_codebook
+
+    def _every_token(self, delta: bool) -> "PrismConfig":
         """This config with every summarised token sent as its own row (segment size 1, no picks), in
-        every layer and at any length: what a dense layer and a short request run."""
-        return self.replace(segment_size=1, heavy_fraction=0.0, dense_layers=(), min_chunk_tokens=0)
+        every layer and at any length: what a dense layer and a short request run. delta: a short
+        request, which takes delta codes where the config has them (within delta_max_partitions)."""
+        every = dict(segment_size=1, heavy_fraction=0.0, dense_layers=(), min_chunk_tokens=0)
+        cap = self.delta_max_partitions
+        if not (delta and self.delta_codebook and (not cap or self.num_partitions <= cap)):
+            return self.replace(**every, delta_codebook=None, delta_max_partitions=0)
+        if self.delta_codebook == "auto":
+            raise ValueError("delta_codebook='auto' is resolved by prism_ops.hf.configure for a model first")
+        return self.replace(**every, sink_tokens=0, halo=0, cluster_iters=0, summary_bits=0, summary_codebook=None,
+                            verbatim_bits=0, delta_max_partitions=0)
 
     def replace(self, **changes) -> "PrismConfig":
         """A copy with some fields changed, checked again."""

@@ -106,7 +106,7 @@ def bytes_per_layer(shape: ModelShape, num_tokens: int, config: PrismConfig, *, 
         dense, rest = (bytes_per_layer(shape, num_tokens, c, causal=causal, dtype=dtype, window=window)
                        for c in (config.for_layer(config.dense_layers[0]), config.replace(dense_layers=())))
         return [(n * d + (L - n) * r) / L for d, r in zip(dense, rest)]
-    if config.delta_codebook:  # layer 0 sends token ids, the others codes
+    if config.delta_rows:  # layer 0 sends token ids, the others codes
         L = shape.num_layers
         first, rest = (_layer_payloads(shape, num_tokens, config, causal, dtype, window, i) for i in (0, 1))
         return [(f + (L - 1) * r) / L for f, r in zip(first, rest)]
@@ -127,7 +127,7 @@ def layer_bytes(shape: ModelShape, num_tokens: int, config: PrismConfig, *, caus
     """Bytes all ranks send in each of the model's layers (dense layers their own; with delta codes,
     layer 0 its token ids)."""
     config = config.for_tokens(num_tokens)
-    if config.delta_codebook:
+    if config.delta_rows:
         return [sum(_layer_payloads(shape, num_tokens, config, causal, dtype, None, min(i, 1)))
                 for i in range(shape.num_layers)]
     rest = sum(bytes_per_layer(shape, num_tokens, config.replace(dense_layers=()), causal=causal, dtype=dtype))

@@ -115,8 +115,8 @@ def payload_layouts(config: PrismConfig, bounds, *, causal: bool, batch: int, he
     groups, code_bits, ids = 0, 0, 0
     if config.summary_codebook:
         groups, code_bits = codebook_geometry(config.summary_codebook)
-    elif config.delta_codebook:
-        groups, code_bits, ids = delta_geometry(config.delta_codebook)
+    elif config.delta_rows:
+        groups, code_bits, ids = delta_geometry(config.delta_rows)
         groups, code_bits, ids = (0, 0, ids) if layer == 0 else (groups, code_bits, 0)
     out = []
     for c in range(len(bounds)):

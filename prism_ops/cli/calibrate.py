@@ -3,8 +3,9 @@
     prism-calibrate --model smollm2 --out smollm2.codebook [--group 4 --centroids 256]
     prism-run --model smollm2 --summary-codebook smollm2.codebook ...
 
-    prism-calibrate --model minilm --delta-codes --out minilm.delta [--group 8 --centroids 1024]
-    (PrismConfig(..., exchange="auto", delta_codebook="minilm.delta"): simulated partitions for now)
+    prism-calibrate --model minilm --delta-codes [--out minilm.delta] [--group 8 --centroids 1024]
+    prism-run --model minilm --preset tuned ...      # the cached codes (prism-run also fits them on first use)
+    prism-run --model minilm --segment-size 1 --delta-codebook minilm.delta ...
 
     prism-calibrate --model smollm2 --dense-layers [--count 3]   # once per model, cached
     prism-run --model smollm2 --preset tuned ...                  # (prism-run also does it on first use)
@@ -43,11 +44,11 @@ def main(argv=None) -> int:
     for name, value in zip(("group", "centroids", "iters"), defaults):
         if getattr(args, name) is None:
             setattr(args, name, value)
-    if args.delta_codes and (args.dense_layers or args.out is None):
-        ap.error("--delta-codes writes --out FILE (and is not --dense-layers)")
+    if args.delta_codes and args.dense_layers:
+        ap.error("--delta-codes and --dense-layers are two calibrations: give one")
     if args.iters < 0:
         ap.error(f"--iters must be >= 0, got {args.iters}")
-    if args.dense_layers == (args.out is not None):
+    if args.dense_layers == (args.out is not None) and not args.delta_codes:
         ap.error("give --out FILE (codebooks) or --dense-layers, one of them")
     if args.count is not None and not args.dense_layers:
         ap.error("--count goes with --dense-layers")
@@ -64,6 +65,11 @@ def main(argv=None) -> int:
         return 0
     try:
         tok, model = models.load(args.model)
+        if args.delta_codes and args.out is None:  # into the cache, where the tuned preset finds them
+            args.out = calibrate.delta_codes_path(model)
+            if args.out is None:
+                raise ValueError("the cache is off (PRISM_OPS_CACHE=off): give --out FILE")
+            args.out.parent.mkdir(parents=True, exist_ok=True)
         if args.delta_codes:
             info = calibrate.calibrate_delta(model, tok, args.out, group=args.group, centroids=args.centroids,
                                              iters=args.iters)

@@ -55,6 +55,8 @@ def _parser() -> argparse.ArgumentParser:
     ap.add_argument("--summary-bits", type=int)
     ap.add_argument("--summary-codebook", help="a prism-calibrate file: summaries as its codebook codes "
                                                "(replaces the preset's --summary-bits)")
+    ap.add_argument("--delta-codebook", help="a prism-calibrate --delta-codes file: every row as delta codes "
+                                             "(with --segment-size 1; replaces the tuned preset's cached codes)")
     ap.add_argument("--exchange", choices=EXCHANGE_SETTINGS)
     ap.add_argument("--heavy-fraction", type=float, help="this share of each chunk's summarised tokens sent as rows "
                                                           "of their own (the most attended; the lean preset: 0.2)")
@@ -207,6 +209,9 @@ def _levers(ap, args) -> dict:
     if args.summary_codebook is not None:
         levers["summary_codebook"] = args.summary_codebook
         levers.setdefault("summary_bits", 0)  # the codebook replaces a preset's integer rounding
+    if args.delta_codebook is not None:
+        levers["delta_codebook"] = args.delta_codebook
+        levers.setdefault("exchange", "auto")  # delta codes are hidden rows
     if args.weights is not None:
         try:
             weights = tuple(float(w) for w in args.weights.split(","))

@@ -3,7 +3,8 @@ its stated budget (`config.PRESET_BUDGETS`), on the real models.
 
 A cell is (model, N, P). SmolLM2 runs as many windows of N tokens as fit in `tokens` (at least
 one) and reports perplexity over the exact model's on the same windows; MiniLM runs `passages`
-passages of N tokens (N at most 512, its context) and reports the mean and least cosine of the
+passages of N tokens (N at most 512, its context) of `calibrate.evaluation_text()` (the slice the
+tuned preset's delta codes are fitted on left out) and reports the mean and least cosine of the
 sentence embeddings to exact. Bytes are what all ranks send per layer with an fp16 model
 (`prism_ops.cost`), also as a share of `edge`'s in the same cell.
 
@@ -22,6 +23,7 @@ import torch
 from tqdm import tqdm
 
 from .. import cost, hf
+from ..calibrate import evaluation_text
 from ..config import PRESET_BUDGETS, PRESETS, PrismConfig
 from . import tasks
 from .report import MARKER
@@ -35,7 +37,9 @@ def within(metrics: dict, budget: dict) -> bool:
 
 
 def _task(model: str, N: int, tokens: int, passages: int):
-    if model in ("minilm", "tiny-encoder"):
+    if model == "minilm":  # the tuned preset's codes are fitted on the calibration slice: leave it out
+        return tasks.minilm(passages, N, evaluation_text())
+    if model == "tiny-encoder":
         return tasks.LOADERS[model](passages, N)
     return tasks.LOADERS[model](max(1, tokens // N), N)
 
@@ -51,6 +55,8 @@ def run(models, lengths, partitions, presets, *, tokens: int, passages: int, pro
         shape = tasks.shape_of(task)
         if any(PRESETS[p].get("dense_layers") == "auto" for p in presets):
             tasks.calibrated_dense_layers(task, model)  # tuned's layers: calibrated once per model, cached
+        if any(PRESETS[p].get("delta_codebook") == "auto" for p in presets):
+            tasks.calibrated_delta_codes(task, model)  # tuned's codes for an encoder's short requests, cached
         for P in partitions:
             cell = []
             for preset in presets:

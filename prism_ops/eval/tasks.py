@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from ..calibrate import dense_layers_on_first_use
+from ..calibrate import delta_codes_on_first_use, dense_layers_on_first_use
 from ..cost import ModelShape
 from ..models import load, pydoc_text
 from .metrics import cosine_stats, mean_pool, next_token_nll, perplexity, recall_at_1, top1_agreement
@@ -173,6 +173,15 @@ def calibrated_dense_layers(task, key: str) -> tuple[int, ...]:
     layers = dense_layers_on_first_use(task.model, task.tokenizer, key)
     use_exact_attention(task.model)
     return layers
+
+
+def calibrated_delta_codes(task, key: str) -> str | None:
+    """The task's model's delta codes (what `delta_codebook="auto"`, the tuned preset, runs on an
+    encoder), fitted first when the cache has none (`calibrate.delta_codes_on_first_use`); exact
+    attention after. None for a model that takes none."""
+    path = delta_codes_on_first_use(task.model, task.tokenizer, key)
+    use_exact_attention(task.model)
+    return path
 
 
 def shape_of(task) -> ModelShape:

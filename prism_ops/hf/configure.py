@@ -20,6 +20,7 @@ from prism_ops.ops.delta_rows import load_delta_codes
 from prism_ops.strategy import LAYER_ATTR, PrismLayer, RankPartition, SimulatedPartitions, attached_layers
 
 from .attention_calls import REFUSED, call_keywords, is_set, module_features
+from .delta_cache import cached_delta_codes
 from .dense_layers import load_dense_layers
 from .forward import capture_hidden, prism_attention_forward
 from .model import embed_tokens, kv_params, kv_weight, model_fingerprint, model_kind
@@ -120,6 +121,9 @@ def configure(model, config: PrismConfig | None = None, *, comm=None, num_partit
     features = [_layer_features(model, m) for m in attention]
     _check_windowed(model, config, features)
     exchange = _resolve_exchange(model, config.exchange, attention)
+    if config.delta_codebook == "auto":  # this encoder's cached codes; no codes for other models
+        config = config.replace(delta_codebook=cached_delta_codes(model) if _takes_delta(model, exchange, features)
+                                else None)
     if config.delta_codebook and exchange != "hidden":
         raise ValueError(f"delta_codebook={config.delta_codebook!r} codes hidden-feature rows, but model "
                          f"{type(model).__name__} exchanges {exchange} rows (rotary embeddings or another position "
@@ -209,7 +213,7 @@ def _check_windowed(model, config: PrismConfig, features: list) -> None:
     if config.summary_codebook:
         raise NotImplementedError(f"summary_codebook with {what} (model {type(model).__name__}) is not "
                                   "implemented; use summary_bits instead")
-    if config.delta_codebook:
+    if config.delta_codebook and config.delta_codebook != "auto":
         raise NotImplementedError(f"delta_codebook with {what} (model {type(model).__name__}) is not implemented")
     if config.backend == "triton":
         raise ValueError(f"backend='triton' has no {what} (model {type(model).__name__}); use backend='auto' or "
@@ -249,6 +253,13 @@ def _check_fingerprint(model, data: dict, what: str, command: str) -> None:
     if differ:
         got = ", ".join(f"{k} {theirs.get(k)!r} (this model: {mine[k]!r})" for k in differ)
         raise ValueError(f"{what} was calibrated for another model: {got}; calibrate this one with {command}")
+
+
+def _takes_delta(model, exchange: str, features: list) -> bool:
+    """Whether delta_codebook="auto" gives this model delta codes: an encoder with hidden-feature
+    exchange and no sliding window or logit cap."""
+    plain = all(w is None and c is None for w, c in features)
+    return model_kind(model) == "encoder" and exchange == "hidden" and plain
 
 
 def _delta_codes(model, config: PrismConfig, num_layers: int) -> list:

@@ -19,15 +19,19 @@ rank 0. With --verbose rank 0 then prints the MPI library, every rank's host and
 
 from __future__ import annotations
 
+import hashlib
+import os
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 
 from .. import hf
-from ..calibrate import dense_layers_on_first_use
+from ..calibrate import delta_codes_on_first_use, dense_layers_on_first_use
 from ..config import PrismConfig
-from ..distributed.control import bcast_json
+from ..distributed.control import allgather_json, bcast_json
+from ..hf.delta_cache import delta_codes_path
 from ..distributed.comm import Communicator
 from ..distributed.handshake import fingerprint, handshake
 from ..distributed.faults import agree, agree_rank0, guarded, leave_together
@@ -62,6 +66,8 @@ def start(opts: RankOptions, comm, read_files=lambda: None) -> Started:
     if config.dense_layers == "auto":  # the tuned preset: rank 0's calibration, on every rank
         layers = agree_rank0(comm, lambda: dense_layers_on_first_use(model, tok, opts.model))
         config = config.replace(dense_layers=bcast_json(comm, layers))
+    if config.delta_codebook == "auto":  # the tuned preset on an encoder: rank 0's codes, on every rank
+        _share_delta_codes(comm, model, agree_rank0(comm, lambda: delta_codes_on_first_use(model, tok, opts.model)))
     runner = hf.configure(model, config, comm=comm)
     comm.phase = "handshake"
     t1 = time.perf_counter()
@@ -72,6 +78,28 @@ def start(opts: RankOptions, comm, read_files=lambda: None) -> Started:
         if comm.rank == 0:
             print(format_transport(info, opts.link_mbit, opts.link_latency_ms), flush=True)
     return Started(runner, tok, runner.config, pooling, files, {"load": load_s, "handshake": hand_s})
+
+
+def _share_delta_codes(comm, model, path) -> None:
+    """Rank 0's cached delta codes (path, or None: the model takes none) into every rank's cache, sent
+    only where a rank lacks that file (another host); the handshake then compares their bytes."""
+    digest = bcast_json(comm, None if comm.rank or path is None else _digest(Path(path).read_bytes()))
+    if digest is None:
+        return
+    mine = delta_codes_path(model)
+    need = any(allgather_json(comm, mine is not None and (not mine.is_file() or _digest(mine.read_bytes()) != digest)))
+    if not need:
+        return
+    data = comm.bcast_bytes(Path(path).read_bytes() if comm.rank == 0 else None)
+    if comm.rank and mine is not None and (not mine.is_file() or _digest(mine.read_bytes()) != digest):
+        mine.parent.mkdir(parents=True, exist_ok=True)
+        tmp = mine.with_suffix(f".{os.getpid()}.tmp")
+        tmp.write_bytes(data)
+        os.replace(tmp, mine)
+
+
+def _digest(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
 
 
 def on_ranks(opts: RankOptions, job) -> int:

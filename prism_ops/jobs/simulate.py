@@ -17,7 +17,7 @@ import time
 import torch
 
 from .. import hf
-from ..calibrate import dense_layers_on_first_use
+from ..calibrate import delta_codes_on_first_use, dense_layers_on_first_use
 from ..hf import max_positions
 from ..in_process import run_simulated
 from .options import SimulateOptions
@@ -63,6 +63,8 @@ def simulate(opts: SimulateOptions) -> None:
     load_s = time.perf_counter() - t0
     if config.dense_layers == "auto":  # the tuned preset: calibrated on first use
         config = config.replace(dense_layers=dense_layers_on_first_use(model, tok, opts.model))
+    if config.delta_codebook == "auto":  # the tuned preset on an encoder: fitted on first use
+        delta_codes_on_first_use(model, tok, opts.model)
     config = hf.configure(model, config).config
     req = make_request(tok, opts, text, max_positions(model))
     res = run_simulated(model, req, P, eos=tok.eos_token_id if opts.generate else None, progress=True)

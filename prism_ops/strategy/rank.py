@@ -185,7 +185,7 @@ class RankPartition(PartitionStrategy):
         window = layer.window
         trim = None if window is None else partial(trim_rows, bounds=state.bounds, c=p, segment_size=cfg.segment_size,
                                                    window=window, **opts)
-        if cfg.delta_codebook:
+        if cfg.delta_rows:
             payload = _delta_payload(layer, x[:, 0], state, layouts[p])
         else:
             payload = self._payload(layouts[p], x, k, keep, chunk_layout(state.bounds, p, **opts), c0, cfg,
@@ -202,7 +202,7 @@ class RankPartition(PartitionStrategy):
         the others): verbatim rows with count 1 (0 for padding), then summary rows with their
         segment counts (sent with key clusters, else implied by the padding mask every rank has)."""
         cfg, p, P = _setting(layer, state), self.comm.rank, self.comm.size
-        if cfg.delta_codebook:
+        if cfg.delta_rows:
             return _delta_received(layer, parts, state, layouts, visible_chunks(p, P, causal, **reach), P)
         rows = [None] * P
         for c in visible_chunks(p, P, causal, **reach):

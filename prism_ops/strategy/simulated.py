@@ -57,7 +57,7 @@ class SimulatedPartitions(PartitionStrategy):
         kw = {}
         if self.needs_hidden(cfg):
             kw.update(hidden=hidden, kv_weight=layer.kv_weight())
-        if cfg.delta_codebook:
+        if cfg.delta_rows:
             kw.update(hidden_sent=decoded_rows(layer, hidden))
         common = dict(num_partitions=cfg.num_partitions, segment_size=cfg.segment_size,
                       causal=causal and q.shape[2] > 1, scale=scale, log_count_bias=cfg.log_count_bias,

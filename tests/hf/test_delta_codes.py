@@ -141,11 +141,8 @@ def test_prism_calibrate_delta_codes_bad_arguments_exit_2(capsys, tmp_path):
     from prism_ops.cli.calibrate import main
 
     with pytest.raises(SystemExit) as e:
-        main(["--delta-codes"])
-    assert e.value.code == 2 and "--delta-codes writes --out FILE" in capsys.readouterr().err
-    with pytest.raises(SystemExit) as e:
         main(["--delta-codes", "--out", str(tmp_path / "x"), "--dense-layers"])
-    assert e.value.code == 2
+    assert e.value.code == 2 and "--delta-codes and --dense-layers are two calibrations" in capsys.readouterr().err
     # delta codes are for encoders: a decoder is refused with the reason, before any fitting
     from tiny_model import write_tiny_gpt2
 
@@ -179,3 +176,50 @@ def test_mpiexec_ranks_equal_the_simulation_and_send_what_the_layouts_say(tmp_pa
     assert r["err_sim"] <= 1e-5 * max(1.0, r["scale"]) * 2, r  # see launch.assert_matches_simulation
     assert r["err_exact"] > 1e-4  # the codes did change the rows
     assert r["bytes"] == r["layer_bytes"] and r["bytes"][0] < r["bytes"][1]  # layer 0: ids and positions
+
+
+def test_short_requests_take_the_codes_long_ones_and_wide_splits_do_not(encoder_and_codes):
+    _, path = encoder_and_codes
+    tuned = PrismConfig.from_preset(4, "tuned", dense_layers=(1,), delta_codebook=path)
+    assert tuned.delta_rows is None  # a long request's setting: tuned's summaries
+    short = tuned.for_tokens(512)
+    assert short.delta_rows == str(path) and short.segment_size == 1
+    assert (short.sink_tokens, short.summary_bits, short.verbatim_bits, short.heavy_fraction) == (0, 0, 0, 0.0)
+    assert tuned.for_tokens(4 * 1024).delta_rows is None
+    # a dense layer resolves a short request as every other layer (the chain needs them all) ...
+    assert tuned.for_layer(1).for_tokens(512) == short
+    assert tuned.for_layer(1).for_tokens(4 * 1024).delta_rows is None
+    # ... and past delta_max_partitions a short request sends accurate's rows instead
+    wide = PrismConfig.from_preset(8, "tuned", dense_layers=(), delta_codebook=path).for_tokens(512)
+    assert wide.delta_rows is None and wide.summary_bits == 4 and wide.sink_tokens == 4
+    with pytest.raises(ValueError, match="delta_codebook='auto' is resolved by prism_ops.hf.configure"):
+        PrismConfig.from_preset(4, "tuned", dense_layers=()).for_tokens(512)
+
+
+def test_tuned_finds_an_encoders_cached_codes_and_runs_them(encoder_and_codes, tmp_path, monkeypatch):
+    from prism_ops.calibrate import delta_codes_on_first_use
+
+    model, _ = encoder_and_codes
+    monkeypatch.setenv("PRISM_OPS_CACHE", str(tmp_path))
+    config = PrismConfig.from_preset(4, "tuned", dense_layers=())
+    with pytest.raises(ValueError, match="needs this model's delta codes, once: run `prism-calibrate --model MODEL "
+                                         "--delta-codes`"):
+        hf.configure(model, config)
+    path = delta_codes_on_first_use(model, byte_tokenizer, "tiny")
+    assert path.startswith(str(tmp_path)) and delta_codes_on_first_use(model, byte_tokenizer, "tiny") == path
+    resolved = hf.configure(model, config).config
+    try:
+        assert resolved.delta_codebook == path and resolved.for_tokens(60).delta_rows == path
+        seen = []
+        decode = simulated.decoded_rows
+        monkeypatch.setattr(simulated, "decoded_rows", lambda layer, h: seen.append(layer.index) or decode(layer, h))
+        with torch.no_grad():
+            model(input_ids=torch.randint(0, 256, (1, 60)))
+        assert seen == [0, 1, 2]  # every layer through the chain
+    finally:
+        model.set_attn_implementation("sdpa")
+    # a decoder takes no codes: tuned stays as it was
+    llama = LlamaModel(LlamaConfig(vocab_size=256, hidden_size=32, num_hidden_layers=3, num_attention_heads=4,
+                                   num_key_value_heads=2, intermediate_size=64)).eval()
+    assert delta_codes_on_first_use(llama, byte_tokenizer, "llama") is None
+    assert hf.configure(llama, PrismConfig.from_preset(2, "tuned", dense_layers=())).config.delta_codebook is None
