@@ -217,7 +217,8 @@ def dense_layers(model, tokenizer, preset: str = "tuned", count: int | None = No
     """The model's dense layers for preset (a tenth of its layers, at least one, unless count),
     found by `layer_errors` at DENSE_PARTITIONS partitions, and written to the cache
     (`hf.dense_layers`) where dense_layers="auto" finds them. Returns what was written."""
-    config = PrismConfig.from_preset(DENSE_PARTITIONS, preset).replace(dense_layers=(), exchange="kv")
+    config = PrismConfig.from_preset(DENSE_PARTITIONS, preset).replace(dense_layers=(), exchange="kv",
+                                                                       delta_codebook=None)
     errors = layer_errors(model, tokenizer, config)
     if count is None:
         count = max(1, round(DENSE_SHARE * len(errors)))

@@ -28,8 +28,9 @@ with the +ln(count) bias):
     summary_codebook  the path of a calibration file (`prism-calibrate`): summaries sent as
                     product-quantization codes of its per-layer codebooks (`ops.codebook_rows`)
     delta_codebook  the path of a delta calibration file (`prism-calibrate --delta-codes`), or "auto":
-                    this model's, from the cache (resolved by `prism_ops.hf.configure`; None for a
-                    decoder or a model with K/V exchange). Every token its own row, sent as codes of
+                    this model's, from the cache, for the short requests of min_chunk_tokens (resolved
+                    by `prism_ops.hf.configure`; None for a decoder, a model with K/V exchange, or
+                    without min_chunk_tokens). Every token its own row, sent as codes of
                     its change from a prediction made from the row its readers decoded at the layer
                     before; layer 0's rows as token ids and positions (`ops.delta_rows`). Encoders with
                     hidden-feature exchange. With min_chunk_tokens, only the short requests that send
@@ -182,15 +183,14 @@ class PrismConfig:
     def _check_delta(self) -> None:
         """delta_codebook codes every token's hidden row in every layer, and nothing else (with
         min_chunk_tokens: in the short requests, the other levers being the long ones')."""
+        if self.delta_codebook == "auto":  # configure resolves it: a path for an encoder's short requests, else None
+            return
         if self.exchange == "kv":
             raise ValueError("delta_codebook codes hidden-feature rows: set exchange='hidden' or 'auto', not 'kv'")
         if self.min_chunk_tokens:
-            if self.delta_codebook != "auto":
-                delta_geometry(self.delta_codebook)
-                object.__setattr__(self, "delta_codebook", os.fspath(self.delta_codebook))
+            delta_geometry(self.delta_codebook)
+            object.__setattr__(self, "delta_codebook", os.fspath(self.delta_codebook))
             return
-        if self.delta_codebook == "auto":
-            raise ValueError("delta_codebook='auto' is resolved by prism_ops.hf.configure for a model first")
         others = {"segment_size": (self.segment_size, 1), "sink_tokens": (self.sink_tokens, 0),
                   "halo": (self.halo, 0), "cluster_iters": (self.cluster_iters, 0),
                   "summary_bits": (self.summary_bits, 0), "summary_codebook": (self.summary_codebook, None),

@@ -67,6 +67,7 @@ def run(models, lengths, partitions, presets, *, tokens: int, passages: int, pro
                 sent = sum(cost.bytes_per_layer(shape, N, config, causal=task.causal, dtype=torch.float16))
                 cell.append({"model": task.name, "key": model, "tokens": N, "partitions": P, "preset": preset,
                              "exchange": config.exchange, "dense_layers": list(config.dense_layers),
+                             "delta_codes": config.for_tokens(N).delta_rows is not None,
                              "metrics": metrics, "budget": PRESET_BUDGETS[preset],
                              "within": within(metrics, PRESET_BUDGETS[preset]), "bytes": sent,
                              "sequences": len(task.windows) if hasattr(task, "windows") else len(task.docs),

@@ -122,8 +122,8 @@ def configure(model, config: PrismConfig | None = None, *, comm=None, num_partit
     _check_windowed(model, config, features)
     exchange = _resolve_exchange(model, config.exchange, attention)
     if config.delta_codebook == "auto":  # this encoder's cached codes; no codes for other models
-        config = config.replace(delta_codebook=cached_delta_codes(model) if _takes_delta(model, exchange, features)
-                                else None)
+        takes = config.min_chunk_tokens and _takes_delta(model, exchange, features)
+        config = config.replace(delta_codebook=cached_delta_codes(model) if takes else None)
     if config.delta_codebook and exchange != "hidden":
         raise ValueError(f"delta_codebook={config.delta_codebook!r} codes hidden-feature rows, but model "
                          f"{type(model).__name__} exchanges {exchange} rows (rotary embeddings or another position "

@@ -12,6 +12,7 @@ pytest.importorskip("transformers")
 from prism_ops import PrismConfig, cost  # noqa: E402
 from prism_ops.cli import eval as cli  # noqa: E402
 from prism_ops.eval import grid, metrics, report, tasks  # noqa: E402
+from prism_ops.hf.delta_cache import delta_codes_path  # noqa: E402
 
 
 def test_metrics_hand_computed():
@@ -123,8 +124,9 @@ def test_budgets_table_end_to_end_on_tiny_models(tmp_path, monkeypatch):
         if r["preset"] == "edge":
             assert r["of_edge"] == 1.0
         shape = tasks.shape_of(tasks.LOADERS[r["key"]](1, 64))
+        codes = delta_codes_path(tasks.LOADERS[r["key"]](1, 64).model) if r["delta_codes"] else None
         config = PrismConfig.from_preset(r["partitions"], r["preset"], exchange=r["exchange"],
-                                         dense_layers=r["dense_layers"])
+                                         dense_layers=r["dense_layers"], delta_codebook=codes)
         causal = r["key"] == "tiny-decoder"
         assert r["bytes"] == sum(cost.bytes_per_layer(shape, r["tokens"], config, causal=causal, dtype=torch.float16))
     assert {r["sequences"] for r in rows if r["key"] == "tiny-decoder"} == {4, 2}  # 256 tokens in windows of N

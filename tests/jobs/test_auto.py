@@ -55,7 +55,8 @@ def test_presets_reduce_to_their_levers():
     assert PrismConfig.from_preset(2, "fast") == edge.replace(sink_tokens=4, summary_bits=3)
     lean = PrismConfig.from_preset(2, "lean")
     assert lean == edge.replace(sink_tokens=4, segment_size=128, heavy_fraction=0.2, verbatim_bits=16)
-    tuned = lean.replace(heavy_fraction=0.1, dense_layers="auto", min_chunk_tokens=1024)
+    tuned = lean.replace(heavy_fraction=0.1, dense_layers="auto", min_chunk_tokens=1024, delta_codebook="auto",
+                         delta_max_partitions=4)
     assert PrismConfig.from_preset(2, "tuned") == tuned
     with pytest.raises(ValueError, match=r"preset must be one of \['accurate', 'edge', 'exact', 'fast', 'lean', 'paper', "
                                          r"'tuned'\], "
