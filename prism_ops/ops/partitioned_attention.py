@@ -276,7 +276,8 @@ def _projected_error(h_means, round_rows, sent, kv_weight, Hkv):
     err = (round_rows(h_means, sent) - h_means)[:, 0]  # (B, S, d)
     B, S = err.shape[:2]
     # w_k, w_v: (Hkv * D, d). The projection is affine, so its bias cancels in a difference.
-    parts = [(err.to(w.dtype) @ w.T).view(B, S, Hkv, -1).transpose(1, 2) for w in kv_weight]
+    # (the head width spelled out: a chunk of sink tokens only has S = 0 rows, where -1 is ambiguous)
+    parts = [(err.to(w.dtype) @ w.T).view(B, S, Hkv, w.shape[0] // Hkv).transpose(1, 2) for w in kv_weight]
     return torch.cat(parts, -1).to(h_means.dtype)
 
 

@@ -144,3 +144,18 @@ def test_mpiexec_equals_the_simulation(model, ranks, levers):
         pytest.skip("needs mpiexec (pip install mpich)")
     r = check_run(ranks, model=model, tokens=45, segment_size=4, levers=json.loads(json.dumps(levers)))
     assert_matches_simulation(r, 2)
+
+
+def test_hidden_exchange_with_a_chunk_of_sinks_only():
+    """A chunk whose tokens are all sinks has no summary rows: its empty rounding error still has
+    the heads' shape (a 4-token text at 2 ranks with 4 sinks once crashed here)."""
+    q, k, v = qkv(1, 4, 2, 4, 8)
+    g = torch.Generator().manual_seed(5)
+    hidden = torch.randn(1, 4, 16, generator=g)
+    kv_weight = [torch.randn(16, 16, generator=g) for _ in range(2)]
+    got = partitioned_attention(q, k, v, num_partitions=2, segment_size=128, sink_tokens=4, summary_bits=4,
+                                hidden=hidden, kv_weight=kv_weight, verbatim_dtype=torch.float16)
+    want = partitioned_attention(q, k, v, num_partitions=2, segment_size=1)  # every key a row of its own
+    # chunk 0 (two sinks) sees chunk 1's two tokens as one 4-bit mean; chunk 1 sees the sinks rounded to fp16
+    assert got.shape == want.shape and torch.isfinite(got).all()
+    assert torch.allclose(got[:, :, 2:], want[:, :, 2:], atol=1e-2)
