@@ -24,7 +24,7 @@ from pathlib import Path
 
 import torch
 
-from prism_ops import cost, hf
+from prism_ops import calibrate, cost, hf
 from prism_ops.config import PRESETS, PrismConfig
 from prism_ops.eval import tasks
 from prism_ops.ops import heavy_rows
@@ -52,7 +52,8 @@ CELLS = [("smollm2", 2048, 2), ("smollm2", 8192, 4), ("minilm", 512, 4)]
 
 
 def run_cell(model, N, P, count, settings):
-    task = tasks.LOADERS[model](count, N)
+    # MiniLM's passages leave out the calibration slice (tuned's delta codes are fitted on it)
+    task = tasks.minilm(count, N, calibrate.evaluation_text()) if model == "minilm" else tasks.LOADERS[model](count, N)
     shape = tasks.shape_of(task)
     if any(levers.get("dense_layers") == "auto" for _, levers, _ in settings):
         tasks.calibrated_dense_layers(task, model)  # once, as prism-calibrate --dense-layers does
