@@ -223,3 +223,29 @@ def test_tuned_finds_an_encoders_cached_codes_and_runs_them(encoder_and_codes, t
                                    num_key_value_heads=2, intermediate_size=64)).eval()
     assert delta_codes_on_first_use(llama, byte_tokenizer, "llama") is None
     assert hf.configure(llama, PrismConfig.from_preset(2, "tuned", dense_layers=())).config.delta_codebook is None
+
+
+def test_rank0s_cached_codes_reach_a_rank_that_lacks_them_once(tmp_path, monkeypatch):
+    """prism-run --preset tuned on several hosts: rank 0 fits (or has) the codes; a rank whose cache
+    lacks that file gets rank 0's bytes, and a rank that has them is sent nothing."""
+    import threading
+
+    from fake_comm import fake_comms, run_ranks
+    from prism_ops.jobs import base
+
+    src = tmp_path / "host0" / "m.delta"
+    src.parent.mkdir()
+    src.write_bytes(bytes(range(256)) * 40)
+    where, local = {0: src, 1: tmp_path / "host1" / "m.delta"}, threading.local()
+    monkeypatch.setattr(base, "delta_codes_path", lambda model: where[local.rank])
+
+    def job(comm):
+        local.rank = comm.rank
+        base._share_delta_codes(comm, None, str(src) if comm.rank == 0 else None)
+        return comm.bytes_sent(["request"])[0]
+
+    first = run_ranks(fake_comms(2), job)
+    assert where[1].read_bytes() == src.read_bytes() and first[0] > src.stat().st_size
+    again = run_ranks(fake_comms(2), job)
+    assert again[0] < 200  # the digest only: both hosts have the file
+    assert run_ranks(fake_comms(2), lambda comm: base._share_delta_codes(comm, None, None)) == [None, None]
