@@ -187,19 +187,16 @@ class PrismConfig:
             return
         if self.exchange == "kv":
             raise ValueError("delta_codebook codes hidden-feature rows: set exchange='hidden' or 'auto', not 'kv'")
-        if self.min_chunk_tokens:
-            delta_geometry(self.delta_codebook)
-            object.__setattr__(self, "delta_codebook", os.fspath(self.delta_codebook))
-            return
-        others = {"segment_size": (self.segment_size, 1), "sink_tokens": (self.sink_tokens, 0),
-                  "halo": (self.halo, 0), "cluster_iters": (self.cluster_iters, 0),
-                  "summary_bits": (self.summary_bits, 0), "summary_codebook": (self.summary_codebook, None),
-                  "heavy_fraction": (self.heavy_fraction, 0.0), "verbatim_bits": (self.verbatim_bits, 0),
-                  "dense_layers": (self.dense_layers, ()), "min_chunk_tokens": (self.min_chunk_tokens, 0)}
-        bad = [f"{name}={got!r} (needs {want!r})" for name, (got, want) in others.items() if got != want]
-        if bad:
-            raise ValueError(f"delta_codebook sends every token of every layer as its own coded row; it does not "
-                             f"combine with {', '.join(bad)}")
+        if not self.min_chunk_tokens:  # the whole setting (with min_chunk_tokens, the other levers are the long requests')
+            others = {"segment_size": (self.segment_size, 1), "sink_tokens": (self.sink_tokens, 0),
+                      "halo": (self.halo, 0), "cluster_iters": (self.cluster_iters, 0),
+                      "summary_bits": (self.summary_bits, 0), "summary_codebook": (self.summary_codebook, None),
+                      "heavy_fraction": (self.heavy_fraction, 0.0), "verbatim_bits": (self.verbatim_bits, 0),
+                      "dense_layers": (self.dense_layers, ())}
+            bad = [f"{name}={got!r} (needs {want!r})" for name, (got, want) in others.items() if got != want]
+            if bad:
+                raise ValueError(f"delta_codebook sends every token of every layer as its own coded row; it does not "
+                                 f"combine with {', '.join(bad)}")
         delta_geometry(self.delta_codebook)  # the file must exist and be well formed
         object.__setattr__(self, "delta_codebook", os.fspath(self.delta_codebook))  # JSON-ready
 
@@ -240,7 +237,7 @@ class PrismConfig:
         and the cost model all resolve it from N and P alike."""
         if not self.min_chunk_tokens or num_tokens >= self.min_chunk_tokens * self.num_partitions:
             return self
-        return self._every_token(delta=True)
+        return self._every_token()
 
     @property
     def delta_rows(self) -> str | None:
@@ -248,13 +245,13 @@ class PrismConfig:
         it is the whole setting (no min_chunk_tokens; a short request's `for_tokens`)."""
         return None if self.min_chunk_tokens else self.delta_codebook
 
-    def _every_token(self, delta: bool) -> "PrismConfig":
+    def _every_token(self) -> "PrismConfig":
         """This config with every summarised token sent as its own row (segment size 1, no picks), in
-        every layer and at any length: what a dense layer and a short request run. delta: a short
-        request, which takes delta codes where the config has them (within delta_max_partitions)."""
+        every layer and at any length: what a short request runs, as delta codes where the config has
+        them (within delta_max_partitions)."""
         every = dict(segment_size=1, heavy_fraction=0.0, dense_layers=(), min_chunk_tokens=0)
         cap = self.delta_max_partitions
-        if not (delta and self.delta_codebook and (not cap or self.num_partitions <= cap)):
+        if not (self.delta_codebook and (not cap or self.num_partitions <= cap)):
             return self.replace(**every, delta_codebook=None, delta_max_partitions=0)
         if self.delta_codebook == "auto":
             raise ValueError("delta_codebook='auto' is resolved by prism_ops.hf.configure for a model first")

@@ -9,23 +9,16 @@ model's fingerprint (as the dense layers' cache), which the file also holds and 
 
 from __future__ import annotations
 
-import hashlib
-import json
 from pathlib import Path
 
-from .._files import cache_root
-from .model import model_fingerprint
+from .model import cache_file
 
 COMMAND = "prism-calibrate --model MODEL --delta-codes"
 
 
 def delta_codes_path(model) -> Path | None:
     """The model's delta codes file (None when the cache is off: PRISM_OPS_CACHE=off)."""
-    root = cache_root()
-    if root is None:
-        return None
-    digest = hashlib.sha256(json.dumps(model_fingerprint(model), sort_keys=True).encode()).hexdigest()[:16]
-    return Path(root) / "delta-codes" / f"{digest}.delta"
+    return cache_file(model, "delta-codes", ".delta")
 
 
 def cached_delta_codes(model) -> str:

@@ -10,24 +10,18 @@ the file also holds and which must match in full: another checkpoint or dtype ne
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from pathlib import Path
 
-from .._files import cache_root
-from .model import model_fingerprint
+from .model import cache_file, model_fingerprint
 
 COMMAND = "prism-calibrate --model MODEL --dense-layers"
 
 
 def dense_layers_path(model) -> Path | None:
     """The model's calibration file (None when the cache is off: PRISM_OPS_CACHE=off)."""
-    root = cache_root()
-    if root is None:
-        return None
-    digest = hashlib.sha256(json.dumps(model_fingerprint(model), sort_keys=True).encode()).hexdigest()[:16]
-    return Path(root) / "dense-layers" / f"{digest}.json"
+    return cache_file(model, "dense-layers", ".json")
 
 
 def load_dense_layers(model) -> tuple[int, ...]:

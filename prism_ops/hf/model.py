@@ -11,11 +11,14 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import inspect
+import json
 import logging
 import sys
+from pathlib import Path
 
 import torch
 
+from prism_ops._files import cache_root
 from prism_ops.cost import ModelShape
 
 log = logging.getLogger("prism_ops")
@@ -280,6 +283,17 @@ def model_fingerprint(model) -> dict:
     return {"architecture": archs[0], "layers": shape.num_layers, "hidden_size": shape.hidden_size,
             "heads": shape.num_heads, "kv_heads": shape.num_kv_heads, "head_dim": shape.head_dim,
             "weights": sampled_weights_digest(model)}
+
+
+def cache_file(model, folder: str, suffix: str) -> Path | None:
+    """The file in the package's cache folder (`_files.cache_root`) where something made once for
+    this model lives: `folder/<digest of its fingerprint><suffix>`, so another checkpoint or dtype
+    never reads it. None when the cache is off (PRISM_OPS_CACHE=off)."""
+    root = cache_root()
+    if root is None:
+        return None
+    digest = hashlib.sha256(json.dumps(model_fingerprint(model), sort_keys=True).encode()).hexdigest()[:16]
+    return Path(root) / folder / f"{digest}{suffix}"
 
 
 def sampled_weights_digest(model) -> str:

@@ -151,31 +151,40 @@ def save_codebooks(path, codebooks: list[torch.Tensor], exchange: str, fingerpri
                 "codebooks": [cb.float().contiguous() for cb in codebooks]}, path)
 
 
-def load_codebooks(path, name: str = "summary_codebook") -> dict:
-    """A calibration file's contents, checked: {"exchange", "fingerprint", "codebooks"}.
-
-    Raises ValueError naming the setting `name` and the path for a missing, unreadable or
-    malformed file. Read once per (path, size, mtime).
-    """
+def read_calibration(path, name: str, fmt: str, command: str, check) -> dict:
+    """A calibration file of format `fmt` (written by `command`), its contents checked by
+    check(data, name, path), which raises ValueError for a corrupt one. Raises ValueError naming the
+    setting `name` and the path for a missing, unreadable or malformed file. Read and checked once
+    per (path, size, mtime): the layouts ask for a file's geometry in every layer of every request."""
     if not isinstance(path, (str, os.PathLike)) or not str(path):
-        raise ValueError(f"{name} must be the path of a calibration file (prism-calibrate), got {path!r}")
+        raise ValueError(f"{name} must be the path of a calibration file ({command}), got {path!r}")
     try:
         st = os.stat(path)
     except OSError as e:
         raise ValueError(f"{name}={str(path)!r}: no readable calibration file there ({e.strerror}); "
-                         "write one with prism-calibrate") from None
-    return _load(os.fspath(path), st.st_size, st.st_mtime_ns, name)
+                         f"write one with {command}") from None
+    return _read(os.fspath(path), st.st_size, st.st_mtime_ns, name, fmt, command, check)
 
 
-@functools.lru_cache(maxsize=8)
-def _load(path: str, size: int, mtime: int, name: str) -> dict:
+@functools.lru_cache(maxsize=16)
+def _read(path: str, size: int, mtime: int, name: str, fmt: str, command: str, check) -> dict:
     try:
         data = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # torch raises several types for a file that is not its format
         raise ValueError(f"{name}={path!r} is not a calibration file written by prism-calibrate "
                          f"({type(e).__name__})") from None
-    if not isinstance(data, dict) or data.get("format") != FORMAT:
-        raise ValueError(f"{name}={path!r} is not a {FORMAT} calibration file written by prism-calibrate")
+    if not isinstance(data, dict) or data.get("format") != fmt:
+        raise ValueError(f"{name}={path!r} is not a {fmt} file written by {command}")
+    check(data, name, path)
+    return data
+
+
+def load_codebooks(path, name: str = "summary_codebook") -> dict:
+    """A calibration file's contents, checked: {"exchange", "fingerprint", "codebooks"} (`read_calibration`)."""
+    return read_calibration(path, name, FORMAT, "prism-calibrate", _check_codebooks)
+
+
+def _check_codebooks(data: dict, name: str, path: str) -> None:
     books = data.get("codebooks")
     if not isinstance(books, list) or not books or not isinstance(data.get("fingerprint"), dict) \
             or data.get("exchange") not in ("kv", "hidden"):
@@ -189,7 +198,6 @@ def _load(path: str, size: int, mtime: int, name: str) -> dict:
         shapes.add(tuple(cb.shape))
     if len(shapes) != 1:
         raise ValueError(f"{name}={path!r} is a corrupt calibration file: layers have codebooks of shapes {sorted(shapes)}")
-    return data
 
 
 def codebook_geometry(path, name: str = "summary_codebook") -> tuple[int, int]:

@@ -26,13 +26,12 @@ token id costs) and its fingerprint (`prism_ops.hf.model_fingerprint`).
 
 from __future__ import annotations
 
-import functools
-import os
 
 import torch
 
 from .._checks import check_tensor
-from .codebook_rows import check_codebook, codebook_codes, codebook_decode, code_bits, fit_codebook
+from .codebook_rows import (check_codebook, code_bits, codebook_codes, codebook_decode, fit_codebook,
+                            read_calibration)
 
 FORMAT = "prism-delta/1"
 RIDGE = 1e-2  # the predictor's ridge, relative to the mean diagonal of X^T X: the rows after a
@@ -115,27 +114,11 @@ def save_delta_codes(path, predictors: list, codebooks: list, vocab_size: int, f
 
 def load_delta_codes(path, name: str = "delta_codebook") -> dict:
     """A delta calibration file's contents, checked: {"predictors", "codebooks", "vocab_size",
-    "fingerprint"}. ValueError naming `name` and the path for a missing, unreadable or malformed
-    file. Read once per (path, size, mtime)."""
-    if not isinstance(path, (str, os.PathLike)) or not str(path):
-        raise ValueError(f"{name} must be the path of a calibration file (prism-calibrate --delta-codes), got {path!r}")
-    try:
-        st = os.stat(path)
-    except OSError as e:
-        raise ValueError(f"{name}={str(path)!r}: no readable calibration file there ({e.strerror}); "
-                         "write one with prism-calibrate --delta-codes") from None
-    return _load(os.fspath(path), st.st_size, st.st_mtime_ns, name)
+    "fingerprint"} (`codebook_rows.read_calibration`)."""
+    return read_calibration(path, name, FORMAT, "prism-calibrate --delta-codes", _check_delta_codes)
 
 
-@functools.lru_cache(maxsize=8)
-def _load(path: str, size: int, mtime: int, name: str) -> dict:
-    try:
-        data = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # torch raises several types for a file that is not its format
-        raise ValueError(f"{name}={path!r} is not a calibration file written by prism-calibrate "
-                         f"({type(e).__name__})") from None
-    if not isinstance(data, dict) or data.get("format") != FORMAT:
-        raise ValueError(f"{name}={path!r} is not a {FORMAT} file written by prism-calibrate --delta-codes")
+def _check_delta_codes(data: dict, name: str, path: str) -> None:
     preds, books = data.get("predictors"), data.get("codebooks")
     if not isinstance(preds, list) or not isinstance(books, list) or len(preds) < 2 or len(preds) != len(books) \
             or not isinstance(data.get("fingerprint"), dict) or not isinstance(data.get("vocab_size"), int):
@@ -151,7 +134,6 @@ def _load(path: str, size: int, mtime: int, name: str) -> dict:
     if len(shapes) != 1 or books[0].shape[0] != 1:
         raise ValueError(f"{name}={path!r} is a corrupt calibration file: codebooks of shapes {sorted(shapes)} "
                          "(one [1, M, K, g] shape for every layer)")
-    return data
 
 
 def delta_geometry(path, name: str = "delta_codebook") -> tuple[int, int, int]:
